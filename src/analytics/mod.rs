@@ -1,0 +1,1 @@
+//! Analytics over readings: line loss of areas, alarm rules, voltage quality.

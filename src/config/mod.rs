@@ -1,0 +1,224 @@
+//! The gateway's configuration: the TOML schema, its validation, and errors that point at
+//! `FILE:LINE:COL`.
+//!
+//! The file is parsed into a spanned TOML tree and walked by hand, so that *every* problem in
+//! a file is reported at once, each with its position, instead of stopping at the first one.
+
+mod load;
+
+pub use load::{load, load_str};
+
+use std::path::PathBuf;
+
+/// One problem found in a configuration file, with its position (1-based line and column).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigProblem {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.col, self.message
+        )
+    }
+}
+
+/// Every problem found in a file; `Display` prints one `FILE:LINE:COL: message` per line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigErrors(pub Vec<ConfigProblem>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (for messages).
+    pub source: PathBuf,
+    pub gateway: GatewayConfig,
+    pub mqtt: MqttConfig,
+    pub store: StoreConfig,
+    pub buses: Vec<BusConfig>,
+    pub meters: Vec<MeterConfig>,
+    pub areas: Vec<AreaConfig>,
+    /// The meter models available to this configuration (built-in plus `models_dir`).
+    pub models: crate::meter::ModelLibrary,
+}
+
+/// `[gateway]`
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Used in every MQTT topic: `{prefix}/{id}/...`.
+    pub id: String,
+    /// Where the SQLite store lives.
+    pub data_dir: PathBuf,
+    /// Extra meter model files (`*.toml`), added to the built-in library; same name overrides.
+    pub models_dir: Option<PathBuf>,
+    /// `error`, `warn`, `info`, `debug`, `trace` (default `info`).
+    pub log_level: String,
+}
+
+/// `[mqtt]`
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    /// Default `"amr"`.
+    pub topic_prefix: String,
+    /// Default `amr-gateway-{gateway.id}`.
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub tls: bool,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    /// Default 30.
+    pub keep_alive_s: u64,
+    /// Longest wait between reconnect attempts (default 60 s); the wait grows from 1 s with jitter.
+    pub reconnect_max_s: u64,
+    /// Messages published but not yet acknowledged at once (default 64).
+    pub max_inflight: u16,
+}
+
+/// `[store]` (optional section; all keys have defaults)
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Reading history older than this is deleted (default 35 days).
+    pub history_days: u32,
+    /// Upper bound on the store's size in MiB (default 1024). When reached, the oldest history
+    /// goes first, then the oldest unsent outbox rows, and the gateway logs what it dropped.
+    pub max_size_mb: u64,
+}
+
+/// Wire protocol of a bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusProtocol {
+    ModbusRtu,
+    ModbusTcp,
+    ModbusRtuOverTcp,
+    Dlt645,
+}
+
+impl BusProtocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            BusProtocol::ModbusRtu => "modbus-rtu",
+            BusProtocol::ModbusTcp => "modbus-tcp",
+            BusProtocol::ModbusRtuOverTcp => "modbus-rtu-over-tcp",
+            BusProtocol::Dlt645 => "dlt645",
+        }
+    }
+    /// True when the bus is a TCP endpoint (`address`) rather than a serial `device`.
+    pub fn is_tcp(self) -> bool {
+        matches!(self, BusProtocol::ModbusTcp | BusProtocol::ModbusRtuOverTcp)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+/// Serial line settings (for serial buses, and for wire-time pacing of RTU over TCP).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SerialSettings {
+    pub baud: u32,
+    pub parity: Parity,
+    pub data_bits: u8,
+    pub stop_bits: u8,
+}
+
+impl SerialSettings {
+    /// Bits on the wire per character: start + data + parity + stop.
+    pub fn bits_per_char(&self) -> u32 {
+        1 + self.data_bits as u32 + u32::from(self.parity != Parity::None) + self.stop_bits as u32
+    }
+}
+
+/// `[[bus]]`
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    pub name: String,
+    pub protocol: BusProtocol,
+    /// Serial device (serial buses).
+    pub device: Option<PathBuf>,
+    /// `host:port` (TCP buses).
+    pub address: Option<String>,
+    /// Defaults 9600 8N1 (DL/T 645: 2400 8E1).
+    pub serial: SerialSettings,
+    /// Reply deadline per transaction (default 1000 ms).
+    pub timeout_ms: u64,
+    /// Default poll interval of the bus's meters (default 60 s).
+    pub poll_interval_s: u64,
+    /// Line number of the `[[bus]]` header, for messages.
+    pub line: usize,
+}
+
+/// `[[meter]]`
+#[derive(Debug, Clone)]
+pub struct MeterConfig {
+    pub id: String,
+    pub bus: String,
+    /// Modbus unit id (1..=247).
+    pub unit: Option<u8>,
+    /// DL/T 645 address, 12 digits.
+    pub address: Option<String>,
+    /// Model name, as in `protocols/*.toml` (`[model] name`).
+    pub model: String,
+    /// CT ratio × PT ratio (default 1).
+    pub multiplier: f64,
+    /// `"a"`, `"b"`, `"c"` or `"abc"` (default from the model).
+    pub phase: Option<String>,
+    /// Overrides the bus's poll interval for this meter.
+    pub poll_interval_s: Option<u64>,
+    /// Line number of the `[[meter]]` header, for messages.
+    pub line: usize,
+}
+
+/// `[[area]]`
+#[derive(Debug, Clone)]
+pub struct AreaConfig {
+    pub id: String,
+    pub supply: Vec<String>,
+    pub customers: Vec<String>,
+    /// Default 900.
+    pub loss_interval_s: u64,
+    /// Default 10.
+    pub high_loss_pct: f64,
+    /// Default -1.
+    pub negative_loss_pct: f64,
+    pub line: usize,
+}
+
+impl Config {
+    pub fn meter(&self, id: &str) -> Option<&MeterConfig> {
+        self.meters.iter().find(|m| m.id == id)
+    }
+    pub fn bus(&self, name: &str) -> Option<&BusConfig> {
+        self.buses.iter().find(|b| b.name == name)
+    }
+    /// The store's database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.gateway.data_dir.join("amr-gateway.db")
+    }
+}

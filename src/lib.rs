@@ -1,0 +1,30 @@
+//! amr-gateway: a data concentrator for a distribution transformer area.
+//!
+//! It reads every electricity meter of the area (Modbus RTU on RS-485, Modbus TCP, RTU over TCP
+//! through serial servers), keeps every reading in SQLite until the headend has it, and
+//! publishes readings, line loss and alarms over MQTT.
+//!
+//! Data flows `bus → store → uplink`:
+//!
+//! - [`config`]: the TOML schema and its validation, errors at `FILE:LINE:COL`.
+//! - [`model`]: domain types — meter ids, quantity names, readings.
+//! - [`clock`]: the one clock; RFC 3339 timestamps.
+//! - [`meter`]: meter models as data (`protocols/*.toml`), block planning, decoding.
+//! - [`protocol`]: wire codecs and transports (Modbus RTU / TCP / RTU over TCP).
+//! - [`bus`]: one task per bus polling its meters; meter health and offline backoff.
+//! - [`store`]: SQLite history and outbox; `seq` allocation; pruning and size bound.
+//! - [`uplink`]: MQTT topics, payloads and the outbox publisher.
+//! - [`analytics`]: line loss, alarms, voltage quality.
+//! - [`sim`]: simulated meters and areas for tests, the demo and benchmarks.
+//! - [`gateway`]: `run` — wires buses, store and uplink together with a shutdown signal.
+
+pub mod analytics;
+pub mod bus;
+pub mod clock;
+pub mod config;
+pub mod meter;
+pub mod model;
+pub mod protocol;
+pub mod sim;
+pub mod store;
+pub mod uplink;

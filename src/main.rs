@@ -1,0 +1,5 @@
+//! The `amr-gateway` command line.
+
+fn main() {
+    println!("amr-gateway");
+}

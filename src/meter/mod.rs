@@ -1,0 +1,14 @@
+//! Meter models as data: the register maps in `protocols/*.toml`, loaded and validated, the
+//! planning of block reads, and the decoding of register words into quantities.
+//!
+//! A model file names which registers hold which quantity, with function code, data type, word
+//! order and scale. The built-in library is compiled in from `protocols/`; a user adds a model by
+//! dropping a file in the directory named by `[gateway] models_dir`.
+
+mod decode;
+mod library;
+mod plan;
+
+pub use decode::{decode_block, encode_value};
+pub use library::{DataType, MeterModel, ModelError, ModelLibrary, RegisterDef, WordOrder};
+pub use plan::{ReadBlock, plan_blocks};

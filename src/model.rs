@@ -1,0 +1,65 @@
+//! Domain types shared by every part of the gateway: meter ids, quantity names, readings.
+//!
+//! Quantity names are part of the MQTT contract: each carries its unit in its name
+//! (`energy_import_kwh`, `voltage_l1_v`, ...). Meter models map registers onto these names,
+//! the analytics read them, and the uplink publishes them unchanged.
+
+use std::collections::BTreeMap;
+
+/// A meter's id as given in the configuration (`[[meter]] id`).
+pub type MeterId = String;
+
+/// Every quantity name a meter model may produce. The unit is part of the name.
+pub const QUANTITIES: &[&str] = &[
+    "energy_import_kwh",
+    "energy_export_kwh",
+    "energy_import_t1_kwh",
+    "energy_import_t2_kwh",
+    "energy_import_t3_kwh",
+    "energy_import_t4_kwh",
+    "reactive_energy_import_kvarh",
+    "reactive_energy_export_kvarh",
+    "voltage_l1_v",
+    "voltage_l2_v",
+    "voltage_l3_v",
+    "voltage_l12_v",
+    "voltage_l23_v",
+    "voltage_l31_v",
+    "current_l1_a",
+    "current_l2_a",
+    "current_l3_a",
+    "current_n_a",
+    "power_kw",
+    "power_l1_kw",
+    "power_l2_kw",
+    "power_l3_kw",
+    "reactive_power_kvar",
+    "apparent_power_kva",
+    "power_factor",
+    "frequency_hz",
+];
+
+/// True when `name` is one of the contract's quantity names.
+pub fn is_quantity(name: &str) -> bool {
+    QUANTITIES.contains(&name)
+}
+
+/// True for cumulative energy registers (they only ever go up on a healthy meter).
+pub fn is_energy(name: &str) -> bool {
+    name.ends_with("_kwh") || name.ends_with("_kvarh")
+}
+
+/// True for quantities reported on the primary side, i.e. multiplied by the meter's
+/// multiplier (CT ratio × PT ratio): energies and powers.
+pub fn scales_with_multiplier(name: &str) -> bool {
+    is_energy(name) || name.ends_with("_kw") || name.ends_with("_kvar") || name.ends_with("_kva")
+}
+
+/// One poll of one meter: every quantity its model produced, primary-side, at one instant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub meter: MeterId,
+    /// Milliseconds since the Unix epoch (UTC) when the reply arrived.
+    pub ts_ms: i64,
+    pub values: BTreeMap<String, f64>,
+}

@@ -1,0 +1,40 @@
+//! Modbus: the RTU and TCP codecs, and the client transports (RTU on a serial port, Modbus TCP,
+//! RTU over TCP through a serial server) with the guarantees the gateway relies on:
+//!
+//! - every transaction has a deadline;
+//! - after a timeout no stale reply is ever taken for the next request's answer;
+//! - a reply with a bad CRC or from the wrong unit id is rejected at once, not after the deadline;
+//! - garbage on the line does not swallow the next valid reply;
+//! - an exception reply is reported as such.
+//!
+//! tokio-modbus gives none of these on RTU (see `../shared/reference/rust-crates.md`), so the
+//! framing is our own.
+
+pub mod codec;
+pub mod transport;
+
+pub use transport::{ModbusClient, RtuTiming};
+
+/// Why a Modbus transaction failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ModbusError {
+    #[error("no reply within {0} ms")]
+    Timeout(u64),
+    #[error("reply with a bad CRC")]
+    BadCrc,
+    #[error("reply from unit {got}, expected unit {expected}")]
+    WrongUnit { expected: u8, got: u8 },
+    #[error("exception {code:#04x} ({})", codec::exception_name(*code))]
+    Exception { code: u8 },
+    #[error("malformed reply: {0}")]
+    Malformed(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ModbusError {
+    /// True when the meter answered (even with an exception): the line and the unit id work.
+    pub fn meter_answered(&self) -> bool {
+        matches!(self, ModbusError::Exception { .. })
+    }
+}

@@ -1,0 +1,80 @@
+//! Topic names and JSON payloads of the MQTT contract (`../shared/design.md`).
+
+use crate::clock::rfc3339_ms;
+use crate::model::Reading;
+use crate::store::Message;
+use serde_json::{Value, json};
+
+/// Builds `{prefix}/{gateway}/...` topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    pub prefix: String,
+    pub gateway: String,
+}
+
+impl Topics {
+    pub fn new(prefix: &str, gateway: &str) -> Self {
+        Topics {
+            prefix: prefix.to_string(),
+            gateway: gateway.to_string(),
+        }
+    }
+    fn base(&self) -> String {
+        format!("{}/{}", self.prefix, self.gateway)
+    }
+    /// Retained `online`/`offline`; also the last will.
+    pub fn status(&self) -> String {
+        format!("{}/status", self.base())
+    }
+    pub fn reading(&self, meter: &str) -> String {
+        format!("{}/reading/{meter}", self.base())
+    }
+    pub fn loss(&self, area: &str) -> String {
+        format!("{}/loss/{area}", self.base())
+    }
+    pub fn alarm(&self, kind: &str, subject: &str) -> String {
+        format!("{}/alarm/{kind}/{subject}", self.base())
+    }
+    pub fn meter_state(&self, meter: &str) -> String {
+        format!("{}/meter/{meter}/state", self.base())
+    }
+
+    /// The QoS 1 reading message of the contract (the store adds `seq`).
+    pub fn reading_message(&self, r: &Reading) -> Message {
+        let values: serde_json::Map<String, Value> = r
+            .values
+            .iter()
+            .map(|(k, v)| (k.clone(), json_number(*v)))
+            .collect();
+        Message {
+            topic: self.reading(&r.meter),
+            payload: json!({"meter": r.meter, "ts": rfc3339_ms(r.ts_ms), "values": values}),
+            qos: 1,
+            retain: false,
+            sequenced: true,
+        }
+    }
+
+    /// The retained status payload.
+    pub fn status_payload(online: bool, ts_ms: i64) -> Vec<u8> {
+        json!({
+            "state": if online { "online" } else { "offline" },
+            "ts": rfc3339_ms(ts_ms),
+            "version": env!("CARGO_PKG_VERSION"),
+        })
+        .to_string()
+        .into_bytes()
+    }
+}
+
+/// A finite f64 as a JSON number, rounded to 6 significant decimals to avoid float noise;
+/// non-finite values become `null`.
+pub fn json_number(v: f64) -> Value {
+    if !v.is_finite() {
+        return Value::Null;
+    }
+    let rounded = (v * 1e6).round() / 1e6;
+    serde_json::Number::from_f64(rounded)
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
+}

@@ -87,3 +87,34 @@ pub struct ModelError {
 pub struct ModelLibrary {
     pub models: std::collections::BTreeMap<String, MeterModel>,
 }
+
+impl ModelLibrary {
+    /// The models compiled in from `protocols/*.toml`.
+    pub fn builtin() -> ModelLibrary {
+        todo!("builtin library")
+    }
+
+    /// Adds (or replaces, by name) every `*.toml` model in `dir`. Returns every problem found,
+    /// each naming the file and line.
+    pub fn load_dir(&mut self, _dir: &std::path::Path) -> Result<(), Vec<ModelError>> {
+        todo!("load_dir")
+    }
+
+    /// Parses and validates one model file's text (`source` names it in errors).
+    pub fn parse_model(_text: &str, _source: &str) -> Result<MeterModel, Vec<ModelError>> {
+        todo!("parse_model")
+    }
+
+    pub fn get(&self, name: &str) -> Option<&MeterModel> {
+        self.models.get(name)
+    }
+
+    /// Model names, sorted (for "unknown model; available: ..." messages).
+    pub fn names(&self) -> Vec<&str> {
+        self.models.keys().map(String::as_str).collect()
+    }
+
+    pub fn insert(&mut self, model: MeterModel) {
+        self.models.insert(model.name.clone(), model);
+    }
+}

@@ -1,0 +1,197 @@
+//! Meter health: success rate, latency, error counters, online/offline state and the backoff
+//! that keeps a dead meter from eating its bus.
+
+use std::time::Duration;
+
+/// How a single poll of a meter ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollOutcome {
+    /// Every block answered.
+    Ok,
+    /// The meter answered, but some block with an exception (the meter is alive).
+    Partial,
+    Timeout,
+    BadCrc,
+    WrongUnit,
+    Exception,
+    /// Another transport failure (I/O, malformed reply).
+    Failed,
+}
+
+impl PollOutcome {
+    pub fn answered(self) -> bool {
+        matches!(self, PollOutcome::Ok | PollOutcome::Partial)
+    }
+}
+
+/// Counters and state of one meter, kept by its bus task and published in the meter state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeterHealth {
+    /// `None` until the first poll ends.
+    pub online: Option<bool>,
+    pub consecutive_failures: u32,
+    pub polls: u64,
+    pub successes: u64,
+    pub timeouts: u64,
+    pub crc_errors: u64,
+    pub wrong_unit: u64,
+    pub exceptions: u64,
+    /// Exponentially weighted mean reply latency of successful polls.
+    pub latency_ms: Option<f64>,
+    pub last_ok_ms: Option<i64>,
+    pub last_error: Option<String>,
+    /// Current wait between probes while offline.
+    pub probe_interval: Duration,
+}
+
+/// The offline policy of a bus.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OfflinePolicy {
+    /// Consecutive failed polls after which a meter is offline.
+    pub failures_to_offline: u32,
+    /// First wait between probes of an offline meter; doubles after every failed probe...
+    pub first_probe: Duration,
+    /// ...up to this ceiling.
+    pub max_probe: Duration,
+}
+
+impl Default for OfflinePolicy {
+    fn default() -> Self {
+        OfflinePolicy {
+            failures_to_offline: 3,
+            first_probe: Duration::from_secs(10),
+            max_probe: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A change worth telling the headend about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthChange {
+    None,
+    WentOnline,
+    WentOffline,
+}
+
+impl MeterHealth {
+    pub fn new(policy: &OfflinePolicy) -> Self {
+        MeterHealth {
+            online: None,
+            consecutive_failures: 0,
+            polls: 0,
+            successes: 0,
+            timeouts: 0,
+            crc_errors: 0,
+            wrong_unit: 0,
+            exceptions: 0,
+            latency_ms: None,
+            last_ok_ms: None,
+            last_error: None,
+            probe_interval: policy.first_probe,
+        }
+    }
+
+    /// Share of polls that were answered, in percent.
+    pub fn success_rate_pct(&self) -> f64 {
+        if self.polls == 0 {
+            return 0.0;
+        }
+        self.successes as f64 * 100.0 / self.polls as f64
+    }
+
+    pub fn is_offline(&self) -> bool {
+        self.online == Some(false)
+    }
+
+    /// Books one poll; returns whether the meter went online or offline.
+    pub fn record(
+        &mut self,
+        outcome: PollOutcome,
+        latency: Duration,
+        now_ms: i64,
+        error: Option<String>,
+        policy: &OfflinePolicy,
+    ) -> HealthChange {
+        self.polls += 1;
+        match outcome {
+            PollOutcome::Timeout => self.timeouts += 1,
+            PollOutcome::BadCrc => self.crc_errors += 1,
+            PollOutcome::WrongUnit => self.wrong_unit += 1,
+            PollOutcome::Exception | PollOutcome::Partial => self.exceptions += 1,
+            PollOutcome::Ok | PollOutcome::Failed => {}
+        }
+        if outcome.answered() {
+            self.successes += 1;
+            self.consecutive_failures = 0;
+            self.last_ok_ms = Some(now_ms);
+            let ms = latency.as_secs_f64() * 1000.0;
+            self.latency_ms = Some(match self.latency_ms {
+                Some(avg) => avg * 0.8 + ms * 0.2,
+                None => ms,
+            });
+            self.probe_interval = policy.first_probe;
+            if outcome == PollOutcome::Ok {
+                self.last_error = None;
+            } else {
+                self.last_error = error;
+            }
+            let was = self.online.replace(true);
+            if was != Some(true) {
+                return HealthChange::WentOnline;
+            }
+            return HealthChange::None;
+        }
+        self.consecutive_failures += 1;
+        self.last_error = error;
+        if self.online == Some(false) {
+            self.probe_interval = (self.probe_interval * 2).min(policy.max_probe);
+            return HealthChange::None;
+        }
+        if self.consecutive_failures >= policy.failures_to_offline {
+            self.online = Some(false);
+            self.probe_interval = policy.first_probe;
+            return HealthChange::WentOffline;
+        }
+        HealthChange::None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn goes_offline_after_failures_and_backs_off_then_recovers() {
+        let p = OfflinePolicy::default();
+        let mut h = MeterHealth::new(&p);
+        let z = Duration::ZERO;
+        assert_eq!(
+            h.record(PollOutcome::Ok, z, 1, None, &p),
+            HealthChange::WentOnline
+        );
+        assert_eq!(
+            h.record(PollOutcome::Timeout, z, 2, None, &p),
+            HealthChange::None
+        );
+        assert_eq!(
+            h.record(PollOutcome::Timeout, z, 3, None, &p),
+            HealthChange::None
+        );
+        assert_eq!(
+            h.record(PollOutcome::Timeout, z, 4, None, &p),
+            HealthChange::WentOffline
+        );
+        assert_eq!(h.probe_interval, p.first_probe);
+        for _ in 0..20 {
+            h.record(PollOutcome::Timeout, z, 5, None, &p);
+        }
+        assert_eq!(h.probe_interval, p.max_probe);
+        assert_eq!(
+            h.record(PollOutcome::Ok, z, 6, None, &p),
+            HealthChange::WentOnline
+        );
+        assert_eq!(h.probe_interval, p.first_probe);
+        assert_eq!(h.timeouts, 22);
+        assert_eq!(h.last_ok_ms, Some(6));
+    }
+}

@@ -191,7 +191,7 @@ mod tests {
             HealthChange::WentOnline
         );
         assert_eq!(h.probe_interval, p.first_probe);
-        assert_eq!(h.timeouts, 22);
+        assert_eq!(h.timeouts, 23);
         assert_eq!(h.last_ok_ms, Some(6));
     }
 }

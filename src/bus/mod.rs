@@ -5,7 +5,9 @@
 //! over a channel and goes on polling.
 
 mod health;
+mod lock;
 mod poller;
 
 pub use health::{HealthChange, MeterHealth, OfflinePolicy, PollOutcome};
+pub use lock::{DeviceLock, DeviceLockError};
 pub use poller::{BusEvent, MeterStatus, run_bus};

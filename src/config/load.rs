@@ -1,9 +1,31 @@
 //! Reading a configuration file: spanned TOML → [`Config`], collecting every problem.
+//!
+//! The text is parsed with `toml`'s recoverable parser. Syntax errors are reported on their own
+//! (a tree recovered from broken syntax would give misleading follow-up problems). Otherwise
+//! each section is read by `sections`, then `checks` runs the checks that span sections, and
+//! the model library is completed from `[gateway] models_dir`. Problems come out sorted by
+//! position.
 
+use super::checks::cross_check;
+use super::document::{Report, nearest, with_article};
+use super::sections::{self, AreaEntry, BusEntry, MeterEntry};
 use super::*;
+use crate::meter::ModelLibrary;
 use std::path::Path;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
-/// Reads and validates the file at `path`.
+/// The top-level sections, with how each is written.
+const SECTIONS: &[(&str, &str)] = &[
+    ("gateway", "[gateway]"),
+    ("mqtt", "[mqtt]"),
+    ("store", "[store]"),
+    ("bus", "[[bus]]"),
+    ("meter", "[[meter]]"),
+    ("area", "[[area]]"),
+];
+
+/// Reads and validates the file at `path`, with the built-in meter models.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigProblem {
@@ -16,7 +38,229 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     load_str(&text, path)
 }
 
-/// Validates `text` as if read from `path` (used by tests).
-pub fn load_str(_text: &str, _path: &Path) -> Result<Config, ConfigErrors> {
-    todo!("config loader")
+/// Validates `text` as if read from `path`, with the built-in meter models. Relative paths in
+/// the file are resolved against `path`'s directory.
+pub fn load_str(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    load_str_with(text, path, ModelLibrary::builtin())
+}
+
+/// Validates `text` as if read from `path`, with `base` as the meter model library (extended by
+/// `[gateway] models_dir` when set). For tests and tools that bring their own models.
+pub fn load_str_with(text: &str, path: &Path, base: ModelLibrary) -> Result<Config, ConfigErrors> {
+    let mut report = Report::new(path.display().to_string(), text);
+    let (document, syntax_errors) = DeTable::parse_recoverable(text);
+    if !syntax_errors.is_empty() {
+        for error in &syntax_errors {
+            let span = error.span().unwrap_or(0..0);
+            let message = if error.message() == "duplicate key" {
+                format!(
+                    "`{}` is defined twice; a key or [section] may appear only once (repeated \
+                     sections are written [[bus]], [[meter]], [[area]])",
+                    report.source(span.clone())
+                )
+            } else {
+                format!("TOML syntax: {}", error.message())
+            };
+            report.at(span.start, message);
+        }
+        return Err(finish(report));
+    }
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let root = document.get_ref();
+    unknown_sections(&mut report, root);
+
+    let gateway = match table(&mut report, root, "gateway") {
+        Some((t, start)) => Some(sections::gateway(&mut report, t, start, dir)),
+        None => {
+            missing_section(&mut report, root, "gateway", "`id` and `data_dir`");
+            None
+        }
+    };
+    let gateway_id = gateway.as_ref().map_or("", |g| g.config.id.as_str());
+    let mqtt = match table(&mut report, root, "mqtt") {
+        Some((t, start)) => Some(sections::mqtt(&mut report, t, start, dir, gateway_id)),
+        None => {
+            missing_section(&mut report, root, "mqtt", "at least `host`");
+            None
+        }
+    };
+    let store = match table(&mut report, root, "store") {
+        Some((t, start)) => sections::store(&mut report, t, start),
+        None => sections::default_store(),
+    };
+    let buses: Vec<BusEntry> = tables(&mut report, root, "bus")
+        .into_iter()
+        .map(|(t, start)| sections::bus(&mut report, t, start, dir))
+        .collect();
+    let meters: Vec<MeterEntry> = tables(&mut report, root, "meter")
+        .into_iter()
+        .map(|(t, start)| sections::meter(&mut report, t, start))
+        .collect();
+    let areas: Vec<AreaEntry> = tables(&mut report, root, "area")
+        .into_iter()
+        .map(|(t, start)| sections::area(&mut report, t, start))
+        .collect();
+
+    let mut models = base;
+    if let Some(g) = &gateway {
+        if let (Some(dir), Some(span)) = (&g.config.models_dir, &g.models_dir) {
+            load_models(&mut report, &mut models, dir, span.start);
+        }
+    }
+    cross_check(&mut report, &buses, &meters, &areas, &models);
+
+    match (gateway, mqtt) {
+        (Some(gateway), Some(mqtt)) if report.problems.is_empty() => Ok(Config {
+            source: path.to_path_buf(),
+            gateway: gateway.config,
+            mqtt,
+            store,
+            buses: buses.into_iter().map(|b| b.config).collect(),
+            meters: meters.into_iter().map(|m| m.config).collect(),
+            areas: areas.into_iter().map(|a| a.config).collect(),
+            models,
+        }),
+        _ => Err(finish(report)),
+    }
+}
+
+/// Adds the models of `dir` to `models`; their problems are reported in their own files.
+fn load_models(report: &mut Report, models: &mut ModelLibrary, dir: &Path, at: usize) {
+    if !dir.is_dir() {
+        report.at(
+            at,
+            format!(
+                "models_dir `{}` is not a directory; create it or remove `models_dir`",
+                dir.display()
+            ),
+        );
+        return;
+    }
+    if let Err(errors) = models.load_dir(dir) {
+        report
+            .problems
+            .extend(errors.into_iter().map(|e| ConfigProblem {
+                file: e.file,
+                line: e.line,
+                col: e.col,
+                message: e.message,
+            }));
+    }
+}
+
+/// The problems, sorted: this file's by position, then other files' (model files).
+fn finish(report: Report) -> ConfigErrors {
+    let file = report.file().to_string();
+    let mut problems = report.problems;
+    problems.sort_by(|a, b| {
+        (a.file != file, &a.file, a.line, a.col).cmp(&(b.file != file, &b.file, b.line, b.col))
+    });
+    ConfigErrors(problems)
+}
+
+/// Reports top-level keys that are not sections.
+fn unknown_sections(report: &mut Report, root: &DeTable) {
+    for (key, value) in root.iter() {
+        let key_text = key.get_ref().as_ref();
+        if SECTIONS.iter().any(|(name, _)| *name == key_text) {
+            continue;
+        }
+        let hint = nearest(key_text, SECTIONS.iter().map(|(name, _)| *name))
+            .and_then(|near| SECTIONS.iter().find(|(name, _)| *name == near))
+            .map(|(_, written)| format!("did you mean `{written}`? "))
+            .unwrap_or_default();
+        let all: Vec<&str> = SECTIONS.iter().map(|(_, written)| *written).collect();
+        let message = match value.get_ref() {
+            DeValue::Table(_) | DeValue::Array(_) => format!(
+                "unknown section `{key_text}`; {hint}the sections are: {}",
+                all.join(", ")
+            ),
+            _ => format!(
+                "unknown key `{key_text}` outside any section; {hint}keys belong under a \
+                 section header such as [gateway]"
+            ),
+        };
+        report.at(key.span().start, message);
+    }
+}
+
+/// A section written `[name]`: its table and the offset of its header.
+fn table<'d, 'i>(
+    report: &mut Report,
+    root: &'d DeTable<'i>,
+    name: &str,
+) -> Option<(&'d DeTable<'i>, usize)> {
+    let value = root.get(name)?;
+    match value.get_ref() {
+        DeValue::Table(t) => Some((t, value.span().start)),
+        other => {
+            let found = match other {
+                DeValue::Array(_) => "an array ([[...]])".to_string(),
+                other => with_article(other.type_str()),
+            };
+            report.at(
+                value.span().start,
+                format!("`{name}` must be a section written [{name}], found {found}"),
+            );
+            // Counted as present: "missing section" would be a second report of one mistake.
+            None
+        }
+    }
+}
+
+/// Every table of a section written `[[name]]`, with the offset of its header.
+fn tables<'d, 'i>(
+    report: &mut Report,
+    root: &'d DeTable<'i>,
+    name: &str,
+) -> Vec<(&'d DeTable<'i>, usize)> {
+    let Some(value) = root.get(name) else {
+        return Vec::new();
+    };
+    match value.get_ref() {
+        DeValue::Array(items) => items
+            .iter()
+            .filter_map(|item: &Spanned<DeValue>| match item.get_ref() {
+                DeValue::Table(t) => Some((t, item.span().start)),
+                other => {
+                    report.at(
+                        item.span().start,
+                        format!(
+                            "each `{name}` must be a table written [[{name}]], found {}",
+                            with_article(other.type_str())
+                        ),
+                    );
+                    None
+                }
+            })
+            .collect(),
+        DeValue::Table(_) => {
+            report.at(
+                value.span().start,
+                format!(
+                    "`[{name}]` must be written `[[{name}]]` (double brackets): there is one \
+                     [[{name}]] section per {name}"
+                ),
+            );
+            Vec::new()
+        }
+        other => {
+            report.at(
+                value.span().start,
+                format!(
+                    "`{name}` must be [[{name}]] sections, found {}",
+                    with_article(other.type_str())
+                ),
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// Reports a required section that is absent (not one that is present with the wrong type,
+/// which `table` has reported).
+fn missing_section(report: &mut Report, root: &DeTable, name: &str, needs: &str) {
+    if root.get(name).is_none() {
+        report.at(0, format!("missing section [{name}]; add it, with {needs}"));
+    }
 }

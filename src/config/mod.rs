@@ -3,10 +3,23 @@
 //!
 //! The file is parsed into a spanned TOML tree and walked by hand, so that *every* problem in
 //! a file is reported at once, each with its position, instead of stopping at the first one.
+//!
+//! - `document`: positions, typed key readers, unknown keys with "did you mean".
+//! - `sections`: one reader per section (`[gateway]`, `[[bus]]`, ...), defaults and ranges.
+//! - `checks`: checks across sections (a meter's bus and model, unit clashes, areas).
+//! - `load`: the entry points, [`load`], [`load_str`] and [`load_str_with`].
+//!
+//! `config/README.md` is the reference of every key; `config/example.toml` a field example.
 
+mod checks;
+mod document;
 mod load;
+mod sections;
+#[cfg(test)]
+mod tests;
 
-pub use load::{load, load_str};
+pub use load::{load, load_str, load_str_with};
+pub use sections::{LOG_LEVELS, PHASES, STANDARD_BAUD_RATES};
 
 use std::path::PathBuf;
 
@@ -118,6 +131,25 @@ pub enum BusProtocol {
 }
 
 impl BusProtocol {
+    /// Every protocol, in the order messages list them.
+    pub const ALL: [BusProtocol; 4] = [
+        BusProtocol::ModbusRtu,
+        BusProtocol::ModbusTcp,
+        BusProtocol::ModbusRtuOverTcp,
+        BusProtocol::Dlt645,
+    ];
+
+    /// The protocol written `name` in the file (`"modbus-rtu"`, ...).
+    pub fn from_name(name: &str) -> Option<BusProtocol> {
+        BusProtocol::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// True for the Modbus protocols, whose meters have a `unit` id (DL/T 645 meters have an
+    /// `address`).
+    pub fn is_modbus(self) -> bool {
+        self != BusProtocol::Dlt645
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             BusProtocol::ModbusRtu => "modbus-rtu",
@@ -139,6 +171,17 @@ pub enum Parity {
     Odd,
 }
 
+impl Parity {
+    /// As written in the file: `"none"`, `"even"`, `"odd"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Parity::None => "none",
+            Parity::Even => "even",
+            Parity::Odd => "odd",
+        }
+    }
+}
+
 /// Serial line settings (for serial buses, and for wire-time pacing of RTU over TCP).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SerialSettings {
@@ -149,6 +192,22 @@ pub struct SerialSettings {
 }
 
 impl SerialSettings {
+    /// 9600 8N1, the default of Modbus buses.
+    pub const MODBUS_DEFAULT: SerialSettings = SerialSettings {
+        baud: 9600,
+        parity: Parity::None,
+        data_bits: 8,
+        stop_bits: 1,
+    };
+
+    /// 2400 8E1, the default of DL/T 645-2007 buses.
+    pub const DLT645_DEFAULT: SerialSettings = SerialSettings {
+        baud: 2400,
+        parity: Parity::Even,
+        data_bits: 8,
+        stop_bits: 1,
+    };
+
     /// Bits on the wire per character: start + data + parity + stop.
     pub fn bits_per_char(&self) -> u32 {
         1 + self.data_bits as u32 + u32::from(self.parity != Parity::None) + self.stop_bits as u32
@@ -211,6 +270,13 @@ pub struct AreaConfig {
 }
 
 impl Config {
+    /// The meters on bus `bus`, in file order (the order the bus polls them).
+    pub fn meters_on(&self, bus: &str) -> impl Iterator<Item = &MeterConfig> {
+        self.meters.iter().filter(move |m| m.bus == bus)
+    }
+    pub fn area(&self, id: &str) -> Option<&AreaConfig> {
+        self.areas.iter().find(|a| a.id == id)
+    }
     pub fn meter(&self, id: &str) -> Option<&MeterConfig> {
         self.meters.iter().find(|m| m.id == id)
     }

@@ -1,0 +1,351 @@
+//! The spanned TOML document as the loader sees it: byte offsets turned into `LINE:COL`,
+//! a [`Report`] that collects every problem, and [`Section`], which reads the keys of one table
+//! with their types, reports unknown keys with a "did you mean" and wrong types with what was
+//! found.
+
+use super::ConfigProblem;
+use std::ops::Range;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+/// The problems found so far in one configuration file, and what is needed to place them.
+pub(super) struct Report<'s> {
+    file: String,
+    text: &'s str,
+    /// Byte offset of the start of every line.
+    line_starts: Vec<usize>,
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl<'s> Report<'s> {
+    pub fn new(file: String, text: &'s str) -> Report<'s> {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Report {
+            file,
+            text,
+            line_starts,
+            problems: Vec::new(),
+        }
+    }
+
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    pub fn position(&self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line = self.line_starts.partition_point(|&s| s <= offset);
+        let start = self.line_starts[line - 1];
+        let col = self.text[start..offset].chars().count() + 1;
+        (line, col)
+    }
+
+    /// 1-based line of a byte offset.
+    pub fn line(&self, offset: usize) -> usize {
+        self.position(offset).0
+    }
+
+    /// Records a problem at a byte offset of the file.
+    pub fn at(&mut self, offset: usize, message: impl Into<String>) {
+        let (line, col) = self.position(offset);
+        self.problems.push(ConfigProblem {
+            file: self.file.clone(),
+            line,
+            col,
+            message: message.into(),
+        });
+    }
+
+    /// The source text of a span (for messages that quote what was written).
+    pub fn source(&self, span: Range<usize>) -> &'s str {
+        self.text.get(span).unwrap_or("")
+    }
+}
+
+/// "a string", "an integer", ... for "found ..." messages.
+pub(super) fn with_article(type_name: &str) -> String {
+    match type_name.chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u') => format!("an {type_name}"),
+        _ => format!("a {type_name}"),
+    }
+}
+
+/// One table of the document (`[gateway]`, one `[[bus]]`, ...), read key by key.
+pub(super) struct Section<'d, 'i> {
+    /// How messages name the table: `[gateway]`, `[[bus]]`.
+    pub title: &'static str,
+    table: &'d DeTable<'i>,
+    /// Byte offset of the table's header (where "missing key" problems point).
+    pub start: usize,
+}
+
+impl<'d, 'i> Section<'d, 'i> {
+    /// Wraps `table` and reports each of its keys that is not in `known`.
+    pub fn new(
+        report: &mut Report,
+        title: &'static str,
+        table: &'d DeTable<'i>,
+        start: usize,
+        known: &[&str],
+    ) -> Section<'d, 'i> {
+        for key in table.keys() {
+            if !known.contains(&key.get_ref().as_ref()) {
+                report.at(key.span().start, unknown_key(key.get_ref(), title, known));
+            }
+        }
+        Section {
+            title,
+            table,
+            start,
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&'d Spanned<DeValue<'i>>> {
+        self.table.get(key)
+    }
+
+    /// Reports `key` as missing from this table, with an example of what to write.
+    pub fn missing(&self, report: &mut Report, key: &str, example: &str) {
+        report.at(
+            self.start,
+            format!(
+                "missing required key `{key}` in {}; add e.g. `{example}`",
+                self.title
+            ),
+        );
+    }
+
+    fn wrong_type(&self, report: &mut Report, key: &str, expected: &str, found: &DeValue) {
+        let found = found.type_str();
+        report.at(
+            self.table.get(key).map_or(self.start, |v| v.span().start),
+            format!("`{key}` must be {expected}, found {}", with_article(found)),
+        );
+    }
+
+    /// A string value; reports a wrong type.
+    pub fn string(&self, report: &mut Report, key: &str) -> Option<Spanned<String>> {
+        let value = self.get(key)?;
+        match value.get_ref() {
+            DeValue::String(s) => Some(Spanned::new(value.span(), s.to_string())),
+            other => {
+                self.wrong_type(report, key, "a string", other);
+                None
+            }
+        }
+    }
+
+    /// A string value that must be present and not empty.
+    pub fn required_string(
+        &self,
+        report: &mut Report,
+        key: &str,
+        example: &str,
+    ) -> Option<Spanned<String>> {
+        if self.get(key).is_none() {
+            self.missing(report, key, example);
+            return None;
+        }
+        let s = self.string(report, key)?;
+        if s.get_ref().trim().is_empty() {
+            report.at(
+                s.span().start,
+                format!("`{key}` must not be empty; write e.g. `{example}`"),
+            );
+            return None;
+        }
+        Some(s)
+    }
+
+    /// An integer value (decimal, `0x` hex, `0o`, `0b`); reports a wrong type.
+    pub fn integer(&self, report: &mut Report, key: &str) -> Option<Spanned<i128>> {
+        let value = self.get(key)?;
+        match value.get_ref() {
+            DeValue::Integer(i) => match i128::from_str_radix(i.as_str(), i.radix()) {
+                Ok(n) => Some(Spanned::new(value.span(), n)),
+                Err(_) => {
+                    report.at(value.span().start, format!("`{key}` is too large"));
+                    None
+                }
+            },
+            other => {
+                self.wrong_type(report, key, "an integer", other);
+                None
+            }
+        }
+    }
+
+    /// An integer in `min..=max` (`unit` is appended to the bounds in the message, e.g. " ms").
+    /// Missing: `None` without a problem.
+    pub fn integer_in(
+        &self,
+        report: &mut Report,
+        key: &str,
+        min: i128,
+        max: i128,
+        unit: &str,
+    ) -> Option<Spanned<i128>> {
+        let n = self.integer(report, key)?;
+        if (min..=max).contains(n.get_ref()) {
+            Some(n)
+        } else {
+            report.at(
+                n.span().start,
+                format!(
+                    "`{key}` must be from {min} to {max}{unit}, found {}",
+                    n.get_ref()
+                ),
+            );
+            None
+        }
+    }
+
+    /// A number: a float, or an integer taken as a float; reports a wrong type.
+    pub fn number(&self, report: &mut Report, key: &str) -> Option<Spanned<f64>> {
+        let value = self.get(key)?;
+        let parsed = match value.get_ref() {
+            DeValue::Integer(i) => i128::from_str_radix(i.as_str(), i.radix())
+                .ok()
+                .map(|n| n as f64),
+            DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
+            other => {
+                self.wrong_type(report, key, "a number", other);
+                return None;
+            }
+        };
+        match parsed {
+            Some(x) => Some(Spanned::new(value.span(), x)),
+            None => {
+                report.at(value.span().start, format!("`{key}` is not a valid number"));
+                None
+            }
+        }
+    }
+
+    /// A boolean value; reports a wrong type.
+    pub fn boolean(&self, report: &mut Report, key: &str) -> Option<Spanned<bool>> {
+        let value = self.get(key)?;
+        match value.get_ref() {
+            DeValue::Boolean(b) => Some(Spanned::new(value.span(), *b)),
+            other => {
+                self.wrong_type(report, key, "a boolean (true or false)", other);
+                None
+            }
+        }
+    }
+
+    /// An array of strings; reports a wrong type of the array or of any element.
+    /// The outer span is the array's.
+    pub fn string_array(
+        &self,
+        report: &mut Report,
+        key: &str,
+        what: &str,
+    ) -> Option<Spanned<Vec<Spanned<String>>>> {
+        let value = self.get(key)?;
+        let DeValue::Array(items) = value.get_ref() else {
+            self.wrong_type(report, key, &format!("an array of {what}"), value.get_ref());
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        let mut ok = true;
+        for item in items.iter() {
+            match item.get_ref() {
+                DeValue::String(s) => out.push(Spanned::new(item.span(), s.to_string())),
+                other => {
+                    report.at(
+                        item.span().start,
+                        format!(
+                            "`{key}` must be an array of {what}, found {} in it",
+                            with_article(other.type_str())
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then(|| Spanned::new(value.span(), out))
+    }
+}
+
+/// The message for a key that is not part of the schema.
+fn unknown_key(key: &str, title: &str, known: &[&str]) -> String {
+    match nearest(key, known.iter().copied()) {
+        Some(near) => format!("unknown key `{key}` in {title}; did you mean `{near}`?"),
+        None => format!(
+            "unknown key `{key}` in {title}; the keys of {title} are: {}",
+            known.join(", ")
+        ),
+    }
+}
+
+/// The candidate closest to `word` by edit distance, if it is close enough to be a plausible
+/// typo (or one contains the other, as `baudrate` contains `baud`).
+pub(super) fn nearest<'a>(
+    word: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Option<&'a str> {
+    let lower = word.to_lowercase();
+    candidates
+        .filter_map(|c| {
+            let d = edit_distance(&lower, &c.to_lowercase());
+            let close = d <= (lower.chars().count().max(c.len()) / 3).max(2);
+            let contains = c.len() >= 3 && (lower.contains(c) || c.contains(lower.as_str()));
+            (close || contains).then_some((d, c))
+        })
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance, in characters.
+pub(super) fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitute = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitute.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distances() {
+        assert_eq!(edit_distance("baud", "baud"), 0);
+        assert_eq!(edit_distance("baudrate", "baud"), 4);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+    }
+
+    #[test]
+    fn suggestions() {
+        let keys = ["name", "protocol", "device", "baud", "parity", "data_bits"];
+        assert_eq!(nearest("baudrate", keys.iter().copied()), Some("baud"));
+        assert_eq!(nearest("protcol", keys.iter().copied()), Some("protocol"));
+        assert_eq!(nearest("databits", keys.iter().copied()), Some("data_bits"));
+        assert_eq!(nearest("zzzzzzzz", keys.iter().copied()), None);
+    }
+
+    #[test]
+    fn positions_count_characters() {
+        let r = Report::new("f".into(), "a = 1\nb = \"é\" x\n");
+        assert_eq!(r.position(0), (1, 1));
+        assert_eq!(r.position(6), (2, 1));
+        // "é" is two bytes: the `x` after it is column 9, not 10.
+        assert_eq!(r.position(15), (2, 9));
+    }
+}

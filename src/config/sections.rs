@@ -1,0 +1,691 @@
+//! Reading each section of the file on its own: `[gateway]`, `[mqtt]`, `[store]`, every
+//! `[[bus]]`, `[[meter]]` and `[[area]]`. Each reader checks its keys' types and ranges and
+//! fills in defaults; checks that need more than one section (a meter's bus, unit clashes,
+//! areas' meters) are in `checks`.
+//!
+//! Entries keep the spans of the values that were present and valid, so that the cross-section
+//! checks can point at them and can skip values already reported as wrong.
+
+use super::document::{Report, Section, nearest};
+use super::*;
+use std::ops::Range;
+use std::path::Path;
+use toml::Spanned;
+use toml::de::DeTable;
+
+/// Baud rates a serial port may be set to.
+pub const STANDARD_BAUD_RATES: &[u32] = &[
+    300, 600, 1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200, 230400,
+];
+
+/// `log_level` values.
+pub const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
+
+/// `phase` values.
+pub const PHASES: &[&str] = &["a", "b", "c", "abc"];
+
+const GATEWAY_KEYS: &[&str] = &["id", "data_dir", "models_dir", "log_level"];
+const MQTT_KEYS: &[&str] = &[
+    "host",
+    "port",
+    "topic_prefix",
+    "client_id",
+    "username",
+    "password_file",
+    "tls",
+    "ca_file",
+    "client_cert_file",
+    "client_key_file",
+    "keep_alive_s",
+    "reconnect_max_s",
+    "max_inflight",
+];
+const STORE_KEYS: &[&str] = &["history_days", "max_size_mb"];
+const BUS_KEYS: &[&str] = &[
+    "name",
+    "protocol",
+    "device",
+    "address",
+    "baud",
+    "parity",
+    "data_bits",
+    "stop_bits",
+    "timeout_ms",
+    "poll_interval_s",
+];
+const METER_KEYS: &[&str] = &[
+    "id",
+    "bus",
+    "unit",
+    "address",
+    "model",
+    "multiplier",
+    "phase",
+    "poll_interval_s",
+];
+const AREA_KEYS: &[&str] = &[
+    "id",
+    "supply",
+    "customers",
+    "loss_interval_s",
+    "high_loss_pct",
+    "negative_loss_pct",
+];
+
+/// Why `s` cannot be one level of an MQTT topic, if it cannot.
+pub(super) fn topic_level_problem(s: &str) -> Option<&'static str> {
+    if s.is_empty() {
+        Some("is empty")
+    } else if s.contains('/') {
+        Some("contains `/`")
+    } else if s.contains('+') {
+        Some("contains `+`")
+    } else if s.contains('#') {
+        Some("contains `#`")
+    } else if s.chars().any(char::is_whitespace) {
+        Some("contains a space")
+    } else if s.chars().any(char::is_control) {
+        Some("contains a control character")
+    } else {
+        None
+    }
+}
+
+/// Reads a string key that ends up in MQTT topics (gateway id, meter id, ...): it must be a
+/// valid topic level.
+fn topic_level(
+    report: &mut Report,
+    section: &Section,
+    key: &str,
+    what: &str,
+    example: &str,
+) -> Option<Spanned<String>> {
+    let s = section.required_string(report, key, example)?;
+    if let Some(why) = topic_level_problem(s.get_ref()) {
+        report.at(
+            s.span().start,
+            format!(
+                "{what} `{}` {why}; it is used as an MQTT topic level, so use only letters, \
+                 digits, `-`, `_` and `.`",
+                s.get_ref()
+            ),
+        );
+        return None;
+    }
+    Some(s)
+}
+
+/// `path` as written, resolved against the configuration file's directory when relative.
+fn resolve(base: &Path, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// An optional path key, resolved against `base`.
+fn path_key(report: &mut Report, section: &Section, key: &str, base: &Path) -> Option<PathBuf> {
+    let s = section.string(report, key)?;
+    if s.get_ref().is_empty() {
+        report.at(
+            s.span().start,
+            format!("`{key}` must not be empty; remove the key or name a file"),
+        );
+        return None;
+    }
+    Some(resolve(base, s.get_ref()))
+}
+
+/// `[gateway]`, with the span of a valid `models_dir`.
+pub(super) struct GatewayEntry {
+    pub config: GatewayConfig,
+    pub models_dir: Option<Range<usize>>,
+}
+
+pub(super) fn gateway(
+    report: &mut Report,
+    table: &DeTable,
+    start: usize,
+    base: &Path,
+) -> GatewayEntry {
+    let s = Section::new(report, "[gateway]", table, start, GATEWAY_KEYS);
+    let id = topic_level(report, &s, "id", "gateway id", "id = \"tx-0412\"");
+    let data_dir = s
+        .required_string(report, "data_dir", "data_dir = \"/var/lib/amr-gateway\"")
+        .map(|d| resolve(base, d.get_ref()));
+    let models_dir_span = s.get("models_dir").map(|v| v.span());
+    let models_dir = path_key(report, &s, "models_dir", base);
+    let log_level = match s.string(report, "log_level") {
+        Some(l) if LOG_LEVELS.contains(&l.get_ref().as_str()) => l.into_inner(),
+        Some(l) => {
+            report.at(
+                l.span().start,
+                format!(
+                    "unknown log_level `{}`; use one of: {}",
+                    l.get_ref(),
+                    LOG_LEVELS.join(", ")
+                ),
+            );
+            "info".into()
+        }
+        None => "info".into(),
+    };
+    GatewayEntry {
+        models_dir: models_dir.as_ref().and(models_dir_span),
+        config: GatewayConfig {
+            id: id.map(Spanned::into_inner).unwrap_or_default(),
+            data_dir: data_dir.unwrap_or_default(),
+            models_dir,
+            log_level,
+        },
+    }
+}
+
+/// `[mqtt]`. `gateway_id` gives the default client id.
+pub(super) fn mqtt(
+    report: &mut Report,
+    table: &DeTable,
+    start: usize,
+    base: &Path,
+    gateway_id: &str,
+) -> MqttConfig {
+    let s = Section::new(report, "[mqtt]", table, start, MQTT_KEYS);
+    let host = s.required_string(report, "host", "host = \"mqtt.example.net\"");
+    let port = s.integer_in(report, "port", 1, 65535, "");
+    let topic_prefix = s.string(report, "topic_prefix").and_then(|p| {
+        let text = p.get_ref();
+        let why = if text.is_empty() {
+            Some("is empty")
+        } else if text.contains('+') || text.contains('#') {
+            Some("contains a wildcard (`+` or `#`)")
+        } else if text.starts_with('/') || text.ends_with('/') || text.contains("//") {
+            Some("has an empty level (a leading, trailing or doubled `/`)")
+        } else if text.chars().any(char::is_whitespace) {
+            Some("contains a space")
+        } else {
+            None
+        };
+        match why {
+            Some(why) => {
+                report.at(
+                    p.span().start,
+                    format!("topic_prefix `{text}` {why}; write e.g. `topic_prefix = \"amr\"`"),
+                );
+                None
+            }
+            None => Some(p.into_inner()),
+        }
+    });
+    let client_id = s.string(report, "client_id").and_then(|c| {
+        if c.get_ref().is_empty() {
+            report.at(
+                c.span().start,
+                "`client_id` must not be empty; remove it to use `amr-gateway-{gateway id}`",
+            );
+            None
+        } else {
+            Some(c.into_inner())
+        }
+    });
+    let username = s.string(report, "username").map(Spanned::into_inner);
+    let password_file = path_key(report, &s, "password_file", base);
+    let tls = s.boolean(report, "tls").map(Spanned::into_inner);
+    let ca_file = path_key(report, &s, "ca_file", base);
+    let client_cert_file = path_key(report, &s, "client_cert_file", base);
+    let client_key_file = path_key(report, &s, "client_key_file", base);
+    match (s.get("client_cert_file"), s.get("client_key_file")) {
+        (Some(v), None) => report.at(
+            v.span().start,
+            "`client_cert_file` is set without `client_key_file`; a client certificate needs \
+             its private key: set both or neither",
+        ),
+        (None, Some(v)) => report.at(
+            v.span().start,
+            "`client_key_file` is set without `client_cert_file`; set both or neither",
+        ),
+        _ => {}
+    }
+    let keep_alive_s = s.integer_in(report, "keep_alive_s", 5, 65535, " s");
+    let reconnect_max_s = s.integer_in(report, "reconnect_max_s", 1, 86400, " s");
+    let max_inflight = s.integer_in(report, "max_inflight", 1, 65535, "");
+    MqttConfig {
+        host: host.map(Spanned::into_inner).unwrap_or_default(),
+        port: port.map_or(1883, |p| *p.get_ref() as u16),
+        topic_prefix: topic_prefix.unwrap_or_else(|| "amr".into()),
+        client_id: client_id.unwrap_or_else(|| format!("amr-gateway-{gateway_id}")),
+        username,
+        password_file,
+        tls: tls.unwrap_or(false),
+        ca_file,
+        client_cert_file,
+        client_key_file,
+        keep_alive_s: keep_alive_s.map_or(30, |v| *v.get_ref() as u64),
+        reconnect_max_s: reconnect_max_s.map_or(60, |v| *v.get_ref() as u64),
+        max_inflight: max_inflight.map_or(64, |v| *v.get_ref() as u16),
+    }
+}
+
+/// `[store]`.
+pub(super) fn store(report: &mut Report, table: &DeTable, start: usize) -> StoreConfig {
+    let s = Section::new(report, "[store]", table, start, STORE_KEYS);
+    let history_days = s.integer_in(report, "history_days", 1, 3650, " days");
+    let max_size_mb = s.integer_in(report, "max_size_mb", 1, 1 << 20, " MiB");
+    StoreConfig {
+        history_days: history_days.map_or(35, |v| *v.get_ref() as u32),
+        max_size_mb: max_size_mb.map_or(1024, |v| *v.get_ref() as u64),
+    }
+}
+
+/// The defaults of a `[store]` section that is left out.
+pub(super) fn default_store() -> StoreConfig {
+    StoreConfig {
+        history_days: 35,
+        max_size_mb: 1024,
+    }
+}
+
+/// One `[[bus]]`.
+pub(super) struct BusEntry {
+    pub config: BusConfig,
+    /// Span of a valid `name`.
+    pub name: Option<Range<usize>>,
+    /// Whether `protocol` was present and known (so `config.protocol` is meaningful).
+    pub protocol_known: bool,
+    /// Span of a valid `device`.
+    pub device: Option<Range<usize>>,
+}
+
+pub(super) fn bus(report: &mut Report, table: &DeTable, start: usize, base: &Path) -> BusEntry {
+    let s = Section::new(report, "[[bus]]", table, start, BUS_KEYS);
+    let name = topic_level(report, &s, "name", "bus name", "name = \"rs485-1\"");
+    let label = name.as_ref().map_or_else(
+        || "[[bus]]".to_string(),
+        |n| format!("bus `{}`", n.get_ref()),
+    );
+    let protocol = match s.required_string(report, "protocol", "protocol = \"modbus-rtu\"") {
+        Some(p) => match BusProtocol::from_name(p.get_ref()) {
+            Some(protocol) => Some(protocol),
+            None => {
+                let all: Vec<&str> = BusProtocol::ALL.iter().map(|p| p.name()).collect();
+                let hint = nearest(p.get_ref(), all.iter().copied())
+                    .map(|n| format!("did you mean `{n}`? "))
+                    .unwrap_or_default();
+                report.at(
+                    p.span().start,
+                    format!(
+                        "unknown protocol `{}`; {hint}use one of: {}",
+                        p.get_ref(),
+                        all.join(", ")
+                    ),
+                );
+                None
+            }
+        },
+        None => None,
+    };
+
+    let mut device = None;
+    let mut address = None;
+    if let Some(protocol) = protocol {
+        if protocol.is_tcp() {
+            address = tcp_address(report, &s, protocol);
+            if let Some(v) = s.get("device") {
+                report.at(
+                    v.span().start,
+                    format!(
+                        "`device` is for serial buses, but {label} uses {}; remove it and set \
+                         `address = \"host:port\"` of the serial server",
+                        protocol.name()
+                    ),
+                );
+            }
+        } else {
+            device = s
+                .required_string(report, "device", "device = \"/dev/ttyS1\"")
+                .map(|d| Spanned::new(d.span(), resolve(base, d.get_ref())));
+            if let Some(v) = s.get("address") {
+                report.at(
+                    v.span().start,
+                    format!(
+                        "`address` is for TCP buses, but {label} uses {} on a serial `device`; \
+                         remove it, or change `protocol` to modbus-tcp or modbus-rtu-over-tcp",
+                        protocol.name()
+                    ),
+                );
+            }
+        }
+    }
+
+    let mut serial = if protocol == Some(BusProtocol::Dlt645) {
+        SerialSettings::DLT645_DEFAULT
+    } else {
+        SerialSettings::MODBUS_DEFAULT
+    };
+    if let Some(b) = s.integer(report, "baud") {
+        if STANDARD_BAUD_RATES
+            .iter()
+            .any(|&r| r as i128 == *b.get_ref())
+        {
+            serial.baud = *b.get_ref() as u32;
+        } else {
+            let rates: Vec<String> = STANDARD_BAUD_RATES.iter().map(u32::to_string).collect();
+            report.at(
+                b.span().start,
+                format!(
+                    "baud {} is not a standard rate; use one of: {}",
+                    b.get_ref(),
+                    rates.join(", ")
+                ),
+            );
+        }
+    }
+    if let Some(p) = s.string(report, "parity") {
+        match p.get_ref().as_str() {
+            "none" => serial.parity = Parity::None,
+            "even" => serial.parity = Parity::Even,
+            "odd" => serial.parity = Parity::Odd,
+            other => report.at(
+                p.span().start,
+                format!("unknown parity `{other}`; use \"none\", \"even\" or \"odd\""),
+            ),
+        }
+    }
+    if let Some(d) = s.integer(report, "data_bits") {
+        match *d.get_ref() {
+            7 | 8 => serial.data_bits = *d.get_ref() as u8,
+            other => report.at(
+                d.span().start,
+                format!("data_bits {other} is not possible; use 7 or 8"),
+            ),
+        }
+    }
+    if let Some(d) = s.integer(report, "stop_bits") {
+        match *d.get_ref() {
+            1 | 2 => serial.stop_bits = *d.get_ref() as u8,
+            other => report.at(
+                d.span().start,
+                format!("stop_bits {other} is not possible; use 1 or 2"),
+            ),
+        }
+    }
+    let timeout_ms = s.integer_in(report, "timeout_ms", 1, 60000, " ms");
+    let poll_interval_s = s.integer_in(report, "poll_interval_s", 1, 86400, " s");
+
+    BusEntry {
+        name: name.as_ref().map(Spanned::span),
+        protocol_known: protocol.is_some(),
+        device: device.as_ref().map(Spanned::span),
+        config: BusConfig {
+            name: name.map(Spanned::into_inner).unwrap_or_default(),
+            protocol: protocol.unwrap_or(BusProtocol::ModbusRtu),
+            device: device.map(Spanned::into_inner),
+            address,
+            serial,
+            timeout_ms: timeout_ms.map_or(1000, |v| *v.get_ref() as u64),
+            poll_interval_s: poll_interval_s.map_or(60, |v| *v.get_ref() as u64),
+            line: report.line(start),
+        },
+    }
+}
+
+/// `address = "host:port"` of a TCP bus: required, with a port in 1..=65535.
+fn tcp_address(report: &mut Report, s: &Section, protocol: BusProtocol) -> Option<String> {
+    let example = "address = \"192.168.1.50:502\"";
+    let a = s.required_string(report, "address", example)?;
+    let text = a.get_ref();
+    let problem = match text.rsplit_once(':') {
+        None => Some(format!(
+            "address `{text}` has no port; {} needs `host:port`, e.g. `{example}`",
+            protocol.name()
+        )),
+        Some(("", _)) => Some(format!(
+            "address `{text}` has no host; write `host:port`, e.g. `{example}`"
+        )),
+        Some((_, port)) => match port.parse::<u32>() {
+            Ok(p) if (1..=65535).contains(&p) => None,
+            Ok(p) => Some(format!(
+                "address `{text}`: port {p} is not possible; use a port from 1 to 65535 \
+                 (Modbus TCP is usually 502)"
+            )),
+            Err(_) => Some(format!(
+                "address `{text}`: `{port}` is not a port number; write `host:port`, e.g. \
+                 `{example}`"
+            )),
+        },
+    };
+    match problem {
+        Some(message) => {
+            report.at(a.span().start, message);
+            None
+        }
+        None => Some(a.into_inner()),
+    }
+}
+
+/// One `[[meter]]`, with the spans of its valid values.
+pub(super) struct MeterEntry {
+    pub config: MeterConfig,
+    pub id: Option<Range<usize>>,
+    pub bus: Option<Range<usize>>,
+    pub unit: Option<Range<usize>>,
+    pub address: Option<Range<usize>>,
+    pub model: Option<Range<usize>>,
+    pub phase: Option<Range<usize>>,
+    /// Span of `unit` / `address` as written, valid or not (for "wrong key for this bus"
+    /// messages; and when written, "missing" must not fire).
+    pub unit_written: Option<Range<usize>>,
+    pub address_written: Option<Range<usize>>,
+    pub start: usize,
+}
+
+pub(super) fn meter(report: &mut Report, table: &DeTable, start: usize) -> MeterEntry {
+    let s = Section::new(report, "[[meter]]", table, start, METER_KEYS);
+    let id = topic_level(report, &s, "id", "meter id", "id = \"m-001\"");
+    let bus = s.required_string(report, "bus", "bus = \"rs485-1\"");
+    let unit = s.integer(report, "unit").and_then(|u| {
+        if (1..=247).contains(u.get_ref()) {
+            Some(Spanned::new(u.span(), *u.get_ref() as u8))
+        } else {
+            report.at(
+                u.span().start,
+                format!(
+                    "unit {} is outside 1..=247; set the meter's Modbus address (unit id) \
+                     to 1..247 and write it here",
+                    u.get_ref()
+                ),
+            );
+            None
+        }
+    });
+    let address = match s.get("address").map(|v| v.get_ref()) {
+        Some(toml::de::DeValue::Integer(_)) => {
+            let v = s.get("address").expect("checked above");
+            report.at(
+                v.span().start,
+                format!(
+                    "`address` must be a string of 12 digits, found an integer; quote it to \
+                     keep leading zeros: `address = \"{:0>12}\"`",
+                    report.source(v.span())
+                ),
+            );
+            None
+        }
+        _ => s.string(report, "address").and_then(|a| {
+            let text = a.get_ref();
+            if text.len() == 12 && text.bytes().all(|b| b.is_ascii_digit()) {
+                Some(a)
+            } else {
+                report.at(
+                    a.span().start,
+                    format!(
+                        "DL/T 645 address `{text}` must be exactly 12 digits (as printed on \
+                         the meter's nameplate, padded with leading zeros)"
+                    ),
+                );
+                None
+            }
+        }),
+    };
+    let model = s.required_string(report, "model", "model = \"eastron-sdm120\"");
+    let multiplier = s.number(report, "multiplier").and_then(|m| {
+        let x = *m.get_ref();
+        if x.is_finite() && x > 0.0 {
+            Some(x)
+        } else {
+            report.at(
+                m.span().start,
+                format!(
+                    "multiplier {} is not possible; it is CT ratio × PT ratio, a positive \
+                     number (1 for a direct-connected meter)",
+                    report.source(m.span())
+                ),
+            );
+            None
+        }
+    });
+    let phase = s.string(report, "phase").and_then(|p| {
+        if PHASES.contains(&p.get_ref().as_str()) {
+            Some(p)
+        } else {
+            report.at(
+                p.span().start,
+                format!(
+                    "unknown phase `{}`; use \"a\", \"b\", \"c\" (single-phase meters) or \
+                         \"abc\" (three-phase)",
+                    p.get_ref()
+                ),
+            );
+            None
+        }
+    });
+    let poll_interval_s = s.integer_in(report, "poll_interval_s", 1, 86400, " s");
+    MeterEntry {
+        id: id.as_ref().map(Spanned::span),
+        bus: bus.as_ref().map(Spanned::span),
+        unit: unit.as_ref().map(Spanned::span),
+        address: address.as_ref().map(Spanned::span),
+        model: model.as_ref().map(Spanned::span),
+        phase: phase.as_ref().map(Spanned::span),
+        unit_written: s.get("unit").map(|v| v.span()),
+        address_written: s.get("address").map(|v| v.span()),
+        start,
+        config: MeterConfig {
+            id: id.map(Spanned::into_inner).unwrap_or_default(),
+            bus: bus.map(Spanned::into_inner).unwrap_or_default(),
+            unit: unit.map(Spanned::into_inner),
+            address: address.map(Spanned::into_inner),
+            model: model.map(Spanned::into_inner).unwrap_or_default(),
+            multiplier: multiplier.unwrap_or(1.0),
+            phase: phase.map(Spanned::into_inner),
+            poll_interval_s: poll_interval_s.map(|v| *v.get_ref() as u64),
+            line: report.line(start),
+        },
+    }
+}
+
+/// One `[[area]]`, with the spans of its meter references.
+pub(super) struct AreaEntry {
+    pub config: AreaConfig,
+    pub id: Option<Range<usize>>,
+    /// Span of each `supply` entry (parallel to `config.supply`).
+    pub supply: Vec<Range<usize>>,
+    /// Span of each `customers` entry (parallel to `config.customers`).
+    pub customers: Vec<Range<usize>>,
+}
+
+pub(super) fn area(report: &mut Report, table: &DeTable, start: usize) -> AreaEntry {
+    let s = Section::new(report, "[[area]]", table, start, AREA_KEYS);
+    let id = topic_level(report, &s, "id", "area id", "id = \"tx-0412\"");
+    let label = id.as_ref().map_or_else(
+        || "this area".to_string(),
+        |i| format!("area `{}`", i.get_ref()),
+    );
+    let supply = match s.get("supply") {
+        None => {
+            s.missing(report, "supply", "supply = [\"m-supply\"]");
+            None
+        }
+        Some(_) => s.string_array(report, "supply", "meter ids"),
+    };
+    if let Some(list) = supply.as_ref().filter(|l| l.get_ref().is_empty()) {
+        report.at(
+            list.span().start,
+            format!(
+                "{label} has no supply meter; name the meter on the transformer's low-voltage \
+                 side, e.g. `supply = [\"m-supply\"]`"
+            ),
+        );
+    }
+    let customers = match s.get("customers") {
+        None => {
+            s.missing(report, "customers", "customers = [\"m-001\", \"m-002\"]");
+            None
+        }
+        Some(_) => s.string_array(report, "customers", "meter ids"),
+    };
+    let loss_interval_s = s.integer(report, "loss_interval_s").and_then(|v| {
+        let n = *v.get_ref();
+        if (60..=86400).contains(&n) && 86400 % n == 0 {
+            Some(n as u64)
+        } else {
+            report.at(
+                v.span().start,
+                format!(
+                    "loss_interval_s {n} must be at least 60 and divide a day (86400 s) \
+                     evenly, e.g. 300, 900, 1800 or 3600"
+                ),
+            );
+            None
+        }
+    });
+    let high = s.number(report, "high_loss_pct");
+    let negative = s.number(report, "negative_loss_pct");
+    let high_loss_pct = high.as_ref().map_or(10.0, |v| *v.get_ref());
+    let negative_loss_pct = negative.as_ref().map_or(-1.0, |v| *v.get_ref());
+    for v in [&high, &negative].into_iter().flatten() {
+        if !v.get_ref().is_finite() {
+            report.at(v.span().start, "a loss threshold must be a finite number");
+        }
+    }
+    if high_loss_pct <= negative_loss_pct {
+        let at = high
+            .as_ref()
+            .or(negative.as_ref())
+            .map_or(start, |v| v.span().start);
+        report.at(
+            at,
+            format!(
+                "high_loss_pct ({high_loss_pct}) must be above negative_loss_pct \
+                 ({negative_loss_pct}) in {label}"
+            ),
+        );
+    }
+    let (supply, supply_spans) = split(supply);
+    let (customers, customer_spans) = split(customers);
+    AreaEntry {
+        id: id.as_ref().map(Spanned::span),
+        supply: supply_spans,
+        customers: customer_spans,
+        config: AreaConfig {
+            id: id.map(Spanned::into_inner).unwrap_or_default(),
+            supply,
+            customers,
+            loss_interval_s: loss_interval_s.unwrap_or(900),
+            high_loss_pct,
+            negative_loss_pct,
+            line: report.line(start),
+        },
+    }
+}
+
+/// Values and their spans, as two parallel lists.
+fn split(list: Option<Spanned<Vec<Spanned<String>>>>) -> (Vec<String>, Vec<Range<usize>>) {
+    list.map(Spanned::into_inner)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| (s.span(), s.into_inner()))
+        .map(|(span, s)| (s, span))
+        .unzip()
+}

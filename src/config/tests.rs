@@ -1,0 +1,1248 @@
+//! Tests of the configuration loader: one per kind of mistake, each pinning the exact
+//! `FILE:LINE:COL: message`; a file with many mistakes; defaults; and the shipped example.
+
+use super::*;
+use crate::meter::{MeterModel, ModelLibrary};
+use std::path::Path;
+
+const FILE: &str = "/site/amr.toml";
+
+/// A small valid file; tests introduce one mistake at a time with [`edit`]. Line numbers are
+/// given on the right for reading the expected positions.
+const BASE: &str = r#"[gateway]
+id = "tx-0412"
+data_dir = "data"
+
+[mqtt]
+host = "broker.local"
+
+[[bus]]
+name = "rs485-1"
+protocol = "modbus-rtu"
+device = "/dev/ttyS1"
+
+[[meter]]
+id = "m-supply"
+bus = "rs485-1"
+unit = 1
+model = "chint-dtsu666"
+
+[[meter]]
+id = "m-001"
+bus = "rs485-1"
+unit = 2
+model = "eastron-sdm120"
+"#;
+// line 1 [gateway], 5 [mqtt], 8 [[bus]], 13 [[meter]] m-supply, 19 [[meter]] m-001.
+
+/// The models the tests' files name.
+fn library() -> ModelLibrary {
+    let mut library = ModelLibrary::default();
+    for (name, phases) in [
+        ("eastron-sdm630", 3),
+        ("eastron-sdm120", 1),
+        ("chint-dtsu666", 3),
+    ] {
+        library.insert(MeterModel {
+            name: name.into(),
+            vendor: name.split('-').next().unwrap().into(),
+            description: format!("test model {name}"),
+            phases,
+            max_block: 125,
+            max_gap: 0,
+            unit_switch_pause_ms: 0,
+            inter_frame_pause_ms: 0,
+            registers: Vec::new(),
+            source: format!("test:{name}"),
+        });
+    }
+    library
+}
+
+fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    load_str_with(text, Path::new(FILE), library())
+}
+
+/// The problems of `text`, as printed by `check-config`.
+fn problems(text: &str) -> Vec<String> {
+    match parse(text) {
+        Ok(_) => panic!("expected problems in:\n{text}"),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// [`BASE`] with the first `from` replaced by `to`.
+fn edit(from: &str, to: &str) -> String {
+    assert!(BASE.contains(from), "BASE has no {from:?}");
+    BASE.replacen(from, to, 1)
+}
+
+fn at(line: usize, col: usize, message: &str) -> String {
+    format!("{FILE}:{line}:{col}: {message}")
+}
+
+#[test]
+fn valid_file_gets_defaults() {
+    let config = parse(BASE).unwrap();
+    assert_eq!(config.source, Path::new(FILE));
+    assert_eq!(config.gateway.id, "tx-0412");
+    assert_eq!(config.gateway.data_dir, Path::new("/site/data"));
+    assert_eq!(config.gateway.models_dir, None);
+    assert_eq!(config.gateway.log_level, "info");
+    assert_eq!(config.db_path(), Path::new("/site/data/amr-gateway.db"));
+
+    let mqtt = &config.mqtt;
+    assert_eq!(mqtt.host, "broker.local");
+    assert_eq!(mqtt.port, 1883);
+    assert_eq!(mqtt.topic_prefix, "amr");
+    assert_eq!(mqtt.client_id, "amr-gateway-tx-0412");
+    assert_eq!(mqtt.username, None);
+    assert_eq!(mqtt.password_file, None);
+    assert!(!mqtt.tls);
+    assert_eq!(mqtt.keep_alive_s, 30);
+    assert_eq!(mqtt.reconnect_max_s, 60);
+    assert_eq!(mqtt.max_inflight, 64);
+
+    assert_eq!(config.store.history_days, 35);
+    assert_eq!(config.store.max_size_mb, 1024);
+
+    let bus = config.bus("rs485-1").unwrap();
+    assert_eq!(bus.protocol, BusProtocol::ModbusRtu);
+    assert_eq!(bus.device.as_deref(), Some(Path::new("/dev/ttyS1")));
+    assert_eq!(bus.address, None);
+    assert_eq!(bus.serial, SerialSettings::MODBUS_DEFAULT);
+    assert_eq!(bus.serial.bits_per_char(), 10);
+    assert_eq!(bus.timeout_ms, 1000);
+    assert_eq!(bus.poll_interval_s, 60);
+    assert_eq!(bus.line, 8);
+
+    let meter = config.meter("m-001").unwrap();
+    assert_eq!(meter.bus, "rs485-1");
+    assert_eq!(meter.unit, Some(2));
+    assert_eq!(meter.address, None);
+    assert_eq!(meter.model, "eastron-sdm120");
+    assert_eq!(meter.multiplier, 1.0);
+    assert_eq!(meter.phase, None);
+    assert_eq!(meter.poll_interval_s, None);
+    assert_eq!(meter.line, 19);
+
+    let on_bus: Vec<&str> = config.meters_on("rs485-1").map(|m| m.id.as_str()).collect();
+    assert_eq!(on_bus, ["m-supply", "m-001"]);
+    assert_eq!(config.meters_on("elsewhere").count(), 0);
+    assert!(config.areas.is_empty());
+    assert_eq!(config.models.names().len(), 3);
+}
+
+#[test]
+fn every_key_set_is_read() {
+    let text = r#"
+[gateway]
+id = "tx-0412"
+data_dir = "/var/lib/amr-gateway"
+log_level = "debug"
+
+[mqtt]
+host = "10.0.0.1"
+port = 8883
+topic_prefix = "grid/amr"
+client_id = "gw-0412"
+username = "gw"
+password_file = "secrets/mqtt-password"
+tls = true
+ca_file = "/etc/ssl/ca.pem"
+client_cert_file = "certs/gw.pem"
+client_key_file = "certs/gw.key"
+keep_alive_s = 45
+reconnect_max_s = 120
+max_inflight = 16
+
+[store]
+history_days = 90
+max_size_mb = 256
+
+[[bus]]
+name = "dlt"
+protocol = "dlt645"
+device = "/dev/ttyS2"
+
+[[bus]]
+name = "tcp"
+protocol = "modbus-rtu-over-tcp"
+address = "192.168.1.50:4001"
+baud = 19200
+parity = "odd"
+data_bits = 7
+stop_bits = 2
+timeout_ms = 0x1F4
+poll_interval_s = 15
+
+[[meter]]
+id = "m-supply"
+bus = "tcp"
+unit = 0x0A
+model = "chint-dtsu666"
+multiplier = 100
+phase = "abc"
+poll_interval_s = 5
+
+[[meter]]
+id = "m-dlt"
+bus = "dlt"
+address = "000012345678"
+model = "eastron-sdm120"
+multiplier = 1.5
+phase = "b"
+
+[[area]]
+id = "tx-0412"
+supply = ["m-supply"]
+customers = ["m-dlt"]
+loss_interval_s = 3600
+high_loss_pct = 8.5
+negative_loss_pct = -2
+"#;
+    let config = parse(text).unwrap();
+    assert_eq!(config.gateway.log_level, "debug");
+    let mqtt = &config.mqtt;
+    assert_eq!(mqtt.port, 8883);
+    assert_eq!(mqtt.topic_prefix, "grid/amr");
+    assert_eq!(mqtt.client_id, "gw-0412");
+    assert_eq!(mqtt.username.as_deref(), Some("gw"));
+    assert_eq!(
+        mqtt.password_file.as_deref(),
+        Some(Path::new("/site/secrets/mqtt-password"))
+    );
+    assert!(mqtt.tls);
+    assert_eq!(mqtt.ca_file.as_deref(), Some(Path::new("/etc/ssl/ca.pem")));
+    assert_eq!(
+        mqtt.client_key_file.as_deref(),
+        Some(Path::new("/site/certs/gw.key"))
+    );
+    assert_eq!(
+        (mqtt.keep_alive_s, mqtt.reconnect_max_s, mqtt.max_inflight),
+        (45, 120, 16)
+    );
+    assert_eq!(config.store.history_days, 90);
+    assert_eq!(config.store.max_size_mb, 256);
+
+    let dlt = config.bus("dlt").unwrap();
+    assert_eq!(dlt.serial, SerialSettings::DLT645_DEFAULT);
+    assert_eq!(dlt.serial.bits_per_char(), 11);
+    let tcp = config.bus("tcp").unwrap();
+    assert_eq!(tcp.address.as_deref(), Some("192.168.1.50:4001"));
+    assert_eq!(
+        tcp.serial,
+        SerialSettings {
+            baud: 19200,
+            parity: Parity::Odd,
+            data_bits: 7,
+            stop_bits: 2
+        }
+    );
+    assert_eq!((tcp.timeout_ms, tcp.poll_interval_s), (500, 15));
+
+    let supply = config.meter("m-supply").unwrap();
+    assert_eq!(supply.unit, Some(10));
+    assert_eq!(supply.multiplier, 100.0);
+    assert_eq!(supply.phase.as_deref(), Some("abc"));
+    assert_eq!(supply.poll_interval_s, Some(5));
+    let dlt_meter = config.meter("m-dlt").unwrap();
+    assert_eq!(dlt_meter.address.as_deref(), Some("000012345678"));
+    assert_eq!(dlt_meter.multiplier, 1.5);
+
+    let area = config.area("tx-0412").unwrap();
+    assert_eq!(area.supply, ["m-supply"]);
+    assert_eq!(area.customers, ["m-dlt"]);
+    assert_eq!(area.loss_interval_s, 3600);
+    assert_eq!((area.high_loss_pct, area.negative_loss_pct), (8.5, -2.0));
+}
+
+#[test]
+fn area_defaults() {
+    let text =
+        format!("{BASE}\n[[area]]\nid = \"a\"\nsupply = [\"m-supply\"]\ncustomers = [\"m-001\"]\n");
+    let config = parse(&text).unwrap();
+    let area = &config.areas[0];
+    assert_eq!(area.loss_interval_s, 900);
+    assert_eq!(area.high_loss_pct, 10.0);
+    assert_eq!(area.negative_loss_pct, -1.0);
+    assert_eq!(area.line, 25);
+}
+
+#[test]
+fn syntax_error() {
+    let text = edit("id = \"tx-0412\"", "id = \"tx-0412");
+    assert_eq!(
+        problems(&text),
+        [at(
+            2,
+            14,
+            "TOML syntax: invalid basic string, expected `\"`"
+        )]
+    );
+}
+
+#[test]
+fn duplicate_key_is_a_syntax_error_naming_the_key() {
+    let text = edit("unit = 2\n", "unit = 2\nunit = 3\n");
+    assert_eq!(
+        problems(&text),
+        [at(
+            23,
+            1,
+            "`unit` is defined twice; a key or [section] may appear only once (repeated \
+             sections are written [[bus]], [[meter]], [[area]])"
+        )]
+    );
+}
+
+#[test]
+fn unknown_key_suggests_the_nearest() {
+    let text = edit(
+        "device = \"/dev/ttyS1\"\n",
+        "device = \"/dev/ttyS1\"\nbaudrate = 9600\n",
+    );
+    assert_eq!(
+        problems(&text),
+        [at(
+            12,
+            1,
+            "unknown key `baudrate` in [[bus]]; did you mean `baud`?"
+        )]
+    );
+}
+
+#[test]
+fn unknown_key_without_a_near_one_lists_the_keys() {
+    let text = edit("data_dir = \"data\"\n", "data_dir = \"data\"\n  zone = 8\n");
+    assert_eq!(
+        problems(&text),
+        [at(
+            4,
+            3,
+            "unknown key `zone` in [gateway]; the keys of [gateway] are: id, data_dir, \
+             models_dir, log_level"
+        )]
+    );
+}
+
+#[test]
+fn unknown_section() {
+    let text = format!("{BASE}\n[[meters]]\nid = \"x\"\n");
+    assert_eq!(
+        problems(&text),
+        [at(
+            25,
+            3,
+            "unknown section `meters`; did you mean `[[meter]]`? the sections are: [gateway], \
+             [mqtt], [store], [[bus]], [[meter]], [[area]]"
+        )]
+    );
+}
+
+#[test]
+fn single_bracket_for_a_repeated_section() {
+    let text = format!("{BASE}\n[area]\nid = \"a\"\n");
+    assert_eq!(
+        problems(&text),
+        [at(
+            25,
+            1,
+            "`[area]` must be written `[[area]]` (double brackets): there is one [[area]] \
+             section per area"
+        )]
+    );
+}
+
+#[test]
+fn wrong_type() {
+    let text = edit(
+        "device = \"/dev/ttyS1\"\n",
+        "device = \"/dev/ttyS1\"\nbaud = \"9600\"\n",
+    );
+    assert_eq!(
+        problems(&text),
+        [at(12, 8, "`baud` must be an integer, found a string")]
+    );
+    let text = format!("{BASE}\n[store]\nhistory_days = 3.5\n");
+    assert_eq!(
+        problems(&text),
+        [at(
+            26,
+            16,
+            "`history_days` must be an integer, found a float"
+        )]
+    );
+    let text = edit(
+        "host = \"broker.local\"",
+        "host = \"broker.local\"\ntls = \"yes\"",
+    );
+    assert_eq!(
+        problems(&text),
+        [at(
+            7,
+            7,
+            "`tls` must be a boolean (true or false), found a string"
+        )]
+    );
+}
+
+#[test]
+fn missing_required_keys() {
+    let text = edit("host = \"broker.local\"\n", "");
+    assert_eq!(
+        problems(&text),
+        [at(
+            5,
+            1,
+            "missing required key `host` in [mqtt]; add e.g. `host = \"mqtt.example.net\"`"
+        )]
+    );
+    let text = edit("id = \"tx-0412\"\ndata_dir = \"data\"\n", "\n\n");
+    assert_eq!(
+        problems(&text),
+        [
+            at(
+                1,
+                1,
+                "missing required key `id` in [gateway]; add e.g. `id = \"tx-0412\"`"
+            ),
+            at(
+                1,
+                1,
+                "missing required key `data_dir` in [gateway]; add e.g. \
+                 `data_dir = \"/var/lib/amr-gateway\"`"
+            ),
+        ]
+    );
+    let text = edit("model = \"eastron-sdm120\"\n", "\n");
+    assert_eq!(
+        problems(&text),
+        [at(
+            19,
+            1,
+            "missing required key `model` in [[meter]]; add e.g. `model = \"eastron-sdm120\"`"
+        )]
+    );
+}
+
+#[test]
+fn missing_section() {
+    let text = edit("[mqtt]\nhost = \"broker.local\"\n", "\n\n");
+    assert_eq!(
+        problems(&text),
+        [at(
+            1,
+            1,
+            "missing section [mqtt]; add it, with at least `host`"
+        )]
+    );
+}
+
+#[test]
+fn serial_bus_needs_a_device_and_tcp_bus_an_address() {
+    let text = edit("device = \"/dev/ttyS1\"\n", "\n");
+    assert_eq!(
+        problems(&text),
+        [at(
+            8,
+            1,
+            "missing required key `device` in [[bus]]; add e.g. `device = \"/dev/ttyS1\"`"
+        )]
+    );
+    let text = edit("protocol = \"modbus-rtu\"", "protocol = \"modbus-tcp\"");
+    assert_eq!(
+        problems(&text),
+        [
+            at(
+                8,
+                1,
+                "missing required key `address` in [[bus]]; add e.g. \
+                 `address = \"192.168.1.50:502\"`"
+            ),
+            at(
+                11,
+                10,
+                "`device` is for serial buses, but bus `rs485-1` uses modbus-tcp; remove it \
+                 and set `address = \"host:port\"` of the serial server"
+            ),
+        ]
+    );
+    let text = edit(
+        "device = \"/dev/ttyS1\"",
+        "device = \"/dev/ttyS1\"\naddress = \"10.0.0.5:502\"",
+    );
+    assert_eq!(
+        problems(&text),
+        [at(
+            12,
+            11,
+            "`address` is for TCP buses, but bus `rs485-1` uses modbus-rtu on a serial \
+             `device`; remove it, or change `protocol` to modbus-tcp or modbus-rtu-over-tcp"
+        )]
+    );
+}
+
+#[test]
+fn tcp_address_needs_a_port() {
+    let text = edit(
+        "protocol = \"modbus-rtu\"\ndevice = \"/dev/ttyS1\"",
+        "protocol = \"modbus-tcp\"\naddress = \"10.0.0.5:0\"",
+    );
+    assert_eq!(
+        problems(&text),
+        [at(
+            11,
+            11,
+            "address `10.0.0.5:0`: port 0 is not possible; use a port from 1 to 65535 \
+             (Modbus TCP is usually 502)"
+        )]
+    );
+    let text = edit(
+        "protocol = \"modbus-rtu\"\ndevice = \"/dev/ttyS1\"",
+        "protocol = \"modbus-tcp\"\naddress = \"10.0.0.5\"",
+    );
+    assert_eq!(
+        problems(&text),
+        [at(
+            11,
+            11,
+            "address `10.0.0.5` has no port; modbus-tcp needs `host:port`, e.g. \
+             `address = \"192.168.1.50:502\"`"
+        )]
+    );
+}
+
+#[test]
+fn meter_needs_the_address_kind_of_its_bus() {
+    let text = edit("unit = 2\n", "\n");
+    assert_eq!(
+        problems(&text),
+        [at(
+            19,
+            1,
+            "missing required key `unit` in [[meter]]: meter `m-001` is on Modbus bus \
+             `rs485-1`; add its unit id (1..247), e.g. `unit = 1`"
+        )]
+    );
+    let text = edit("unit = 2\n", "address = \"000000000002\"\n");
+    assert_eq!(
+        problems(&text),
+        [
+            at(
+                19,
+                1,
+                "missing required key `unit` in [[meter]]: meter `m-001` is on Modbus bus \
+                 `rs485-1`; add its unit id (1..247), e.g. `unit = 1`"
+            ),
+            at(
+                22,
+                11,
+                "`address` is a DL/T 645 meter address, but bus `rs485-1` is modbus-rtu; give \
+                 meter `m-001` its Modbus `unit` id instead"
+            ),
+        ]
+    );
+    // On a DL/T 645 bus it is the other way round.
+    let text = edit("protocol = \"modbus-rtu\"", "protocol = \"dlt645\"").replacen(
+        "unit = 1\n",
+        "address = \"000000000001\"\n",
+        1,
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            at(
+                19,
+                1,
+                "missing required key `address` in [[meter]]: meter `m-001` is on DL/T 645 bus \
+                 `rs485-1`; add its 12-digit address, e.g. `address = \"000012345678\"`"
+            ),
+            at(
+                22,
+                8,
+                "`unit` is a Modbus unit id, but bus `rs485-1` is dlt645; give meter `m-001` \
+                 its 12-digit DL/T 645 `address` instead"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn meter_on_unknown_bus() {
+    let text = edit("bus = \"rs485-1\"\nunit = 2", "bus = \"rs485-2\"\nunit = 2");
+    assert_eq!(
+        problems(&text),
+        [at(
+            21,
+            7,
+            "meter `m-001` is on bus `rs485-2`, which is not defined; did you mean `rs485-1`? \
+             defined buses: rs485-1"
+        )]
+    );
+}
+
+#[test]
+fn two_meters_with_one_unit_on_one_bus() {
+    let text = edit("unit = 2", "unit = 1");
+    assert_eq!(
+        problems(&text),
+        [at(
+            22,
+            8,
+            "meter `m-001` and meter `m-supply` (line 13) both use unit 1 on bus `rs485-1`; \
+             give each meter on a bus its own unit"
+        )]
+    );
+}
+
+#[test]
+fn two_dlt645_meters_with_one_address() {
+    let text = edit("protocol = \"modbus-rtu\"", "protocol = \"dlt645\"")
+        .replacen("unit = 1\n", "address = \"000000000007\"\n", 1)
+        .replacen("unit = 2\n", "address = \"000000000007\"\n", 1);
+    assert_eq!(
+        problems(&text),
+        [at(
+            22,
+            11,
+            "meter `m-001` and meter `m-supply` (line 13) both use address 000000000007 on bus \
+             `rs485-1`; give each meter on a bus its own address"
+        )]
+    );
+}
+
+#[test]
+fn duplicate_ids() {
+    let text = edit("id = \"m-001\"", "id = \"m-supply\"");
+    assert_eq!(
+        problems(&text),
+        [at(
+            20,
+            6,
+            "duplicate meter id `m-supply`; the first [[meter]] with this id is at line 13: \
+             give each meter its own id"
+        )]
+    );
+    let text = format!(
+        "{BASE}\n[[bus]]\nname = \"rs485-1\"\nprotocol = \"modbus-rtu\"\ndevice = \"/dev/ttyS2\"\n"
+    );
+    assert_eq!(
+        problems(&text),
+        [at(
+            26,
+            8,
+            "duplicate bus name `rs485-1`; the first [[bus]] with this name is at line 8: give \
+             each bus its own name"
+        )]
+    );
+    let text = format!(
+        "{BASE}\n[[area]]\nid = \"a\"\nsupply = [\"m-supply\"]\ncustomers = []\n\
+         \n[[area]]\nid = \"a\"\nsupply = [\"m-001\"]\ncustomers = []\n"
+    );
+    assert_eq!(
+        problems(&text),
+        [at(
+            31,
+            6,
+            "duplicate area id `a`; the first [[area]] with this id is at line 25: give each \
+             area its own id"
+        )]
+    );
+}
+
+#[test]
+fn two_buses_on_one_device() {
+    let text = format!(
+        "{BASE}\n[[bus]]\nname = \"rs485-2\"\nprotocol = \"modbus-rtu\"\ndevice = \"/dev/ttyS1\"\n"
+    );
+    assert_eq!(
+        problems(&text),
+        [at(
+            28,
+            10,
+            "device `/dev/ttyS1` is already used by bus `rs485-1` (line 8); one serial port is \
+             one bus: put all its meters on that bus"
+        )]
+    );
+}
+
+#[test]
+fn unknown_model() {
+    let text = edit("model = \"eastron-sdm120\"", "model = \"eastron-sdm12\"");
+    assert_eq!(
+        problems(&text),
+        [at(
+            23,
+            9,
+            "unknown meter model `eastron-sdm12`; did you mean `eastron-sdm120`? models \
+             available: chint-dtsu666, eastron-sdm120, eastron-sdm630"
+        )]
+    );
+    let text = edit("model = \"eastron-sdm120\"", "model = \"acme-9000\"");
+    assert_eq!(
+        problems(&text),
+        [at(
+            23,
+            9,
+            "unknown meter model `acme-9000`; models available: chint-dtsu666, eastron-sdm120, \
+             eastron-sdm630"
+        )]
+    );
+}
+
+#[test]
+fn phase_must_fit_the_model() {
+    let text = edit("unit = 2\n", "unit = 2\nphase = \"abc\"\n");
+    assert_eq!(
+        problems(&text),
+        [at(
+            23,
+            9,
+            "meter `m-001`: model `eastron-sdm120` is single-phase; set `phase` to the phase it \
+             is connected to: \"a\", \"b\" or \"c\""
+        )]
+    );
+    let text = edit("unit = 1\n", "unit = 1\nphase = \"b\"\n");
+    assert_eq!(
+        problems(&text),
+        [at(
+            17,
+            9,
+            "meter `m-supply`: model `chint-dtsu666` is three-phase; use `phase = \"abc\"` or \
+             leave `phase` out"
+        )]
+    );
+    let text = edit("unit = 1\n", "unit = 1\nphase = \"L1\"\n");
+    assert_eq!(
+        problems(&text),
+        [at(
+            17,
+            9,
+            "unknown phase `L1`; use \"a\", \"b\", \"c\" (single-phase meters) or \"abc\" \
+             (three-phase)"
+        )]
+    );
+}
+
+#[test]
+fn impossible_serial_settings() {
+    let text = edit(
+        "device = \"/dev/ttyS1\"\n",
+        "device = \"/dev/ttyS1\"\nbaud = 9601\nparity = \"mark\"\ndata_bits = 9\nstop_bits = 3\n",
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            at(
+                12,
+                8,
+                "baud 9601 is not a standard rate; use one of: 300, 600, 1200, 2400, 4800, \
+                 9600, 14400, 19200, 38400, 57600, 115200, 230400"
+            ),
+            at(
+                13,
+                10,
+                "unknown parity `mark`; use \"none\", \"even\" or \"odd\""
+            ),
+            at(14, 13, "data_bits 9 is not possible; use 7 or 8"),
+            at(15, 13, "stop_bits 3 is not possible; use 1 or 2"),
+        ]
+    );
+}
+
+#[test]
+fn unit_id_range() {
+    let text = edit("unit = 2", "unit = 248");
+    assert_eq!(
+        problems(&text),
+        [at(
+            22,
+            8,
+            "unit 248 is outside 1..=247; set the meter's Modbus address (unit id) to 1..247 and \
+             write it here"
+        )]
+    );
+    let text = edit("unit = 2", "unit = 0");
+    assert_eq!(
+        problems(&text),
+        [at(
+            22,
+            8,
+            "unit 0 is outside 1..=247; set the meter's Modbus address (unit id) to 1..247 and \
+             write it here"
+        )]
+    );
+}
+
+#[test]
+fn dlt645_address_is_12_digits() {
+    let dlt = edit("protocol = \"modbus-rtu\"", "protocol = \"dlt645\"").replacen(
+        "unit = 1\n",
+        "address = \"000000000001\"\n",
+        1,
+    );
+    let text = dlt.replacen("unit = 2\n", "address = \"12345\"\n", 1);
+    assert_eq!(
+        problems(&text),
+        [at(
+            22,
+            11,
+            "DL/T 645 address `12345` must be exactly 12 digits (as printed on the meter's \
+             nameplate, padded with leading zeros)"
+        )]
+    );
+    let text = dlt.replacen("unit = 2\n", "address = 12345678\n", 1);
+    assert_eq!(
+        problems(&text),
+        [at(
+            22,
+            11,
+            "`address` must be a string of 12 digits, found an integer; quote it to keep \
+             leading zeros: `address = \"000012345678\"`"
+        )]
+    );
+}
+
+#[test]
+fn timeouts_intervals_and_ports() {
+    let text = edit(
+        "device = \"/dev/ttyS1\"\n",
+        "device = \"/dev/ttyS1\"\ntimeout_ms = 0\npoll_interval_s = 0\n",
+    )
+    .replacen(
+        "host = \"broker.local\"",
+        "host = \"broker.local\"\nport = 0",
+        1,
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            at(7, 8, "`port` must be from 1 to 65535, found 0"),
+            at(13, 14, "`timeout_ms` must be from 1 to 60000 ms, found 0"),
+            at(
+                14,
+                19,
+                "`poll_interval_s` must be from 1 to 86400 s, found 0"
+            ),
+        ]
+    );
+    let text = edit(
+        "device = \"/dev/ttyS1\"\n",
+        "device = \"/dev/ttyS1\"\ntimeout_ms = 60001\n",
+    );
+    assert_eq!(
+        problems(&text),
+        [at(
+            12,
+            14,
+            "`timeout_ms` must be from 1 to 60000 ms, found 60001"
+        )]
+    );
+}
+
+#[test]
+fn multiplier_must_be_positive_and_finite() {
+    for (written, col) in [("0", 14), ("-100", 14), ("nan", 14), ("inf", 14)] {
+        let text = edit("unit = 1\n", &format!("unit = 1\nmultiplier = {written}\n"));
+        assert_eq!(
+            problems(&text),
+            [at(
+                17,
+                col,
+                &format!(
+                    "multiplier {written} is not possible; it is CT ratio × PT ratio, a \
+                     positive number (1 for a direct-connected meter)"
+                )
+            )]
+        );
+    }
+    let text = edit("unit = 1\n", "unit = 1\nmultiplier = \"100\"\n");
+    assert_eq!(
+        problems(&text),
+        [at(17, 14, "`multiplier` must be a number, found a string")]
+    );
+}
+
+#[test]
+fn unknown_protocol() {
+    let text = edit("protocol = \"modbus-rtu\"", "protocol = \"modbus-rt\"");
+    assert_eq!(
+        problems(&text),
+        [at(
+            10,
+            12,
+            "unknown protocol `modbus-rt`; did you mean `modbus-rtu`? use one of: modbus-rtu, \
+             modbus-tcp, modbus-rtu-over-tcp, dlt645"
+        )]
+    );
+}
+
+#[test]
+fn ids_must_be_topic_levels() {
+    let text = edit("id = \"tx-0412\"", "id = \"tx/0412\"");
+    assert_eq!(
+        problems(&text),
+        [at(
+            2,
+            6,
+            "gateway id `tx/0412` contains `/`; it is used as an MQTT topic level, so use only \
+             letters, digits, `-`, `_` and `.`"
+        )]
+    );
+    let text = edit("id = \"m-001\"", "id = \"m 001\"");
+    assert_eq!(
+        problems(&text),
+        [at(
+            20,
+            6,
+            "meter id `m 001` contains a space; it is used as an MQTT topic level, so use only \
+             letters, digits, `-`, `_` and `.`"
+        )]
+    );
+    let text = edit("id = \"m-001\"", "id = \"m+#\"");
+    assert_eq!(
+        problems(&text),
+        [at(
+            20,
+            6,
+            "meter id `m+#` contains `+`; it is used as an MQTT topic level, so use only \
+             letters, digits, `-`, `_` and `.`"
+        )]
+    );
+    let text = edit("id = \"m-001\"", "id = \"\"");
+    assert_eq!(
+        problems(&text),
+        [at(
+            20,
+            6,
+            "`id` must not be empty; write e.g. `id = \"m-001\"`"
+        )]
+    );
+}
+
+#[test]
+fn topic_prefix_and_log_level() {
+    let text = edit(
+        "host = \"broker.local\"",
+        "host = \"broker.local\"\ntopic_prefix = \"amr/#\"",
+    )
+    .replacen(
+        "data_dir = \"data\"",
+        "data_dir = \"data\"\nlog_level = \"verbose\"",
+        1,
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            at(
+                4,
+                13,
+                "unknown log_level `verbose`; use one of: error, warn, info, debug, trace"
+            ),
+            at(
+                8,
+                16,
+                "topic_prefix `amr/#` contains a wildcard (`+` or `#`); write e.g. \
+                 `topic_prefix = \"amr\"`"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn client_certificate_needs_its_key() {
+    let text = edit(
+        "host = \"broker.local\"",
+        "host = \"broker.local\"\ntls = true\nclient_cert_file = \"gw.pem\"",
+    );
+    assert_eq!(
+        problems(&text),
+        [at(
+            8,
+            20,
+            "`client_cert_file` is set without `client_key_file`; a client certificate needs \
+             its private key: set both or neither"
+        )]
+    );
+}
+
+#[test]
+fn missing_models_dir() {
+    let text = edit(
+        "data_dir = \"data\"",
+        "data_dir = \"data\"\nmodels_dir = \"no-such-dir\"",
+    );
+    assert_eq!(
+        problems(&text),
+        [at(
+            4,
+            14,
+            "models_dir `/site/no-such-dir` is not a directory; create it or remove `models_dir`"
+        )]
+    );
+}
+
+/// [`BASE`] plus a second customer meter and the given `[[area]]` sections (from line 31).
+fn with_areas(areas: &str) -> String {
+    format!(
+        "{BASE}\n[[meter]]\nid = \"m-002\"\nbus = \"rs485-1\"\nunit = 3\nmodel = \"eastron-sdm120\"\n\n{areas}"
+    )
+}
+
+#[test]
+fn area_names_an_undefined_meter() {
+    let text = with_areas(
+        "[[area]]\nid = \"a\"\nsupply = [\"m-supply\"]\ncustomers = [\"m-001\", \"m-003\"]\n",
+    );
+    assert_eq!(
+        problems(&text),
+        [at(
+            34,
+            23,
+            "area `a` names meter `m-003`, which is not defined; did you mean `m-001`? define \
+             it with a [[meter]] or remove it from the area"
+        )]
+    );
+}
+
+#[test]
+fn meter_in_two_areas() {
+    let text = with_areas(
+        "[[area]]\nid = \"a\"\nsupply = [\"m-supply\"]\ncustomers = [\"m-001\"]\n\n\
+         [[area]]\nid = \"b\"\nsupply = [\"m-002\"]\ncustomers = [\"m-001\"]\n",
+    );
+    assert_eq!(
+        problems(&text),
+        [at(
+            39,
+            14,
+            "meter `m-001` is already in area `a` (line 31); a meter belongs to one area only: \
+             remove it from one of them"
+        )]
+    );
+}
+
+#[test]
+fn area_without_supply_meter() {
+    let text = with_areas("[[area]]\nid = \"a\"\nsupply = []\ncustomers = [\"m-001\"]\n");
+    assert_eq!(
+        problems(&text),
+        [at(
+            33,
+            10,
+            "area `a` has no supply meter; name the meter on the transformer's low-voltage \
+             side, e.g. `supply = [\"m-supply\"]`"
+        )]
+    );
+    let text = with_areas("[[area]]\nid = \"a\"\ncustomers = [\"m-001\"]\n");
+    assert_eq!(
+        problems(&text),
+        [at(
+            31,
+            1,
+            "missing required key `supply` in [[area]]; add e.g. `supply = [\"m-supply\"]`"
+        )]
+    );
+}
+
+#[test]
+fn customer_that_is_the_supply_meter() {
+    let text = with_areas(
+        "[[area]]\nid = \"a\"\nsupply = [\"m-supply\"]\ncustomers = [\"m-001\", \"m-supply\"]\n",
+    );
+    assert_eq!(
+        problems(&text),
+        [at(
+            34,
+            23,
+            "meter `m-supply` is both the supply meter and a customer of area `a`; remove it \
+             from `customers`"
+        )]
+    );
+    let text = with_areas(
+        "[[area]]\nid = \"a\"\nsupply = [\"m-supply\"]\ncustomers = [\"m-001\", \"m-001\"]\n",
+    );
+    assert_eq!(
+        problems(&text),
+        [at(
+            34,
+            23,
+            "meter `m-001` is listed twice in area `a`; remove one"
+        )]
+    );
+}
+
+#[test]
+fn area_thresholds_and_interval() {
+    let text = with_areas(
+        "[[area]]\nid = \"a\"\nsupply = [\"m-supply\"]\ncustomers = [\"m-001\"]\n\
+         high_loss_pct = -2\nnegative_loss_pct = -1\nloss_interval_s = 700\n",
+    );
+    assert_eq!(
+        problems(&text),
+        [
+            at(
+                35,
+                17,
+                "high_loss_pct (-2) must be above negative_loss_pct (-1) in area `a`"
+            ),
+            at(
+                37,
+                19,
+                "loss_interval_s 700 must be at least 60 and divide a day (86400 s) evenly, \
+                 e.g. 300, 900, 1800 or 3600"
+            ),
+        ]
+    );
+    let text = with_areas(
+        "[[area]]\nid = \"a\"\nsupply = [\"m-supply\"]\ncustomers = [\"m-001\"]\nloss_interval_s = 30\n",
+    );
+    assert_eq!(
+        problems(&text),
+        [at(
+            35,
+            19,
+            "loss_interval_s 30 must be at least 60 and divide a day (86400 s) evenly, e.g. \
+             300, 900, 1800 or 3600"
+        )]
+    );
+}
+
+#[test]
+fn every_mistake_of_a_file_is_reported() {
+    let text = r#"[gateway]
+id = "tx 0412"
+data_dir = "data"
+
+[mqtt]
+hots = "broker.local"
+port = 70000
+
+[[bus]]
+name = "rs485-1"
+protocol = "modbus-rtu"
+device = "/dev/ttyS1"
+baud = 9000
+
+[[meter]]
+id = "m-supply"
+bus = "rs485-1"
+unit = 1
+model = "chint-dtsu666"
+multiplier = 0
+
+[[meter]]
+id = "m-001"
+bus = "rs485-9"
+unit = 300
+model = "eastron-sdm120"
+
+[[meter]]
+id = "m-002"
+bus = "rs485-1"
+unit = 1
+model = "sdm120"
+
+[[area]]
+id = "a"
+supply = ["m-supply"]
+customers = ["m-001", "m-002", "m-404"]
+"#;
+    let got = problems(text);
+    let expected = [
+        at(
+            2,
+            6,
+            "gateway id `tx 0412` contains a space; it is used as an MQTT topic level, so use \
+             only letters, digits, `-`, `_` and `.`",
+        ),
+        at(
+            5,
+            1,
+            "missing required key `host` in [mqtt]; add e.g. `host = \"mqtt.example.net\"`",
+        ),
+        at(6, 1, "unknown key `hots` in [mqtt]; did you mean `host`?"),
+        at(7, 8, "`port` must be from 1 to 65535, found 70000"),
+        at(
+            13,
+            8,
+            "baud 9000 is not a standard rate; use one of: 300, 600, 1200, 2400, 4800, 9600, \
+             14400, 19200, 38400, 57600, 115200, 230400",
+        ),
+        at(
+            20,
+            14,
+            "multiplier 0 is not possible; it is CT ratio × PT ratio, a positive number (1 for \
+             a direct-connected meter)",
+        ),
+        at(
+            24,
+            7,
+            "meter `m-001` is on bus `rs485-9`, which is not defined; did you mean `rs485-1`? \
+             defined buses: rs485-1",
+        ),
+        at(
+            25,
+            8,
+            "unit 300 is outside 1..=247; set the meter's Modbus address (unit id) to 1..247 \
+             and write it here",
+        ),
+        at(
+            31,
+            8,
+            "meter `m-002` and meter `m-supply` (line 15) both use unit 1 on bus `rs485-1`; \
+             give each meter on a bus its own unit",
+        ),
+        at(
+            32,
+            9,
+            "unknown meter model `sdm120`; did you mean `eastron-sdm120`? models available: \
+             chint-dtsu666, eastron-sdm120, eastron-sdm630",
+        ),
+        at(
+            37,
+            32,
+            "area `a` names meter `m-404`, which is not defined; did you mean `m-001`? define \
+             it with a [[meter]] or remove it from the area",
+        ),
+    ];
+    assert_eq!(got, expected, "got:\n{}", got.join("\n"));
+}
+
+#[test]
+fn errors_print_one_problem_per_line() {
+    let text = edit("unit = 2", "unit = 0").replacen("unit = 1", "unit = 0", 1);
+    let errors = parse(&text).unwrap_err();
+    assert_eq!(errors.0.len(), 2);
+    let printed = errors.to_string();
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0].starts_with("/site/amr.toml:16:8: unit 0 is outside"));
+    assert!(lines[1].starts_with("/site/amr.toml:22:8: unit 0 is outside"));
+}
+
+#[test]
+fn example_configuration_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let config = match load_str_with(&text, &path, library()) {
+        Ok(config) => config,
+        Err(e) => panic!("config/example.toml:\n{e}"),
+    };
+    assert!(config.buses.len() >= 2);
+    assert!(
+        config
+            .buses
+            .iter()
+            .any(|b| b.protocol == BusProtocol::ModbusTcp)
+    );
+    let area = &config.areas[0];
+    let supply = config.meter(&area.supply[0]).unwrap();
+    assert_eq!(supply.model, "chint-dtsu666");
+    assert_eq!(supply.multiplier, 100.0);
+    assert!(area.customers.len() >= 3);
+    for customer in &area.customers {
+        assert_eq!(config.meter(customer).unwrap().model, "eastron-sdm120");
+    }
+}

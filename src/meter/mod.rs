@@ -7,8 +7,12 @@
 
 mod decode;
 mod library;
+mod model_file;
 mod plan;
 
 pub use decode::{decode_block, encode_value};
-pub use library::{DataType, MeterModel, ModelError, ModelLibrary, RegisterDef, WordOrder};
+pub use library::{
+    BUILTIN_MODEL_FILES, DataType, MeterModel, ModelError, ModelLibrary, RegisterDef, WordOrder,
+};
+pub use model_file::STANDARD_MAX_BLOCK;
 pub use plan::{ReadBlock, plan_blocks};

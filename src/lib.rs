@@ -22,6 +22,7 @@ pub mod analytics;
 pub mod bus;
 pub mod clock;
 pub mod config;
+pub mod field;
 pub mod meter;
 pub mod model;
 pub mod protocol;

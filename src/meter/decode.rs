@@ -11,11 +11,24 @@ pub fn decode_block(model: &MeterModel, block: &ReadBlock, words: &[u16]) -> Vec
         let def = &model.registers[i];
         let start = (def.address - block.address) as usize;
         let end = start + def.data_type.words() as usize;
-        if let Some(w) = words.get(start..end) {
+        if let Some(w) = words.get(start..end)
+            && !is_no_value(def, w)
+        {
             out.push((def.quantity.clone(), decode_value(def, w)));
         }
     }
     out
+}
+
+/// True for the "no value" markers some meters (ABB) send for quantities they do not measure:
+/// all ones for unsigned integers, the largest positive value for signed ones, NaN for floats.
+pub fn is_no_value(def: &RegisterDef, words: &[u16]) -> bool {
+    let bytes = to_big_endian(words, def.word_order);
+    match def.data_type {
+        DataType::U16 | DataType::U32 | DataType::U64 => bytes.iter().all(|b| *b == 0xFF),
+        DataType::I16 | DataType::I32 => bytes[0] == 0x7F && bytes[1..].iter().all(|b| *b == 0xFF),
+        DataType::F32 | DataType::F64 => decode_value(def, words).is_nan(),
+    }
 }
 
 /// Decodes one value from exactly `def.data_type.words()` words.
@@ -110,6 +123,18 @@ mod tests {
             word_order: o,
             scale,
         }
+    }
+
+    #[test]
+    fn no_value_markers_are_skipped() {
+        let d = def(DataType::U32, WordOrder::Abcd, 0.01);
+        assert!(is_no_value(&d, &[0xFFFF, 0xFFFF]));
+        assert!(!is_no_value(&d, &[0x0000, 0xFFFF]));
+        let d = def(DataType::I16, WordOrder::Abcd, 1.0);
+        assert!(is_no_value(&d, &[0x7FFF]));
+        let d = def(DataType::F32, WordOrder::Abcd, 1.0);
+        assert!(is_no_value(&d, &[0x7FC0, 0x0000]));
+        assert!(!is_no_value(&d, &[0x4366, 0x8000]));
     }
 
     #[test]

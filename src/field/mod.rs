@@ -1,0 +1,84 @@
+//! Field tools for the engineer on site: `read` (one reading of one meter), `scan` (which unit
+//! ids answer on a bus, and which model they look like) and `status` (what a running or stopped
+//! gateway's store says about every bus and meter). Each prints a table, or JSON with `--json`.
+
+pub mod read;
+pub mod scan;
+
+use crate::config::{BusConfig, BusProtocol, Parity, SerialSettings};
+use std::path::PathBuf;
+
+/// Where a tool talks to meters: a serial device or a TCP endpoint, as given on the command line.
+#[derive(Debug, Clone)]
+pub struct LinkArgs {
+    pub device: Option<PathBuf>,
+    pub address: Option<String>,
+    /// For `--address`: `modbus-tcp` (default) or `modbus-rtu-over-tcp`.
+    pub protocol: Option<String>,
+    pub baud: u32,
+    pub parity: Parity,
+    pub timeout_ms: u64,
+}
+
+impl LinkArgs {
+    /// A one-off bus for the tool.
+    pub fn bus(&self) -> Result<BusConfig, String> {
+        let protocol = match (&self.device, &self.address, self.protocol.as_deref()) {
+            (Some(_), None, None | Some("modbus-rtu")) => BusProtocol::ModbusRtu,
+            (None, Some(_), None | Some("modbus-tcp")) => BusProtocol::ModbusTcp,
+            (None, Some(_), Some("modbus-rtu-over-tcp")) => BusProtocol::ModbusRtuOverTcp,
+            (Some(_), Some(_), _) => {
+                return Err("give either --device or --address, not both".into());
+            }
+            (None, None, _) => {
+                return Err("give --device DEV (serial) or --address HOST:PORT (TCP)".into());
+            }
+            (_, _, Some(p)) => {
+                return Err(format!(
+                    "--protocol {p} does not fit; use modbus-rtu with --device, modbus-tcp or modbus-rtu-over-tcp with --address"
+                ));
+            }
+        };
+        Ok(BusConfig {
+            name: "cli".into(),
+            protocol,
+            device: self.device.clone(),
+            address: self.address.clone(),
+            serial: SerialSettings {
+                baud: self.baud,
+                parity: self.parity,
+                data_bits: 8,
+                stop_bits: 1,
+            },
+            timeout_ms: self.timeout_ms,
+            poll_interval_s: 60,
+            line: 0,
+        })
+    }
+}
+
+/// Parses `none` / `even` / `odd` (also `n`, `e`, `o`).
+pub fn parse_parity(s: &str) -> Result<Parity, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "none" | "n" => Ok(Parity::None),
+        "even" | "e" => Ok(Parity::Even),
+        "odd" | "o" => Ok(Parity::Odd),
+        _ => Err(format!("parity `{s}`: use none, even or odd")),
+    }
+}
+
+/// The unit printed beside a quantity, from its name's suffix.
+pub fn unit_of(quantity: &str) -> &'static str {
+    let suffix = quantity.rsplit('_').next().unwrap_or("");
+    match suffix {
+        "kwh" => "kWh",
+        "kvarh" => "kvarh",
+        "v" => "V",
+        "a" => "A",
+        "kw" => "kW",
+        "kvar" => "kvar",
+        "kva" => "kVA",
+        "hz" => "Hz",
+        _ => "",
+    }
+}

@@ -1,0 +1,189 @@
+//! `amr-gateway scan`: which unit ids answer on a bus, and which model each looks like.
+//!
+//! One short request per unit id (holding register 0): any answer — data or a Modbus exception —
+//! means a device is there. For each unit found, every model of the library is tried on the block
+//! holding its voltage and frequency; models whose values are plausible are the guess.
+
+use crate::bus::DeviceLock;
+use crate::meter::{MeterModel, ModelLibrary, decode_block, plan_blocks};
+use crate::protocol::modbus::{ModbusClient, ModbusError};
+use serde_json::json;
+use std::time::Duration;
+
+/// One unit id that answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    pub unit: u8,
+    /// How it answered the presence probe (`data` or the exception).
+    pub answer: String,
+    /// Models whose register map gives plausible values, best first.
+    pub models: Vec<String>,
+}
+
+/// Parses `1-247`, `5`, `1,2,10-20`.
+pub fn parse_units(s: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        let part = part.trim();
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let a: u8 = a
+            .parse()
+            .map_err(|_| format!("unit range `{part}`: use e.g. 1-247"))?;
+        let b: u8 = b
+            .parse()
+            .map_err(|_| format!("unit range `{part}`: use e.g. 1-247"))?;
+        if a == 0 || b > 247 || a > b {
+            return Err(format!("unit range `{part}`: unit ids are 1..247"));
+        }
+        out.extend(a..=b);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// Scans `units`, calling `progress(done, found_so_far)` after each unit.
+pub async fn scan(
+    link: &super::LinkArgs,
+    units: &[u8],
+    library: &ModelLibrary,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<Found>, String> {
+    let bus = link.bus()?;
+    let _lock = match &bus.device {
+        Some(dev) => Some(DeviceLock::acquire(dev).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let mut client = ModbusClient::open(&bus)
+        .await
+        .map_err(|e| format!("cannot open the bus: {e}"))?;
+    let timeout = Duration::from_millis(bus.timeout_ms);
+    let mut found = Vec::new();
+    for (i, &unit) in units.iter().enumerate() {
+        let answer = match client.read_registers(unit, 3, 0, 1, timeout).await {
+            Ok(_) => Some("data".to_string()),
+            Err(ModbusError::Exception { code }) => Some(format!("exception {code}")),
+            Err(ModbusError::Timeout(_)) => None,
+            // A garbled answer still means something is there.
+            Err(ModbusError::BadCrc) => Some("bad CRC".to_string()),
+            Err(ModbusError::WrongUnit { .. }) | Err(ModbusError::Malformed(_)) => None,
+            Err(ModbusError::Io(e)) => return Err(format!("bus failed: {e}")),
+        };
+        if let Some(answer) = answer {
+            let models = guess_models(&mut client, unit, library, timeout).await;
+            found.push(Found {
+                unit,
+                answer,
+                models,
+            });
+        }
+        progress(i + 1, found.len());
+    }
+    Ok(found)
+}
+
+/// Models whose voltage/frequency registers read back plausible values from `unit`.
+async fn guess_models(
+    client: &mut ModbusClient,
+    unit: u8,
+    library: &ModelLibrary,
+    timeout: Duration,
+) -> Vec<String> {
+    let mut scored: Vec<(u32, String)> = Vec::new();
+    for model in library.models.values() {
+        if let Some(score) = plausibility(client, unit, model, timeout).await
+            && score > 0
+        {
+            scored.push((score, model.name.clone()));
+        }
+    }
+    scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    scored.into_iter().map(|(_, n)| n).collect()
+}
+
+/// Reads the blocks of `model` holding voltages and frequency; scores plausible values
+/// (a voltage of 85..280 V, a frequency of 45..65 Hz), `None` if the meter refuses.
+async fn plausibility(
+    client: &mut ModbusClient,
+    unit: u8,
+    model: &MeterModel,
+    timeout: Duration,
+) -> Option<u32> {
+    let wanted = |q: &str| q.starts_with("voltage_l") && q.len() == 12 || q == "frequency_hz";
+    let mut score = 0;
+    let mut any = false;
+    for block in plan_blocks(model, model.max_block) {
+        if !block
+            .registers
+            .iter()
+            .any(|&i| wanted(&model.registers[i].quantity))
+        {
+            continue;
+        }
+        any = true;
+        let words = client
+            .read_registers(unit, block.function, block.address, block.count, timeout)
+            .await
+            .ok()?;
+        for (q, v) in decode_block(model, &block, &words) {
+            if !wanted(&q) {
+                continue;
+            }
+            let ok = if q == "frequency_hz" {
+                (45.0..=65.0).contains(&v)
+            } else {
+                (85.0..=280.0).contains(&v)
+            };
+            if ok {
+                score += if q == "frequency_hz" { 2 } else { 1 };
+            } else if !(q != "frequency_hz" && v == 0.0) {
+                // An absurd value rules the model out; a zero voltage is an unconnected phase.
+                return Some(0);
+            }
+        }
+    }
+    any.then_some(score)
+}
+
+/// The human-readable table.
+pub fn table(found: &[Found], scanned: usize) -> String {
+    let mut out = format!("{} of {} unit id(s) answered\n", found.len(), scanned);
+    if found.is_empty() {
+        out += "nothing answered: check wiring (A/B swapped?), baud rate, parity and termination\n";
+        return out;
+    }
+    out += &format!("{:>4}  {:<14}  model guess\n", "unit", "answer");
+    for f in found {
+        let guess = if f.models.is_empty() {
+            "unknown (no model of the library reads plausible values)".to_string()
+        } else {
+            f.models.join(" or ")
+        };
+        out += &format!("{:>4}  {:<14}  {}\n", f.unit, f.answer, guess);
+    }
+    out
+}
+
+pub fn json(found: &[Found], scanned: usize) -> serde_json::Value {
+    json!({
+        "scanned": scanned,
+        "found": found.iter().map(|f| json!({"unit": f.unit, "answer": f.answer, "models": f.models})).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_ranges() {
+        assert_eq!(parse_units("1-3,7").unwrap(), vec![1, 2, 3, 7]);
+        assert_eq!(parse_units("247").unwrap(), vec![247]);
+        assert!(parse_units("0-5").is_err());
+        assert!(parse_units("5-2").is_err());
+        assert!(parse_units("1-300").is_err());
+    }
+}

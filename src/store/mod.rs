@@ -258,20 +258,18 @@ impl Store {
                  WHERE id > ?1 ORDER BY id LIMIT ?2",
             )
             .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![after_id, limit], |r| {
-                Ok(OutboxRow {
-                    id: r.get(0)?,
-                    topic: r.get(1)?,
-                    payload: r.get(2)?,
-                    qos: r.get(3)?,
-                    retain: r.get(4)?,
-                    created_ms: r.get(5)?,
-                })
+        stmt.query_map(params![after_id, limit], |r| {
+            Ok(OutboxRow {
+                id: r.get(0)?,
+                topic: r.get(1)?,
+                payload: r.get(2)?,
+                qos: r.get(3)?,
+                retain: r.get(4)?,
+                created_ms: r.get(5)?,
             })
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self.err(e));
-        rows
+        })
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| self.err(e))
     }
 
     /// Deletes acknowledged outbox rows (ids that are gone already are ignored), in one
@@ -322,11 +320,9 @@ impl Store {
                  WHERE meter = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 ORDER BY ts_ms, id",
             )
             .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![meter, from_ms, to_ms], reading_from_row)
+        stmt.query_map(params![meter, from_ms, to_ms], reading_from_row)
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self.err(e));
-        rows
+            .map_err(|e| self.err(e))
     }
 
     /// A meter's most recent reading.
@@ -365,17 +361,15 @@ impl Store {
             .conn
             .prepare_cached("SELECT meter, state_json FROM meter_state ORDER BY meter")
             .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                let json: String = r.get(1)?;
-                Ok((
-                    r.get::<_, String>(0)?,
-                    serde_json::from_str(&json).unwrap_or(serde_json::Value::Null),
-                ))
-            })
-            .and_then(|rows| rows.collect::<Result<BTreeMap<_, _>, _>>())
-            .map_err(|e| self.err(e));
-        rows
+        stmt.query_map([], |r| {
+            let json: String = r.get(1)?;
+            Ok((
+                r.get::<_, String>(0)?,
+                serde_json::from_str(&json).unwrap_or(serde_json::Value::Null),
+            ))
+        })
+        .and_then(|rows| rows.collect::<Result<BTreeMap<_, _>, _>>())
+        .map_err(|e| self.err(e))
     }
 
     /// A value of the `meta` table (for later features: learned limits, counters).

@@ -19,6 +19,8 @@
 //! - [`gateway`]: `run` — wires buses, store and uplink together with a shutdown signal.
 
 pub mod analytics;
+#[cfg(feature = "embedded-broker")]
+pub mod broker;
 pub mod bus;
 pub mod clock;
 pub mod config;

@@ -6,7 +6,20 @@
 //! increases by one for every sequenced message and survives restarts. A row leaves the outbox
 //! only when the uplink reports its PUBACK.
 
+mod schema;
+mod shared;
+#[cfg(test)]
+mod tests;
+
+pub use shared::{SharedStore, open_shared, with_store};
+
+use crate::clock::now_ms;
+use crate::config::StoreConfig;
 use crate::model::Reading;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// A message to publish, before the store gives it its place in the outbox.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,8 +51,16 @@ pub struct OutboxRow {
     pub created_ms: i64,
 }
 
+/// Why a store operation failed; every variant names the database file.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// SQLITE_FULL: the disk (or the database's page limit) is full. The transaction was
+    /// rolled back; nothing of it was stored.
+    #[error(
+        "store {path}: disk full, nothing of this batch was stored; free space on the data_dir \
+         filesystem or lower [store] max_size_mb"
+    )]
+    Full { path: String },
     #[error("store {path}: {source}")]
     Sqlite {
         path: String,
@@ -48,4 +69,482 @@ pub enum StoreError {
     },
     #[error("store {path}: {message}")]
     Other { path: String, message: String },
+}
+
+/// What a [`Store::commit`] stored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CommitReport {
+    /// History rows inserted.
+    pub readings: usize,
+    /// Outbox row ids, in the order of `Batch::messages`.
+    pub outbox_ids: Vec<i64>,
+    /// `seq` of the first and last sequenced message of the batch, if it had any.
+    pub seq_range: Option<(u64, u64)>,
+}
+
+/// What a [`Store::prune`] deleted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PruneReport {
+    /// History rows older than `history_days`.
+    pub expired_readings: usize,
+    /// History rows deleted, oldest first, to bring the store under `max_size_mb`.
+    pub evicted_readings: usize,
+    /// Unsent outbox rows deleted, oldest first, because the store was still over
+    /// `max_size_mb` with no history left. The caller should log a warning.
+    pub dropped_messages: usize,
+    /// Used size after pruning, in bytes (`(page_count - freelist_count) * page_size`).
+    pub used_bytes: u64,
+}
+
+/// The gateway's SQLite database: reading history, outbox, `seq` counter, meter state.
+///
+/// One `Store` owns one connection; share it between tasks as a [`SharedStore`].
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    cfg: StoreConfig,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// How long a statement waits for a lock held by another connection (e.g. `amr-gateway status`
+/// reading the same file) before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// `meta` key of the last `seq` given out.
+const META_LAST_SEQ: &str = "last_seq";
+
+impl Store {
+    /// Opens (creating if needed, with its directory) the database at `path`, sets WAL with
+    /// `synchronous=FULL` (a committed batch survives power loss) and applies any migrations
+    /// this version knows and the file does not have yet.
+    pub fn open(path: &Path, cfg: &StoreConfig) -> Result<Store, StoreError> {
+        let name = path.display().to_string();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Other {
+                path: name.clone(),
+                message: format!("cannot create directory {}: {e}", dir.display()),
+            })?;
+        }
+        let sql = |source| StoreError::from_sqlite(&name, source);
+        let mut conn = Connection::open(path).map_err(sql)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(sql)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Other {
+                path: name,
+                message: format!(
+                    "cannot switch to WAL journal mode (got {mode}); is the filesystem local?"
+                ),
+            });
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql)?;
+        schema::migrate(&mut conn).map_err(|e| e.with_path(&name))?;
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version of the file (`PRAGMA user_version`).
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Stores one batch in ONE transaction: its readings into the history, its messages into
+    /// the outbox. Sequenced messages get `"seq"` (one more than the last one given out, kept
+    /// in `meta` in the same transaction). On any error nothing of the batch is stored.
+    pub fn commit(&mut self, batch: &Batch) -> Result<CommitReport, StoreError> {
+        self.commit_at(batch, now_ms())
+    }
+
+    /// [`Store::commit`] with an explicit creation time for the outbox rows.
+    pub fn commit_at(&mut self, batch: &Batch, now_ms: i64) -> Result<CommitReport, StoreError> {
+        let path = self.path.display().to_string();
+        let sql = |e| StoreError::from_sqlite(&path, e);
+        let tx = self.conn.transaction().map_err(sql)?;
+        let mut report = CommitReport {
+            readings: batch.readings.len(),
+            ..CommitReport::default()
+        };
+        {
+            let mut insert_reading = tx
+                .prepare_cached(
+                    "INSERT INTO history (meter, ts_ms, values_json) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(sql)?;
+            for r in &batch.readings {
+                insert_reading
+                    .execute(params![r.meter, r.ts_ms, values_json(&r.values)])
+                    .map_err(sql)?;
+            }
+            let mut seq = read_last_seq(&tx).map_err(sql)?;
+            let first_seq = seq + 1;
+            let mut insert_message = tx
+                .prepare_cached(
+                    "INSERT INTO outbox (topic, payload, qos, retain, created_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(sql)?;
+            for m in &batch.messages {
+                let payload = if m.sequenced {
+                    let serde_json::Value::Object(map) = &m.payload else {
+                        return Err(StoreError::Other {
+                            path: path.clone(),
+                            message: format!(
+                                "sequenced message for {} is not a JSON object",
+                                m.topic
+                            ),
+                        });
+                    };
+                    seq += 1;
+                    let mut map = map.clone();
+                    map.insert("seq".into(), seq.into());
+                    serde_json::Value::Object(map).to_string()
+                } else {
+                    m.payload.to_string()
+                };
+                insert_message
+                    .execute(params![
+                        m.topic,
+                        payload.as_bytes(),
+                        m.qos,
+                        m.retain,
+                        now_ms
+                    ])
+                    .map_err(sql)?;
+                report.outbox_ids.push(tx.last_insert_rowid());
+            }
+            if seq >= first_seq {
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    params![META_LAST_SEQ, seq.to_string()],
+                )
+                .map_err(sql)?;
+                report.seq_range = Some((first_seq, seq));
+            }
+        }
+        tx.commit().map_err(sql)?;
+        Ok(report)
+    }
+
+    /// The last `seq` given out (0 before the first).
+    pub fn last_seq(&self) -> Result<u64, StoreError> {
+        read_last_seq(&self.conn).map_err(|e| self.err(e))
+    }
+
+    /// Up to `limit` outbox rows with `id > after_id`, oldest first.
+    pub fn pending(&self, after_id: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, topic, payload, qos, retain, created_ms FROM outbox \
+                 WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.query_map(params![after_id, limit], |r| {
+            Ok(OutboxRow {
+                id: r.get(0)?,
+                topic: r.get(1)?,
+                payload: r.get(2)?,
+                qos: r.get(3)?,
+                retain: r.get(4)?,
+                created_ms: r.get(5)?,
+            })
+        })
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| self.err(e))
+    }
+
+    /// Deletes acknowledged outbox rows (ids that are gone already are ignored), in one
+    /// transaction. Returns how many were deleted.
+    pub fn ack(&mut self, ids: &[i64]) -> Result<usize, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let path = self.path.display().to_string();
+        let sql = |e| StoreError::from_sqlite(&path, e);
+        let tx = self.conn.transaction().map_err(sql)?;
+        let mut deleted = 0;
+        {
+            let mut stmt = tx
+                .prepare_cached("DELETE FROM outbox WHERE id = ?1")
+                .map_err(sql)?;
+            for id in ids {
+                deleted += stmt.execute([id]).map_err(sql)?;
+            }
+        }
+        tx.commit().map_err(sql)?;
+        Ok(deleted)
+    }
+
+    /// Rows in the outbox and the creation time of the oldest.
+    pub fn backlog(&self) -> Result<(u64, Option<i64>), StoreError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*), (SELECT created_ms FROM outbox ORDER BY id LIMIT 1) FROM outbox",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// A meter's readings with `from_ms <= ts_ms < to_ms`, oldest first. Values stored as
+    /// JSON `null` (non-finite numbers) come back as NaN.
+    pub fn history(
+        &self,
+        meter: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<Reading>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT meter, ts_ms, values_json FROM history \
+                 WHERE meter = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 ORDER BY ts_ms, id",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.query_map(params![meter, from_ms, to_ms], reading_from_row)
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.err(e))
+    }
+
+    /// A meter's most recent reading.
+    pub fn latest_reading(&self, meter: &str) -> Result<Option<Reading>, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT meter, ts_ms, values_json FROM history WHERE meter = ?1 \
+                 ORDER BY ts_ms DESC, id DESC LIMIT 1",
+            )
+            .and_then(|mut stmt| stmt.query_row([meter], reading_from_row).optional())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Remembers a meter's last state (the payload of its retained `meter/{id}/state`), so it
+    /// can be republished after a restart.
+    pub fn put_meter_state(
+        &mut self,
+        meter: &str,
+        state: &serde_json::Value,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO meter_state (meter, state_json, updated_ms) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(meter) DO UPDATE SET state_json = excluded.state_json, \
+                 updated_ms = excluded.updated_ms",
+                params![meter, state.to_string(), now_ms],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Every meter's last state, by meter id.
+    pub fn meter_states(&self) -> Result<BTreeMap<String, serde_json::Value>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT meter, state_json FROM meter_state ORDER BY meter")
+            .map_err(|e| self.err(e))?;
+        stmt.query_map([], |r| {
+            let json: String = r.get(1)?;
+            Ok((
+                r.get::<_, String>(0)?,
+                serde_json::from_str(&json).unwrap_or(serde_json::Value::Null),
+            ))
+        })
+        .and_then(|rows| rows.collect::<Result<BTreeMap<_, _>, _>>())
+        .map_err(|e| self.err(e))
+    }
+
+    /// A value of the `meta` table (for later features: learned limits, counters).
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Sets a value of the `meta` table.
+    pub fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Bytes the database's live pages take: `(page_count - freelist_count) * page_size`.
+    pub fn used_bytes(&self) -> Result<u64, StoreError> {
+        let pragma = |name: &str| -> Result<i64, StoreError> {
+            self.conn
+                .pragma_query_value(None, name, |r| r.get(0))
+                .map_err(|e| self.err(e))
+        };
+        let pages = pragma("page_count")? - pragma("freelist_count")?;
+        Ok((pages.max(0) as u64) * pragma("page_size")? as u64)
+    }
+
+    /// `PRAGMA integrity_check`: `"ok"` for a sound file, otherwise SQLite's findings.
+    pub fn integrity_check(&self) -> Result<String, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("PRAGMA integrity_check")
+            .map_err(|e| self.err(e))?;
+        let lines = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.err(e))?;
+        Ok(lines.join("\n"))
+    }
+
+    /// Deletes history older than `history_days`; then, while the used size exceeds
+    /// `max_size_mb`, the oldest history, and only when no history is left, the oldest unsent
+    /// outbox rows. Returns what it deleted so the caller can warn
+    /// ("store full: dropped N oldest unsent messages"). Frees pages with
+    /// `incremental_vacuum` and truncates the WAL.
+    pub fn prune(&mut self, now_ms: i64) -> Result<PruneReport, StoreError> {
+        let mut report = PruneReport::default();
+        let cutoff = now_ms - i64::from(self.cfg.history_days) * 86_400_000;
+        report.expired_readings = self
+            .conn
+            .execute("DELETE FROM history WHERE ts_ms < ?1", [cutoff])
+            .map_err(|e| self.err(e))?;
+        let max_bytes = self.cfg.max_size_mb.saturating_mul(1024 * 1024);
+        loop {
+            let used = self.used_bytes()?;
+            if used <= max_bytes {
+                break;
+            }
+            let count = |table: &str| -> Result<i64, StoreError> {
+                self.conn
+                    .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+                    .map_err(|e| self.err(e))
+            };
+            // Delete a share proportional to the excess (at least a few pages' worth), so a
+            // large store converges in a few rounds without overshooting much.
+            let chunk = |rows: i64| -> i64 {
+                let excess = (used - max_bytes) as f64 / used as f64;
+                ((rows as f64 * excess).ceil() as i64 + 1).max(64).min(rows)
+            };
+            let history_rows = count("history")?;
+            if history_rows > 0 {
+                report.evicted_readings += self
+                    .conn
+                    .execute(
+                        "DELETE FROM history WHERE id IN \
+                         (SELECT id FROM history ORDER BY ts_ms, id LIMIT ?1)",
+                        [chunk(history_rows)],
+                    )
+                    .map_err(|e| self.err(e))?;
+                continue;
+            }
+            let outbox_rows = count("outbox")?;
+            if outbox_rows == 0 {
+                break; // Nothing left to drop: the schema and meta alone are over the bound.
+            }
+            report.dropped_messages += self
+                .conn
+                .execute(
+                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?1)",
+                    [chunk(outbox_rows)],
+                )
+                .map_err(|e| self.err(e))?;
+        }
+        self.conn
+            .execute_batch("PRAGMA incremental_vacuum")
+            .map_err(|e| self.err(e))?;
+        // Best effort: a concurrent reader may keep the WAL from being truncated this time.
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        report.used_bytes = self.used_bytes()?;
+        Ok(report)
+    }
+
+    /// Raw access for tests in this crate (e.g. to simulate a full disk with `max_page_count`).
+    #[cfg(test)]
+    fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn err(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::from_sqlite(&self.path.display().to_string(), source)
+    }
+}
+
+impl StoreError {
+    /// Wraps a SQLite error, naming the database; SQLITE_FULL becomes [`StoreError::Full`].
+    fn from_sqlite(path: &str, source: rusqlite::Error) -> StoreError {
+        match source.sqlite_error_code() {
+            Some(ErrorCode::DiskFull) => StoreError::Full {
+                path: path.to_string(),
+            },
+            _ => StoreError::Sqlite {
+                path: path.to_string(),
+                source,
+            },
+        }
+    }
+
+    /// True when the failure was a full disk ([`StoreError::Full`]).
+    pub fn is_full(&self) -> bool {
+        matches!(self, StoreError::Full { .. })
+    }
+}
+
+fn read_last_seq(conn: &Connection) -> rusqlite::Result<u64> {
+    let value: Option<String> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = ?1",
+            [META_LAST_SEQ],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+fn values_json(values: &BTreeMap<String, f64>) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = values
+        .iter()
+        .map(|(k, v)| {
+            let n = serde_json::Number::from_f64(*v).map_or(serde_json::Value::Null, Into::into);
+            (k.clone(), n)
+        })
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
+
+fn reading_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Reading> {
+    let json: String = r.get(2)?;
+    let values = match serde_json::from_str::<serde_json::Value>(&json) {
+        Ok(serde_json::Value::Object(map)) => map
+            .into_iter()
+            .map(|(k, v)| (k, v.as_f64().unwrap_or(f64::NAN)))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
+    Ok(Reading {
+        meter: r.get(0)?,
+        ts_ms: r.get(1)?,
+        values,
+    })
 }

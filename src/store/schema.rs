@@ -1,0 +1,122 @@
+//! The store's schema as an ordered list of migrations, keyed by `PRAGMA user_version`.
+//!
+//! A later feature (loss records, alarms, meter health, learned block limits) adds its tables
+//! by appending a [`Migration`]; a file written by an older version is brought up to date on
+//! open, step by step, each step in its own transaction together with its `user_version`
+//! bump and its `schema_version` record. Never edit a step that has shipped: add another.
+
+use super::StoreError;
+use rusqlite::{Connection, params};
+
+/// One schema step.
+pub(crate) struct Migration {
+    /// The `user_version` the file has after this step; steps are numbered 1, 2, 3, ...
+    pub version: i64,
+    pub description: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every schema step, oldest first.
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "history, outbox, meta, meter_state",
+    sql: "
+        CREATE TABLE schema_version (
+            version     INTEGER PRIMARY KEY,
+            description TEXT NOT NULL,
+            applied_ms  INTEGER NOT NULL
+        );
+        CREATE TABLE history (
+            id          INTEGER PRIMARY KEY,
+            meter       TEXT NOT NULL,
+            ts_ms       INTEGER NOT NULL,
+            values_json TEXT NOT NULL,
+            quality     INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX history_meter_ts ON history (meter, ts_ms);
+        CREATE INDEX history_ts ON history (ts_ms);
+        CREATE TABLE outbox (
+            id         INTEGER PRIMARY KEY AUTOINCREMENT,
+            topic      TEXT NOT NULL,
+            payload    BLOB NOT NULL,
+            qos        INTEGER NOT NULL,
+            retain     INTEGER NOT NULL,
+            created_ms INTEGER NOT NULL
+        );
+        CREATE TABLE meta (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE meter_state (
+            meter      TEXT PRIMARY KEY,
+            state_json TEXT NOT NULL,
+            updated_ms INTEGER NOT NULL
+        ) WITHOUT ROWID;
+    ",
+}];
+
+/// Brings the file to the newest schema this version knows. A brand-new file first gets
+/// `auto_vacuum=INCREMENTAL` (it only takes effect before the first table is created).
+/// Errors carry an empty path; the caller names the file with [`StoreError::with_path`].
+pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let sql = |source| StoreError::from_sqlite("", source);
+    let current: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(sql)?;
+    let newest = MIGRATIONS.last().map_or(0, |m| m.version);
+    if current > newest {
+        return Err(StoreError::Other {
+            path: String::new(),
+            message: format!(
+                "schema version {current} is newer than this amr-gateway knows ({newest}); \
+                 run a newer amr-gateway or move the file away"
+            ),
+        });
+    }
+    if current == 0 {
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(sql)?;
+    }
+    for step in MIGRATIONS.iter().filter(|m| m.version > current) {
+        let tx = conn.transaction().map_err(sql)?;
+        tx.execute_batch(step.sql).map_err(sql)?;
+        tx.execute(
+            "INSERT INTO schema_version (version, description, applied_ms) VALUES (?1, ?2, ?3)",
+            params![step.version, step.description, crate::clock::now_ms()],
+        )
+        .map_err(sql)?;
+        tx.pragma_update(None, "user_version", step.version)
+            .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+    }
+    Ok(())
+}
+
+impl StoreError {
+    /// The same error, naming `path`.
+    pub(crate) fn with_path(self, path: &str) -> StoreError {
+        match self {
+            StoreError::Full { .. } => StoreError::Full { path: path.into() },
+            StoreError::Sqlite { source, .. } => StoreError::Sqlite {
+                path: path.into(),
+                source,
+            },
+            StoreError::Other { message, .. } => StoreError::Other {
+                path: path.into(),
+                message,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_are_numbered_one_by_one() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version, i as i64 + 1, "{}", m.description);
+        }
+    }
+}

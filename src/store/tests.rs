@@ -1,0 +1,306 @@
+//! Unit tests of the store: seq allocation, atomic batches, a full disk, pruning.
+
+use super::*;
+use serde_json::json;
+
+fn cfg() -> StoreConfig {
+    StoreConfig {
+        history_days: 35,
+        max_size_mb: 1024,
+    }
+}
+
+fn reading(meter: &str, ts_ms: i64, kwh: f64) -> Reading {
+    Reading {
+        meter: meter.into(),
+        ts_ms,
+        values: [("energy_import_kwh".to_string(), kwh)].into(),
+    }
+}
+
+fn message(n: i64) -> Message {
+    Message {
+        topic: format!("amr/gw/reading/m{n}"),
+        payload: json!({"meter": format!("m{n}"), "n": n}),
+        qos: 1,
+        retain: false,
+        sequenced: true,
+    }
+}
+
+fn seqs(store: &Store) -> Vec<u64> {
+    store
+        .pending(0, usize::MAX)
+        .unwrap()
+        .iter()
+        .filter_map(|row| {
+            let v: serde_json::Value = serde_json::from_slice(&row.payload).unwrap();
+            v.get("seq").and_then(|s| s.as_u64())
+        })
+        .collect()
+}
+
+#[test]
+fn seq_continues_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data/amr.db");
+    {
+        let mut store = Store::open(&path, &cfg()).unwrap();
+        assert_eq!(store.schema_version().unwrap(), 1);
+        let batch = Batch {
+            readings: vec![reading("m1", 1_000, 1.5)],
+            messages: vec![message(1), message(2)],
+        };
+        let report = store.commit(&batch).unwrap();
+        assert_eq!(report.seq_range, Some((1, 2)));
+        assert_eq!(report.readings, 1);
+        assert_eq!(report.outbox_ids.len(), 2);
+        // A retained, unsequenced message takes no seq.
+        let retained = Message {
+            topic: "amr/gw/meter/m1/state".into(),
+            payload: json!({"state": "online"}),
+            qos: 1,
+            retain: true,
+            sequenced: false,
+        };
+        let report = store
+            .commit(&Batch {
+                readings: vec![],
+                messages: vec![retained],
+            })
+            .unwrap();
+        assert_eq!(report.seq_range, None);
+    }
+    let mut store = Store::open(&path, &cfg()).unwrap();
+    assert_eq!(store.last_seq().unwrap(), 2);
+    let ids: Vec<i64> = store.pending(0, 10).unwrap().iter().map(|r| r.id).collect();
+    store.ack(&ids).unwrap();
+    let report = store
+        .commit(&Batch {
+            readings: vec![],
+            messages: vec![message(3)],
+        })
+        .unwrap();
+    assert_eq!(report.seq_range, Some((3, 3)));
+    assert_eq!(seqs(&store), vec![3]);
+    // Outbox ids never go back either (AUTOINCREMENT), even after the outbox was emptied.
+    assert!(report.outbox_ids[0] > *ids.iter().max().unwrap());
+}
+
+#[test]
+fn a_failing_batch_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("amr.db"), &cfg()).unwrap();
+    store
+        .commit(&Batch {
+            readings: vec![reading("m1", 1, 1.0)],
+            messages: vec![message(1)],
+        })
+        .unwrap();
+    let mut bad = message(3);
+    bad.payload = json!([1, 2, 3]); // a sequenced payload must be an object
+    let err = store
+        .commit(&Batch {
+            readings: vec![reading("m1", 2, 2.0), reading("m2", 2, 2.0)],
+            messages: vec![message(2), bad],
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("amr.db"), "{err}");
+    assert_eq!(store.history("m1", 0, 100).unwrap().len(), 1);
+    assert_eq!(store.latest_reading("m2").unwrap(), None);
+    assert_eq!(seqs(&store), vec![1]);
+    assert_eq!(store.last_seq().unwrap(), 1);
+}
+
+#[test]
+fn a_full_disk_is_an_error_and_rolls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("amr.db");
+    let mut store = Store::open(&path, &cfg()).unwrap();
+    store
+        .commit(&Batch {
+            readings: vec![],
+            messages: vec![message(1)],
+        })
+        .unwrap();
+    // Cap the file at its current size: the next big batch hits SQLITE_FULL.
+    let pages: i64 = store
+        .connection()
+        .pragma_query_value(None, "page_count", |r| r.get(0))
+        .unwrap();
+    store
+        .connection()
+        .pragma_update(None, "max_page_count", pages)
+        .unwrap();
+    let big = Batch {
+        readings: (0..2000).map(|i| reading("m1", i, i as f64)).collect(),
+        messages: (0..2000).map(message).collect(),
+    };
+    let err = store.commit(&big).unwrap_err();
+    assert!(err.is_full(), "{err:?}");
+    assert!(err.to_string().contains("disk full"), "{err}");
+    assert!(err.to_string().contains("amr.db"), "{err}");
+    assert_eq!(seqs(&store), vec![1]);
+    assert_eq!(store.last_seq().unwrap(), 1);
+    assert_eq!(store.history("m1", i64::MIN, i64::MAX).unwrap().len(), 0);
+    // Once there is room again, the store carries on.
+    store
+        .connection()
+        .pragma_update(None, "max_page_count", 1_000_000)
+        .unwrap();
+    assert_eq!(store.commit(&big).unwrap().seq_range, Some((2, 2001)));
+    assert_eq!(store.integrity_check().unwrap(), "ok");
+}
+
+#[test]
+fn history_and_latest_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("amr.db"), &cfg()).unwrap();
+    let mut batch = Batch::default();
+    for ts in [3_000, 1_000, 2_000] {
+        batch.readings.push(reading("m1", ts, ts as f64 / 1000.0));
+    }
+    batch.readings.push(reading("m2", 5_000, f64::NAN));
+    store.commit(&batch).unwrap();
+    let h = store.history("m1", 1_000, 3_000).unwrap();
+    assert_eq!(
+        h.iter().map(|r| r.ts_ms).collect::<Vec<_>>(),
+        vec![1_000, 2_000]
+    );
+    assert_eq!(store.latest_reading("m1").unwrap().unwrap().ts_ms, 3_000);
+    let m2 = store.latest_reading("m2").unwrap().unwrap();
+    assert!(m2.values["energy_import_kwh"].is_nan());
+}
+
+#[test]
+fn backlog_meta_and_meter_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("amr.db"), &cfg()).unwrap();
+    assert_eq!(store.backlog().unwrap(), (0, None));
+    let batch = Batch {
+        readings: vec![],
+        messages: vec![message(1), message(2)],
+    };
+    store.commit_at(&batch, 1_000).unwrap();
+    store.commit_at(&batch, 2_000).unwrap();
+    assert_eq!(store.backlog().unwrap(), (4, Some(1_000)));
+    let first = store.pending(0, 2).unwrap();
+    assert_eq!(first.len(), 2);
+    assert_eq!(store.pending(first[1].id, 10).unwrap().len(), 2);
+    assert_eq!(store.ack(&[first[0].id, first[1].id, 999]).unwrap(), 2);
+    assert_eq!(store.backlog().unwrap(), (2, Some(2_000)));
+
+    store.set_meta("learned", "x").unwrap();
+    assert_eq!(store.meta("learned").unwrap().as_deref(), Some("x"));
+    store
+        .put_meter_state("m1", &json!({"state": "online"}), 5)
+        .unwrap();
+    store
+        .put_meter_state("m1", &json!({"state": "offline"}), 6)
+        .unwrap();
+    assert_eq!(
+        store.meter_states().unwrap()["m1"],
+        json!({"state": "offline"})
+    );
+}
+
+#[test]
+fn prune_deletes_history_older_than_history_days() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        history_days: 2,
+        max_size_mb: 1024,
+    };
+    let mut store = Store::open(&dir.path().join("amr.db"), &cfg).unwrap();
+    let day = 86_400_000;
+    let now = 10 * day;
+    let batch = Batch {
+        readings: (0..10).map(|d| reading("m1", d * day, d as f64)).collect(),
+        messages: vec![message(1)],
+    };
+    store.commit(&batch).unwrap();
+    let report = store.prune(now).unwrap();
+    assert_eq!(report.expired_readings, 8); // days 0..=7 are more than 2 days old
+    assert_eq!(report.evicted_readings, 0);
+    assert_eq!(report.dropped_messages, 0);
+    let kept: Vec<i64> = store
+        .history("m1", 0, i64::MAX)
+        .unwrap()
+        .iter()
+        .map(|r| r.ts_ms / day)
+        .collect();
+    assert_eq!(kept, vec![8, 9]);
+    assert_eq!(seqs(&store), vec![1]);
+}
+
+#[test]
+fn prune_keeps_the_store_under_its_size_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        history_days: 36500,
+        max_size_mb: 1,
+    };
+    let path = dir.path().join("amr.db");
+    let mut store = Store::open(&path, &cfg).unwrap();
+    let now = 1_800_000_000_000;
+    let values: BTreeMap<String, f64> = crate::model::QUANTITIES
+        .iter()
+        .map(|q| (q.to_string(), 1234.567))
+        .collect();
+    // ~3 MB of history, then ~100 kB of outbox.
+    for chunk in 0..30 {
+        let readings = (0..100)
+            .map(|i| Reading {
+                meter: "m1".into(),
+                ts_ms: now - 1_000_000 + chunk * 100 + i,
+                values: values.clone(),
+            })
+            .collect();
+        store
+            .commit(&Batch {
+                readings,
+                messages: vec![],
+            })
+            .unwrap();
+    }
+    store
+        .commit(&Batch {
+            readings: vec![],
+            messages: (0..500).map(message).collect(),
+        })
+        .unwrap();
+    assert!(store.used_bytes().unwrap() > 2 * 1024 * 1024);
+
+    let report = store.prune(now).unwrap();
+    assert!(report.used_bytes <= 1024 * 1024, "{report:?}");
+    assert!(report.evicted_readings > 0, "{report:?}");
+    assert_eq!(report.dropped_messages, 0, "{report:?}");
+    let left = store.history("m1", 0, i64::MAX).unwrap();
+    assert!(!left.is_empty());
+    // The newest history survived; the oldest went.
+    assert_eq!(left.last().unwrap().ts_ms, now - 1_000_000 + 29 * 100 + 99);
+    assert_eq!(seqs(&store).len(), 500);
+
+    // A bound smaller than the outbox alone: history goes entirely, then the oldest messages.
+    let tiny = StoreConfig {
+        history_days: 36500,
+        max_size_mb: 1,
+    };
+    drop(store);
+    let mut store = Store::open(&path, &tiny).unwrap();
+    store
+        .commit(&Batch {
+            readings: vec![],
+            messages: (0..15000).map(message).collect(),
+        })
+        .unwrap();
+    let report = store.prune(now).unwrap();
+    assert!(report.used_bytes <= 1024 * 1024, "{report:?}");
+    assert!(report.dropped_messages > 0, "{report:?}");
+    assert!(store.history("m1", 0, i64::MAX).unwrap().is_empty());
+    let remaining = seqs(&store);
+    // What is left is the newest, contiguous tail.
+    assert_eq!(*remaining.last().unwrap(), 15500);
+    assert!(remaining.windows(2).all(|w| w[1] == w[0] + 1));
+    assert_eq!(store.integrity_check().unwrap(), "ok");
+}

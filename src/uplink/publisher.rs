@@ -1,0 +1,480 @@
+//! The outbox publisher: the one task that talks MQTT to the headend.
+//!
+//! Every connection attempt gets a FRESH `AsyncClient` + `EventLoop` (clean session), because
+//! rumqttc drops or replays unacknowledged QoS 1 messages unreliably across its own reconnects
+//! and reconnects with no delay. Durability comes from the store instead:
+//!
+//! 1. connect with a last will (retained `status` = offline);
+//! 2. on CONNACK publish the retained `status` = online, then outbox rows oldest first, at most
+//!    `max_inflight` unacknowledged at once;
+//! 3. map each PUBACK to its outbox row — rumqttc reports `Outgoing::Publish(pkid)` in the order
+//!    the publish requests were made on that client, so a FIFO of row ids per connection gives
+//!    the pkid → row mapping — and delete acknowledged rows from the store in batches;
+//! 4. when the connection fails, drop the client, wait (exponential backoff from 1 s with
+//!    jitter, up to `reconnect_max_s`) and start again at 1: every row still in the outbox is
+//!    re-sent from the oldest.
+//!
+//! The publisher never blocks the pollers: they write to the store and call
+//! `wake.notify_one()`; the publisher reads the store.
+
+use crate::clock::now_ms;
+use crate::config::MqttConfig;
+use crate::store::{OutboxRow, SharedStore, with_store};
+use crate::uplink::topics::Topics;
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc, watch};
+use tracing::{debug, info, warn};
+
+/// What the uplink is doing, for the demo's live summary and `status`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UplinkState {
+    /// A broker session is up (CONNACK received, not yet failed).
+    pub connected: bool,
+    /// Outbox rows handed to the broker since start (re-sends count again).
+    pub published: u64,
+    /// Outbox rows acknowledged by the broker (and deleted from the outbox) since start.
+    pub acked: u64,
+    /// Rows waiting in the outbox.
+    pub backlog: u64,
+    /// Creation time of the oldest row in the outbox.
+    pub oldest_backlog_ms: Option<i64>,
+}
+
+/// Rows fetched from the store per query.
+const FETCH_ROWS: usize = 256;
+/// Acknowledged row ids collected before one delete transaction (they are also flushed on
+/// every tick and when the connection ends).
+const ACK_BATCH: usize = 64;
+/// How often acks are flushed and the summary refreshed while connected.
+const TICK: Duration = Duration::from_millis(200);
+/// First wait after a failed connection.
+const BACKOFF_START: Duration = Duration::from_secs(1);
+/// How long a clean shutdown waits for the offline status and DISCONNECT to go out.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Publishes the outbox to the broker until `shutdown` turns true; reconnects forever.
+///
+/// On shutdown it publishes the retained offline status and disconnects cleanly (when
+/// connected). Errors are logged, never returned: the broker being unreachable is normal and
+/// is reported once per outage at warn level.
+pub async fn run(
+    cfg: MqttConfig,
+    topics: Topics,
+    store: SharedStore,
+    wake: Arc<Notify>,
+    state: watch::Sender<UplinkState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(Duration::from_secs(cfg.reconnect_max_s.max(1)));
+    let mut outage: Option<Outage> = None;
+    refresh_backlog(&store, &state).await;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let mut connection = Connection::new(&cfg, &topics, &store, &wake, &state);
+        let end = connection.run(&mut shutdown).await;
+        if connection.connected_once {
+            backoff.reset();
+            if let Some(o) = outage.take() {
+                info!(
+                    "MQTT broker {}:{} reachable again after {} failed attempts ({} s)",
+                    cfg.host,
+                    cfg.port,
+                    o.attempts,
+                    (now_ms() - o.since_ms) / 1000
+                );
+            }
+        }
+        state.send_modify(|s| s.connected = false);
+        let reason = match end {
+            ConnectionEnd::Shutdown => return,
+            ConnectionEnd::Failed(reason) => reason,
+        };
+        match &mut outage {
+            None => {
+                warn!(
+                    "MQTT broker {}:{}: {reason}; unsent messages stay in the store, \
+                     retrying with backoff up to {} s",
+                    cfg.host, cfg.port, cfg.reconnect_max_s
+                );
+                outage = Some(Outage {
+                    since_ms: now_ms(),
+                    attempts: 1,
+                });
+            }
+            Some(o) => {
+                o.attempts += 1;
+                debug!("MQTT connection attempt {} failed: {reason}", o.attempts);
+            }
+        }
+        let wait = backoff.next_wait();
+        debug!("next MQTT connection attempt in {wait:?}");
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// An ongoing outage, for one warning at its start and one note at its end.
+struct Outage {
+    since_ms: i64,
+    attempts: u64,
+}
+
+enum ConnectionEnd {
+    Shutdown,
+    Failed(String),
+}
+
+/// One connection attempt and, if it succeeds, the session on it.
+struct Connection<'a> {
+    cfg: &'a MqttConfig,
+    topics: &'a Topics,
+    store: &'a SharedStore,
+    wake: &'a Notify,
+    state: &'a watch::Sender<UplinkState>,
+    connected_once: bool,
+    /// Rows (`Some(id)`) and the status message (`None`) requested on this client whose
+    /// `Outgoing::Publish` has not been seen yet, in request order.
+    requested: VecDeque<Option<i64>>,
+    /// pkid → row awaiting its PUBACK.
+    awaiting_ack: HashMap<u16, Option<i64>>,
+    /// Rows handed to the client and not yet acknowledged.
+    in_flight: usize,
+    /// Rows fetched from the store and not yet published.
+    fetched: VecDeque<OutboxRow>,
+    /// The highest row id fetched on this connection.
+    cursor: i64,
+    /// Acknowledged rows not yet deleted from the store.
+    acked: Vec<i64>,
+}
+
+impl<'a> Connection<'a> {
+    fn new(
+        cfg: &'a MqttConfig,
+        topics: &'a Topics,
+        store: &'a SharedStore,
+        wake: &'a Notify,
+        state: &'a watch::Sender<UplinkState>,
+    ) -> Self {
+        Connection {
+            cfg,
+            topics,
+            store,
+            wake,
+            state,
+            connected_once: false,
+            requested: VecDeque::new(),
+            awaiting_ack: HashMap::new(),
+            in_flight: 0,
+            fetched: VecDeque::new(),
+            cursor: 0,
+            acked: Vec::new(),
+        }
+    }
+
+    async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> ConnectionEnd {
+        let options = match mqtt_options(self.cfg, self.topics) {
+            Ok(o) => o,
+            Err(reason) => return ConnectionEnd::Failed(reason),
+        };
+        let max_inflight = usize::from(self.cfg.max_inflight.max(1));
+        let (client, mut eventloop) = AsyncClient::new(options, max_inflight + 8);
+        // The event loop runs in its own task so that nothing here ever cancels a poll halfway.
+        let (events_tx, mut events) = mpsc::channel(1024);
+        let poller = tokio::spawn(async move {
+            loop {
+                let event = eventloop.poll().await;
+                let failed = event.is_err();
+                if events_tx.send(event).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let end = loop {
+            tokio::select! {
+                event = events.recv() => {
+                    let Some(event) = event else {
+                        break ConnectionEnd::Failed("event loop ended".into());
+                    };
+                    match event {
+                        Ok(event) => {
+                            if let Err(reason) = self.on_event(&client, event).await {
+                                break ConnectionEnd::Failed(reason);
+                            }
+                        }
+                        Err(e) => break ConnectionEnd::Failed(e.to_string()),
+                    }
+                }
+                _ = self.wake.notified(), if self.connected_once => {
+                    self.fill(&client).await;
+                }
+                _ = tick.tick() => {
+                    self.flush_acks().await;
+                    if self.connected_once {
+                        self.fill(&client).await;
+                    }
+                }
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        if self.connected_once {
+                            self.say_goodbye(&client, &mut events).await;
+                        }
+                        break ConnectionEnd::Shutdown;
+                    }
+                }
+            }
+        };
+        self.flush_acks().await;
+        poller.abort();
+        end
+    }
+
+    async fn on_event(&mut self, client: &AsyncClient, event: Event) -> Result<(), String> {
+        match event {
+            Event::Incoming(Packet::ConnAck(ack)) => {
+                if ack.code != rumqttc::ConnectReturnCode::Success {
+                    return Err(format!("broker refused the connection: {:?}", ack.code));
+                }
+                info!(
+                    "connected to MQTT broker {}:{}",
+                    self.cfg.host, self.cfg.port
+                );
+                self.connected_once = true;
+                self.state.send_modify(|s| s.connected = true);
+                client
+                    .try_publish(
+                        self.topics.status(),
+                        QoS::AtLeastOnce,
+                        true,
+                        Topics::status_payload(true, now_ms()),
+                    )
+                    .map_err(|e| format!("cannot publish status: {e}"))?;
+                self.requested.push_back(None);
+                self.fill(client).await;
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                let Some(row) = self.requested.pop_front() else {
+                    return Err(format!("publish {pkid} that was never requested"));
+                };
+                if pkid == 0 {
+                    // QoS 0: written is all there will ever be.
+                    if let Some(id) = row {
+                        self.on_acked(id).await;
+                    }
+                } else {
+                    self.awaiting_ack.insert(pkid, row);
+                }
+            }
+            Event::Incoming(Packet::PubAck(ack)) => {
+                if let Some(Some(id)) = self.awaiting_ack.remove(&ack.pkid) {
+                    self.on_acked(id).await;
+                    self.fill(client).await;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn on_acked(&mut self, id: i64) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.acked.push(id);
+        if self.acked.len() >= ACK_BATCH {
+            self.flush_acks().await;
+        }
+    }
+
+    /// Publishes rows until `max_inflight` are unacknowledged or the outbox is drained.
+    async fn fill(&mut self, client: &AsyncClient) {
+        let max_inflight = usize::from(self.cfg.max_inflight.max(1));
+        while self.in_flight < max_inflight {
+            if self.fetched.is_empty() {
+                let after = self.cursor;
+                match with_store(self.store, move |s| s.pending(after, FETCH_ROWS)).await {
+                    Ok(rows) if rows.is_empty() => return,
+                    Ok(rows) => self.fetched.extend(rows),
+                    Err(e) => {
+                        warn!("cannot read the outbox: {e}");
+                        return;
+                    }
+                }
+            }
+            let Some(row) = self.fetched.pop_front() else {
+                return;
+            };
+            let qos = match row.qos {
+                0 => QoS::AtMostOnce,
+                _ => QoS::AtLeastOnce,
+            };
+            if let Err(e) = client.try_publish(row.topic, qos, row.retain, row.payload) {
+                // Cannot happen while in_flight bounds the channel; retry on the next tick.
+                debug!("publish request refused: {e}");
+                self.cursor = row.id - 1;
+                self.fetched.clear();
+                return;
+            }
+            self.cursor = row.id;
+            self.requested.push_back(Some(row.id));
+            self.in_flight += 1;
+            self.state.send_modify(|s| s.published += 1);
+        }
+    }
+
+    /// Deletes acknowledged rows from the outbox and refreshes the summary.
+    async fn flush_acks(&mut self) {
+        if !self.acked.is_empty() {
+            let ids = std::mem::take(&mut self.acked);
+            let count = ids.len() as u64;
+            match with_store(self.store, move |s| s.ack(&ids)).await {
+                Ok(_) => self.state.send_modify(|s| s.acked += count),
+                // The rows stay in the outbox and will be sent again: a duplicate, not a loss.
+                Err(e) => warn!("cannot delete acknowledged rows from the outbox: {e}"),
+            }
+        }
+        refresh_backlog(self.store, self.state).await;
+    }
+
+    /// Retained offline status, then DISCONNECT; waits a little for both to go out.
+    async fn say_goodbye(
+        &mut self,
+        client: &AsyncClient,
+        events: &mut mpsc::Receiver<Result<Event, rumqttc::ConnectionError>>,
+    ) {
+        let offline = Topics::status_payload(false, now_ms());
+        if client
+            .try_publish(self.topics.status(), QoS::AtLeastOnce, true, offline)
+            .is_err()
+        {
+            return;
+        }
+        self.requested.push_back(None);
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+        let mut status_pkid = None;
+        let mut disconnect_sent = false;
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.recv()).await {
+            let Ok(event) = event else { return };
+            match event {
+                Event::Outgoing(Outgoing::Publish(pkid)) => match self.requested.pop_front() {
+                    Some(None) => status_pkid = Some(pkid),
+                    Some(row) => {
+                        self.awaiting_ack.insert(pkid, row);
+                    }
+                    None => {}
+                },
+                Event::Incoming(Packet::PubAck(ack)) => {
+                    if let Some(Some(id)) = self.awaiting_ack.remove(&ack.pkid) {
+                        self.acked.push(id);
+                    }
+                    if Some(ack.pkid) == status_pkid && !disconnect_sent {
+                        disconnect_sent = client.try_disconnect().is_ok();
+                    }
+                }
+                Event::Outgoing(Outgoing::Disconnect) => return,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Broker options for one connection: clean session, last will = retained offline status,
+/// credentials from `password_file`.
+fn mqtt_options(cfg: &MqttConfig, topics: &Topics) -> Result<MqttOptions, String> {
+    let mut options = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    options
+        .set_clean_session(true)
+        .set_keep_alive(Duration::from_secs(cfg.keep_alive_s.max(5)))
+        .set_inflight(cfg.max_inflight.max(1).saturating_add(2))
+        .set_max_packet_size(1024 * 1024, 1024 * 1024)
+        .set_last_will(LastWill::new(
+            topics.status(),
+            Topics::status_payload(false, now_ms()),
+            QoS::AtLeastOnce,
+            true,
+        ));
+    if let Some(user) = &cfg.username {
+        let password = match &cfg.password_file {
+            Some(file) => std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read [mqtt] password_file {}: {e}", file.display()))?
+                .trim()
+                .to_string(),
+            None => String::new(),
+        };
+        options.set_credentials(user.clone(), password);
+    }
+    if cfg.tls {
+        return Err("[mqtt] tls is not supported by this build yet".into());
+    }
+    Ok(options)
+}
+
+async fn refresh_backlog(store: &SharedStore, state: &watch::Sender<UplinkState>) {
+    if let Ok((count, oldest)) = with_store(store, |s| s.backlog()).await {
+        state.send_modify(|s| {
+            s.backlog = count;
+            s.oldest_backlog_ms = oldest;
+        });
+    }
+}
+
+/// Exponential backoff from 1 s, doubled per failure up to a ceiling, each wait scaled by a
+/// jitter factor in [0.5, 1.0) so that many gateways do not reconnect in step after a
+/// headend outage. The jitter comes from the clock's nanoseconds: no RNG crate needed.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(max: Duration) -> Self {
+        Backoff {
+            next: BACKOFF_START.min(max),
+            max,
+        }
+    }
+
+    /// Back to 1 s (after a successful connection).
+    pub fn reset(&mut self) {
+        self.next = BACKOFF_START.min(self.max);
+    }
+
+    /// The wait before the next attempt; doubles the one after it.
+    pub fn next_wait(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        // Mix the bits a little: low nanosecond digits are often coarse.
+        let mixed = nanos.wrapping_mul(2_654_435_761) >> 8;
+        let fraction = f64::from(mixed % 1_000_000) / 1_000_000.0;
+        base.mul_f64(0.5 + fraction / 2.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_ceiling_with_jitter_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(8));
+        let waits: Vec<Duration> = (0..6).map(|_| b.next_wait()).collect();
+        let bases = [1, 2, 4, 8, 8, 8];
+        for (w, base) in waits.iter().zip(bases) {
+            let base = Duration::from_secs(base);
+            assert!(*w >= base / 2 && *w < base, "{w:?} for {base:?}");
+        }
+        b.reset();
+        assert!(b.next_wait() < Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,279 @@
+//! Shared harness of the integration tests: a real mosquitto on a free loopback port, and a
+//! subscriber with a persistent session that collects what it receives.
+//!
+//! Use it from a test file with `mod support;`. Everything waits generously and polls for
+//! readiness (a slow shared 2-core machine is the norm); timeouts are upper bounds for
+//! waiting, never assertions about speed.
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long to wait for a broker to accept connections before giving up.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+/// Waits until something accepts TCP connections on 127.0.0.1:`port`.
+pub fn wait_for_listener(port: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), Duration::from_secs(1))
+            .is_ok()
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing listening on 127.0.0.1:{port} after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A mosquitto process on 127.0.0.1 with its own config in a tempdir; killed on drop.
+///
+/// The config lets every outgoing QoS 1 message be in flight at once
+/// (`max_inflight_messages 0`): mosquitto then writes a message to its subscribers before it
+/// sends the PUBACK to the publisher, so a SIGKILL cannot swallow a message the gateway has
+/// already seen acknowledged. With [`Mosquitto::start_persistent`] sessions (subscriptions and
+/// queued messages) are also saved every second, so a persistent subscriber is still
+/// subscribed after a SIGKILL and a restart, even if the gateway reconnects first.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    /// `persistence false`: the broker keeps nothing across a restart.
+    pub fn start() -> Mosquitto {
+        Self::start_with(false)
+    }
+
+    /// `persistence true`, saved every second: persistent sessions survive a SIGKILL once saved
+    /// (see [`Mosquitto::wait_saved`]).
+    pub fn start_persistent() -> Mosquitto {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistence: bool) -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Started as root, mosquitto drops to its own user, which must be able to save here.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777));
+        }
+        let port = free_port();
+        let mut conf = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 0\n\
+             max_queued_messages 0\nlog_dest stderr\nlog_type error\nlog_type warning\n"
+        );
+        if persistence {
+            conf.push_str(&format!(
+                "persistence true\npersistence_location {}/\nautosave_interval 1\n",
+                dir.path().display()
+            ));
+        } else {
+            conf.push_str("persistence false\n");
+        }
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).expect("write mosquitto.conf");
+        let mut broker = Mosquitto {
+            port,
+            dir,
+            child: None,
+        };
+        broker.spawn();
+        broker
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(mosquitto_binary())
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cannot start mosquitto (apt-get install mosquitto)");
+        self.child = Some(child);
+        wait_for_listener(self.port, READY_TIMEOUT);
+    }
+
+    /// SIGKILL, no goodbye to anyone; waits until the process is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port (killing it first if it still runs).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Waits until the broker has saved its state after `since` (persistent brokers only).
+    pub fn wait_saved(&self, since: std::time::SystemTime) {
+        let db = self.dir.path().join("mosquitto.db");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let saved = std::fs::metadata(&db)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > since);
+            if saved {
+                return;
+            }
+            assert!(Instant::now() < deadline, "mosquitto never saved {db:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn mosquitto_binary() -> PathBuf {
+    [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .unwrap_or_else(|| PathBuf::from("mosquitto"))
+}
+
+/// A received message: topic and payload parsed as JSON (`Value::Null` if it was not JSON).
+pub type Received = (String, serde_json::Value);
+
+/// An MQTT subscriber (rumqttc, QoS 1, persistent session) that collects every message on
+/// `filter`, reconnecting by itself (every 200 ms) and resubscribing whenever the broker does
+/// not have its session. Stops when dropped.
+pub struct Subscriber {
+    received: Arc<Mutex<Vec<Received>>>,
+    subscribed: Arc<Mutex<bool>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscriber {
+    /// Connects to 127.0.0.1:`port` as `client_id` and subscribes to `filter`; returns once
+    /// the subscription is acknowledged. Must be called inside a tokio runtime.
+    pub async fn start(port: u16, client_id: &str, filter: &str) -> Subscriber {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let subscribed = Arc::new(Mutex::new(false));
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+        options
+            .set_clean_session(false)
+            .set_keep_alive(Duration::from_secs(5))
+            .set_max_packet_size(1024 * 1024, 1024 * 1024);
+        let filter = filter.to_string();
+        let task = tokio::spawn({
+            let received = Arc::clone(&received);
+            let subscribed = Arc::clone(&subscribed);
+            async move {
+                loop {
+                    // A fresh client per connection, like the gateway: rumqttc's own
+                    // reconnects do not back off.
+                    let (client, mut eventloop) = AsyncClient::new(options.clone(), 64);
+                    loop {
+                        match eventloop.poll().await {
+                            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                                if !ack.session_present {
+                                    let _ = client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+                                } else {
+                                    *subscribed.lock().unwrap() = true;
+                                }
+                            }
+                            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                                *subscribed.lock().unwrap() = true;
+                            }
+                            Ok(Event::Incoming(Packet::Publish(p))) => {
+                                let json = serde_json::from_slice(&p.payload)
+                                    .unwrap_or(serde_json::Value::Null);
+                                received.lock().unwrap().push((p.topic.clone(), json));
+                            }
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        });
+        let subscriber = Subscriber {
+            received,
+            subscribed,
+            task,
+        };
+        let ready = Arc::clone(&subscriber.subscribed);
+        subscriber
+            .wait_for(READY_TIMEOUT, move |_| *ready.lock().unwrap())
+            .await;
+        subscriber
+    }
+
+    /// Everything received so far, in arrival order.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `done(received)` holds; returns what was received then, or `None` after
+    /// `timeout` (an upper bound for a slow machine, not a speed requirement).
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&[Received]) -> bool,
+    ) -> Option<Vec<Received>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            {
+                let received = self.received.lock().unwrap();
+                if done(&received) {
+                    return Some(received.clone());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_for(&self, timeout: Duration, done: impl Fn(&[Received]) -> bool) {
+        assert!(
+            self.wait_until(timeout, done).await.is_some(),
+            "subscriber not ready after {timeout:?}"
+        );
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The `seq` of each received message whose topic contains `part`, in arrival order.
+pub fn seqs_on(received: &[Received], part: &str) -> Vec<u64> {
+    received
+        .iter()
+        .filter(|(topic, _)| topic.contains(part))
+        .filter_map(|(_, json)| json.get("seq").and_then(|s| s.as_u64()))
+        .collect()
+}

@@ -28,7 +28,7 @@ pub async fn run(
     std::fs::write(&sim_path, fill(SIM_TEMPLATE)).map_err(|e| e.to_string())?;
     std::fs::write(&gw_path, fill(GATEWAY_TEMPLATE)).map_err(|e| e.to_string())?;
 
-    let broker = crate::broker::Broker::bind(("127.0.0.1", mqtt_port))
+    let broker = crate::broker::Broker::bind(std::net::SocketAddr::from(([127, 0, 0, 1], mqtt_port)))
         .await
         .map_err(|e| format!("cannot listen on 127.0.0.1:{mqtt_port}: {e} (try --mqtt-port)"))?;
     let (stop_tx, stop_rx) = watch::channel(false);

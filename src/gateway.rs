@@ -7,7 +7,7 @@ use crate::clock::{now_ms, rfc3339_ms};
 use crate::config::Config;
 use crate::store::{Batch, Message, SharedStore, Store};
 use crate::uplink::topics::{Topics, json_number};
-use crate::uplink::{UplinkState, run_uplink};
+use crate::uplink::{UplinkState, run as run_uplink};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -147,7 +147,9 @@ async fn write_events(
                 }
                 BusEvent::MeterState(s) => {
                     online.insert(s.meter.clone(), s.health.online == Some(true));
-                    batch.messages.push(meter_state_message(&topics, &config, &s));
+                    batch
+                        .messages
+                        .push(meter_state_message(&topics, &config, &s));
                 }
                 BusEvent::BlockLimit { meter, max_block } => limits.push((meter, max_block)),
             }
@@ -176,7 +178,22 @@ async fn write_events(
             let report =
                 tokio::task::spawn_blocking(move || st.lock().unwrap().prune(now_ms())).await;
             match report {
-                Ok(Ok(r)) => r.log(),
+                Ok(Ok(r)) => {
+                    if r.dropped_messages > 0 {
+                        warn!(
+                            dropped = r.dropped_messages,
+                            "store full ([store] max_size_mb): dropped the {} oldest unsent messages",
+                            r.dropped_messages
+                        );
+                    }
+                    if r.evicted_readings > 0 {
+                        warn!(
+                            evicted = r.evicted_readings,
+                            "store full ([store] max_size_mb): deleted the {} oldest history rows",
+                            r.evicted_readings
+                        );
+                    }
+                }
                 Ok(Err(e)) => warn!(error = %e, "pruning the store failed"),
                 Err(_) => {}
             }

@@ -17,6 +17,8 @@
 //! - [`analytics`]: line loss, alarms, voltage quality.
 //! - [`sim`]: simulated meters and areas for tests, the demo and benchmarks.
 //! - [`gateway`]: `run` — wires buses, store and uplink together with a shutdown signal.
+//! - [`field`]: the field tools `read`, `scan`, `status`.
+//! - `broker` and `demo` (feature `embedded-broker`): a small MQTT broker and the demo.
 
 pub mod analytics;
 #[cfg(feature = "embedded-broker")]
@@ -25,6 +27,7 @@ pub mod bus;
 pub mod clock;
 pub mod config;
 pub mod field;
+pub mod gateway;
 pub mod meter;
 pub mod model;
 pub mod protocol;

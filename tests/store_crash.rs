@@ -35,7 +35,11 @@ fn batch(n: u64) -> Batch {
             sequenced: true,
         })
         .collect();
-    Batch { readings, messages }
+    Batch {
+        readings,
+        messages,
+        ..Default::default()
+    }
 }
 
 /// The child: does nothing unless re-executed by `sigkill_loses_nothing_committed`.

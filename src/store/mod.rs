@@ -36,7 +36,39 @@ pub struct Message {
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     pub readings: Vec<Reading>,
+    /// Quality flag per reading (same order as `readings`; empty means all 0 = good). See
+    /// `analytics::loss` for the values.
+    pub reading_quality: Vec<u8>,
     pub messages: Vec<Message>,
+    /// Records kept for `status` and history: loss intervals, alarm events, voltage days.
+    pub records: Vec<Record>,
+    /// `meta` keys set in the same transaction (analytics state, learned limits, heartbeat).
+    pub meta: Vec<(String, String)>,
+    /// Meter states (payload of the retained `meter/{id}/state`) remembered for restarts.
+    pub meter_states: Vec<(String, serde_json::Value)>,
+}
+
+impl Batch {
+    /// True when there is nothing to commit.
+    pub fn is_empty(&self) -> bool {
+        self.readings.is_empty()
+            && self.messages.is_empty()
+            && self.records.is_empty()
+            && self.meta.is_empty()
+            && self.meter_states.is_empty()
+    }
+}
+
+/// A record of an analytics result kept in the store (`record` table), queryable by kind,
+/// subject and time, pruned with the history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// `loss`, `alarm`, `voltage_day`, ...
+    pub kind: String,
+    /// Area, meter, bus or gateway id.
+    pub subject: String,
+    pub ts_ms: i64,
+    pub body: serde_json::Value,
 }
 
 /// A row of the outbox, ready to publish.
@@ -184,12 +216,44 @@ impl Store {
         {
             let mut insert_reading = tx
                 .prepare_cached(
-                    "INSERT INTO history (meter, ts_ms, values_json) VALUES (?1, ?2, ?3)",
+                    "INSERT INTO history (meter, ts_ms, values_json, quality) VALUES (?1, ?2, ?3, ?4)",
                 )
                 .map_err(sql)?;
-            for r in &batch.readings {
+            for (i, r) in batch.readings.iter().enumerate() {
+                let q = batch.reading_quality.get(i).copied().unwrap_or(0);
                 insert_reading
-                    .execute(params![r.meter, r.ts_ms, values_json(&r.values)])
+                    .execute(params![r.meter, r.ts_ms, values_json(&r.values), q])
+                    .map_err(sql)?;
+            }
+            let mut insert_record = tx
+                .prepare_cached(
+                    "INSERT INTO record (kind, subject, ts_ms, body_json) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(sql)?;
+            for r in &batch.records {
+                insert_record
+                    .execute(params![r.kind, r.subject, r.ts_ms, r.body.to_string()])
+                    .map_err(sql)?;
+            }
+            let mut set_meta = tx
+                .prepare_cached(
+                    "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                )
+                .map_err(sql)?;
+            for (k, v) in &batch.meta {
+                set_meta.execute(params![k, v]).map_err(sql)?;
+            }
+            let mut put_state = tx
+                .prepare_cached(
+                    "INSERT INTO meter_state (meter, state_json, updated_ms) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT(meter) DO UPDATE SET state_json = excluded.state_json, \
+                     updated_ms = excluded.updated_ms",
+                )
+                .map_err(sql)?;
+            for (m, st) in &batch.meter_states {
+                put_state
+                    .execute(params![m, st.to_string(), now_ms])
                     .map_err(sql)?;
             }
             let mut seq = read_last_seq(&tx).map_err(sql)?;
@@ -355,6 +419,63 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// Records of `kind` (and `subject`, when given) with `from_ms <= ts_ms < to_ms`, oldest
+    /// first, at most `limit`, newest kept when more match.
+    pub fn records(
+        &self,
+        kind: &str,
+        subject: Option<&str>,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT kind, subject, ts_ms, body_json FROM record \
+                 WHERE kind = ?1 AND (?2 IS NULL OR subject = ?2) AND ts_ms >= ?3 AND ts_ms < ?4 \
+                 ORDER BY ts_ms DESC, id DESC LIMIT ?5",
+            )
+            .map_err(|e| self.err(e))?;
+        let mut rows: Vec<Record> = stmt
+            .query_map(params![kind, subject, from_ms, to_ms, limit as i64], |r| {
+                let body: String = r.get(3)?;
+                Ok(Record {
+                    kind: r.get(0)?,
+                    subject: r.get(1)?,
+                    ts_ms: r.get(2)?,
+                    body: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+                })
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.err(e))?;
+        rows.reverse();
+        Ok(rows)
+    }
+
+    /// Block limits learned from meters that reject large reads (meter id → max registers).
+    pub fn block_limits(&self) -> Result<BTreeMap<String, u16>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key, value FROM meta WHERE key LIKE 'block_limit/%'")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.err(e))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(k, v)| {
+                Some((k.strip_prefix("block_limit/")?.to_string(), v.parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// Remembers that `meter` answers blocks of at most `max_block` registers.
+    pub fn set_block_limit(&mut self, meter: &str, max_block: u16) -> Result<(), StoreError> {
+        self.set_meta(&format!("block_limit/{meter}"), &max_block.to_string())
+    }
+
     /// Every meter's last state, by meter id.
     pub fn meter_states(&self) -> Result<BTreeMap<String, serde_json::Value>, StoreError> {
         let mut stmt = self
@@ -427,6 +548,9 @@ impl Store {
         report.expired_readings = self
             .conn
             .execute("DELETE FROM history WHERE ts_ms < ?1", [cutoff])
+            .map_err(|e| self.err(e))?;
+        self.conn
+            .execute("DELETE FROM record WHERE ts_ms < ?1", [cutoff])
             .map_err(|e| self.err(e))?;
         let max_bytes = self.cfg.max_size_mb.saturating_mul(1024 * 1024);
         loop {

@@ -17,10 +17,11 @@ pub(crate) struct Migration {
 }
 
 /// Every schema step, oldest first.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "history, outbox, meta, meter_state",
-    sql: "
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "history, outbox, meta, meter_state",
+        sql: "
         CREATE TABLE schema_version (
             version     INTEGER PRIMARY KEY,
             description TEXT NOT NULL,
@@ -53,7 +54,23 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             updated_ms INTEGER NOT NULL
         ) WITHOUT ROWID;
     ",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "record: loss intervals, alarm events, voltage quality days",
+        sql: "
+        CREATE TABLE record (
+            id        INTEGER PRIMARY KEY,
+            kind      TEXT NOT NULL,
+            subject   TEXT NOT NULL,
+            ts_ms     INTEGER NOT NULL,
+            body_json TEXT NOT NULL
+        );
+        CREATE INDEX record_kind_subject_ts ON record (kind, subject, ts_ms);
+        CREATE INDEX record_ts ON record (ts_ms);
+    ",
+    },
+];
 
 /// Brings the file to the newest schema this version knows. A brand-new file first gets
 /// `auto_vacuum=INCREMENTAL` (it only takes effect before the first table is created).

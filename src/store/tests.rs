@@ -46,10 +46,11 @@ fn seq_continues_across_reopen() {
     let path = dir.path().join("data/amr.db");
     {
         let mut store = Store::open(&path, &cfg()).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 1);
+        assert_eq!(store.schema_version().unwrap(), 2);
         let batch = Batch {
             readings: vec![reading("m1", 1_000, 1.5)],
             messages: vec![message(1), message(2)],
+            ..Default::default()
         };
         let report = store.commit(&batch).unwrap();
         assert_eq!(report.seq_range, Some((1, 2)));
@@ -67,6 +68,7 @@ fn seq_continues_across_reopen() {
             .commit(&Batch {
                 readings: vec![],
                 messages: vec![retained],
+                ..Default::default()
             })
             .unwrap();
         assert_eq!(report.seq_range, None);
@@ -79,6 +81,7 @@ fn seq_continues_across_reopen() {
         .commit(&Batch {
             readings: vec![],
             messages: vec![message(3)],
+            ..Default::default()
         })
         .unwrap();
     assert_eq!(report.seq_range, Some((3, 3)));
@@ -95,6 +98,7 @@ fn a_failing_batch_stores_nothing() {
         .commit(&Batch {
             readings: vec![reading("m1", 1, 1.0)],
             messages: vec![message(1)],
+            ..Default::default()
         })
         .unwrap();
     let mut bad = message(3);
@@ -103,6 +107,7 @@ fn a_failing_batch_stores_nothing() {
         .commit(&Batch {
             readings: vec![reading("m1", 2, 2.0), reading("m2", 2, 2.0)],
             messages: vec![message(2), bad],
+            ..Default::default()
         })
         .unwrap_err();
     assert!(err.to_string().contains("amr.db"), "{err}");
@@ -121,6 +126,7 @@ fn a_full_disk_is_an_error_and_rolls_back() {
         .commit(&Batch {
             readings: vec![],
             messages: vec![message(1)],
+            ..Default::default()
         })
         .unwrap();
     // Cap the file at its current size: the next big batch hits SQLITE_FULL.
@@ -135,6 +141,7 @@ fn a_full_disk_is_an_error_and_rolls_back() {
     let big = Batch {
         readings: (0..2000).map(|i| reading("m1", i, i as f64)).collect(),
         messages: (0..2000).map(message).collect(),
+        ..Default::default()
     };
     let err = store.commit(&big).unwrap_err();
     assert!(err.is_full(), "{err:?}");
@@ -180,6 +187,7 @@ fn backlog_meta_and_meter_state() {
     let batch = Batch {
         readings: vec![],
         messages: vec![message(1), message(2)],
+        ..Default::default()
     };
     store.commit_at(&batch, 1_000).unwrap();
     store.commit_at(&batch, 2_000).unwrap();
@@ -217,6 +225,7 @@ fn prune_deletes_history_older_than_history_days() {
     let batch = Batch {
         readings: (0..10).map(|d| reading("m1", d * day, d as f64)).collect(),
         messages: vec![message(1)],
+        ..Default::default()
     };
     store.commit(&batch).unwrap();
     let report = store.prune(now).unwrap();
@@ -260,6 +269,7 @@ fn prune_keeps_the_store_under_its_size_bound() {
             .commit(&Batch {
                 readings,
                 messages: vec![],
+                ..Default::default()
             })
             .unwrap();
     }
@@ -267,6 +277,7 @@ fn prune_keeps_the_store_under_its_size_bound() {
         .commit(&Batch {
             readings: vec![],
             messages: (0..500).map(message).collect(),
+            ..Default::default()
         })
         .unwrap();
     assert!(store.used_bytes().unwrap() > 2 * 1024 * 1024);
@@ -292,6 +303,7 @@ fn prune_keeps_the_store_under_its_size_bound() {
         .commit(&Batch {
             readings: vec![],
             messages: (0..15000).map(message).collect(),
+            ..Default::default()
         })
         .unwrap();
     let report = store.prune(now).unwrap();

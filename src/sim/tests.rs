@@ -1,0 +1,1 @@
+//! Simulator tests: raw frames on a real pty and on loopback TCP.

@@ -77,7 +77,9 @@ pub struct SimBusConfig {
 impl SimBusConfig {
     /// Bits per character on the simulated line.
     pub fn bits_per_char(&self) -> u32 {
-        1 + self.data_bits as u32 + u32::from(self.parity != SimParity::None) + self.stop_bits as u32
+        1 + self.data_bits as u32
+            + u32::from(self.parity != SimParity::None)
+            + self.stop_bits as u32
     }
 }
 
@@ -272,7 +274,10 @@ mod tests {
             late_reply_ms = 300
         "#;
         let c = SimConfig::parse(text, "sim.toml", Path::new("/tmp/x")).unwrap();
-        assert_eq!(c.buses[0].link.as_deref(), Some(Path::new("/tmp/x/ttyBUS1")));
+        assert_eq!(
+            c.buses[0].link.as_deref(),
+            Some(Path::new("/tmp/x/ttyBUS1"))
+        );
         assert_eq!(c.buses[1].protocol, SimProtocol::ModbusTcp);
         assert_eq!(c.meters[0].fault.late_reply_ms, 300);
         assert_eq!(c.meters[0].voltage_v, 230.0);

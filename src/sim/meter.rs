@@ -75,7 +75,10 @@ impl SimMeter {
     }
 
     fn counters_at(&self, now: Instant) -> Counters {
-        let hours = now.saturating_duration_since(self.counters.at).as_secs_f64() / 3600.0;
+        let hours = now
+            .saturating_duration_since(self.counters.at)
+            .as_secs_f64()
+            / 3600.0;
         let kwh = self.load_kw * hours;
         let kvarh = kwh * self.tan_phi();
         let mut c = self.counters;
@@ -179,7 +182,12 @@ impl SimMeter {
         let mut words = vec![0u16; count as usize];
         let start = address as usize;
         let end = start + count as usize;
-        for def in self.model.registers.iter().filter(|d| d.function == function) {
+        for def in self
+            .model
+            .registers
+            .iter()
+            .filter(|d| d.function == function)
+        {
             let first = def.address as usize;
             let width = def.data_type.words() as usize;
             if first + width <= start || first >= end {
@@ -268,7 +276,10 @@ mod tests {
         let words = m.registers(4, 0, 80, t0);
         for (q, v) in decode_block(&model, &block, &words) {
             let want = m.value(&q, t0).unwrap();
-            assert!((v - want).abs() < want.abs() * 1e-6 + 1e-3, "{q}: {v} vs {want}");
+            assert!(
+                (v - want).abs() < want.abs() * 1e-6 + 1e-3,
+                "{q}: {v} vs {want}"
+            );
         }
         // Unmapped registers inside the block read 0; a block that starts mid-value gets the
         // value's tail only.

@@ -60,9 +60,7 @@ pub enum SimError {
     /// A problem in a simulator file.
     #[error("{file}: {message}")]
     Config { file: String, message: String },
-    #[error(
-        "meter {unit} on bus \"{bus}\": unknown model \"{model}\"; available: {available}"
-    )]
+    #[error("meter {unit} on bus \"{bus}\": unknown model \"{model}\"; available: {available}")]
     UnknownModel {
         bus: String,
         unit: u8,
@@ -296,15 +294,16 @@ pub fn start(config: SimConfig, library: &ModelLibrary) -> Result<SimHandle, Sim
         let bus = Arc::new(SimBus::new(bus_config.clone(), meters));
         let endpoint = if let Some(link) = &bus_config.link {
             let pty = pty::Pty::open().map_err(|e| io_error("cannot open a pty", e))?;
-            pty::create_link(link, &pty.slave_path).map_err(|e| {
-                io_error(&format!("cannot create link {}", link.display()), e)
-            })?;
+            pty::create_link(link, &pty.slave_path)
+                .map_err(|e| io_error(&format!("cannot create link {}", link.display()), e))?;
             let endpoint = BusEndpoint::Pty {
                 link: link.clone(),
                 device: pty.slave_path.clone(),
             };
             // Registered before spawning, so the link is removed even if a later bus fails.
-            inner.buses.insert(name.clone(), (bus.clone(), endpoint.clone()));
+            inner
+                .buses
+                .insert(name.clone(), (bus.clone(), endpoint.clone()));
             let master = pty::PtyMaster::new(pty.master)
                 .map_err(|e| io_error("cannot register the pty with tokio", e))?;
             let slave = pty.slave;
@@ -346,12 +345,18 @@ pub fn start(config: SimConfig, library: &ModelLibrary) -> Result<SimHandle, Sim
 /// `amr-gateway simulate --config FILE`: starts the simulator of `path` with the built-in
 /// models, prints one line per bus, re-applies the file's faults and loads on SIGHUP, and runs
 /// until `shutdown` turns true (or its sender is dropped).
-pub async fn run_from_file(
+pub async fn run_from_file(path: &Path, shutdown: watch::Receiver<bool>) -> Result<(), SimError> {
+    run_with_library(path, &ModelLibrary::builtin(), shutdown).await
+}
+
+/// [`run_from_file`] with models from `library` (a configuration's own, or a test's).
+pub async fn run_with_library(
     path: &Path,
+    library: &ModelLibrary,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), SimError> {
     let config = SimConfig::load(path)?;
-    let sim = start(config, &ModelLibrary::builtin())?;
+    let sim = start(config, library)?;
     for line in sim.describe() {
         println!("{line}");
     }

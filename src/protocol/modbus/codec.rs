@@ -462,7 +462,10 @@ mod tests {
         assert_eq!(&reply[..7], &[0x01, 0x03, 0x04, 0x00, 0x0A, 0x01, 0x02]);
         assert!(crc_ok(&reply));
         // Exception 02 to function 3 from unit 1: 01 83 02 C0 F1.
-        assert_eq!(rtu_exception_reply(1, 3, 2), vec![0x01, 0x83, 0x02, 0xC0, 0xF1]);
+        assert_eq!(
+            rtu_exception_reply(1, 3, 2),
+            vec![0x01, 0x83, 0x02, 0xC0, 0xF1]
+        );
     }
 
     #[test]
@@ -481,7 +484,11 @@ mod tests {
     fn scanner_needs_more_for_every_prefix() {
         let reply = rtu_read_reply(7, 4, &[1, 2, 3]);
         for n in 0..reply.len() {
-            assert_eq!(scan_rtu_reply(&reply[..n], 7, 4, 3), RtuScan::NeedMore, "{n}");
+            assert_eq!(
+                scan_rtu_reply(&reply[..n], 7, 4, 3),
+                RtuScan::NeedMore,
+                "{n}"
+            );
         }
     }
 
@@ -598,7 +605,10 @@ mod tests {
         let (exc, used2) = split_tcp_frame(&stream[used..]).unwrap().unwrap();
         assert_eq!(used2, 9);
         assert_eq!(exc.transaction, 0x1235);
-        assert_eq!(parse_read_reply_pdu(&exc.pdu, 3, 2), ReadOutcome::Exception(2));
+        assert_eq!(
+            parse_read_reply_pdu(&exc.pdu, 3, 2),
+            ReadOutcome::Exception(2)
+        );
         assert!(matches!(
             parse_read_reply_pdu(&frame.pdu, 3, 3),
             ReadOutcome::Malformed(_)

@@ -489,8 +489,8 @@ impl TcpTransport {
         self.rx.clear();
         let mut chunk = [0u8; 512];
         loop {
-            while let Some((frame, used)) =
-                codec::split_tcp_frame(&self.rx).map_err(|e| ModbusError::Malformed(e.to_string()))?
+            while let Some((frame, used)) = codec::split_tcp_frame(&self.rx)
+                .map_err(|e| ModbusError::Malformed(e.to_string()))?
             {
                 self.rx.drain(..used);
                 if frame.transaction != tid {
@@ -686,7 +686,10 @@ impl ModbusClient {
 }
 
 /// Opens a serial port with the bus's settings; errors name the device.
-fn open_serial(device: &std::path::Path, serial: &SerialSettings) -> Result<SerialStream, io::Error> {
+fn open_serial(
+    device: &std::path::Path,
+    serial: &SerialSettings,
+) -> Result<SerialStream, io::Error> {
     use tokio_serial::SerialPortBuilderExt;
     let data_bits = match serial.data_bits {
         5 => tokio_serial::DataBits::Five,
@@ -737,7 +740,10 @@ mod timing_tests {
             for (n, want) in [2u16, 40, 80].into_iter().zip(row) {
                 // The table rounds to 0.1 ms (93.75 is printed 93.8).
                 let got = ms(t.read_wire_time(n));
-                assert!((got - want).abs() <= 0.05 + 1e-6, "{baud} baud, N = {n}: {got}");
+                assert!(
+                    (got - want).abs() <= 0.05 + 1e-6,
+                    "{baud} baud, N = {n}: {got}"
+                );
             }
         }
     }

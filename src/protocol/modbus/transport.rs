@@ -36,6 +36,11 @@ use tokio_serial::SerialStream;
 /// and USB adapters deliver a frame in chunks with gaps longer than t3.5 at high baud rates.
 pub const MIN_SILENCE: Duration = Duration::from_millis(5);
 
+/// Longest RTU frame (256 bytes by the standard).
+const MAX_RTU_FRAME: usize = 256;
+/// Bytes kept while scanning for a reply before the oldest are dropped.
+const RX_LIMIT: usize = 4096;
+
 /// First wait after a failed TCP connect; doubles on each failure.
 pub const RECONNECT_BACKOFF_START: Duration = Duration::from_millis(500);
 /// Longest wait between TCP connect attempts.
@@ -212,6 +217,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuTransport<S> {
                         return Err(closed("the line"));
                     }
                     self.rx.extend_from_slice(&chunk[..n]);
+                    if self.rx.len() > RX_LIMIT {
+                        // A flood of noise: keep the tail, which can still hold a whole frame.
+                        self.rx.drain(..self.rx.len() - MAX_RTU_FRAME);
+                    }
                     last_rx = Instant::now();
                     rejection = match codec::scan_rtu_reply(&self.rx, unit, function, count) {
                         RtuScan::Reply { words, .. } => return Ok(words),

@@ -2,3 +2,390 @@
 //! bus, with a link at a configured path) and over Modbus TCP, paced by the wire time of the
 //! configured baud rate plus a meter turnaround, with energy that advances with a configured
 //! load, and faults that can be switched on per meter. Tests, the demo and benchmarks use it.
+//!
+//! - [`config`]: the TOML file ([`SimConfig`], [`Fault`]).
+//! - `meter`: one meter's state and register image; `bus`: who answers what, when;
+//!   `pty` / `serve`: the pseudo-terminals and the server loops.
+//!
+//! In a test (inside a tokio runtime):
+//!
+//! ```no_run
+//! # async fn f(library: &amr_gateway::meter::ModelLibrary) {
+//! use amr_gateway::sim::{self, SimConfig};
+//! let dir = tempfile::tempdir().unwrap();
+//! let config = SimConfig::parse(r#"
+//!     [[bus]]
+//!     name = "bus1"
+//!     link = "ttyBUS1"
+//!     [[meter]]
+//!     bus = "bus1"
+//!     unit = 1
+//!     model = "eastron-sdm630"
+//! "#, "test", dir.path()).unwrap();
+//! let sim = sim::start(config, library).unwrap();
+//! let bus = sim.bus_config("bus1").unwrap(); // a gateway BusConfig for this bus
+//! let mut client = amr_gateway::protocol::modbus::ModbusClient::open(&bus).await.unwrap();
+//! # }
+//! ```
+
+pub mod config;
+
+mod bus;
+mod meter;
+mod pty;
+mod serve;
+
+#[cfg(test)]
+pub(crate) mod fixtures;
+
+pub use config::{Fault, SimBusConfig, SimConfig, SimMeterConfig, SimParity, SimProtocol};
+
+use crate::config::{BusConfig, BusProtocol, Parity, SerialSettings};
+use crate::meter::ModelLibrary;
+use bus::{LineControl, SimBus};
+use meter::SimMeter;
+use serve::OnDisconnect;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+/// Why the simulator could not start or change.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// A problem in a simulator file.
+    #[error("{file}: {message}")]
+    Config { file: String, message: String },
+    #[error("meter {unit} on bus \"{bus}\": unknown model \"{model}\"; available: {available}")]
+    UnknownModel {
+        bus: String,
+        unit: u8,
+        model: String,
+        available: String,
+    },
+    #[error("no meter {unit} on bus \"{bus}\" in the simulator")]
+    NoSuchMeter { bus: String, unit: u8 },
+    #[error("bus \"{bus}\": {context}: {source}")]
+    Io {
+        bus: String,
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+/// Where a simulated bus can be reached.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BusEndpoint {
+    /// A pty: the configured link and the slave it points to.
+    Pty { link: PathBuf, device: PathBuf },
+    /// A TCP listener (Modbus TCP or RTU over TCP), with the actual port.
+    Tcp { address: SocketAddr },
+}
+
+struct SimInner {
+    buses: BTreeMap<String, (Arc<SimBus>, BusEndpoint)>,
+    tasks: Vec<AbortHandle>,
+}
+
+impl Drop for SimInner {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for (_, endpoint) in self.buses.values() {
+            if let BusEndpoint::Pty { link, device } = endpoint {
+                pty::remove_link(link, device);
+            }
+        }
+    }
+}
+
+/// A running simulator. Clones share it; when the last clone is dropped its tasks stop, its
+/// ptys close and its links are removed.
+#[derive(Clone)]
+pub struct SimHandle {
+    inner: Arc<SimInner>,
+}
+
+impl SimHandle {
+    fn bus(&self, bus: &str) -> Option<&Arc<SimBus>> {
+        self.inner.buses.get(bus).map(|(b, _)| b)
+    }
+
+    fn with_meter<T>(
+        &self,
+        bus: &str,
+        unit: u8,
+        f: impl FnOnce(&mut SimMeter) -> T,
+    ) -> Result<T, SimError> {
+        let missing = || SimError::NoSuchMeter {
+            bus: bus.to_string(),
+            unit,
+        };
+        let b = self.bus(bus).ok_or_else(missing)?;
+        let mut meters = b.meters();
+        let m = meters.get_mut(&unit).ok_or_else(missing)?;
+        Ok(f(m))
+    }
+
+    /// Replaces the faults of meter `unit` on `bus`; takes effect from its next request.
+    pub fn set_fault(&self, bus: &str, unit: u8, fault: Fault) -> Result<(), SimError> {
+        self.with_meter(bus, unit, |m| m.fault = fault)
+    }
+
+    /// The current faults of meter `unit` on `bus`.
+    pub fn fault(&self, bus: &str, unit: u8) -> Result<Fault, SimError> {
+        self.with_meter(bus, unit, |m| m.fault.clone())
+    }
+
+    /// Changes the mean active power (kW) of a meter from now on; energy so far is kept.
+    pub fn set_load(&self, bus: &str, unit: u8, load_kw: f64) -> Result<(), SimError> {
+        self.with_meter(bus, unit, |m| m.set_load(load_kw, Instant::now()))
+    }
+
+    /// The value a meter would report for `quantity` (a contract name) right now; `None` for an
+    /// unknown meter or quantity. For comparing with what the gateway read.
+    pub fn value_now(&self, bus: &str, unit: u8, quantity: &str) -> Option<f64> {
+        self.with_meter(bus, unit, |m| m.value(quantity, Instant::now()))
+            .ok()
+            .flatten()
+    }
+
+    /// Where `bus` can be reached.
+    pub fn endpoint(&self, bus: &str) -> Option<&BusEndpoint> {
+        self.inner.buses.get(bus).map(|(_, e)| e)
+    }
+
+    /// The address a TCP bus listens on (with the actual port when configured as port 0).
+    pub fn tcp_address(&self, bus: &str) -> Option<SocketAddr> {
+        match self.endpoint(bus)? {
+            BusEndpoint::Tcp { address } => Some(*address),
+            BusEndpoint::Pty { .. } => None,
+        }
+    }
+
+    /// A gateway [`BusConfig`] that reaches `bus`: device = the pty link, or address = the
+    /// listener; the line settings of the simulated bus; `timeout_ms` = `gateway_timeout_ms`.
+    pub fn bus_config(&self, bus: &str) -> Option<BusConfig> {
+        let (b, endpoint) = self.inner.buses.get(bus)?;
+        let c = &b.config;
+        let (device, address) = match endpoint {
+            BusEndpoint::Pty { link, .. } => (Some(link.clone()), None),
+            BusEndpoint::Tcp { address } => (None, Some(address.to_string())),
+        };
+        Some(BusConfig {
+            name: c.name.clone(),
+            protocol: match c.protocol {
+                SimProtocol::ModbusRtu => BusProtocol::ModbusRtu,
+                SimProtocol::ModbusTcp => BusProtocol::ModbusTcp,
+                SimProtocol::ModbusRtuOverTcp => BusProtocol::ModbusRtuOverTcp,
+            },
+            device,
+            address,
+            serial: SerialSettings {
+                baud: c.baud,
+                parity: match c.parity {
+                    SimParity::None => Parity::None,
+                    SimParity::Even => Parity::Even,
+                    SimParity::Odd => Parity::Odd,
+                },
+                data_bits: c.data_bits,
+                stop_bits: c.stop_bits,
+            },
+            timeout_ms: c.gateway_timeout_ms,
+            poll_interval_s: 60,
+            line: 0,
+        })
+    }
+
+    /// Requests that reached a meter of `bus` (answered or not).
+    pub fn requests(&self, bus: &str) -> u64 {
+        self.bus(bus).map_or(0, |b| b.requests())
+    }
+
+    /// TCP connections accepted on `bus` so far.
+    pub fn connections(&self, bus: &str) -> u64 {
+        self.bus(bus)
+            .map_or(0, |b| b.connections.load(Ordering::Relaxed))
+    }
+
+    /// Closes every open TCP connection of `bus`, as a rebooting serial server would.
+    pub fn disconnect_clients(&self, bus: &str) {
+        if let Some(b) = self.bus(bus) {
+            let _ = b.control.send(LineControl::Disconnect);
+        }
+    }
+
+    /// Writes `bytes` onto `bus` unasked (noise, or a stray frame), to every open connection of
+    /// a TCP bus. Asynchronous: the bytes are on the line a moment later.
+    pub fn inject(&self, bus: &str, bytes: &[u8]) {
+        if let Some(b) = self.bus(bus) {
+            let _ = b.control.send(LineControl::Inject(bytes.to_vec()));
+        }
+    }
+
+    /// Applies the faults and loads of `config`'s meters to the running meters (SIGHUP). Buses
+    /// and meters cannot be added or removed at run time: a meter not running is an error.
+    pub fn apply(&self, config: &SimConfig) -> Result<(), SimError> {
+        for m in &config.meters {
+            self.with_meter(&m.bus, m.unit, |meter| {
+                meter.fault = m.fault.clone();
+                if meter.load_kw() != m.load_kw {
+                    meter.set_load(m.load_kw, Instant::now());
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// One line per bus: `bus1: pty /tmp/.. -> /dev/pts/5, units 1,2,3`.
+    pub fn describe(&self) -> Vec<String> {
+        self.inner
+            .buses
+            .iter()
+            .map(|(name, (b, endpoint))| {
+                let units: Vec<String> = b.meters().keys().map(u8::to_string).collect();
+                let at = match endpoint {
+                    BusEndpoint::Pty { link, device } => {
+                        format!("pty {} -> {}", link.display(), device.display())
+                    }
+                    BusEndpoint::Tcp { address } => {
+                        format!("{} {}", b.config.protocol.name(), address)
+                    }
+                };
+                format!("{name}: {at}, units {}", units.join(","))
+            })
+            .collect()
+    }
+}
+
+/// Starts the simulator described by `config` with meter models from `library`, spawning its
+/// tasks on the current tokio runtime (call it from inside one). Ptys are created and linked,
+/// TCP listeners bound, before it returns.
+pub fn start(config: SimConfig, library: &ModelLibrary) -> Result<SimHandle, SimError> {
+    let now = Instant::now();
+    let mut inner = SimInner {
+        buses: BTreeMap::new(),
+        tasks: Vec::new(),
+    };
+    for bus_config in config.buses {
+        let name = bus_config.name.clone();
+        let io_error = |context: &str, source: std::io::Error| SimError::Io {
+            bus: name.clone(),
+            context: context.to_string(),
+            source,
+        };
+        let mut meters = BTreeMap::new();
+        for m in config.meters.iter().filter(|m| m.bus == name) {
+            let model = library
+                .get(&m.model)
+                .ok_or_else(|| SimError::UnknownModel {
+                    bus: name.clone(),
+                    unit: m.unit,
+                    model: m.model.clone(),
+                    available: library.names().join(", "),
+                })?;
+            meters.insert(m.unit, SimMeter::new(m, Arc::new(model.clone()), now));
+        }
+        let bus = Arc::new(SimBus::new(bus_config.clone(), meters));
+        let endpoint = if let Some(link) = &bus_config.link {
+            let pty = pty::Pty::open().map_err(|e| io_error("cannot open a pty", e))?;
+            pty::create_link(link, &pty.slave_path)
+                .map_err(|e| io_error(&format!("cannot create link {}", link.display()), e))?;
+            let endpoint = BusEndpoint::Pty {
+                link: link.clone(),
+                device: pty.slave_path.clone(),
+            };
+            // Registered before spawning, so the link is removed even if a later bus fails.
+            inner
+                .buses
+                .insert(name.clone(), (bus.clone(), endpoint.clone()));
+            let master = pty::PtyMaster::new(pty.master)
+                .map_err(|e| io_error("cannot register the pty with tokio", e))?;
+            let slave = pty.slave;
+            let control = bus.control.subscribe();
+            let task_bus = bus.clone();
+            let task = tokio::spawn(async move {
+                let _slave = slave; // kept open while the line is served
+                let (reader, writer) = tokio::io::split(master);
+                let _ =
+                    serve::serve_rtu_line(task_bus, reader, writer, control, OnDisconnect::Ignore)
+                        .await;
+            });
+            inner.tasks.push(task.abort_handle());
+            endpoint
+        } else {
+            let listen = bus_config.listen.as_deref().unwrap_or("127.0.0.1:0");
+            let listener = std::net::TcpListener::bind(listen)
+                .map_err(|e| io_error(&format!("cannot listen on {listen}"), e))?;
+            listener
+                .set_nonblocking(true)
+                .map_err(|e| io_error("set_nonblocking", e))?;
+            let address = listener
+                .local_addr()
+                .map_err(|e| io_error("local_addr", e))?;
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .map_err(|e| io_error("cannot register the listener with tokio", e))?;
+            let rtu = bus_config.protocol == SimProtocol::ModbusRtuOverTcp;
+            let task = tokio::spawn(serve::serve_listener(bus.clone(), listener, rtu));
+            inner.tasks.push(task.abort_handle());
+            BusEndpoint::Tcp { address }
+        };
+        inner.buses.insert(name, (bus, endpoint));
+    }
+    Ok(SimHandle {
+        inner: Arc::new(inner),
+    })
+}
+
+/// `amr-gateway simulate --config FILE`: starts the simulator of `path` with the built-in
+/// models, prints one line per bus, re-applies the file's faults and loads on SIGHUP, and runs
+/// until `shutdown` turns true (or its sender is dropped).
+pub async fn run_from_file(path: &Path, shutdown: watch::Receiver<bool>) -> Result<(), SimError> {
+    run_with_library(path, &ModelLibrary::builtin(), shutdown).await
+}
+
+/// [`run_from_file`] with models from `library` (a configuration's own, or a test's).
+pub async fn run_with_library(
+    path: &Path,
+    library: &ModelLibrary,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), SimError> {
+    let config = SimConfig::load(path)?;
+    let sim = start(config, library)?;
+    for line in sim.describe() {
+        println!("{line}");
+    }
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| SimError::Io {
+            bus: "-".into(),
+            context: "cannot install the SIGHUP handler".into(),
+            source: e,
+        })?;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        tokio::select! {
+            _ = hangup.recv() => {
+                match SimConfig::load(path).and_then(|c| sim.apply(&c)) {
+                    Ok(()) => println!("{}: faults and loads reloaded", path.display()),
+                    Err(e) => eprintln!("{e}"),
+                }
+            }
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -8,12 +8,17 @@
 //! - an exception reply is reported as such.
 //!
 //! tokio-modbus gives none of these on RTU (see `../shared/reference/rust-crates.md`), so the
-//! framing is our own.
+//! framing is our own: [`codec`] holds the pure byte-level functions, [`transport`] times them.
+//! The tests that prove each guarantee run the transports against the simulator ([`crate::sim`])
+//! on a real pseudo-terminal and on real loopback TCP.
 
 pub mod codec;
 pub mod transport;
 
-pub use transport::{ModbusClient, RtuTiming};
+#[cfg(test)]
+mod tests;
+
+pub use transport::{ModbusClient, RtuTiming, RtuTransport, TcpTransport};
 
 /// Why a Modbus transaction failed.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +35,18 @@ pub enum ModbusError {
     Malformed(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The request itself cannot be sent (function other than 03/04, count outside 1..=125,
+    /// a bus that is not Modbus or lacks its device / address).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// A TCP endpoint is unreachable; the client waits `retry_in_ms` before trying again, and
+    /// fails fast until then so that the bus task is not held up by a dead serial server.
+    #[error("not connected to {address}: {reason}; next attempt in {retry_in_ms} ms")]
+    NotConnected {
+        address: String,
+        reason: String,
+        retry_in_ms: u64,
+    },
 }
 
 impl ModbusError {

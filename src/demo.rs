@@ -28,20 +28,26 @@ pub async fn run(
     std::fs::write(&sim_path, fill(SIM_TEMPLATE)).map_err(|e| e.to_string())?;
     std::fs::write(&gw_path, fill(GATEWAY_TEMPLATE)).map_err(|e| e.to_string())?;
 
-    let broker = crate::broker::Broker::bind(std::net::SocketAddr::from(([127, 0, 0, 1], mqtt_port)))
-        .await
-        .map_err(|e| format!("cannot listen on 127.0.0.1:{mqtt_port}: {e} (try --mqtt-port)"))?;
+    let broker =
+        crate::broker::Broker::bind(std::net::SocketAddr::from(([127, 0, 0, 1], mqtt_port)))
+            .await
+            .map_err(|e| {
+                format!("cannot listen on 127.0.0.1:{mqtt_port}: {e} (try --mqtt-port)")
+            })?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let broker_task = tokio::spawn(broker.run(stop_rx.clone()));
 
     let sim_cfg = sim::SimConfig::load(&sim_path).map_err(|e| e.to_string())?;
-    let _sim = sim::start(sim_cfg, &ModelLibrary::builtin())
-        .await
-        .map_err(|e| e.to_string())?;
+    let _sim = sim::start(sim_cfg, &ModelLibrary::builtin()).map_err(|e| e.to_string())?;
 
     let cfg = config::load(&gw_path).map_err(|e| e.to_string())?;
     println!("amr-gateway demo");
-    println!("  simulated area: {} meters on {} RS-485 buses (pseudo-terminals in {})", cfg.meters.len(), cfg.buses.len(), dir.display());
+    println!(
+        "  simulated area: {} meters on {} RS-485 buses (pseudo-terminals in {})",
+        cfg.meters.len(),
+        cfg.buses.len(),
+        dir.display()
+    );
     println!("  embedded MQTT broker: 127.0.0.1:{mqtt_port}");
     println!("  watch it: mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -t 'amr/#' -v");
     println!();
@@ -79,6 +85,10 @@ pub fn summary_line(elapsed: Duration, s: &GatewayState) -> String {
         s.uplink.published,
         s.uplink.acked,
         s.uplink.backlog,
-        if s.uplink.connected { "connected" } else { "disconnected" },
+        if s.uplink.connected {
+            "connected"
+        } else {
+            "disconnected"
+        },
     )
 }

@@ -53,9 +53,27 @@ pub async fn run(
     })?;
     let db = config.db_path();
     let store = Store::open(&db, &config.store)?;
-    let learned = store.block_limits()?;
-    let store: SharedStore = Arc::new(std::sync::Mutex::new(store));
     let topics = Topics::new(&config.mqtt.topic_prefix, &config.gateway.id);
+    let learned = store.block_limits()?;
+    // Retained meter states are republished at start (a broker restarted without persistence
+    // has lost them), marked as from before the restart until the buses report anew.
+    let mut restart = Batch::default();
+    for (meter, state) in store.meter_states()? {
+        if config.meter(&meter).is_some() {
+            restart.messages.push(Message {
+                topic: topics.meter_state(&meter),
+                payload: state,
+                qos: 1,
+                retain: true,
+                sequenced: false,
+            });
+        }
+    }
+    let mut store = store;
+    if !restart.is_empty() {
+        store.commit(&restart)?;
+    }
+    let store: SharedStore = Arc::new(std::sync::Mutex::new(store));
     info!(gateway = %config.gateway.id, db = %db.display(), buses = config.buses.len(),
         meters = config.meters.len(), "gateway starting");
 

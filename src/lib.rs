@@ -26,6 +26,8 @@ pub mod broker;
 pub mod bus;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "embedded-broker")]
+pub mod demo;
 pub mod field;
 pub mod gateway;
 pub mod meter;

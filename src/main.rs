@@ -1,5 +1,388 @@
-//! The `amr-gateway` command line.
+//! The `amr-gateway` command line: `run`, `check-config`, `demo`, `simulate`, and the field
+//! tools `read`, `scan`, `status`.
 
-fn main() {
-    println!("amr-gateway");
+use amr_gateway::config;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(
+    name = "amr-gateway",
+    version,
+    about = "Data concentrator for a transformer area: meters → SQLite → MQTT"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway in the foreground until SIGTERM or SIGINT.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file: exit 0 when valid, otherwise 2 with every problem as
+    /// FILE:LINE:COL: message.
+    CheckConfig {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Simulated meters, an embedded MQTT broker on 127.0.0.1 and the gateway, with a live
+    /// summary. Nothing to install or configure.
+    Demo {
+        /// Stop after this many seconds (exit code 0).
+        #[arg(long = "for")]
+        for_s: Option<u64>,
+        /// Port of the embedded broker on 127.0.0.1.
+        #[arg(long, default_value_t = 1883)]
+        mqtt_port: u16,
+    },
+    /// Serve simulated meters on pseudo-terminals and TCP ports, as a SIMFILE describes.
+    /// SIGHUP re-reads loads and faults from the file.
+    Simulate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Read one meter once and print every quantity with its unit.
+    Read {
+        #[command(flatten)]
+        link: LinkOpts,
+        /// Modbus unit id (1..247).
+        #[arg(long)]
+        unit: u8,
+        /// Meter model (see `protocols/`); `--models-dir` adds your own.
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        models_dir: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find the unit ids that answer on a bus and guess their models.
+    Scan {
+        #[command(flatten)]
+        link: LinkOpts,
+        /// Unit ids to try, e.g. 1-247 or 1-10,20.
+        #[arg(long, default_value = "1-247")]
+        units: String,
+        #[arg(long)]
+        models_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What a running or stopped gateway's store says: buses, meters, backlog, loss, alarms.
+    Status {
+        #[arg(long, short, default_value = "/etc/amr-gateway/gateway.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// How a field tool reaches the meters.
+#[derive(clap::Args)]
+struct LinkOpts {
+    /// Serial device, e.g. /dev/ttyUSB0.
+    #[arg(long)]
+    device: Option<PathBuf>,
+    /// TCP endpoint host:port (Modbus TCP, or RTU over TCP with --protocol).
+    #[arg(long)]
+    address: Option<String>,
+    /// modbus-rtu (with --device), modbus-tcp or modbus-rtu-over-tcp (with --address).
+    #[arg(long)]
+    protocol: Option<String>,
+    #[arg(long, default_value_t = 9600)]
+    baud: u32,
+    /// none, even or odd.
+    #[arg(long, default_value = "none")]
+    parity: String,
+    /// Reply deadline per request.
+    #[arg(long, default_value_t = 300)]
+    timeout_ms: u64,
+}
+
+impl LinkOpts {
+    fn link(&self) -> Result<amr_gateway::field::LinkArgs, String> {
+        Ok(amr_gateway::field::LinkArgs {
+            device: self.device.clone(),
+            address: self.address.clone(),
+            protocol: self.protocol.clone(),
+            baud: self.baud,
+            parity: amr_gateway::field::parse_parity(&self.parity)?,
+            timeout_ms: self.timeout_ms,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Run { config } => run(&config),
+        Command::Demo { for_s, mqtt_port } => demo(for_s, mqtt_port),
+        Command::Simulate { config } => simulate(&config),
+        Command::Read {
+            link,
+            unit,
+            model,
+            models_dir,
+            json,
+        } => read(&link, unit, &model, models_dir.as_deref(), json),
+        Command::Scan {
+            link,
+            units,
+            models_dir,
+            json,
+        } => scan(&link, &units, models_dir.as_deref(), json),
+        Command::Status { config, json } => status(&config, json),
+    }
+}
+
+fn init_logging(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AMR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("cannot start the async runtime")
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} buses, {} meters, {} areas, {} meter models)",
+                path.display(),
+                c.buses.len(),
+                c.meters.len(),
+                c.areas.len(),
+                c.models.models.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{} problem(s) found", errors.0.len());
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A watch channel that turns true on SIGTERM or SIGINT.
+fn shutdown_on_signals() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{} problem(s) found; not starting", errors.0.len());
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&cfg.gateway.log_level);
+    runtime().block_on(async move {
+        let shutdown = shutdown_on_signals();
+        match amr_gateway::gateway::run(cfg, shutdown, None).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e}");
+                eprintln!("amr-gateway: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn simulate(path: &std::path::Path) -> ExitCode {
+    init_logging("info");
+    runtime().block_on(async move {
+        let shutdown = shutdown_on_signals();
+        match amr_gateway::sim::run_from_file(path, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("amr-gateway simulate: {e}");
+                ExitCode::from(2)
+            }
+        }
+    })
+}
+
+#[cfg(feature = "embedded-broker")]
+fn demo(for_s: Option<u64>, mqtt_port: u16) -> ExitCode {
+    init_logging("warn");
+    runtime().block_on(async move {
+        let shutdown = shutdown_on_signals();
+        match amr_gateway::demo::run(for_s, mqtt_port, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("amr-gateway demo: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+#[cfg(not(feature = "embedded-broker"))]
+fn demo(_for_s: Option<u64>, _mqtt_port: u16) -> ExitCode {
+    eprintln!(
+        "amr-gateway demo: this build has no embedded broker (cargo feature `embedded-broker`)"
+    );
+    ExitCode::FAILURE
+}
+
+/// The built-in models plus those of `dir`.
+fn library(dir: Option<&std::path::Path>) -> Result<amr_gateway::meter::ModelLibrary, String> {
+    let mut lib = amr_gateway::meter::ModelLibrary::builtin();
+    if let Some(d) = dir {
+        lib.load_dir(d).map_err(|errs| {
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })?;
+    }
+    Ok(lib)
+}
+
+fn fail(tool: &str, msg: &str) -> ExitCode {
+    eprintln!("amr-gateway {tool}: {msg}");
+    ExitCode::from(2)
+}
+
+fn read(
+    link: &LinkOpts,
+    unit: u8,
+    model: &str,
+    dir: Option<&std::path::Path>,
+    json: bool,
+) -> ExitCode {
+    init_logging("warn");
+    let link = match link.link() {
+        Ok(l) => l,
+        Err(e) => return fail("read", &e),
+    };
+    let lib = match library(dir) {
+        Ok(l) => l,
+        Err(e) => return fail("read", &e),
+    };
+    let Some(model) = lib.get(model).cloned() else {
+        return fail(
+            "read",
+            &format!(
+                "unknown model `{model}`; available: {}",
+                lib.names().join(", ")
+            ),
+        );
+    };
+    if !(1..=247).contains(&unit) {
+        return fail("read", "--unit must be 1..247");
+    }
+    runtime().block_on(async move {
+        match amr_gateway::field::read::read_meter(&link, unit, &model).await {
+            Ok(r) => {
+                if json {
+                    println!("{}", r.json());
+                } else {
+                    print!("{}", r.table());
+                }
+                if r.values.is_empty() {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(e) => fail("read", &e),
+        }
+    })
+}
+
+fn scan(link: &LinkOpts, units: &str, dir: Option<&std::path::Path>, json: bool) -> ExitCode {
+    init_logging("warn");
+    let link = match link.link() {
+        Ok(l) => l,
+        Err(e) => return fail("scan", &e),
+    };
+    let units = match amr_gateway::field::scan::parse_units(units) {
+        Ok(u) => u,
+        Err(e) => return fail("scan", &e),
+    };
+    let lib = match library(dir) {
+        Ok(l) => l,
+        Err(e) => return fail("scan", &e),
+    };
+    let bar = indicatif::ProgressBar::new(units.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} unit ids · {msg} · about {eta} left",
+        )
+        .unwrap(),
+    );
+    bar.set_message("0 found");
+    runtime().block_on(async move {
+        let result = amr_gateway::field::scan::scan(&link, &units, &lib, |_, found| {
+            bar.inc(1);
+            bar.set_message(format!("{found} found"));
+        })
+        .await;
+        bar.finish_and_clear();
+        match result {
+            Ok(found) => {
+                if json {
+                    println!("{}", amr_gateway::field::scan::json(&found, units.len()));
+                } else {
+                    print!("{}", amr_gateway::field::scan::table(&found, units.len()));
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("scan", &e),
+        }
+    })
+}
+
+fn status(path: &std::path::Path, json: bool) -> ExitCode {
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    match amr_gateway::field::status::collect(&cfg) {
+        Ok(st) => {
+            if json {
+                println!("{st}");
+            } else {
+                print!("{}", amr_gateway::field::status::table(&st));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail("status", &e),
+    }
 }

@@ -1,5 +1,8 @@
-//! Exclusive use of a serial device: the daemon and the field tools take an advisory lock on
-//! the device node, so two masters never talk on one RS-485 bus at once.
+//! Exclusive use of a serial device: two masters must never talk on one RS-485 bus at once.
+//!
+//! An open serial port holds an exclusive `flock` on its device node (the serialport crate
+//! takes it), so the daemon's ports are locked while it polls. The field tools check the lock
+//! before opening, so that they can refuse with a message that says what to do.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -27,6 +30,11 @@ pub enum DeviceLockError {
 }
 
 impl DeviceLock {
+    /// Fails with [`DeviceLockError::InUse`] when another process holds the device.
+    pub fn check(path: &Path) -> Result<(), DeviceLockError> {
+        Self::acquire(path).map(drop)
+    }
+
     /// Takes the lock without waiting.
     pub fn acquire(path: &Path) -> Result<DeviceLock, DeviceLockError> {
         use std::os::unix::fs::OpenOptionsExt;

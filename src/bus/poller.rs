@@ -96,7 +96,6 @@ pub async fn run_bus(
     }
     let timeout = Duration::from_millis(bus.timeout_ms);
     let mut client: Option<ModbusClient> = None;
-    let mut _device_lock: Option<super::DeviceLock> = None;
     let mut open_backoff = Duration::from_secs(1);
     let mut last_unit: Option<u8> = None;
 
@@ -105,19 +104,6 @@ pub async fn run_bus(
             break;
         }
         if client.is_none() {
-            if let (Some(dev), None) = (&bus.device, &_device_lock) {
-                match super::DeviceLock::acquire(dev) {
-                    Ok(l) => _device_lock = Some(l),
-                    Err(e) => {
-                        warn!(bus = %bus.name, error = %e, "retrying in {} s", open_backoff.as_secs());
-                        if sleep_or_shutdown(open_backoff, &mut shutdown).await {
-                            break;
-                        }
-                        open_backoff = (open_backoff * 2).min(Duration::from_secs(60));
-                        continue;
-                    }
-                }
-            }
             match ModbusClient::open(&bus).await {
                 Ok(c) => {
                     info!(bus = %bus.name, endpoint = %endpoint(&bus), "bus open");

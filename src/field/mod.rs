@@ -4,6 +4,7 @@
 
 pub mod read;
 pub mod scan;
+pub mod status;
 
 use crate::config::{BusConfig, BusProtocol, Parity, SerialSettings};
 use std::path::PathBuf;

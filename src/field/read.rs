@@ -28,10 +28,10 @@ pub async fn read_meter(
     model: &MeterModel,
 ) -> Result<MeterRead, String> {
     let bus = link.bus()?;
-    let _lock = match &bus.device {
-        Some(dev) => Some(DeviceLock::acquire(dev).map_err(|e| e.to_string())?),
-        None => None,
-    };
+    if let Some(dev) = &bus.device {
+        // The port itself is locked while open; checking first gives the clear message.
+        DeviceLock::check(dev).map_err(|e| e.to_string())?;
+    }
     let mut client = ModbusClient::open(&bus)
         .await
         .map_err(|e| format!("cannot open {}: {e}", endpoint(&bus)))?;

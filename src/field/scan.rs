@@ -53,10 +53,10 @@ pub async fn scan(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<Found>, String> {
     let bus = link.bus()?;
-    let _lock = match &bus.device {
-        Some(dev) => Some(DeviceLock::acquire(dev).map_err(|e| e.to_string())?),
-        None => None,
-    };
+    if let Some(dev) = &bus.device {
+        // The port itself is locked while open; checking first gives the clear message.
+        DeviceLock::check(dev).map_err(|e| e.to_string())?;
+    }
     let mut client = ModbusClient::open(&bus)
         .await
         .map_err(|e| format!("cannot open the bus: {e}"))?;
@@ -70,7 +70,13 @@ pub async fn scan(
             // A garbled answer still means something is there.
             Err(ModbusError::BadCrc) => Some("bad CRC".to_string()),
             Err(ModbusError::WrongUnit { .. }) | Err(ModbusError::Malformed(_)) => None,
-            Err(ModbusError::Io(e)) => return Err(format!("bus failed: {e}")),
+            Err(
+                e @ (ModbusError::Io(_)
+                | ModbusError::NotConnected { .. }
+                | ModbusError::InvalidRequest(_)),
+            ) => {
+                return Err(format!("bus failed: {e}"));
+            }
         };
         if let Some(answer) = answer {
             let models = guess_models(&mut client, unit, library, timeout).await;

@@ -1,0 +1,241 @@
+//! `amr-gateway status`: what a running or stopped gateway's store says — per bus and meter
+//! online/offline, last reading, success rate, latency and errors; the outbox backlog and its
+//! age; the latest loss interval of every area and the active alarms.
+//!
+//! It only reads the store (SQLite in WAL mode lets it do so while the daemon writes).
+
+use crate::clock::{now_ms, rfc3339_ms};
+use crate::config::Config;
+use crate::store::Store;
+use serde_json::{Value, json};
+
+/// Everything `status` shows, as JSON (the table is rendered from it).
+pub fn collect(config: &Config) -> Result<Value, String> {
+    let db = config.db_path();
+    if !db.exists() {
+        return Err(format!(
+            "no store at {}: the gateway has not run with this configuration yet (data_dir = {})",
+            db.display(),
+            config.gateway.data_dir.display()
+        ));
+    }
+    let store = Store::open(&db, &config.store).map_err(|e| e.to_string())?;
+    let now = now_ms();
+    let states = store.meter_states().map_err(|e| e.to_string())?;
+    let (backlog, oldest) = store.backlog().map_err(|e| e.to_string())?;
+    let mut buses = Vec::new();
+    for bus in &config.buses {
+        let mut meters = Vec::new();
+        for m in config.meters.iter().filter(|m| m.bus == bus.name) {
+            let st = states.get(&m.id).cloned().unwrap_or(Value::Null);
+            let last = store.latest_reading(&m.id).map_err(|e| e.to_string())?;
+            meters.push(json!({
+                "meter": m.id,
+                "unit": m.unit,
+                "address": m.address,
+                "model": m.model,
+                "state": st.get("state").cloned().unwrap_or(json!("unknown")),
+                "last_reading": last.as_ref().map(|r| rfc3339_ms(r.ts_ms)),
+                "last_reading_age_s": last.as_ref().map(|r| (now - r.ts_ms) / 1000),
+                "energy_import_kwh": last.as_ref().and_then(|r| r.values.get("energy_import_kwh").copied()),
+                "success_rate_pct": st.get("success_rate_pct").cloned(),
+                "latency_ms": st.get("latency_ms").cloned(),
+                "timeouts": st.get("timeouts").cloned(),
+                "crc_errors": st.get("crc_errors").cloned(),
+                "last_error": st.get("last_error").cloned(),
+            }));
+        }
+        buses.push(json!({
+            "bus": bus.name,
+            "protocol": bus.protocol.name(),
+            "endpoint": bus.device.as_ref().map(|d| d.display().to_string()).or_else(|| bus.address.clone()),
+            "meters": meters,
+        }));
+    }
+    let mut areas = Vec::new();
+    for a in &config.areas {
+        let last = store
+            .records("loss", Some(&a.id), 0, i64::MAX, 1)
+            .map_err(|e| e.to_string())?;
+        let rolling = store
+            .meta(&format!("loss_rolling/{}", a.id))
+            .map_err(|e| e.to_string())?
+            .and_then(|s| serde_json::from_str::<Value>(&s).ok());
+        areas.push(json!({
+            "area": a.id,
+            "last_interval": last.first().map(|r| r.body.clone()),
+            "rolling": rolling,
+        }));
+    }
+    let alarms = store
+        .meta("alarms/active")
+        .map_err(|e| e.to_string())?
+        .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+        .unwrap_or(json!([]));
+    let voltage = store
+        .records("voltage_day", None, now - 2 * 86_400_000, i64::MAX, 500)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|r| r.body)
+        .collect::<Vec<_>>();
+    Ok(json!({
+        "gateway": config.gateway.id,
+        "store": db.display().to_string(),
+        "now": rfc3339_ms(now),
+        "last_seq": store.last_seq().map_err(|e| e.to_string())?,
+        "outbox": {
+            "backlog": backlog,
+            "oldest": oldest.map(rfc3339_ms),
+            "oldest_age_s": oldest.map(|o| (now - o) / 1000),
+        },
+        "buses": buses,
+        "areas": areas,
+        "alarms": alarms,
+        "voltage_quality": voltage,
+    }))
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn age(v: &Value) -> String {
+    match v.as_i64() {
+        None => "never".into(),
+        Some(a) if a < 120 => format!("{a} s ago"),
+        Some(a) if a < 7200 => format!("{} min ago", a / 60),
+        Some(a) => format!("{} h ago", a / 3600),
+    }
+}
+
+/// The human-readable rendering of [`collect`]'s JSON.
+pub fn table(st: &Value) -> String {
+    let mut out = format!(
+        "gateway {} · store {} · last seq {}\n",
+        s(&st["gateway"]),
+        s(&st["store"]),
+        s(&st["last_seq"])
+    );
+    let backlog = st["outbox"]["backlog"].as_u64().unwrap_or(0);
+    if backlog == 0 {
+        out += "outbox: empty (everything delivered)\n";
+    } else {
+        out += &format!(
+            "outbox: {backlog} message(s) waiting, oldest {}\n",
+            age(&st["outbox"]["oldest_age_s"])
+        );
+    }
+    for bus in st["buses"].as_array().into_iter().flatten() {
+        out += &format!(
+            "\nbus {} ({} {})\n",
+            s(&bus["bus"]),
+            s(&bus["protocol"]),
+            s(&bus["endpoint"])
+        );
+        out += &format!(
+            "  {:<12} {:>4}  {:<16} {:<8} {:<14} {:>8} {:>8} {:>8} {:>4}\n",
+            "meter",
+            "unit",
+            "model",
+            "state",
+            "last reading",
+            "success",
+            "latency",
+            "timeouts",
+            "crc"
+        );
+        for m in bus["meters"].as_array().into_iter().flatten() {
+            out += &format!(
+                "  {:<12} {:>4}  {:<16} {:<8} {:<14} {:>8} {:>8} {:>8} {:>4}\n",
+                s(&m["meter"]),
+                s(&m["unit"]),
+                s(&m["model"]),
+                s(&m["state"]),
+                age(&m["last_reading_age_s"]),
+                m["success_rate_pct"]
+                    .as_f64()
+                    .map(|v| format!("{v:.1} %"))
+                    .unwrap_or("-".into()),
+                m["latency_ms"]
+                    .as_f64()
+                    .map(|v| format!("{v:.0} ms"))
+                    .unwrap_or("-".into()),
+                s(&m["timeouts"]),
+                s(&m["crc_errors"]),
+            );
+            if let Some(e) = m["last_error"].as_str() {
+                out += &format!("  {:<12} last error: {e}\n", "");
+            }
+        }
+    }
+    for a in st["areas"].as_array().into_iter().flatten() {
+        out += &format!("\narea {}\n", s(&a["area"]));
+        let r = &a["rolling"];
+        if r.is_object() {
+            out += &format!(
+                "  now (rolling):  loss {} kWh = {} % of {} kWh supplied ({} to {})\n",
+                s(&r["loss_kwh"]),
+                s(&r["loss_pct"]),
+                s(&r["supply_kwh"]),
+                s(&r["start"]),
+                s(&r["end"])
+            );
+        }
+        let l = &a["last_interval"];
+        if l.is_object() {
+            out += &format!(
+                "  last interval:  {} to {}: loss {} kWh = {} %, coverage {} %{}\n",
+                s(&l["start"]),
+                s(&l["end"]),
+                s(&l["loss_kwh"]),
+                s(&l["loss_pct"]),
+                s(&l["coverage_pct"]),
+                if l["complete"] == json!(false) {
+                    " (incomplete)"
+                } else {
+                    ""
+                }
+            );
+        } else {
+            out += "  no closed interval yet\n";
+        }
+    }
+    let alarms = st["alarms"].as_array().cloned().unwrap_or_default();
+    out += &format!("\nactive alarms: {}\n", alarms.len());
+    for al in &alarms {
+        out += &format!(
+            "  {:<18} {:<16} {:<8} since {}  value {} threshold {}\n",
+            s(&al["kind"]),
+            s(&al["subject"]),
+            s(&al["severity"]),
+            s(&al["raised"]),
+            s(&al["value"]),
+            s(&al["threshold"])
+        );
+    }
+    let vq = st["voltage_quality"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !vq.is_empty() {
+        out += "\nvoltage quality (recent days)\n";
+        for d in &vq {
+            out += &format!(
+                "  {:<12} {:<3} {}  qualified {} %  above {} s  below {} s  min {} V  max {} V\n",
+                s(&d["meter"]),
+                s(&d["phase"]),
+                s(&d["day"]),
+                s(&d["qualified_pct"]),
+                s(&d["above_s"]),
+                s(&d["below_s"]),
+                s(&d["min_v"]),
+                s(&d["max_v"])
+            );
+        }
+    }
+    out
+}

@@ -1,1 +1,3 @@
 //! Analytics over readings: line loss of areas, alarm rules, voltage quality.
+
+pub mod loss;

@@ -144,6 +144,8 @@ pub struct AlarmEngine {
     areas: Vec<AreaRef>,
     /// bus name → its meters
     buses: BTreeMap<String, Vec<String>>,
+    /// meter → the areas it belongs to (as supply or customer)
+    meter_areas: BTreeMap<String, Vec<String>>,
     lifecycle: Lifecycle,
     registers: BTreeMap<String, RegisterMemory>,
     presence: BTreeMap<String, Presence>,
@@ -156,6 +158,12 @@ impl AlarmEngine {
         for m in &topology.meters {
             buses.entry(m.bus.clone()).or_default().push(m.id.clone());
         }
+        let mut meter_areas: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for a in &topology.areas {
+            for m in a.supply.iter().chain(a.customers.iter()) {
+                meter_areas.entry(m.clone()).or_default().push(a.id.clone());
+            }
+        }
         AlarmEngine {
             lifecycle: Lifecycle::new(settings.history),
             settings,
@@ -167,6 +175,7 @@ impl AlarmEngine {
                 .collect(),
             areas: topology.areas,
             buses,
+            meter_areas,
             registers: BTreeMap::new(),
             presence: BTreeMap::new(),
             supply: BTreeMap::new(),
@@ -1088,9 +1097,10 @@ impl AlarmEngine {
     fn offline_suppressed(&self, meter: &str, bus: &str) -> bool {
         let bus = self.meters.get(meter).map_or(bus, |m| m.bus.as_str());
         self.lifecycle.is_active(AlarmKind::AreaOutage, bus)
-            || self.areas.iter().any(|a| {
-                (a.supply.iter().any(|m| m == meter) || a.customers.iter().any(|m| m == meter))
-                    && self.lifecycle.is_active(AlarmKind::AreaOutage, &a.id)
+            || self.meter_areas.get(meter).is_some_and(|areas| {
+                areas
+                    .iter()
+                    .any(|a| self.lifecycle.is_active(AlarmKind::AreaOutage, a))
             })
     }
 }

@@ -1,0 +1,511 @@
+//! Voltage quality (电压合格率): per meter, phase and UTC day, how long the voltage was
+//! monitored, above the upper limit and below the lower limit, the qualification rate and the
+//! extremes.
+//!
+//! How time is counted, between two consecutive reads of a phase at `t0` (voltage `v0`) and
+//! `t1`:
+//!
+//! - the interval `[t0, t1)` is attributed to `v0`, the voltage read at its start (the state
+//!   holds until the next read shows otherwise);
+//! - an interval longer than `max_gap_s` is not monitored time at all (the gateway did not
+//!   see the voltage), nor is the time after the last read;
+//! - an interval whose `v0` is below `outage_pct` of nominal is outage time, kept apart and
+//!   not monitored (an outage is not a quality fault; it is the area_outage / phase_loss
+//!   alarms' business);
+//! - an interval crossing midnight UTC is split between the two days.
+//!
+//! qualified_pct = (1 − (above + below) / monitored) × 100, `None` when nothing was monitored.
+//! min_v and max_v are over the reads of the day, outage reads left out.
+//!
+//! A day closes `max_gap_s` after its end (no later read can still add to it); [`VoltageQuality::on_tick`]
+//! then returns its records, once. Pure and deterministic like every analytic; the state
+//! survives restarts through [`VoltageQuality::snapshot`] and [`VoltageQuality::restore`],
+//! which the gateway saves in the transaction that holds the day messages.
+
+use crate::clock::{day_start_ms, rfc3339_ms};
+use crate::model::Reading;
+use crate::store::Message;
+use crate::uplink::topics::{Topics, json_number};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+const DAY_MS: i64 = 86_400_000;
+
+const PHASES: [(&str, &str); 3] = [
+    ("l1", "voltage_l1_v"),
+    ("l2", "voltage_l2_v"),
+    ("l3", "voltage_l3_v"),
+];
+
+/// Proposed `[voltage_quality]` keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VoltageQualitySettings {
+    /// Default 220 V (GB/T 12325 single-phase supply; phase voltage of a 380 V system).
+    pub nominal_v: f64,
+    /// Upper limit, percent of nominal. Default +7 (235.4 V).
+    pub upper_pct: f64,
+    /// Lower limit, percent of nominal. Default −10 (198 V).
+    pub lower_pct: f64,
+    /// Reads further apart than this do not make monitored time. Default 300.
+    pub max_gap_s: u64,
+    /// Voltages below this share of nominal are outage, not monitored. Default 50 (110 V).
+    pub outage_pct: f64,
+}
+
+impl Default for VoltageQualitySettings {
+    fn default() -> Self {
+        VoltageQualitySettings {
+            nominal_v: 220.0,
+            upper_pct: 7.0,
+            lower_pct: -10.0,
+            max_gap_s: 300,
+            outage_pct: 50.0,
+        }
+    }
+}
+
+impl VoltageQualitySettings {
+    pub fn upper_v(&self) -> f64 {
+        self.nominal_v * (1.0 + self.upper_pct / 100.0)
+    }
+    pub fn lower_v(&self) -> f64 {
+        self.nominal_v * (1.0 + self.lower_pct / 100.0)
+    }
+    fn outage_v(&self) -> f64 {
+        self.nominal_v * self.outage_pct / 100.0
+    }
+}
+
+/// The figures of one meter, phase and UTC day.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DayRecord {
+    pub meter: String,
+    /// `"l1"`, `"l2"` or `"l3"`.
+    pub phase: String,
+    /// Start of the UTC day, ms since the Unix epoch.
+    pub day_start_ms: i64,
+    pub monitored_s: f64,
+    pub above_s: f64,
+    pub below_s: f64,
+    pub outage_s: f64,
+    /// (1 − (above + below) / monitored) × 100; `None` when nothing was monitored.
+    pub qualified_pct: Option<f64>,
+    pub min_v: Option<f64>,
+    pub max_v: Option<f64>,
+    /// Reads of the day (outage reads included).
+    pub reads: u32,
+    pub upper_v: f64,
+    pub lower_v: f64,
+    /// True once the day is over and final; false for [`VoltageQuality::current`].
+    pub closed: bool,
+}
+
+impl DayRecord {
+    /// `"2026-11-22"`.
+    pub fn date(&self) -> String {
+        rfc3339_ms(self.day_start_ms)[..10].to_string()
+    }
+}
+
+/// Accumulated figures of one day of one phase (milliseconds).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DayTally {
+    pub day_start_ms: i64,
+    pub monitored_ms: i64,
+    pub above_ms: i64,
+    pub below_ms: i64,
+    pub outage_ms: i64,
+    pub min_v: Option<f64>,
+    pub max_v: Option<f64>,
+    pub reads: u32,
+}
+
+/// One phase of one meter: its last read and its open days.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseSeries {
+    pub meter: String,
+    pub phase: String,
+    /// (ts ms, V) of the last read.
+    pub last: Option<(i64, f64)>,
+    /// Open days, oldest first.
+    pub days: Vec<DayTally>,
+}
+
+/// What survives a restart.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VoltageSnapshot {
+    pub series: Vec<PhaseSeries>,
+    /// Days starting before this are closed and published; nothing is added to them again.
+    pub closed_before_ms: i64,
+}
+
+/// Voltage quality statistics of every meter and phase.
+#[derive(Debug, Clone)]
+pub struct VoltageQuality {
+    settings: VoltageQualitySettings,
+    series: BTreeMap<(String, String), PhaseSeries>,
+    closed_before_ms: i64,
+}
+
+impl VoltageQuality {
+    pub fn new(settings: VoltageQualitySettings) -> VoltageQuality {
+        VoltageQuality {
+            settings,
+            series: BTreeMap::new(),
+            closed_before_ms: i64::MIN,
+        }
+    }
+
+    pub fn settings(&self) -> &VoltageQualitySettings {
+        &self.settings
+    }
+
+    /// Books the phase voltages of one reading. Reads not newer than the phase's last read
+    /// are ignored; time falling in an already closed day is dropped.
+    pub fn on_reading(&mut self, r: &Reading) {
+        let s = self.settings.clone();
+        let closed_before = self.closed_before_ms;
+        for (phase, name) in PHASES {
+            let Some(v) = r.values.get(name).copied().filter(|v| v.is_finite()) else {
+                continue;
+            };
+            let series = self
+                .series
+                .entry((r.meter.clone(), phase.to_string()))
+                .or_insert_with(|| PhaseSeries {
+                    meter: r.meter.clone(),
+                    phase: phase.to_string(),
+                    last: None,
+                    days: Vec::new(),
+                });
+            if let Some((t0, v0)) = series.last {
+                if r.ts_ms <= t0 {
+                    continue;
+                }
+                if r.ts_ms - t0 <= s.max_gap_s as i64 * 1000 {
+                    book_interval(series, &s, t0, r.ts_ms, v0, closed_before);
+                }
+            }
+            series.last = Some((r.ts_ms, v));
+            let day = day_start_ms(r.ts_ms);
+            if day >= closed_before {
+                let tally = tally_for(series, day);
+                tally.reads += 1;
+                if v >= s.outage_v() {
+                    tally.min_v = Some(tally.min_v.map_or(v, |m| m.min(v)));
+                    tally.max_v = Some(tally.max_v.map_or(v, |m| m.max(v)));
+                }
+            }
+        }
+    }
+
+    /// Closes every day that ended at least `max_gap_s` before `now_ms` and returns its
+    /// records (ordered by meter, phase, day). Each day is returned once.
+    pub fn on_tick(&mut self, now_ms: i64) -> Vec<DayRecord> {
+        let grace = self.settings.max_gap_s as i64 * 1000;
+        // Day d closes when d + DAY + grace <= now, i.e. when d < day_start(now - grace).
+        let closable_before = day_start_ms(now_ms - grace);
+        if closable_before <= self.closed_before_ms {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for series in self.series.values_mut() {
+            let (closed, open): (Vec<DayTally>, Vec<DayTally>) = series
+                .days
+                .drain(..)
+                .partition(|d| d.day_start_ms < closable_before);
+            series.days = open;
+            out.extend(
+                closed
+                    .iter()
+                    .map(|d| record(&series.meter, &series.phase, d, &self.settings, true)),
+            );
+        }
+        self.closed_before_ms = closable_before;
+        // Forget phases that have neither open days nor a recent read.
+        self.series
+            .retain(|_, s| !s.days.is_empty() || s.last.is_some_and(|(t, _)| now_ms - t <= grace));
+        out
+    }
+
+    /// The figures so far of the meter's open days (for `status`), by phase then day.
+    pub fn current(&self, meter: &str) -> Vec<DayRecord> {
+        self.series
+            .values()
+            .filter(|s| s.meter == meter)
+            .flat_map(|s| {
+                s.days
+                    .iter()
+                    .map(|d| record(&s.meter, &s.phase, d, &self.settings, false))
+            })
+            .collect()
+    }
+
+    pub fn snapshot(&self) -> VoltageSnapshot {
+        VoltageSnapshot {
+            series: self.series.values().cloned().collect(),
+            closed_before_ms: self.closed_before_ms,
+        }
+    }
+
+    pub fn restore(&mut self, snapshot: VoltageSnapshot) {
+        self.closed_before_ms = snapshot.closed_before_ms;
+        self.series = snapshot
+            .series
+            .into_iter()
+            .map(|s| ((s.meter.clone(), s.phase.clone()), s))
+            .collect();
+    }
+}
+
+/// The daily message on `{prefix}/{gateway}/voltage/{meter}`: QoS 1, sequenced, one per
+/// meter, phase and closed day.
+///
+/// Payload: `{"meter", "phase", "day": "YYYY-MM-DD", "start", "end", "monitored_s",
+/// "above_s", "below_s", "outage_s", "qualified_pct" (null when nothing was monitored),
+/// "min_v", "max_v" (null without reads), "upper_v", "lower_v", "reads"}`. The store adds
+/// `"seq"`.
+pub fn day_message(topics: &Topics, d: &DayRecord) -> Message {
+    let opt = |v: Option<f64>| v.map(json_number).unwrap_or(Value::Null);
+    Message {
+        topic: format!("{}/{}/voltage/{}", topics.prefix, topics.gateway, d.meter),
+        payload: json!({
+            "meter": d.meter,
+            "phase": d.phase,
+            "day": d.date(),
+            "start": rfc3339_ms(d.day_start_ms),
+            "end": rfc3339_ms(d.day_start_ms + DAY_MS),
+            "monitored_s": json_number(d.monitored_s),
+            "above_s": json_number(d.above_s),
+            "below_s": json_number(d.below_s),
+            "outage_s": json_number(d.outage_s),
+            "qualified_pct": opt(d.qualified_pct),
+            "min_v": opt(d.min_v),
+            "max_v": opt(d.max_v),
+            "upper_v": json_number(d.upper_v),
+            "lower_v": json_number(d.lower_v),
+            "reads": d.reads,
+        }),
+        qos: 1,
+        retain: false,
+        sequenced: true,
+    }
+}
+
+/// Attributes `[t0, t1)` at voltage `v0`, split at UTC midnights.
+fn book_interval(
+    series: &mut PhaseSeries,
+    s: &VoltageQualitySettings,
+    t0: i64,
+    t1: i64,
+    v0: f64,
+    closed_before: i64,
+) {
+    let mut start = t0;
+    while start < t1 {
+        let day = day_start_ms(start);
+        let end = t1.min(day + DAY_MS);
+        if day >= closed_before {
+            let span = end - start;
+            let tally = tally_for(series, day);
+            if v0 < s.outage_v() {
+                tally.outage_ms += span;
+            } else {
+                tally.monitored_ms += span;
+                if v0 > s.upper_v() {
+                    tally.above_ms += span;
+                } else if v0 < s.lower_v() {
+                    tally.below_ms += span;
+                }
+            }
+        }
+        start = end;
+    }
+}
+
+fn tally_for(series: &mut PhaseSeries, day: i64) -> &mut DayTally {
+    let i = match series.days.binary_search_by_key(&day, |d| d.day_start_ms) {
+        Ok(i) => i,
+        Err(i) => {
+            series.days.insert(
+                i,
+                DayTally {
+                    day_start_ms: day,
+                    ..Default::default()
+                },
+            );
+            i
+        }
+    };
+    &mut series.days[i]
+}
+
+fn record(
+    meter: &str,
+    phase: &str,
+    d: &DayTally,
+    s: &VoltageQualitySettings,
+    closed: bool,
+) -> DayRecord {
+    let qualified_pct = (d.monitored_ms > 0)
+        .then(|| (1.0 - (d.above_ms + d.below_ms) as f64 / d.monitored_ms as f64) * 100.0);
+    DayRecord {
+        meter: meter.to_string(),
+        phase: phase.to_string(),
+        day_start_ms: d.day_start_ms,
+        monitored_s: d.monitored_ms as f64 / 1000.0,
+        above_s: d.above_ms as f64 / 1000.0,
+        below_s: d.below_ms as f64 / 1000.0,
+        outage_s: d.outage_ms as f64 / 1000.0,
+        qualified_pct,
+        min_v: d.min_v,
+        max_v: d.max_v,
+        reads: d.reads,
+        upper_v: s.upper_v(),
+        lower_v: s.lower_v(),
+        closed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    fn read(q: &mut VoltageQuality, ts_ms: i64, v: f64) {
+        q.on_reading(&Reading {
+            meter: "m1".into(),
+            ts_ms,
+            values: [("voltage_l1_v".to_string(), v)].into_iter().collect(),
+        });
+    }
+
+    /// The profile, around midnight M between day 0 and day 1 (limits 198 .. 235.4 V,
+    /// outage below 110 V, max gap 300 s):
+    ///
+    /// | read at | V | interval it starts | counts as |
+    /// |---|---|---|---|
+    /// | M−10 min | 230 | 120 s | day 0 monitored |
+    /// | M−8 min | 240 | 180 s | day 0 above |
+    /// | M−5 min | 195 | 180 s | day 0 below |
+    /// | M−2 min | 220 | 180 s, split | day 0 120 s, day 1 60 s monitored |
+    /// | M+1 min | 225 | 19 min | gap: nothing |
+    /// | M+20 min | 230 | 120 s | day 1 monitored |
+    /// | M+22 min | 100 | 120 s | day 1 outage |
+    /// | M+24 min | 230 | — | (last read) |
+    ///
+    /// Day 0: monitored 600 s, above 180, below 180 → (1 − 360/600) × 100 = 40 %; min 195,
+    /// max 240, 4 reads. Day 1: monitored 180 s, outage 120 s, 100 %; min 225 (the outage
+    /// read left out), max 230, 4 reads.
+    #[test]
+    fn figures_match_a_hand_computed_profile_with_a_gap_and_a_midnight() {
+        let m = day_start_ms(1_795_000_000_000) + DAY_MS;
+        let mut q = VoltageQuality::new(VoltageQualitySettings::default());
+        for (t, v) in [
+            (-10, 230.0),
+            (-8, 240.0),
+            (-5, 195.0),
+            (-2, 220.0),
+            (1, 225.0),
+        ] {
+            read(&mut q, m + t * MIN, v);
+        }
+        // Day 0 is not closed before M + max_gap: a read could still add to it.
+        assert!(q.on_tick(m + 4 * MIN).is_empty());
+        let open = q.current("m1");
+        assert_eq!(open.len(), 2);
+        assert!(!open[0].closed);
+
+        let day0 = q.on_tick(m + 5 * MIN);
+        assert_eq!(day0.len(), 1);
+        let d = &day0[0];
+        assert_eq!((d.meter.as_str(), d.phase.as_str()), ("m1", "l1"));
+        assert_eq!(d.day_start_ms, m - DAY_MS);
+        assert_eq!(d.monitored_s, 600.0);
+        assert_eq!(d.above_s, 180.0);
+        assert_eq!(d.below_s, 180.0);
+        assert_eq!(d.outage_s, 0.0);
+        assert!((d.qualified_pct.unwrap() - 40.0).abs() < 1e-9);
+        assert_eq!((d.min_v, d.max_v, d.reads), (Some(195.0), Some(240.0), 4));
+        assert!(d.closed);
+        assert!(q.on_tick(m + 6 * MIN).is_empty(), "each day once");
+
+        // A restart in the middle of day 1.
+        let saved = serde_json::to_string(&q.snapshot()).unwrap();
+        let mut q = VoltageQuality::new(VoltageQualitySettings::default());
+        q.restore(serde_json::from_str(&saved).unwrap());
+        assert!(
+            q.on_tick(m + 7 * MIN).is_empty(),
+            "not again after a restart"
+        );
+
+        for (t, v) in [(20, 230.0), (22, 100.0), (24, 230.0)] {
+            read(&mut q, m + t * MIN, v);
+        }
+        let now = q.current("m1");
+        assert_eq!(now.len(), 1);
+        assert_eq!(now[0].monitored_s, 180.0);
+
+        let day1 = q.on_tick(m + DAY_MS + 5 * MIN);
+        assert_eq!(day1.len(), 1);
+        let d = &day1[0];
+        assert_eq!(d.day_start_ms, m);
+        assert_eq!(d.monitored_s, 180.0);
+        assert_eq!((d.above_s, d.below_s), (0.0, 0.0));
+        assert_eq!(d.outage_s, 120.0);
+        assert_eq!(d.qualified_pct, Some(100.0));
+        assert_eq!((d.min_v, d.max_v, d.reads), (Some(225.0), Some(230.0), 4));
+        assert!(q.on_tick(m + 2 * DAY_MS).is_empty());
+        assert!(q.current("m1").is_empty());
+
+        let msg = day_message(&Topics::new("amr", "gw1"), &day0[0]);
+        assert_eq!(msg.topic, "amr/gw1/voltage/m1");
+        assert_eq!((msg.qos, msg.retain, msg.sequenced), (1, false, true));
+        let p = &msg.payload;
+        assert_eq!(p["day"], day0[0].date());
+        assert_eq!(p["start"], rfc3339_ms(m - DAY_MS));
+        assert_eq!(p["end"], rfc3339_ms(m));
+        assert_eq!(p["qualified_pct"], 40.0);
+        assert_eq!(p["above_s"], 180.0);
+        assert_eq!(p["upper_v"], 235.4);
+        assert_eq!(p["lower_v"], 198.0);
+        assert_eq!(p["phase"], "l1");
+    }
+
+    #[test]
+    fn each_phase_is_counted_apart_and_stale_reads_are_ignored() {
+        let d = day_start_ms(1_795_000_000_000);
+        let mut q = VoltageQuality::new(VoltageQualitySettings::default());
+        for i in 0..3 {
+            q.on_reading(&Reading {
+                meter: "m2".into(),
+                ts_ms: d + i * MIN,
+                values: [
+                    ("voltage_l1_v".to_string(), 240.0),
+                    ("voltage_l2_v".to_string(), 220.0),
+                ]
+                .into_iter()
+                .collect(),
+            });
+        }
+        read(&mut q, d + 2 * MIN, 250.0); // other meter, unrelated
+        q.on_reading(&Reading {
+            meter: "m2".into(),
+            ts_ms: d + MIN, // older than the last read: ignored
+            values: [("voltage_l1_v".to_string(), 100.0)].into_iter().collect(),
+        });
+        let cur = q.current("m2");
+        assert_eq!(cur.len(), 2);
+        assert_eq!(
+            (cur[0].phase.as_str(), cur[0].above_s, cur[0].monitored_s),
+            ("l1", 120.0, 120.0)
+        );
+        assert_eq!(cur[0].qualified_pct, Some(0.0));
+        assert_eq!((cur[1].phase.as_str(), cur[1].above_s), ("l2", 0.0));
+        assert_eq!(cur[1].qualified_pct, Some(100.0));
+        assert_eq!(cur[0].reads, 3);
+    }
+}

@@ -293,6 +293,7 @@ async fn the_gateway_uplink_publishes_through_it() {
                 sequenced: true,
             })
             .collect(),
+        ..Default::default()
     };
     with_store(&store, move |s| s.commit(&batch)).await.unwrap();
     wake.notify_one();

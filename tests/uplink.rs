@@ -45,6 +45,7 @@ fn reading_batch(topics: &Topics, first: u64, count: u64) -> Batch {
                 sequenced: true,
             })
             .collect(),
+        ..Default::default()
     }
 }
 

@@ -261,7 +261,7 @@ async fn poll_meter(
             Err(e) => {
                 let narrowable = block.count > widest_value(&slot.model, &block)
                     && match &e {
-                        ModbusError::Exception { code } => matches!(code, 2 | 3 | 4),
+                        ModbusError::Exception { code } => matches!(code, 2..=4),
                         // Silence on a large block from a meter that answers smaller ones.
                         ModbusError::Timeout(_) => answered > 0 || slot.health.successes > 0,
                         _ => false,

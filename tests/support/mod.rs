@@ -67,14 +67,22 @@ impl Mosquitto {
         Self::start_with(true)
     }
 
+    /// Non-persistent, on a port chosen earlier (e.g. one a gateway already tries to reach).
+    pub fn start_on(port: u16) -> Mosquitto {
+        Self::start_with_port(false, port)
+    }
+
     fn start_with(persistence: bool) -> Mosquitto {
+        Self::start_with_port(persistence, free_port())
+    }
+
+    fn start_with_port(persistence: bool, port: u16) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
         // Started as root, mosquitto drops to its own user, which must be able to save here.
         {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777));
         }
-        let port = free_port();
         let mut conf = format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 0\n\
              max_queued_messages 0\nlog_dest stderr\nlog_type error\nlog_type warning\n"

@@ -1,0 +1,244 @@
+//! The command line as a user runs it: `check-config` with one mistake of each kind (exit code
+//! 2 and a `FILE:LINE:COL: message` line), and `demo` with a real `mosquitto_sub` on its port.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_amr-gateway"))
+}
+
+const VALID: &str = r#"[gateway]
+id = "gw"
+data_dir = "data"
+
+[mqtt]
+host = "127.0.0.1"
+
+[[bus]]
+name = "b1"
+protocol = "modbus-rtu"
+device = "/dev/ttyUSB0"
+baud = 9600
+
+[[meter]]
+id = "m1"
+bus = "b1"
+unit = 1
+model = "eastron-sdm120"
+
+[[meter]]
+id = "m2"
+bus = "b1"
+unit = 2
+model = "chint-dtsu666"
+multiplier = 40
+"#;
+
+/// Runs `check-config` on `text`; returns (exit code, stderr, file path).
+fn check(text: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = bin()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        path.display().to_string(),
+    )
+}
+
+/// `text` with `from` replaced by `to` must fail with `FILE:LINE:COL: ...` containing `needle`.
+fn assert_problem(from: &str, to: &str, line_col: &str, needle: &str) {
+    assert!(VALID.contains(from), "test bug: {from:?}");
+    let (code, err, path) = check(&VALID.replacen(from, to, 1));
+    assert_eq!(code, 2, "exit code for {to:?}; stderr:\n{err}");
+    let prefix = format!("{path}:{line_col}: ");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&prefix) && l.contains(needle)),
+        "expected `{prefix}...{needle}...` in:\n{err}"
+    );
+}
+
+#[test]
+fn a_valid_file_passes() {
+    let (code, err, _) = check(VALID);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn the_shipped_example_passes() {
+    let out = bin()
+        .args(["check-config", "--config", "config/example.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn unknown_key_suggests_the_nearest() {
+    assert_problem(
+        "baud = 9600",
+        "baudrate = 9600",
+        "12:1",
+        "did you mean `baud`",
+    );
+}
+
+#[test]
+fn wrong_type() {
+    assert_problem("unit = 1\n", "unit = \"1\"\n", "17:8", "must be an integer");
+}
+
+#[test]
+fn missing_required_key() {
+    assert_problem(
+        "host = \"127.0.0.1\"\n",
+        "",
+        "5:1",
+        "missing required key `host`",
+    );
+}
+
+#[test]
+fn meter_on_unknown_bus() {
+    assert_problem(
+        "bus = \"b1\"\nunit = 2",
+        "bus = \"b9\"\nunit = 2",
+        "22:7",
+        "not defined",
+    );
+}
+
+#[test]
+fn two_meters_with_one_unit_on_one_bus() {
+    assert_problem("unit = 2", "unit = 1", "23:8", "m1");
+}
+
+#[test]
+fn duplicate_meter_id() {
+    assert_problem(
+        "id = \"m2\"",
+        "id = \"m1\"",
+        "21:6",
+        "duplicate meter id `m1`",
+    );
+}
+
+#[test]
+fn unknown_model_lists_the_available_ones() {
+    assert_problem(
+        "\"chint-dtsu666\"",
+        "\"chint-dtsu999\"",
+        "24:9",
+        "eastron-sdm630",
+    );
+}
+
+#[test]
+fn impossible_serial_settings() {
+    assert_problem("baud = 9600", "baud = 9601", "12:8", "not a standard rate");
+    assert_problem(
+        "baud = 9600",
+        "baud = 9600\nparity = \"mark\"",
+        "13:10",
+        "parity",
+    );
+    assert_problem(
+        "baud = 9600",
+        "baud = 9600\nstop_bits = 3",
+        "13:13",
+        "stop_bits",
+    );
+}
+
+#[test]
+fn every_problem_is_listed() {
+    let text = VALID
+        .replacen("baud = 9600", "baud = 9601", 1)
+        .replacen("\"chint-dtsu666\"", "\"nope\"", 1)
+        .replacen("host = ", "hots = ", 1);
+    let (code, err, _) = check(&text);
+    assert_eq!(code, 2);
+    let problems = err.lines().filter(|l| l.contains(".toml:")).count();
+    assert!(problems >= 3, "{err}");
+}
+
+#[test]
+fn run_refuses_a_bad_file_with_the_same_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, VALID.replacen("baud = 9600", "baud = 9601", 1)).unwrap();
+    let out = bin().args(["run", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:12:8:", path.display())), "{err}");
+}
+
+#[test]
+fn demo_publishes_readings_that_mosquitto_sub_receives() {
+    let port = support::free_port();
+    let mut demo = bin()
+        .args(["demo", "--for", "15", "--mqtt-port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    support::wait_for_listener(port, Duration::from_secs(30));
+    // mosquitto_sub exits after 6 reading messages.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let out = loop {
+        let out = Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-t",
+                "amr/+/reading/#",
+                "-v",
+            ])
+            .args(["-C", "6", "-W", "60"])
+            .output()
+            .expect("mosquitto_sub (apt-get install mosquitto-clients)");
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 6, "mosquitto_sub got:\n{text}");
+    for l in &lines {
+        let (topic, payload) = l.split_once(' ').unwrap();
+        assert!(topic.starts_with("amr/demo-gw/reading/"), "{l}");
+        let json: serde_json::Value = serde_json::from_str(payload).unwrap();
+        assert!(json["seq"].as_u64().is_some(), "{l}");
+        assert!(
+            json["values"]["energy_import_kwh"].as_f64().is_some(),
+            "{l}"
+        );
+    }
+    let status = demo.wait().unwrap();
+    assert!(status.success(), "demo --for should exit 0");
+    let mut summary = String::new();
+    use std::io::Read;
+    demo.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut summary)
+        .unwrap();
+    assert!(summary.contains("meters online"), "{summary}");
+}

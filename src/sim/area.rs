@@ -512,3 +512,7 @@ pub(crate) fn add(total: &mut Energies, span: &Energies) {
 pub(crate) fn by_id(ids: &[String], values: &[f64]) -> BTreeMap<String, f64> {
     ids.iter().cloned().zip(values.iter().copied()).collect()
 }
+
+#[cfg(test)]
+#[path = "area_tests.rs"]
+mod tests;

@@ -654,4 +654,45 @@ mod tests {
         .to_string();
         assert!(e.contains("meter 1 on bus \"c\": no such bus"), "{e}");
     }
+
+    #[test]
+    fn area_keys_and_their_checks() {
+        let base = "[[bus]]\nname = \"b\"\nlink = \"x\"\n";
+        let supply = "[[meter]]\nbus = \"b\"\nunit = 1\nmodel = \"m\"\nrole = \"supply\"\n\
+                      multiplier = 60.0\nphase_loss = \"l2\"\nunbalance = [1.0, 0.5, 0.5]\n";
+        let area = "[area]\ntruth = \"t.jsonl\"\ntruth_interval_s = 60\nloss_coeff = 0.001\n";
+        let c =
+            SimConfig::parse(&format!("{base}{area}{supply}"), "s.toml", Path::new("/d")).unwrap();
+        let a = c.area.unwrap();
+        assert_eq!(a.truth.as_deref(), Some(Path::new("/d/t.jsonl")));
+        assert_eq!((a.truth_interval_s, a.id.as_str()), (60, "area"));
+        let m = &c.meters[0];
+        assert_eq!(
+            (m.id.as_str(), m.role, m.multiplier),
+            ("b:1", Some(Role::Supply), 60.0)
+        );
+        assert_eq!(m.conditions.phase_loss, Some(Phase::L2));
+        assert_eq!(m.conditions.unbalance, Some([1.0, 0.5, 0.5]));
+
+        let error = |text: String| {
+            SimConfig::parse(&text, "s.toml", Path::new("."))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = error(format!("{base}{supply}"));
+        assert!(e.contains("a role needs an [area] section"), "{e}");
+        let e = error(format!("{base}{area}"));
+        assert!(
+            e.contains("exactly one meter with role = \"supply\""),
+            "{e}"
+        );
+        let e = error(format!("{base}{area}{supply}sag = 1.5\n"));
+        assert!(e.contains("meter 1 on bus \"b\": sag"), "{e}");
+        let e = error(format!("{base}{area}{supply}theft_fraction = 2.0\n"));
+        assert!(e.contains("theft_fraction"), "{e}");
+        let e = error(format!("{base}{area}{supply}profile = \"spiky\"\n"));
+        assert!(e.contains("spiky"), "{e}");
+        let e = error(format!("{base}{area}{supply}bogus = 1\n"));
+        assert!(e.contains("bogus"), "{e}");
+    }
 }

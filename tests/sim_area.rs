@@ -132,7 +132,11 @@ impl Area {
     }
 
     fn client(&mut self, unit: u8) -> &mut ModbusClient {
-        if unit < 20 { &mut self.bus1 } else { &mut self.bus2 }
+        if unit < 20 {
+            &mut self.bus1
+        } else {
+            &mut self.bus2
+        }
     }
 
     /// Every quantity of meter `unit`, read block by block as the gateway plans it.
@@ -212,7 +216,10 @@ async fn supply_register_times_multiplier_is_the_true_supply() {
         assert!(r.loss_pct.unwrap() > 0.0);
         compared += 1;
     }
-    assert!(compared >= 2, "only {compared} intervals bracketed by reads");
+    assert!(
+        compared >= 2,
+        "only {compared} intervals bracketed by reads"
+    );
 }
 
 /// The net registers (import − export) of every meter, then the truth so far.
@@ -246,9 +253,16 @@ async fn theft_makes_the_supply_exceed_the_customers() {
     // The thief's meter records half its true load; each meter matches its truth.
     for (u, id) in [(11u8, "c11"), (12, "c12"), (21, "c21"), (22, "c22")] {
         let truth = t1.meters[id] - t0.meters[id];
-        assert!((delta(u) - truth).abs() < 0.001, "{id}: {} vs {truth}", delta(u));
+        assert!(
+            (delta(u) - truth).abs() < 0.001,
+            "{id}: {} vs {truth}",
+            delta(u)
+        );
     }
-    assert!((delta(11) - theft).abs() < 0.001, "half of 30 kW metered, half stolen");
+    assert!(
+        (delta(11) - theft).abs() < 0.001,
+        "half of 30 kW metered, half stolen"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,7 +313,10 @@ async fn staged_conditions_show_in_the_registers() {
     assert!(rev1.1 > rev0.1 + 0.001, "reversed: export advances");
     assert!(a.read(21).await.unwrap()["power_kw"] < 0.0);
     assert_eq!(stop1, stop0, "stopped register");
-    assert!(a.read(12).await.unwrap()["current_l1_a"] > 1.0, "while current flows");
+    assert!(
+        a.read(12).await.unwrap()["current_l1_a"] > 1.0,
+        "while current flows"
+    );
 
     // Voltage lost at the supply: the area is out.
     let mut c = a.sim.conditions("bus1", 1).unwrap();

@@ -89,7 +89,7 @@ struct Flows {
     technical_kw: f64,
 }
 
-/// Energy sums over a span, kWh, primary side, per installation where per meter.
+/// Energy sums over a span, kWh, primary side; per installation where per meter.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Energies {
     pub supply_kwh: f64,
@@ -287,8 +287,9 @@ impl AreaState {
             .iter()
             .map(|inst| {
                 let c = &inst.conditions;
-                let supplied = !c.voltage_lost && !(area_out && inst.role == Some(Role::Customer));
-                if !supplied || inst.role == Some(Role::Supply) {
+                let customer = inst.role == Some(Role::Customer);
+                let unsupplied = c.voltage_lost || (area_out && customer);
+                if unsupplied || inst.role == Some(Role::Supply) {
                     return Flow::default();
                 }
                 let load = c.load_kw * profile::factor(inst.profile, inst.seed, t);

@@ -242,16 +242,16 @@ impl MeterConditions {
         if !(c.power_factor > 0.0 && c.power_factor <= 1.0) {
             return Err("power_factor must be in (0, 1]".into());
         }
-        if !(c.load_kw >= 0.0) {
+        if !non_negative(c.load_kw) {
             return Err("load_kw must be >= 0 (use export = true or pv_kw for PV)".into());
         }
-        if !(c.voltage_v >= 0.0) {
+        if !non_negative(c.voltage_v) {
             return Err("voltage_v must be >= 0".into());
         }
         if !(0.0..=1.0).contains(&c.theft_fraction) {
             return Err("theft_fraction must be in 0..1".into());
         }
-        if !(c.theft_from_s >= 0.0) {
+        if !non_negative(c.theft_from_s) {
             return Err("theft_from_s must be >= 0".into());
         }
         if !(c.register_scale > 0.0 && c.register_scale.is_finite()) {
@@ -260,7 +260,7 @@ impl MeterConditions {
         if !(0.0..=100.0).contains(&c.miss_reads_pct) {
             return Err("miss_reads_pct must be in 0..100".into());
         }
-        if !(c.pv_kw >= 0.0) {
+        if !non_negative(c.pv_kw) {
             return Err("pv_kw must be >= 0".into());
         }
         for (key, v) in [
@@ -268,7 +268,7 @@ impl MeterConditions {
             ("voltage_l2_v", c.voltage_l2_v),
             ("voltage_l3_v", c.voltage_l3_v),
         ] {
-            if v.is_some_and(|v| !(v >= 0.0)) {
+            if v.is_some_and(|v| !non_negative(v)) {
                 return Err(format!("{key} must be >= 0"));
             }
         }
@@ -279,7 +279,7 @@ impl MeterConditions {
             return Err("swell is a factor >= 1, e.g. 1.1".into());
         }
         if let Some(w) = c.unbalance
-            && (w.iter().any(|x| !(*x >= 0.0)) || w.iter().sum::<f64>() <= 0.0)
+            && (w.iter().any(|x| !non_negative(*x)) || w.iter().sum::<f64>() <= 0.0)
         {
             return Err(
                 "unbalance needs three weights >= 0, not all 0, e.g. [1.0, 0.6, 0.3]".into(),
@@ -459,6 +459,10 @@ fn default_voltage() -> f64 {
 fn default_pf() -> f64 {
     0.95
 }
+/// `x >= 0`, false for NaN.
+fn non_negative(x: f64) -> bool {
+    x >= 0.0
+}
 fn one() -> f64 {
     1.0
 }
@@ -547,7 +551,7 @@ impl SimConfig {
             if !(m.multiplier > 0.0 && m.multiplier.is_finite()) {
                 return Err(problem(format!("{at}: multiplier must be > 0")));
             }
-            if m.replaced_at_s.is_some_and(|s| !(s >= 0.0)) {
+            if m.replaced_at_s.is_some_and(|s| !non_negative(s)) {
                 return Err(problem(format!("{at}: replaced_at_s must be >= 0")));
             }
             if !ids.insert(m.id.clone()) {

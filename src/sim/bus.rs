@@ -1,13 +1,14 @@
 //! One simulated bus: its meters, and what they answer to a request — which meter (silence for
-//! unit ids not on the bus), which words or exception, when (turnaround plus wire time at the
-//! bus's baud), and with which faults (no reply, late, bad CRC, noise, wrong unit id).
+//! unit ids not on the bus, a silent bus, a missed read), which words or exception, when
+//! (turnaround plus wire time at the bus's baud), and with which faults (no reply, late, bad
+//! CRC, noise, wrong unit id).
 
 use super::config::{Fault, SimBusConfig, SimProtocol};
 use super::meter::SimMeter;
 use crate::protocol::modbus::RtuTiming;
 use crate::protocol::modbus::codec::{self, ReadRequest};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
@@ -43,18 +44,21 @@ pub(crate) struct SimBus {
     requests: AtomicU64,
     pub connections: AtomicU64,
     pub control: broadcast::Sender<LineControl>,
+    /// No meter of the bus answers (`silent`).
+    pub silent: AtomicBool,
 }
 
 impl SimBus {
     pub fn new(config: SimBusConfig, meters: BTreeMap<u8, SimMeter>) -> SimBus {
         let timing = RtuTiming::new(config.baud, config.bits_per_char());
         SimBus {
-            config,
             timing,
             meters: Mutex::new(meters),
             requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             control: broadcast::channel(16).0,
+            silent: AtomicBool::new(config.silent),
+            config,
         }
     }
 
@@ -70,11 +74,11 @@ impl SimBus {
     /// Decides the reply of the addressed meter, `None` for silence.
     fn reply(&self, request: &ReadRequest) -> Option<Reply> {
         let now = Instant::now();
-        let meters = self.meters();
-        let meter = meters.get(&request.unit)?;
+        let mut meters = self.meters();
+        let meter = meters.get_mut(&request.unit)?;
         self.requests.fetch_add(1, Ordering::Relaxed);
         let fault = meter.fault.clone();
-        if fault.no_reply {
+        if fault.no_reply || self.silent.load(Ordering::Relaxed) || meter.misses_request() {
             return None;
         }
         let body = if fault.exception != 0 {
@@ -107,7 +111,7 @@ impl SimBus {
         let meters = self.meters();
         let meter = meters.get(&unit)?;
         self.requests.fetch_add(1, Ordering::Relaxed);
-        (!meter.fault.no_reply).then(|| Reply {
+        (!meter.fault.no_reply && !self.silent.load(Ordering::Relaxed)).then(|| Reply {
             unit,
             function,
             body: Err(code),

@@ -1,5 +1,6 @@
 //! The simulator's TOML file: buses (a pty link or a TCP listen address), meters with their
-//! load and energy, and per-meter faults.
+//! load, energy, scenario and staging knobs, per-meter faults, and the optional `[area]` the
+//! meters form with its truth file. Every key is described in `docs/simulator.md`.
 
 use super::SimError;
 use serde::Deserialize;
@@ -13,6 +14,8 @@ pub struct SimConfig {
     pub buses: Vec<SimBusConfig>,
     #[serde(rename = "meter", default)]
     pub meters: Vec<SimMeterConfig>,
+    /// The simulated transformer area, if any.
+    pub area: Option<SimAreaConfig>,
 }
 
 /// How a simulated bus is reached.
@@ -72,6 +75,9 @@ pub struct SimBusConfig {
     /// The gateway's reply deadline, which `late_reply_ms` counts from (default 1000).
     #[serde(default = "default_gateway_timeout")]
     pub gateway_timeout_ms: u64,
+    /// No meter of the bus answers (a bus outage, a cut RS-485 line). Re-read on SIGHUP.
+    #[serde(default)]
+    pub silent: bool,
 }
 
 impl SimBusConfig {
@@ -83,29 +89,320 @@ impl SimBusConfig {
     }
 }
 
-/// `[[meter]]`: one simulated meter.
+/// `[[meter]]`: one simulated meter. Read from the file through [`MeterFile`], so the knobs
+/// that can change at run time arrive grouped as [`MeterConditions`].
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "MeterFile")]
 pub struct SimMeterConfig {
     pub bus: String,
     pub unit: u8,
     /// Model name in the library (`[[meter]] model` of the gateway's configuration).
     pub model: String,
-    /// Mean active power, kW; energy advances with it.
-    #[serde(default = "default_load")]
-    pub load_kw: f64,
-    /// Energy register at start (import; export for a PV meter), kWh.
-    #[serde(default)]
+    /// Name in the truth file; default `"{bus}:{unit}"`.
+    pub id: String,
+    /// Part of the `[area]`: its supply meter or one of its customers; `None`: on its own.
+    pub role: Option<Role>,
+    /// CT ratio (× PT ratio) the meter sits behind: its registers hold primary / multiplier.
+    pub multiplier: f64,
+    /// How the customer's load varies over time (`load_kw` is its scale).
+    pub profile: Profile,
+    /// Seed of the profile and of missed reads.
+    pub seed: u64,
+    /// Energy register at start (import; export for a PV meter), kWh as the register holds it.
     pub energy_start_kwh: f64,
-    #[serde(default = "default_voltage")]
-    pub voltage_v: f64,
-    #[serde(default = "default_pf")]
-    pub power_factor: f64,
     /// A PV meter: exports `load_kw`; its export energy advances, its power is negative.
-    #[serde(default)]
     pub export: bool,
-    #[serde(default)]
+    /// Seconds after the start at which the meter is replaced by a new one.
+    pub replaced_at_s: Option<f64>,
+    /// Import register of the new meter at replacement (export restarts at 0; the reverse for
+    /// a PV meter).
+    pub replacement_start_kwh: f64,
+    /// Everything [`super::SimHandle::set_conditions`] and SIGHUP can change.
+    pub conditions: MeterConditions,
     pub fault: Fault,
+}
+
+/// A meter's part in the `[area]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The area's supply meter (总表): measures every customer's load, the technical loss and
+    /// the theft, minus PV export.
+    Supply,
+    /// A customer meter (户表).
+    Customer,
+}
+
+/// A load profile: a deterministic function of wall-clock time (see `profile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// `load_kw` all the time.
+    #[default]
+    Flat,
+    /// A household: low at night, peaks in the morning and the evening (UTC hours), appliances
+    /// switching every few minutes.
+    Residential,
+    /// A bounded random walk around `load_kw`, changing over minutes.
+    RandomWalk,
+}
+
+/// A phase of a three-phase meter (`"l1"`, `"l2"`, `"l3"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    L1,
+    L2,
+    L3,
+}
+
+impl Phase {
+    /// 0, 1 or 2.
+    pub fn index(self) -> usize {
+        match self {
+            Phase::L1 => 0,
+            Phase::L2 => 1,
+            Phase::L3 => 2,
+        }
+    }
+}
+
+/// The scenario and staging knobs of one meter: its load, theft, metering faults and the
+/// electrical conditions alarms are made of. Changed at run time with
+/// [`super::SimHandle::set_conditions`] or by editing the file and sending SIGHUP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeterConditions {
+    /// Scale of the customer's load, kW (ignored for the supply meter, which measures the
+    /// area). Raise it to stage an overload.
+    pub load_kw: f64,
+    /// Nominal phase voltage, V.
+    pub voltage_v: f64,
+    pub power_factor: f64,
+    /// Share of the customer's load that bypasses the meter (theft), 0..1.
+    pub theft_fraction: f64,
+    /// Seconds after the start from which the theft happens.
+    pub theft_from_s: f64,
+    /// The registers (energy, power, current) read this many times the truth.
+    pub register_scale: f64,
+    /// The energy registers stand still while current flows.
+    pub stopped: bool,
+    /// Share of requests (percent) the meter silently ignores, deterministic by `seed`.
+    pub miss_reads_pct: f64,
+    /// Rooftop PV of the customer, kW: exported through the meter when above the load.
+    pub pv_kw: f64,
+    /// Per-phase voltage overrides, V.
+    pub voltage_l1_v: Option<f64>,
+    pub voltage_l2_v: Option<f64>,
+    pub voltage_l3_v: Option<f64>,
+    /// Voltage sag: phase voltages × this factor (0..1).
+    pub sag: Option<f64>,
+    /// Voltage swell: phase voltages × this factor (≥ 1).
+    pub swell: Option<f64>,
+    /// This phase's voltage and current are gone at the meter (a blown voltage fuse, a broken
+    /// lead): the meter registers only the other phases; the load itself is still supplied.
+    pub phase_loss: Option<Phase>,
+    /// Split of the load across l1, l2, l3 (weights); equal thirds when absent.
+    pub unbalance: Option<[f64; 3]>,
+    /// Reversed wiring: the export register advances instead of import, power is negative.
+    pub reversed: bool,
+    /// No voltage at the meter: voltages, currents and power 0, registers still; the
+    /// customer's load is not supplied. On the supply meter: the whole area is out.
+    pub voltage_lost: bool,
+}
+
+impl Default for MeterConditions {
+    fn default() -> Self {
+        MeterConditions {
+            load_kw: default_load(),
+            voltage_v: default_voltage(),
+            power_factor: default_pf(),
+            theft_fraction: 0.0,
+            theft_from_s: 0.0,
+            register_scale: 1.0,
+            stopped: false,
+            miss_reads_pct: 0.0,
+            pv_kw: 0.0,
+            voltage_l1_v: None,
+            voltage_l2_v: None,
+            voltage_l3_v: None,
+            sag: None,
+            swell: None,
+            phase_loss: None,
+            unbalance: None,
+            reversed: false,
+            voltage_lost: false,
+        }
+    }
+}
+
+impl MeterConditions {
+    /// What is wrong with these knobs, if anything (the message names the key).
+    pub fn check(&self) -> Result<(), String> {
+        let c = self;
+        if !(c.power_factor > 0.0 && c.power_factor <= 1.0) {
+            return Err("power_factor must be in (0, 1]".into());
+        }
+        if !non_negative(c.load_kw) {
+            return Err("load_kw must be >= 0 (use export = true or pv_kw for PV)".into());
+        }
+        if !non_negative(c.voltage_v) {
+            return Err("voltage_v must be >= 0".into());
+        }
+        if !(0.0..=1.0).contains(&c.theft_fraction) {
+            return Err("theft_fraction must be in 0..1".into());
+        }
+        if !non_negative(c.theft_from_s) {
+            return Err("theft_from_s must be >= 0".into());
+        }
+        if !(c.register_scale > 0.0 && c.register_scale.is_finite()) {
+            return Err("register_scale must be > 0".into());
+        }
+        if !(0.0..=100.0).contains(&c.miss_reads_pct) {
+            return Err("miss_reads_pct must be in 0..100".into());
+        }
+        if !non_negative(c.pv_kw) {
+            return Err("pv_kw must be >= 0".into());
+        }
+        for (key, v) in [
+            ("voltage_l1_v", c.voltage_l1_v),
+            ("voltage_l2_v", c.voltage_l2_v),
+            ("voltage_l3_v", c.voltage_l3_v),
+        ] {
+            if v.is_some_and(|v| !non_negative(v)) {
+                return Err(format!("{key} must be >= 0"));
+            }
+        }
+        if c.sag.is_some_and(|f| !(f > 0.0 && f <= 1.0)) {
+            return Err("sag is a factor in (0, 1], e.g. 0.85".into());
+        }
+        if c.swell.is_some_and(|f| !(f >= 1.0 && f.is_finite())) {
+            return Err("swell is a factor >= 1, e.g. 1.1".into());
+        }
+        if let Some(w) = c.unbalance
+            && (w.iter().any(|x| !non_negative(*x)) || w.iter().sum::<f64>() <= 0.0)
+        {
+            return Err(
+                "unbalance needs three weights >= 0, not all 0, e.g. [1.0, 0.6, 0.3]".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `[[meter]]` as written in the file: every key flat.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeterFile {
+    bus: String,
+    unit: u8,
+    model: String,
+    id: Option<String>,
+    role: Option<Role>,
+    #[serde(default = "one")]
+    multiplier: f64,
+    #[serde(default)]
+    profile: Profile,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default)]
+    energy_start_kwh: f64,
+    #[serde(default)]
+    export: bool,
+    replaced_at_s: Option<f64>,
+    #[serde(default)]
+    replacement_start_kwh: f64,
+    #[serde(default = "default_load")]
+    load_kw: f64,
+    #[serde(default = "default_voltage")]
+    voltage_v: f64,
+    #[serde(default = "default_pf")]
+    power_factor: f64,
+    #[serde(default)]
+    theft_fraction: f64,
+    #[serde(default)]
+    theft_from_s: f64,
+    #[serde(default = "one")]
+    register_scale: f64,
+    #[serde(default)]
+    stopped: bool,
+    #[serde(default)]
+    miss_reads_pct: f64,
+    #[serde(default)]
+    pv_kw: f64,
+    voltage_l1_v: Option<f64>,
+    voltage_l2_v: Option<f64>,
+    voltage_l3_v: Option<f64>,
+    sag: Option<f64>,
+    swell: Option<f64>,
+    phase_loss: Option<Phase>,
+    unbalance: Option<[f64; 3]>,
+    #[serde(default)]
+    reversed: bool,
+    #[serde(default)]
+    voltage_lost: bool,
+    #[serde(default)]
+    fault: Fault,
+}
+
+impl From<MeterFile> for SimMeterConfig {
+    fn from(f: MeterFile) -> Self {
+        SimMeterConfig {
+            id: f.id.unwrap_or_else(|| format!("{}:{}", f.bus, f.unit)),
+            bus: f.bus,
+            unit: f.unit,
+            model: f.model,
+            role: f.role,
+            multiplier: f.multiplier,
+            profile: f.profile,
+            seed: f.seed,
+            energy_start_kwh: f.energy_start_kwh,
+            export: f.export,
+            replaced_at_s: f.replaced_at_s,
+            replacement_start_kwh: f.replacement_start_kwh,
+            conditions: MeterConditions {
+                load_kw: f.load_kw,
+                voltage_v: f.voltage_v,
+                power_factor: f.power_factor,
+                theft_fraction: f.theft_fraction,
+                theft_from_s: f.theft_from_s,
+                register_scale: f.register_scale,
+                stopped: f.stopped,
+                miss_reads_pct: f.miss_reads_pct,
+                pv_kw: f.pv_kw,
+                voltage_l1_v: f.voltage_l1_v,
+                voltage_l2_v: f.voltage_l2_v,
+                voltage_l3_v: f.voltage_l3_v,
+                sag: f.sag,
+                swell: f.swell,
+                phase_loss: f.phase_loss,
+                unbalance: f.unbalance,
+                reversed: f.reversed,
+                voltage_lost: f.voltage_lost,
+            },
+            fault: f.fault,
+        }
+    }
+}
+
+/// `[area]`: the transformer area the supply and customer meters form, and where its truth
+/// goes.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimAreaConfig {
+    /// Name in the truth records.
+    #[serde(default = "default_area_id")]
+    pub id: String,
+    /// Technical loss, kW = `loss_coeff` × (total customer load, kW)².
+    #[serde(default)]
+    pub loss_coeff: f64,
+    /// Technical loss present at any load (the transformer's no-load loss), kW.
+    #[serde(default)]
+    pub no_load_loss_kw: f64,
+    /// JSON-lines file the true energies are appended to (relative to the file's directory).
+    pub truth: Option<PathBuf>,
+    /// Length of a truth interval, s; intervals are aligned to wall-clock multiples.
+    #[serde(default = "default_truth_interval")]
+    pub truth_interval_s: u64,
 }
 
 /// Faults of one meter; all off by default. Changed at run time with
@@ -161,6 +458,19 @@ fn default_voltage() -> f64 {
 }
 fn default_pf() -> f64 {
     0.95
+}
+/// `x >= 0`, false for NaN.
+fn non_negative(x: f64) -> bool {
+    x >= 0.0
+}
+fn one() -> f64 {
+    1.0
+}
+fn default_area_id() -> String {
+    "area".to_string()
+}
+fn default_truth_interval() -> u64 {
+    900
 }
 
 impl SimConfig {
@@ -223,6 +533,7 @@ impl SimConfig {
             }
         }
         let mut units = std::collections::BTreeSet::new();
+        let mut ids = std::collections::BTreeSet::new();
         for m in &config.meters {
             let at = format!("meter {} on bus \"{}\"", m.unit, m.bus);
             if !names.contains(&m.bus) {
@@ -234,14 +545,54 @@ impl SimConfig {
             if !units.insert((m.bus.clone(), m.unit)) {
                 return Err(problem(format!("{at}: unit defined twice")));
             }
-            if !(m.power_factor > 0.0 && m.power_factor <= 1.0) {
-                return Err(problem(format!("{at}: power_factor must be in (0, 1]")));
+            m.conditions
+                .check()
+                .map_err(|message| problem(format!("{at}: {message}")))?;
+            if !(m.multiplier > 0.0 && m.multiplier.is_finite()) {
+                return Err(problem(format!("{at}: multiplier must be > 0")));
             }
-            if m.load_kw < 0.0 {
-                return Err(problem(format!(
-                    "{at}: load_kw must be >= 0 (use export = true for a PV meter)"
-                )));
+            if m.replaced_at_s.is_some_and(|s| !non_negative(s)) {
+                return Err(problem(format!("{at}: replaced_at_s must be >= 0")));
             }
+            if !ids.insert(m.id.clone()) {
+                return Err(problem(format!("{at}: id \"{}\" is used twice", m.id)));
+            }
+        }
+        let supplies = config
+            .meters
+            .iter()
+            .filter(|m| m.role == Some(Role::Supply))
+            .count();
+        match &config.area {
+            Some(area) => {
+                if supplies != 1 {
+                    return Err(problem(format!(
+                        "[area]: needs exactly one meter with role = \"supply\", found {supplies}"
+                    )));
+                }
+                if area.truth_interval_s == 0 {
+                    return Err(problem("[area]: truth_interval_s must be >= 1".into()));
+                }
+                if !(area.loss_coeff >= 0.0 && area.no_load_loss_kw >= 0.0) {
+                    return Err(problem(
+                        "[area]: loss_coeff and no_load_loss_kw must be >= 0".into(),
+                    ));
+                }
+            }
+            None => {
+                if let Some(m) = config.meters.iter().find(|m| m.role.is_some()) {
+                    return Err(problem(format!(
+                        "meter {} on bus \"{}\": a role needs an [area] section",
+                        m.unit, m.bus
+                    )));
+                }
+            }
+        }
+        if let Some(area) = &mut config.area
+            && let Some(truth) = &area.truth
+            && truth.is_relative()
+        {
+            area.truth = Some(base.join(truth));
         }
         Ok(config)
     }
@@ -280,7 +631,7 @@ mod tests {
         );
         assert_eq!(c.buses[1].protocol, SimProtocol::ModbusTcp);
         assert_eq!(c.meters[0].fault.late_reply_ms, 300);
-        assert_eq!(c.meters[0].voltage_v, 230.0);
+        assert_eq!(c.meters[0].conditions.voltage_v, 230.0);
         assert_eq!(c.buses[0].bits_per_char(), 10);
     }
 
@@ -306,5 +657,46 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("meter 1 on bus \"c\": no such bus"), "{e}");
+    }
+
+    #[test]
+    fn area_keys_and_their_checks() {
+        let base = "[[bus]]\nname = \"b\"\nlink = \"x\"\n";
+        let supply = "[[meter]]\nbus = \"b\"\nunit = 1\nmodel = \"m\"\nrole = \"supply\"\n\
+                      multiplier = 60.0\nphase_loss = \"l2\"\nunbalance = [1.0, 0.5, 0.5]\n";
+        let area = "[area]\ntruth = \"t.jsonl\"\ntruth_interval_s = 60\nloss_coeff = 0.001\n";
+        let c =
+            SimConfig::parse(&format!("{base}{area}{supply}"), "s.toml", Path::new("/d")).unwrap();
+        let a = c.area.unwrap();
+        assert_eq!(a.truth.as_deref(), Some(Path::new("/d/t.jsonl")));
+        assert_eq!((a.truth_interval_s, a.id.as_str()), (60, "area"));
+        let m = &c.meters[0];
+        assert_eq!(
+            (m.id.as_str(), m.role, m.multiplier),
+            ("b:1", Some(Role::Supply), 60.0)
+        );
+        assert_eq!(m.conditions.phase_loss, Some(Phase::L2));
+        assert_eq!(m.conditions.unbalance, Some([1.0, 0.5, 0.5]));
+
+        let error = |text: String| {
+            SimConfig::parse(&text, "s.toml", Path::new("."))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = error(format!("{base}{supply}"));
+        assert!(e.contains("a role needs an [area] section"), "{e}");
+        let e = error(format!("{base}{area}"));
+        assert!(
+            e.contains("exactly one meter with role = \"supply\""),
+            "{e}"
+        );
+        let e = error(format!("{base}{area}{supply}sag = 1.5\n"));
+        assert!(e.contains("meter 1 on bus \"b\": sag"), "{e}");
+        let e = error(format!("{base}{area}{supply}theft_fraction = 2.0\n"));
+        assert!(e.contains("theft_fraction"), "{e}");
+        let e = error(format!("{base}{area}{supply}profile = \"spiky\"\n"));
+        assert!(e.contains("spiky"), "{e}");
+        let e = error(format!("{base}{area}{supply}bogus = 1\n"));
+        assert!(e.contains("bogus"), "{e}");
     }
 }

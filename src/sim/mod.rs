@@ -1,10 +1,18 @@
 //! The simulator: meters of the shipped models served over pseudo-terminals (one pty pair per
 //! bus, with a link at a configured path) and over Modbus TCP, paced by the wire time of the
 //! configured baud rate plus a meter turnaround, with energy that advances with a configured
-//! load, and faults that can be switched on per meter. Tests, the demo and benchmarks use it.
+//! load, faults that can be switched on per meter, and conditions an alarm is made of (sag,
+//! swell, phase loss, unbalance, reversed wiring, a stopped register, a silent bus). With an
+//! `[area]` section the meters form a transformer area: a supply meter that measures every
+//! customer's load plus a technical loss growing with the square of the load, minus PV
+//! export, with theft, wrong scales and replacements as knobs, and a truth file with the
+//! true energies per interval. Tests, the demo and benchmarks use it; `docs/simulator.md`
+//! describes the file.
 //!
-//! - [`config`]: the TOML file ([`SimConfig`], [`Fault`]).
-//! - `meter`: one meter's state and register image; `bus`: who answers what, when;
+//! - [`config`]: the TOML file ([`SimConfig`], [`MeterConditions`], [`Fault`]).
+//! - `area`: the electrical truth of every meter, integrated exactly; `profile`: load
+//!   profiles; `truth`: the truth file ([`TruthRecord`]).
+//! - `meter`: one meter's register image; `bus`: who answers what, when;
 //!   `pty` / `serve`: the pseudo-terminals and the server loops.
 //!
 //! In a test (inside a tokio runtime):
@@ -30,18 +38,26 @@
 
 pub mod config;
 
+mod area;
 mod bus;
 mod meter;
+mod profile;
 mod pty;
 mod serve;
+mod truth;
 
 #[cfg(test)]
 pub(crate) mod fixtures;
 
-pub use config::{Fault, SimBusConfig, SimConfig, SimMeterConfig, SimParity, SimProtocol};
+pub use config::{
+    Fault, MeterConditions, Phase, Profile, Role, SimAreaConfig, SimBusConfig, SimConfig,
+    SimMeterConfig, SimParity, SimProtocol,
+};
+pub use truth::{TruthRecord, read_truth};
 
 use crate::config::{BusConfig, BusProtocol, Parity, SerialSettings};
 use crate::meter::ModelLibrary;
+use area::Area;
 use bus::{LineControl, SimBus};
 use meter::SimMeter;
 use serve::OnDisconnect;
@@ -69,6 +85,19 @@ pub enum SimError {
     },
     #[error("no meter {unit} on bus \"{bus}\" in the simulator")]
     NoSuchMeter { bus: String, unit: u8 },
+    #[error("no bus \"{bus}\" in the simulator")]
+    NoSuchBus { bus: String },
+    #[error("meter {unit} on bus \"{bus}\": {message}")]
+    Conditions {
+        bus: String,
+        unit: u8,
+        message: String,
+    },
+    #[error("truth file {}: {source}", path.display())]
+    Truth {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("bus \"{bus}\": {context}: {source}")]
     Io {
         bus: String,
@@ -88,6 +117,7 @@ pub enum BusEndpoint {
 
 struct SimInner {
     buses: BTreeMap<String, (Arc<SimBus>, BusEndpoint)>,
+    area: Arc<Area>,
     tasks: Vec<AbortHandle>,
 }
 
@@ -142,9 +172,52 @@ impl SimHandle {
         self.with_meter(bus, unit, |m| m.fault.clone())
     }
 
-    /// Changes the mean active power (kW) of a meter from now on; energy so far is kept.
+    /// Changes the load scale (kW) of a meter from now on; energy so far is kept.
     pub fn set_load(&self, bus: &str, unit: u8, load_kw: f64) -> Result<(), SimError> {
-        self.with_meter(bus, unit, |m| m.set_load(load_kw, Instant::now()))
+        let mut c = self.conditions(bus, unit)?;
+        c.load_kw = load_kw.max(0.0);
+        self.set_conditions(bus, unit, c)
+    }
+
+    /// The scenario and staging knobs of meter `unit` on `bus`.
+    pub fn conditions(&self, bus: &str, unit: u8) -> Result<MeterConditions, SimError> {
+        let index = self.with_meter(bus, unit, |m| m.index)?;
+        Ok(self.inner.area.conditions(index))
+    }
+
+    /// Replaces the scenario and staging knobs of meter `unit` on `bus` from now on (energy
+    /// so far is kept): theft, sag, phase loss, reversed wiring, a stopped register...
+    pub fn set_conditions(
+        &self,
+        bus: &str,
+        unit: u8,
+        conditions: MeterConditions,
+    ) -> Result<(), SimError> {
+        conditions.check().map_err(|message| SimError::Conditions {
+            bus: bus.to_string(),
+            unit,
+            message,
+        })?;
+        let index = self.with_meter(bus, unit, |m| m.index)?;
+        self.inner
+            .area
+            .set_conditions(index, conditions, Instant::now());
+        Ok(())
+    }
+
+    /// Makes every meter of `bus` stop answering (`true`, a bus outage) or answer again.
+    pub fn set_bus_silent(&self, bus: &str, silent: bool) -> Result<(), SimError> {
+        let b = self.bus(bus).ok_or_else(|| SimError::NoSuchBus {
+            bus: bus.to_string(),
+        })?;
+        b.silent.store(silent, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The true energies of the `[area]` from the start until now (cumulative; subtract two
+    /// of them for a span); `None` without an `[area]`.
+    pub fn area_truth(&self) -> Option<TruthRecord> {
+        self.inner.area.truth_until(Instant::now())
     }
 
     /// The value a meter would report for `quantity` (a contract name) right now; `None` for an
@@ -228,16 +301,18 @@ impl SimHandle {
         }
     }
 
-    /// Applies the faults and loads of `config`'s meters to the running meters (SIGHUP). Buses
-    /// and meters cannot be added or removed at run time: a meter not running is an error.
+    /// Applies the faults and conditions of `config`'s meters and the `silent` flag of its
+    /// buses to the running simulator (SIGHUP). Buses and meters cannot be added or removed at
+    /// run time: one not running is an error. Conditions that did not change are left alone.
     pub fn apply(&self, config: &SimConfig) -> Result<(), SimError> {
+        for b in &config.buses {
+            self.set_bus_silent(&b.name, b.silent)?;
+        }
         for m in &config.meters {
-            self.with_meter(&m.bus, m.unit, |meter| {
-                meter.fault = m.fault.clone();
-                if meter.load_kw() != m.load_kw {
-                    meter.set_load(m.load_kw, Instant::now());
-                }
-            })?;
+            self.with_meter(&m.bus, m.unit, |meter| meter.fault = m.fault.clone())?;
+            if self.conditions(&m.bus, m.unit)? != m.conditions {
+                self.set_conditions(&m.bus, m.unit, m.conditions.clone())?;
+            }
         }
         Ok(())
     }
@@ -268,10 +343,52 @@ impl SimHandle {
 /// TCP listeners bound, before it returns.
 pub fn start(config: SimConfig, library: &ModelLibrary) -> Result<SimHandle, SimError> {
     let now = Instant::now();
+    let mut models = Vec::with_capacity(config.meters.len());
+    for m in &config.meters {
+        let model = library
+            .get(&m.model)
+            .ok_or_else(|| SimError::UnknownModel {
+                bus: m.bus.clone(),
+                unit: m.unit,
+                model: m.model.clone(),
+                available: library.names().join(", "),
+            })?;
+        models.push(Arc::new(model.clone()));
+    }
+    let three_phase: Vec<bool> = models.iter().map(|m| m.phases != 1).collect();
+    let area = Area::new(
+        &config.meters,
+        &three_phase,
+        config.area.as_ref(),
+        now,
+        crate::clock::now_ms(),
+    )
+    .map_err(|source| SimError::Truth {
+        path: config
+            .area
+            .as_ref()
+            .and_then(|a| a.truth.clone())
+            .unwrap_or_default(),
+        source,
+    })?;
+    let area = Arc::new(area);
     let mut inner = SimInner {
         buses: BTreeMap::new(),
+        area: area.clone(),
         tasks: Vec::new(),
     };
+    if config.area.as_ref().is_some_and(|a| a.truth.is_some()) {
+        // Truth intervals are written on time even when nobody reads.
+        let area = area.clone();
+        let tick = tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_millis(250));
+            loop {
+                every.tick().await;
+                area.advance(Instant::now());
+            }
+        });
+        inner.tasks.push(tick.abort_handle());
+    }
     for bus_config in config.buses {
         let name = bus_config.name.clone();
         let io_error = |context: &str, source: std::io::Error| SimError::Io {
@@ -280,16 +397,17 @@ pub fn start(config: SimConfig, library: &ModelLibrary) -> Result<SimHandle, Sim
             source,
         };
         let mut meters = BTreeMap::new();
-        for m in config.meters.iter().filter(|m| m.bus == name) {
-            let model = library
-                .get(&m.model)
-                .ok_or_else(|| SimError::UnknownModel {
-                    bus: name.clone(),
-                    unit: m.unit,
-                    model: m.model.clone(),
-                    available: library.names().join(", "),
-                })?;
-            meters.insert(m.unit, SimMeter::new(m, Arc::new(model.clone()), now));
+        for (index, m) in config.meters.iter().enumerate() {
+            if m.bus == name {
+                let meter = SimMeter::new(
+                    models[index].clone(),
+                    m.fault.clone(),
+                    index,
+                    area.clone(),
+                    m.seed ^ (u64::from(m.unit) << 32),
+                );
+                meters.insert(m.unit, meter);
+            }
         }
         let bus = Arc::new(SimBus::new(bus_config.clone(), meters));
         let endpoint = if let Some(link) = &bus_config.link {
@@ -343,7 +461,8 @@ pub fn start(config: SimConfig, library: &ModelLibrary) -> Result<SimHandle, Sim
 }
 
 /// `amr-gateway simulate --config FILE`: starts the simulator of `path` with the built-in
-/// models, prints one line per bus, re-applies the file's faults and loads on SIGHUP, and runs
+/// models, prints one line per bus, re-applies the file's faults, conditions and silent buses
+/// on SIGHUP, and runs
 /// until `shutdown` turns true (or its sender is dropped).
 pub async fn run_from_file(path: &Path, shutdown: watch::Receiver<bool>) -> Result<(), SimError> {
     run_with_library(path, &ModelLibrary::builtin(), shutdown).await
@@ -373,7 +492,7 @@ pub async fn run_with_library(
         tokio::select! {
             _ = hangup.recv() => {
                 match SimConfig::load(path).and_then(|c| sim.apply(&c)) {
-                    Ok(()) => println!("{}: faults and loads reloaded", path.display()),
+                    Ok(()) => println!("{}: faults and conditions reloaded", path.display()),
                     Err(e) => eprintln!("{e}"),
                 }
             }

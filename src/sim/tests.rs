@@ -223,6 +223,48 @@ async fn handle_changes_faults_and_loads() {
     assert_eq!(t.sim.value_now("bus1", 1, "power_kw"), Some(2.0));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_bus_and_conditions_at_run_time() {
+    let t = rtu_sim();
+    let bus = t.sim.bus_config("bus1").unwrap();
+    let mut client = crate::protocol::modbus::ModbusClient::open(&bus)
+        .await
+        .unwrap();
+    let timeout = Duration::from_millis(300);
+    assert!(client.read_registers(1, 4, 0, 2, timeout).await.is_ok());
+    t.sim.set_bus_silent("bus1", true).unwrap();
+    assert!(matches!(
+        client.read_registers(1, 4, 0, 2, timeout).await,
+        Err(crate::protocol::modbus::ModbusError::Timeout { .. })
+    ));
+    t.sim.set_bus_silent("bus1", false).unwrap();
+    assert!(client.read_registers(3, 4, 0, 2, timeout).await.is_ok());
+    assert!(matches!(
+        t.sim.set_bus_silent("nope", true),
+        Err(SimError::NoSuchBus { .. })
+    ));
+
+    let mut c = t.sim.conditions("bus1", 1).unwrap();
+    c.sag = Some(0.5);
+    t.sim.set_conditions("bus1", 1, c.clone()).unwrap();
+    assert_eq!(t.sim.value_now("bus1", 1, "voltage_l1_v"), Some(115.0));
+    c.sag = Some(3.0);
+    let e = t.sim.set_conditions("bus1", 1, c).unwrap_err().to_string();
+    assert!(e.starts_with("meter 1 on bus \"bus1\": sag"), "{e}");
+
+    // A reload sets conditions and silences the bus.
+    let reloaded = SimConfig::parse(
+        "[[bus]]\nname = \"bus1\"\nlink = \"dev/ttyBUS1\"\nsilent = true\n\
+         [[meter]]\nbus = \"bus1\"\nunit = 1\nmodel = \"test-3ph\"\nreversed = true\n",
+        "t.toml",
+        t.dir.path(),
+    )
+    .unwrap();
+    t.sim.apply(&reloaded).unwrap();
+    assert_eq!(t.sim.value_now("bus1", 1, "power_kw"), Some(-1.0));
+    assert!(client.read_registers(1, 4, 0, 2, timeout).await.is_err());
+}
+
 #[test]
 fn unknown_model_is_named() {
     let rt = tokio::runtime::Builder::new_current_thread()

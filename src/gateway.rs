@@ -377,3 +377,79 @@ pub fn meter_state_message(topics: &Topics, config: &Config, s: &MeterStatus) ->
         sequenced: false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Reading;
+
+    const CONFIG: &str = r#"
+[gateway]
+id = "gw"
+data_dir = "data"
+[mqtt]
+host = "127.0.0.1"
+[[bus]]
+name = "b"
+protocol = "modbus-rtu"
+device = "/dev/null"
+[[meter]]
+id = "s"
+bus = "b"
+unit = 1
+model = "chint-dtsu666"
+[[area]]
+id = "T1"
+supply = ["s"]
+customers = []
+"#;
+
+    /// The writer task stores what the buses send, keeps ticking while they are quiet, and
+    /// saves the analytics' state when they stop.
+    #[tokio::test]
+    async fn writer_task_stores_readings_and_saves_state_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::load_str(CONFIG, &dir.path().join("amr.toml")).expect("config");
+        let mut store = Store::open(&dir.path().join("db"), &config.store).unwrap();
+        let topics = Topics::new("amr", "gw");
+        let start = now_ms();
+        let (writer, batch) = Writer::start(&config, topics, &store, start).unwrap();
+        store.commit(&batch).unwrap();
+        assert!(store.meta(crate::analytics::META_LOSS).unwrap().is_some());
+        let store: SharedStore = Arc::new(std::sync::Mutex::new(store));
+        let (tx, rx) = mpsc::channel(16);
+        let (_up_tx, up_rx) = watch::channel(UplinkState::default());
+        let (live_tx, mut live_rx) = watch::channel(GatewayState::default());
+        let task = tokio::spawn(write_events(
+            writer,
+            store.clone(),
+            rx,
+            Arc::new(Notify::new()),
+            up_rx,
+            Some(live_tx),
+        ));
+        let values = [("energy_import_kwh".to_string(), 10.0)].into();
+        tx.send(BusEvent::Reading(Reading {
+            meter: "s".into(),
+            ts_ms: start,
+            values,
+        }))
+        .await
+        .unwrap();
+        // A tick comes by itself within a second or so, with no event.
+        live_rx.changed().await.unwrap();
+        live_rx.changed().await.unwrap();
+        assert_eq!(live_rx.borrow().readings_stored, 1);
+        drop(tx);
+        task.await.unwrap();
+        let s = store.lock().unwrap();
+        assert_eq!(s.history("s", 0, i64::MAX).unwrap().len(), 1);
+        let alive: i64 = s
+            .meta(crate::analytics::META_LAST_ALIVE)
+            .unwrap()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(alive > start, "the last batch carries the heartbeat");
+    }
+}

@@ -109,10 +109,8 @@ pub fn load_str_with(text: &str, path: &Path, base: ModelLibrary) -> Result<Conf
         Some((t, start)) => analytics::loss(&mut report, t, start),
         None => Default::default(),
     };
-    let alarms = match table(&mut report, root, "alarms") {
-        Some((t, start)) => Some(analytics::alarms(&mut report, t, start)),
-        None => None,
-    };
+    let alarms = table(&mut report, root, "alarms")
+        .map(|(t, start)| analytics::alarms(&mut report, t, start));
     let voltage_quality = match table(&mut report, root, "voltage_quality") {
         Some((t, start)) => analytics::voltage_quality(&mut report, t, start),
         None => Default::default(),

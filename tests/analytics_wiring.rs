@@ -411,3 +411,35 @@ fn quality_revisions_land_in_the_history() {
     assert_eq!(flag_at(&store, replaced), 3, "re-qualified as a reset");
     assert_eq!(flag_at(&store, next), 0);
 }
+
+#[test]
+fn status_shows_what_the_writer_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = load_str(CONFIG, &dir.path().join("amr.toml")).unwrap();
+    let mut store = Store::open(&config.db_path(), &config.store).unwrap();
+    let (mut writer, batch) = Writer::start(&config, topics(), &store, T0).unwrap();
+    store.commit_at(&batch, T0).unwrap();
+    let mut k = 0;
+    while writer.analytics().active_alarm_count() == 0 {
+        step(
+            &mut writer,
+            &mut store,
+            area_reads(k, 0.004),
+            T0 + 1_500 + k * STEP_MS,
+        );
+        k += 1;
+        assert!(k < 60, "high_loss not raised within 5 minutes");
+    }
+    drop(store);
+    let st = amr_gateway::field::status::collect(&config).unwrap();
+    let area = &st["areas"][0];
+    assert_eq!(area["area"], "T1");
+    assert!((area["last_interval"]["loss_pct"].as_f64().unwrap() - 30.0).abs() < 1e-6);
+    assert!((area["rolling"]["loss_pct"].as_f64().unwrap() - 30.0).abs() < 1e-6);
+    assert_eq!(st["alarms"][0]["kind"], "high_loss");
+    assert_eq!(st["alarm_events"][0]["state"], "raised");
+    let table = amr_gateway::field::status::table(&st);
+    assert!(table.contains("now (rolling):  loss"), "{table}");
+    assert!(table.contains("active alarms: 1"), "{table}");
+    assert!(table.contains("raised   high_loss"), "{table}");
+}

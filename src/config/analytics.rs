@@ -332,7 +332,10 @@ pub(super) struct AlarmsEntry {
 /// `[loss]`.
 pub(super) fn loss(report: &mut Report, table: &DeTable, start: usize) -> LossSettings {
     let object = read_table(report, table, start, &LOSS, &[], &mut Vec::new());
-    into_settings(report, object, start, LOSS.title)
+    let mut settings: LossSettings = into_settings(report, object, start, LOSS.title);
+    // The engine tries the smallest modulus that explains a drop first.
+    settings.counter_moduli_kwh.sort_by(f64::total_cmp);
+    settings
 }
 
 /// `[voltage_quality]`.

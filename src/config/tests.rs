@@ -1245,6 +1245,24 @@ fn example_configuration_loads() {
     for customer in &area.customers {
         assert_eq!(config.meter(customer).unwrap().model, "eastron-sdm120");
     }
+    // The analytics part shows the defaults (the three derived ones written out for a
+    // 900 s interval).
+    assert_eq!(area.rated_kva, Some(400.0));
+    let mut loss = config.loss.clone();
+    assert_eq!(
+        (loss.grace_s, loss.stopped_after_s, loss.max_read_gap_s),
+        (Some(300), Some(1800), Some(900))
+    );
+    (loss.grace_s, loss.stopped_after_s, loss.max_read_gap_s) = (None, None, None);
+    assert_eq!(loss, crate::analytics::loss::LossSettings::default());
+    assert_eq!(
+        config.alarms,
+        crate::analytics::alarms::AlarmSettings::default()
+    );
+    assert_eq!(
+        config.voltage_quality,
+        crate::analytics::voltage::VoltageQualitySettings::default()
+    );
 }
 
 // ----- analytics sections and keys -----

@@ -74,9 +74,10 @@ pub async fn run(
     Ok(())
 }
 
-/// One line of the live summary.
+/// One line of the live summary: meters, store, uplink, each area's rolling loss and the
+/// number of standing alarms.
 pub fn summary_line(elapsed: Duration, s: &GatewayState) -> String {
-    format!(
+    let mut line = format!(
         "[{:>4} s] meters online {}/{} | readings stored {} | published {} acked {} | backlog {} | broker {}",
         elapsed.as_secs(),
         s.meters_online,
@@ -90,5 +91,45 @@ pub fn summary_line(elapsed: Duration, s: &GatewayState) -> String {
         } else {
             "disconnected"
         },
-    )
+    );
+    for r in &s.rolling_loss {
+        match r.loss_pct {
+            Some(pct) => line += &format!(" | area {} loss {pct:.1} % (rolling)", r.area),
+            None => line += &format!(" | area {} loss - (rolling)", r.area),
+        }
+    }
+    line += &format!(" | alarms {}", s.alarms_active);
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analytics::loss::RollingLoss;
+
+    #[test]
+    fn summary_shows_rolling_loss_and_alarms() {
+        let s = GatewayState {
+            meters_total: 9,
+            meters_online: 8,
+            rolling_loss: vec![RollingLoss {
+                area: "T1".into(),
+                start_ms: 0,
+                end_ms: 300_000,
+                supply_kwh: 10.0,
+                sales_kwh: 9.58,
+                loss_kwh: 0.42,
+                loss_pct: Some(4.2),
+                coverage_pct: 100.0,
+            }],
+            alarms_active: 2,
+            ..Default::default()
+        };
+        let line = summary_line(Duration::from_secs(12), &s);
+        assert!(line.contains("meters online 8/9"), "{line}");
+        assert!(
+            line.ends_with("| area T1 loss 4.2 % (rolling) | alarms 2"),
+            "{line}"
+        );
+    }
 }

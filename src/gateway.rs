@@ -1,11 +1,19 @@
 //! `run`: the daemon. Wires the bus tasks, the store writer and the uplink together, and stops
 //! them in order on a shutdown signal (buses first, then the writer drains what they produced,
 //! then the uplink says goodbye).
+//!
+//! The store writer ([`write_events`]) is where the analytics run: a [`Writer`] folds each
+//! burst of bus events, and a tick at least every second, into one store [`Batch`] — history,
+//! reading messages, meter states, and whatever the line-loss, alarm and voltage-quality
+//! engines decided ([`Analytics`]) with their snapshots — committed in one transaction on a
+//! blocking thread, so the buses never wait for the disk.
 
+use crate::analytics::Analytics;
+use crate::analytics::loss::RollingLoss;
 use crate::bus::{BusEvent, MeterStatus, OfflinePolicy, run_bus};
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::config::Config;
-use crate::store::{Batch, Message, SharedStore, Store};
+use crate::store::{Batch, Message, SharedStore, Store, StoreError};
 use crate::uplink::topics::{Topics, json_number};
 use crate::uplink::{UplinkState, run as run_uplink};
 use serde_json::json;
@@ -19,6 +27,9 @@ use tracing::{error, info, warn};
 const MAX_BATCH: usize = 1000;
 /// How often history is pruned and the size bound checked.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// How often the analytics are ticked when no bus event arrives (loss intervals close,
+/// alarm hold times elapse, days end).
+const TICK: Duration = Duration::from_secs(1);
 
 /// Live figures of a running gateway (for the demo's summary and tests).
 #[derive(Debug, Clone, Default)]
@@ -27,6 +38,10 @@ pub struct GatewayState {
     pub meters_online: usize,
     pub readings_stored: u64,
     pub uplink: UplinkState,
+    /// The rolling (real-time) loss of every area that has one.
+    pub rolling_loss: Vec<RollingLoss>,
+    /// Alarms standing now.
+    pub alarms_active: usize,
 }
 
 /// Why the daemon could not start.
@@ -55,9 +70,11 @@ pub async fn run(
     let store = Store::open(&db, &config.store)?;
     let topics = Topics::new(&config.mqtt.topic_prefix, &config.gateway.id);
     let learned = store.block_limits()?;
+    // The analytics continue from their snapshots; the start batch holds a power-off event
+    // when the gateway was down, and the retained set of active alarms.
+    let (writer_state, mut restart) = Writer::start(&config, topics.clone(), &store, now_ms())?;
     // Retained meter states are republished at start (a broker restarted without persistence
     // has lost them), marked as from before the restart until the buses report anew.
-    let mut restart = Batch::default();
     for (meter, state) in store.meter_states()? {
         if config.meter(&meter).is_some() {
             restart.messages.push(Message {
@@ -118,8 +135,7 @@ pub async fn run(
 
     // The store writer runs until every bus task has stopped and the channel is drained.
     let writer = tokio::spawn(write_events(
-        config.clone(),
-        topics,
+        writer_state,
         store.clone(),
         events_rx,
         wake.clone(),
@@ -136,59 +152,158 @@ pub async fn run(
     Ok(())
 }
 
-/// Folds bus events into store transactions: history, outbox messages, learned limits.
-async fn write_events(
+/// The store writer's state: the analytics and what it knows of the meters. Pure: every
+/// step takes the time, so tests drive it with a real store and synthetic events.
+#[derive(Debug)]
+pub struct Writer {
     config: Config,
     topics: Topics,
+    analytics: Analytics,
+    online: BTreeMap<String, bool>,
+}
+
+/// What one step of the writer produced.
+#[derive(Debug, Default)]
+pub struct Fold {
+    /// Commit this in one transaction.
+    pub batch: Batch,
+    /// Block limits learned from meters (meter, registers).
+    pub limits: Vec<(String, u16)>,
+}
+
+impl Writer {
+    /// The writer of `config`, its analytics restored from `store`'s snapshots, and the batch
+    /// of the start (power-off event, active alarms, snapshots, heartbeat) to commit first.
+    pub fn start(
+        config: &Config,
+        topics: Topics,
+        store: &Store,
+        now_ms: i64,
+    ) -> Result<(Writer, Batch), StoreError> {
+        let mut analytics = Analytics::from_config(config, topics.clone());
+        let mut meta = BTreeMap::new();
+        for key in [
+            crate::analytics::META_LOSS,
+            crate::analytics::META_ALARMS,
+            crate::analytics::META_VOLTAGE,
+            crate::analytics::META_LAST_ALIVE,
+        ] {
+            if let Some(v) = store.meta(key)? {
+                meta.insert(key, v);
+            }
+        }
+        let batch = analytics.start(|k| meta.get(k).cloned(), now_ms);
+        let writer = Writer {
+            config: config.clone(),
+            topics,
+            analytics,
+            online: BTreeMap::new(),
+        };
+        Ok((writer, batch))
+    }
+
+    /// Folds `events` and a tick at `now_ms` into one batch.
+    pub fn fold(&mut self, events: impl IntoIterator<Item = BusEvent>, now_ms: i64) -> Fold {
+        let mut fold = Fold::default();
+        let batch = &mut fold.batch;
+        for ev in events {
+            match ev {
+                BusEvent::Reading(r) => {
+                    let quality = self.analytics.on_reading(&r, batch);
+                    batch.messages.push(self.topics.reading_message(&r));
+                    batch.readings.push(r);
+                    batch.reading_quality.push(quality);
+                }
+                BusEvent::MeterState(s) => {
+                    self.online
+                        .insert(s.meter.clone(), s.health.online == Some(true));
+                    self.analytics.on_meter_status(&s);
+                    let m = meter_state_message(&self.topics, &self.config, &s);
+                    batch
+                        .meter_states
+                        .push((s.meter.clone(), m.payload.clone()));
+                    batch.messages.push(m);
+                }
+                BusEvent::BlockLimit { meter, max_block } => fold.limits.push((meter, max_block)),
+            }
+        }
+        self.analytics.on_tick(now_ms, batch);
+        fold
+    }
+
+    /// The last batch before stopping: every snapshot and the heartbeat.
+    pub fn finish(&mut self, now_ms: i64) -> Batch {
+        let mut batch = Batch::default();
+        self.analytics.snapshot_all(now_ms, &mut batch);
+        batch
+    }
+
+    /// The analytics, for inspection.
+    pub fn analytics(&self) -> &Analytics {
+        &self.analytics
+    }
+
+    /// Meters last reported online.
+    pub fn meters_online(&self) -> usize {
+        self.online.values().filter(|v| **v).count()
+    }
+}
+
+/// Commits `batch` (and learned block limits) on a blocking thread. Returns whether it was
+/// stored; failures are logged.
+async fn commit(store: &SharedStore, batch: Batch, limits: Vec<(String, u16)>) -> bool {
+    let count = batch.readings.len();
+    let st = store.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut s = st.lock().unwrap();
+        for (m, b) in &limits {
+            s.set_block_limit(m, *b)?;
+        }
+        s.commit(&batch)
+    })
+    .await;
+    match result {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => {
+            error!(error = %e, "could not store a batch of {count} readings");
+            false
+        }
+        Err(e) => {
+            error!(error = %e, "store writer failed");
+            false
+        }
+    }
+}
+
+/// Folds bus events, and a tick every second, into store transactions: history, outbox
+/// messages, learned limits and the analytics' output. Runs until every bus has stopped and
+/// the channel is drained, then saves the analytics' state one last time.
+async fn write_events(
+    mut writer: Writer,
     store: SharedStore,
     mut events: mpsc::Receiver<BusEvent>,
     wake: Arc<Notify>,
     uplink: watch::Receiver<UplinkState>,
     live: Option<watch::Sender<GatewayState>>,
 ) {
-    let mut online: BTreeMap<String, bool> = BTreeMap::new();
     let mut readings_stored = 0u64;
     let mut last_prune = tokio::time::Instant::now() - PRUNE_EVERY;
     let mut buf = Vec::with_capacity(MAX_BATCH);
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let n = events.recv_many(&mut buf, MAX_BATCH).await;
-        if n == 0 {
+        let open = tokio::select! {
+            n = events.recv_many(&mut buf, MAX_BATCH) => n > 0,
+            _ = tick.tick() => true,
+        };
+        if !open {
             break;
         }
-        let mut batch = Batch::default();
-        let mut limits = Vec::new();
-        for ev in buf.drain(..) {
-            match ev {
-                BusEvent::Reading(r) => {
-                    batch.messages.push(topics.reading_message(&r));
-                    batch.readings.push(r);
-                }
-                BusEvent::MeterState(s) => {
-                    online.insert(s.meter.clone(), s.health.online == Some(true));
-                    batch
-                        .messages
-                        .push(meter_state_message(&topics, &config, &s));
-                }
-                BusEvent::BlockLimit { meter, max_block } => limits.push((meter, max_block)),
-            }
-        }
+        let Fold { batch, limits } = writer.fold(buf.drain(..), now_ms());
         let count = batch.readings.len() as u64;
-        let st = store.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let mut s = st.lock().unwrap();
-            for (m, b) in &limits {
-                s.set_block_limit(m, *b)?;
-            }
-            s.commit(&batch)
-        })
-        .await;
-        match result {
-            Ok(Ok(_)) => {
-                readings_stored += count;
-                wake.notify_one();
-            }
-            Ok(Err(e)) => error!(error = %e, "could not store a batch of {count} readings"),
-            Err(e) => error!(error = %e, "store writer failed"),
+        if (!batch.is_empty() || !limits.is_empty()) && commit(&store, batch, limits).await {
+            readings_stored += count;
+            wake.notify_one();
         }
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = tokio::time::Instant::now();
@@ -218,12 +333,18 @@ async fn write_events(
         }
         if let Some(live) = &live {
             let _ = live.send(GatewayState {
-                meters_total: config.meters.len(),
-                meters_online: online.values().filter(|v| **v).count(),
+                meters_total: writer.config.meters.len(),
+                meters_online: writer.meters_online(),
                 readings_stored,
                 uplink: uplink.borrow().clone(),
+                rolling_loss: writer.analytics.rolling(),
+                alarms_active: writer.analytics.active_alarm_count(),
             });
         }
+    }
+    let last = writer.finish(now_ms());
+    if commit(&store, last, Vec::new()).await {
+        wake.notify_one();
     }
 }
 
@@ -254,5 +375,81 @@ pub fn meter_state_message(topics: &Topics, config: &Config, s: &MeterStatus) ->
         qos: 1,
         retain: true,
         sequenced: false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Reading;
+
+    const CONFIG: &str = r#"
+[gateway]
+id = "gw"
+data_dir = "data"
+[mqtt]
+host = "127.0.0.1"
+[[bus]]
+name = "b"
+protocol = "modbus-rtu"
+device = "/dev/null"
+[[meter]]
+id = "s"
+bus = "b"
+unit = 1
+model = "chint-dtsu666"
+[[area]]
+id = "T1"
+supply = ["s"]
+customers = []
+"#;
+
+    /// The writer task stores what the buses send, keeps ticking while they are quiet, and
+    /// saves the analytics' state when they stop.
+    #[tokio::test]
+    async fn writer_task_stores_readings_and_saves_state_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::load_str(CONFIG, &dir.path().join("amr.toml")).expect("config");
+        let mut store = Store::open(&dir.path().join("db"), &config.store).unwrap();
+        let topics = Topics::new("amr", "gw");
+        let start = now_ms();
+        let (writer, batch) = Writer::start(&config, topics, &store, start).unwrap();
+        store.commit(&batch).unwrap();
+        assert!(store.meta(crate::analytics::META_LOSS).unwrap().is_some());
+        let store: SharedStore = Arc::new(std::sync::Mutex::new(store));
+        let (tx, rx) = mpsc::channel(16);
+        let (_up_tx, up_rx) = watch::channel(UplinkState::default());
+        let (live_tx, mut live_rx) = watch::channel(GatewayState::default());
+        let task = tokio::spawn(write_events(
+            writer,
+            store.clone(),
+            rx,
+            Arc::new(Notify::new()),
+            up_rx,
+            Some(live_tx),
+        ));
+        let values = [("energy_import_kwh".to_string(), 10.0)].into();
+        tx.send(BusEvent::Reading(Reading {
+            meter: "s".into(),
+            ts_ms: start,
+            values,
+        }))
+        .await
+        .unwrap();
+        // A tick comes by itself within a second or so, with no event.
+        live_rx.changed().await.unwrap();
+        live_rx.changed().await.unwrap();
+        assert_eq!(live_rx.borrow().readings_stored, 1);
+        drop(tx);
+        task.await.unwrap();
+        let s = store.lock().unwrap();
+        assert_eq!(s.history("s", 0, i64::MAX).unwrap().len(), 1);
+        let alive: i64 = s
+            .meta(crate::analytics::META_LAST_ALIVE)
+            .unwrap()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(alive > start, "the last batch carries the heartbeat");
     }
 }

@@ -257,6 +257,17 @@ impl Quality {
             Quality::Unjudged => "unjudged",
         }
     }
+    /// The flag's code in the history's `quality` column: 0 good (or not judged: a meter in no
+    /// area, a reading without energy registers), 1 stale, 2 wrap, 3 reset, 4 glitch.
+    pub fn code(self) -> u8 {
+        match self {
+            Quality::Good | Quality::Unjudged => 0,
+            Quality::Stale => 1,
+            Quality::Wrap => 2,
+            Quality::Reset => 3,
+            Quality::Glitch => 4,
+        }
+    }
     fn severity(self) -> u8 {
         match self {
             Quality::Unjudged | Quality::Good => 0,

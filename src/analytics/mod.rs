@@ -1,9 +1,16 @@
 //! Analytics over readings: line loss of areas, alarm rules, voltage quality.
 //!
 //! Every engine here is a pure, deterministic state machine fed with readings, meter states and
-//! timestamps: no clock, no I/O. The gateway's store writer feeds them and commits what they
-//! return in the same transaction as the readings (see [`crate::gateway`]).
+//! timestamps: no clock, no I/O. [`Analytics`] (module `pipeline`) bundles the three as the
+//! gateway's store writer uses them and turns what they decide into the store batch of the
+//! readings that caused it (see [`crate::gateway`]).
 
 pub mod alarms;
 pub mod loss;
+mod pipeline;
 pub mod voltage;
+
+pub use pipeline::{
+    Analytics, META_ACTIVE_ALARMS, META_ALARMS, META_LAST_ALIVE, META_LOSS, META_VOLTAGE,
+    SNAPSHOT_EVERY_MS, meta_rolling, topology,
+};

@@ -270,7 +270,7 @@ impl VoltageQuality {
 pub fn day_message(topics: &Topics, d: &DayRecord) -> Message {
     let opt = |v: Option<f64>| v.map(json_number).unwrap_or(Value::Null);
     Message {
-        topic: format!("{}/{}/voltage/{}", topics.prefix, topics.gateway, d.meter),
+        topic: topics.voltage(&d.meter),
         payload: json!({
             "meter": d.meter,
             "phase": d.phase,

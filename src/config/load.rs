@@ -6,6 +6,7 @@
 //! the model library is completed from `[gateway] models_dir`. Problems come out sorted by
 //! position.
 
+use super::analytics;
 use super::checks::cross_check;
 use super::document::{Report, nearest, with_article};
 use super::sections::{self, AreaEntry, BusEntry, MeterEntry};
@@ -23,6 +24,9 @@ const SECTIONS: &[(&str, &str)] = &[
     ("bus", "[[bus]]"),
     ("meter", "[[meter]]"),
     ("area", "[[area]]"),
+    ("loss", "[loss]"),
+    ("alarms", "[alarms]"),
+    ("voltage_quality", "[voltage_quality]"),
 ];
 
 /// Reads and validates the file at `path`, with the built-in meter models.
@@ -101,6 +105,34 @@ pub fn load_str_with(text: &str, path: &Path, base: ModelLibrary) -> Result<Conf
         .map(|(t, start)| sections::area(&mut report, t, start))
         .collect();
 
+    let loss = match table(&mut report, root, "loss") {
+        Some((t, start)) => analytics::loss(&mut report, t, start),
+        None => Default::default(),
+    };
+    let alarms = table(&mut report, root, "alarms")
+        .map(|(t, start)| analytics::alarms(&mut report, t, start));
+    let voltage_quality = match table(&mut report, root, "voltage_quality") {
+        Some((t, start)) => analytics::voltage_quality(&mut report, t, start),
+        None => Default::default(),
+    };
+    if let Some(a) = &alarms {
+        for (area, span) in &a.rated_kva_areas {
+            if !areas.iter().any(|e| e.config.id == *area) {
+                let ids: Vec<&str> = areas.iter().map(|e| e.config.id.as_str()).collect();
+                let hint = nearest(area, ids.iter().copied())
+                    .map(|n| format!("did you mean `{n}`? "))
+                    .unwrap_or_default();
+                report.at(
+                    span.start,
+                    format!(
+                        "[alarms.overload] rated_kva names area `{area}`, which no [[area]] \
+                         has; {hint}use an area id, or set `rated_kva` in the [[area]] itself"
+                    ),
+                );
+            }
+        }
+    }
+
     let mut models = base;
     if let Some(g) = &gateway {
         if let (Some(dir), Some(span)) = (&g.config.models_dir, &g.models_dir) {
@@ -118,6 +150,9 @@ pub fn load_str_with(text: &str, path: &Path, base: ModelLibrary) -> Result<Conf
             buses: buses.into_iter().map(|b| b.config).collect(),
             meters: meters.into_iter().map(|m| m.config).collect(),
             areas: areas.into_iter().map(|a| a.config).collect(),
+            loss,
+            alarms: alarms.map(|a| a.settings).unwrap_or_default(),
+            voltage_quality,
             models,
         }),
         _ => Err(finish(report)),

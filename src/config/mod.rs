@@ -6,11 +6,14 @@
 //!
 //! - `document`: positions, typed key readers, unknown keys with "did you mean".
 //! - `sections`: one reader per section (`[gateway]`, `[[bus]]`, ...), defaults and ranges.
+//! - `analytics`: `[loss]`, `[alarms]` / `[alarms.<kind>]` and `[voltage_quality]`, checked key
+//!   by key and deserialized into the engines' settings structs.
 //! - `checks`: checks across sections (a meter's bus and model, unit clashes, areas).
 //! - `load`: the entry points, [`load`], [`load_str`] and [`load_str_with`].
 //!
 //! `config/README.md` is the reference of every key; `config/example.toml` a field example.
 
+mod analytics;
 mod checks;
 mod document;
 mod load;
@@ -18,6 +21,7 @@ mod sections;
 #[cfg(test)]
 mod tests;
 
+pub use analytics::SEVERITIES;
 pub use load::{load, load_str, load_str_with};
 pub use sections::{LOG_LEVELS, PHASES, STANDARD_BAUD_RATES};
 
@@ -71,6 +75,12 @@ pub struct Config {
     pub buses: Vec<BusConfig>,
     pub meters: Vec<MeterConfig>,
     pub areas: Vec<AreaConfig>,
+    /// `[loss]`: settings of the line-loss engine common to all areas.
+    pub loss: crate::analytics::loss::LossSettings,
+    /// `[alarms]` and `[alarms.<kind>]`: every alarm kind's switch, severity, holds and limits.
+    pub alarms: crate::analytics::alarms::AlarmSettings,
+    /// `[voltage_quality]`: limits and gaps of the daily voltage statistics.
+    pub voltage_quality: crate::analytics::voltage::VoltageQualitySettings,
     /// The meter models available to this configuration (built-in plus `models_dir`).
     pub models: crate::meter::ModelLibrary,
 }
@@ -250,6 +260,10 @@ pub struct MeterConfig {
     pub phase: Option<String>,
     /// Overrides the bus's poll interval for this meter.
     pub poll_interval_s: Option<u64>,
+    /// The meter only ever imports: export energy on it raises `reverse_energy` (default false).
+    pub consumption_only: bool,
+    /// Rated power, primary kW, for `running_fast` (default: derived from the model's phases).
+    pub rated_kw: Option<f64>,
     /// Line number of the `[[meter]]` header, for messages.
     pub line: usize,
 }
@@ -266,6 +280,8 @@ pub struct AreaConfig {
     pub high_loss_pct: f64,
     /// Default -1.
     pub negative_loss_pct: f64,
+    /// The transformer's rating, kVA, for `overload` (default: `[alarms.overload] rated_kva`).
+    pub rated_kva: Option<f64>,
     pub line: usize,
 }
 

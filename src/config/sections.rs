@@ -62,6 +62,8 @@ const METER_KEYS: &[&str] = &[
     "multiplier",
     "phase",
     "poll_interval_s",
+    "consumption_only",
+    "rated_kw",
 ];
 const AREA_KEYS: &[&str] = &[
     "id",
@@ -70,6 +72,7 @@ const AREA_KEYS: &[&str] = &[
     "loss_interval_s",
     "high_loss_pct",
     "negative_loss_pct",
+    "rated_kva",
 ];
 
 /// Why `s` cannot be one level of an MQTT topic, if it cannot.
@@ -561,6 +564,13 @@ pub(super) fn meter(report: &mut Report, table: &DeTable, start: usize) -> Meter
         }
     });
     let poll_interval_s = s.integer_in(report, "poll_interval_s", 1, 86400, " s");
+    let consumption_only = s.boolean(report, "consumption_only");
+    let rated_kw = positive(
+        report,
+        &s,
+        "rated_kw",
+        "it is the meter's rated power in primary kW (e.g. 13.8 for a 60 A single-phase meter)",
+    );
     MeterEntry {
         id: id.as_ref().map(Spanned::span),
         bus: bus.as_ref().map(Spanned::span),
@@ -580,6 +590,8 @@ pub(super) fn meter(report: &mut Report, table: &DeTable, start: usize) -> Meter
             multiplier: multiplier.unwrap_or(1.0),
             phase: phase.map(Spanned::into_inner),
             poll_interval_s: poll_interval_s.map(|v| *v.get_ref() as u64),
+            consumption_only: consumption_only.is_some_and(|b| *b.get_ref()),
+            rated_kw,
             line: report.line(start),
         },
     }
@@ -662,6 +674,12 @@ pub(super) fn area(report: &mut Report, table: &DeTable, start: usize) -> AreaEn
             ),
         );
     }
+    let rated_kva = positive(
+        report,
+        &s,
+        "rated_kva",
+        "it is the transformer's nameplate rating in kVA (e.g. 400)",
+    );
     let (supply, supply_spans) = split(supply);
     let (customers, customer_spans) = split(customers);
     AreaEntry {
@@ -675,8 +693,27 @@ pub(super) fn area(report: &mut Report, table: &DeTable, start: usize) -> AreaEn
             loss_interval_s: loss_interval_s.unwrap_or(900),
             high_loss_pct,
             negative_loss_pct,
+            rated_kva,
             line: report.line(start),
         },
+    }
+}
+
+/// An optional number that must be finite and above 0; `what` says what it is.
+fn positive(report: &mut Report, s: &Section, key: &str, what: &str) -> Option<f64> {
+    let v = s.number(report, key)?;
+    let x = *v.get_ref();
+    if x.is_finite() && x > 0.0 {
+        Some(x)
+    } else {
+        report.at(
+            v.span().start,
+            format!(
+                "{key} {} is not possible; {what}: a positive number",
+                report.source(v.span())
+            ),
+        );
+        None
     }
 }
 

@@ -335,7 +335,7 @@ fn unknown_section() {
             25,
             3,
             "unknown section `meters`; did you mean `[[meter]]`? the sections are: [gateway], \
-             [mqtt], [store], [[bus]], [[meter]], [[area]]"
+             [mqtt], [store], [[bus]], [[meter]], [[area]], [loss], [alarms], [voltage_quality]"
         )]
     );
 }
@@ -1245,4 +1245,221 @@ fn example_configuration_loads() {
     for customer in &area.customers {
         assert_eq!(config.meter(customer).unwrap().model, "eastron-sdm120");
     }
+    // The analytics part shows the defaults (the three derived ones written out for a
+    // 900 s interval).
+    assert_eq!(area.rated_kva, Some(400.0));
+    let mut loss = config.loss.clone();
+    assert_eq!(
+        (loss.grace_s, loss.stopped_after_s, loss.max_read_gap_s),
+        (Some(300), Some(1800), Some(900))
+    );
+    (loss.grace_s, loss.stopped_after_s, loss.max_read_gap_s) = (None, None, None);
+    assert_eq!(loss, crate::analytics::loss::LossSettings::default());
+    assert_eq!(
+        config.alarms,
+        crate::analytics::alarms::AlarmSettings::default()
+    );
+    assert_eq!(
+        config.voltage_quality,
+        crate::analytics::voltage::VoltageQualitySettings::default()
+    );
+}
+
+// ----- analytics sections and keys -----
+
+#[test]
+fn analytics_sections_default_when_left_out() {
+    let config = parse(BASE).unwrap();
+    assert_eq!(config.loss, crate::analytics::loss::LossSettings::default());
+    assert_eq!(
+        config.alarms,
+        crate::analytics::alarms::AlarmSettings::default()
+    );
+    assert_eq!(
+        config.voltage_quality,
+        crate::analytics::voltage::VoltageQualitySettings::default()
+    );
+    let meter = config.meter("m-001").unwrap();
+    assert!(!meter.consumption_only);
+    assert_eq!(meter.rated_kw, None);
+}
+
+#[test]
+fn analytics_keys_are_read() {
+    use crate::analytics::alarms::Severity;
+    let text = format!(
+        r#"{BASE}consumption_only = true
+rated_kw = 13.8
+
+[[area]]
+id = "a"
+supply = ["m-supply"]
+customers = ["m-001"]
+rated_kva = 400
+
+[loss]
+grace_s = 120
+rolling_window_s = 600
+counter_moduli_kwh = [100000, 1e6]
+
+[alarms]
+history = 50
+
+[alarms.voltage]
+severity = "major"
+upper_pct = 10
+lower_pct = -7.5
+raise_after_s = 30
+
+[alarms.overload]
+rated_kva = {{ a = 315 }}
+
+[alarms.line_loss]
+negative_enabled = false
+
+[voltage_quality]
+nominal_v = 230
+max_gap_s = 120
+"#
+    );
+    let config = parse(&text).unwrap();
+    let meter = config.meter("m-001").unwrap();
+    assert!(meter.consumption_only);
+    assert_eq!(meter.rated_kw, Some(13.8));
+    assert_eq!(config.areas[0].rated_kva, Some(400.0));
+    assert_eq!(config.loss.grace_s, Some(120));
+    assert_eq!(config.loss.rolling_window_s, 600);
+    assert_eq!(config.loss.counter_moduli_kwh, [1e5, 1e6]);
+    assert_eq!(config.loss.stale_after_s, 300, "defaults stay");
+    assert_eq!(config.alarms.history, 50);
+    assert_eq!(config.alarms.voltage.severity, Severity::Major);
+    assert_eq!(config.alarms.voltage.upper_pct, 10.0);
+    assert_eq!(config.alarms.voltage.lower_pct, -7.5);
+    assert_eq!(config.alarms.voltage.raise_after_s, 30);
+    assert_eq!(config.alarms.voltage.clear_after_s, 60, "defaults stay");
+    assert_eq!(config.alarms.overload.rated_kva["a"], 315.0);
+    assert!(!config.alarms.line_loss.negative_enabled);
+    assert!(config.alarms.line_loss.high_enabled);
+    assert_eq!(config.voltage_quality.nominal_v, 230.0);
+    assert_eq!(config.voltage_quality.max_gap_s, 120);
+}
+
+#[test]
+fn analytics_mistakes_are_reported_at_their_position() {
+    let text = format!(
+        r#"{BASE}rated_kw = 0
+consumption_only = "yes"
+
+[[area]]
+id = "a"
+supply = ["m-supply"]
+customers = ["m-001"]
+rated_kva = -5
+
+[loss]
+grace = 10
+rolling_window_s = "300"
+
+[alarms]
+histroy = 5
+phase_loss = 3
+
+[alarms.meter_offline]
+severity = "urgent"
+raise_after_s = -1
+
+[alarms.voltage]
+lower_pct = 5
+
+[alarms.overload]
+rated_kva = {{ b = 400 }}
+
+[alarms.nonsense]
+enabled = true
+
+[voltage_quality]
+outage_pct = 0
+"#
+    );
+    // BASE is 23 lines; the appended text starts on line 24, in the last [[meter]].
+    assert_eq!(
+        problems(&text),
+        [
+            at(
+                24,
+                12,
+                "rated_kw 0 is not possible; it is the meter's rated power in primary kW (e.g. \
+                 13.8 for a 60 A single-phase meter): a positive number"
+            ),
+            at(
+                25,
+                20,
+                "`consumption_only` must be a boolean (true or false), found a string"
+            ),
+            at(
+                31,
+                13,
+                "rated_kva -5 is not possible; it is the transformer's nameplate rating in kVA \
+                 (e.g. 400): a positive number"
+            ),
+            at(
+                34,
+                1,
+                "unknown key `grace` in [loss]; did you mean `grace_s`?"
+            ),
+            at(
+                35,
+                20,
+                "`rolling_window_s` must be an integer, found a string"
+            ),
+            at(
+                38,
+                1,
+                "unknown key `histroy` in [alarms]; did you mean `history`?"
+            ),
+            at(
+                39,
+                14,
+                "`phase_loss` in [alarms] must be a table written [alarms.phase_loss], found an \
+                 integer"
+            ),
+            at(
+                42,
+                12,
+                "unknown severity `urgent` in [alarms.meter_offline]; use one of: critical, \
+                 major, minor, info"
+            ),
+            at(
+                43,
+                17,
+                "`raise_after_s` must be from 0 to 2592000 s, found -1"
+            ),
+            at(
+                46,
+                13,
+                "`lower_pct` in [alarms.voltage] must be a number at least -100 and below 0 %, \
+                 found 5"
+            ),
+            at(
+                49,
+                15,
+                "[alarms.overload] rated_kva names area `b`, which no [[area]] has; did you mean \
+                 `a`? use an area id, or set `rated_kva` in the [[area]] itself"
+            ),
+            at(
+                51,
+                9,
+                "unknown key `nonsense` in [alarms]; the keys of [alarms] are: history, \
+                 meter_offline, voltage, phase_loss, current_unbalance, overload, \
+                 reverse_energy, reading_down, running_fast, meter_stopped, line_loss, outage, \
+                 power_off"
+            ),
+            at(
+                55,
+                14,
+                "`outage_pct` in [voltage_quality] must be a number above 0 and at most 100 %, \
+                 found 0"
+            ),
+        ]
+    );
 }

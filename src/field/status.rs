@@ -1,6 +1,11 @@
 //! `amr-gateway status`: what a running or stopped gateway's store says — per bus and meter
 //! online/offline, last reading, success rate, latency and errors; the outbox backlog and its
-//! age; the latest loss interval of every area and the active alarms.
+//! age; per area the rolling loss and the latest loss interval (with its missing meters and
+//! suspects); the active alarms and the recent alarm events; recent voltage-quality days.
+//!
+//! What it reads, as the gateway's store writer keeps it: records `loss` (body = the loss
+//! payload), `alarm` (body = the alarm event payload) and `voltage_day` (body = the day
+//! payload); meta `loss_rolling/{area}` and `alarms/active`.
 //!
 //! It only reads the store (SQLite in WAL mode lets it do so while the daemon writes).
 
@@ -72,6 +77,12 @@ pub fn collect(config: &Config) -> Result<Value, String> {
         .map_err(|e| e.to_string())?
         .and_then(|s| serde_json::from_str::<Value>(&s).ok())
         .unwrap_or(json!([]));
+    let alarm_events = store
+        .records("alarm", None, now - 7 * 86_400_000, i64::MAX, 20)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|r| r.body)
+        .collect::<Vec<_>>();
     let voltage = store
         .records("voltage_day", None, now - 2 * 86_400_000, i64::MAX, 500)
         .map_err(|e| e.to_string())?
@@ -91,6 +102,7 @@ pub fn collect(config: &Config) -> Result<Value, String> {
         "buses": buses,
         "areas": areas,
         "alarms": alarms,
+        "alarm_events": alarm_events,
         "voltage_quality": voltage,
     }))
 }
@@ -200,6 +212,19 @@ pub fn table(st: &Value) -> String {
                     ""
                 }
             );
+            if let Some(missing) = l["missing"].as_array().filter(|m| !m.is_empty()) {
+                let ids: Vec<String> = missing.iter().map(s).collect();
+                out += &format!("  missing meters: {}\n", ids.join(", "));
+            }
+            for sus in l["suspects"].as_array().into_iter().flatten() {
+                out += &format!(
+                    "  suspect {} ({}, score {}): {}\n",
+                    s(&sus["meter"]),
+                    s(&sus["reason"]),
+                    s(&sus["score"]),
+                    s(&sus["detail"])
+                );
+            }
         } else {
             out += "  no closed interval yet\n";
         }
@@ -216,6 +241,21 @@ pub fn table(st: &Value) -> String {
             s(&al["value"]),
             s(&al["threshold"])
         );
+    }
+    let events = st["alarm_events"].as_array().cloned().unwrap_or_default();
+    if !events.is_empty() {
+        out += "\nrecent alarm events (last 7 days, newest last)\n";
+        for e in &events {
+            out += &format!(
+                "  {} {:<8} {:<18} {:<16} value {} threshold {}\n",
+                s(&e["ts"]),
+                s(&e["state"]),
+                s(&e["kind"]),
+                s(&e["subject"]),
+                s(&e["value"]),
+                s(&e["threshold"])
+            );
+        }
     }
     let vq = st["voltage_quality"]
         .as_array()

@@ -46,6 +46,18 @@ pub struct Batch {
     pub meta: Vec<(String, String)>,
     /// Meter states (payload of the retained `meter/{id}/state`) remembered for restarts.
     pub meter_states: Vec<(String, serde_json::Value)>,
+    /// Later decisions about readings already in the history (this batch's included): set
+    /// the quality flag of the rows of `meter` at `ts_ms`. Applied after the readings.
+    pub quality_revisions: Vec<QualityRevision>,
+}
+
+/// A new quality flag for the history rows of one meter at one instant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QualityRevision {
+    pub meter: String,
+    pub ts_ms: i64,
+    /// The flag, as in `Batch::reading_quality`.
+    pub quality: u8,
 }
 
 impl Batch {
@@ -56,6 +68,7 @@ impl Batch {
             && self.records.is_empty()
             && self.meta.is_empty()
             && self.meter_states.is_empty()
+            && self.quality_revisions.is_empty()
     }
 }
 
@@ -225,6 +238,14 @@ impl Store {
                     .execute(params![r.meter, r.ts_ms, values_json(&r.values), q])
                     .map_err(sql)?;
             }
+            let mut revise = tx
+                .prepare_cached("UPDATE history SET quality = ?3 WHERE meter = ?1 AND ts_ms = ?2")
+                .map_err(sql)?;
+            for q in &batch.quality_revisions {
+                revise
+                    .execute(params![q.meter, q.ts_ms, q.quality])
+                    .map_err(sql)?;
+            }
             let mut insert_record = tx
                 .prepare_cached(
                     "INSERT INTO record (kind, subject, ts_ms, body_json) VALUES (?1, ?2, ?3, ?4)",
@@ -387,6 +408,28 @@ impl Store {
         stmt.query_map(params![meter, from_ms, to_ms], reading_from_row)
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|e| self.err(e))
+    }
+
+    /// The quality flags of a meter's history rows with `from_ms <= ts_ms < to_ms`, as
+    /// (ts ms, flag), oldest first.
+    pub fn history_quality(
+        &self,
+        meter: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<(i64, u8)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT ts_ms, quality FROM history \
+                 WHERE meter = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 ORDER BY ts_ms, id",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.query_map(params![meter, from_ms, to_ms], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| self.err(e))
     }
 
     /// A meter's most recent reading.

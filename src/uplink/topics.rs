@@ -35,6 +35,15 @@ impl Topics {
     pub fn alarm(&self, kind: &str, subject: &str) -> String {
         format!("{}/alarm/{kind}/{subject}", self.base())
     }
+    /// Retained set of active alarms. Cannot clash with an event topic, which has two levels
+    /// below `alarm`.
+    pub fn alarm_active(&self) -> String {
+        format!("{}/alarm/active", self.base())
+    }
+    /// Daily voltage quality of a meter (one message per phase and day).
+    pub fn voltage(&self, meter: &str) -> String {
+        format!("{}/voltage/{meter}", self.base())
+    }
     pub fn meter_state(&self, meter: &str) -> String {
         format!("{}/meter/{meter}/state", self.base())
     }

@@ -279,7 +279,7 @@ pub fn alarm_message(topics: &Topics, change: &AlarmChange) -> Message {
 /// The topic of the retained set of active alarms: `{prefix}/{gateway}/alarm/active`.
 /// (It cannot clash with an event topic, which has two levels below `alarm`.)
 pub fn active_alarms_topic(topics: &Topics) -> String {
-    format!("{}/{}/alarm/active", topics.prefix, topics.gateway)
+    topics.alarm_active()
 }
 
 /// The retained message listing every active alarm, for a headend that connects later. Send it

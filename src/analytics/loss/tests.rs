@@ -1027,6 +1027,7 @@ fn area_spec_from_config() {
         loss_interval_s: 900,
         high_loss_pct: 8.0,
         negative_loss_pct: -2.0,
+        rated_kva: None,
         line: 1,
     };
     let spec = AreaSpec::from_config(&area);

@@ -1,0 +1,464 @@
+//! The three engines fed together, as the gateway's store writer uses them.
+//!
+//! [`Analytics`] is built from the configuration, restored at start from the snapshots the
+//! store keeps in `meta`, fed every reading and meter state, and ticked (at least every
+//! second). Whatever the engines decide lands in the store [`Batch`] of that step, so the
+//! history rows, the outbox messages, the records and the engines' state that produced them
+//! are one transaction:
+//!
+//! - each reading's quality flag (and revisions of earlier readings' flags);
+//! - closed loss intervals: a `loss` record (body = the loss payload) and the loss message;
+//! - loss verdicts carried into the alarm lifecycle as `high_loss` / `negative_loss`;
+//! - alarm events: the event messages, the retained set of active alarms, an `alarm` record
+//!   per event, `meta alarms/active` and — in the same batch, always — the alarm snapshot, so
+//!   an alarm active before a restart is never raised twice;
+//! - closed voltage-quality days: a `voltage_day` record and the day message;
+//! - `meta loss_rolling/{area}` when the rolling figure moved;
+//! - snapshots at least every [`SNAPSHOT_EVERY_MS`], and whenever their engine emitted
+//!   something (so a record is never emitted twice across a restart);
+//! - the heartbeat `meta gateway/last_alive_ms` in every batch, from which the next start
+//!   tells a power off.
+//!
+//! Like the engines, it never reads the clock: every call takes the time.
+
+use super::alarms::{
+    AlarmChange, AlarmEngine, AlarmKind, AlarmSnapshot, AreaRef, MeterRef, Topology,
+    active_alarms_message, alarm_message,
+};
+use super::loss::{
+    AreaSpec, LossEngine, LossEvent, LossSnapshot, RollingLoss, VerdictKind, VerdictState,
+    loss_message,
+};
+use super::voltage::{VoltageQuality, VoltageSnapshot, day_message};
+use crate::bus::MeterStatus;
+use crate::clock::rfc3339_ms;
+use crate::config::Config;
+use crate::model::Reading;
+use crate::store::{Batch, QualityRevision, Record};
+use crate::uplink::topics::{Topics, json_number};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use tracing::warn;
+
+/// `meta` key of the loss engine's snapshot (with the standing verdicts).
+pub const META_LOSS: &str = "analytics/loss";
+/// `meta` key of the alarm engine's snapshot.
+pub const META_ALARMS: &str = "analytics/alarms";
+/// `meta` key of the voltage-quality snapshot.
+pub const META_VOLTAGE: &str = "analytics/voltage";
+/// `meta` key of the heartbeat: ms since the epoch of the last committed batch.
+pub const META_LAST_ALIVE: &str = "gateway/last_alive_ms";
+/// `meta` key of the active alarms (JSON array, as in the retained `alarm/active` message).
+pub const META_ACTIVE_ALARMS: &str = "alarms/active";
+/// How often, at the latest, the snapshots and the heartbeat are written (ms). Keep it well
+/// below `[alarms.power_off] min_down_s`.
+pub const SNAPSHOT_EVERY_MS: i64 = 10_000;
+
+/// `meta` key of an area's rolling loss figure.
+pub fn meta_rolling(area: &str) -> String {
+    format!("loss_rolling/{area}")
+}
+
+/// The alarm-engine view of the configured meters and areas.
+pub fn topology(config: &Config) -> Topology {
+    Topology {
+        gateway: config.gateway.id.clone(),
+        meters: config
+            .meters
+            .iter()
+            .map(|m| MeterRef {
+                id: m.id.clone(),
+                bus: m.bus.clone(),
+                phase: m.phase.clone(),
+                three_phase: m.phase.as_deref() == Some("abc")
+                    || (m.phase.is_none()
+                        && config.models.get(&m.model).is_some_and(|x| x.phases == 3)),
+                consumption_only: m.consumption_only,
+                rated_kw: m.rated_kw,
+                multiplier: m.multiplier,
+            })
+            .collect(),
+        areas: config
+            .areas
+            .iter()
+            .map(|a| AreaRef {
+                id: a.id.clone(),
+                supply: a.supply.clone(),
+                customers: a.customers.clone(),
+                rated_kva: a.rated_kva,
+            })
+            .collect(),
+    }
+}
+
+/// A loss verdict as last decided by the loss engine, re-observed on every tick so the
+/// `[alarms.line_loss]` hold times apply (the engine reports a verdict only when it changes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct StandingVerdict {
+    kind: VerdictKind,
+    area: String,
+    /// True while the verdict is raised; false once cleared, until the alarm has cleared.
+    raised: bool,
+    value: f64,
+    threshold: f64,
+    details: Value,
+}
+
+/// What `meta analytics/loss` holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct LossState {
+    engine: LossSnapshot,
+    #[serde(default)]
+    verdicts: Vec<StandingVerdict>,
+}
+
+/// The line-loss, alarm and voltage-quality engines of one gateway, wired to the store.
+#[derive(Debug)]
+pub struct Analytics {
+    loss: LossEngine,
+    alarms: AlarmEngine,
+    voltage: VoltageQuality,
+    topics: Topics,
+    verdicts: Vec<StandingVerdict>,
+    /// The rolling figures as last written to `meta`.
+    rolling: BTreeMap<String, RollingLoss>,
+    /// Alarm events decided since the last tick, published at the tick.
+    changes: Vec<AlarmChange>,
+    last_snapshot_ms: Option<i64>,
+    loss_changed: bool,
+    voltage_changed: bool,
+}
+
+impl Analytics {
+    /// Fresh engines for `config`'s areas, meters and settings.
+    pub fn from_config(config: &Config, topics: Topics) -> Analytics {
+        let areas = config
+            .areas
+            .iter()
+            .map(|a| AreaSpec::from_config(a).with_multipliers(&config.meters))
+            .collect();
+        Analytics {
+            loss: LossEngine::new(areas, config.loss.clone()),
+            alarms: AlarmEngine::new(config.alarms.clone(), topology(config)),
+            voltage: VoltageQuality::new(config.voltage_quality.clone()),
+            topics,
+            verdicts: Vec::new(),
+            rolling: BTreeMap::new(),
+            changes: Vec::new(),
+            last_snapshot_ms: None,
+            loss_changed: false,
+            voltage_changed: false,
+        }
+    }
+
+    /// Continues from the snapshots in `meta` (a lookup of the store's `meta` table), then
+    /// reports a power off when the heartbeat there is older than `[alarms.power_off]
+    /// min_down_s`. The returned batch holds the alarm events of the start (power off, clears
+    /// of kinds disabled since), the retained set of active alarms (always: a broker that
+    /// lost it gets it back), every snapshot and the heartbeat.
+    pub fn start(&mut self, meta: impl Fn(&str) -> Option<String>, now_ms: i64) -> Batch {
+        if let Some(state) = parse::<LossState>(&meta, META_LOSS) {
+            self.loss.restore(state.engine);
+            let areas: Vec<String> = self.loss.areas().map(|a| a.id.clone()).collect();
+            self.verdicts = state
+                .verdicts
+                .into_iter()
+                .filter(|v| areas.contains(&v.area))
+                .collect();
+        }
+        let mut changes = Vec::new();
+        if let Some(snapshot) = parse::<AlarmSnapshot>(&meta, META_ALARMS) {
+            changes.extend(self.alarms.restore(snapshot, now_ms));
+        }
+        if let Some(snapshot) = parse::<VoltageSnapshot>(&meta, META_VOLTAGE) {
+            self.voltage.restore(snapshot);
+        }
+        let last_alive = meta(META_LAST_ALIVE).and_then(|v| v.parse::<i64>().ok());
+        changes.extend(self.alarms.on_start(now_ms, last_alive));
+
+        let mut batch = Batch::default();
+        for c in &changes {
+            push_alarm_event(&self.topics, c, &mut batch);
+        }
+        let active = self.alarms.active();
+        batch
+            .messages
+            .push(active_alarms_message(&self.topics, &active, now_ms));
+        batch
+            .meta
+            .push((META_ACTIVE_ALARMS.into(), self.active_alarms_json(now_ms)));
+        self.snapshot_all(now_ms, &mut batch);
+        batch
+    }
+
+    /// Judges one reading: returns its quality flag for the history (see
+    /// [`super::loss::Quality::code`]) and adds revisions of earlier readings to `batch`.
+    /// Alarm events it causes are published at the next [`Analytics::on_tick`].
+    pub fn on_reading(&mut self, r: &Reading, batch: &mut Batch) -> u8 {
+        let verdict = self.loss.on_reading(r);
+        for rev in &verdict.revisions {
+            batch.quality_revisions.push(QualityRevision {
+                meter: rev.meter.clone(),
+                ts_ms: rev.ts_ms,
+                quality: rev.quality.code(),
+            });
+        }
+        let changes = self.alarms.on_reading(r);
+        self.changes.extend(changes);
+        self.voltage.on_reading(r);
+        verdict.quality.code()
+    }
+
+    /// Takes a meter's health from its bus (meter_offline, silent buses).
+    pub fn on_meter_status(&mut self, s: &MeterStatus) {
+        let changes = self.alarms.on_meter_status(s);
+        self.changes.extend(changes);
+    }
+
+    /// Advances every engine to `now_ms` and adds to `batch` what they decided since the last
+    /// tick (see the module documentation), the snapshots that are due and the heartbeat.
+    pub fn on_tick(&mut self, now_ms: i64, batch: &mut Batch) {
+        self.tick_loss(now_ms, batch);
+        let changes = self.alarms.on_tick(now_ms);
+        self.changes.extend(changes);
+        for d in self.voltage.on_tick(now_ms) {
+            let m = day_message(&self.topics, &d);
+            batch.records.push(Record {
+                kind: "voltage_day".into(),
+                subject: d.meter.clone(),
+                ts_ms: d.day_start_ms,
+                body: m.payload.clone(),
+            });
+            batch.messages.push(m);
+            self.voltage_changed = true;
+        }
+        self.write_rolling(batch);
+
+        let changes = std::mem::take(&mut self.changes);
+        if !changes.is_empty() {
+            for c in &changes {
+                push_alarm_event(&self.topics, c, batch);
+            }
+            let active = self.alarms.active();
+            batch
+                .messages
+                .push(active_alarms_message(&self.topics, &active, now_ms));
+            batch
+                .meta
+                .push((META_ACTIVE_ALARMS.into(), self.active_alarms_json(now_ms)));
+        }
+
+        let due = self
+            .last_snapshot_ms
+            .is_none_or(|t| now_ms - t >= SNAPSHOT_EVERY_MS);
+        if due {
+            self.snapshot_all(now_ms, batch);
+        } else {
+            if self.loss_changed {
+                batch.meta.push((META_LOSS.into(), self.loss_state_json()));
+            }
+            if !changes.is_empty() {
+                batch
+                    .meta
+                    .push((META_ALARMS.into(), json_of(&self.alarms.snapshot())));
+            }
+            if self.voltage_changed {
+                batch
+                    .meta
+                    .push((META_VOLTAGE.into(), json_of(&self.voltage.snapshot())));
+            }
+            if !batch.is_empty() {
+                batch
+                    .meta
+                    .push((META_LAST_ALIVE.into(), now_ms.to_string()));
+            }
+        }
+        self.loss_changed = false;
+        self.voltage_changed = false;
+    }
+
+    /// Adds every snapshot and the heartbeat to `batch` (also at shutdown).
+    pub fn snapshot_all(&mut self, now_ms: i64, batch: &mut Batch) {
+        batch.meta.push((META_LOSS.into(), self.loss_state_json()));
+        batch
+            .meta
+            .push((META_ALARMS.into(), json_of(&self.alarms.snapshot())));
+        batch
+            .meta
+            .push((META_VOLTAGE.into(), json_of(&self.voltage.snapshot())));
+        batch
+            .meta
+            .push((META_LAST_ALIVE.into(), now_ms.to_string()));
+        self.last_snapshot_ms = Some(now_ms);
+    }
+
+    /// The rolling loss of every area that has one, in configuration order.
+    pub fn rolling(&self) -> Vec<RollingLoss> {
+        self.loss
+            .areas()
+            .filter_map(|a| self.loss.rolling(&a.id))
+            .collect()
+    }
+
+    /// How many alarms stand.
+    pub fn active_alarm_count(&self) -> usize {
+        self.alarms.active().len()
+    }
+
+    /// The engines, for inspection.
+    pub fn loss(&self) -> &LossEngine {
+        &self.loss
+    }
+    pub fn alarms(&self) -> &AlarmEngine {
+        &self.alarms
+    }
+    pub fn voltage(&self) -> &VoltageQuality {
+        &self.voltage
+    }
+
+    /// Closes loss intervals; carries verdicts into the alarm lifecycle.
+    fn tick_loss(&mut self, now_ms: i64, batch: &mut Batch) {
+        for ev in self.loss.on_tick(now_ms) {
+            match ev {
+                LossEvent::Record(rec) => {
+                    let m = loss_message(&self.topics, &rec);
+                    batch.records.push(Record {
+                        kind: "loss".into(),
+                        subject: rec.area.clone(),
+                        ts_ms: rec.end_ms,
+                        body: m.payload.clone(),
+                    });
+                    batch.messages.push(m);
+                    self.loss_changed = true;
+                }
+                LossEvent::Verdict(v) => {
+                    let standing = StandingVerdict {
+                        kind: v.kind,
+                        area: v.area.clone(),
+                        raised: v.state == VerdictState::Raised,
+                        value: v.value,
+                        threshold: v.threshold,
+                        details: json!({
+                            "area": v.area,
+                            "start": rfc3339_ms(v.start_ms),
+                            "end": rfc3339_ms(v.end_ms),
+                            "supply_kwh": json_number(v.supply_kwh),
+                            "sales_kwh": json_number(v.sales_kwh),
+                            "loss_kwh": json_number(v.loss_kwh),
+                            "loss_pct": json_number(v.value),
+                        }),
+                    };
+                    self.verdicts
+                        .retain(|s| !(s.kind == v.kind && s.area == v.area));
+                    self.verdicts.push(standing);
+                    self.loss_changed = true;
+                }
+            }
+        }
+        if self.verdicts.is_empty() {
+            return;
+        }
+        let mut done = Vec::new();
+        for (i, v) in self.verdicts.iter().enumerate() {
+            let kind = match v.kind {
+                VerdictKind::HighLoss => AlarmKind::HighLoss,
+                VerdictKind::NegativeLoss => AlarmKind::NegativeLoss,
+            };
+            let change = if v.raised {
+                self.alarms.raise_external(
+                    kind,
+                    &v.area,
+                    v.value,
+                    v.threshold,
+                    v.details.clone(),
+                    now_ms,
+                )
+            } else {
+                self.alarms
+                    .clear_external(kind, &v.area, v.value, v.details.clone(), now_ms)
+            };
+            self.changes.extend(change);
+            let active = self
+                .alarms
+                .active()
+                .iter()
+                .any(|a| a.kind == kind && a.subject == v.area);
+            if !v.raised && !active {
+                done.push(i);
+            }
+        }
+        if !done.is_empty() {
+            self.loss_changed = true;
+            for i in done.into_iter().rev() {
+                self.verdicts.remove(i);
+            }
+        }
+    }
+
+    /// `meta loss_rolling/{area}` for every area whose rolling figure moved.
+    fn write_rolling(&mut self, batch: &mut Batch) {
+        for r in self.rolling() {
+            if self.rolling.get(&r.area) == Some(&r) {
+                continue;
+            }
+            let body = json!({
+                "area": r.area,
+                "start": rfc3339_ms(r.start_ms),
+                "end": rfc3339_ms(r.end_ms),
+                "supply_kwh": json_number(r.supply_kwh),
+                "sales_kwh": json_number(r.sales_kwh),
+                "loss_kwh": json_number(r.loss_kwh),
+                "loss_pct": r.loss_pct.map_or(Value::Null, json_number),
+                "coverage_pct": json_number(r.coverage_pct),
+            });
+            batch.meta.push((meta_rolling(&r.area), body.to_string()));
+            self.rolling.insert(r.area.clone(), r);
+        }
+    }
+
+    fn loss_state_json(&self) -> String {
+        json_of(&LossState {
+            engine: self.loss.snapshot(),
+            verdicts: self.verdicts.clone(),
+        })
+    }
+
+    /// The `alarms` array of the retained active-alarms message.
+    fn active_alarms_json(&self, now_ms: i64) -> String {
+        let m = active_alarms_message(&self.topics, &self.alarms.active(), now_ms);
+        m.payload["alarms"].to_string()
+    }
+}
+
+/// An alarm event: its message and its `alarm` record (body = the event payload).
+fn push_alarm_event(topics: &Topics, c: &AlarmChange, batch: &mut Batch) {
+    let m = alarm_message(topics, c);
+    batch.records.push(Record {
+        kind: "alarm".into(),
+        subject: c.alarm.subject.clone(),
+        ts_ms: c.ts_ms,
+        body: m.payload.clone(),
+    });
+    batch.messages.push(m);
+}
+
+fn json_of<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("snapshots serialize")
+}
+
+/// A snapshot from `meta`; a missing one is `None`, an unreadable one is logged and `None`
+/// (the engine starts afresh rather than not at all).
+fn parse<T: serde::de::DeserializeOwned>(
+    meta: &impl Fn(&str) -> Option<String>,
+    key: &str,
+) -> Option<T> {
+    let text = meta(key)?;
+    match serde_json::from_str(&text) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            warn!(key, error = %e, "cannot read the saved analytics state; starting afresh");
+            None
+        }
+    }
+}

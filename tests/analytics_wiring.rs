@@ -1,0 +1,445 @@
+//! The store writer with its analytics, driven step by step with synthetic bus events and a
+//! real store in a temporary directory: loss intervals become records and messages, an alarm
+//! survives a restart without being raised twice, a long gap in the heartbeat is reported as
+//! a power off, and re-qualified readings get their new flag in the history.
+
+use amr_gateway::analytics::{META_ACTIVE_ALARMS, META_LAST_ALIVE, meta_rolling};
+use amr_gateway::bus::BusEvent;
+use amr_gateway::clock::rfc3339_ms;
+use amr_gateway::config::{Config, load_str};
+use amr_gateway::gateway::Writer;
+use amr_gateway::model::Reading;
+use amr_gateway::store::{OutboxRow, Store};
+use amr_gateway::uplink::topics::Topics;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+const CONFIG: &str = r#"
+[gateway]
+id = "gw"
+data_dir = "data"
+
+[mqtt]
+host = "127.0.0.1"
+
+[[bus]]
+name = "rs485-1"
+protocol = "modbus-rtu"
+device = "/dev/null"
+
+[[meter]]
+id = "s"
+bus = "rs485-1"
+unit = 1
+model = "chint-dtsu666"
+
+[[meter]]
+id = "c1"
+bus = "rs485-1"
+unit = 2
+model = "eastron-sdm120"
+
+[[meter]]
+id = "c2"
+bus = "rs485-1"
+unit = 3
+model = "eastron-sdm120"
+
+[[area]]
+id = "T1"
+supply = ["s"]
+customers = ["c1", "c2"]
+loss_interval_s = 60
+high_loss_pct = 10
+negative_loss_pct = -1
+
+[loss]
+grace_s = 20
+"#;
+
+/// A minute boundary (2027-01-15T08:00:00Z).
+const T0: i64 = 1_800_000_000_000;
+/// Reads every 5 s.
+const STEP_MS: i64 = 5_000;
+
+fn config() -> Config {
+    load_str(CONFIG, Path::new("/site/amr.toml")).expect("test configuration")
+}
+
+fn topics() -> Topics {
+    Topics::new("amr", "gw")
+}
+
+fn reading(meter: &str, ts_ms: i64, kwh: f64) -> BusEvent {
+    BusEvent::Reading(Reading {
+        meter: meter.into(),
+        ts_ms,
+        values: BTreeMap::from([
+            ("energy_import_kwh".to_string(), kwh),
+            ("voltage_l1_v".to_string(), 230.0),
+        ]),
+    })
+}
+
+/// The area at step `k`: the supply meter advances 0.02 kWh per step, the customers
+/// `c1_rate` and 0.01; read 1 s after the step's instant.
+fn area_reads(k: i64, c1_rate: f64) -> Vec<BusEvent> {
+    let ts = T0 + 1_000 + k * STEP_MS;
+    vec![
+        reading("s", ts, 1000.0 + 0.02 * k as f64),
+        reading("c1", ts, 500.0 + c1_rate * k as f64),
+        reading("c2", ts, 300.0 + 0.01 * k as f64),
+    ]
+}
+
+/// One writer step, committed as the gateway commits it.
+fn step(writer: &mut Writer, store: &mut Store, events: Vec<BusEvent>, now_ms: i64) {
+    let fold = writer.fold(events, now_ms);
+    store.commit_at(&fold.batch, now_ms).unwrap();
+}
+
+fn outbox(store: &Store) -> Vec<OutboxRow> {
+    store.pending(0, 1_000_000).unwrap()
+}
+
+fn payload(row: &OutboxRow) -> Value {
+    serde_json::from_slice(&row.payload).unwrap()
+}
+
+fn open(dir: &Path) -> Store {
+    Store::open(&dir.join("amr-gateway.db"), &config().store).unwrap()
+}
+
+fn start(store: &mut Store, now_ms: i64) -> (Writer, Vec<String>) {
+    let (writer, batch) = Writer::start(&config(), topics(), store, now_ms).unwrap();
+    let topics = batch.messages.iter().map(|m| m.topic.clone()).collect();
+    store.commit_at(&batch, now_ms).unwrap();
+    (writer, topics)
+}
+
+#[test]
+fn closed_intervals_become_loss_records_and_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let (mut writer, _) = start(&mut store, T0);
+    // 4 minutes of reads: 5 % loss (customers 0.009 + 0.01 of 0.02 kWh per step).
+    for k in 0..48 {
+        step(
+            &mut writer,
+            &mut store,
+            area_reads(k, 0.009),
+            T0 + 1_500 + k * STEP_MS,
+        );
+    }
+    let records = store.records("loss", Some("T1"), 0, i64::MAX, 100).unwrap();
+    assert!(records.len() >= 2, "{records:?}");
+    let mut starts = Vec::new();
+    for r in &records {
+        let b = &r.body;
+        assert_eq!(b["area"], "T1");
+        assert_eq!(b["complete"], true, "{b}");
+        assert!((b["loss_pct"].as_f64().unwrap() - 5.0).abs() < 1e-6, "{b}");
+        assert!(
+            (b["supply_kwh"].as_f64().unwrap() - 0.24).abs() < 1e-6,
+            "{b}"
+        );
+        assert_eq!(b["coverage_pct"].as_f64(), Some(100.0));
+        assert_eq!(
+            rfc3339_ms(r.ts_ms),
+            b["end"],
+            "a record is kept at its interval's end"
+        );
+        starts.push(b["start"].as_str().unwrap().to_string());
+    }
+    assert_eq!(starts[0], rfc3339_ms(T0 + 60_000), "first whole interval");
+    assert_eq!(starts[1], rfc3339_ms(T0 + 120_000));
+
+    // One loss message per record, sequenced, on the contract's topic.
+    let losses: Vec<Value> = outbox(&store)
+        .iter()
+        .filter(|r| r.topic == "amr/gw/loss/T1")
+        .map(payload)
+        .collect();
+    assert_eq!(losses.len(), records.len());
+    assert!(losses.iter().all(|p| p["seq"].as_u64().is_some()));
+
+    // The rolling figure for `status` and the demo.
+    let rolling: Value =
+        serde_json::from_str(&store.meta(&meta_rolling("T1")).unwrap().unwrap()).unwrap();
+    assert!(
+        (rolling["loss_pct"].as_f64().unwrap() - 5.0).abs() < 1e-6,
+        "{rolling}"
+    );
+    assert!(rolling["start"].as_str().unwrap().ends_with('Z'));
+    let live = writer.analytics().rolling();
+    assert_eq!(live.len(), 1);
+    assert!((live[0].loss_pct.unwrap() - 5.0).abs() < 1e-6);
+
+    // No alarm at 5 %; the empty active set was published (retained) at start.
+    assert_eq!(writer.analytics().active_alarm_count(), 0);
+    assert_eq!(
+        store.meta(META_ACTIVE_ALARMS).unwrap().as_deref(),
+        Some("[]")
+    );
+    assert!(
+        outbox(&store)
+            .iter()
+            .any(|r| r.topic == "amr/gw/alarm/active" && r.retain)
+    );
+    // Every reading was judged good.
+    assert!(
+        store
+            .history_quality("c1", 0, i64::MAX)
+            .unwrap()
+            .iter()
+            .all(|(_, q)| *q == 0)
+    );
+}
+
+#[test]
+fn an_alarm_active_before_a_restart_is_not_raised_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let (mut writer, _) = start(&mut store, T0);
+    // 30 % loss (customers 0.004 + 0.01 of 0.02 kWh): high_loss once the first interval closes.
+    let mut k = 0;
+    while writer.analytics().active_alarm_count() == 0 {
+        step(
+            &mut writer,
+            &mut store,
+            area_reads(k, 0.004),
+            T0 + 1_500 + k * STEP_MS,
+        );
+        k += 1;
+        assert!(k < 60, "high_loss not raised within 5 minutes");
+    }
+    let raised = |store: &Store| -> Vec<Value> {
+        outbox(store)
+            .iter()
+            .filter(|r| r.topic == "amr/gw/alarm/high_loss/T1")
+            .map(payload)
+            .collect()
+    };
+    let events = raised(&store);
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
+    assert_eq!(e["state"], "raised");
+    assert_eq!(e["kind"], "high_loss");
+    assert_eq!(e["subject"], "T1");
+    assert!((e["value"].as_f64().unwrap() - 30.0).abs() < 1e-6, "{e}");
+    assert_eq!(e["threshold"].as_f64(), Some(10.0));
+    let active: Value =
+        serde_json::from_str(&store.meta(META_ACTIVE_ALARMS).unwrap().unwrap()).unwrap();
+    assert_eq!(active[0]["kind"], "high_loss");
+    assert_eq!(active[0]["subject"], "T1");
+    let loss_before = store.records("loss", Some("T1"), 0, i64::MAX, 100).unwrap();
+
+    // Restart: a new writer from what the store kept, a few seconds later.
+    drop(writer);
+    let now = T0 + 1_500 + k * STEP_MS + 3_000;
+    let (mut writer, start_topics) = start(&mut store, now);
+    assert!(
+        !start_topics
+            .iter()
+            .any(|t| t.starts_with("amr/gw/alarm/high_loss")),
+        "{start_topics:?}"
+    );
+    assert_eq!(writer.analytics().active_alarm_count(), 1);
+    let retained = outbox(&store)
+        .into_iter()
+        .rfind(|r| r.topic == "amr/gw/alarm/active")
+        .unwrap();
+    assert_eq!(
+        payload(&retained)["count"],
+        1,
+        "the active set, republished"
+    );
+
+    // Three more minutes of high loss: still the one raise.
+    for j in k..k + 36 {
+        step(
+            &mut writer,
+            &mut store,
+            area_reads(j, 0.004),
+            T0 + 1_500 + j * STEP_MS + 3_000,
+        );
+    }
+    assert_eq!(raised(&store).len(), 1);
+    assert_eq!(writer.analytics().active_alarm_count(), 1);
+
+    // The loss intervals went on after the restart, none twice.
+    let loss_after = store.records("loss", Some("T1"), 0, i64::MAX, 100).unwrap();
+    assert!(loss_after.len() >= loss_before.len() + 2);
+    let mut starts: Vec<&str> = loss_after
+        .iter()
+        .map(|r| r.body["start"].as_str().unwrap())
+        .collect();
+    let n = starts.len();
+    starts.dedup();
+    assert_eq!(starts.len(), n, "an interval was emitted twice");
+
+    // Back in band (5 %) for two intervals: cleared once.
+    let from = k + 36;
+    for j in from..from + 48 {
+        step(
+            &mut writer,
+            &mut store,
+            area_reads_from(j, from),
+            T0 + 1_500 + j * STEP_MS + 3_000,
+        );
+    }
+    let events = raised(&store);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[1]["state"], "cleared");
+    assert_eq!(writer.analytics().active_alarm_count(), 0);
+    assert_eq!(
+        store.meta(META_ACTIVE_ALARMS).unwrap().as_deref(),
+        Some("[]")
+    );
+}
+
+/// [`area_reads`] with c1 at 0.004 kWh per step up to step `from`, 0.009 after (5 % loss).
+fn area_reads_from(k: i64, from: i64) -> Vec<BusEvent> {
+    let ts = T0 + 1_000 + k * STEP_MS + 3_000;
+    let c1 = 500.0 + 0.004 * from as f64 + 0.009 * (k - from) as f64;
+    vec![
+        reading("s", ts, 1000.0 + 0.02 * k as f64),
+        reading("c1", ts, c1),
+        reading("c2", ts, 300.0 + 0.01 * k as f64),
+    ]
+}
+
+#[test]
+fn a_long_gap_in_the_heartbeat_is_a_power_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let (_, topics) = start(&mut store, T0);
+    assert!(
+        !topics.iter().any(|t| t.contains("power_off")),
+        "first start ever"
+    );
+    // Ticks without events: the heartbeat is written at least every 10 s.
+    let (mut writer, _) = start(&mut store, T0 + 1_000);
+    for s in 2..=25 {
+        step(&mut writer, &mut store, Vec::new(), T0 + s * 1_000);
+    }
+    let last_alive: i64 = store
+        .meta(META_LAST_ALIVE)
+        .unwrap()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(last_alive >= T0 + 20_000, "heartbeat {last_alive}");
+    drop(writer);
+
+    // A quick restart is not a power off.
+    let (_, topics) = start(&mut store, last_alive + 30_000);
+    assert!(
+        !topics.iter().any(|t| t.contains("power_off")),
+        "{topics:?}"
+    );
+
+    // Down for an hour: one raised and one cleared event, with the span.
+    let down_from: i64 = store
+        .meta(META_LAST_ALIVE)
+        .unwrap()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let back = down_from + 3_600_000;
+    let (writer, _) = start(&mut store, back);
+    let events: Vec<Value> = outbox(&store)
+        .iter()
+        .filter(|r| r.topic == "amr/gw/alarm/power_off/gw")
+        .map(payload)
+        .collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0]["state"], "raised");
+    assert_eq!(events[1]["state"], "cleared");
+    for e in &events {
+        assert_eq!(e["kind"], "power_off");
+        assert_eq!(e["down_from"], rfc3339_ms(down_from));
+        assert_eq!(e["down_to"], rfc3339_ms(back));
+        assert_eq!(e["value"].as_f64(), Some(3600.0));
+    }
+    assert_eq!(events[1]["duration_s"].as_f64(), Some(3600.0));
+    assert_eq!(writer.analytics().active_alarm_count(), 0, "never standing");
+    // Kept as alarm records for `status`.
+    assert_eq!(
+        store
+            .records("alarm", Some("gw"), 0, i64::MAX, 10)
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn quality_revisions_land_in_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let (mut writer, _) = start(&mut store, T0);
+    let mut c1 = 500.0;
+    let mut k = 0;
+    let read_c1 = |writer: &mut Writer, store: &mut Store, k: i64, kwh: f64| {
+        let ts = T0 + 1_000 + k * STEP_MS;
+        step(writer, store, vec![reading("c1", ts, kwh)], ts + 500);
+        ts
+    };
+    while k < 6 {
+        read_c1(&mut writer, &mut store, k, c1);
+        c1 += 0.01;
+        k += 1;
+    }
+    // The meter is replaced: the new one starts near zero.
+    let replaced = read_c1(&mut writer, &mut store, k, 0.02);
+    let flag_at = |store: &Store, ts: i64| -> u8 {
+        store
+            .history_quality("c1", ts, ts + 1)
+            .unwrap()
+            .first()
+            .unwrap()
+            .1
+    };
+    assert_eq!(
+        flag_at(&store, replaced),
+        4,
+        "a drop alone looks like a glitch"
+    );
+    let next = read_c1(&mut writer, &mut store, k + 1, 0.03);
+    assert_eq!(flag_at(&store, replaced), 3, "re-qualified as a reset");
+    assert_eq!(flag_at(&store, next), 0);
+}
+
+#[test]
+fn status_shows_what_the_writer_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = load_str(CONFIG, &dir.path().join("amr.toml")).unwrap();
+    let mut store = Store::open(&config.db_path(), &config.store).unwrap();
+    let (mut writer, batch) = Writer::start(&config, topics(), &store, T0).unwrap();
+    store.commit_at(&batch, T0).unwrap();
+    let mut k = 0;
+    while writer.analytics().active_alarm_count() == 0 {
+        step(
+            &mut writer,
+            &mut store,
+            area_reads(k, 0.004),
+            T0 + 1_500 + k * STEP_MS,
+        );
+        k += 1;
+        assert!(k < 60, "high_loss not raised within 5 minutes");
+    }
+    drop(store);
+    let st = amr_gateway::field::status::collect(&config).unwrap();
+    let area = &st["areas"][0];
+    assert_eq!(area["area"], "T1");
+    assert!((area["last_interval"]["loss_pct"].as_f64().unwrap() - 30.0).abs() < 1e-6);
+    assert!((area["rolling"]["loss_pct"].as_f64().unwrap() - 30.0).abs() < 1e-6);
+    assert_eq!(st["alarms"][0]["kind"], "high_loss");
+    assert_eq!(st["alarm_events"][0]["state"], "raised");
+    let table = amr_gateway::field::status::table(&st);
+    assert!(table.contains("now (rolling):  loss"), "{table}");
+    assert!(table.contains("active alarms: 1"), "{table}");
+    assert!(table.contains("raised   high_loss"), "{table}");
+}

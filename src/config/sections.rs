@@ -639,13 +639,13 @@ pub(super) fn area(report: &mut Report, table: &DeTable, start: usize) -> AreaEn
     };
     let loss_interval_s = s.integer(report, "loss_interval_s").and_then(|v| {
         let n = *v.get_ref();
-        if (60..=86400).contains(&n) && 86400 % n == 0 {
+        if (10..=86400).contains(&n) && 86400 % n == 0 {
             Some(n as u64)
         } else {
             report.at(
                 v.span().start,
                 format!(
-                    "loss_interval_s {n} must be at least 60 and divide a day (86400 s) \
+                    "loss_interval_s {n} must be at least 10 and divide a day (86400 s) \
                      evenly, e.g. 300, 900, 1800 or 3600"
                 ),
             );

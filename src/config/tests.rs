@@ -1090,20 +1090,20 @@ fn area_thresholds_and_interval() {
             at(
                 37,
                 19,
-                "loss_interval_s 700 must be at least 60 and divide a day (86400 s) evenly, \
+                "loss_interval_s 700 must be at least 10 and divide a day (86400 s) evenly, \
                  e.g. 300, 900, 1800 or 3600"
             ),
         ]
     );
     let text = with_areas(
-        "[[area]]\nid = \"a\"\nsupply = [\"m-supply\"]\ncustomers = [\"m-001\"]\nloss_interval_s = 30\n",
+        "[[area]]\nid = \"a\"\nsupply = [\"m-supply\"]\ncustomers = [\"m-001\"]\nloss_interval_s = 7\n",
     );
     assert_eq!(
         problems(&text),
         [at(
             35,
             19,
-            "loss_interval_s 30 must be at least 60 and divide a day (86400 s) evenly, e.g. \
+            "loss_interval_s 7 must be at least 10 and divide a day (86400 s) evenly, e.g. \
              300, 900, 1800 or 3600"
         )]
     );

@@ -25,6 +25,8 @@ use tracing::{error, info, warn};
 
 /// Most bus events folded into one store transaction.
 const MAX_BATCH: usize = 1000;
+/// Readings held in memory while the store refuses commits before the gateway warns.
+const MAX_UNSAVED_READINGS: usize = 100_000;
 /// How often history is pruned and the size bound checked.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// How often the analytics are ticked when no bus event arrives (loss intervals close,
@@ -251,26 +253,46 @@ impl Writer {
 
 /// Commits `batch` (and learned block limits) on a blocking thread. Returns whether it was
 /// stored; failures are logged.
-async fn commit(store: &SharedStore, batch: Batch, limits: Vec<(String, u16)>) -> bool {
+async fn commit(
+    store: &SharedStore,
+    batch: Batch,
+    limits: Vec<(String, u16)>,
+) -> Result<(), (Batch, Vec<(String, u16)>)> {
     let count = batch.readings.len();
     let st = store.clone();
     let result = tokio::task::spawn_blocking(move || {
         let mut s = st.lock().unwrap();
-        for (m, b) in &limits {
-            s.set_block_limit(m, *b)?;
+        let outcome = (|| {
+            for (m, b) in &limits {
+                s.set_block_limit(m, *b)?;
+            }
+            s.commit(&batch)
+        })();
+        match outcome {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if e.is_full() {
+                    // Make room: pruning drops the oldest history first.
+                    let _ = s.prune(now_ms());
+                }
+                Err((e, batch, limits))
+            }
         }
-        s.commit(&batch)
     })
     .await;
     match result {
-        Ok(Ok(_)) => true,
-        Ok(Err(e)) => {
-            error!(error = %e, "could not store a batch of {count} readings");
-            false
+        Ok(Ok(())) => Ok(()),
+        Ok(Err((e, batch, limits))) => {
+            error!(
+                error = %e,
+                "could not store a batch of {count} readings; keeping it in memory and retrying"
+            );
+            Err((batch, limits))
         }
         Err(e) => {
-            error!(error = %e, "store writer failed");
-            false
+            // The blocking task panicked: the batch is gone with it.
+            error!(error = %e, "store writer failed; a batch of {count} readings was lost");
+            Ok(())
         }
     }
 }
@@ -289,6 +311,9 @@ async fn write_events(
     let mut readings_stored = 0u64;
     let mut last_prune = tokio::time::Instant::now() - PRUNE_EVERY;
     let mut buf = Vec::with_capacity(MAX_BATCH);
+    // A batch the store refused (disk full, I/O error): kept and retried with the next one, so
+    // nothing collected is lost while the store recovers.
+    let mut unsaved: Option<(Batch, Vec<(String, u16)>)> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -299,11 +324,33 @@ async fn write_events(
         if !open {
             break;
         }
-        let Fold { batch, limits } = writer.fold(buf.drain(..), now_ms());
+        let Fold {
+            mut batch,
+            mut limits,
+        } = writer.fold(buf.drain(..), now_ms());
+        if let Some((mut earlier, mut earlier_limits)) = unsaved.take() {
+            earlier.append(batch);
+            earlier_limits.append(&mut limits);
+            (batch, limits) = (earlier, earlier_limits);
+        }
         let count = batch.readings.len() as u64;
-        if (!batch.is_empty() || !limits.is_empty()) && commit(&store, batch, limits).await {
-            readings_stored += count;
-            wake.notify_one();
+        if !batch.is_empty() || !limits.is_empty() {
+            match commit(&store, batch, limits).await {
+                Ok(()) => {
+                    readings_stored += count;
+                    wake.notify_one();
+                }
+                Err(kept) => {
+                    if kept.0.readings.len() > MAX_UNSAVED_READINGS {
+                        warn!(
+                            readings = kept.0.readings.len(),
+                            "the store has refused batches for a while; {} readings are held in memory only",
+                            kept.0.readings.len()
+                        );
+                    }
+                    unsaved = Some(kept);
+                }
+            }
         }
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = tokio::time::Instant::now();
@@ -342,8 +389,13 @@ async fn write_events(
             });
         }
     }
-    let last = writer.finish(now_ms());
-    if commit(&store, last, Vec::new()).await {
+    let mut last = writer.finish(now_ms());
+    let mut limits = Vec::new();
+    if let Some((mut earlier, earlier_limits)) = unsaved.take() {
+        earlier.append(last);
+        (last, limits) = (earlier, earlier_limits);
+    }
+    if commit(&store, last, limits).await.is_ok() {
         wake.notify_one();
     }
 }
@@ -451,5 +503,47 @@ customers = []
             .parse()
             .unwrap();
         assert!(alive > start, "the last batch carries the heartbeat");
+    }
+
+    /// A batch the store refuses (disk full) is kept and stored with a later commit: nothing
+    /// collected is lost while the disk is full.
+    #[tokio::test]
+    async fn a_refused_batch_is_kept_and_stored_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::load_str(CONFIG, &dir.path().join("amr.toml")).expect("config");
+        let store = Store::open(&dir.path().join("db"), &config.store).unwrap();
+        let pages: i64 = store
+            .connection()
+            .pragma_query_value(None, "page_count", |r| r.get(0))
+            .unwrap();
+        store
+            .connection()
+            .pragma_update(None, "max_page_count", pages)
+            .unwrap();
+        let store: SharedStore = Arc::new(std::sync::Mutex::new(store));
+        let batch = Batch {
+            readings: (0..3000)
+                .map(|i| Reading {
+                    meter: "s".into(),
+                    ts_ms: i,
+                    values: [("energy_import_kwh".to_string(), i as f64)].into(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let (kept, limits) = commit(&store, batch, vec![("s".into(), 40)])
+            .await
+            .expect_err("the full store refuses the batch");
+        assert_eq!(kept.readings.len(), 3000);
+        store
+            .lock()
+            .unwrap()
+            .connection()
+            .pragma_update(None, "max_page_count", 1_000_000)
+            .unwrap();
+        commit(&store, kept, limits).await.unwrap();
+        let s = store.lock().unwrap();
+        assert_eq!(s.history("s", 0, i64::MAX).unwrap().len(), 3000);
+        assert_eq!(s.block_limits().unwrap().get("s"), Some(&40));
     }
 }

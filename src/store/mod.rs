@@ -61,6 +61,22 @@ pub struct QualityRevision {
 }
 
 impl Batch {
+    /// Appends `later` to this batch (used to retry a batch the store refused together with
+    /// the next one). Quality flags stay aligned with their readings.
+    pub fn append(&mut self, mut later: Batch) {
+        if !later.reading_quality.is_empty() || !self.reading_quality.is_empty() {
+            self.reading_quality.resize(self.readings.len(), 0);
+            later.reading_quality.resize(later.readings.len(), 0);
+        }
+        self.readings.append(&mut later.readings);
+        self.reading_quality.append(&mut later.reading_quality);
+        self.messages.append(&mut later.messages);
+        self.records.append(&mut later.records);
+        self.meta.append(&mut later.meta);
+        self.meter_states.append(&mut later.meter_states);
+        self.quality_revisions.append(&mut later.quality_revisions);
+    }
+
     /// True when there is nothing to commit.
     pub fn is_empty(&self) -> bool {
         self.readings.is_empty()
@@ -649,7 +665,7 @@ impl Store {
 
     /// Raw access for tests in this crate (e.g. to simulate a full disk with `max_page_count`).
     #[cfg(test)]
-    fn connection(&self) -> &Connection {
+    pub(crate) fn connection(&self) -> &Connection {
         &self.conn
     }
 

@@ -275,14 +275,15 @@ async fn commit(
                     // Make room: pruning drops the oldest history first.
                     let _ = s.prune(now_ms());
                 }
-                Err((e, batch, limits))
+                Err(Box::new((e, batch, limits)))
             }
         }
     })
     .await;
     match result {
         Ok(Ok(())) => Ok(()),
-        Ok(Err((e, batch, limits))) => {
+        Ok(Err(refused)) => {
+            let (e, batch, limits) = *refused;
             error!(
                 error = %e,
                 "could not store a batch of {count} readings; keeping it in memory and retrying"

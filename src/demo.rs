@@ -11,6 +11,64 @@ use tokio::sync::watch;
 const SIM_TEMPLATE: &str = include_str!("../config/demo-sim.toml");
 const GATEWAY_TEMPLATE: &str = include_str!("../config/demo.toml");
 
+/// One staged event of the demo's script: at `at_s` seconds, do something to the simulator.
+struct Stage {
+    at_s: u64,
+    what: &'static str,
+    act: fn(&sim::SimHandle) -> Result<(), sim::SimError>,
+}
+
+/// The demo's script: a meter that stops answering, a voltage sag, and a theft at h12. Each
+/// raises an alarm or shows in the loss (and the first two clear again).
+const SCRIPT: &[Stage] = &[
+    Stage {
+        at_s: 30,
+        what: "meter h23 stops answering",
+        act: |sim| {
+            let mut f = sim.fault("rs485-2", 23)?;
+            f.no_reply = true;
+            sim.set_fault("rs485-2", 23, f)
+        },
+    },
+    Stage {
+        at_s: 50,
+        what: "voltage sag at h13 (to about 196 V, below the 198 V limit)",
+        act: |sim| {
+            let mut c = sim.conditions("rs485-1", 13)?;
+            c.sag = Some(0.85);
+            sim.set_conditions("rs485-1", 13, c)
+        },
+    },
+    Stage {
+        at_s: 75,
+        what: "meter h23 answers again",
+        act: |sim| {
+            let mut f = sim.fault("rs485-2", 23)?;
+            f.no_reply = false;
+            sim.set_fault("rs485-2", 23, f)
+        },
+    },
+    Stage {
+        at_s: 100,
+        what: "voltage at h13 back to normal",
+        act: |sim| {
+            let mut c = sim.conditions("rs485-1", 13)?;
+            c.sag = None;
+            sim.set_conditions("rs485-1", 13, c)
+        },
+    },
+    Stage {
+        at_s: 150,
+        what: "h12 bypasses 60 % of its load (theft): the loss rises, h12 is named a suspect",
+        act: |sim| {
+            let mut c = sim.conditions("rs485-1", 12)?;
+            c.theft_fraction = 0.6;
+            c.theft_from_s = 0.0;
+            sim.set_conditions("rs485-1", 12, c)
+        },
+    },
+];
+
 /// Runs the demo until `shutdown` or for `for_s` seconds.
 pub async fn run(
     for_s: Option<u64>,
@@ -28,50 +86,145 @@ pub async fn run(
     std::fs::write(&sim_path, fill(SIM_TEMPLATE)).map_err(|e| e.to_string())?;
     std::fs::write(&gw_path, fill(GATEWAY_TEMPLATE)).map_err(|e| e.to_string())?;
 
-    let broker =
-        crate::broker::Broker::bind(std::net::SocketAddr::from(([127, 0, 0, 1], mqtt_port)))
-            .await
-            .map_err(|e| {
-                format!("cannot listen on 127.0.0.1:{mqtt_port}: {e} (try --mqtt-port)")
-            })?;
+    let broker = crate::broker::Broker::bind(std::net::SocketAddr::from(([127, 0, 0, 1], mqtt_port)))
+        .await
+        .map_err(|e| format!("cannot listen on 127.0.0.1:{mqtt_port}: {e} (try --mqtt-port)"))?;
+    let (broker_stop_tx, broker_stop_rx) = watch::channel(false);
+    let broker_task = tokio::spawn(broker.run(broker_stop_rx.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let broker_task = tokio::spawn(broker.run(stop_rx.clone()));
 
     let sim_cfg = sim::SimConfig::load(&sim_path).map_err(|e| e.to_string())?;
-    let _sim = sim::start(sim_cfg, &ModelLibrary::builtin()).map_err(|e| e.to_string())?;
+    let sim = sim::start(sim_cfg, &ModelLibrary::builtin()).map_err(|e| e.to_string())?;
 
     let cfg = config::load(&gw_path).map_err(|e| e.to_string())?;
     println!("amr-gateway demo");
     println!(
-        "  simulated area: {} meters on {} RS-485 buses (pseudo-terminals in {})",
+        "  simulated area T1: {} meters on {} RS-485 buses (pseudo-terminals in {})",
         cfg.meters.len(),
         cfg.buses.len(),
         dir.display()
     );
     println!("  embedded MQTT broker: 127.0.0.1:{mqtt_port}");
     println!("  watch it: mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -t 'amr/#' -v");
+    println!("  line loss per 30 s interval; staged: a silent meter (30 s), a voltage sag (50 s), a theft (150 s)");
     println!();
-    let (live_tx, mut live_rx) = watch::channel(GatewayState::default());
+    let (live_tx, live_rx) = watch::channel(GatewayState::default());
     let gw = tokio::spawn(gateway::run(cfg, stop_rx.clone(), Some(live_tx)));
+    let headend = tokio::spawn(print_events(mqtt_port, broker_stop_rx));
 
     let started = tokio::time::Instant::now();
     let deadline = for_s.map(|s| started + Duration::from_secs(s));
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut script = SCRIPT.iter().peekable();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => break,
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
         }
-        let s = live_rx.borrow_and_update().clone();
-        println!("{}", summary_line(started.elapsed(), &s));
+        let elapsed = started.elapsed();
+        while let Some(stage) = script.next_if(|s| elapsed.as_secs() >= s.at_s) {
+            println!("[{:>4} s] staged: {}", elapsed.as_secs(), stage.what);
+            if let Err(e) = (stage.act)(&sim) {
+                eprintln!("demo: could not stage it: {e}");
+            }
+        }
+        let s = live_rx.borrow().clone();
+        println!("{}", summary_line(elapsed, &s));
     }
+    // The gateway first (it says goodbye to the broker), then the broker.
     let _ = stop_tx.send(true);
     let _ = gw.await;
+    let _ = broker_stop_tx.send(true);
+    let _ = headend.await;
     let _ = broker_task.await;
+    drop(sim);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// A headend of its own: subscribes to the demo's broker and prints every closed loss interval
+/// and every alarm event as it arrives.
+async fn print_events(port: u16, mut stop: watch::Receiver<bool>) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut options = MqttOptions::new("amr-gateway-demo-headend", "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(options, 64);
+    let _ = client.subscribe("amr/demo-gw/loss/#", QoS::AtLeastOnce).await;
+    let _ = client.subscribe("amr/demo-gw/alarm/+/+", QoS::AtLeastOnce).await;
+    loop {
+        let ev = tokio::select! {
+            ev = events.poll() => ev,
+            _ = stop.changed() => break,
+        };
+        match ev {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if let Ok(json) = serde_json::from_slice::<serde_json::Value>(&p.payload)
+                    && let Some(line) = event_line(&p.topic, &json)
+                {
+                    println!("{line}");
+                }
+            }
+            Ok(_) => {}
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// A human line for a loss record or an alarm event (None for anything else).
+pub fn event_line(topic: &str, j: &serde_json::Value) -> Option<String> {
+    let time = |k: &str| {
+        j[k].as_str()
+            .map(|t| t.get(11..19).unwrap_or(t).to_string())
+            .unwrap_or_default()
+    };
+    if topic.contains("/loss/") {
+        let mut line = format!(
+            "         loss {} {}–{}: supply {:.3} kWh, sales {:.3} kWh, loss {:.3} kWh = {} %{}",
+            j["area"].as_str().unwrap_or("?"),
+            time("start"),
+            time("end"),
+            j["supply_kwh"].as_f64().unwrap_or(0.0),
+            j["sales_kwh"].as_f64().unwrap_or(0.0),
+            j["loss_kwh"].as_f64().unwrap_or(0.0),
+            j["loss_pct"]
+                .as_f64()
+                .map(|p| format!("{p:.1}"))
+                .unwrap_or("-".into()),
+            if j["complete"] == serde_json::json!(false) {
+                format!(" (incomplete, coverage {} %)", j["coverage_pct"])
+            } else {
+                String::new()
+            }
+        );
+        if let Some(s) = j["suspects"].as_array().filter(|s| !s.is_empty()) {
+            let names: Vec<String> = s
+                .iter()
+                .map(|x| {
+                    format!(
+                        "{} (score {:.1})",
+                        x["meter"].as_str().unwrap_or("?"),
+                        x["score"].as_f64().unwrap_or(0.0)
+                    )
+                })
+                .collect();
+            line += &format!(" — suspects: {}", names.join(", "));
+        }
+        return Some(line);
+    }
+    if topic.contains("/alarm/") && j.get("kind").is_some() {
+        return Some(format!(
+            "         ALARM {} {} {} ({}) value {} threshold {}",
+            j["state"].as_str().unwrap_or("?"),
+            j["kind"].as_str().unwrap_or("?"),
+            j["subject"].as_str().unwrap_or("?"),
+            j["severity"].as_str().unwrap_or("?"),
+            j["value"],
+            j["threshold"],
+        ));
+    }
+    None
 }
 
 /// One line of the live summary: meters, store, uplink, each area's rolling loss and the

@@ -16,7 +16,8 @@
 //! - [`uplink`]: MQTT topics, payloads and the outbox publisher.
 //! - [`analytics`]: line loss, alarms, voltage quality.
 //! - [`sim`]: simulated meters and areas for tests, the demo and benchmarks.
-//! - [`gateway`]: `run` — wires buses, store and uplink together with a shutdown signal.
+//! - [`gateway`]: `run` — wires buses, store, analytics and uplink together with a shutdown
+//!   signal; the store writer folds bus events and analytics output into one transaction.
 //! - [`field`]: the field tools `read`, `scan`, `status`.
 //! - `broker` and `demo` (feature `embedded-broker`): a small MQTT broker and the demo.
 

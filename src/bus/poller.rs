@@ -79,10 +79,56 @@ const STATE_EVERY_POLLS: u32 = 10;
 /// ([`plan_blocks`]), the blocks holding energy first: the line loss needs the energy
 /// registers, and if a later block fails the energy of this poll is already in.
 pub fn plan_meter(model: &MeterModel, max_block: u16) -> Vec<ReadBlock> {
-    let mut blocks = plan_blocks(model, max_block);
+    plan_around(model, max_block, &[])
+}
+
+/// A register range a meter refused: (function, first address, one past the last).
+type Hole = (u8, u32, u32);
+
+/// [`plan_meter`] for a model whose `holes` must not be read, not even across a gap.
+fn plan_around(model: &MeterModel, max_block: u16, holes: &[Hole]) -> Vec<ReadBlock> {
+    let mut blocks: Vec<ReadBlock> = plan_blocks(model, max_block)
+        .into_iter()
+        .flat_map(|b| cut_at_holes(model, b, holes))
+        .collect();
     // Stable: address order within each group.
     blocks.sort_by_key(|b| !reads_energy(model, b));
     blocks
+}
+
+/// `block` cut so that no part reads a register of `holes`.
+fn cut_at_holes(model: &MeterModel, block: ReadBlock, holes: &[Hole]) -> Vec<ReadBlock> {
+    let crosses = |start: u32, end: u32| {
+        holes
+            .iter()
+            .any(|&(f, a, b)| f == block.function && a < end && b > start)
+    };
+    if !crosses(u32::from(block.address), block.end()) {
+        return vec![block];
+    }
+    let mut regs = block.registers.clone();
+    regs.sort_by_key(|&i| model.registers[i].address);
+    let mut parts: Vec<ReadBlock> = Vec::new();
+    for i in regs {
+        let def = &model.registers[i];
+        let start = u32::from(def.address);
+        let end = start + u32::from(def.data_type.words());
+        if let Some(p) = parts.last_mut()
+            && !crosses(u32::from(p.address), end.max(p.end()))
+        {
+            let new_end = end.max(p.end());
+            p.count = (new_end - u32::from(p.address)) as u16;
+            p.registers.push(i);
+            continue;
+        }
+        parts.push(ReadBlock {
+            function: block.function,
+            address: def.address,
+            count: (end - start) as u16,
+            registers: vec![i],
+        });
+    }
+    parts
 }
 
 fn reads_energy(model: &MeterModel, block: &ReadBlock) -> bool {
@@ -538,7 +584,7 @@ impl MeterSlot {
             "meter rejected a block of {} registers at {}; narrowing to {}",
             block.count, block.address, new_max);
         self.max_block = new_max;
-        self.blocks = plan_meter(&self.active, new_max);
+        self.blocks = plan_around(&self.active, new_max, &self.holes());
         let _ = events
             .send(BusEvent::BlockLimit {
                 meter: self.cfg.id.clone(),
@@ -546,6 +592,19 @@ impl MeterSlot {
             })
             .await;
         true
+    }
+
+    /// The register ranges no longer read.
+    fn holes(&self) -> Vec<Hole> {
+        self.model
+            .registers
+            .iter()
+            .filter(|d| self.skipped.contains(&(d.function, d.address)))
+            .map(|d| {
+                let a = u32::from(d.address);
+                (d.function, a, a + u32::from(d.data_type.words()))
+            })
+            .collect()
     }
 
     /// Stops reading the registers of `keys` (refused `unsupported_attempts` times even when
@@ -582,7 +641,7 @@ impl MeterSlot {
                 .registers
                 .retain(|d| !self.skipped.contains(&(d.function, d.address)));
             self.active = active;
-            self.blocks = plan_meter(&self.active, self.max_block);
+            self.blocks = plan_around(&self.active, self.max_block, &self.holes());
         }
     }
 }
@@ -689,6 +748,30 @@ mod tests {
                 assert!(p.address >= block.address && p.end() <= block.end());
             }
         }
+    }
+
+    #[test]
+    fn no_block_reads_across_a_hole() {
+        let library = ModelLibrary::builtin();
+        let model = library.get("eastron-sdm120").unwrap();
+        let freq = model
+            .registers
+            .iter()
+            .find(|r| r.quantity == "frequency_hz")
+            .unwrap();
+        let mut active = model.clone();
+        active.registers.retain(|r| r.quantity != "frequency_hz");
+        let a = u32::from(freq.address);
+        let holes = [(freq.function, a, a + 2)];
+        assert_eq!(plan_meter(&active, 80).len(), 1, "reads across the gap");
+        let blocks = plan_around(&active, 80, &holes);
+        assert_eq!(blocks.len(), 2, "{blocks:?}");
+        for b in &blocks {
+            assert!(b.end() <= a || u32::from(b.address) >= a + 2, "{b:?}");
+        }
+        assert!(reads_energy(&active, &blocks[0]));
+        let n: usize = blocks.iter().map(|b| b.registers.len()).sum();
+        assert_eq!(n, active.registers.len());
     }
 
     #[test]

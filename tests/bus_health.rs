@@ -46,7 +46,12 @@ async fn run_bus_until(
     let meters = config
         .meters
         .iter()
-        .map(|m| (m.clone(), Arc::new(config.models.get(&m.model).unwrap().clone())))
+        .map(|m| {
+            (
+                m.clone(),
+                Arc::new(config.models.get(&m.model).unwrap().clone()),
+            )
+        })
         .collect();
     let (tx, mut rx) = mpsc::channel(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -118,10 +123,10 @@ async fn faults_are_counted_against_the_right_meter_in_the_state_message() {
         if let BusEvent::MeterState(s) = ev {
             last.insert(s.meter.clone(), s.clone());
         }
-        ["m2", "m3", "m4"]
-            .iter()
-            .all(|m| last.get(*m).is_some_and(|s| s.change == HealthChange::WentOffline))
-            && last.contains_key("m1")
+        ["m2", "m3", "m4"].iter().all(|m| {
+            last.get(*m)
+                .is_some_and(|s| s.change == HealthChange::WentOffline)
+        }) && last.contains_key("m1")
     })
     .await;
 
@@ -132,10 +137,16 @@ async fn faults_are_counted_against_the_right_meter_in_the_state_message() {
     let ok = state("m1");
     assert_eq!(ok["state"], "online", "{ok}");
     assert_eq!(n(&ok, "success_rate_pct"), 100.0, "{ok}");
-    assert_eq!(n(&ok, "crc_errors") + n(&ok, "timeouts") + n(&ok, "exceptions"), 0.0);
+    assert_eq!(
+        n(&ok, "crc_errors") + n(&ok, "timeouts") + n(&ok, "exceptions"),
+        0.0
+    );
     // The latency includes the wire time of the meter's one 80-register read.
     let wire = RtuTiming::new(9600, 10).read_wire_time(80).as_secs_f64() * 1000.0;
-    assert!(n(&ok, "latency_ms") >= wire.floor(), "{ok} vs wire {wire} ms");
+    assert!(
+        n(&ok, "latency_ms") >= wire.floor(),
+        "{ok} vs wire {wire} ms"
+    );
     assert_eq!(ok["bus"], "b1");
     assert_eq!(ok["unit"], 1);
 
@@ -150,13 +161,19 @@ async fn faults_are_counted_against_the_right_meter_in_the_state_message() {
     assert_eq!(late["state"], "offline", "{late}");
     assert!(n(&late, "timeouts") >= 3.0, "{late}");
     assert_eq!(n(&late, "crc_errors"), 0.0, "{late}");
-    assert!(late["last_error"].as_str().unwrap().contains("no reply"), "{late}");
+    assert!(
+        late["last_error"].as_str().unwrap().contains("no reply"),
+        "{late}"
+    );
 
     let exc = state("m4");
     assert_eq!(exc["state"], "offline", "{exc}");
     assert!(n(&exc, "exceptions") >= 3.0, "{exc}");
     assert_eq!(n(&exc, "timeouts") + n(&exc, "crc_errors"), 0.0, "{exc}");
-    assert!(exc["last_error"].as_str().unwrap().contains("0x04"), "{exc}");
+    assert!(
+        exc["last_error"].as_str().unwrap().contains("0x04"),
+        "{exc}"
+    );
 }
 
 /// A Modbus TCP meter that answers every read with zeros, except reads touching `refused`
@@ -246,9 +263,16 @@ async fn a_register_refused_even_alone_is_given_up_and_the_rest_still_read() {
     // Tried in each of the first N polls, never after.
     assert!(touching_at[0] >= 1);
     for k in 1..n {
-        assert!(touching_at[k] > touching_at[k - 1], "poll {k}: {touching_at:?}");
+        assert!(
+            touching_at[k] > touching_at[k - 1],
+            "poll {k}: {touching_at:?}"
+        );
     }
     for k in n..readings.len() {
-        assert_eq!(touching_at[k], touching_at[n - 1], "poll {k}: {touching_at:?}");
+        assert_eq!(
+            touching_at[k],
+            touching_at[n - 1],
+            "poll {k}: {touching_at:?}"
+        );
     }
 }

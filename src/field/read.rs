@@ -103,6 +103,17 @@ impl MeterRead {
         }
         if self.values.is_empty() && self.errors.is_empty() {
             out += "no values\n";
+        } else if self.values.is_empty() && self.errors.iter().all(|e| e.contains("no reply")) {
+            out += &format!(
+                "unit {} does not answer: check the unit id (scan finds it), the baud rate and \
+                 parity, and the wiring (A/B swapped? termination?)\n",
+                self.unit
+            );
+        } else if self.values.is_empty() {
+            out += &format!(
+                "unit {} answers, but not as a {}: is it another model? (scan guesses it)\n",
+                self.unit, self.model
+            );
         }
         out
     }

@@ -6,7 +6,7 @@
 
 use crate::bus::DeviceLock;
 use crate::meter::{MeterModel, ModelLibrary, decode_block, plan_blocks};
-use crate::protocol::modbus::{ModbusClient, ModbusError};
+use crate::protocol::modbus::{ModbusClient, ModbusError, RtuTiming};
 use serde_json::json;
 use std::time::Duration;
 
@@ -79,7 +79,8 @@ pub async fn scan(
             }
         };
         if let Some(answer) = answer {
-            let models = guess_models(&mut client, unit, library, timeout).await;
+            let timing = RtuTiming::from_serial(&bus.serial);
+            let models = guess_models(&mut client, unit, library, timeout, timing).await;
             found.push(Found {
                 unit,
                 answer,
@@ -97,10 +98,11 @@ async fn guess_models(
     unit: u8,
     library: &ModelLibrary,
     timeout: Duration,
+    timing: RtuTiming,
 ) -> Vec<String> {
     let mut scored: Vec<(u32, String)> = Vec::new();
     for model in library.models.values() {
-        if let Some(score) = plausibility(client, unit, model, timeout).await
+        if let Some(score) = plausibility(client, unit, model, timeout, timing).await
             && score > 0
         {
             scored.push((score, model.name.clone()));
@@ -112,11 +114,15 @@ async fn guess_models(
 
 /// Reads the blocks of `model` holding voltages and frequency; scores plausible values
 /// (a voltage of 85..280 V, a frequency of 45..65 Hz), `None` if the meter refuses.
+///
+/// `timeout` is what the user gave for the one-register presence probe; a block read gets its
+/// wire time on top, so that a short scan timeout does not rule out every model of a slow bus.
 async fn plausibility(
     client: &mut ModbusClient,
     unit: u8,
     model: &MeterModel,
     timeout: Duration,
+    timing: RtuTiming,
 ) -> Option<u32> {
     let wanted = |q: &str| q.starts_with("voltage_l") && q.len() == 12 || q == "frequency_hz";
     let mut score = 0;
@@ -130,8 +136,9 @@ async fn plausibility(
             continue;
         }
         any = true;
+        let deadline = timeout + timing.read_wire_time(block.count);
         let words = client
-            .read_registers(unit, block.function, block.address, block.count, timeout)
+            .read_registers(unit, block.function, block.address, block.count, deadline)
             .await
             .ok()?;
         for (q, v) in decode_block(model, &block, &words) {

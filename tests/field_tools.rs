@@ -233,7 +233,7 @@ fn scan_finds_exactly_the_simulated_units_and_guesses_their_models() {
     let units: Vec<u64> = found.iter().map(|f| f["unit"].as_u64().unwrap()).collect();
     assert_eq!(units, vec![5, 7], "{json}");
     let models = |i: usize| -> Vec<String> {
-        found[i]["models"]
+        found[i]["likely"]
             .as_array()
             .unwrap()
             .iter()

@@ -18,6 +18,8 @@ pub struct Found {
     pub answer: String,
     /// Models whose register map gives plausible values, best first.
     pub models: Vec<String>,
+    /// How many of `models` share the best score (they fit equally well: same register map).
+    pub likely: usize,
 }
 
 /// Parses `1-247`, `5`, `1,2,10-20`.
@@ -80,11 +82,12 @@ pub async fn scan(
         };
         if let Some(answer) = answer {
             let timing = RtuTiming::from_serial(&bus.serial);
-            let models = guess_models(&mut client, unit, library, timeout, timing).await;
+            let (models, likely) = guess_models(&mut client, unit, library, timeout, timing).await;
             found.push(Found {
                 unit,
                 answer,
                 models,
+                likely,
             });
         }
         progress(i + 1, found.len());
@@ -99,7 +102,7 @@ async fn guess_models(
     library: &ModelLibrary,
     timeout: Duration,
     timing: RtuTiming,
-) -> Vec<String> {
+) -> (Vec<String>, usize) {
     let mut scored: Vec<(u32, String)> = Vec::new();
     for model in library.models.values() {
         if let Some(score) = plausibility(client, unit, model, timeout, timing).await
@@ -109,11 +112,17 @@ async fn guess_models(
         }
     }
     scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    scored.into_iter().map(|(_, n)| n).collect()
+    let likely = scored
+        .iter()
+        .take_while(|(s, _)| Some(*s) == scored.first().map(|f| f.0))
+        .count();
+    (scored.into_iter().map(|(_, n)| n).collect(), likely)
 }
 
 /// Reads the blocks of `model` holding voltages and frequency; scores plausible values
-/// (a voltage of 85..280 V, a frequency of 45..65 Hz), `None` if the meter refuses.
+/// (a voltage of 85..280 V, a frequency of 45..65 Hz), `None` if the meter refuses. A zero
+/// voltage (an unconnected phase) costs a point, so that a single-phase meter is not guessed
+/// to be a three-phase model with two dead phases.
 ///
 /// `timeout` is what the user gave for the one-register presence probe; a block read gets its
 /// wire time on top, so that a short scan timeout does not rule out every model of a slow bus.
@@ -125,7 +134,8 @@ async fn plausibility(
     timing: RtuTiming,
 ) -> Option<u32> {
     let wanted = |q: &str| q.starts_with("voltage_l") && q.len() == 12 || q == "frequency_hz";
-    let mut score = 0;
+    let mut score: u32 = 0;
+    let mut zeros: u32 = 0;
     let mut any = false;
     for block in plan_blocks(model, model.max_block) {
         if !block
@@ -152,13 +162,15 @@ async fn plausibility(
             };
             if ok {
                 score += if q == "frequency_hz" { 2 } else { 1 };
-            } else if !(q != "frequency_hz" && v == 0.0) {
+            } else if q != "frequency_hz" && v == 0.0 {
+                zeros += 1;
+            } else {
                 // An absurd value rules the model out; a zero voltage is an unconnected phase.
                 return Some(0);
             }
         }
     }
-    any.then_some(score)
+    any.then_some(score.saturating_sub(zeros))
 }
 
 /// The human-readable table.
@@ -172,6 +184,12 @@ pub fn table(found: &[Found], scanned: usize) -> String {
     for f in found {
         let guess = if f.models.is_empty() {
             "unknown (no model of the library reads plausible values)".to_string()
+        } else if f.likely < f.models.len() {
+            format!(
+                "{} (less likely: {})",
+                f.models[..f.likely].join(" or "),
+                f.models[f.likely..].join(", ")
+            )
         } else {
             f.models.join(" or ")
         };
@@ -183,7 +201,7 @@ pub fn table(found: &[Found], scanned: usize) -> String {
 pub fn json(found: &[Found], scanned: usize) -> serde_json::Value {
     json!({
         "scanned": scanned,
-        "found": found.iter().map(|f| json!({"unit": f.unit, "answer": f.answer, "models": f.models})).collect::<Vec<_>>(),
+        "found": found.iter().map(|f| json!({"unit": f.unit, "answer": f.answer, "models": f.models, "likely": &f.models[..f.likely]})).collect::<Vec<_>>(),
     })
 }
 

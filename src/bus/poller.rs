@@ -449,7 +449,8 @@ async fn poll_meter(
         let wide = block.count > widest_value(&slot.active, &block);
         match &e {
             ModbusError::Exception { code: 3 | 4 } if wide => {
-                if slot.narrow(&block, &e, bus, events).await {
+                let narrowed = slot.narrow(&block, &e, bus, events).await;
+                if narrowed {
                     // Values already read stay valid; blocks holding only those are skipped.
                     i = 0;
                     continue;

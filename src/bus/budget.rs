@@ -3,8 +3,8 @@
 //! A missing reply costs the whole timeout, so dead meters are the most expensive thing on a
 //! bus. Every poll that ends without an answer is booked here with the time it took; a probe
 //! of an offline meter is only started when the dead time booked within the sliding window,
-//! plus the probe's worst-case cost (one timeout), stays within `max_probe_share` of the
-//! window. Otherwise the probe waits until enough old dead time has left the window.
+//! plus the probe's expected cost (what the last poll without an answer took: the timeout and,
+//! on RTU links, the drain window after it), stays within `max_probe_share` of the window. Otherwise the probe waits until enough old dead time has left the window.
 //!
 //! The failed polls that take a meter offline are booked but never deferred (there are at most
 //! `failures_to_offline` of them per meter); only probes are.
@@ -21,22 +21,34 @@ pub struct ProbeBudget {
     window: Duration,
     /// (end of the failed poll, its duration), oldest first.
     spent: VecDeque<(Instant, Duration)>,
+    /// What the next probe of a dead meter is expected to cost: the last failed poll's time.
+    probe_cost: Duration,
 }
 
 impl ProbeBudget {
-    /// The budget of a bus whose requests time out after `timeout`. The window is stretched so
-    /// that its allowance holds at least one probe (else a slow bus could never probe).
+    /// The budget of a bus whose requests time out after `timeout`. A missing reply costs the
+    /// timeout and then, on RTU links, a drain window of the same length (a late reply must not
+    /// answer the next request), so a probe is first expected to cost twice the timeout. The
+    /// window is stretched so that its allowance holds at least one probe (else a slow bus
+    /// could never probe).
     pub fn new(policy: &OfflinePolicy, timeout: Duration) -> ProbeBudget {
         let share = policy.max_probe_share.clamp(0.0, 1.0);
+        let probe_cost = timeout * 2;
         let mut window = policy.probe_window;
         if share > 0.0 && share < 1.0 {
-            window = window.max(timeout.div_f64(share));
+            window = window.max(probe_cost.div_f64(share));
         }
         ProbeBudget {
             share,
             window,
             spent: VecDeque::new(),
+            probe_cost,
         }
+    }
+
+    /// The expected cost of the next probe: what the last poll without an answer took.
+    pub fn probe_cost(&self) -> Duration {
+        self.probe_cost
     }
 
     /// The window the share is measured over.
@@ -52,6 +64,7 @@ impl ProbeBudget {
     /// Books a poll that ended at `end` without an answer, after `took`.
     pub fn book(&mut self, end: Instant, took: Duration) {
         self.spent.push_back((end, took));
+        self.probe_cost = took;
     }
 
     /// Dead time booked within the window ending at `now` (entries that end inside it count
@@ -78,17 +91,20 @@ impl ProbeBudget {
             return now;
         }
         let allowance = self.allowance();
+        // An empty window always holds one probe (it was sized for one; a probe that turned
+        // out longer must not starve the meter for ever).
+        let fits = |spent: Duration| spent.is_zero() || spent + cost <= allowance;
         let mut spent = self.spent(now);
-        if spent + cost <= allowance {
+        if self.share > 0.0 && fits(spent) {
             return now;
         }
         for &(end, took) in &self.spent {
             spent = spent.saturating_sub(took);
-            if spent + cost <= allowance {
+            if self.share > 0.0 && fits(spent) {
                 return (end + self.window).max(now);
             }
         }
-        // Even an empty window cannot hold the probe (share 0): never before a full window.
+        // Share 0: no probes, but never before a full window (the caller asks again then).
         now + self.window
     }
 }
@@ -129,8 +145,20 @@ mod tests {
     #[test]
     fn the_window_always_holds_one_probe() {
         let b = ProbeBudget::new(&policy(0.1, 5), Duration::from_secs(2));
-        assert_eq!(b.window(), Duration::from_secs(20));
-        assert_eq!(b.allowance(), Duration::from_secs(2));
+        // A probe: the timeout and the drain window after it.
+        assert_eq!(b.probe_cost(), Duration::from_secs(4));
+        assert_eq!(b.window(), Duration::from_secs(40));
+        assert_eq!(b.allowance(), Duration::from_secs(4));
+    }
+
+    #[test]
+    fn a_probe_longer_than_the_allowance_still_runs_once_the_window_is_empty() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut b = ProbeBudget::new(&policy(0.1, 60), s(1));
+        b.book(t0 + s(1), s(30));
+        assert_eq!(b.next_probe_at(t0 + s(2), s(30)), t0 + s(61));
+        assert_eq!(b.next_probe_at(t0 + s(61), s(30)), t0 + s(61));
     }
 
     #[test]

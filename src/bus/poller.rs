@@ -221,9 +221,9 @@ pub async fn run_bus(
             }
         }
         if slots[idx].health.is_offline() {
-            // A probe costs up to one timeout; defer it while dead meters have used their share.
+            // Defer the probe while dead meters have used their share of the bus.
             let now = Instant::now();
-            let at = budget.next_probe_at(now, timeout);
+            let at = budget.next_probe_at(now, budget.probe_cost());
             if at > now {
                 debug!(bus = %bus.name, meter = %slots[idx].cfg.id,
                     "probe deferred {} ms: dead meters used their share of the bus",
@@ -282,10 +282,12 @@ pub async fn run_bus(
             slot.next_due = now_i + slot.health.probe_interval;
         } else {
             slot.next_due += slot.interval;
-            if slot.next_due <= now_i {
-                let behind = now_i - slot.next_due;
-                let skip = behind.as_nanos() / slot.interval.as_nanos() + 1;
-                slot.next_due += slot.interval * skip as u32;
+            if slot.next_due + slot.interval <= now_i {
+                // More than an interval behind (a saturated bus, or a stall): forget the missed
+                // polls and poll again as soon as the bus is free, after the meters waiting
+                // longer. Skipping ahead to the next slot instead would leave the bus idle while
+                // every meter is late.
+                slot.next_due = now_i;
             }
         }
         if let Some(r) = poll.reading

@@ -101,7 +101,8 @@ struct LinkOpts {
     /// none, even or odd.
     #[arg(long, default_value = "none")]
     parity: String,
-    /// Reply deadline per request.
+    /// How long a meter may take to answer, in ms; a block read gets its wire time at --baud on
+    /// top (scan: the one-register presence probe uses it as is).
     #[arg(long, default_value_t = 300)]
     timeout_ms: u64,
 }

@@ -53,6 +53,15 @@ pub struct OfflinePolicy {
     pub first_probe: Duration,
     /// ...up to this ceiling.
     pub max_probe: Duration,
+    /// Largest share of a bus's time that polls without an answer (mostly probes of offline
+    /// meters) may take over `probe_window`; probes beyond it are deferred. See
+    /// [`super::ProbeBudget`].
+    pub max_probe_share: f64,
+    /// The sliding window `max_probe_share` is measured over (stretched to hold one timeout).
+    pub probe_window: Duration,
+    /// A register that a meter refuses with exception 01 or 02 even when read alone is tried
+    /// this many times, then no longer read (the meter does not have it).
+    pub unsupported_attempts: u32,
 }
 
 impl Default for OfflinePolicy {
@@ -61,6 +70,9 @@ impl Default for OfflinePolicy {
             failures_to_offline: 3,
             first_probe: Duration::from_secs(10),
             max_probe: Duration::from_secs(600),
+            max_probe_share: 0.10,
+            probe_window: Duration::from_secs(60),
+            unsupported_attempts: 3,
         }
     }
 }

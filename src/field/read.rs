@@ -3,7 +3,7 @@
 use crate::bus::DeviceLock;
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::meter::{MeterModel, decode_block, plan_blocks};
-use crate::protocol::modbus::ModbusClient;
+use crate::protocol::modbus::{ModbusClient, RtuTiming};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -35,14 +35,23 @@ pub async fn read_meter(
     let mut client = ModbusClient::open(&bus)
         .await
         .map_err(|e| format!("cannot open {}: {e}", endpoint(&bus)))?;
+    // The user's timeout is the meter's allowance; a block read gets its wire time on top, so
+    // that a slow line (2400 baud: 750 ms for 80 registers) is not taken for a silent meter.
     let timeout = Duration::from_millis(bus.timeout_ms);
+    let timing = RtuTiming::from_serial(&bus.serial);
     let started = Instant::now();
     let mut values = BTreeMap::new();
     let mut errors = Vec::new();
     let blocks = plan_blocks(model, model.max_block);
     for block in &blocks {
         match client
-            .read_registers(unit, block.function, block.address, block.count, timeout)
+            .read_registers(
+                unit,
+                block.function,
+                block.address,
+                block.count,
+                timeout + timing.read_wire_time(block.count),
+            )
             .await
         {
             Ok(words) => values.extend(decode_block(model, block, &words)),
@@ -94,7 +103,9 @@ impl MeterRead {
             .max()
             .unwrap_or(8)
             .max(8);
-        out += &format!("{:<width$}  {:>14}  unit\n", "quantity", "value");
+        if !self.values.is_empty() {
+            out += &format!("{:<width$}  {:>14}  unit\n", "quantity", "value");
+        }
         for (q, v) in &self.values {
             out += &format!("{q:<width$}  {v:>14.3}  {}\n", super::unit_of(q));
         }
@@ -103,6 +114,17 @@ impl MeterRead {
         }
         if self.values.is_empty() && self.errors.is_empty() {
             out += "no values\n";
+        } else if self.values.is_empty() && self.errors.iter().all(|e| e.contains("no reply")) {
+            out += &format!(
+                "unit {} does not answer: check the unit id (scan finds it), the baud rate and \
+                 parity, and the wiring (A/B swapped? termination?)\n",
+                self.unit
+            );
+        } else if self.values.is_empty() {
+            out += &format!(
+                "unit {} answers, but not as a {}: is it another model? (scan guesses it)\n",
+                self.unit, self.model
+            );
         }
         out
     }

@@ -6,7 +6,7 @@
 
 use crate::bus::DeviceLock;
 use crate::meter::{MeterModel, ModelLibrary, decode_block, plan_blocks};
-use crate::protocol::modbus::{ModbusClient, ModbusError};
+use crate::protocol::modbus::{ModbusClient, ModbusError, RtuTiming};
 use serde_json::json;
 use std::time::Duration;
 
@@ -18,6 +18,8 @@ pub struct Found {
     pub answer: String,
     /// Models whose register map gives plausible values, best first.
     pub models: Vec<String>,
+    /// How many of `models` share the best score (they fit equally well: same register map).
+    pub likely: usize,
 }
 
 /// Parses `1-247`, `5`, `1,2,10-20`.
@@ -79,11 +81,13 @@ pub async fn scan(
             }
         };
         if let Some(answer) = answer {
-            let models = guess_models(&mut client, unit, library, timeout).await;
+            let timing = RtuTiming::from_serial(&bus.serial);
+            let (models, likely) = guess_models(&mut client, unit, library, timeout, timing).await;
             found.push(Found {
                 unit,
                 answer,
                 models,
+                likely,
             });
         }
         progress(i + 1, found.len());
@@ -97,29 +101,41 @@ async fn guess_models(
     unit: u8,
     library: &ModelLibrary,
     timeout: Duration,
-) -> Vec<String> {
+    timing: RtuTiming,
+) -> (Vec<String>, usize) {
     let mut scored: Vec<(u32, String)> = Vec::new();
     for model in library.models.values() {
-        if let Some(score) = plausibility(client, unit, model, timeout).await
+        if let Some(score) = plausibility(client, unit, model, timeout, timing).await
             && score > 0
         {
             scored.push((score, model.name.clone()));
         }
     }
     scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    scored.into_iter().map(|(_, n)| n).collect()
+    let likely = scored
+        .iter()
+        .take_while(|(s, _)| Some(*s) == scored.first().map(|f| f.0))
+        .count();
+    (scored.into_iter().map(|(_, n)| n).collect(), likely)
 }
 
 /// Reads the blocks of `model` holding voltages and frequency; scores plausible values
-/// (a voltage of 85..280 V, a frequency of 45..65 Hz), `None` if the meter refuses.
+/// (a voltage of 85..280 V, a frequency of 45..65 Hz), `None` if the meter refuses. A zero
+/// voltage (an unconnected phase) costs a point, so that a single-phase meter is not guessed
+/// to be a three-phase model with two dead phases.
+///
+/// `timeout` is what the user gave for the one-register presence probe; a block read gets its
+/// wire time on top, so that a short scan timeout does not rule out every model of a slow bus.
 async fn plausibility(
     client: &mut ModbusClient,
     unit: u8,
     model: &MeterModel,
     timeout: Duration,
+    timing: RtuTiming,
 ) -> Option<u32> {
     let wanted = |q: &str| q.starts_with("voltage_l") && q.len() == 12 || q == "frequency_hz";
-    let mut score = 0;
+    let mut score: u32 = 0;
+    let mut zeros: u32 = 0;
     let mut any = false;
     for block in plan_blocks(model, model.max_block) {
         if !block
@@ -130,8 +146,9 @@ async fn plausibility(
             continue;
         }
         any = true;
+        let deadline = timeout + timing.read_wire_time(block.count);
         let words = client
-            .read_registers(unit, block.function, block.address, block.count, timeout)
+            .read_registers(unit, block.function, block.address, block.count, deadline)
             .await
             .ok()?;
         for (q, v) in decode_block(model, &block, &words) {
@@ -145,13 +162,15 @@ async fn plausibility(
             };
             if ok {
                 score += if q == "frequency_hz" { 2 } else { 1 };
-            } else if !(q != "frequency_hz" && v == 0.0) {
+            } else if q != "frequency_hz" && v == 0.0 {
+                zeros += 1;
+            } else {
                 // An absurd value rules the model out; a zero voltage is an unconnected phase.
                 return Some(0);
             }
         }
     }
-    any.then_some(score)
+    any.then_some(score.saturating_sub(zeros))
 }
 
 /// The human-readable table.
@@ -165,6 +184,12 @@ pub fn table(found: &[Found], scanned: usize) -> String {
     for f in found {
         let guess = if f.models.is_empty() {
             "unknown (no model of the library reads plausible values)".to_string()
+        } else if f.likely < f.models.len() {
+            format!(
+                "{} (less likely: {})",
+                f.models[..f.likely].join(" or "),
+                f.models[f.likely..].join(", ")
+            )
         } else {
             f.models.join(" or ")
         };
@@ -176,7 +201,7 @@ pub fn table(found: &[Found], scanned: usize) -> String {
 pub fn json(found: &[Found], scanned: usize) -> serde_json::Value {
     json!({
         "scanned": scanned,
-        "found": found.iter().map(|f| json!({"unit": f.unit, "answer": f.answer, "models": f.models})).collect::<Vec<_>>(),
+        "found": found.iter().map(|f| json!({"unit": f.unit, "answer": f.answer, "models": f.models, "likely": &f.models[..f.likely]})).collect::<Vec<_>>(),
     })
 }
 

@@ -86,9 +86,12 @@ pub async fn run(
     std::fs::write(&sim_path, fill(SIM_TEMPLATE)).map_err(|e| e.to_string())?;
     std::fs::write(&gw_path, fill(GATEWAY_TEMPLATE)).map_err(|e| e.to_string())?;
 
-    let broker = crate::broker::Broker::bind(std::net::SocketAddr::from(([127, 0, 0, 1], mqtt_port)))
-        .await
-        .map_err(|e| format!("cannot listen on 127.0.0.1:{mqtt_port}: {e} (try --mqtt-port)"))?;
+    let broker =
+        crate::broker::Broker::bind(std::net::SocketAddr::from(([127, 0, 0, 1], mqtt_port)))
+            .await
+            .map_err(|e| {
+                format!("cannot listen on 127.0.0.1:{mqtt_port}: {e} (try --mqtt-port)")
+            })?;
     let (broker_stop_tx, broker_stop_rx) = watch::channel(false);
     let broker_task = tokio::spawn(broker.run(broker_stop_rx.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -106,7 +109,9 @@ pub async fn run(
     );
     println!("  embedded MQTT broker: 127.0.0.1:{mqtt_port}");
     println!("  watch it: mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -t 'amr/#' -v");
-    println!("  line loss per 30 s interval; staged: a silent meter (30 s), a voltage sag (50 s), a theft (150 s)");
+    println!(
+        "  line loss per 30 s interval; staged: a silent meter (30 s), a voltage sag (50 s), a theft (150 s)"
+    );
     println!();
     let (live_tx, live_rx) = watch::channel(GatewayState::default());
     let gw = tokio::spawn(gateway::run(cfg, stop_rx.clone(), Some(live_tx)));
@@ -151,8 +156,12 @@ async fn print_events(port: u16, mut stop: watch::Receiver<bool>) {
     let mut options = MqttOptions::new("amr-gateway-demo-headend", "127.0.0.1", port);
     options.set_keep_alive(Duration::from_secs(30));
     let (client, mut events) = AsyncClient::new(options, 64);
-    let _ = client.subscribe("amr/demo-gw/loss/#", QoS::AtLeastOnce).await;
-    let _ = client.subscribe("amr/demo-gw/alarm/+/+", QoS::AtLeastOnce).await;
+    let _ = client
+        .subscribe("amr/demo-gw/loss/#", QoS::AtLeastOnce)
+        .await;
+    let _ = client
+        .subscribe("amr/demo-gw/alarm/+/+", QoS::AtLeastOnce)
+        .await;
     loop {
         let ev = tokio::select! {
             ev = events.poll() => ev,

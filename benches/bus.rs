@@ -32,6 +32,8 @@ fn meter(bus: &str, unit: u8, model: &str) -> MeterConfig {
         multiplier: 1.0,
         phase: None,
         poll_interval_s: Some(1),
+        consumption_only: false,
+        rated_kw: None,
         line: 0,
     }
 }

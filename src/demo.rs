@@ -18,20 +18,11 @@ struct Stage {
     act: fn(&sim::SimHandle) -> Result<(), sim::SimError>,
 }
 
-/// The demo's script: a meter that stops answering, a voltage sag, and a theft at h12. Each
-/// raises an alarm or shows in the loss (and the first two clear again).
+/// The demo's script: a voltage sag, a theft at h12, and a meter that stops answering. Each
+/// raises an alarm or shows in the loss; the sag and the silent meter clear again.
 const SCRIPT: &[Stage] = &[
     Stage {
-        at_s: 30,
-        what: "meter h23 stops answering",
-        act: |sim| {
-            let mut f = sim.fault("rs485-2", 23)?;
-            f.no_reply = true;
-            sim.set_fault("rs485-2", 23, f)
-        },
-    },
-    Stage {
-        at_s: 50,
+        at_s: 40,
         what: "voltage sag at h13 (to about 196 V, below the 198 V limit)",
         act: |sim| {
             let mut c = sim.conditions("rs485-1", 13)?;
@@ -40,16 +31,7 @@ const SCRIPT: &[Stage] = &[
         },
     },
     Stage {
-        at_s: 75,
-        what: "meter h23 answers again",
-        act: |sim| {
-            let mut f = sim.fault("rs485-2", 23)?;
-            f.no_reply = false;
-            sim.set_fault("rs485-2", 23, f)
-        },
-    },
-    Stage {
-        at_s: 100,
+        at_s: 90,
         what: "voltage at h13 back to normal",
         act: |sim| {
             let mut c = sim.conditions("rs485-1", 13)?;
@@ -58,13 +40,31 @@ const SCRIPT: &[Stage] = &[
         },
     },
     Stage {
-        at_s: 150,
+        at_s: 120,
         what: "h12 bypasses 60 % of its load (theft): the loss rises, h12 is named a suspect",
         act: |sim| {
             let mut c = sim.conditions("rs485-1", 12)?;
             c.theft_fraction = 0.6;
             c.theft_from_s = 0.0;
             sim.set_conditions("rs485-1", 12, c)
+        },
+    },
+    Stage {
+        at_s: 240,
+        what: "meter h23 stops answering",
+        act: |sim| {
+            let mut f = sim.fault("rs485-2", 23)?;
+            f.no_reply = true;
+            sim.set_fault("rs485-2", 23, f)
+        },
+    },
+    Stage {
+        at_s: 290,
+        what: "meter h23 answers again",
+        act: |sim| {
+            let mut f = sim.fault("rs485-2", 23)?;
+            f.no_reply = false;
+            sim.set_fault("rs485-2", 23, f)
         },
     },
 ];
@@ -110,7 +110,7 @@ pub async fn run(
     println!("  embedded MQTT broker: 127.0.0.1:{mqtt_port}");
     println!("  watch it: mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -t 'amr/#' -v");
     println!(
-        "  line loss per 30 s interval; staged: a silent meter (30 s), a voltage sag (50 s), a theft (150 s)"
+        "  line loss per 30 s interval; staged: a voltage sag (40 s), a theft (120 s), a silent meter (240 s)"
     );
     println!();
     let (live_tx, live_rx) = watch::channel(GatewayState::default());

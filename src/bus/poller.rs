@@ -259,17 +259,17 @@ pub async fn run_bus(
                 .record(poll.outcome, poll.latency, now, poll.error.clone(), &policy);
         match change {
             HealthChange::WentOffline => warn!(
-                bus = %bus.name, meter = %slot.cfg.id, unit = ?slot.cfg.unit,
+                bus = %bus.name, meter = %slot.cfg.id, unit = slot.cfg.unit.unwrap_or(0),
                 error = poll.error.as_deref().unwrap_or(""),
                 "meter offline after {} failed polls; probing every {} s and longer",
                 slot.health.consecutive_failures, slot.health.probe_interval.as_secs()
             ),
             HealthChange::WentOnline => info!(
-                bus = %bus.name, meter = %slot.cfg.id, unit = ?slot.cfg.unit, "meter online"
+                bus = %bus.name, meter = %slot.cfg.id, unit = slot.cfg.unit.unwrap_or(0), "meter online"
             ),
             HealthChange::None => {
                 if let Some(e) = &poll.error {
-                    debug!(bus = %bus.name, meter = %slot.cfg.id, unit = ?slot.cfg.unit, error = %e, "poll failed");
+                    debug!(bus = %bus.name, meter = %slot.cfg.id, unit = slot.cfg.unit.unwrap_or(0), error = %e, "poll failed");
                 }
             }
         }
@@ -583,7 +583,7 @@ impl MeterSlot {
         if new_max >= self.max_block {
             return false;
         }
-        warn!(bus = %bus.name, meter = %self.cfg.id, unit = ?self.cfg.unit, error = %error,
+        warn!(bus = %bus.name, meter = %self.cfg.id, unit = self.cfg.unit.unwrap_or(0), error = %error,
             "meter rejected a block of {} registers at {}; narrowing to {}",
             block.count, block.address, new_max);
         self.max_block = new_max;
@@ -627,7 +627,7 @@ impl MeterSlot {
             else {
                 continue;
             };
-            warn!(bus = %bus.name, meter = %self.cfg.id, unit = ?self.cfg.unit,
+            warn!(bus = %bus.name, meter = %self.cfg.id, unit = self.cfg.unit.unwrap_or(0),
                 "meter {} (unit {}) refuses registers {}..{} (function {:02}, {}) even when read \
                  alone, {} polls in a row; no longer reading them. The model {} may list a \
                  register this meter or its firmware does not have",

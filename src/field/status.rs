@@ -115,6 +115,13 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// A number with `decimals` places, `-` when absent.
+fn num(v: &Value, decimals: usize) -> String {
+    v.as_f64()
+        .map(|x| format!("{x:.decimals$}"))
+        .unwrap_or_else(|| "-".into())
+}
+
 fn age(v: &Value) -> String {
     match v.as_i64() {
         None => "never".into(),
@@ -148,8 +155,16 @@ pub fn table(st: &Value) -> String {
             s(&bus["protocol"]),
             s(&bus["endpoint"])
         );
+        let w = bus["meters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| s(&m["meter"]).len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
         out += &format!(
-            "  {:<12} {:>4}  {:<16} {:<8} {:<14} {:>8} {:>8} {:>8} {:>4}\n",
+            "  {:<w$} {:>4}  {:<16} {:<8} {:<14} {:>8} {:>8} {:>8} {:>4}\n",
             "meter",
             "unit",
             "model",
@@ -162,7 +177,7 @@ pub fn table(st: &Value) -> String {
         );
         for m in bus["meters"].as_array().into_iter().flatten() {
             out += &format!(
-                "  {:<12} {:>4}  {:<16} {:<8} {:<14} {:>8} {:>8} {:>8} {:>4}\n",
+                "  {:<w$} {:>4}  {:<16} {:<8} {:<14} {:>8} {:>8} {:>8} {:>4}\n",
                 s(&m["meter"]),
                 s(&m["unit"]),
                 s(&m["model"]),
@@ -180,7 +195,7 @@ pub fn table(st: &Value) -> String {
                 s(&m["crc_errors"]),
             );
             if let Some(e) = m["last_error"].as_str() {
-                out += &format!("  {:<12} last error: {e}\n", "");
+                out += &format!("  {:<w$} last error: {e}\n", "");
             }
         }
     }
@@ -190,9 +205,9 @@ pub fn table(st: &Value) -> String {
         if r.is_object() {
             out += &format!(
                 "  now (rolling):  loss {} kWh = {} % of {} kWh supplied ({} to {})\n",
-                s(&r["loss_kwh"]),
-                s(&r["loss_pct"]),
-                s(&r["supply_kwh"]),
+                num(&r["loss_kwh"], 3),
+                num(&r["loss_pct"], 1),
+                num(&r["supply_kwh"], 3),
                 s(&r["start"]),
                 s(&r["end"])
             );
@@ -203,9 +218,9 @@ pub fn table(st: &Value) -> String {
                 "  last interval:  {} to {}: loss {} kWh = {} %, coverage {} %{}\n",
                 s(&l["start"]),
                 s(&l["end"]),
-                s(&l["loss_kwh"]),
-                s(&l["loss_pct"]),
-                s(&l["coverage_pct"]),
+                num(&l["loss_kwh"], 3),
+                num(&l["loss_pct"], 1),
+                num(&l["coverage_pct"], 1),
                 if l["complete"] == json!(false) {
                     " (incomplete)"
                 } else {

@@ -413,6 +413,9 @@ pub struct RollingLoss {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct Still {
     since_ms: i64,
+    /// The latest read that still showed it (a meter that stops answering is not "stopped").
+    #[serde(default)]
+    last_ms: i64,
     kwh: f64,
     current_a: f64,
 }
@@ -601,10 +604,15 @@ impl LossEngine {
         let total = track.total_kwh();
         track.still = match (current, track.still) {
             (Some(c), Some(s)) if c > self.settings.stopped_current_a && total - s.kwh <= 1e-9 => {
-                Some(Still { current_a: c, ..s })
+                Some(Still {
+                    current_a: c,
+                    last_ms: r.ts_ms,
+                    ..s
+                })
             }
             (Some(c), _) if c > self.settings.stopped_current_a => Some(Still {
                 since_ms: r.ts_ms,
+                last_ms: r.ts_ms,
                 kwh: total,
                 current_a: c,
             }),
@@ -716,7 +724,7 @@ impl LossEngine {
                     st.window.pop_front();
                 }
             }
-            let suspects = rank_suspects(spec, &st.window, &self.meters, settings, now_ms);
+            let suspects = rank_suspects(spec, &st.window, &self.meters, settings);
             events.push(LossEvent::Record(LossRecord {
                 area: spec.id.clone(),
                 start_ms: start,
@@ -937,7 +945,6 @@ fn rank_suspects(
     window: &VecDeque<WindowEntry>,
     meters: &BTreeMap<String, MeterTrack>,
     settings: &LossSettings,
-    now_ms: i64,
 ) -> Vec<Suspect> {
     let threshold = settings.suspect_threshold;
     let mut out: Vec<Suspect> = suspects::bypass_signs(
@@ -962,7 +969,7 @@ fn rank_suspects(
     let after = settings.stopped_after_ms(spec.interval_s).max(1);
     for c in &spec.customers {
         if let Some(still) = meters.get(c).and_then(|t| t.still) {
-            let stood = now_ms - still.since_ms;
+            let stood = still.last_ms - still.since_ms;
             if stood >= after {
                 out.push(Suspect {
                     meter: c.clone(),

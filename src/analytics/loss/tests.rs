@@ -1120,3 +1120,54 @@ proptest! {
         }
     }
 }
+
+/// A customer that stops answering is missing, not "stopped": its register is not judged
+/// standing still on reads that never came.
+#[test]
+fn a_silent_meter_is_not_flagged_as_stopped() {
+    let spec = AreaSpec {
+        id: "T1".into(),
+        supply: vec!["s".into()],
+        customers: vec!["c".into()],
+        interval_s: 60,
+        high_loss_pct: 10.0,
+        negative_loss_pct: -1.0,
+        multipliers: Default::default(),
+    };
+    let mut e = LossEngine::new(vec![spec], LossSettings::default());
+    let t0 = 1_800_000_000_000i64;
+    let (mut es, mut ec) = (100.0, 50.0);
+    let mut suspects = Vec::new();
+    for step in 0..600 {
+        let t = t0 + step * 2_000;
+        let read = |energy: f64, current: f64| {
+            let mut v = std::collections::BTreeMap::new();
+            v.insert("energy_import_kwh".to_string(), energy);
+            v.insert("current_l1_a".to_string(), current);
+            v
+        };
+        e.on_reading(&Reading {
+            meter: "s".into(),
+            ts_ms: t,
+            values: read(es, 9.0),
+        });
+        if step < 100 {
+            e.on_reading(&Reading {
+                meter: "c".into(),
+                ts_ms: t + 500,
+                values: read(ec, 8.0),
+            });
+        }
+        for ev in e.on_tick(t + 600) {
+            if let LossEvent::Record(r) = ev {
+                suspects.extend(r.suspects);
+            }
+        }
+        es += 2.0 * 2.0 / 3600.0;
+        ec += 1.8 * 2.0 / 3600.0;
+    }
+    assert!(
+        suspects.iter().all(|s| s.reason != "stopped_register"),
+        "{suspects:?}"
+    );
+}

@@ -237,19 +237,30 @@ async fn poll_meter(
     let mut answered = 0usize;
     let mut first_error: Option<(PollOutcome, String)> = None;
     let probing = slot.health.is_offline();
+    // The reading is stamped with the moment the meter sampled its energy register — when the
+    // request of the block holding it went out — not when the poll ended: the loss engine
+    // interpolates registers at interval boundaries by this time, and a poll of several
+    // blocks at a low baud rate ends hundreds of milliseconds after the meter sampled.
+    let mut first_sent_ms: Option<i64> = None;
+    let mut energy_sent_ms: Option<i64> = None;
     let mut i = 0;
     while i < slot.blocks.len() {
         if i > 0 && slot.model.inter_frame_pause_ms > 0 {
             tokio::time::sleep(Duration::from_millis(slot.model.inter_frame_pause_ms)).await;
         }
         let block = slot.blocks[i].clone();
+        let sent_ms = now_ms();
         let result = client
             .read_registers(unit, block.function, block.address, block.count, timeout)
             .await;
         match result {
             Ok(words) => {
                 answered += 1;
+                first_sent_ms.get_or_insert(sent_ms);
                 for (q, v) in decode_block(&slot.model, &block, &words) {
+                    if q == "energy_import_kwh" {
+                        energy_sent_ms = Some(sent_ms);
+                    }
                     let v = if scales_with_multiplier(&q) {
                         v * slot.cfg.multiplier
                     } else {
@@ -330,7 +341,7 @@ async fn poll_meter(
     }
     let reading = (!values.is_empty()).then(|| Reading {
         meter: slot.cfg.id.clone(),
-        ts_ms: now_ms(),
+        ts_ms: energy_sent_ms.or(first_sent_ms).unwrap_or_else(now_ms),
         values,
     });
     match first_error {

@@ -273,8 +273,11 @@ async fn poll_meter(
                 let narrowable = block.count > widest_value(&slot.model, &block)
                     && match &e {
                         ModbusError::Exception { code } => matches!(code, 2..=4),
-                        // Silence on a large block from a meter that answers smaller ones.
-                        ModbusError::Timeout(_) => answered > 0 || slot.health.successes > 0,
+                        // Silence on a large block from a meter that answered a block of
+                        // this very poll. A meter that answered earlier polls and is silent
+                        // now has most likely stopped answering (power, wiring): narrowing
+                        // would cost a timeout per halving and keep its plan narrow forever.
+                        ModbusError::Timeout(_) => answered > 0,
                         _ => false,
                     };
                 if narrowable && !probing {

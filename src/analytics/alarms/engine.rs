@@ -270,9 +270,14 @@ impl AlarmEngine {
                 "duration_s": json_number(down_s),
             }),
         };
+        // Like every clear, it carries the value at raise and the worst seen (the same here).
+        let mut details = raised.details.clone();
+        details["raised_value"] = json_number(down_s);
+        details["peak"] = json_number(down_s);
         let cleared = Alarm {
             state: AlarmState::Cleared,
             cleared_ms: Some(now_ms),
+            details,
             ..raised.clone()
         };
         let changes = vec![

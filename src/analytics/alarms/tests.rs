@@ -766,6 +766,9 @@ fn gateway_power_off_is_reported_at_start_up() {
     let cleared = alarm_message(&topics(), &changes[1]).payload;
     assert_eq!(cleared["duration_s"], 3600.0);
     assert_eq!(cleared["cleared"], crate::clock::rfc3339_ms(T0));
+    assert_eq!(cleared["raised_value"], 3600.0, "like every clear");
+    assert_eq!(cleared["peak"], 3600.0);
+    assert!(raised.get("raised_value").is_none());
     assert!(e.active().is_empty());
     assert_eq!(e.history().len(), 2);
 

@@ -653,7 +653,8 @@ fn duplicate_ids() {
 
 #[test]
 fn an_area_named_like_a_bus() {
-    let text = format!("{BASE}\n[[area]]\nid = \"rs485-1\"\nsupply = [\"m-supply\"]\ncustomers = []\n");
+    let text =
+        format!("{BASE}\n[[area]]\nid = \"rs485-1\"\nsupply = [\"m-supply\"]\ncustomers = []\n");
     assert_eq!(
         problems(&text),
         [at(

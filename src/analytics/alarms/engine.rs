@@ -742,7 +742,8 @@ impl AlarmEngine {
         // or a reversed meter has a still import register while current flows, yet it is not
         // stopped (reverse flow on a consumption-only meter is reverse_energy's business).
         if let Some(c) = import {
-            let export_moved = matches!((export, mem.export), (Some(e), Some((_, p))) if (e - p).abs() > 1e-9);
+            let export_moved =
+                matches!((export, mem.export), (Some(e), Some((_, p))) if (e - p).abs() > 1e-9);
             let changed = export_moved || mem.import.is_none_or(|(_, p)| (c - p).abs() > 1e-9);
             if changed {
                 mem.import_changed_ms = Some(ts);

@@ -490,7 +490,10 @@ fn an_exporting_meter_is_not_stopped() {
     for i in 0..20 {
         changes.extend(e.on_reading(&reading("c1", T0 + i * 5 * MIN, &row(10.0 + i as f64))));
     }
-    assert!(of_kind(&changes, AlarmKind::MeterStopped).is_empty(), "{changes:?}");
+    assert!(
+        of_kind(&changes, AlarmKind::MeterStopped).is_empty(),
+        "{changes:?}"
+    );
     // Both registers still while current flows: stopped.
     for i in 20..30 {
         changes.extend(e.on_reading(&reading("c1", T0 + i * 5 * MIN, &row(29.0))));

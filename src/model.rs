@@ -59,7 +59,8 @@ pub fn scales_with_multiplier(name: &str) -> bool {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {
     pub meter: MeterId,
-    /// Milliseconds since the Unix epoch (UTC) when the reply arrived.
+    /// Milliseconds since the Unix epoch (UTC) when the meter sampled the reading: when the
+    /// request of the block holding its energy register was sent (else its first block's).
     pub ts_ms: i64,
     pub values: BTreeMap<String, f64>,
 }

@@ -422,6 +422,8 @@ async fn poll_meter(
     let mut done = vec![false; slot.active.registers.len()];
     let mut answered = 0usize;
     let mut requests = 0usize;
+    let mut first_sent_ms: Option<i64> = None;
+    let mut energy_sent_ms: Option<i64> = None;
     let mut first_error: Option<String> = None;
     let mut to_skip: Vec<RegisterKey> = Vec::new();
     let pause = Duration::from_millis(slot.model.inter_frame_pause_ms);
@@ -436,13 +438,17 @@ async fn poll_meter(
             tokio::time::sleep(pause).await;
         }
         requests += 1;
+        let sent_ms = now_ms();
         let e = match client
             .read_registers(unit, block.function, block.address, block.count, timeout)
             .await
         {
             Ok(words) => {
                 answered += 1;
-                slot.take(&block, &words, &mut values, &mut done);
+                first_sent_ms.get_or_insert(sent_ms);
+                if slot.take(&block, &words, &mut values, &mut done) {
+                    energy_sent_ms = Some(sent_ms);
+                }
                 i += 1;
                 continue;
             }
@@ -476,12 +482,16 @@ async fn poll_meter(
                     tokio::time::sleep(pause).await;
                 }
                 requests += 1;
+                let sent_ms = now_ms();
                 if let Ok(words) = client
                     .read_registers(unit, first.function, first.address, first.count, timeout)
                     .await
                 {
                     answered += 1;
-                    slot.take(&first, &words, &mut values, &mut done);
+                    first_sent_ms.get_or_insert(sent_ms);
+                    if slot.take(&first, &words, &mut values, &mut done) {
+                        energy_sent_ms = Some(sent_ms);
+                    }
                     if slot.narrow(&block, &e, bus, events).await {
                         i = 0;
                         continue;
@@ -524,9 +534,13 @@ async fn poll_meter(
             .any(|(r, def)| done[r] && (def.function, def.address) == *k)
     });
     slot.skip(&to_skip, bus, policy);
+    // The reading is stamped with the moment the meter sampled its energy register — when the
+    // request of the block holding it went out — not when the poll ended: the loss engine
+    // interpolates registers at interval boundaries by this time, and a poll of several blocks
+    // at a low baud rate ends hundreds of milliseconds after the meter sampled.
     let reading = (!values.is_empty()).then(|| Reading {
         meter: slot.cfg.id.clone(),
-        ts_ms: now_ms(),
+        ts_ms: energy_sent_ms.or(first_sent_ms).unwrap_or_else(now_ms),
         values,
     });
     match first_error {
@@ -549,15 +563,18 @@ async fn poll_meter(
 }
 
 impl MeterSlot {
-    /// Decodes `words` of `block` into `values` and marks its registers read.
+    /// Decodes `words` of `block` into `values` and marks its registers read. True when the
+    /// block held the import energy register.
     fn take(
         &self,
         block: &ReadBlock,
         words: &[u16],
         values: &mut BTreeMap<String, f64>,
         done: &mut [bool],
-    ) {
+    ) -> bool {
+        let mut energy = false;
         for (q, v) in decode_block(&self.active, block, words) {
+            energy |= q == "energy_import_kwh";
             let v = if scales_with_multiplier(&q) {
                 v * self.cfg.multiplier
             } else {
@@ -568,6 +585,7 @@ impl MeterSlot {
         for &r in &block.registers {
             done[r] = true;
         }
+        energy
     }
 
     /// Halves the meter's block limit below `block` and re-plans; reports the new limit.

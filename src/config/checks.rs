@@ -22,6 +22,31 @@ pub(super) fn cross_check(
     meters_on_buses(report, meters, &bus_by_name);
     meter_models(report, meters, models);
     area_members(report, areas, &meter_by_id);
+    areas_apart_from_buses(report, areas, &bus_by_name);
+}
+
+/// No area is named like a bus: `area_outage` alarms are about an area or a bus, on
+/// `alarm/area_outage/{name}` with the id `area_outage/{name}`, so an area and a bus of one
+/// name would be one alarm (a silent bus clearing a supply outage, and the headend unable to
+/// tell them apart).
+fn areas_apart_from_buses(
+    report: &mut Report,
+    areas: &[AreaEntry],
+    buses: &HashMap<&str, &BusEntry>,
+) {
+    for area in areas {
+        let id = area.config.id.as_str();
+        if let (Some(span), Some(bus)) = (&area.id, buses.get(id)) {
+            report.at(
+                span.start,
+                format!(
+                    "area `{id}` has the same name as bus `{id}` (line {}); area_outage alarms \
+                     are named after an area or a bus: give them different names",
+                    bus.config.line
+                ),
+            );
+        }
+    }
 }
 
 /// Bus names are unique, and no two serial buses share a device. Returns the valid buses by

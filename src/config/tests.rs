@@ -652,6 +652,21 @@ fn duplicate_ids() {
 }
 
 #[test]
+fn an_area_named_like_a_bus() {
+    let text =
+        format!("{BASE}\n[[area]]\nid = \"rs485-1\"\nsupply = [\"m-supply\"]\ncustomers = []\n");
+    assert_eq!(
+        problems(&text),
+        [at(
+            26,
+            6,
+            "area `rs485-1` has the same name as bus `rs485-1` (line 8); area_outage alarms \
+             are named after an area or a bus: give them different names"
+        )]
+    );
+}
+
+#[test]
 fn two_buses_on_one_device() {
     let text = format!(
         "{BASE}\n[[bus]]\nname = \"rs485-2\"\nprotocol = \"modbus-rtu\"\ndevice = \"/dev/ttyS1\"\n"

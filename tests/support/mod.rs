@@ -285,3 +285,116 @@ pub fn seqs_on(received: &[Received], part: &str) -> Vec<u64> {
         .filter_map(|(_, json)| json.get("seq").and_then(|s| s.as_u64()))
         .collect()
 }
+
+/// `amr-gateway run --config FILE` as a child process, its log (stderr) in `log_name` next to
+/// the configuration file. SIGKILLed on drop.
+pub struct Gateway {
+    child: Child,
+}
+
+impl Gateway {
+    pub fn start(config: &std::path::Path, log_name: &str) -> Gateway {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(config.parent().unwrap().join(log_name))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_amr-gateway"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("AMR_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start amr-gateway run");
+        Gateway { child }
+    }
+
+    /// SIGKILL: no goodbye, no last snapshot; waits until the process is gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The last `lines` lines of every `*.log` file in `dir`, for failure messages.
+pub fn log_tail(dir: &std::path::Path, lines: usize) -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "log") {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+            out += &format!("--- {}\n", e.path().display());
+            for l in tail.iter().rev() {
+                out += l;
+                out += "\n";
+            }
+        }
+    }
+    out
+}
+
+/// Milliseconds since the epoch of an RFC 3339 string field of `json`; panics if absent.
+pub fn ts_field(json: &serde_json::Value, field: &str) -> i64 {
+    json[field]
+        .as_str()
+        .and_then(amr_gateway::clock::parse_rfc3339)
+        .unwrap_or_else(|| panic!("no timestamp `{field}` in {json}"))
+}
+
+/// Simulators on a runtime of their own (two worker threads), so that what a test does on its
+/// own runtime — scanning what it received, parsing JSON — never delays a simulated meter's
+/// answer or the instant it samples its registers. Dropping it stops the simulators.
+pub struct SimRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl SimRuntime {
+    pub fn new() -> SimRuntime {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("sim")
+            .enable_all()
+            .build()
+            .expect("simulator runtime");
+        SimRuntime {
+            runtime: Some(runtime),
+        }
+    }
+
+    /// Starts a simulator from `text` (a simulator file, relative paths against `dir`).
+    pub fn start(
+        &self,
+        text: &str,
+        name: &str,
+        dir: &std::path::Path,
+    ) -> amr_gateway::sim::SimHandle {
+        let config = amr_gateway::sim::SimConfig::parse(text, name, dir)
+            .unwrap_or_else(|e| panic!("simulator {name}: {e}"));
+        let library = amr_gateway::meter::ModelLibrary::builtin();
+        let _guard = self.runtime.as_ref().unwrap().enter();
+        amr_gateway::sim::start(config, &library)
+            .unwrap_or_else(|e| panic!("simulator {name}: {e}"))
+    }
+}
+
+impl Drop for SimRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}

@@ -270,9 +270,14 @@ impl AlarmEngine {
                 "duration_s": json_number(down_s),
             }),
         };
+        // Like every clear, it carries the value at raise and the worst seen (the same here).
+        let mut details = raised.details.clone();
+        details["raised_value"] = json_number(down_s);
+        details["peak"] = json_number(down_s);
         let cleared = Alarm {
             state: AlarmState::Cleared,
             cleared_ms: Some(now_ms),
+            details,
             ..raised.clone()
         };
         let changes = vec![
@@ -733,9 +738,13 @@ impl AlarmEngine {
             self.observe(out, obs);
         }
 
-        // meter_stopped
+        // meter_stopped: the meter counts when either register moves — a PV customer exporting
+        // or a reversed meter has a still import register while current flows, yet it is not
+        // stopped (reverse flow on a consumption-only meter is reverse_energy's business).
         if let Some(c) = import {
-            let changed = mem.import.is_none_or(|(_, p)| (c - p).abs() > 1e-9);
+            let export_moved =
+                matches!((export, mem.export), (Some(e), Some((_, p))) if (e - p).abs() > 1e-9);
+            let changed = export_moved || mem.import.is_none_or(|(_, p)| (c - p).abs() > 1e-9);
             if changed {
                 mem.import_changed_ms = Some(ts);
             }

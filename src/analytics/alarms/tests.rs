@@ -475,6 +475,33 @@ fn meter_stopped_while_load_flows() {
 }
 
 #[test]
+fn an_exporting_meter_is_not_stopped() {
+    let mut e = engine();
+    // PV above the load (or reversed wiring): import still, export advancing, current flowing.
+    let row = |export: f64| {
+        vec![
+            ("energy_import_kwh", 42.0),
+            ("energy_export_kwh", export),
+            ("current_l1_a", 12.0),
+            ("power_kw", -2.6),
+        ]
+    };
+    let mut changes = Vec::new();
+    for i in 0..20 {
+        changes.extend(e.on_reading(&reading("c1", T0 + i * 5 * MIN, &row(10.0 + i as f64))));
+    }
+    assert!(
+        of_kind(&changes, AlarmKind::MeterStopped).is_empty(),
+        "{changes:?}"
+    );
+    // Both registers still while current flows: stopped.
+    for i in 20..30 {
+        changes.extend(e.on_reading(&reading("c1", T0 + i * 5 * MIN, &row(29.0))));
+    }
+    assert_eq!(of_kind(&changes, AlarmKind::MeterStopped).len(), 1);
+}
+
+#[test]
 fn line_loss_verdicts_go_through_the_same_lifecycle() {
     let mut e = engine();
     let d = serde_json::json!({"loss_pct": 15.0, "supply_kwh": 100.0, "sales_kwh": 85.0});
@@ -742,6 +769,9 @@ fn gateway_power_off_is_reported_at_start_up() {
     let cleared = alarm_message(&topics(), &changes[1]).payload;
     assert_eq!(cleared["duration_s"], 3600.0);
     assert_eq!(cleared["cleared"], crate::clock::rfc3339_ms(T0));
+    assert_eq!(cleared["raised_value"], 3600.0, "like every clear");
+    assert_eq!(cleared["peak"], 3600.0);
+    assert!(raised.get("raised_value").is_none());
     assert!(e.active().is_empty());
     assert_eq!(e.history().len(), 2);
 

@@ -106,29 +106,7 @@ fn cut_at_holes(model: &MeterModel, block: ReadBlock, holes: &[Hole]) -> Vec<Rea
     if !crosses(u32::from(block.address), block.end()) {
         return vec![block];
     }
-    let mut regs = block.registers.clone();
-    regs.sort_by_key(|&i| model.registers[i].address);
-    let mut parts: Vec<ReadBlock> = Vec::new();
-    for i in regs {
-        let def = &model.registers[i];
-        let start = u32::from(def.address);
-        let end = start + u32::from(def.data_type.words());
-        if let Some(p) = parts.last_mut()
-            && !crosses(u32::from(p.address), end.max(p.end()))
-        {
-            let new_end = end.max(p.end());
-            p.count = (new_end - u32::from(p.address)) as u16;
-            p.registers.push(i);
-            continue;
-        }
-        parts.push(ReadBlock {
-            function: block.function,
-            address: def.address,
-            count: (end - start) as u16,
-            registers: vec![i],
-        });
-    }
-    parts
+    regroup(model, &block, |first, new_end| !crosses(first, new_end))
 }
 
 fn reads_energy(model: &MeterModel, block: &ReadBlock) -> bool {
@@ -697,6 +675,16 @@ fn first_value(model: &MeterModel, block: &ReadBlock) -> ReadBlock {
 /// `block` cut into parts of at most half its width (never splitting a value).
 fn split_block(model: &MeterModel, block: &ReadBlock) -> Vec<ReadBlock> {
     let limit = u32::from((block.count / 2).max(widest_value(model, block)));
+    regroup(model, block, |first, new_end| new_end - first <= limit)
+}
+
+/// The values of `block` regrouped in address order: a value joins the part before it while
+/// `fits(part start, new part end)` holds, otherwise it starts a new part. A value is never split.
+fn regroup(
+    model: &MeterModel,
+    block: &ReadBlock,
+    fits: impl Fn(u32, u32) -> bool,
+) -> Vec<ReadBlock> {
     let mut regs = block.registers.clone();
     regs.sort_by_key(|&i| model.registers[i].address);
     let mut parts: Vec<ReadBlock> = Vec::new();
@@ -706,7 +694,7 @@ fn split_block(model: &MeterModel, block: &ReadBlock) -> Vec<ReadBlock> {
         let end = start + u32::from(def.data_type.words());
         if let Some(p) = parts.last_mut() {
             let new_end = end.max(p.end());
-            if new_end - u32::from(p.address) <= limit {
+            if fits(u32::from(p.address), new_end) {
                 p.count = (new_end - u32::from(p.address)) as u16;
                 p.registers.push(i);
                 continue;

@@ -8,9 +8,8 @@ use amr_gateway::meter::ModelLibrary;
 use amr_gateway::sim::{self, SimConfig, SimHandle};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use support::{Mosquitto, Received, Subscriber};
+use support::{Gateway, Mosquitto, Received, Subscriber, log_tail};
 
 /// Upper bound for waiting on a slow shared machine; never a speed requirement.
 const PATIENCE: Duration = Duration::from_secs(90);
@@ -87,43 +86,6 @@ fn start_sim(dir: &Path) -> SimHandle {
     sim::start(cfg, &ModelLibrary::builtin()).expect("sim start")
 }
 
-/// `amr-gateway run` as a child process; its log goes to `gateway-N.log` in the test dir.
-struct Gateway {
-    child: Child,
-}
-
-impl Gateway {
-    fn start(config: &Path, log_name: &str) -> Gateway {
-        let log = std::fs::File::create(config.parent().unwrap().join(log_name)).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_amr-gateway"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("AMR_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start amr-gateway run");
-        Gateway { child }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().unwrap()
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 fn readings(received: &[Received]) -> Vec<&serde_json::Value> {
     received
         .iter()
@@ -148,22 +110,6 @@ fn assert_no_gap(received: &[Received]) -> (u64, u64) {
     (first, last)
 }
 
-fn log_tail(dir: &Path) -> String {
-    let mut out = String::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        if e.path().extension().is_some_and(|x| x == "log") {
-            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(30).collect();
-            out += &format!("--- {}\n", e.path().display());
-            for l in tail.iter().rev() {
-                out += l;
-                out += "\n";
-            }
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_reach_the_headend_with_the_simulators_values_in_seq_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -180,7 +126,7 @@ async fn readings_reach_the_headend_with_the_simulators_values_in_seq_order() {
                 .all(|(id, _, _)| readings(r).iter().filter(|j| j["meter"] == *id).count() >= 5)
         })
         .await
-        .unwrap_or_else(|| panic!("not enough readings\n{}", log_tail(dir.path())));
+        .unwrap_or_else(|| panic!("not enough readings\n{}", log_tail(dir.path(), 30)));
 
     // Sequence: every sequenced message in arrival order, +1 each, starting at 1.
     let seqs: Vec<u64> = got
@@ -248,7 +194,12 @@ async fn broker_killed_and_restarted_loses_nothing() {
     headend
         .wait_until(PATIENCE, |r| readings(r).len() >= 6)
         .await
-        .unwrap_or_else(|| panic!("no readings before the outage\n{}", log_tail(dir.path())));
+        .unwrap_or_else(|| {
+            panic!(
+                "no readings before the outage\n{}",
+                log_tail(dir.path(), 30)
+            )
+        });
     let saved = std::time::SystemTime::now();
     broker.wait_saved(saved);
     broker.kill();
@@ -266,7 +217,12 @@ async fn broker_killed_and_restarted_loses_nothing() {
             })
         })
         .await
-        .unwrap_or_else(|| panic!("no readings after the restart\n{}", log_tail(dir.path())));
+        .unwrap_or_else(|| {
+            panic!(
+                "no readings after the restart\n{}",
+                log_tail(dir.path(), 30)
+            )
+        });
     assert_no_gap(&got);
     let during = readings(&got)
         .iter()
@@ -296,7 +252,7 @@ async fn gateway_killed_while_publishing_and_restarted_loses_nothing() {
     headend
         .wait_until(PATIENCE, |r| !readings(r).is_empty())
         .await
-        .unwrap_or_else(|| panic!("nothing published\n{}", log_tail(dir.path())));
+        .unwrap_or_else(|| panic!("nothing published\n{}", log_tail(dir.path(), 30)));
     gw.kill();
     let killed_at = amr_gateway::clock::now_ms();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -310,7 +266,12 @@ async fn gateway_killed_while_publishing_and_restarted_loses_nothing() {
             })
         })
         .await
-        .unwrap_or_else(|| panic!("no readings after the restart\n{}", log_tail(dir.path())));
+        .unwrap_or_else(|| {
+            panic!(
+                "no readings after the restart\n{}",
+                log_tail(dir.path(), 30)
+            )
+        });
     let (first, last) = assert_no_gap(&got);
     assert_eq!(first, 1);
     assert!(last > 10, "too few messages to mean anything: {last}");

@@ -34,7 +34,7 @@ use crate::bus::MeterStatus;
 use crate::clock::rfc3339_ms;
 use crate::config::Config;
 use crate::model::Reading;
-use crate::store::{Batch, QualityRevision, Record};
+use crate::store::{Batch, Message, QualityRevision, Record};
 use crate::uplink::topics::{Topics, json_number};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -224,13 +224,7 @@ impl Analytics {
         self.changes.extend(changes);
         for d in self.voltage.on_tick(now_ms) {
             let m = day_message(&self.topics, &d);
-            batch.records.push(Record {
-                kind: "voltage_day".into(),
-                subject: d.meter.clone(),
-                ts_ms: d.day_start_ms,
-                body: m.payload.clone(),
-            });
-            batch.messages.push(m);
+            push_kept(batch, "voltage_day", &d.meter, d.day_start_ms, m);
             self.voltage_changed = true;
         }
         self.write_rolling(batch);
@@ -323,13 +317,7 @@ impl Analytics {
             match ev {
                 LossEvent::Record(rec) => {
                     let m = loss_message(&self.topics, &rec);
-                    batch.records.push(Record {
-                        kind: "loss".into(),
-                        subject: rec.area.clone(),
-                        ts_ms: rec.end_ms,
-                        body: m.payload.clone(),
-                    });
-                    batch.messages.push(m);
+                    push_kept(batch, "loss", &rec.area, rec.end_ms, m);
                     self.loss_changed = true;
                 }
                 LossEvent::Verdict(v) => {
@@ -434,10 +422,16 @@ impl Analytics {
 /// An alarm event: its message and its `alarm` record (body = the event payload).
 fn push_alarm_event(topics: &Topics, c: &AlarmChange, batch: &mut Batch) {
     let m = alarm_message(topics, c);
+    push_kept(batch, "alarm", &c.alarm.subject, c.ts_ms, m);
+}
+
+/// A message for the headend that the store also keeps as a record of `kind` (body = the
+/// message's payload), so `status` can show it later.
+fn push_kept(batch: &mut Batch, kind: &str, subject: &str, ts_ms: i64, m: Message) {
     batch.records.push(Record {
-        kind: "alarm".into(),
-        subject: c.alarm.subject.clone(),
-        ts_ms: c.ts_ms,
+        kind: kind.into(),
+        subject: subject.into(),
+        ts_ms,
         body: m.payload.clone(),
     });
     batch.messages.push(m);

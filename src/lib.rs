@@ -9,6 +9,7 @@
 //! - [`config`]: the TOML schema and its validation, errors at `FILE:LINE:COL`.
 //! - [`model`]: domain types — meter ids, quantity names, readings.
 //! - [`clock`]: the one clock; RFC 3339 timestamps.
+//! - [`shutdown`]: the stop signal passed down explicitly to every task.
 //! - [`meter`]: meter models as data (`protocols/*.toml`), block planning, decoding.
 //! - [`protocol`]: wire codecs and transports (Modbus RTU / TCP / RTU over TCP).
 //! - [`bus`]: one task per bus polling its meters; meter health and offline backoff.
@@ -34,6 +35,7 @@ pub mod gateway;
 pub mod meter;
 pub mod model;
 pub mod protocol;
+pub mod shutdown;
 pub mod sim;
 pub mod store;
 pub mod uplink;

@@ -1,10 +1,12 @@
-//! Domain types shared by every part of the gateway: meter ids, quantity names, readings.
+//! Domain types shared by every part of the gateway: meter ids, quantity names, readings, and a
+//! meter's status as its bus sees it (health counters, online/offline).
 //!
 //! Quantity names are part of the MQTT contract: each carries its unit in its name
 //! (`energy_import_kwh`, `voltage_l1_v`, ...). Meter models map registers onto these names,
 //! the analytics read them, and the uplink publishes them unchanged.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// A meter's id as given in the configuration (`[[meter]] id`).
 pub type MeterId = String;
@@ -63,4 +65,79 @@ pub struct Reading {
     /// request of the block holding its energy register was sent (else its first block's).
     pub ts_ms: i64,
     pub values: BTreeMap<String, f64>,
+}
+
+/// A snapshot of a meter's health as its bus reports it: the source of the retained meter
+/// state message and of the alarm engine's view of the meter.
+#[derive(Debug, Clone)]
+pub struct MeterStatus {
+    pub meter: MeterId,
+    pub bus: String,
+    pub unit: Option<u8>,
+    pub health: MeterHealth,
+    pub change: HealthChange,
+    pub ts_ms: i64,
+}
+
+/// How a single poll of a meter ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollOutcome {
+    /// Every block answered.
+    Ok,
+    /// The meter answered, but some block with an exception (the meter is alive).
+    Partial,
+    Timeout,
+    BadCrc,
+    WrongUnit,
+    Exception,
+    /// Another transport failure (I/O, malformed reply).
+    Failed,
+}
+
+impl PollOutcome {
+    pub fn answered(self) -> bool {
+        matches!(self, PollOutcome::Ok | PollOutcome::Partial)
+    }
+}
+
+/// Counters and state of one meter, kept by its bus task and published in the meter state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeterHealth {
+    /// `None` until the first poll ends.
+    pub online: Option<bool>,
+    pub consecutive_failures: u32,
+    pub polls: u64,
+    pub successes: u64,
+    pub timeouts: u64,
+    pub crc_errors: u64,
+    pub wrong_unit: u64,
+    pub exceptions: u64,
+    /// Exponentially weighted mean reply latency of successful polls.
+    pub latency_ms: Option<f64>,
+    pub last_ok_ms: Option<i64>,
+    pub last_error: Option<String>,
+    /// Current wait between probes while offline.
+    pub probe_interval: Duration,
+}
+
+impl MeterHealth {
+    /// Share of polls that were answered, in percent.
+    pub fn success_rate_pct(&self) -> f64 {
+        if self.polls == 0 {
+            return 0.0;
+        }
+        self.successes as f64 * 100.0 / self.polls as f64
+    }
+
+    pub fn is_offline(&self) -> bool {
+        self.online == Some(false)
+    }
+}
+
+/// A change worth telling the headend about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthChange {
+    None,
+    WentOnline,
+    WentOffline,
 }

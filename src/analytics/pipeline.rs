@@ -30,9 +30,9 @@ use super::loss::{
     loss_message,
 };
 use super::voltage::{VoltageQuality, VoltageSnapshot, day_message};
-use crate::bus::MeterStatus;
 use crate::clock::rfc3339_ms;
 use crate::config::Config;
+use crate::model::MeterStatus;
 use crate::model::Reading;
 use crate::store::{Batch, Message, QualityRevision, Record};
 use crate::uplink::topics::{Topics, json_number};

@@ -1,48 +1,8 @@
 //! Meter health: success rate, latency, error counters, online/offline state and the backoff
 //! that keeps a dead meter from eating its bus.
 
+use crate::model::{HealthChange, MeterHealth, PollOutcome};
 use std::time::Duration;
-
-/// How a single poll of a meter ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PollOutcome {
-    /// Every block answered.
-    Ok,
-    /// The meter answered, but some block with an exception (the meter is alive).
-    Partial,
-    Timeout,
-    BadCrc,
-    WrongUnit,
-    Exception,
-    /// Another transport failure (I/O, malformed reply).
-    Failed,
-}
-
-impl PollOutcome {
-    pub fn answered(self) -> bool {
-        matches!(self, PollOutcome::Ok | PollOutcome::Partial)
-    }
-}
-
-/// Counters and state of one meter, kept by its bus task and published in the meter state.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MeterHealth {
-    /// `None` until the first poll ends.
-    pub online: Option<bool>,
-    pub consecutive_failures: u32,
-    pub polls: u64,
-    pub successes: u64,
-    pub timeouts: u64,
-    pub crc_errors: u64,
-    pub wrong_unit: u64,
-    pub exceptions: u64,
-    /// Exponentially weighted mean reply latency of successful polls.
-    pub latency_ms: Option<f64>,
-    pub last_ok_ms: Option<i64>,
-    pub last_error: Option<String>,
-    /// Current wait between probes while offline.
-    pub probe_interval: Duration,
-}
 
 /// The offline policy of a bus.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -77,14 +37,8 @@ impl Default for OfflinePolicy {
     }
 }
 
-/// A change worth telling the headend about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HealthChange {
-    None,
-    WentOnline,
-    WentOffline,
-}
-
+/// The bus's rules over a meter's health: how a poll is booked, when the meter goes offline
+/// and how its probes back off.
 impl MeterHealth {
     pub fn new(policy: &OfflinePolicy) -> Self {
         MeterHealth {
@@ -101,18 +55,6 @@ impl MeterHealth {
             last_error: None,
             probe_interval: policy.first_probe,
         }
-    }
-
-    /// Share of polls that were answered, in percent.
-    pub fn success_rate_pct(&self) -> f64 {
-        if self.polls == 0 {
-            return 0.0;
-        }
-        self.successes as f64 * 100.0 / self.polls as f64
-    }
-
-    pub fn is_offline(&self) -> bool {
-        self.online == Some(false)
     }
 
     /// Books one poll; returns whether the meter went online or offline.

@@ -13,7 +13,8 @@ mod health;
 mod lock;
 mod poller;
 
+pub use crate::model::{HealthChange, MeterHealth, MeterStatus, PollOutcome};
 pub use budget::ProbeBudget;
-pub use health::{HealthChange, MeterHealth, OfflinePolicy, PollOutcome};
+pub use health::OfflinePolicy;
 pub use lock::{DeviceLock, DeviceLockError};
-pub use poller::{BusEvent, MeterStatus, plan_meter, run_bus};
+pub use poller::{BusEvent, plan_meter, run_bus};

@@ -15,11 +15,13 @@
 //!   registers.
 
 use super::budget::ProbeBudget;
-use super::health::{HealthChange, MeterHealth, OfflinePolicy, PollOutcome};
+use super::health::OfflinePolicy;
 use crate::clock::now_ms;
 use crate::config::{BusConfig, MeterConfig};
 use crate::meter::{MeterModel, ReadBlock, decode_block, plan_blocks};
-use crate::model::{Reading, scales_with_multiplier};
+use crate::model::{
+    HealthChange, MeterHealth, MeterStatus, PollOutcome, Reading, scales_with_multiplier,
+};
 use crate::protocol::modbus::{ModbusClient, ModbusError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -37,17 +39,6 @@ pub enum BusEvent {
     MeterState(MeterStatus),
     /// The gateway learned that a meter rejects blocks larger than `max_block`.
     BlockLimit { meter: String, max_block: u16 },
-}
-
-/// A snapshot of a meter's health for the meter state message.
-#[derive(Debug, Clone)]
-pub struct MeterStatus {
-    pub meter: String,
-    pub bus: String,
-    pub unit: Option<u8>,
-    pub health: MeterHealth,
-    pub change: HealthChange,
-    pub ts_ms: i64,
 }
 
 /// A register of a model: (function, address).

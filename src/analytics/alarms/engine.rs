@@ -21,8 +21,8 @@ use super::{
     Alarm, AlarmChange, AlarmKind, AlarmSettings, AlarmState, SubjectKind, Transition,
     active_alarms_message, alarm_message,
 };
-use crate::bus::MeterStatus;
 use crate::clock::rfc3339_ms;
+use crate::model::MeterStatus;
 use crate::model::Reading;
 use crate::store::Message;
 use crate::uplink::topics::{Topics, json_number};

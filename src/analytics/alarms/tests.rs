@@ -3,8 +3,9 @@
 //! survival across a restart.
 
 use super::*;
-use crate::bus::{MeterHealth, MeterStatus, OfflinePolicy};
+use crate::bus::OfflinePolicy;
 use crate::model::Reading;
+use crate::model::{MeterHealth, MeterStatus};
 
 const T0: i64 = 1_795_000_000_000;
 const S: i64 = 1000;
@@ -28,7 +29,7 @@ fn status(meter: &str, bus: &str, ts_ms: i64, online: bool, last_ok_ms: i64) -> 
         bus: bus.to_string(),
         unit: Some(1),
         health,
-        change: crate::bus::HealthChange::None,
+        change: crate::model::HealthChange::None,
         ts_ms,
     }
 }

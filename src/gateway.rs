@@ -56,6 +56,10 @@ pub enum RunError {
         path: String,
         source: std::io::Error,
     },
+    /// A task panicked or the store lost a batch: the gateway stopped the others in order and
+    /// exits non-zero, so that systemd restarts it rather than leave it half dead.
+    #[error("{0}; stopped the gateway so that it is restarted")]
+    Failed(String),
 }
 
 /// Runs the gateway until `shutdown` turns true. `live` receives the gateway's figures.
@@ -109,9 +113,11 @@ pub async fn run(
         uplink_stop_rx,
     ));
 
-    // Buses.
+    // Buses. They stop on the outside signal or when another task failed.
+    let (bus_stop_tx, bus_stop_rx) = watch::channel(false);
     let (events_tx, events_rx) = mpsc::channel::<BusEvent>(4096);
-    let mut bus_tasks = Vec::new();
+    let mut buses = tokio::task::JoinSet::new();
+    let mut bus_names = BTreeMap::new();
     for bus in &config.buses {
         let meters: Vec<_> = config
             .meters
@@ -124,19 +130,20 @@ pub async fn run(
                     .map(|model| (m.clone(), Arc::new(model.clone())))
             })
             .collect();
-        bus_tasks.push(tokio::spawn(run_bus(
+        let task = buses.spawn(run_bus(
             bus.clone(),
             meters,
             learned.clone(),
             OfflinePolicy::default(),
             events_tx.clone(),
-            shutdown.clone(),
-        )));
+            bus_stop_rx.clone(),
+        ));
+        bus_names.insert(task.id(), format!("bus `{}`", bus.name));
     }
     drop(events_tx);
 
     // The store writer runs until every bus task has stopped and the channel is drained.
-    let writer = tokio::spawn(write_events(
+    let mut writer = tokio::spawn(write_events(
         writer_state,
         store.clone(),
         events_rx,
@@ -144,14 +151,102 @@ pub async fn run(
         uplink_rx,
         live,
     ));
-    for t in bus_tasks {
-        let _ = t.await;
+    let mut uplink = uplink;
+
+    // Until the signal, or until a task fails: a bus that panicked, a writer that stopped (it
+    // only stops on its own when a commit was lost), an uplink that stopped.
+    let mut failures: Vec<String> = Vec::new();
+    let mut writer_end = None;
+    let mut uplink_end = None;
+    let mut outside = shutdown;
+    loop {
+        tokio::select! {
+            _ = outside.wait_for(|stop| *stop) => break,
+            Some(end) = buses.join_next_with_id(), if !buses.is_empty() => {
+                if let Err(e) = end {
+                    let name = bus_names.get(&e.id()).cloned().unwrap_or_default();
+                    failures.push(task_failure(&name, e));
+                    break;
+                }
+            }
+            end = &mut writer => {
+                failures.extend(writer_failure(end));
+                writer_end = Some(());
+                break;
+            }
+            end = &mut uplink => {
+                failures.push(match end {
+                    Err(e) => task_failure("the uplink", e),
+                    Ok(()) => "the uplink stopped on its own".to_string(),
+                });
+                uplink_end = Some(());
+                break;
+            }
+        }
     }
-    let _ = writer.await;
+    if !failures.is_empty() {
+        error!("{}; stopping the gateway", failures.join("; "));
+    }
+    // Stop in order: buses, then the writer drains what they produced, then the uplink says
+    // goodbye.
+    let _ = bus_stop_tx.send(true);
+    while let Some(end) = buses.join_next_with_id().await {
+        if let Err(e) = end {
+            let name = bus_names.get(&e.id()).cloned().unwrap_or_default();
+            failures.push(task_failure(&name, e));
+        }
+    }
+    if writer_end.is_none() {
+        failures.extend(writer_failure(writer.await));
+    }
     let _ = uplink_stop_tx.send(true);
-    let _ = uplink.await;
-    info!("gateway stopped");
-    Ok(())
+    if uplink_end.is_none()
+        && let Err(e) = uplink.await
+    {
+        failures.push(task_failure("the uplink", e));
+    }
+    if failures.is_empty() {
+        info!("gateway stopped");
+        Ok(())
+    } else {
+        Err(RunError::Failed(failures.join("; ")))
+    }
+}
+
+/// A task that ended with a panic (or was cancelled), as one line for the log and the exit.
+fn task_failure(task: &str, e: tokio::task::JoinError) -> String {
+    if e.is_panic() {
+        let panic = e.into_panic();
+        let text = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_string());
+        format!("{task} panicked: {text}")
+    } else {
+        format!("{task} was cancelled")
+    }
+}
+
+/// What the store writer's end says about a failure (none when it stopped in order).
+fn writer_failure(end: Result<Result<(), String>, tokio::task::JoinError>) -> Option<String> {
+    match end {
+        Ok(Ok(())) => None,
+        Ok(Err(lost)) => Some(lost),
+        Err(e) => Some(task_failure("the store writer", e)),
+    }
+}
+
+/// Test hooks that make a named step of the daemon panic, to prove a failing task stops it
+/// with a non-zero exit: `AMR_FAILPOINT=store-commit` (inside a store commit) or `writer` (in
+/// the store writer's loop). Debug builds only; release builds have none.
+fn failpoint(name: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var("AMR_FAILPOINT").is_ok_and(|v| v == name) {
+        panic!("failpoint {name}");
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = name;
 }
 
 /// The store writer's state: the analytics and what it knows of the meters. Pure: every
@@ -253,15 +348,24 @@ impl Writer {
 
 /// Commits `batch` (and learned block limits) on a blocking thread. Returns whether it was
 /// stored; failures are logged.
+/// Why [`commit`] did not store a batch.
+enum NotStored {
+    /// The store refused it (disk full, I/O error): here it is back, to retry.
+    Refused(Batch, Vec<(String, u16)>),
+    /// The commit panicked and took the batch with it; the store may not be used again.
+    Lost(String),
+}
+
 async fn commit(
     store: &SharedStore,
     batch: Batch,
     limits: Vec<(String, u16)>,
-) -> Result<(), (Batch, Vec<(String, u16)>)> {
+) -> Result<(), NotStored> {
     let count = batch.readings.len();
     let st = store.clone();
     let result = tokio::task::spawn_blocking(move || {
         let mut s = st.lock().unwrap();
+        failpoint("store-commit");
         let outcome = (|| {
             for (m, b) in &limits {
                 s.set_block_limit(m, *b)?;
@@ -288,12 +392,16 @@ async fn commit(
                 error = %e,
                 "could not store a batch of {count} readings; keeping it in memory and retrying"
             );
-            Err((batch, limits))
+            Err(NotStored::Refused(batch, limits))
         }
         Err(e) => {
-            // The blocking task panicked: the batch is gone with it.
-            error!(error = %e, "store writer failed; a batch of {count} readings was lost");
-            Ok(())
+            // The blocking task panicked: the batch is gone with it, and the store's lock is
+            // poisoned. Say so and stop: a restart reopens the store and the meters' registers
+            // are read again.
+            Err(NotStored::Lost(format!(
+                "{}: a batch of {count} readings was not stored",
+                task_failure("a store commit", e)
+            )))
         }
     }
 }
@@ -308,7 +416,7 @@ async fn write_events(
     wake: Arc<Notify>,
     uplink: watch::Receiver<UplinkState>,
     live: Option<watch::Sender<GatewayState>>,
-) {
+) -> Result<(), String> {
     let mut readings_stored = 0u64;
     let mut last_prune = tokio::time::Instant::now() - PRUNE_EVERY;
     let mut buf = Vec::with_capacity(MAX_BATCH);
@@ -325,6 +433,7 @@ async fn write_events(
         if !open {
             break;
         }
+        failpoint("writer");
         let Fold {
             mut batch,
             mut limits,
@@ -341,7 +450,9 @@ async fn write_events(
                     readings_stored += count;
                     wake.notify_one();
                 }
-                Err(kept) => {
+                Err(NotStored::Lost(lost)) => return Err(lost),
+                Err(NotStored::Refused(batch, limits)) => {
+                    let kept = (batch, limits);
                     if kept.0.readings.len() > MAX_UNSAVED_READINGS {
                         warn!(
                             readings = kept.0.readings.len(),
@@ -376,7 +487,7 @@ async fn write_events(
                     }
                 }
                 Ok(Err(e)) => warn!(error = %e, "pruning the store failed"),
-                Err(_) => {}
+                Err(e) => return Err(task_failure("pruning the store", e)),
             }
         }
         if let Some(live) = &live {
@@ -396,9 +507,17 @@ async fn write_events(
         earlier.append(last);
         (last, limits) = (earlier, earlier_limits);
     }
-    if commit(&store, last, limits).await.is_ok() {
-        wake.notify_one();
+    match commit(&store, last, limits).await {
+        Ok(()) => wake.notify_one(),
+        Err(NotStored::Lost(lost)) => return Err(lost),
+        Err(NotStored::Refused(batch, _)) => {
+            return Err(format!(
+                "the store refused the last batch at shutdown; {} readings were not stored",
+                batch.readings.len()
+            ));
+        }
     }
+    Ok(())
 }
 
 /// The retained `meter/{id}/state` message: online/offline and health.
@@ -494,7 +613,7 @@ customers = []
         live_rx.changed().await.unwrap();
         assert_eq!(live_rx.borrow().readings_stored, 1);
         drop(tx);
-        task.await.unwrap();
+        task.await.unwrap().expect("the writer stops in order");
         let s = store.lock().unwrap();
         assert_eq!(s.history("s", 0, i64::MAX).unwrap().len(), 1);
         let alive: i64 = s
@@ -532,9 +651,11 @@ customers = []
                 .collect(),
             ..Default::default()
         };
-        let (kept, limits) = commit(&store, batch, vec![("s".into(), 40)])
-            .await
-            .expect_err("the full store refuses the batch");
+        let Err(NotStored::Refused(kept, limits)) =
+            commit(&store, batch, vec![("s".into(), 40)]).await
+        else {
+            panic!("the full store refuses the batch and hands it back");
+        };
         assert_eq!(kept.readings.len(), 3000);
         store
             .lock()
@@ -542,7 +663,7 @@ customers = []
             .connection()
             .pragma_update(None, "max_page_count", 1_000_000)
             .unwrap();
-        commit(&store, kept, limits).await.unwrap();
+        assert!(commit(&store, kept, limits).await.is_ok());
         let s = store.lock().unwrap();
         assert_eq!(s.history("s", 0, i64::MAX).unwrap().len(), 3000);
         assert_eq!(s.block_limits().unwrap().get("s"), Some(&40));

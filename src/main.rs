@@ -21,6 +21,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway in the foreground until SIGTERM or SIGINT.
+    ///
+    /// Exit codes: 0 stopped by a signal; 1 could not start, or a task failed (it is logged);
+    /// 2 invalid configuration. Logs go to stderr; AMR_LOG (e.g. debug, or
+    /// amr_gateway::bus=debug) overrides [gateway] log_level; NO_COLOR turns colours off.
     Run {
         #[arg(long, short)]
         config: PathBuf,
@@ -150,7 +154,17 @@ fn init_logging(default_level: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour_logs(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .try_init();
+}
+
+/// Colour escapes only on a terminal, and never when `NO_COLOR` is set to anything non-empty
+/// (no-color.org): a file, a pipe or journald gets plain lines.
+fn colour_logs(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -385,5 +399,19 @@ fn status(path: &std::path::Path, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail("status", &e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour_logs;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour_logs(true, None));
+        assert!(colour_logs(true, Some(OsStr::new(""))));
+        assert!(!colour_logs(true, Some(OsStr::new("1"))));
+        assert!(!colour_logs(false, None));
     }
 }

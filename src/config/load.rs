@@ -7,7 +7,7 @@
 //! position.
 
 use super::analytics;
-use super::checks::cross_check;
+use super::checks::{Drivers, cross_check};
 use super::document::{Report, nearest, with_article};
 use super::sections::{self, AreaEntry, BusEntry, MeterEntry};
 use super::*;
@@ -51,6 +51,16 @@ pub fn load_str(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
 /// Validates `text` as if read from `path`, with `base` as the meter model library (extended by
 /// `[gateway] models_dir` when set). For tests and tools that bring their own models.
 pub fn load_str_with(text: &str, path: &Path, base: ModelLibrary) -> Result<Config, ConfigErrors> {
+    load_text(text, path, base, Drivers::Required)
+}
+
+/// [`load_str_with`], choosing whether a protocol without a driver is a problem.
+pub(super) fn load_text(
+    text: &str,
+    path: &Path,
+    base: ModelLibrary,
+    drivers: Drivers,
+) -> Result<Config, ConfigErrors> {
     let mut report = Report::new(path.display().to_string(), text);
     let (document, syntax_errors) = DeTable::parse_recoverable(text);
     if !syntax_errors.is_empty() {
@@ -139,7 +149,7 @@ pub fn load_str_with(text: &str, path: &Path, base: ModelLibrary) -> Result<Conf
             load_models(&mut report, &mut models, dir, span.start);
         }
     }
-    cross_check(&mut report, &buses, &meters, &areas, &models);
+    cross_check(&mut report, &buses, &meters, &areas, &models, drivers);
 
     match (gateway, mqtt) {
         (Some(gateway), Some(mqtt)) if report.problems.is_empty() => Ok(Config {

@@ -168,6 +168,12 @@ impl BusProtocol {
             BusProtocol::Dlt645 => "dlt645",
         }
     }
+    /// Whether this build can poll a bus of this protocol (`check-config` refuses the others
+    /// rather than let `run` fail to open the bus forever).
+    pub fn has_driver(self) -> bool {
+        self != BusProtocol::Dlt645
+    }
+
     /// True when the bus is a TCP endpoint (`address`) rather than a serial `device`.
     pub fn is_tcp(self) -> bool {
         matches!(self, BusProtocol::ModbusTcp | BusProtocol::ModbusRtuOverTcp)

@@ -296,6 +296,8 @@ pub(super) struct BusEntry {
     pub name: Option<Range<usize>>,
     /// Whether `protocol` was present and known (so `config.protocol` is meaningful).
     pub protocol_known: bool,
+    /// Offset of the `protocol` value.
+    pub protocol_at: Option<usize>,
     /// Span of a valid `device`.
     pub device: Option<Range<usize>>,
 }
@@ -307,7 +309,9 @@ pub(super) fn bus(report: &mut Report, table: &DeTable, start: usize, base: &Pat
         || "[[bus]]".to_string(),
         |n| format!("bus `{}`", n.get_ref()),
     );
-    let protocol = match s.required_string(report, "protocol", "protocol = \"modbus-rtu\"") {
+    let written = s.required_string(report, "protocol", "protocol = \"modbus-rtu\"");
+    let protocol_at = written.as_ref().map(|p| p.span().start);
+    let protocol = match written {
         Some(p) => match BusProtocol::from_name(p.get_ref()) {
             Some(protocol) => Some(protocol),
             None => {
@@ -419,6 +423,7 @@ pub(super) fn bus(report: &mut Report, table: &DeTable, start: usize, base: &Pat
     BusEntry {
         name: name.as_ref().map(Spanned::span),
         protocol_known: protocol.is_some(),
+        protocol_at,
         device: device.as_ref().map(Spanned::span),
         config: BusConfig {
             name: name.map(Spanned::into_inner).unwrap_or_default(),

@@ -59,8 +59,34 @@ fn library() -> ModelLibrary {
     library
 }
 
+/// `text` loaded, DL/T 645 buses accepted (their keys are tested here before the driver lands;
+/// [`protocol_without_a_driver`] checks the refusal).
 fn parse(text: &str) -> Result<Config, ConfigErrors> {
-    load_str_with(text, Path::new(FILE), library())
+    super::load::load_text(
+        text,
+        Path::new(FILE),
+        library(),
+        super::checks::Drivers::NotChecked,
+    )
+}
+
+#[test]
+fn protocol_without_a_driver() {
+    let text = edit("protocol = \"modbus-rtu\"", "protocol = \"dlt645\"")
+        .replacen("unit = 1\n", "address = \"000000000001\"\n", 1)
+        .replacen("unit = 2\n", "address = \"000000000002\"\n", 1);
+    assert!(parse(&text).is_ok());
+    let errors = load_str_with(&text, Path::new(FILE), library()).unwrap_err();
+    let line = text.lines().position(|l| l.contains("dlt645")).unwrap() + 1;
+    assert_eq!(
+        errors.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [at(
+            line,
+            12,
+            "bus `rs485-1`: protocol `dlt645` has no driver in this build of amr-gateway, so its \
+             meters could not be read; use one of: modbus-rtu, modbus-tcp, modbus-rtu-over-tcp"
+        )]
+    );
 }
 
 /// The problems of `text`, as printed by `check-config`.

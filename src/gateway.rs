@@ -13,7 +13,7 @@ use crate::analytics::loss::RollingLoss;
 use crate::bus::{BusEvent, MeterStatus, OfflinePolicy, run_bus};
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::config::Config;
-use crate::store::{Batch, Message, SharedStore, Store, StoreError};
+use crate::store::{Batch, Message, SharedStore, Store, StoreError, StoreLock};
 use crate::uplink::topics::{Topics, json_number};
 use crate::uplink::{UplinkState, run as run_uplink};
 use serde_json::json;
@@ -51,6 +51,8 @@ pub struct GatewayState {
 pub enum RunError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Locked(#[from] crate::store::StoreLockError),
     #[error("cannot create data_dir {path}: {source}")]
     DataDir {
         path: String,
@@ -72,6 +74,8 @@ pub async fn run(
         path: config.gateway.data_dir.display().to_string(),
         source: e,
     })?;
+    // One daemon per store: held until `run` returns.
+    let _lock = StoreLock::acquire(&config.gateway.data_dir)?;
     let db = config.db_path();
     let store = Store::open(&db, &config.store)?;
     let topics = Topics::new(&config.mqtt.topic_prefix, &config.gateway.id);

@@ -20,7 +20,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway in the foreground until SIGTERM or SIGINT.
+    /// Run the gateway in the foreground until SIGTERM or SIGINT; SIGHUP reloads the file.
     ///
     /// Exit codes: 0 stopped by a signal; 1 could not start, or a task failed (it is logged);
     /// 2 invalid configuration. Logs go to stderr; AMR_LOG (e.g. debug, or
@@ -190,13 +190,45 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         }
         Err(errors) => {
             eprintln!("{errors}");
-            eprintln!("{} problem(s) found", errors.0.len());
+            eprintln!("{}", problems_found(errors.0.len()));
             ExitCode::from(2)
         }
     }
 }
 
-/// A watch channel that turns true on SIGTERM or SIGINT.
+/// What the daemon was told by a signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    /// SIGTERM or SIGINT: stop in order.
+    Stop,
+    /// SIGHUP: read the configuration file again.
+    Reload,
+}
+
+/// Signals as they arrive: SIGTERM and SIGINT stop, SIGHUP reloads.
+fn signals() -> tokio::sync::mpsc::UnboundedReceiver<Signal> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        loop {
+            let sent = tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: stopping"); tx.send(Signal::Stop) }
+                _ = int.recv() => { tracing::info!("SIGINT: stopping"); tx.send(Signal::Stop) }
+                _ = hup.recv() => tx.send(Signal::Reload),
+            };
+            if sent.is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A watch channel that turns true on SIGTERM or SIGINT (for `simulate` and `demo`, which reload
+/// nothing).
 fn shutdown_on_signals() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -217,22 +249,79 @@ fn run(path: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(errors) => {
             eprintln!("{errors}");
-            eprintln!("{} problem(s) found; not starting", errors.0.len());
+            eprintln!("{}; not starting", problems_found(errors.0.len()));
             return ExitCode::from(2);
         }
     };
     init_logging(&cfg.gateway.log_level);
     runtime().block_on(async move {
-        let shutdown = shutdown_on_signals();
-        match amr_gateway::gateway::run(cfg, shutdown, None).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!("{e}");
-                eprintln!("amr-gateway: {e}");
-                ExitCode::FAILURE
+        let mut signals = signals();
+        let mut cfg = cfg;
+        // One generation of the gateway per configuration: SIGHUP with a valid file stops the
+        // running one in order (everything read is committed) and starts the next; with an
+        // invalid file it keeps running as it is.
+        loop {
+            let (stop, shutdown) = watch::channel(false);
+            let mut gateway = tokio::spawn(amr_gateway::gateway::run(cfg.clone(), shutdown, None));
+            let next = loop {
+                tokio::select! {
+                    end = &mut gateway => return exit_of(end),
+                    signal = signals.recv() => match signal {
+                        Some(Signal::Reload) => match config::load(path) {
+                            Ok(new) => {
+                                tracing::info!(
+                                    "SIGHUP: {} is valid; restarting the gateway with it",
+                                    path.display()
+                                );
+                                break Some(new);
+                            }
+                            Err(errors) => {
+                                for p in &errors.0 {
+                                    tracing::error!("{p}");
+                                }
+                                tracing::error!(
+                                    "SIGHUP: {} in {}; keeping the running configuration",
+                                    problems_found(errors.0.len()),
+                                    path.display()
+                                );
+                            }
+                        },
+                        Some(Signal::Stop) | None => break None,
+                    },
+                }
+            };
+            let _ = stop.send(true);
+            let end = gateway.await;
+            match next {
+                Some(new) if matches!(end, Ok(Ok(()))) => cfg = new,
+                _ => return exit_of(end),
             }
         }
     })
+}
+
+/// The exit code of a generation of the gateway that ended.
+fn exit_of(
+    end: Result<Result<(), amr_gateway::gateway::RunError>, tokio::task::JoinError>,
+) -> ExitCode {
+    match end {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            tracing::error!("{e}");
+            eprintln!("amr-gateway: {e}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            tracing::error!("the gateway failed: {e}");
+            eprintln!("amr-gateway: the gateway failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// "1 problem found", "3 problems found".
+fn problems_found(n: usize) -> String {
+    format!("{n} problem{} found", if n == 1 { "" } else { "s" })
 }
 
 fn simulate(path: &std::path::Path) -> ExitCode {

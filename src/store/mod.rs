@@ -6,11 +6,13 @@
 //! increases by one for every sequenced message and survives restarts. A row leaves the outbox
 //! only when the uplink reports its PUBACK.
 
+mod lock;
 mod schema;
 mod shared;
 #[cfg(test)]
 mod tests;
 
+pub use lock::{LOCK_FILE, StoreLock, StoreLockError};
 pub use shared::{SharedStore, open_shared, with_store};
 
 use crate::clock::now_ms;

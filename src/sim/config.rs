@@ -81,6 +81,20 @@ pub struct SimBusConfig {
 }
 
 impl SimBusConfig {
+    /// The line settings its meters answer at (on a pty, the gateway's end must match them).
+    pub(crate) fn line_settings(&self) -> super::pty::LineSettings {
+        super::pty::LineSettings {
+            baud: self.baud,
+            data_bits: self.data_bits,
+            parity_odd: match self.parity {
+                SimParity::None => None,
+                SimParity::Even => Some(false),
+                SimParity::Odd => Some(true),
+            },
+            stop_bits: self.stop_bits,
+        }
+    }
+
     /// Bits per character on the simulated line.
     pub fn bits_per_char(&self) -> u32 {
         1 + self.data_bits as u32

@@ -427,12 +427,26 @@ pub fn start(config: SimConfig, library: &ModelLibrary) -> Result<SimHandle, Sim
             let slave = pty.slave;
             let control = bus.control.subscribe();
             let task_bus = bus.clone();
+            let own = bus_config.line_settings();
             let task = tokio::spawn(async move {
-                let _slave = slave; // kept open while the line is served
+                // Kept open while the line is served; the gateway's settings are read on it.
+                let slave = std::sync::Arc::new(slave);
+                let watched = slave.clone();
+                let line_matches = Box::new(move || {
+                    use std::os::fd::AsRawFd;
+                    pty::LineSettings::of(watched.as_raw_fd()).is_ok_and(|l| l.reaches(&own))
+                });
                 let (reader, writer) = tokio::io::split(master);
-                let _ =
-                    serve::serve_rtu_line(task_bus, reader, writer, control, OnDisconnect::Ignore)
-                        .await;
+                let _ = serve::serve_rtu_line(
+                    task_bus,
+                    reader,
+                    writer,
+                    control,
+                    OnDisconnect::Ignore,
+                    Some(line_matches),
+                )
+                .await;
+                drop(slave);
             });
             inner.tasks.push(task.abort_handle());
             endpoint

@@ -1,6 +1,8 @@
 //! Pseudo-terminals for simulated serial buses: a raw pty pair, the slave kept open by the
 //! simulator (so the master never sees EIO while the gateway closes and reopens its end), a
-//! symlink at the configured path, and the master as a tokio byte stream.
+//! symlink at the configured path, the master as a tokio byte stream, and the line settings the
+//! gateway put on its end ([`LineSettings::of`]), so that the simulated meters answer only at
+//! their own, as on a real line.
 
 use std::ffi::CStr;
 use std::io;
@@ -173,5 +175,117 @@ impl AsyncWrite for PtyMaster {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+/// The character framing and speed of a serial line, as its termios says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LineSettings {
+    pub baud: u32,
+    pub data_bits: u8,
+    /// `None`, or `Some(true)` for odd parity and `Some(false)` for even.
+    pub parity_odd: Option<bool>,
+    pub stop_bits: u8,
+}
+
+impl LineSettings {
+    /// Whether a line set to `self` reads what a UART at `own` sends. Baud rate and stop bits
+    /// are compared; a pty carries no parity and only 8 data bits (the kernel refuses the
+    /// others), so parity and data bits are compared only where the gateway's end has them.
+    pub fn reaches(&self, own: &LineSettings) -> bool {
+        self.baud == own.baud
+            && self.stop_bits == own.stop_bits
+            && (self.parity_odd.is_none() || self.parity_odd == own.parity_odd)
+            && (self.data_bits == 8 || self.data_bits == own.data_bits)
+    }
+
+    /// What the terminal `fd` is set to now (the pty's two ends share one termios, so the
+    /// simulator reads on its slave what the gateway set on its own open of it).
+    pub fn of(fd: RawFd) -> io::Result<LineSettings> {
+        // termios2 (TCGETS2): a port set to any rate with BOTHER — as the serial crate sets
+        // every rate — has it in c_ospeed; a classic Bxxx rate is in the CBAUD bits.
+        // SAFETY: TCGETS2 on an open fd into a zeroed termios2.
+        let tio = unsafe {
+            let mut tio: libc::termios2 = std::mem::zeroed();
+            check(libc::ioctl(fd, libc::TCGETS2, &mut tio), "TCGETS2")?;
+            tio
+        };
+        let data_bits = match tio.c_cflag & libc::CSIZE {
+            libc::CS5 => 5,
+            libc::CS6 => 6,
+            libc::CS7 => 7,
+            _ => 8,
+        };
+        let baud = if tio.c_cflag & libc::CBAUD == libc::BOTHER {
+            tio.c_ospeed
+        } else {
+            baud_of(tio.c_cflag & libc::CBAUD)
+        };
+        Ok(LineSettings {
+            baud,
+            data_bits,
+            parity_odd: (tio.c_cflag & libc::PARENB != 0)
+                .then_some(tio.c_cflag & libc::PARODD != 0),
+            stop_bits: if tio.c_cflag & libc::CSTOPB != 0 {
+                2
+            } else {
+                1
+            },
+        })
+    }
+}
+
+/// Bit/s of a termios speed constant (0 for one not listed).
+fn baud_of(speed: libc::speed_t) -> u32 {
+    const RATES: &[(libc::speed_t, u32)] = &[
+        (libc::B300, 300),
+        (libc::B600, 600),
+        (libc::B1200, 1200),
+        (libc::B2400, 2400),
+        (libc::B4800, 4800),
+        (libc::B9600, 9600),
+        (libc::B19200, 19200),
+        (libc::B38400, 38400),
+        (libc::B57600, 57600),
+        (libc::B115200, 115200),
+        (libc::B230400, 230400),
+    ];
+    RATES
+        .iter()
+        .find(|(s, _)| *s == speed)
+        .map_or(0, |(_, b)| *b)
+}
+
+#[cfg(test)]
+mod line_tests {
+    use super::*;
+
+    #[test]
+    fn the_simulator_reads_what_the_other_end_set() {
+        let pty = Pty::open().unwrap();
+        let other = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&pty.slave_path)
+            .unwrap();
+        // SAFETY: termios calls on an open fd.
+        unsafe {
+            let mut tio: libc::termios = std::mem::zeroed();
+            libc::tcgetattr(other.as_raw_fd(), &mut tio);
+            libc::cfsetispeed(&mut tio, libc::B2400);
+            libc::cfsetospeed(&mut tio, libc::B2400);
+            tio.c_cflag |= libc::CSTOPB;
+            assert_eq!(libc::tcsetattr(other.as_raw_fd(), libc::TCSANOW, &tio), 0);
+        }
+        let seen = LineSettings::of(pty.slave.as_raw_fd()).unwrap();
+        assert_eq!(
+            seen,
+            LineSettings {
+                baud: 2400,
+                data_bits: 8,
+                parity_odd: None,
+                stop_bits: 2
+            }
+        );
     }
 }

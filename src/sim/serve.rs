@@ -39,12 +39,17 @@ pub(crate) enum OnDisconnect {
 /// Serves RTU on a line until the reader ends (or a disconnect, for TCP connections).
 /// Requests are found at any offset; a silence of t3.5 ends a frame, and a well-formed frame
 /// of another function then gets exception 01 from its meter.
+///
+/// `line_matches`, on a serial line, tells whether the gateway's end is set to the bus's own
+/// baud rate and framing right now: bytes received while it is not are what a UART at other
+/// settings makes of them — garbage no meter answers — so they are dropped.
 pub(crate) async fn serve_rtu_line<R, W>(
     bus: Arc<SimBus>,
     mut reader: R,
     writer: W,
     mut control: broadcast::Receiver<LineControl>,
     on_disconnect: OnDisconnect,
+    line_matches: Option<Box<dyn Fn() -> bool + Send>>,
 ) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -72,6 +77,10 @@ where
                 };
                 if n == 0 {
                     return Ok(());
+                }
+                if line_matches.as_ref().is_some_and(|matches| !matches()) {
+                    buf.clear();
+                    continue;
                 }
                 buf.extend_from_slice(&chunk[..n]);
                 while let RtuRequestScan::Read { request, end } = codec::scan_rtu_request(&buf) {
@@ -170,7 +179,7 @@ pub(crate) async fn serve_listener(bus: Arc<SimBus>, listener: TcpListener, rtu:
         connections.spawn(async move {
             let _ = if rtu {
                 let (reader, writer) = stream.into_split();
-                serve_rtu_line(bus, reader, writer, control, OnDisconnect::Close).await
+                serve_rtu_line(bus, reader, writer, control, OnDisconnect::Close, None).await
             } else {
                 serve_modbus_tcp(bus, stream, control).await
             };

@@ -370,3 +370,25 @@ async fn simulate_reloads_faults_on_sighup() {
         .unwrap();
     assert!(std::fs::symlink_metadata(&link).is_err(), "link removed");
 }
+
+/// The most common field fault, rehearsed: a master at another baud rate than the meters' gets
+/// silence (on a real line, garbage no meter answers); at the right one, replies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meters_answer_only_at_their_own_baud_rate() {
+    use tokio_serial::SerialPortBuilderExt;
+    let t = rtu_sim();
+    let link = t.dir.path().join("dev/ttyBUS1");
+    let request = codec::rtu_read_request(1, 4, 0, 2);
+    for (baud, answers) in [(9600, false), (115_200, true), (19_200, false)] {
+        let mut line = tokio_serial::new(link.to_string_lossy(), baud)
+            .open_native_async()
+            .expect("pty link opens as a serial port");
+        line.write_all(&request).await.unwrap();
+        let got = collect(&mut line, Duration::from_millis(200)).await;
+        let replied = matches!(
+            codec::scan_rtu_reply(&got, 1, 4, 2),
+            codec::RtuScan::Reply { .. }
+        );
+        assert_eq!(replied, answers, "at {baud} baud: {got:02x?}");
+    }
+}

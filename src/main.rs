@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio::sync::watch;
 
+/// Where the Debian package and the systemd unit put the configuration.
+const DEFAULT_CONFIG: &str = "/etc/amr-gateway/gateway.toml";
+
 #[derive(Parser)]
 #[command(
     name = "amr-gateway",
@@ -26,13 +29,15 @@ enum Command {
     /// 2 invalid configuration. Logs go to stderr; AMR_LOG (e.g. debug, or
     /// amr_gateway::bus=debug) overrides [gateway] log_level; NO_COLOR turns colours off.
     Run {
-        #[arg(long, short)]
+        /// The gateway's configuration file (TOML; see config/README.md).
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Validate a configuration file: exit 0 when valid, otherwise 2 with every problem as
     /// FILE:LINE:COL: message.
     CheckConfig {
-        #[arg(long, short)]
+        /// The gateway's configuration file (TOML; see config/README.md).
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Simulated meters, an embedded MQTT broker on 127.0.0.1 and the gateway, with a live
@@ -81,7 +86,8 @@ enum Command {
     },
     /// What a running or stopped gateway's store says: buses, meters, backlog, loss, alarms.
     Status {
-        #[arg(long, short, default_value = "/etc/amr-gateway/gateway.toml")]
+        /// The gateway's configuration file (TOML; see config/README.md).
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         #[arg(long)]
         json: bool,
@@ -179,12 +185,12 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
         Ok(c) => {
             println!(
-                "{}: ok ({} buses, {} meters, {} areas, {} meter models)",
+                "{}: ok ({}, {}, {}, {})",
                 path.display(),
-                c.buses.len(),
-                c.meters.len(),
-                c.areas.len(),
-                c.models.models.len()
+                count(c.buses.len(), "bus", "buses"),
+                count(c.meters.len(), "meter", "meters"),
+                count(c.areas.len(), "area", "areas"),
+                count(c.models.models.len(), "meter model", "meter models"),
             );
             ExitCode::SUCCESS
         }
@@ -321,7 +327,12 @@ fn exit_of(
 
 /// "1 problem found", "3 problems found".
 fn problems_found(n: usize) -> String {
-    format!("{n} problem{} found", if n == 1 { "" } else { "s" })
+    format!("{} found", count(n, "problem", "problems"))
+}
+
+/// "1 bus", "2 buses".
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn simulate(path: &std::path::Path) -> ExitCode {

@@ -9,6 +9,8 @@
 //! - [`config`]: the TOML schema and its validation, errors at `FILE:LINE:COL`.
 //! - [`model`]: domain types — meter ids, quantity names, readings.
 //! - [`clock`]: the one clock; RFC 3339 timestamps.
+//! - [`diagnostic`]: problems in hand-checked TOML files (configuration, model files, simulator
+//!   file) at `FILE:LINE:COL`, typed key readers, "did you mean"; a leaf.
 //! - [`meter`]: meter models as data (`protocols/*.toml`), block planning, decoding.
 //! - [`protocol`]: wire codecs and transports (Modbus RTU / TCP / RTU over TCP).
 //! - [`bus`]: one task per bus polling its meters; meter health and offline backoff.
@@ -29,6 +31,7 @@ pub mod clock;
 pub mod config;
 #[cfg(feature = "embedded-broker")]
 pub mod demo;
+pub mod diagnostic;
 pub mod field;
 pub mod gateway;
 pub mod meter;

@@ -8,10 +8,10 @@
 //! JSON object and lets serde fill the struct. A unit test keeps each schema and its struct's
 //! fields in step.
 
-use super::document::{Report, Section, with_article};
 use crate::analytics::alarms::AlarmSettings;
 use crate::analytics::loss::LossSettings;
 use crate::analytics::voltage::VoltageQualitySettings;
+use crate::diagnostic::{Report, Section, with_article};
 use serde_json::{Map, Value, json};
 use std::ops::Range;
 use toml::de::{DeTable, DeValue};

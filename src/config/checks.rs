@@ -2,9 +2,9 @@
 //! clashes on a bus, and the meters of each area. Values already reported as wrong by the
 //! section readers carry no span and are skipped here, so one mistake gives one problem.
 
-use super::document::{Report, nearest};
 use super::sections::{AreaEntry, BusEntry, MeterEntry};
 use super::*;
+use crate::diagnostic::{Report, nearest};
 use crate::meter::ModelLibrary;
 use std::collections::HashMap;
 use std::ops::Range;

@@ -8,9 +8,9 @@
 
 use super::analytics;
 use super::checks::cross_check;
-use super::document::{Report, nearest, with_article};
 use super::sections::{self, AreaEntry, BusEntry, MeterEntry};
 use super::*;
+use crate::diagnostic::{Report, nearest, with_article};
 use crate::meter::ModelLibrary;
 use std::path::Path;
 use toml::Spanned;
@@ -172,14 +172,7 @@ fn load_models(report: &mut Report, models: &mut ModelLibrary, dir: &Path, at: u
         return;
     }
     if let Err(errors) = models.load_dir(dir) {
-        report
-            .problems
-            .extend(errors.into_iter().map(|e| ConfigProblem {
-                file: e.file,
-                line: e.line,
-                col: e.col,
-                message: e.message,
-            }));
+        report.problems.extend(errors);
     }
 }
 

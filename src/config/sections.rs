@@ -6,8 +6,8 @@
 //! Entries keep the spans of the values that were present and valid, so that the cross-section
 //! checks can point at them and can skip values already reported as wrong.
 
-use super::document::{Report, Section, nearest};
 use super::*;
+use crate::diagnostic::{Report, Section, nearest};
 use std::ops::Range;
 use std::path::Path;
 use toml::Spanned;

@@ -345,6 +345,13 @@ pub fn nearest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Opt
         .map(|(_, c)| c)
 }
 
+/// "did you mean `x`? " (with the trailing space) for the [`nearest`] candidate, or nothing.
+pub fn did_you_mean<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> String {
+    nearest(word, candidates)
+        .map(|n| format!("did you mean `{n}`? "))
+        .unwrap_or_default()
+}
+
 /// Up to `n` candidates, closest to `word` by [`edit_distance`] first (ties keep the
 /// candidates' order): for "closest valid names" lists, where any hint helps.
 pub fn closest<'a>(word: &str, candidates: &[&'a str], n: usize) -> Vec<&'a str> {

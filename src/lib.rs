@@ -16,7 +16,8 @@
 //! - [`bus`]: one task per bus polling its meters; meter health and offline backoff.
 //! - [`store`]: SQLite history and outbox; `seq` allocation; pruning and size bound.
 //! - [`uplink`]: MQTT topics, payloads and the outbox publisher.
-//! - [`analytics`]: line loss, alarms, voltage quality.
+//! - [`analytics`]: line loss, alarms, voltage quality, and the domain rules they share (the
+//!   voltage band, a register that went down or stood still).
 //! - [`sim`]: simulated meters and areas for tests, the demo and benchmarks.
 //! - [`gateway`]: `run` — wires buses, store, analytics and uplink together with a shutdown
 //!   signal; the store writer folds bus events and analytics output into one transaction.

@@ -164,6 +164,9 @@ fn runtime() -> tokio::runtime::Runtime {
 fn check_config(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
         Ok(c) => {
+            for w in &c.warnings {
+                eprintln!("{}:{}:{}: warning: {}", w.file, w.line, w.col, w.message);
+            }
             println!(
                 "{}: ok ({} buses, {} meters, {} areas, {} meter models)",
                 path.display(),
@@ -208,6 +211,9 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     init_logging(&cfg.gateway.log_level);
+    for w in &cfg.warnings {
+        tracing::warn!("{}:{}:{}: {}", w.file, w.line, w.col, w.message);
+    }
     runtime().block_on(async move {
         let shutdown = shutdown_on_signals();
         match amr_gateway::gateway::run(cfg, shutdown, None).await {

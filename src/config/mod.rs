@@ -60,14 +60,19 @@ pub struct Config {
     pub buses: Vec<BusConfig>,
     pub meters: Vec<MeterConfig>,
     pub areas: Vec<AreaConfig>,
-    /// `[loss]`: settings of the line-loss engine common to all areas.
+    /// `[loss]`: settings of the line-loss engine common to all areas (its stopped-register
+    /// rule from `[alarms.meter_stopped]`).
     pub loss: crate::analytics::loss::LossSettings,
     /// `[alarms]` and `[alarms.<kind>]`: every alarm kind's switch, severity, holds and limits.
     pub alarms: crate::analytics::alarms::AlarmSettings,
-    /// `[voltage_quality]`: limits and gaps of the daily voltage statistics.
+    /// `[voltage_quality]`: gaps and outage share of the daily voltage statistics (its band from
+    /// `[alarms.voltage]`).
     pub voltage_quality: crate::analytics::voltage::VoltageQualitySettings,
     /// The meter models available to this configuration (built-in plus `models_dir`).
     pub models: crate::meter::ModelLibrary,
+    /// What is valid but should change (an old key still accepted, naming its replacement),
+    /// sorted by position: `check-config` prints them, `run` logs them.
+    pub warnings: Vec<ConfigProblem>,
 }
 
 /// `[gateway]`

@@ -7,7 +7,7 @@
 //! checks can point at them and can skip values already reported as wrong.
 
 use super::*;
-use crate::diagnostic::{Report, Section, nearest};
+use crate::diagnostic::{Report, Section, did_you_mean};
 use std::ops::Range;
 use std::path::Path;
 use toml::Spanned;
@@ -312,9 +312,7 @@ pub(super) fn bus(report: &mut Report, table: &DeTable, start: usize, base: &Pat
             Some(protocol) => Some(protocol),
             None => {
                 let all: Vec<&str> = BusProtocol::ALL.iter().map(|p| p.name()).collect();
-                let hint = nearest(p.get_ref(), all.iter().copied())
-                    .map(|n| format!("did you mean `{n}`? "))
-                    .unwrap_or_default();
+                let hint = did_you_mean(p.get_ref(), all.iter().copied());
                 report.at(
                     p.span().start,
                     format!(

@@ -10,12 +10,15 @@
 //! - [`model`]: domain types — meter ids, quantity names, readings.
 //! - [`clock`]: the one clock; RFC 3339 timestamps.
 //! - [`shutdown`]: the stop signal passed down explicitly to every task.
+//! - [`diagnostic`]: problems in hand-checked TOML files (configuration, model files, simulator
+//!   file) at `FILE:LINE:COL`, typed key readers, "did you mean"; a leaf.
 //! - [`meter`]: meter models as data (`protocols/*.toml`), block planning, decoding.
 //! - [`protocol`]: wire codecs and transports (Modbus RTU / TCP / RTU over TCP).
 //! - [`bus`]: one task per bus polling its meters; meter health and offline backoff.
 //! - [`store`]: SQLite history and outbox; `seq` allocation; pruning and size bound.
 //! - [`uplink`]: MQTT topics, payloads and the outbox publisher.
-//! - [`analytics`]: line loss, alarms, voltage quality.
+//! - [`analytics`]: line loss, alarms, voltage quality, and the domain rules they share (the
+//!   voltage band, a register that went down or stood still).
 //! - [`sim`]: simulated meters and areas for tests, the demo and benchmarks.
 //! - [`gateway`]: `run` — wires buses, store, analytics and uplink together with a shutdown
 //!   signal; the store writer folds bus events and analytics output into one transaction.
@@ -30,6 +33,7 @@ pub mod clock;
 pub mod config;
 #[cfg(feature = "embedded-broker")]
 pub mod demo;
+pub mod diagnostic;
 pub mod field;
 pub mod gateway;
 pub mod meter;

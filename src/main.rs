@@ -184,6 +184,9 @@ fn runtime() -> tokio::runtime::Runtime {
 fn check_config(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
         Ok(c) => {
+            for w in &c.warnings {
+                eprintln!("{}:{}:{}: warning: {}", w.file, w.line, w.col, w.message);
+            }
             println!(
                 "{}: ok ({}, {}, {}, {})",
                 path.display(),
@@ -260,6 +263,9 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     init_logging(&cfg.gateway.log_level);
+    for w in &cfg.warnings {
+        tracing::warn!("{}:{}:{}: {}", w.file, w.line, w.col, w.message);
+    }
     runtime().block_on(async move {
         let mut signals = signals();
         let mut cfg = cfg;
@@ -275,6 +281,9 @@ fn run(path: &std::path::Path) -> ExitCode {
                     signal = signals.recv() => match signal {
                         Some(Signal::Reload) => match config::load(path) {
                             Ok(new) => {
+                                for w in &new.warnings {
+                                    tracing::warn!("{}:{}:{}: {}", w.file, w.line, w.col, w.message);
+                                }
                                 tracing::info!(
                                     "SIGHUP: {} is valid; restarting the gateway with it",
                                     path.display()

@@ -73,6 +73,18 @@ fn a_valid_file_passes() {
     assert_eq!(code, 0, "{err}");
 }
 
+/// An old key of a shared rule keeps the file valid: exit 0, a warning naming its replacement.
+#[test]
+fn an_old_key_passes_with_a_warning() {
+    let (code, err, path) = check(&format!("{VALID}\n[loss]\nstopped_current_a = 1.0\n"));
+    assert_eq!(code, 0, "{err}");
+    let warning = format!(
+        "{path}:28:1: warning: `stopped_current_a` in [loss] is replaced by `min_current_a` in \
+         [alarms.meter_stopped]"
+    );
+    assert!(err.lines().any(|l| l.starts_with(&warning)), "{err}");
+}
+
 #[test]
 fn the_shipped_example_passes() {
     let out = bin()

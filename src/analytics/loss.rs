@@ -63,6 +63,7 @@ pub mod suspects;
 #[cfg(test)]
 mod tests;
 
+use super::register::{self as rule, StoppedRegister};
 use crate::clock::rfc3339_ms;
 use crate::model::Reading;
 use crate::store::Message;
@@ -76,7 +77,6 @@ use suspects::WindowEntry;
 const IMPORT: &str = "energy_import_kwh";
 const EXPORT: &str = "energy_export_kwh";
 const POWER: &str = "power_kw";
-const CURRENTS: [&str; 3] = ["current_l1_a", "current_l2_a", "current_l3_a"];
 /// Reads kept per register at the least, whatever the boundaries need (rate estimates).
 const MIN_POINTS: usize = 4;
 
@@ -104,11 +104,11 @@ pub struct LossSettings {
     /// The matched drop / rise must be at least this share of the mean supply per interval, %.
     /// Default 1.0.
     pub suspect_min_step_pct: f64,
-    /// A phase current above this with the energy register standing still flags a stopped
-    /// register. Default 0.5 A.
-    pub stopped_current_a: f64,
-    /// How long the register must stand still while current flows. Default: two intervals.
-    pub stopped_after_s: Option<u64>,
+    /// When registers standing still while load flows flag a `stopped_register` suspect. Not a
+    /// key of `[loss]`: the loader fills it from `[alarms.meter_stopped]`, the one source it
+    /// shares with the meter_stopped alarm.
+    #[serde(skip)]
+    pub stopped: StoppedRegister,
     /// Absolute rate bound for every meter, kW; above it a jump is a glitch. Default none:
     /// derived per register as `rate_headroom` × its recent maximum rate, at least
     /// `min_rate_bound_kw`.
@@ -148,8 +148,7 @@ impl Default for LossSettings {
             suspect_window: 16,
             suspect_threshold: 4.0,
             suspect_min_step_pct: 1.0,
-            stopped_current_a: 0.5,
-            stopped_after_s: None,
+            stopped: StoppedRegister::default(),
             max_kw: None,
             rate_headroom: 10.0,
             min_rate_bound_kw: 1000.0,
@@ -168,9 +167,6 @@ impl LossSettings {
     }
     fn max_gap_ms(&self, interval_s: u64) -> i64 {
         self.max_read_gap_s.unwrap_or(interval_s) as i64 * 1000
-    }
-    fn stopped_after_ms(&self, interval_s: u64) -> i64 {
-        self.stopped_after_s.unwrap_or(2 * interval_s) as i64 * 1000
     }
 }
 
@@ -594,27 +590,21 @@ impl LossEngine {
             }
         }
 
-        // Current flowing while the energy stands still.
-        let current = CURRENTS
-            .iter()
-            .filter_map(|c| r.values.get(*c))
-            .copied()
-            .filter(|c| c.is_finite())
-            .fold(None, |m: Option<f64>, c| Some(m.map_or(c, |m| m.max(c))));
+        // Load flowing while the energy stands still.
+        let flows = self.settings.stopped.load_flows(r) == Some(true);
+        let current_a = rule::largest_current_a(r).unwrap_or(0.0);
         let total = track.total_kwh();
-        track.still = match (current, track.still) {
-            (Some(c), Some(s)) if c > self.settings.stopped_current_a && total - s.kwh <= 1e-9 => {
-                Some(Still {
-                    current_a: c,
-                    last_ms: r.ts_ms,
-                    ..s
-                })
-            }
-            (Some(c), _) if c > self.settings.stopped_current_a => Some(Still {
+        track.still = match track.still {
+            Some(s) if flows && !rule::moved(s.kwh, total) => Some(Still {
+                current_a,
+                last_ms: r.ts_ms,
+                ..s
+            }),
+            _ if flows => Some(Still {
                 since_ms: r.ts_ms,
                 last_ms: r.ts_ms,
                 kwh: total,
-                current_a: c,
+                current_a,
             }),
             _ => None,
         };
@@ -966,7 +956,7 @@ fn rank_suspects(
         reason: "bypass_signature".into(),
     })
     .collect();
-    let after = settings.stopped_after_ms(spec.interval_s).max(1);
+    let after = settings.stopped.stopped_after_ms().max(1);
     for c in &spec.customers {
         if let Some(still) = meters.get(c).and_then(|t| t.still) {
             let stood = still.last_ms - still.since_ms;

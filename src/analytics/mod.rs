@@ -1,4 +1,6 @@
-//! Analytics over readings: line loss of areas, alarm rules, voltage quality.
+//! Analytics over readings: line loss of areas, alarm rules, voltage quality, and the domain
+//! rules they share (`band`: the supply voltage band; `register`: a register that went down or
+//! stood still while load flowed).
 //!
 //! Every engine here is a pure, deterministic state machine fed with readings, meter states and
 //! timestamps: no clock, no I/O. [`Analytics`] (module `pipeline`) bundles the three as the
@@ -6,8 +8,10 @@
 //! readings that caused it (see [`crate::gateway`]).
 
 pub mod alarms;
+pub mod band;
 pub mod loss;
 mod pipeline;
+pub mod register;
 pub mod voltage;
 
 pub use pipeline::{

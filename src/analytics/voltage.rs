@@ -22,6 +22,7 @@
 //! survives restarts through [`VoltageQuality::snapshot`] and [`VoltageQuality::restore`],
 //! which the gateway saves in the transaction that holds the day messages.
 
+use super::band::{BandPosition, VoltageBand};
 use crate::clock::{day_start_ms, rfc3339_ms};
 use crate::model::Reading;
 use crate::store::Message;
@@ -38,16 +39,15 @@ const PHASES: [(&str, &str); 3] = [
     ("l3", "voltage_l3_v"),
 ];
 
-/// Proposed `[voltage_quality]` keys.
+/// `[voltage_quality]` keys, and the voltage band the statistics count against.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VoltageQualitySettings {
-    /// Default 220 V (GB/T 12325 single-phase supply; phase voltage of a 380 V system).
-    pub nominal_v: f64,
-    /// Upper limit, percent of nominal. Default +7 (235.4 V).
-    pub upper_pct: f64,
-    /// Lower limit, percent of nominal. Default −10 (198 V).
-    pub lower_pct: f64,
+    /// The band time above / below is counted against. Not a key of `[voltage_quality]`: the
+    /// loader fills it from `[alarms.voltage]`, the one source it shares with the voltage
+    /// alarms.
+    #[serde(skip)]
+    pub band: VoltageBand,
     /// Reads further apart than this do not make monitored time. Default 300.
     pub max_gap_s: u64,
     /// Voltages below this share of nominal are outage, not monitored. Default 50 (110 V).
@@ -57,9 +57,7 @@ pub struct VoltageQualitySettings {
 impl Default for VoltageQualitySettings {
     fn default() -> Self {
         VoltageQualitySettings {
-            nominal_v: 220.0,
-            upper_pct: 7.0,
-            lower_pct: -10.0,
+            band: VoltageBand::default(),
             max_gap_s: 300,
             outage_pct: 50.0,
         }
@@ -67,14 +65,8 @@ impl Default for VoltageQualitySettings {
 }
 
 impl VoltageQualitySettings {
-    pub fn upper_v(&self) -> f64 {
-        self.nominal_v * (1.0 + self.upper_pct / 100.0)
-    }
-    pub fn lower_v(&self) -> f64 {
-        self.nominal_v * (1.0 + self.lower_pct / 100.0)
-    }
     fn outage_v(&self) -> f64 {
-        self.nominal_v * self.outage_pct / 100.0
+        self.band.share_v(self.outage_pct)
     }
 }
 
@@ -314,10 +306,10 @@ fn book_interval(
                 tally.outage_ms += span;
             } else {
                 tally.monitored_ms += span;
-                if v0 > s.upper_v() {
-                    tally.above_ms += span;
-                } else if v0 < s.lower_v() {
-                    tally.below_ms += span;
+                match s.band.position(v0) {
+                    BandPosition::Above => tally.above_ms += span,
+                    BandPosition::Below => tally.below_ms += span,
+                    BandPosition::Within => {}
                 }
             }
         }
@@ -363,8 +355,8 @@ fn record(
         min_v: d.min_v,
         max_v: d.max_v,
         reads: d.reads,
-        upper_v: s.upper_v(),
-        lower_v: s.lower_v(),
+        upper_v: s.band.upper_v(),
+        lower_v: s.band.lower_v(),
         closed,
     }
 }

@@ -7,11 +7,17 @@
 //! types and out-of-range values, each at its `FILE:LINE:COL` — turns the valid keys into a
 //! JSON object and lets serde fill the struct. A unit test keeps each schema and its struct's
 //! fields in step.
+//!
+//! A rule shared by two engines has one source ([`MOVED`]): the voltage band is
+//! `[alarms.voltage]`, the stopped-register rule `[alarms.meter_stopped]`. The keys that set
+//! them elsewhere before (`[voltage_quality] nominal_v`, `[loss] stopped_current_a`, ...) are
+//! still read and checked where they are, then applied where they now live, with a warning
+//! that names the replacement; the loader hands each rule to both engines.
 
-use super::document::{Report, Section, with_article};
 use crate::analytics::alarms::AlarmSettings;
 use crate::analytics::loss::LossSettings;
 use crate::analytics::voltage::VoltageQualitySettings;
+use crate::diagnostic::{Report, Section, with_article};
 use serde_json::{Map, Value, json};
 use std::ops::Range;
 use toml::de::{DeTable, DeValue};
@@ -322,6 +328,87 @@ pub(super) const ALARM_KINDS: &[Table] = &[
     },
 ];
 
+/// A key that moved to the `[alarms.<kind>]` table of the one rule it sets.
+#[derive(Debug)]
+pub(super) struct Moved {
+    /// The table it was in (`[loss]`) and its name there.
+    pub from: &'static str,
+    pub key: &'static str,
+    /// The alarm kind's table (`meter_stopped`) and the key's name there.
+    pub kind: &'static str,
+    pub to: &'static str,
+    /// What the new key sets, for the warning.
+    pub sets: &'static str,
+}
+
+const STOPPED_RULE: &str = "the stopped-register rule of both the meter_stopped alarm and the \
+                            loss engine's stopped_register suspects";
+const VOLTAGE_BAND: &str = "the voltage band of both the voltage alarms and the voltage-quality \
+                            statistics";
+
+/// Every moved key. Its old table's schema still lists it (so it is checked as before).
+pub(super) const MOVED: &[Moved] = &[
+    Moved {
+        from: "[loss]",
+        key: "stopped_current_a",
+        kind: "meter_stopped",
+        to: "min_current_a",
+        sets: STOPPED_RULE,
+    },
+    Moved {
+        from: "[loss]",
+        key: "stopped_after_s",
+        kind: "meter_stopped",
+        to: "stopped_after_s",
+        sets: STOPPED_RULE,
+    },
+    Moved {
+        from: "[voltage_quality]",
+        key: "nominal_v",
+        kind: "voltage",
+        to: "nominal_v",
+        sets: VOLTAGE_BAND,
+    },
+    Moved {
+        from: "[voltage_quality]",
+        key: "upper_pct",
+        kind: "voltage",
+        to: "upper_pct",
+        sets: VOLTAGE_BAND,
+    },
+    Moved {
+        from: "[voltage_quality]",
+        key: "lower_pct",
+        kind: "voltage",
+        to: "lower_pct",
+        sets: VOLTAGE_BAND,
+    },
+];
+
+/// A moved key as written: its checked value and where it stands.
+pub(super) struct Carried {
+    moved: &'static Moved,
+    value: Value,
+    at: usize,
+}
+
+/// Takes the moved keys of the table `title` out of its checked keys.
+fn take_moved(object: &mut Map<String, Value>, table: &DeTable, title: &str) -> Vec<Carried> {
+    MOVED
+        .iter()
+        .filter(|m| m.from == title)
+        .filter_map(|moved| {
+            let value = object.remove(moved.key)?;
+            let (key, _) = table.get_key_value(moved.key)?;
+            Some(Carried {
+                moved,
+                value,
+                at: key.span().start,
+            })
+        })
+        .collect()
+}
+
 /// `[alarms]` as read, with the spans of `[alarms.overload] rated_kva` entries (checked
 /// against the areas later).
 pub(super) struct AlarmsEntry {
@@ -329,44 +416,108 @@ pub(super) struct AlarmsEntry {
     pub rated_kva_areas: Vec<(String, Range<usize>)>,
 }
 
-/// `[loss]`.
-pub(super) fn loss(report: &mut Report, table: &DeTable, start: usize) -> LossSettings {
-    let object = read_table(report, table, start, &LOSS, &[], &mut Vec::new());
-    let mut settings: LossSettings = into_settings(report, object, start, LOSS.title);
+/// `[loss]`, and its moved keys (for [`alarms`]). The stopped-register rule is filled in by
+/// the loader.
+pub(super) fn loss(
+    report: &mut Report,
+    table: &DeTable,
+    start: usize,
+) -> (LossSettings, Vec<Carried>) {
+    let (mut settings, carried): (LossSettings, _) = engine_table(report, table, start, &LOSS);
     // The engine tries the smallest modulus that explains a drop first.
     settings.counter_moduli_kwh.sort_by(f64::total_cmp);
-    settings
+    (settings, carried)
 }
 
-/// `[voltage_quality]`.
+/// `[voltage_quality]`, and its moved keys (for [`alarms`]). The band is filled in by the
+/// loader.
 pub(super) fn voltage_quality(
     report: &mut Report,
     table: &DeTable,
     start: usize,
-) -> VoltageQualitySettings {
-    let object = read_table(report, table, start, &VOLTAGE_QUALITY, &[], &mut Vec::new());
-    into_settings(report, object, start, VOLTAGE_QUALITY.title)
+) -> (VoltageQualitySettings, Vec<Carried>) {
+    engine_table(report, table, start, &VOLTAGE_QUALITY)
 }
 
-/// `[alarms]` and its `[alarms.<kind>]` tables.
-pub(super) fn alarms(report: &mut Report, table: &DeTable, start: usize) -> AlarmsEntry {
-    let kinds: Vec<&str> = ALARM_KINDS.iter().map(|t| t.name).collect();
+/// An engine's own table: its settings from the checked keys, and the moved keys apart.
+fn engine_table<T: serde::de::DeserializeOwned + Default>(
+    report: &mut Report,
+    table: &DeTable,
+    start: usize,
+    schema: &Table,
+) -> (T, Vec<Carried>) {
+    let mut object = read_table(report, table, start, schema, &[], &mut Vec::new());
+    let carried = take_moved(&mut object, table, schema.title);
+    (into_settings(report, object, start, schema.title), carried)
+}
+
+/// `[alarms]` and its `[alarms.<kind>]` tables (`found`: the table and its offset, when the
+/// file has one), with the `carried` keys of other tables applied where the file does not set
+/// their new key itself; each carried key gets a warning naming its replacement.
+pub(super) fn alarms(
+    report: &mut Report,
+    found: Option<(&DeTable, usize)>,
+    carried: Vec<Carried>,
+) -> AlarmsEntry {
     let mut rated_kva_areas = Vec::new();
-    let mut object = read_table(report, table, start, &ALARMS, &kinds, &mut rated_kva_areas);
+    let (mut object, start) = match found {
+        Some((table, start)) => (
+            alarm_tables(report, table, start, &mut rated_kva_areas),
+            start,
+        ),
+        None => (Map::new(), 0),
+    };
+    for c in carried {
+        let m = c.moved;
+        let kind = object
+            .entry(m.kind)
+            .or_insert_with(|| Value::Object(Map::new()));
+        let Value::Object(kind) = kind else {
+            continue;
+        };
+        if kind.contains_key(m.to) {
+            report.warn(
+                c.at,
+                format!(
+                    "`{}` in {} is replaced by `{}` in [alarms.{}], which this file sets and \
+                     which applies ({}); remove `{}` here",
+                    m.key, m.from, m.to, m.kind, m.sets, m.key
+                ),
+            );
+        } else {
+            kind.insert(m.to.into(), c.value);
+            report.warn(
+                c.at,
+                format!(
+                    "`{}` in {} is replaced by `{}` in [alarms.{}] ({}); it still applies from \
+                     here, but move it there",
+                    m.key, m.from, m.to, m.kind, m.sets
+                ),
+            );
+        }
+    }
+    AlarmsEntry {
+        settings: into_settings(report, object, start, ALARMS.title),
+        rated_kva_areas,
+    }
+}
+
+/// The checked keys of `[alarms]` and its `[alarms.<kind>]` tables.
+fn alarm_tables(
+    report: &mut Report,
+    table: &DeTable,
+    start: usize,
+    rated_kva_areas: &mut Vec<(String, Range<usize>)>,
+) -> Map<String, Value> {
+    let kinds: Vec<&str> = ALARM_KINDS.iter().map(|t| t.name).collect();
+    let mut object = read_table(report, table, start, &ALARMS, &kinds, rated_kva_areas);
     for kind in ALARM_KINDS {
         let Some(value) = table.get(kind.name) else {
             continue;
         };
         match value.get_ref() {
             DeValue::Table(t) => {
-                let sub = read_table(
-                    report,
-                    t,
-                    value.span().start,
-                    kind,
-                    &[],
-                    &mut rated_kva_areas,
-                );
+                let sub = read_table(report, t, value.span().start, kind, &[], rated_kva_areas);
                 object.insert(kind.name.into(), Value::Object(sub));
             }
             other => report.at(
@@ -380,10 +531,7 @@ pub(super) fn alarms(report: &mut Report, table: &DeTable, start: usize) -> Alar
             ),
         }
     }
-    AlarmsEntry {
-        settings: into_settings(report, object, start, ALARMS.title),
-        rated_kva_areas,
-    }
+    object
 }
 
 /// Checks every key of `table` against `schema` (keys in `subtables` are known too and left
@@ -604,10 +752,26 @@ mod tests {
         t.keys.iter().map(|k| k.name.to_string()).collect()
     }
 
+    /// A table's keys, less those that moved to another table.
+    fn own_keys(t: &Table) -> BTreeSet<String> {
+        let mut k = keys(t);
+        for m in MOVED.iter().filter(|m| m.from == t.title) {
+            assert!(k.remove(m.key), "{} lists {}", t.title, m.key);
+        }
+        k
+    }
+
     #[test]
     fn schemas_match_the_settings_structs() {
-        assert_eq!(keys(&LOSS), fields::<LossSettings>());
-        assert_eq!(keys(&VOLTAGE_QUALITY), fields::<VoltageQualitySettings>());
+        assert_eq!(own_keys(&LOSS), fields::<LossSettings>());
+        assert_eq!(
+            own_keys(&VOLTAGE_QUALITY),
+            fields::<VoltageQualitySettings>()
+        );
+        for m in MOVED {
+            let kind = ALARM_KINDS.iter().find(|t| t.name == m.kind).unwrap();
+            assert!(keys(kind).contains(m.to), "{m:?}");
+        }
         let mut alarms = keys(&ALARMS);
         alarms.extend(ALARM_KINDS.iter().map(|t| t.name.to_string()));
         assert_eq!(alarms, fields::<AlarmSettings>());

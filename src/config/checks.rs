@@ -2,9 +2,9 @@
 //! clashes on a bus, and the meters of each area. Values already reported as wrong by the
 //! section readers carry no span and are skipped here, so one mistake gives one problem.
 
-use super::document::{Report, nearest};
 use super::sections::{AreaEntry, BusEntry, MeterEntry};
 use super::*;
+use crate::diagnostic::{Report, did_you_mean};
 use crate::meter::ModelLibrary;
 use std::collections::HashMap;
 use std::ops::Range;
@@ -170,9 +170,7 @@ fn meters_on_buses(report: &mut Report, meters: &[MeterEntry], buses: &HashMap<&
             let defined = if bus_names.is_empty() {
                 "no [[bus]] is defined".to_string()
             } else {
-                let hint = nearest(name, bus_names.iter().copied())
-                    .map(|n| format!("did you mean `{n}`? "))
-                    .unwrap_or_default();
+                let hint = did_you_mean(name, bus_names.iter().copied());
                 format!("{hint}defined buses: {}", bus_names.join(", "))
             };
             report.at(
@@ -265,9 +263,7 @@ fn meter_models(report: &mut Report, meters: &[MeterEntry], models: &ModelLibrar
             let available = if names.is_empty() {
                 "no models are available; add model files to `models_dir`".to_string()
             } else {
-                let hint = nearest(name, names.iter().copied())
-                    .map(|n| format!("did you mean `{n}`? "))
-                    .unwrap_or_default();
+                let hint = did_you_mean(name, names.iter().copied());
                 format!("{hint}models available: {}", names.join(", "))
             };
             report.at(
@@ -344,9 +340,7 @@ fn area_members(report: &mut Report, areas: &[AreaEntry], meters: &HashMap<&str,
         for ((meter, span), is_supply) in supply.chain(customers) {
             let meter = meter.as_str();
             if !meters.contains_key(meter) {
-                let hint = nearest(meter, meter_ids.iter().copied())
-                    .map(|n| format!("did you mean `{n}`? "))
-                    .unwrap_or_default();
+                let hint = did_you_mean(meter, meter_ids.iter().copied());
                 report.at(
                     span.start,
                     format!(

@@ -8,11 +8,11 @@
 
 use super::analytics;
 use super::checks::{Drivers, cross_check};
-use super::document::{Report, nearest, with_article};
 use super::sections::{self, AreaEntry, BusEntry, MeterEntry};
 use super::*;
+use crate::diagnostic::{Report, did_you_mean, nearest, with_article};
 use crate::meter::ModelLibrary;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
@@ -115,31 +115,31 @@ pub(super) fn load_text(
         .map(|(t, start)| sections::area(&mut report, t, start))
         .collect();
 
-    let loss = match table(&mut report, root, "loss") {
+    let (mut loss, mut carried) = match table(&mut report, root, "loss") {
         Some((t, start)) => analytics::loss(&mut report, t, start),
         None => Default::default(),
     };
-    let alarms = table(&mut report, root, "alarms")
-        .map(|(t, start)| analytics::alarms(&mut report, t, start));
-    let voltage_quality = match table(&mut report, root, "voltage_quality") {
+    let (mut voltage_quality, more) = match table(&mut report, root, "voltage_quality") {
         Some((t, start)) => analytics::voltage_quality(&mut report, t, start),
         None => Default::default(),
     };
-    if let Some(a) = &alarms {
-        for (area, span) in &a.rated_kva_areas {
-            if !areas.iter().any(|e| e.config.id == *area) {
-                let ids: Vec<&str> = areas.iter().map(|e| e.config.id.as_str()).collect();
-                let hint = nearest(area, ids.iter().copied())
-                    .map(|n| format!("did you mean `{n}`? "))
-                    .unwrap_or_default();
-                report.at(
-                    span.start,
-                    format!(
-                        "[alarms.overload] rated_kva names area `{area}`, which no [[area]] \
-                         has; {hint}use an area id, or set `rated_kva` in the [[area]] itself"
-                    ),
-                );
-            }
+    carried.extend(more);
+    let found = table(&mut report, root, "alarms");
+    let alarms = analytics::alarms(&mut report, found, carried);
+    // One source for a rule two engines share.
+    loss.stopped = alarms.settings.meter_stopped.rule();
+    voltage_quality.band = alarms.settings.voltage.band();
+    for (area, span) in &alarms.rated_kva_areas {
+        if !areas.iter().any(|e| e.config.id == *area) {
+            let ids: Vec<&str> = areas.iter().map(|e| e.config.id.as_str()).collect();
+            let hint = did_you_mean(area, ids.iter().copied());
+            report.at(
+                span.start,
+                format!(
+                    "[alarms.overload] rated_kva names area `{area}`, which no [[area]] \
+                     has; {hint}use an area id, or set `rated_kva` in the [[area]] itself"
+                ),
+            );
         }
     }
 
@@ -161,9 +161,10 @@ pub(super) fn load_text(
             meters: meters.into_iter().map(|m| m.config).collect(),
             areas: areas.into_iter().map(|a| a.config).collect(),
             loss,
-            alarms: alarms.map(|a| a.settings).unwrap_or_default(),
+            alarms: alarms.settings,
             voltage_quality,
             models,
+            warnings: sorted(report.warnings, path),
         }),
         _ => Err(finish(report)),
     }
@@ -182,25 +183,23 @@ fn load_models(report: &mut Report, models: &mut ModelLibrary, dir: &Path, at: u
         return;
     }
     if let Err(errors) = models.load_dir(dir) {
-        report
-            .problems
-            .extend(errors.into_iter().map(|e| ConfigProblem {
-                file: e.file,
-                line: e.line,
-                col: e.col,
-                message: e.message,
-            }));
+        report.problems.extend(errors);
     }
 }
 
 /// The problems, sorted: this file's by position, then other files' (model files).
 fn finish(report: Report) -> ConfigErrors {
-    let file = report.file().to_string();
-    let mut problems = report.problems;
+    let file = PathBuf::from(report.file());
+    ConfigErrors(sorted(report.problems, &file))
+}
+
+/// `problems` sorted: those of `path` by position, then other files' (model files).
+fn sorted(mut problems: Vec<ConfigProblem>, path: &Path) -> Vec<ConfigProblem> {
+    let file = path.display().to_string();
     problems.sort_by(|a, b| {
         (a.file != file, &a.file, a.line, a.col).cmp(&(b.file != file, &b.file, b.line, b.col))
     });
-    ConfigErrors(problems)
+    problems
 }
 
 /// Reports top-level keys that are not sections.

@@ -4,7 +4,8 @@
 //! The file is parsed into a spanned TOML tree and walked by hand, so that *every* problem in
 //! a file is reported at once, each with its position, instead of stopping at the first one.
 //!
-//! - `document`: positions, typed key readers, unknown keys with "did you mean".
+//! - [`crate::diagnostic`] (not part of this module): positions, typed key readers, unknown keys
+//!   with "did you mean".
 //! - `sections`: one reader per section (`[gateway]`, `[[bus]]`, ...), defaults and ranges.
 //! - `analytics`: `[loss]`, `[alarms]` / `[alarms.<kind>]` and `[voltage_quality]`, checked key
 //!   by key and deserialized into the engines' settings structs.
@@ -15,7 +16,6 @@
 
 mod analytics;
 mod checks;
-mod document;
 mod load;
 mod sections;
 #[cfg(test)]
@@ -27,24 +27,9 @@ pub use sections::{LOG_LEVELS, PHASES, STANDARD_BAUD_RATES};
 
 use std::path::PathBuf;
 
-/// One problem found in a configuration file, with its position (1-based line and column).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ConfigProblem {
-    pub file: String,
-    pub line: usize,
-    pub col: usize,
-    pub message: String,
-}
-
-impl std::fmt::Display for ConfigProblem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file, self.line, self.col, self.message
-        )
-    }
-}
+/// One problem found in a configuration file, with its position (1-based line and column);
+/// `Display` writes it `FILE:LINE:COL: message`.
+pub type ConfigProblem = crate::diagnostic::Problem;
 
 /// Every problem found in a file; `Display` prints one `FILE:LINE:COL: message` per line.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,14 +60,19 @@ pub struct Config {
     pub buses: Vec<BusConfig>,
     pub meters: Vec<MeterConfig>,
     pub areas: Vec<AreaConfig>,
-    /// `[loss]`: settings of the line-loss engine common to all areas.
+    /// `[loss]`: settings of the line-loss engine common to all areas (its stopped-register
+    /// rule from `[alarms.meter_stopped]`).
     pub loss: crate::analytics::loss::LossSettings,
     /// `[alarms]` and `[alarms.<kind>]`: every alarm kind's switch, severity, holds and limits.
     pub alarms: crate::analytics::alarms::AlarmSettings,
-    /// `[voltage_quality]`: limits and gaps of the daily voltage statistics.
+    /// `[voltage_quality]`: gaps and outage share of the daily voltage statistics (its band from
+    /// `[alarms.voltage]`).
     pub voltage_quality: crate::analytics::voltage::VoltageQualitySettings,
     /// The meter models available to this configuration (built-in plus `models_dir`).
     pub models: crate::meter::ModelLibrary,
+    /// What is valid but should change (an old key still accepted, naming its replacement),
+    /// sorted by position: `check-config` prints them, `run` logs them.
+    pub warnings: Vec<ConfigProblem>,
 }
 
 /// `[gateway]`

@@ -6,8 +6,8 @@
 //! Entries keep the spans of the values that were present and valid, so that the cross-section
 //! checks can point at them and can skip values already reported as wrong.
 
-use super::document::{Report, Section, nearest};
 use super::*;
+use crate::diagnostic::{Report, Section, did_you_mean};
 use std::ops::Range;
 use std::path::Path;
 use toml::Spanned;
@@ -316,9 +316,7 @@ pub(super) fn bus(report: &mut Report, table: &DeTable, start: usize, base: &Pat
             Some(protocol) => Some(protocol),
             None => {
                 let all: Vec<&str> = BusProtocol::ALL.iter().map(|p| p.name()).collect();
-                let hint = nearest(p.get_ref(), all.iter().copied())
-                    .map(|n| format!("did you mean `{n}`? "))
-                    .unwrap_or_default();
+                let hint = did_you_mean(p.get_ref(), all.iter().copied());
                 report.at(
                     p.span().start,
                     format!(

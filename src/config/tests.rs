@@ -1286,15 +1286,20 @@ fn example_configuration_loads() {
     for customer in &area.customers {
         assert_eq!(config.meter(customer).unwrap().model, "eastron-sdm120");
     }
-    // The analytics part shows the defaults (the three derived ones written out for a
-    // 900 s interval).
+    // The analytics part shows the defaults (the two derived ones written out for a
+    // 900 s interval), and no old key.
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
     assert_eq!(area.rated_kva, Some(400.0));
     let mut loss = config.loss.clone();
     assert_eq!(
-        (loss.grace_s, loss.stopped_after_s, loss.max_read_gap_s),
-        (Some(300), Some(1800), Some(900))
+        (
+            loss.grace_s,
+            loss.stopped.stopped_after_s,
+            loss.max_read_gap_s
+        ),
+        (Some(300), 1800, Some(900))
     );
-    (loss.grace_s, loss.stopped_after_s, loss.max_read_gap_s) = (None, None, None);
+    (loss.grace_s, loss.max_read_gap_s) = (None, None);
     assert_eq!(loss, crate::analytics::loss::LossSettings::default());
     assert_eq!(
         config.alarms,
@@ -1381,8 +1386,77 @@ max_gap_s = 120
     assert_eq!(config.alarms.overload.rated_kva["a"], 315.0);
     assert!(!config.alarms.line_loss.negative_enabled);
     assert!(config.alarms.line_loss.high_enabled);
-    assert_eq!(config.voltage_quality.nominal_v, 230.0);
+    // `[voltage_quality] nominal_v` is an old key: still read, now for the one band.
+    assert_eq!(config.voltage_quality.band.nominal_v, 230.0);
+    assert_eq!(config.alarms.voltage.nominal_v, 230.0);
+    assert_eq!(config.voltage_quality.band, config.alarms.voltage.band());
     assert_eq!(config.voltage_quality.max_gap_s, 120);
+    assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+}
+
+/// A rule two engines share has one source; the keys that set it elsewhere before still work,
+/// with a warning naming their replacement (and are ignored when the replacement is set too).
+#[test]
+fn old_keys_of_a_shared_rule_still_work_with_a_warning() {
+    let text = format!(
+        r#"{BASE}
+[loss]
+stopped_current_a = 1.5
+stopped_after_s = 600
+
+[alarms.meter_stopped]
+stopped_after_s = 900
+
+[voltage_quality]
+upper_pct = 10
+"#
+    );
+    // BASE is 23 lines; the appended text starts on line 24.
+    let config = parse(&text).unwrap();
+    let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [
+            at(
+                26,
+                1,
+                "`stopped_current_a` in [loss] is replaced by `min_current_a` in \
+                 [alarms.meter_stopped] (the stopped-register rule of both the meter_stopped \
+                 alarm and the loss engine's stopped_register suspects); it still applies from \
+                 here, but move it there"
+            ),
+            at(
+                27,
+                1,
+                "`stopped_after_s` in [loss] is replaced by `stopped_after_s` in \
+                 [alarms.meter_stopped], which this file sets and which applies (the \
+                 stopped-register rule of both the meter_stopped alarm and the loss engine's \
+                 stopped_register suspects); remove `stopped_after_s` here"
+            ),
+            at(
+                33,
+                1,
+                "`upper_pct` in [voltage_quality] is replaced by `upper_pct` in [alarms.voltage] \
+                 (the voltage band of both the voltage alarms and the voltage-quality \
+                 statistics); it still applies from here, but move it there"
+            ),
+        ]
+    );
+    let stopped = config.alarms.meter_stopped.rule();
+    assert_eq!((stopped.min_current_a, stopped.stopped_after_s), (1.5, 900));
+    assert_eq!(config.loss.stopped, stopped);
+    assert_eq!(config.alarms.voltage.upper_pct, 10.0);
+    assert_eq!(config.voltage_quality.band, config.alarms.voltage.band());
+    // Still checked where they are.
+    let bad = format!("{BASE}\n[voltage_quality]\nupper_pct = 0\n");
+    assert_eq!(
+        problems(&bad),
+        [at(
+            26,
+            13,
+            "`upper_pct` in [voltage_quality] must be a number above 0 and at most 100 %, found 0"
+        )]
+    );
 }
 
 #[test]

@@ -145,15 +145,8 @@ impl MeterModel {
     }
 }
 
-/// A problem in a model file.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{file}:{line}:{col}: {message}")]
-pub struct ModelError {
-    pub file: String,
-    pub line: usize,
-    pub col: usize,
-    pub message: String,
-}
+/// A problem in a model file, at `FILE:LINE:COL`.
+pub type ModelError = crate::diagnostic::Problem;
 
 /// Declares the built-in model files: each is compiled in and named
 /// `builtin:protocols/FILE` in errors. A test checks that every file in `protocols/` is listed.
@@ -303,7 +296,7 @@ impl ModelLibrary {
     /// The names closest to `name` (for "unknown model \"sdm630\"; did you mean ...").
     pub fn similar_names(&self, name: &str, n: usize) -> Vec<&str> {
         let names = self.names();
-        model_file::nearest(name, &names, n)
+        crate::diagnostic::closest(name, &names, n)
     }
 }
 

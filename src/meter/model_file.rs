@@ -10,6 +10,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::library::{DataType, MeterModel, ModelError, RegisterDef, WordOrder};
+use crate::diagnostic::{Report, closest};
 use crate::model::{QUANTITIES, is_quantity};
 
 /// The largest block the Modbus standard allows for functions 03 and 04.
@@ -54,9 +55,8 @@ pub struct ParsedModel {
 /// Parses and validates one model file's text; `source` names it in errors.
 pub fn parse(text: &str, source: &str) -> Result<ParsedModel, Vec<ModelError>> {
     let mut file = FileCheck {
-        text,
         source,
-        errors: Vec::new(),
+        report: Report::new(source.to_string(), text),
     };
     let doc = match DeTable::parse(text) {
         Ok(doc) => doc,
@@ -69,15 +69,16 @@ pub fn parse(text: &str, source: &str) -> Result<ParsedModel, Vec<ModelError>> {
                     "this is not valid TOML: {first_line}; fix the syntax (see protocols/README.md)"
                 ),
             );
-            return Err(file.errors);
+            return Err(file.report.problems);
         }
     };
     let parsed = file.model(doc.get_ref());
-    if file.errors.is_empty() {
+    let mut errors = file.report.problems;
+    if errors.is_empty() {
         Ok(parsed.expect("a model without errors is complete"))
     } else {
-        file.errors.sort_by_key(|e| (e.line, e.col));
-        Err(file.errors)
+        errors.sort_by_key(|e| (e.line, e.col));
+        Err(errors)
     }
 }
 
@@ -97,31 +98,25 @@ struct RegisterEntry {
     quantity_span: Range<usize>,
 }
 
-/// The checks of one file: its text (for line numbers), its name and the problems found so far.
+/// The checks of one file: its name and the problems found so far.
 struct FileCheck<'t> {
-    text: &'t str,
     source: &'t str,
-    errors: Vec<ModelError>,
+    report: Report<'t>,
 }
 
 impl FileCheck<'_> {
     fn error(&mut self, span: Range<usize>, message: String) {
-        let (line, col) = line_col(self.text, span.start);
-        self.errors.push(ModelError {
-            file: self.source.to_string(),
-            line,
-            col,
-            message,
-        });
+        self.report.at(span.start, message);
     }
 
     fn line_of(&self, span: &Range<usize>) -> usize {
-        line_col(self.text, span.start).0
+        self.report.line(span.start)
     }
 
     /// The whole document. Returns the model when every required part was found.
     fn model(&mut self, doc: &DeTable<'_>) -> Option<ParsedModel> {
-        self.unknown_keys(doc, TOP_KEYS, "at the top level");
+        self.report
+            .unknown_keys(doc, "the top level of a model file", TOP_KEYS);
         let Some((model_key, model_value)) = doc.get_key_value("model") else {
             self.error(
                 0..0,
@@ -139,12 +134,12 @@ impl FileCheck<'_> {
             return None;
         };
         let table = self.table(model_key, model_value, "[model]")?;
-        self.unknown_keys(table, MODEL_KEYS, "in [model]");
+        self.report.unknown_keys(table, "[model]", MODEL_KEYS);
 
         let name = self.required_string(table, "name", model_key.span(), "[model]");
         let name_at = table
             .get("name")
-            .map(|v| line_col(self.text, v.span().start))
+            .map(|v| self.report.position(v.span().start))
             .unwrap_or((0, 0));
         if let Some((name, span)) = &name {
             if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c == '/') {
@@ -319,7 +314,8 @@ impl FileCheck<'_> {
         defaults: &RegisterDefaults,
         at: Range<usize>,
     ) -> Option<RegisterEntry> {
-        self.unknown_keys(table, REGISTER_KEYS, "in [[register]]");
+        self.report
+            .unknown_keys(table, "[[register]]", REGISTER_KEYS);
         let quantity = self.required_string(table, "quantity", at.clone(), "[[register]]");
         if let Some((name, span)) = &quantity {
             if !is_quantity(name) {
@@ -328,7 +324,7 @@ impl FileCheck<'_> {
                     format!(
                         "unknown quantity \"{name}\"; closest valid names: {}; the full list is \
                          in protocols/README.md",
-                        nearest(name, QUANTITIES, 3)
+                        closest(name, QUANTITIES, 3)
                             .iter()
                             .map(|q| format!("\"{q}\""))
                             .collect::<Vec<_>>()
@@ -513,22 +509,6 @@ impl FileCheck<'_> {
         }
     }
 
-    fn unknown_keys(&mut self, table: &DeTable<'_>, valid: &[&str], place: &str) {
-        for key in table.keys() {
-            let name: &str = key.get_ref();
-            if valid.contains(&name) {
-                continue;
-            }
-            let hint = match nearest(name, valid, 1).first() {
-                Some(best) if edit_distance(name, best) <= name.len().max(best.len()) / 2 => {
-                    format!("did you mean `{best}`?")
-                }
-                _ => format!("valid keys are: {}", valid.join(", ")),
-            };
-            self.error(key.span(), format!("unknown key `{name}` {place}; {hint}"));
-        }
-    }
-
     fn wrong_type(&mut self, value: &Spanned<DeValue<'_>>, key: &str, expected: &str) {
         self.error(
             value.span(),
@@ -674,42 +654,6 @@ fn number(v: &DeValue<'_>) -> Option<f64> {
         return f.as_str().parse().ok();
     }
     integer(v).map(|n| n as f64)
-}
-
-/// 1-based line and column (in characters) of byte offset `at` in `text`.
-pub fn line_col(text: &str, at: usize) -> (usize, usize) {
-    let at = at.min(text.len());
-    let before = &text[..at];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-    (line, before[line_start..].chars().count() + 1)
-}
-
-/// The `n` candidates closest to `word` by edit distance (ties keep the candidates' order).
-pub fn nearest<'a>(word: &str, candidates: &[&'a str], n: usize) -> Vec<&'a str> {
-    let mut scored: Vec<(usize, usize, &str)> = candidates
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (edit_distance(word, c), i, *c))
-        .collect();
-    scored.sort();
-    scored.into_iter().take(n).map(|(_, _, c)| c).collect()
-}
-
-/// Levenshtein distance between two strings, by characters.
-pub fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = diagonal + usize::from(ca != *cb);
-            diagonal = row[j + 1];
-            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
-        }
-    }
-    row[b.len()]
 }
 
 #[cfg(test)]
@@ -991,20 +935,5 @@ function = 4
                 "protocols/README.md lacks {q}"
             );
         }
-    }
-
-    #[test]
-    fn line_col_counts_characters() {
-        let text = "ab\n€x\n";
-        assert_eq!(line_col(text, 0), (1, 1));
-        assert_eq!(line_col(text, 3), (2, 1));
-        assert_eq!(line_col(text, 6), (2, 2));
-        assert_eq!(line_col(text, 100), (3, 1));
-    }
-
-    #[test]
-    fn nearest_names_come_by_edit_distance() {
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
-        assert_eq!(nearest("frequency", QUANTITIES, 1), vec!["frequency_hz"]);
     }
 }

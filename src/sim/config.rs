@@ -3,6 +3,7 @@
 //! meters form with its truth file. Every key is described in `docs/simulator.md`.
 
 use super::SimError;
+use crate::diagnostic::Report;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -506,8 +507,10 @@ impl SimConfig {
             file: source.to_string(),
             message,
         };
-        let mut config: SimConfig =
-            toml::from_str(text).map_err(|e| problem(e.to_string().trim_end().to_string()))?;
+        let mut config: SimConfig = toml::from_str(text).map_err(|e: toml::de::Error| {
+            let at = e.span().map_or(0, |s| s.start);
+            SimError::At(Report::new(source.to_string(), text).problem(at, e.message().trim_end()))
+        })?;
         let mut names = std::collections::BTreeSet::new();
         for bus in &mut config.buses {
             if !names.insert(bus.name.clone()) {
@@ -663,6 +666,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("sim.toml") && e.contains("nam"), "{e}");
+        assert!(e.starts_with("sim.toml:2:1: unknown field `nam`"), "{e}");
         let e = SimConfig::parse(
             "[[bus]]\nname = \"b\"\nlink = \"x\"\n[[meter]]\nbus = \"c\"\nunit = 1\nmodel = \"m\"\n",
             "sim.toml",

@@ -76,6 +76,9 @@ pub enum SimError {
     /// A problem in a simulator file.
     #[error("{file}: {message}")]
     Config { file: String, message: String },
+    /// A problem in a simulator file at its position (`FILE:LINE:COL: message`).
+    #[error("{0}")]
+    At(crate::diagnostic::Problem),
     #[error("meter {unit} on bus \"{bus}\": unknown model \"{model}\"; available: {available}")]
     UnknownModel {
         bus: String,

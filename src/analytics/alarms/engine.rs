@@ -21,6 +21,7 @@ use super::{
     Alarm, AlarmChange, AlarmKind, AlarmSettings, AlarmState, SubjectKind, Transition,
     active_alarms_message, alarm_message,
 };
+use crate::analytics::register::{drop_kwh, largest_current_a, moved};
 use crate::clock::rfc3339_ms;
 use crate::model::MeterStatus;
 use crate::model::Reading;
@@ -514,8 +515,9 @@ impl AlarmEngine {
             return;
         }
         let v = self.settings.voltage.clone();
+        let band = v.band();
         let pl = self.settings.phase_loss.clone();
-        let absent_v = v.nominal_v * pl.absent_pct / 100.0;
+        let absent_v = band.share_v(pl.absent_pct);
         let all: Map<String, Value> = volts
             .iter()
             .map(|(p, x)| (p.to_string(), json_number(*x)))
@@ -524,7 +526,7 @@ impl AlarmEngine {
             let subject = format!("{}.{}", meter.id, phase);
             let details =
                 json!({"meter": meter.id, "phase": phase, "voltage_v": json_number(volt)});
-            let high = Limit::above(v.upper_v(), v.hysteresis_v);
+            let high = Limit::above(band.upper_v(), v.hysteresis_v);
             self.observe(
                 out,
                 Observation::new(
@@ -534,12 +536,12 @@ impl AlarmEngine {
                     r.ts_ms,
                     high.level(volt),
                     volt,
-                    v.upper_v(),
+                    band.upper_v(),
                 )
                 .details(with(&details, "limit_pct", json_number(v.upper_pct))),
             );
             // A phase that is absent is a phase loss or an outage, not an under-voltage.
-            let low = Limit::below(v.lower_v(), v.hysteresis_v);
+            let low = Limit::below(band.lower_v(), v.hysteresis_v);
             let level = if volt < absent_v {
                 Level::Band
             } else {
@@ -554,14 +556,14 @@ impl AlarmEngine {
                     r.ts_ms,
                     level,
                     volt,
-                    v.lower_v(),
+                    band.lower_v(),
                 )
                 .below()
                 .details(with(&details, "limit_pct", json_number(v.lower_pct))),
             );
             if volts.len() >= 2 {
                 let others_present = volts.iter().any(|(p, x)| *p != phase && *x >= absent_v);
-                let lim = Limit::below(absent_v, v.nominal_v * pl.hysteresis_pct / 100.0);
+                let lim = Limit::below(absent_v, band.share_v(pl.hysteresis_pct));
                 let level = match lim.level(volt) {
                     Level::Violated if !others_present => Level::Band,
                     l => l,
@@ -665,8 +667,9 @@ impl AlarmEngine {
         ] {
             if let (Some(c), Some((pts, p))) = (cur, prev) {
                 judged = true;
-                let drop = p - c;
-                if drop > s.reading_down.tolerance_kwh && worst.is_none_or(|w| drop > w.1 - w.2) {
+                if let Some(drop) = drop_kwh(p, c, s.reading_down.tolerance_kwh)
+                    && worst.is_none_or(|w| drop > w.1 - w.2)
+                {
                     worst = Some((name, p, c, pts));
                 }
             }
@@ -743,20 +746,13 @@ impl AlarmEngine {
         // stopped (reverse flow on a consumption-only meter is reverse_energy's business).
         if let Some(c) = import {
             let export_moved =
-                matches!((export, mem.export), (Some(e), Some((_, p))) if (e - p).abs() > 1e-9);
-            let changed = export_moved || mem.import.is_none_or(|(_, p)| (c - p).abs() > 1e-9);
+                matches!((export, mem.export), (Some(e), Some((_, p))) if moved(p, e));
+            let changed = export_moved || mem.import.is_none_or(|(_, p)| moved(p, c));
             if changed {
                 mem.import_changed_ms = Some(ts);
             }
-            let ms = &s.meter_stopped;
-            let currents = currents(r);
-            let load = match (currents.is_empty(), finite(r, "power_kw")) {
-                (true, None) => None,
-                (_, power) => Some(
-                    currents.iter().any(|(_, a)| *a >= ms.min_current_a)
-                        || power.is_some_and(|p| p.abs() >= ms.min_power_kw),
-                ),
-            };
+            let rule = s.meter_stopped.rule();
+            let load = rule.load_flows(r);
             let level = if changed {
                 Level::Normal
             } else if load == Some(true) {
@@ -765,7 +761,7 @@ impl AlarmEngine {
                 Level::Band
             };
             let still_since = mem.import_changed_ms.unwrap_or(ts);
-            let max_a = currents.iter().map(|c| c.1).fold(0.0, f64::max);
+            let max_a = largest_current_a(r).unwrap_or(0.0).max(0.0);
             let obs = Observation::new(
                 AlarmKind::MeterStopped,
                 &meter.id,
@@ -773,7 +769,7 @@ impl AlarmEngine {
                 ts,
                 level,
                 (ts - still_since) as f64 / 1000.0,
-                ms.stopped_after_s as f64,
+                rule.stopped_after_s as f64,
             )
             .details(json!({
                 "meter": meter.id,
@@ -853,13 +849,13 @@ impl AlarmEngine {
         if areas.is_empty() {
             return;
         }
-        let nominal = self.settings.voltage.nominal_v;
+        let band = self.settings.voltage.band();
         let o = self.settings.outage.clone();
-        let outage_v = nominal * o.outage_pct / 100.0;
+        let outage_v = band.share_v(o.outage_pct);
         let volts = voltages(r);
         let state = self.supply.entry(meter.id.clone()).or_default();
         if !volts.is_empty() {
-            let lim = Limit::below(outage_v, nominal * o.hysteresis_pct / 100.0);
+            let lim = Limit::below(outage_v, band.share_v(o.hysteresis_pct));
             let levels: Vec<Level> = volts.iter().map(|(_, v)| lim.level(*v)).collect();
             state.voltage_level = Some(if levels.iter().all(|l| *l == Level::Violated) {
                 Level::Violated

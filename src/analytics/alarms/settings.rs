@@ -11,6 +11,8 @@
 //! [`super::Topology`]).
 
 use super::Severity;
+use crate::analytics::band::VoltageBand;
+use crate::analytics::register::StoppedRegister;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -88,7 +90,10 @@ impl Default for MeterOfflineSettings {
 }
 
 /// `[alarms.voltage]` — ERC 24, voltage beyond limits per phase (voltage_high, voltage_low).
-/// Also the nominal voltage the phase-loss and outage percentages refer to.
+/// Its `nominal_v`, `upper_pct` and `lower_pct` are the one source of the supply voltage band
+/// ([`VoltageBand`]): the nominal the phase-loss and outage percentages refer to, and the band
+/// of the voltage-quality statistics (the loader hands it over), whether or not these alarms
+/// are enabled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VoltageLimitSettings {
@@ -113,12 +118,13 @@ pub struct VoltageLimitSettings {
 
 impl Default for VoltageLimitSettings {
     fn default() -> Self {
+        let band = VoltageBand::default();
         VoltageLimitSettings {
             enabled: true,
             severity: Severity::Minor,
-            nominal_v: 220.0,
-            upper_pct: 7.0,
-            lower_pct: -10.0,
+            nominal_v: band.nominal_v,
+            upper_pct: band.upper_pct,
+            lower_pct: band.lower_pct,
             hysteresis_v: 2.0,
             raise_after_s: 60,
             clear_after_s: 60,
@@ -127,11 +133,13 @@ impl Default for VoltageLimitSettings {
 }
 
 impl VoltageLimitSettings {
-    pub fn upper_v(&self) -> f64 {
-        self.nominal_v * (1.0 + self.upper_pct / 100.0)
-    }
-    pub fn lower_v(&self) -> f64 {
-        self.nominal_v * (1.0 + self.lower_pct / 100.0)
+    /// The supply voltage band these keys set.
+    pub fn band(&self) -> VoltageBand {
+        VoltageBand {
+            nominal_v: self.nominal_v,
+            upper_pct: self.upper_pct,
+            lower_pct: self.lower_pct,
+        }
     }
 }
 
@@ -354,7 +362,9 @@ impl Default for RunningFastSettings {
 /// `[alarms.meter_stopped]` — ERC 30, the import register unchanged for `stopped_after_s`
 /// while load was present all along (a phase current ≥ `min_current_a`, or |power_kw| ≥
 /// `min_power_kw`). At the defaults a healthy single-phase meter advances ≥ 0.05 kWh in that
-/// time, five counts of a 0.01 kWh register.
+/// time, five counts of a 0.01 kWh register. These three keys are the one source of the
+/// stopped-register rule ([`StoppedRegister`]), which the loader also hands to the loss
+/// engine's `stopped_register` suspects.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MeterStoppedSettings {
@@ -372,14 +382,26 @@ pub struct MeterStoppedSettings {
     pub clear_after_s: u64,
 }
 
+impl MeterStoppedSettings {
+    /// The stopped-register rule these keys set.
+    pub fn rule(&self) -> StoppedRegister {
+        StoppedRegister {
+            min_current_a: self.min_current_a,
+            min_power_kw: self.min_power_kw,
+            stopped_after_s: self.stopped_after_s,
+        }
+    }
+}
+
 impl Default for MeterStoppedSettings {
     fn default() -> Self {
+        let rule = StoppedRegister::default();
         MeterStoppedSettings {
             enabled: true,
             severity: Severity::Major,
-            stopped_after_s: 1800,
-            min_current_a: 0.5,
-            min_power_kw: 0.1,
+            stopped_after_s: rule.stopped_after_s,
+            min_current_a: rule.min_current_a,
+            min_power_kw: rule.min_power_kw,
             clear_after_s: 0,
         }
     }

@@ -21,6 +21,7 @@
 //! to the trend before it) is re-qualified as a glitch and removed.
 
 use super::Quality;
+use crate::analytics::register::{NOISE_KWH, drop_kwh};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
@@ -427,7 +428,7 @@ fn between(a: Point, b: Point, t_ms: i64) -> f64 {
 fn plausible(from: Point, ts_ms: i64, kwh: f64, bound_kw: f64, slack_kwh: f64) -> bool {
     let d = kwh - from.kwh;
     let dt_h = (ts_ms - from.ts_ms) as f64 / HOUR_MS;
-    d >= -1e-9 && d <= bound_kw * dt_h + slack_kwh
+    drop_kwh(from.kwh, kwh, NOISE_KWH).is_none() && d <= bound_kw * dt_h + slack_kwh
 }
 
 fn round3(v: f64) -> f64 {

@@ -1134,7 +1134,15 @@ fn a_silent_meter_is_not_flagged_as_stopped() {
         negative_loss_pct: -1.0,
         multipliers: Default::default(),
     };
-    let mut e = LossEngine::new(vec![spec], LossSettings::default());
+    // Two intervals, the hold this test was written with.
+    let settings = LossSettings {
+        stopped: crate::analytics::register::StoppedRegister {
+            stopped_after_s: 120,
+            ..Default::default()
+        },
+        ..LossSettings::default()
+    };
+    let mut e = LossEngine::new(vec![spec], settings);
     let t0 = 1_800_000_000_000i64;
     let (mut es, mut ec) = (100.0, 50.0);
     let mut suspects = Vec::new();

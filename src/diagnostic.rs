@@ -1,32 +1,66 @@
-//! The spanned TOML document as the loader sees it: byte offsets turned into `LINE:COL`,
-//! a [`Report`] that collects every problem, and [`Section`], which reads the keys of one table
-//! with their types, reports unknown keys with a "did you mean" and wrong types with what was
-//! found.
+//! Diagnostics of hand-checked TOML files — the gateway configuration, meter model files, the
+//! simulator's file: byte offsets turned into `LINE:COL`, a [`Report`] that collects every
+//! problem (and warning) as `FILE:LINE:COL: message`, and [`Section`], which reads the keys of
+//! one table with their types, reports unknown keys with a "did you mean" (one [`nearest`], one
+//! [`edit_distance`]) and wrong types with what was found.
+//!
+//! A leaf: it knows TOML and text positions, nothing of the gateway.
 
-use super::ConfigProblem;
 use std::ops::Range;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-/// The problems found so far in one configuration file, and what is needed to place them.
-pub(super) struct Report<'s> {
+/// One problem (or warning) in a file, at a 1-based line and column (in characters).
+/// `Display` writes it `FILE:LINE:COL: message`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.col, self.message
+        )
+    }
+}
+
+impl std::error::Error for Problem {}
+
+/// 1-based line and column (in characters) of byte offset `offset` in `text`; offsets past the
+/// end count as the end, offsets inside a character as that character.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// The problems and warnings found so far in one file, and what is needed to place them.
+/// A warning does not make the file invalid (an old key still accepted, say).
+pub struct Report<'s> {
     file: String,
     text: &'s str,
-    /// Byte offset of the start of every line.
-    line_starts: Vec<usize>,
-    pub problems: Vec<ConfigProblem>,
+    pub problems: Vec<Problem>,
+    pub warnings: Vec<Problem>,
 }
 
 impl<'s> Report<'s> {
     pub fn new(file: String, text: &'s str) -> Report<'s> {
-        let line_starts = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
-            .collect();
         Report {
             file,
             text,
-            line_starts,
             problems: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -36,14 +70,7 @@ impl<'s> Report<'s> {
 
     /// 1-based line and column (in characters) of a byte offset.
     pub fn position(&self, offset: usize) -> (usize, usize) {
-        let mut offset = offset.min(self.text.len());
-        while !self.text.is_char_boundary(offset) {
-            offset -= 1;
-        }
-        let line = self.line_starts.partition_point(|&s| s <= offset);
-        let start = self.line_starts[line - 1];
-        let col = self.text[start..offset].chars().count() + 1;
-        (line, col)
+        line_col(self.text, offset)
     }
 
     /// 1-based line of a byte offset.
@@ -51,15 +78,36 @@ impl<'s> Report<'s> {
         self.position(offset).0
     }
 
-    /// Records a problem at a byte offset of the file.
-    pub fn at(&mut self, offset: usize, message: impl Into<String>) {
+    /// The problem `message` at a byte offset of the file.
+    pub fn problem(&self, offset: usize, message: impl Into<String>) -> Problem {
         let (line, col) = self.position(offset);
-        self.problems.push(ConfigProblem {
+        Problem {
             file: self.file.clone(),
             line,
             col,
             message: message.into(),
-        });
+        }
+    }
+
+    /// Records a problem at a byte offset of the file.
+    pub fn at(&mut self, offset: usize, message: impl Into<String>) {
+        let problem = self.problem(offset, message);
+        self.problems.push(problem);
+    }
+
+    /// Records a warning at a byte offset of the file.
+    pub fn warn(&mut self, offset: usize, message: impl Into<String>) {
+        let warning = self.problem(offset, message);
+        self.warnings.push(warning);
+    }
+
+    /// Reports each key of `table` that is not in `known` (see [`unknown_key`]).
+    pub fn unknown_keys(&mut self, table: &DeTable, title: &str, known: &[&str]) {
+        for key in table.keys() {
+            if !known.contains(&key.get_ref().as_ref()) {
+                self.at(key.span().start, unknown_key(key.get_ref(), title, known));
+            }
+        }
     }
 
     /// The source text of a span (for messages that quote what was written).
@@ -69,7 +117,7 @@ impl<'s> Report<'s> {
 }
 
 /// "a string", "an integer", ... for "found ..." messages.
-pub(super) fn with_article(type_name: &str) -> String {
+pub fn with_article(type_name: &str) -> String {
     match type_name.chars().next() {
         Some('a' | 'e' | 'i' | 'o' | 'u') => format!("an {type_name}"),
         _ => format!("a {type_name}"),
@@ -77,7 +125,7 @@ pub(super) fn with_article(type_name: &str) -> String {
 }
 
 /// One table of the document (`[gateway]`, one `[[bus]]`, ...), read key by key.
-pub(super) struct Section<'d, 'i> {
+pub struct Section<'d, 'i> {
     /// How messages name the table: `[gateway]`, `[[bus]]`.
     pub title: &'static str,
     table: &'d DeTable<'i>,
@@ -94,11 +142,7 @@ impl<'d, 'i> Section<'d, 'i> {
         start: usize,
         known: &[&str],
     ) -> Section<'d, 'i> {
-        for key in table.keys() {
-            if !known.contains(&key.get_ref().as_ref()) {
-                report.at(key.span().start, unknown_key(key.get_ref(), title, known));
-            }
-        }
+        report.unknown_keys(table, title, known);
         Section {
             title,
             table,
@@ -274,8 +318,9 @@ impl<'d, 'i> Section<'d, 'i> {
     }
 }
 
-/// The message for a key that is not part of the schema.
-fn unknown_key(key: &str, title: &str, known: &[&str]) -> String {
+/// The message for a key of the table `title` that is not among `known`: "did you mean" the
+/// [`nearest`] known key, or the list of them.
+pub fn unknown_key(key: &str, title: &str, known: &[&str]) -> String {
     match nearest(key, known.iter().copied()) {
         Some(near) => format!("unknown key `{key}` in {title}; did you mean `{near}`?"),
         None => format!(
@@ -287,10 +332,7 @@ fn unknown_key(key: &str, title: &str, known: &[&str]) -> String {
 
 /// The candidate closest to `word` by edit distance, if it is close enough to be a plausible
 /// typo (or one contains the other, as `baudrate` contains `baud`).
-pub(super) fn nearest<'a>(
-    word: &str,
-    candidates: impl Iterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub fn nearest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     let lower = word.to_lowercase();
     candidates
         .filter_map(|c| {
@@ -303,8 +345,27 @@ pub(super) fn nearest<'a>(
         .map(|(_, c)| c)
 }
 
+/// "did you mean `x`? " (with the trailing space) for the [`nearest`] candidate, or nothing.
+pub fn did_you_mean<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> String {
+    nearest(word, candidates)
+        .map(|n| format!("did you mean `{n}`? "))
+        .unwrap_or_default()
+}
+
+/// Up to `n` candidates, closest to `word` by [`edit_distance`] first (ties keep the
+/// candidates' order): for "closest valid names" lists, where any hint helps.
+pub fn closest<'a>(word: &str, candidates: &[&'a str], n: usize) -> Vec<&'a str> {
+    let mut scored: Vec<(usize, usize, &str)> = candidates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (edit_distance(word, c), i, *c))
+        .collect();
+    scored.sort();
+    scored.into_iter().take(n).map(|(_, _, c)| c).collect()
+}
+
 /// Levenshtein distance, in characters.
-pub(super) fn edit_distance(a: &str, b: &str) -> usize {
+pub fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
@@ -338,6 +399,24 @@ mod tests {
         assert_eq!(nearest("protcol", keys.iter().copied()), Some("protocol"));
         assert_eq!(nearest("databits", keys.iter().copied()), Some("data_bits"));
         assert_eq!(nearest("zzzzzzzz", keys.iter().copied()), None);
+    }
+
+    #[test]
+    fn closest_names_come_by_edit_distance() {
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        let names = ["frequency_hz", "power_kw", "voltage_l1_v"];
+        assert_eq!(closest("frequency", &names, 1), vec!["frequency_hz"]);
+        assert_eq!(closest("x", &names, 5).len(), 3);
+    }
+
+    #[test]
+    fn line_col_counts_characters() {
+        let text = "ab\n€x\n";
+        assert_eq!(line_col(text, 0), (1, 1));
+        assert_eq!(line_col(text, 3), (2, 1));
+        assert_eq!(line_col(text, 6), (2, 2));
+        assert_eq!(line_col(text, 4), (2, 1), "inside the €");
+        assert_eq!(line_col(text, 100), (3, 1));
     }
 
     #[test]

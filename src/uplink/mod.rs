@@ -2,6 +2,7 @@
 //! drains the outbox (a row leaves only on its PUBACK; unacknowledged rows are re-sent, oldest
 //! first, after every reconnect; reconnects back off with jitter).
 
+pub mod command;
 pub mod publisher;
 pub mod topics;
 

@@ -87,3 +87,80 @@ pub fn json_number(v: f64) -> Value {
         .map(Value::Number)
         .unwrap_or(Value::Null)
 }
+
+#[cfg(test)]
+#[path = "contract_tests.rs"]
+mod tests;
+
+#[cfg(test)]
+mod pin {
+    use super::*;
+    use crate::analytics::alarms::{Alarm, AlarmChange};
+    use crate::analytics::loss::{LossRecord, LossVerdict, RollingLoss};
+    use crate::analytics::voltage::DayRecord;
+    use crate::model::MeterStatus;
+    fn t() -> Topics {
+        Topics::new("amr", "gw1")
+    }
+    pub fn loss(r: &LossRecord) -> Message {
+        crate::analytics::loss::loss_message(&t(), r)
+    }
+    pub fn alarm(c: &AlarmChange) -> Message {
+        crate::analytics::alarms::alarm_message(&t(), c)
+    }
+    pub fn active(a: &[Alarm], now: i64) -> Message {
+        crate::analytics::alarms::active_alarms_message(&t(), a, now)
+    }
+    pub fn day(d: &DayRecord) -> Message {
+        crate::analytics::voltage::day_message(&t(), d)
+    }
+    pub fn rolling(r: &RollingLoss) -> Value {
+        json!({
+            "area": r.area,
+            "start": rfc3339_ms(r.start_ms),
+            "end": rfc3339_ms(r.end_ms),
+            "supply_kwh": json_number(r.supply_kwh),
+            "sales_kwh": json_number(r.sales_kwh),
+            "loss_kwh": json_number(r.loss_kwh),
+            "loss_pct": r.loss_pct.map_or(Value::Null, json_number),
+            "coverage_pct": json_number(r.coverage_pct),
+        })
+    }
+    pub fn verdict(v: &LossVerdict) -> Value {
+        json!({
+            "area": v.area,
+            "start": rfc3339_ms(v.start_ms),
+            "end": rfc3339_ms(v.end_ms),
+            "supply_kwh": json_number(v.supply_kwh),
+            "sales_kwh": json_number(v.sales_kwh),
+            "loss_kwh": json_number(v.loss_kwh),
+            "loss_pct": json_number(v.value),
+        })
+    }
+    pub fn meter(s: &MeterStatus, model: Option<&str>) -> Message {
+        let cfg = format!(
+            r#"
+[gateway]
+id = "gw1"
+data_dir = "d"
+[mqtt]
+host = "h"
+[[bus]]
+name = "rs485"
+protocol = "modbus-rtu"
+device = "/dev/null"
+[[meter]]
+id = "m1"
+bus = "rs485"
+unit = 7
+model = "{}"
+"#,
+            model.unwrap_or("chint-dtsu666")
+        );
+        let mut config = crate::config::load_str(&cfg, std::path::Path::new("a.toml")).unwrap();
+        if model.is_none() {
+            config.meters.clear();
+        }
+        crate::gateway::meter_state_message(&t(), &config, s)
+    }
+}

@@ -34,6 +34,7 @@ pub mod field;
 pub mod gateway;
 pub mod meter;
 pub mod model;
+pub mod pipeline;
 pub mod protocol;
 pub mod shutdown;
 pub mod sim;

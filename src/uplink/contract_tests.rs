@@ -1,10 +1,6 @@
 //! The exact bytes of every payload of the contract, pinned: a payload that changes by one
 //! byte (field order, number formatting, a null) fails here.
 
-use super::pin::{
-    active as PIN_ACTIVE, alarm as PIN_ALARM, day as PIN_DAY, loss as PIN_LOSS, meter as PIN_METER,
-    rolling as PIN_ROLLING, verdict as PIN_VERDICT,
-};
 use super::*;
 use crate::analytics::alarms::{
     Alarm, AlarmChange, AlarmKind, AlarmState, Severity, SubjectKind, Transition,
@@ -13,11 +9,14 @@ use crate::analytics::loss::{
     LossRecord, LossVerdict, RollingLoss, Suspect, VerdictKind, VerdictState,
 };
 use crate::analytics::voltage::DayRecord;
+use crate::store::MeterState;
 use crate::model::{HealthChange, MeterHealth, MeterStatus, Reading};
 use serde_json::json;
 use std::time::Duration;
 
 const T: i64 = 1_795_000_000_123;
+/// 2026-01-01T00:00:00Z, a multiple of 900 s.
+const T0_2026: i64 = 1_767_225_600_000;
 
 fn topics() -> Topics {
     Topics::new("amr", "gw1")
@@ -106,7 +105,7 @@ fn status_payload_bytes() {
 
 #[test]
 fn loss_payload_bytes() {
-    let m = PIN_LOSS(&loss_record());
+    let m = loss_message(&topics(), &loss_record());
     assert_eq!(m.topic, "amr/gw1/loss/T1");
     assert_eq!((m.qos, m.retain, m.sequenced), (1, false, true));
     assert_eq!(
@@ -116,7 +115,7 @@ fn loss_payload_bytes() {
     let mut none = loss_record();
     none.loss_pct = None;
     assert_eq!(
-        bytes(&PIN_LOSS(&none).payload),
+        bytes(&loss_message(&topics(), &none).payload),
         r#"{"area":"T1","complete":true,"coverage_pct":100.0,"end":"2026-11-18T11:06:40.123Z","energy_coverage_pct":99.5,"loss_kwh":1.245679,"loss_pct":null,"meters":{"c1":0.2,"s":12.3},"missing":["c2"],"sales_kwh":11.1,"start":"2026-11-18T10:51:40.123Z","supply_kwh":12.345679,"suspects":[{"detail":"stepped down","meter":"c1","reason":"bypass_signature","score":4.123457}]}"#
     );
 }
@@ -134,7 +133,7 @@ fn rolling_loss_and_verdict_details_bytes() {
         coverage_pct: 50.0,
     };
     assert_eq!(
-        bytes(&PIN_ROLLING(&r)),
+        bytes(&rolling_loss_body(&r)),
         r#"{"area":"T1","coverage_pct":50.0,"end":"2026-11-18T11:06:40.123Z","loss_kwh":0.1,"loss_pct":null,"sales_kwh":0.9,"start":"2026-11-18T11:01:40.123Z","supply_kwh":1.0}"#
     );
     let v = LossVerdict {
@@ -150,7 +149,7 @@ fn rolling_loss_and_verdict_details_bytes() {
         loss_kwh: 1.234_567_9,
     };
     assert_eq!(
-        bytes(&PIN_VERDICT(&v)),
+        bytes(&loss_verdict_details(&v)),
         r#"{"area":"T1","end":"2026-11-18T11:06:40.123Z","loss_kwh":1.234568,"loss_pct":12.345679,"sales_kwh":8.765432,"start":"2026-11-18T10:51:40.123Z","supply_kwh":10.0}"#
     );
 }
@@ -162,7 +161,7 @@ fn alarm_payload_bytes() {
         transition: Transition::Raised,
         ts_ms: T,
     };
-    let m = PIN_ALARM(&raised);
+    let m = alarm_message(&topics(), &raised);
     assert_eq!(m.topic, "amr/gw1/alarm/voltage_high/m1.l1");
     assert_eq!((m.qos, m.retain, m.sequenced), (1, false, true));
     assert_eq!(
@@ -175,7 +174,7 @@ fn alarm_payload_bytes() {
         ts_ms: T,
     };
     assert_eq!(
-        bytes(&PIN_ALARM(&cleared).payload),
+        bytes(&alarm_message(&topics(), &cleared).payload),
         r#"{"cleared":"2026-11-18T11:06:38.623Z","duration_s":58.5,"erc":24,"id":"voltage_high/m1.l1","kind":"voltage_high","meter":"m1","phase":"l1","raised":"2026-11-18T11:05:40.123Z","severity":"major","state":"cleared","subject":"m1.l1","subject_kind":"meter","threshold":235.4,"ts":"2026-11-18T11:06:40.123Z","value":250.123457,"voltage_v":250.1}"#
     );
 }
@@ -187,7 +186,7 @@ fn active_alarms_payload_bytes() {
     other.kind = AlarmKind::MeterOffline;
     other.subject = "a".into();
     other.details = json!({"bus": "b"});
-    let m = PIN_ACTIVE(&[alarm(None), other], T);
+    let m = active_alarms_message(&topics(), &[alarm(None), other], T);
     assert_eq!(m.topic, "amr/gw1/alarm/active");
     assert_eq!((m.qos, m.retain, m.sequenced), (1, true, false));
     assert_eq!(
@@ -195,7 +194,7 @@ fn active_alarms_payload_bytes() {
         r#"{"alarms":[{"bus":"b","erc":31,"id":"meter_offline/a","kind":"meter_offline","raised":"2026-11-18T11:05:40.123Z","severity":"major","subject":"a","subject_kind":"meter","threshold":235.4,"value":250.123457},{"erc":24,"id":"voltage_high/m1.l1","kind":"voltage_high","meter":"m1","phase":"l1","raised":"2026-11-18T11:05:40.123Z","severity":"major","subject":"m1.l1","subject_kind":"meter","threshold":235.4,"value":250.123457,"voltage_v":250.1}],"count":2,"ts":"2026-11-18T11:06:40.123Z"}"#
     );
     assert_eq!(
-        bytes(&PIN_ACTIVE(&[], T).payload),
+        bytes(&active_alarms_message(&topics(), &[], T).payload),
         r#"{"alarms":[],"count":0,"ts":"2026-11-18T11:06:40.123Z"}"#
     );
 }
@@ -218,7 +217,7 @@ fn voltage_day_payload_bytes() {
         lower_v: 198.0,
         closed: true,
     };
-    let m = PIN_DAY(&d);
+    let m = voltage_day_message(&topics(), &d);
     assert_eq!(m.topic, "amr/gw1/voltage/m1");
     assert_eq!((m.qos, m.retain, m.sequenced), (1, false, true));
     assert_eq!(
@@ -250,7 +249,7 @@ fn meter_state_payload_bytes() {
         change: HealthChange::WentOnline,
         ts_ms: T,
     };
-    let m = PIN_METER(&s, Some("chint-dtsu666"));
+    let m = meter_state_message(&topics(), &MeterState::of(&s, Some("chint-dtsu666")));
     assert_eq!(m.topic, "amr/gw1/meter/m1/state");
     assert_eq!((m.qos, m.retain, m.sequenced), (1, true, false));
     assert_eq!(
@@ -274,7 +273,59 @@ fn meter_state_payload_bytes() {
         probe_interval: Duration::from_secs(5),
     };
     assert_eq!(
-        bytes(&PIN_METER(&fresh, None).payload),
+        bytes(&meter_state_message(&topics(), &MeterState::of(&fresh, None)).payload),
         r#"{"bus":"rs485","consecutive_failures":0,"crc_errors":0,"exceptions":0,"last_error":null,"last_ok":null,"latency_ms":null,"meter":"m1","model":null,"polls":0,"state":"unknown","success_rate_pct":0.0,"timeouts":0,"ts":"2026-11-18T11:06:40.123Z","unit":null,"wrong_unit":0}"#
     );
+}
+
+#[test]
+fn loss_message_has_the_contract_fields() {
+    let rec = LossRecord {
+        area: "t1".into(),
+        start_ms: T0_2026,
+        end_ms: T0_2026 + 900_000,
+        supply_kwh: 15.0,
+        sales_kwh: 14.4,
+        loss_kwh: 0.6,
+        loss_pct: Some(4.0),
+        coverage_pct: 100.0,
+        energy_coverage_pct: 100.0,
+        complete: true,
+        missing: vec![],
+        per_meter: [("S".to_string(), 15.0), ("c00".to_string(), 14.4)].into(),
+        suspects: vec![Suspect {
+            meter: "c00".into(),
+            score: 7.25,
+            reason: "bypass_signature".into(),
+            detail: "x".into(),
+        }],
+    };
+    let m = loss_message(&Topics::new("amr", "gw"), &rec);
+    assert_eq!(m.topic, "amr/gw/loss/t1");
+    assert_eq!((m.qos, m.retain, m.sequenced), (1, false, true));
+    let p = &m.payload;
+    assert_eq!(p["start"], "2026-01-01T00:00:00.000Z");
+    assert_eq!(p["end"], "2026-01-01T00:15:00.000Z");
+    for key in [
+        "area",
+        "supply_kwh",
+        "sales_kwh",
+        "loss_kwh",
+        "loss_pct",
+        "coverage_pct",
+        "complete",
+        "energy_coverage_pct",
+        "missing",
+        "suspects",
+        "meters",
+    ] {
+        assert!(p.get(key).is_some(), "{key}");
+    }
+    assert_eq!(p["suspects"][0]["reason"], "bypass_signature");
+    assert_eq!(p["meters"]["c00"], 14.4);
+    let none = LossRecord {
+        loss_pct: None,
+        ..rec
+    };
+    assert!(loss_message(&Topics::new("amr", "gw"), &none).payload["loss_pct"].is_null());
 }

@@ -18,9 +18,9 @@
 //! `wake.notify_one()`; the publisher reads the store.
 
 use crate::clock::now_ms;
-use crate::config::MqttConfig;
 use crate::store::{OutboxRow, SharedStore, with_store};
-use crate::uplink::topics::Topics;
+use crate::uplink::MqttSettings;
+use crate::uplink::contract::Topics;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -61,7 +61,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// connected). Errors are logged, never returned: the broker being unreachable is normal and
 /// is reported once per outage at warn level.
 pub async fn run(
-    cfg: MqttConfig,
+    cfg: MqttSettings,
     topics: Topics,
     store: SharedStore,
     wake: Arc<Notify>,
@@ -133,7 +133,7 @@ enum ConnectionEnd {
 
 /// One connection attempt and, if it succeeds, the session on it.
 struct Connection<'a> {
-    cfg: &'a MqttConfig,
+    cfg: &'a MqttSettings,
     topics: &'a Topics,
     store: &'a SharedStore,
     wake: &'a Notify,
@@ -156,7 +156,7 @@ struct Connection<'a> {
 
 impl<'a> Connection<'a> {
     fn new(
-        cfg: &'a MqttConfig,
+        cfg: &'a MqttSettings,
         topics: &'a Topics,
         store: &'a SharedStore,
         wake: &'a Notify,
@@ -386,7 +386,7 @@ impl<'a> Connection<'a> {
 
 /// Broker options for one connection: clean session, last will = retained offline status,
 /// credentials from `password_file`.
-fn mqtt_options(cfg: &MqttConfig, topics: &Topics) -> Result<MqttOptions, String> {
+fn mqtt_options(cfg: &MqttSettings, topics: &Topics) -> Result<MqttOptions, String> {
     let mut options = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
     options
         .set_clean_session(true)

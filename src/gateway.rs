@@ -72,8 +72,12 @@ pub async fn run(
     let learned = store.block_limits()?;
     // The analytics continue from their snapshots; the start batch holds a power-off event
     // when the gateway was down, the retained set of active alarms and the meter states.
-    let (writer_state, restart) =
-        Writer::start(&config.pipeline_settings(), topics.clone(), &store, now_ms())?;
+    let (writer_state, restart) = Writer::start(
+        &config.pipeline_settings(),
+        topics.clone(),
+        &store,
+        now_ms(),
+    )?;
     let mut store = store;
     if !restart.is_empty() {
         store.commit(&restart)?;

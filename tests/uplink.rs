@@ -5,7 +5,7 @@ mod support;
 
 use amr_gateway::config::{MqttConfig, StoreConfig};
 use amr_gateway::store::{Batch, Message, SharedStore, open_shared, with_store};
-use amr_gateway::uplink::topics::Topics;
+use amr_gateway::uplink::contract::Topics;
 use amr_gateway::uplink::{UplinkState, run};
 use std::sync::Arc;
 use std::time::Duration;

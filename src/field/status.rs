@@ -12,7 +12,7 @@
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::config::Config;
 use crate::model::json_number;
-use crate::store::{MeterState, MetaKey, RecordKind, Store};
+use crate::store::{MetaKey, MeterState, RecordKind, Store};
 use serde_json::{Value, json};
 
 /// Everything `status` shows, as JSON (the table is rendered from it).
@@ -85,7 +85,13 @@ pub fn collect(config: &Config) -> Result<Value, String> {
         .map(|r| r.body)
         .collect::<Vec<_>>();
     let voltage = store
-        .records(RecordKind::VoltageDay, None, now - 2 * 86_400_000, i64::MAX, 500)
+        .records(
+            RecordKind::VoltageDay,
+            None,
+            now - 2 * 86_400_000,
+            i64::MAX,
+            500,
+        )
         .map_err(|e| e.to_string())?
         .into_iter()
         .map(|r| r.body)

@@ -198,7 +198,9 @@ impl Analytics {
             self.snapshot_all(now_ms, batch);
         } else {
             if self.loss_changed {
-                batch.meta.push((MetaKey::LossEngine, self.loss_state_json()));
+                batch
+                    .meta
+                    .push((MetaKey::LossEngine, self.loss_state_json()));
             }
             if !changes.is_empty() {
                 batch
@@ -211,9 +213,7 @@ impl Analytics {
                     .push((MetaKey::VoltageEngine, json_of(&self.voltage.snapshot())));
             }
             if !batch.is_empty() {
-                batch
-                    .meta
-                    .push((MetaKey::LastAlive, now_ms.to_string()));
+                batch.meta.push((MetaKey::LastAlive, now_ms.to_string()));
             }
         }
         self.loss_changed = false;
@@ -222,16 +222,16 @@ impl Analytics {
 
     /// Adds every snapshot and the heartbeat to `batch` (also at shutdown).
     pub fn snapshot_all(&mut self, now_ms: i64, batch: &mut Batch) {
-        batch.meta.push((MetaKey::LossEngine, self.loss_state_json()));
+        batch
+            .meta
+            .push((MetaKey::LossEngine, self.loss_state_json()));
         batch
             .meta
             .push((MetaKey::AlarmEngine, json_of(&self.alarms.snapshot())));
         batch
             .meta
             .push((MetaKey::VoltageEngine, json_of(&self.voltage.snapshot())));
-        batch
-            .meta
-            .push((MetaKey::LastAlive, now_ms.to_string()));
+        batch.meta.push((MetaKey::LastAlive, now_ms.to_string()));
         self.last_snapshot_ms = Some(now_ms);
     }
 

@@ -2,7 +2,7 @@
 
 use super::{Analytics, PipelineSettings};
 use crate::bus::BusEvent;
-use crate::store::{Batch, MeterState, MetaKey, Store, StoreError};
+use crate::store::{Batch, MetaKey, MeterState, Store, StoreError};
 use crate::uplink::contract::{Topics, meter_state_message};
 use std::collections::BTreeMap;
 
@@ -82,7 +82,9 @@ impl Writer {
                     self.analytics.on_meter_status(&s);
                     let model = self.settings.models.get(&s.meter).map(String::as_str);
                     let state = MeterState::of(&s, model);
-                    batch.messages.push(meter_state_message(&self.topics, &state));
+                    batch
+                        .messages
+                        .push(meter_state_message(&self.topics, &state));
                     batch.meter_states.push(state);
                 }
                 BusEvent::BlockLimit { meter, max_block } => fold.limits.push((meter, max_block)),

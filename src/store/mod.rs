@@ -513,14 +513,14 @@ impl Store {
             .query_map(
                 params![kind.as_str(), subject, from_ms, to_ms, limit as i64],
                 |r| {
-                let body: String = r.get(3)?;
-                Ok(Record {
-                    kind,
-                    subject: r.get(1)?,
-                    ts_ms: r.get(2)?,
-                    body: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
-                })
-            },
+                    let body: String = r.get(3)?;
+                    Ok(Record {
+                        kind,
+                        subject: r.get(1)?,
+                        ts_ms: r.get(2)?,
+                        body: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+                    })
+                },
             )
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|e| self.err(e))?;
@@ -536,7 +536,10 @@ impl Store {
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map(
-                params![keys::BLOCK_LIMIT_PREFIX.len() as i64, keys::BLOCK_LIMIT_PREFIX],
+                params![
+                    keys::BLOCK_LIMIT_PREFIX.len() as i64,
+                    keys::BLOCK_LIMIT_PREFIX
+                ],
                 |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
             )
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())

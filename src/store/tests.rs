@@ -241,7 +241,8 @@ fn a_schema_2_store_keeps_its_meter_states() {
         for step in &schema::MIGRATIONS[..2] {
             let tx = conn.transaction().unwrap();
             tx.execute_batch(step.sql).unwrap();
-            tx.pragma_update(None, "user_version", step.version).unwrap();
+            tx.pragma_update(None, "user_version", step.version)
+                .unwrap();
             tx.commit().unwrap();
         }
         let payload = r#"{"bus":"rs485","consecutive_failures":0,"crc_errors":0,"exceptions":0,"last_error":"timeout","last_ok":"2026-11-18T11:06:39.123Z","latency_ms":42.0,"meter":"m1","model":"chint-dtsu666","polls":3,"state":"online","success_rate_pct":66.7,"timeouts":1,"ts":"2026-11-18T11:06:40.123Z","unit":7,"wrong_unit":0}"#;

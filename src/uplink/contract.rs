@@ -10,9 +10,9 @@ use crate::analytics::alarms::{Alarm, AlarmChange, Transition};
 use crate::analytics::loss::{LossRecord, LossVerdict, RollingLoss};
 use crate::analytics::voltage::DayRecord;
 use crate::clock::rfc3339_ms;
-pub use crate::model::json_number;
 use crate::model::Reading;
-use crate::store::{MeterState, Message};
+pub use crate::model::json_number;
+use crate::store::{Message, MeterState};
 use serde_json::{Map, Value, json};
 
 const DAY_MS: i64 = 86_400_000;
@@ -87,8 +87,6 @@ impl Topics {
         .into_bytes()
     }
 }
-
-
 
 /// The loss message of the contract, on `{prefix}/{gateway}/loss/{area}`, QoS 1, sequenced
 /// (the store adds `"seq"`). Payload fields:

@@ -9,8 +9,8 @@ use crate::analytics::loss::{
     LossRecord, LossVerdict, RollingLoss, Suspect, VerdictKind, VerdictState,
 };
 use crate::analytics::voltage::DayRecord;
-use crate::store::MeterState;
 use crate::model::{HealthChange, MeterHealth, MeterStatus, Reading};
+use crate::store::MeterState;
 use serde_json::json;
 use std::time::Duration;
 

@@ -17,9 +17,7 @@
 //! | power_off | gateway | [`AlarmEngine::on_start`] | s down / min s |
 
 use super::lifecycle::{ActiveAlarm, Level, Lifecycle, Limit, Observation, Timing};
-use super::{
-    Alarm, AlarmChange, AlarmKind, AlarmSettings, AlarmState, SubjectKind, Transition,
-};
+use super::{Alarm, AlarmChange, AlarmKind, AlarmSettings, AlarmState, SubjectKind, Transition};
 use crate::clock::rfc3339_ms;
 use crate::model::MeterStatus;
 use crate::model::Reading;

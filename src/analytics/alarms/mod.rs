@@ -245,4 +245,3 @@ pub struct AlarmChange {
     /// When the engine decided (the observation's timestamp), ms since the Unix epoch.
     pub ts_ms: i64,
 }
-

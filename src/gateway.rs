@@ -96,7 +96,7 @@ pub async fn run(
         store.clone(),
         wake.clone(),
         uplink_tx,
-        uplink_stop_rx,
+        uplink_stop_rx.into(),
     ));
 
     // Buses.

@@ -280,7 +280,7 @@ async fn the_gateway_uplink_publishes_through_it() {
         Arc::clone(&store),
         Arc::clone(&wake),
         state_tx,
-        shutdown_rx,
+        shutdown_rx.into(),
     ));
     let batch = Batch {
         readings: vec![],

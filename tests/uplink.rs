@@ -74,7 +74,7 @@ fn start_uplink(port: u16, topics: &Topics) -> Uplink {
         Arc::clone(&store),
         Arc::clone(&wake),
         state_tx,
-        shutdown_rx,
+        shutdown_rx.into(),
     ));
     Uplink {
         store,

@@ -18,6 +18,7 @@
 //! `wake.notify_one()`; the publisher reads the store.
 
 use crate::clock::now_ms;
+use crate::shutdown::Shutdown;
 use crate::store::{OutboxRow, SharedStore, with_store};
 use crate::uplink::MqttSettings;
 use crate::uplink::contract::Topics;
@@ -55,7 +56,7 @@ const BACKOFF_START: Duration = Duration::from_secs(1);
 /// How long a clean shutdown waits for the offline status and DISCONNECT to go out.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
-/// Publishes the outbox to the broker until `shutdown` turns true; reconnects forever.
+/// Publishes the outbox to the broker until `shutdown` says stop; reconnects forever.
 ///
 /// On shutdown it publishes the retained offline status and disconnects cleanly (when
 /// connected). Errors are logged, never returned: the broker being unreachable is normal and
@@ -66,13 +67,13 @@ pub async fn run(
     store: SharedStore,
     wake: Arc<Notify>,
     state: watch::Sender<UplinkState>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
 ) {
     let mut backoff = Backoff::new(Duration::from_secs(cfg.reconnect_max_s.max(1)));
     let mut outage: Option<Outage> = None;
     refresh_backlog(&store, &state).await;
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_stopping() {
             return;
         }
         let mut connection = Connection::new(&cfg, &topics, &store, &wake, &state);
@@ -115,7 +116,7 @@ pub async fn run(
         debug!("next MQTT connection attempt in {wait:?}");
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.changed() => {}
+            _ = shutdown.wait() => {}
         }
     }
 }
@@ -178,7 +179,7 @@ impl<'a> Connection<'a> {
         }
     }
 
-    async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> ConnectionEnd {
+    async fn run(&mut self, shutdown: &mut Shutdown) -> ConnectionEnd {
         let options = match mqtt_options(self.cfg, self.topics) {
             Ok(o) => o,
             Err(reason) => return ConnectionEnd::Failed(reason),
@@ -222,13 +223,11 @@ impl<'a> Connection<'a> {
                         self.fill(&client).await;
                     }
                 }
-                _ = shutdown.changed() => {
-                    if *shutdown.borrow() {
-                        if self.connected_once {
-                            self.say_goodbye(&client, &mut events).await;
-                        }
-                        break ConnectionEnd::Shutdown;
+                _ = shutdown.wait() => {
+                    if self.connected_once {
+                        self.say_goodbye(&client, &mut events).await;
                     }
+                    break ConnectionEnd::Shutdown;
                 }
             }
         };

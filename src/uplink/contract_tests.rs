@@ -75,7 +75,7 @@ fn reading_payload_bytes() {
         meter: "m1".into(),
         ts_ms: T,
         values: [
-            ("energy_import_kwh".to_string(), 1234.567_890_12),
+            ("energy_import_kwh".to_string(), 1_234.567_890_12),
             ("voltage_l1_v".to_string(), f64::NAN),
             ("power_kw".to_string(), 0.1 + 0.2),
         ]

@@ -129,13 +129,7 @@ impl Analytics {
         for c in &changes {
             push_alarm_event(&self.topics, c, &mut batch);
         }
-        let active = self.alarms.active();
-        batch
-            .messages
-            .push(active_alarms_message(&self.topics, &active, now_ms));
-        batch
-            .meta
-            .push((MetaKey::ActiveAlarms, self.active_alarms_json()));
+        self.push_active_alarms(now_ms, &mut batch);
         self.snapshot_all(now_ms, &mut batch);
         batch
     }
@@ -182,13 +176,7 @@ impl Analytics {
             for c in &changes {
                 push_alarm_event(&self.topics, c, batch);
             }
-            let active = self.alarms.active();
-            batch
-                .messages
-                .push(active_alarms_message(&self.topics, &active, now_ms));
-            batch
-                .meta
-                .push((MetaKey::ActiveAlarms, self.active_alarms_json()));
+            self.push_active_alarms(now_ms, batch);
         }
 
         let due = self
@@ -345,9 +333,14 @@ impl Analytics {
         })
     }
 
-    /// The `alarms` array of the retained active-alarms message.
-    fn active_alarms_json(&self) -> String {
-        Value::Array(active_alarms_list(&self.alarms.active())).to_string()
+    /// The retained set of active alarms, and the same list in [`MetaKey::ActiveAlarms`].
+    fn push_active_alarms(&self, now_ms: i64, batch: &mut Batch) {
+        let active = self.alarms.active();
+        batch
+            .messages
+            .push(active_alarms_message(&self.topics, &active, now_ms));
+        let list = Value::Array(active_alarms_list(&active)).to_string();
+        batch.meta.push((MetaKey::ActiveAlarms, list));
     }
 }
 

@@ -226,6 +226,24 @@ fn voltage_day_payload_bytes() {
     );
 }
 
+/// A meter's health before its first poll ended.
+fn unpolled() -> MeterHealth {
+    MeterHealth {
+        online: None,
+        consecutive_failures: 0,
+        polls: 0,
+        successes: 0,
+        timeouts: 0,
+        crc_errors: 0,
+        wrong_unit: 0,
+        exceptions: 0,
+        latency_ms: None,
+        last_ok_ms: None,
+        last_error: None,
+        probe_interval: Duration::from_secs(5),
+    }
+}
+
 #[test]
 fn meter_state_payload_bytes() {
     let s = MeterStatus {
@@ -234,17 +252,13 @@ fn meter_state_payload_bytes() {
         unit: Some(7),
         health: MeterHealth {
             online: Some(true),
-            consecutive_failures: 0,
             polls: 3,
             successes: 2,
             timeouts: 1,
-            crc_errors: 0,
-            wrong_unit: 0,
-            exceptions: 0,
             latency_ms: Some(41.6),
             last_ok_ms: Some(T - 1000),
             last_error: Some("timeout".into()),
-            probe_interval: Duration::from_secs(5),
+            ..unpolled()
         },
         change: HealthChange::WentOnline,
         ts_ms: T,
@@ -258,20 +272,7 @@ fn meter_state_payload_bytes() {
     );
     let mut fresh = s.clone();
     fresh.unit = None;
-    fresh.health = MeterHealth {
-        online: None,
-        consecutive_failures: 0,
-        polls: 0,
-        successes: 0,
-        timeouts: 0,
-        crc_errors: 0,
-        wrong_unit: 0,
-        exceptions: 0,
-        latency_ms: None,
-        last_ok_ms: None,
-        last_error: None,
-        probe_interval: Duration::from_secs(5),
-    };
+    fresh.health = unpolled();
     assert_eq!(
         bytes(&meter_state_message(&topics(), &MeterState::of(&fresh, None)).payload),
         r#"{"bus":"rs485","consecutive_failures":0,"crc_errors":0,"exceptions":0,"last_error":null,"last_ok":null,"latency_ms":null,"meter":"m1","model":null,"polls":0,"state":"unknown","success_rate_pct":0.0,"timeouts":0,"ts":"2026-11-18T11:06:40.123Z","unit":null,"wrong_unit":0}"#

@@ -2,21 +2,20 @@
 //! them in order on a shutdown signal (buses first, then the writer drains what they produced,
 //! then the uplink says goodbye).
 //!
-//! The store writer ([`write_events`]) is where the analytics run: a [`Writer`] folds each
-//! burst of bus events, and a tick at least every second, into one store [`Batch`] — history,
-//! reading messages, meter states, and whatever the line-loss, alarm and voltage-quality
-//! engines decided ([`Analytics`]) with their snapshots — committed in one transaction on a
+//! The store writer ([`write_events`]) is where the analytics run: the pipeline's
+//! [`Writer`] folds each burst of bus events, and a tick at least every second, into one store
+//! [`Batch`] — history, reading messages, meter states, and whatever the line-loss, alarm and
+//! voltage-quality engines decided with their snapshots — committed in one transaction on a
 //! blocking thread, so the buses never wait for the disk.
 
-use crate::analytics::Analytics;
 use crate::analytics::loss::RollingLoss;
-use crate::bus::{BusEvent, MeterStatus, OfflinePolicy, run_bus};
-use crate::clock::{now_ms, rfc3339_ms};
+use crate::bus::{BusEvent, OfflinePolicy, run_bus};
+use crate::clock::now_ms;
 use crate::config::Config;
-use crate::store::{Batch, Message, SharedStore, Store, StoreError, StoreLock};
-use crate::uplink::topics::{Topics, json_number};
+use crate::pipeline::{Fold, Writer};
+use crate::store::{Batch, SharedStore, Store, StoreLock};
+use crate::uplink::contract::Topics;
 use crate::uplink::{UplinkState, run as run_uplink};
-use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,21 +80,13 @@ pub async fn run(
     let topics = Topics::new(&config.mqtt.topic_prefix, &config.gateway.id);
     let learned = store.block_limits()?;
     // The analytics continue from their snapshots; the start batch holds a power-off event
-    // when the gateway was down, and the retained set of active alarms.
-    let (writer_state, mut restart) = Writer::start(&config, topics.clone(), &store, now_ms())?;
-    // Retained meter states are republished at start (a broker restarted without persistence
-    // has lost them), marked as from before the restart until the buses report anew.
-    for (meter, state) in store.meter_states()? {
-        if config.meter(&meter).is_some() {
-            restart.messages.push(Message {
-                topic: topics.meter_state(&meter),
-                payload: state,
-                qos: 1,
-                retain: true,
-                sequenced: false,
-            });
-        }
-    }
+    // when the gateway was down, the retained set of active alarms and the meter states.
+    let (writer_state, restart) = Writer::start(
+        &config.pipeline_settings(),
+        topics.clone(),
+        &store,
+        now_ms(),
+    )?;
     let mut store = store;
     if !restart.is_empty() {
         store.commit(&restart)?;
@@ -114,7 +105,7 @@ pub async fn run(
         store.clone(),
         wake.clone(),
         uplink_tx,
-        uplink_stop_rx,
+        uplink_stop_rx.into(),
     ));
 
     // Buses. They stop on the outside signal or when another task failed.
@@ -251,103 +242,6 @@ fn failpoint(name: &str) {
     }
     #[cfg(not(debug_assertions))]
     let _ = name;
-}
-
-/// The store writer's state: the analytics and what it knows of the meters. Pure: every
-/// step takes the time, so tests drive it with a real store and synthetic events.
-#[derive(Debug)]
-pub struct Writer {
-    config: Config,
-    topics: Topics,
-    analytics: Analytics,
-    online: BTreeMap<String, bool>,
-}
-
-/// What one step of the writer produced.
-#[derive(Debug, Default)]
-pub struct Fold {
-    /// Commit this in one transaction.
-    pub batch: Batch,
-    /// Block limits learned from meters (meter, registers).
-    pub limits: Vec<(String, u16)>,
-}
-
-impl Writer {
-    /// The writer of `config`, its analytics restored from `store`'s snapshots, and the batch
-    /// of the start (power-off event, active alarms, snapshots, heartbeat) to commit first.
-    pub fn start(
-        config: &Config,
-        topics: Topics,
-        store: &Store,
-        now_ms: i64,
-    ) -> Result<(Writer, Batch), StoreError> {
-        let mut analytics = Analytics::from_config(config, topics.clone());
-        let mut meta = BTreeMap::new();
-        for key in [
-            crate::analytics::META_LOSS,
-            crate::analytics::META_ALARMS,
-            crate::analytics::META_VOLTAGE,
-            crate::analytics::META_LAST_ALIVE,
-        ] {
-            if let Some(v) = store.meta(key)? {
-                meta.insert(key, v);
-            }
-        }
-        let batch = analytics.start(|k| meta.get(k).cloned(), now_ms);
-        let writer = Writer {
-            config: config.clone(),
-            topics,
-            analytics,
-            online: BTreeMap::new(),
-        };
-        Ok((writer, batch))
-    }
-
-    /// Folds `events` and a tick at `now_ms` into one batch.
-    pub fn fold(&mut self, events: impl IntoIterator<Item = BusEvent>, now_ms: i64) -> Fold {
-        let mut fold = Fold::default();
-        let batch = &mut fold.batch;
-        for ev in events {
-            match ev {
-                BusEvent::Reading(r) => {
-                    let quality = self.analytics.on_reading(&r, batch);
-                    batch.messages.push(self.topics.reading_message(&r));
-                    batch.readings.push(r);
-                    batch.reading_quality.push(quality);
-                }
-                BusEvent::MeterState(s) => {
-                    self.online
-                        .insert(s.meter.clone(), s.health.online == Some(true));
-                    self.analytics.on_meter_status(&s);
-                    let m = meter_state_message(&self.topics, &self.config, &s);
-                    batch
-                        .meter_states
-                        .push((s.meter.clone(), m.payload.clone()));
-                    batch.messages.push(m);
-                }
-                BusEvent::BlockLimit { meter, max_block } => fold.limits.push((meter, max_block)),
-            }
-        }
-        self.analytics.on_tick(now_ms, batch);
-        fold
-    }
-
-    /// The last batch before stopping: every snapshot and the heartbeat.
-    pub fn finish(&mut self, now_ms: i64) -> Batch {
-        let mut batch = Batch::default();
-        self.analytics.snapshot_all(now_ms, &mut batch);
-        batch
-    }
-
-    /// The analytics, for inspection.
-    pub fn analytics(&self) -> &Analytics {
-        &self.analytics
-    }
-
-    /// Meters last reported online.
-    pub fn meters_online(&self) -> usize {
-        self.online.values().filter(|v| **v).count()
-    }
 }
 
 /// Commits `batch` (and learned block limits) on a blocking thread. Returns whether it was
@@ -496,12 +390,12 @@ async fn write_events(
         }
         if let Some(live) = &live {
             let _ = live.send(GatewayState {
-                meters_total: writer.config.meters.len(),
+                meters_total: writer.meters_total(),
                 meters_online: writer.meters_online(),
                 readings_stored,
                 uplink: uplink.borrow().clone(),
-                rolling_loss: writer.analytics.rolling(),
-                alarms_active: writer.analytics.active_alarm_count(),
+                rolling_loss: writer.analytics().rolling(),
+                alarms_active: writer.analytics().active_alarm_count(),
             });
         }
     }
@@ -524,40 +418,11 @@ async fn write_events(
     Ok(())
 }
 
-/// The retained `meter/{id}/state` message: online/offline and health.
-pub fn meter_state_message(topics: &Topics, config: &Config, s: &MeterStatus) -> Message {
-    let h = &s.health;
-    let model = config.meter(&s.meter).map(|m| m.model.clone());
-    Message {
-        topic: topics.meter_state(&s.meter),
-        payload: json!({
-            "meter": s.meter,
-            "state": match h.online { Some(true) => "online", Some(false) => "offline", None => "unknown" },
-            "ts": rfc3339_ms(s.ts_ms),
-            "bus": s.bus,
-            "unit": s.unit,
-            "model": model,
-            "last_ok": h.last_ok_ms.map(rfc3339_ms),
-            "polls": h.polls,
-            "success_rate_pct": json_number((h.success_rate_pct() * 10.0).round() / 10.0),
-            "latency_ms": h.latency_ms.map(|l| json_number(l.round())),
-            "timeouts": h.timeouts,
-            "crc_errors": h.crc_errors,
-            "wrong_unit": h.wrong_unit,
-            "exceptions": h.exceptions,
-            "consecutive_failures": h.consecutive_failures,
-            "last_error": h.last_error,
-        }),
-        qos: 1,
-        retain: true,
-        sequenced: false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::Reading;
+    use crate::store::MetaKey;
 
     const CONFIG: &str = r#"
 [gateway]
@@ -589,9 +454,10 @@ customers = []
         let mut store = Store::open(&dir.path().join("db"), &config.store).unwrap();
         let topics = Topics::new("amr", "gw");
         let start = now_ms();
-        let (writer, batch) = Writer::start(&config, topics, &store, start).unwrap();
+        let (writer, batch) =
+            Writer::start(&config.pipeline_settings(), topics, &store, start).unwrap();
         store.commit(&batch).unwrap();
-        assert!(store.meta(crate::analytics::META_LOSS).unwrap().is_some());
+        assert!(store.meta(&MetaKey::LossEngine).unwrap().is_some());
         let store: SharedStore = Arc::new(std::sync::Mutex::new(store));
         let (tx, rx) = mpsc::channel(16);
         let (_up_tx, up_rx) = watch::channel(UplinkState::default());
@@ -621,7 +487,7 @@ customers = []
         let s = store.lock().unwrap();
         assert_eq!(s.history("s", 0, i64::MAX).unwrap().len(), 1);
         let alive: i64 = s
-            .meta(crate::analytics::META_LAST_ALIVE)
+            .meta(&MetaKey::LastAlive)
             .unwrap()
             .unwrap()
             .parse()

@@ -6,7 +6,9 @@
 //!
 //! Data flows `bus → store → uplink`:
 //!
-//! - [`config`]: the TOML schema and its validation, errors at `FILE:LINE:COL`.
+//! - [`config`]: the TOML schema and its validation, errors at `FILE:LINE:COL`; it builds
+//!   each component's settings (the store's, the uplink's, the pipeline's), and no component
+//!   imports it.
 //! - [`model`]: domain types — meter ids, quantity names, readings.
 //! - [`clock`]: the one clock; RFC 3339 timestamps.
 //! - [`shutdown`]: the stop signal passed down explicitly to every task.
@@ -15,13 +17,18 @@
 //! - [`meter`]: meter models as data (`protocols/*.toml`), block planning, decoding.
 //! - [`protocol`]: wire codecs and transports (Modbus RTU / TCP / RTU over TCP).
 //! - [`bus`]: one task per bus polling its meters; meter health and offline backoff.
-//! - [`store`]: SQLite history and outbox; `seq` allocation; pruning and size bound.
-//! - [`uplink`]: MQTT topics, payloads and the outbox publisher.
-//! - [`analytics`]: line loss, alarms, voltage quality, and the domain rules they share (the
-//!   voltage band, a register that went down or stood still).
+//! - [`store`]: SQLite history and outbox; `seq` allocation; pruning and size bound; records,
+//!   meter states, and the record kinds and meta keys, typed and defined once.
+//! - [`uplink`]: the whole MQTT contract — every topic and payload rendered in
+//!   [`uplink::contract`] from typed records — and the outbox publisher.
+//! - [`analytics`]: pure engines (line loss, alarms, voltage quality) and the domain rules they
+//!   share (the voltage band, a register that went down or stood still): readings and time in,
+//!   typed records and events out; they import only [`model`] and [`clock`].
+//! - [`pipeline`]: the store writer's logic, the one place that knows both the engines and
+//!   the store's batches; imports model, clock, analytics, store and uplink.
 //! - [`sim`]: simulated meters and areas for tests, the demo and benchmarks.
-//! - [`gateway`]: `run` — wires buses, store, analytics and uplink together with a shutdown
-//!   signal; the store writer folds bus events and analytics output into one transaction.
+//! - [`gateway`]: `run`, the composition root — wires buses, store, pipeline and uplink
+//!   together with a shutdown signal; its store writer task commits the pipeline's batches.
 //! - [`field`]: the field tools `read`, `scan`, `status`.
 //! - `broker` and `demo` (feature `embedded-broker`): a small MQTT broker and the demo.
 
@@ -38,6 +45,7 @@ pub mod field;
 pub mod gateway;
 pub mod meter;
 pub mod model;
+pub mod pipeline;
 pub mod protocol;
 pub mod shutdown;
 pub mod sim;

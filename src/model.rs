@@ -141,3 +141,16 @@ pub enum HealthChange {
     WentOnline,
     WentOffline,
 }
+
+/// A measured value as a JSON number, rounded to 6 significant decimals to avoid float noise;
+/// non-finite values become `null`. Every number the gateway writes in JSON goes through this
+/// (payloads, alarm details), so the same value always reads the same.
+pub fn json_number(v: f64) -> serde_json::Value {
+    if !v.is_finite() {
+        return serde_json::Value::Null;
+    }
+    let rounded = (v * 1e6).round() / 1e6;
+    serde_json::Number::from_f64(rounded)
+        .map(serde_json::Value::Number)
+        .unwrap_or(serde_json::Value::Null)
+}

@@ -27,11 +27,10 @@
 
 mod support;
 
-use amr_gateway::analytics::META_VOLTAGE;
 use amr_gateway::analytics::voltage::VoltageSnapshot;
 use amr_gateway::clock::{now_ms, rfc3339_ms};
 use amr_gateway::sim::{Fault, MeterConditions, Phase, SimHandle};
-use amr_gateway::store::Store;
+use amr_gateway::store::{MetaKey, Store};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -1020,7 +1019,7 @@ fn voltage_quality_from_store(config: &Path) -> VoltageFromStore {
     let store = Store::open(&cfg.db_path(), &cfg.store).unwrap();
     let snapshot: VoltageSnapshot = serde_json::from_str(
         &store
-            .meta(META_VOLTAGE)
+            .meta(&MetaKey::VoltageEngine)
             .unwrap()
             .expect("a voltage snapshot"),
     )

@@ -3,14 +3,13 @@
 //! survives a restart without being raised twice, a long gap in the heartbeat is reported as
 //! a power off, and re-qualified readings get their new flag in the history.
 
-use amr_gateway::analytics::{META_ACTIVE_ALARMS, META_LAST_ALIVE, meta_rolling};
 use amr_gateway::bus::BusEvent;
 use amr_gateway::clock::rfc3339_ms;
 use amr_gateway::config::{Config, load_str};
-use amr_gateway::gateway::Writer;
 use amr_gateway::model::Reading;
-use amr_gateway::store::{OutboxRow, Store};
-use amr_gateway::uplink::topics::Topics;
+use amr_gateway::pipeline::Writer;
+use amr_gateway::store::{MetaKey, OutboxRow, RecordKind, Store};
+use amr_gateway::uplink::contract::Topics;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -112,7 +111,8 @@ fn open(dir: &Path) -> Store {
 }
 
 fn start(store: &mut Store, now_ms: i64) -> (Writer, Vec<String>) {
-    let (writer, batch) = Writer::start(&config(), topics(), store, now_ms).unwrap();
+    let (writer, batch) =
+        Writer::start(&config().pipeline_settings(), topics(), store, now_ms).unwrap();
     let topics = batch.messages.iter().map(|m| m.topic.clone()).collect();
     store.commit_at(&batch, now_ms).unwrap();
     (writer, topics)
@@ -132,7 +132,9 @@ fn closed_intervals_become_loss_records_and_messages() {
             T0 + 1_500 + k * STEP_MS,
         );
     }
-    let records = store.records("loss", Some("T1"), 0, i64::MAX, 100).unwrap();
+    let records = store
+        .records(RecordKind::Loss, Some("T1"), 0, i64::MAX, 100)
+        .unwrap();
     assert!(records.len() >= 2, "{records:?}");
     let mut starts = Vec::new();
     for r in &records {
@@ -165,8 +167,13 @@ fn closed_intervals_become_loss_records_and_messages() {
     assert!(losses.iter().all(|p| p["seq"].as_u64().is_some()));
 
     // The rolling figure for `status` and the demo.
-    let rolling: Value =
-        serde_json::from_str(&store.meta(&meta_rolling("T1")).unwrap().unwrap()).unwrap();
+    let rolling: Value = serde_json::from_str(
+        &store
+            .meta(&MetaKey::LossRolling("T1".into()))
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
     assert!(
         (rolling["loss_pct"].as_f64().unwrap() - 5.0).abs() < 1e-6,
         "{rolling}"
@@ -179,7 +186,7 @@ fn closed_intervals_become_loss_records_and_messages() {
     // No alarm at 5 %; the empty active set was published (retained) at start.
     assert_eq!(writer.analytics().active_alarm_count(), 0);
     assert_eq!(
-        store.meta(META_ACTIVE_ALARMS).unwrap().as_deref(),
+        store.meta(&MetaKey::ActiveAlarms).unwrap().as_deref(),
         Some("[]")
     );
     assert!(
@@ -230,10 +237,12 @@ fn an_alarm_active_before_a_restart_is_not_raised_again() {
     assert!((e["value"].as_f64().unwrap() - 30.0).abs() < 1e-6, "{e}");
     assert_eq!(e["threshold"].as_f64(), Some(10.0));
     let active: Value =
-        serde_json::from_str(&store.meta(META_ACTIVE_ALARMS).unwrap().unwrap()).unwrap();
+        serde_json::from_str(&store.meta(&MetaKey::ActiveAlarms).unwrap().unwrap()).unwrap();
     assert_eq!(active[0]["kind"], "high_loss");
     assert_eq!(active[0]["subject"], "T1");
-    let loss_before = store.records("loss", Some("T1"), 0, i64::MAX, 100).unwrap();
+    let loss_before = store
+        .records(RecordKind::Loss, Some("T1"), 0, i64::MAX, 100)
+        .unwrap();
 
     // Restart: a new writer from what the store kept, a few seconds later.
     drop(writer);
@@ -269,7 +278,9 @@ fn an_alarm_active_before_a_restart_is_not_raised_again() {
     assert_eq!(writer.analytics().active_alarm_count(), 1);
 
     // The loss intervals went on after the restart, none twice.
-    let loss_after = store.records("loss", Some("T1"), 0, i64::MAX, 100).unwrap();
+    let loss_after = store
+        .records(RecordKind::Loss, Some("T1"), 0, i64::MAX, 100)
+        .unwrap();
     assert!(loss_after.len() >= loss_before.len() + 2);
     let mut starts: Vec<&str> = loss_after
         .iter()
@@ -294,7 +305,7 @@ fn an_alarm_active_before_a_restart_is_not_raised_again() {
     assert_eq!(events[1]["state"], "cleared");
     assert_eq!(writer.analytics().active_alarm_count(), 0);
     assert_eq!(
-        store.meta(META_ACTIVE_ALARMS).unwrap().as_deref(),
+        store.meta(&MetaKey::ActiveAlarms).unwrap().as_deref(),
         Some("[]")
     );
 }
@@ -325,7 +336,7 @@ fn a_long_gap_in_the_heartbeat_is_a_power_off() {
         step(&mut writer, &mut store, Vec::new(), T0 + s * 1_000);
     }
     let last_alive: i64 = store
-        .meta(META_LAST_ALIVE)
+        .meta(&MetaKey::LastAlive)
         .unwrap()
         .unwrap()
         .parse()
@@ -342,7 +353,7 @@ fn a_long_gap_in_the_heartbeat_is_a_power_off() {
 
     // Down for an hour: one raised and one cleared event, with the span.
     let down_from: i64 = store
-        .meta(META_LAST_ALIVE)
+        .meta(&MetaKey::LastAlive)
         .unwrap()
         .unwrap()
         .parse()
@@ -368,7 +379,7 @@ fn a_long_gap_in_the_heartbeat_is_a_power_off() {
     // Kept as alarm records for `status`.
     assert_eq!(
         store
-            .records("alarm", Some("gw"), 0, i64::MAX, 10)
+            .records(RecordKind::Alarm, Some("gw"), 0, i64::MAX, 10)
             .unwrap()
             .len(),
         2
@@ -417,7 +428,8 @@ fn status_shows_what_the_writer_stored() {
     let dir = tempfile::tempdir().unwrap();
     let config = load_str(CONFIG, &dir.path().join("amr.toml")).unwrap();
     let mut store = Store::open(&config.db_path(), &config.store).unwrap();
-    let (mut writer, batch) = Writer::start(&config, topics(), &store, T0).unwrap();
+    let (mut writer, batch) =
+        Writer::start(&config.pipeline_settings(), topics(), &store, T0).unwrap();
     store.commit_at(&batch, T0).unwrap();
     let mut k = 0;
     while writer.analytics().active_alarm_count() == 0 {

@@ -8,7 +8,7 @@ use amr_gateway::broker::Broker;
 use amr_gateway::broker::codec::{Connect, Packet, Will, encode};
 use amr_gateway::config::{MqttConfig, StoreConfig};
 use amr_gateway::store::{Batch, Message, open_shared, with_store};
-use amr_gateway::uplink::topics::Topics;
+use amr_gateway::uplink::contract::Topics;
 use amr_gateway::uplink::{UplinkState, run};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, QoS};
 use std::io::{BufRead, BufReader, Write};
@@ -280,7 +280,7 @@ async fn the_gateway_uplink_publishes_through_it() {
         Arc::clone(&store),
         Arc::clone(&wake),
         state_tx,
-        shutdown_rx,
+        shutdown_rx.into(),
     ));
     let batch = Batch {
         readings: vec![],

@@ -5,12 +5,12 @@
 
 use amr_gateway::bus::{BusEvent, HealthChange, MeterStatus, OfflinePolicy, run_bus};
 use amr_gateway::config::{self, Config};
-use amr_gateway::gateway::meter_state_message;
 use amr_gateway::meter::ModelLibrary;
 use amr_gateway::protocol::modbus::RtuTiming;
 use amr_gateway::protocol::modbus::codec;
 use amr_gateway::sim::{self, SimConfig};
-use amr_gateway::uplink::topics::Topics;
+use amr_gateway::store::MeterState;
+use amr_gateway::uplink::contract::{Topics, meter_state_message};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -131,7 +131,10 @@ async fn faults_are_counted_against_the_right_meter_in_the_state_message() {
     .await;
 
     let topics = Topics::new("amr", "gw");
-    let state = |m: &str| -> Value { meter_state_message(&topics, &config, &last[m]).payload };
+    let state = |m: &str| -> Value {
+        let model = config.meter(m).map(|c| c.model.as_str());
+        meter_state_message(&topics, &MeterState::of(&last[m], model)).payload
+    };
     let n = |v: &Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"));
 
     let ok = state("m1");

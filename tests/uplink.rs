@@ -5,7 +5,7 @@ mod support;
 
 use amr_gateway::config::{MqttConfig, StoreConfig};
 use amr_gateway::store::{Batch, Message, SharedStore, open_shared, with_store};
-use amr_gateway::uplink::topics::Topics;
+use amr_gateway::uplink::contract::Topics;
 use amr_gateway::uplink::{UplinkState, run};
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,7 +74,7 @@ fn start_uplink(port: u16, topics: &Topics) -> Uplink {
         Arc::clone(&store),
         Arc::clone(&wake),
         state_tx,
-        shutdown_rx,
+        shutdown_rx.into(),
     ));
     Uplink {
         store,

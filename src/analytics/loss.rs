@@ -66,11 +66,8 @@ mod tests;
 use super::register::{self as rule, StoppedRegister};
 use crate::clock::rfc3339_ms;
 use crate::model::Reading;
-use crate::store::Message;
-use crate::uplink::topics::{Topics, json_number};
 use register::{Plausibility, RegisterTrack};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use std::collections::{BTreeMap, VecDeque};
 use suspects::WindowEntry;
 
@@ -190,29 +187,6 @@ pub struct AreaSpec {
 }
 
 impl AreaSpec {
-    /// The area of `[[area]]`; multipliers default to 1 (see [`AreaSpec::with_multipliers`]).
-    pub fn from_config(area: &crate::config::AreaConfig) -> Self {
-        AreaSpec {
-            id: area.id.clone(),
-            supply: area.supply.clone(),
-            customers: area.customers.clone(),
-            interval_s: area.loss_interval_s.max(1),
-            high_loss_pct: area.high_loss_pct,
-            negative_loss_pct: area.negative_loss_pct,
-            multipliers: BTreeMap::new(),
-        }
-    }
-
-    /// Takes each meter's multiplier from the `[[meter]]` entries.
-    pub fn with_multipliers(mut self, meters: &[crate::config::MeterConfig]) -> Self {
-        for m in meters {
-            if self.meters().any(|id| *id == m.id) {
-                self.multipliers.insert(m.id.clone(), m.multiplier);
-            }
-        }
-        self
-    }
-
     /// Every meter of the area, supply first.
     pub fn meters(&self) -> impl Iterator<Item = &String> {
         self.supply.iter().chain(self.customers.iter())
@@ -977,72 +951,4 @@ fn rank_suspects(
     }
     out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.meter.cmp(&b.meter)));
     out
-}
-
-/// The loss message of the contract, on `{prefix}/{gateway}/loss/{area}`, QoS 1, sequenced
-/// (the store adds `"seq"`). Payload fields:
-///
-/// - `area` — the area id.
-/// - `start`, `end` — the interval `[start, end)`, RFC 3339 UTC with milliseconds, aligned to
-///   multiples of the area's `loss_interval_s` since the epoch.
-/// - `supply_kwh` — energy that entered the area: supply meters' import + customers' export
-///   (rooftop PV), kWh, primary side.
-/// - `sales_kwh` — energy that left it through meters: customers' import + supply meters'
-///   export, kWh.
-/// - `loss_kwh` — `supply_kwh − sales_kwh`.
-/// - `loss_pct` — `loss_kwh / supply_kwh × 100`; `null` when nothing entered the area.
-/// - `coverage_pct` — share of the area's meters that had reads around both boundaries, %.
-/// - `complete` — every meter had reads around both boundaries. When `false`, the missing
-///   meters' energy was estimated from their recent rate (0 for a meter never read) and the
-///   figures are indicative only; no verdict is drawn from them.
-/// - `energy_coverage_pct` — share of the energy (all meters, import + export) that was
-///   measured rather than estimated, %.
-/// - `missing` — ids of the meters without reads around both boundaries.
-/// - `suspects` — customers pointing at the cause, best first, only those at or above the
-///   score threshold: `{"meter", "score", "reason", "detail"}` with `reason`
-///   `"bypass_signature"` (consumption stepped down as the loss stepped up by about as much;
-///   score = the matched step in standard errors) or `"stopped_register"` (current flows while
-///   the energy register stands still; score = threshold × time stood still / the configured
-///   time). `detail` is a sentence for people.
-/// - `meters` — each meter's net energy over the interval (import − export), kWh, keyed by
-///   meter id (estimated for missing meters).
-pub fn loss_message(topics: &Topics, rec: &LossRecord) -> Message {
-    let meters: serde_json::Map<String, Value> = rec
-        .per_meter
-        .iter()
-        .map(|(k, v)| (k.clone(), json_number(*v)))
-        .collect();
-    let suspects: Vec<Value> = rec
-        .suspects
-        .iter()
-        .map(|s| {
-            json!({
-                "meter": s.meter,
-                "score": json_number(s.score),
-                "reason": s.reason,
-                "detail": s.detail,
-            })
-        })
-        .collect();
-    Message {
-        topic: topics.loss(&rec.area),
-        payload: json!({
-            "area": rec.area,
-            "start": rfc3339_ms(rec.start_ms),
-            "end": rfc3339_ms(rec.end_ms),
-            "supply_kwh": json_number(rec.supply_kwh),
-            "sales_kwh": json_number(rec.sales_kwh),
-            "loss_kwh": json_number(rec.loss_kwh),
-            "loss_pct": rec.loss_pct.map_or(Value::Null, json_number),
-            "coverage_pct": json_number(rec.coverage_pct),
-            "complete": rec.complete,
-            "energy_coverage_pct": json_number(rec.energy_coverage_pct),
-            "missing": rec.missing,
-            "suspects": suspects,
-            "meters": meters,
-        }),
-        qos: 1,
-        retain: false,
-        sequenced: true,
-    }
 }

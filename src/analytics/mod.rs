@@ -3,18 +3,13 @@
 //! stood still while load flowed).
 //!
 //! Every engine here is a pure, deterministic state machine fed with readings, meter states and
-//! timestamps: no clock, no I/O. [`Analytics`] (module `pipeline`) bundles the three as the
-//! gateway's store writer uses them and turns what they decide into the store batch of the
-//! readings that caused it (see [`crate::gateway`]).
+//! timestamps: no clock, no I/O. They take their own settings types and return typed records
+//! and events (loss intervals and verdicts, alarm changes, voltage days); they import only the
+//! leaf types ([`crate::model`], [`crate::clock`]). The pipeline ([`crate::pipeline`]) feeds
+//! them and stores what they decide; the uplink's contract renders it.
 
 pub mod alarms;
 pub mod band;
 pub mod loss;
-mod pipeline;
 pub mod register;
 pub mod voltage;
-
-pub use pipeline::{
-    Analytics, META_ACTIVE_ALARMS, META_ALARMS, META_LAST_ALIVE, META_LOSS, META_VOLTAGE,
-    SNAPSHOT_EVERY_MS, meta_rolling, topology,
-};

@@ -25,10 +25,7 @@
 use super::band::{BandPosition, VoltageBand};
 use crate::clock::{day_start_ms, rfc3339_ms};
 use crate::model::Reading;
-use crate::store::Message;
-use crate::uplink::topics::{Topics, json_number};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
 const DAY_MS: i64 = 86_400_000;
@@ -252,40 +249,6 @@ impl VoltageQuality {
     }
 }
 
-/// The daily message on `{prefix}/{gateway}/voltage/{meter}`: QoS 1, sequenced, one per
-/// meter, phase and closed day.
-///
-/// Payload: `{"meter", "phase", "day": "YYYY-MM-DD", "start", "end", "monitored_s",
-/// "above_s", "below_s", "outage_s", "qualified_pct" (null when nothing was monitored),
-/// "min_v", "max_v" (null without reads), "upper_v", "lower_v", "reads"}`. The store adds
-/// `"seq"`.
-pub fn day_message(topics: &Topics, d: &DayRecord) -> Message {
-    let opt = |v: Option<f64>| v.map(json_number).unwrap_or(Value::Null);
-    Message {
-        topic: topics.voltage(&d.meter),
-        payload: json!({
-            "meter": d.meter,
-            "phase": d.phase,
-            "day": d.date(),
-            "start": rfc3339_ms(d.day_start_ms),
-            "end": rfc3339_ms(d.day_start_ms + DAY_MS),
-            "monitored_s": json_number(d.monitored_s),
-            "above_s": json_number(d.above_s),
-            "below_s": json_number(d.below_s),
-            "outage_s": json_number(d.outage_s),
-            "qualified_pct": opt(d.qualified_pct),
-            "min_v": opt(d.min_v),
-            "max_v": opt(d.max_v),
-            "upper_v": json_number(d.upper_v),
-            "lower_v": json_number(d.lower_v),
-            "reads": d.reads,
-        }),
-        qos: 1,
-        retain: false,
-        sequenced: true,
-    }
-}
-
 /// Attributes `[t0, t1)` at voltage `v0`, split at UTC midnights.
 fn book_interval(
     series: &mut PhaseSeries,
@@ -364,6 +327,7 @@ fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::uplink::contract::{Topics, voltage_day_message};
 
     const MIN: i64 = 60_000;
 
@@ -453,7 +417,7 @@ mod tests {
         assert!(q.on_tick(m + 2 * DAY_MS).is_empty());
         assert!(q.current("m1").is_empty());
 
-        let msg = day_message(&Topics::new("amr", "gw1"), &day0[0]);
+        let msg = voltage_day_message(&Topics::new("amr", "gw1"), &day0[0]);
         assert_eq!(msg.topic, "amr/gw1/voltage/m1");
         assert_eq!((msg.qos, msg.retain, msg.sequenced), (1, false, true));
         let p = &msg.payload;

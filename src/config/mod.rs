@@ -16,12 +16,14 @@
 
 mod analytics;
 mod checks;
+mod for_pipeline;
 mod load;
 mod sections;
 #[cfg(test)]
 mod tests;
 
 pub use analytics::SEVERITIES;
+pub use for_pipeline::{area_spec, topology};
 pub use load::{load, load_str, load_str_with};
 pub use sections::{LOG_LEVELS, PHASES, STANDARD_BAUD_RATES};
 
@@ -88,38 +90,11 @@ pub struct GatewayConfig {
     pub log_level: String,
 }
 
-/// `[mqtt]`
-#[derive(Debug, Clone)]
-pub struct MqttConfig {
-    pub host: String,
-    pub port: u16,
-    /// Default `"amr"`.
-    pub topic_prefix: String,
-    /// Default `amr-gateway-{gateway.id}`.
-    pub client_id: String,
-    pub username: Option<String>,
-    pub password_file: Option<PathBuf>,
-    pub tls: bool,
-    pub ca_file: Option<PathBuf>,
-    pub client_cert_file: Option<PathBuf>,
-    pub client_key_file: Option<PathBuf>,
-    /// Default 30.
-    pub keep_alive_s: u64,
-    /// Longest wait between reconnect attempts (default 60 s); the wait grows from 1 s with jitter.
-    pub reconnect_max_s: u64,
-    /// Messages published but not yet acknowledged at once (default 64).
-    pub max_inflight: u16,
-}
+/// `[mqtt]`: the uplink's own settings type.
+pub type MqttConfig = crate::uplink::MqttSettings;
 
-/// `[store]` (optional section; all keys have defaults)
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    /// Reading history older than this is deleted (default 35 days).
-    pub history_days: u32,
-    /// Upper bound on the store's size in MiB (default 1024). When reached, the oldest history
-    /// goes first, then the oldest unsent outbox rows, and the gateway logs what it dropped.
-    pub max_size_mb: u64,
-}
+/// `[store]` (optional section; all keys have defaults): the store's own settings type.
+pub type StoreConfig = crate::store::StoreSettings;
 
 /// Wire protocol of a bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,15 +3,16 @@
 //! age; per area the rolling loss and the latest loss interval (with its missing meters and
 //! suspects); the active alarms and the recent alarm events; recent voltage-quality days.
 //!
-//! What it reads, as the gateway's store writer keeps it: records `loss` (body = the loss
-//! payload), `alarm` (body = the alarm event payload) and `voltage_day` (body = the day
-//! payload); meta `loss_rolling/{area}` and `alarms/active`.
+//! What it reads, as the gateway's store writer keeps it, under the store's names: each
+//! meter's typed [`MeterState`]; the records of [`RecordKind::Loss`], [`RecordKind::Alarm`]
+//! and [`RecordKind::VoltageDay`]; [`MetaKey::LossRolling`] and [`MetaKey::ActiveAlarms`].
 //!
 //! It only reads the store (SQLite in WAL mode lets it do so while the daemon writes).
 
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::config::Config;
-use crate::store::Store;
+use crate::model::json_number;
+use crate::store::{MetaKey, MeterState, RecordKind, Store};
 use serde_json::{Value, json};
 
 /// Everything `status` shows, as JSON (the table is rendered from it).
@@ -32,22 +33,22 @@ pub fn collect(config: &Config) -> Result<Value, String> {
     for bus in &config.buses {
         let mut meters = Vec::new();
         for m in config.meters.iter().filter(|m| m.bus == bus.name) {
-            let st = states.get(&m.id).cloned().unwrap_or(Value::Null);
+            let st: Option<&MeterState> = states.get(&m.id);
             let last = store.latest_reading(&m.id).map_err(|e| e.to_string())?;
             meters.push(json!({
                 "meter": m.id,
                 "unit": m.unit,
                 "address": m.address,
                 "model": m.model,
-                "state": st.get("state").cloned().unwrap_or(json!("unknown")),
+                "state": st.map_or("unknown", MeterState::state_name),
                 "last_reading": last.as_ref().map(|r| rfc3339_ms(r.ts_ms)),
                 "last_reading_age_s": last.as_ref().map(|r| (now - r.ts_ms) / 1000),
                 "energy_import_kwh": last.as_ref().and_then(|r| r.values.get("energy_import_kwh").copied()),
-                "success_rate_pct": st.get("success_rate_pct").cloned(),
-                "latency_ms": st.get("latency_ms").cloned(),
-                "timeouts": st.get("timeouts").cloned(),
-                "crc_errors": st.get("crc_errors").cloned(),
-                "last_error": st.get("last_error").cloned(),
+                "success_rate_pct": st.map(|s| json_number(s.success_rate_pct())),
+                "latency_ms": st.and_then(MeterState::latency_whole_ms).map(json_number),
+                "timeouts": st.map(|s| s.timeouts),
+                "crc_errors": st.map(|s| s.crc_errors),
+                "last_error": st.and_then(|s| s.last_error.clone()),
             }));
         }
         buses.push(json!({
@@ -60,10 +61,10 @@ pub fn collect(config: &Config) -> Result<Value, String> {
     let mut areas = Vec::new();
     for a in &config.areas {
         let last = store
-            .records("loss", Some(&a.id), 0, i64::MAX, 1)
+            .records(RecordKind::Loss, Some(&a.id), 0, i64::MAX, 1)
             .map_err(|e| e.to_string())?;
         let rolling = store
-            .meta(&format!("loss_rolling/{}", a.id))
+            .meta(&MetaKey::LossRolling(a.id.clone()))
             .map_err(|e| e.to_string())?
             .and_then(|s| serde_json::from_str::<Value>(&s).ok());
         areas.push(json!({
@@ -73,18 +74,24 @@ pub fn collect(config: &Config) -> Result<Value, String> {
         }));
     }
     let alarms = store
-        .meta("alarms/active")
+        .meta(&MetaKey::ActiveAlarms)
         .map_err(|e| e.to_string())?
         .and_then(|s| serde_json::from_str::<Value>(&s).ok())
         .unwrap_or(json!([]));
     let alarm_events = store
-        .records("alarm", None, now - 7 * 86_400_000, i64::MAX, 20)
+        .records(RecordKind::Alarm, None, now - 7 * 86_400_000, i64::MAX, 20)
         .map_err(|e| e.to_string())?
         .into_iter()
         .map(|r| r.body)
         .collect::<Vec<_>>();
     let voltage = store
-        .records("voltage_day", None, now - 2 * 86_400_000, i64::MAX, 500)
+        .records(
+            RecordKind::VoltageDay,
+            None,
+            now - 2 * 86_400_000,
+            i64::MAX,
+            500,
+        )
         .map_err(|e| e.to_string())?
         .into_iter()
         .map(|r| r.body)

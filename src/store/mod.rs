@@ -5,23 +5,40 @@
 //! SIGKILL or power loss either all of it is there or none. The outbox assigns `seq`, which
 //! increases by one for every sequenced message and survives restarts. A row leaves the outbox
 //! only when the uplink reports its PUBACK.
+//!
+//! It also keeps the records `status` shows (loss intervals, alarm events, voltage days, by
+//! [`RecordKind`]), each meter's last state ([`MeterState`]) and the `meta` table of engine
+//! snapshots and figures (by [`MetaKey`]): the names are defined here, once.
 
+mod keys;
 mod lock;
+mod meter_state;
 mod schema;
 mod shared;
 #[cfg(test)]
 mod tests;
 
+pub use keys::{MetaKey, RecordKind};
 pub use lock::{LOCK_FILE, StoreLock, StoreLockError};
+pub use meter_state::MeterState;
 pub use shared::{SharedStore, open_shared, with_store};
 
 use crate::clock::now_ms;
-use crate::config::StoreConfig;
 use crate::model::Reading;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// How much the store keeps: `[store]` of the configuration.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// Reading history older than this is deleted (default 35 days).
+    pub history_days: u32,
+    /// Upper bound on the store's size in MiB (default 1024). When reached, the oldest history
+    /// goes first, then the oldest unsent outbox rows, and the gateway logs what it dropped.
+    pub max_size_mb: u64,
+}
 
 /// A message to publish, before the store gives it its place in the outbox.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,9 +62,9 @@ pub struct Batch {
     /// Records kept for `status` and history: loss intervals, alarm events, voltage days.
     pub records: Vec<Record>,
     /// `meta` keys set in the same transaction (analytics state, learned limits, heartbeat).
-    pub meta: Vec<(String, String)>,
-    /// Meter states (payload of the retained `meter/{id}/state`) remembered for restarts.
-    pub meter_states: Vec<(String, serde_json::Value)>,
+    pub meta: Vec<(MetaKey, String)>,
+    /// Meter states remembered for restarts and `status`.
+    pub meter_states: Vec<MeterState>,
     /// Later decisions about readings already in the history (this batch's included): set
     /// the quality flag of the rows of `meter` at `ts_ms`. Applied after the readings.
     pub quality_revisions: Vec<QualityRevision>,
@@ -94,8 +111,7 @@ impl Batch {
 /// subject and time, pruned with the history.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
-    /// `loss`, `alarm`, `voltage_day`, ...
-    pub kind: String,
+    pub kind: RecordKind,
     /// Area, meter, bus or gateway id.
     pub subject: String,
     pub ts_ms: i64,
@@ -165,7 +181,7 @@ pub struct PruneReport {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
-    cfg: StoreConfig,
+    cfg: StoreSettings,
 }
 
 impl std::fmt::Debug for Store {
@@ -177,14 +193,12 @@ impl std::fmt::Debug for Store {
 /// How long a statement waits for a lock held by another connection (e.g. `amr-gateway status`
 /// reading the same file) before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// `meta` key of the last `seq` given out.
-const META_LAST_SEQ: &str = "last_seq";
 
 impl Store {
     /// Opens (creating if needed, with its directory) the database at `path`, sets WAL with
     /// `synchronous=FULL` (a committed batch survives power loss) and applies any migrations
     /// this version knows and the file does not have yet.
-    pub fn open(path: &Path, cfg: &StoreConfig) -> Result<Store, StoreError> {
+    pub fn open(path: &Path, cfg: &StoreSettings) -> Result<Store, StoreError> {
         let name = path.display().to_string();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Other {
@@ -271,7 +285,12 @@ impl Store {
                 .map_err(sql)?;
             for r in &batch.records {
                 insert_record
-                    .execute(params![r.kind, r.subject, r.ts_ms, r.body.to_string()])
+                    .execute(params![
+                        r.kind.as_str(),
+                        r.subject,
+                        r.ts_ms,
+                        r.body.to_string()
+                    ])
                     .map_err(sql)?;
             }
             let mut set_meta = tx
@@ -281,18 +300,18 @@ impl Store {
                 )
                 .map_err(sql)?;
             for (k, v) in &batch.meta {
-                set_meta.execute(params![k, v]).map_err(sql)?;
+                set_meta.execute(params![k.key(), v]).map_err(sql)?;
             }
             let mut put_state = tx
                 .prepare_cached(
-                    "INSERT INTO meter_state (meter, state_json, updated_ms) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT(meter) DO UPDATE SET state_json = excluded.state_json, \
+                    "INSERT INTO meter_status (meter, status_json, updated_ms) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT(meter) DO UPDATE SET status_json = excluded.status_json, \
                      updated_ms = excluded.updated_ms",
                 )
                 .map_err(sql)?;
-            for (m, st) in &batch.meter_states {
+            for st in &batch.meter_states {
                 put_state
-                    .execute(params![m, st.to_string(), now_ms])
+                    .execute(params![st.meter, status_json(st), now_ms])
                     .map_err(sql)?;
             }
             let mut seq = read_last_seq(&tx).map_err(sql)?;
@@ -336,7 +355,7 @@ impl Store {
                 tx.execute(
                     "INSERT INTO meta (key, value) VALUES (?1, ?2) \
                      ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                    params![META_LAST_SEQ, seq.to_string()],
+                    params![MetaKey::LastSeq.key(), seq.to_string()],
                 )
                 .map_err(sql)?;
                 report.seq_range = Some((first_seq, seq));
@@ -461,20 +480,14 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Remembers a meter's last state (the payload of its retained `meter/{id}/state`), so it
-    /// can be republished after a restart.
-    pub fn put_meter_state(
-        &mut self,
-        meter: &str,
-        state: &serde_json::Value,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
+    /// Remembers a meter's last state, so it can be republished after a restart.
+    pub fn put_meter_state(&mut self, state: &MeterState, now_ms: i64) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "INSERT INTO meter_state (meter, state_json, updated_ms) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT(meter) DO UPDATE SET state_json = excluded.state_json, \
+                "INSERT INTO meter_status (meter, status_json, updated_ms) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(meter) DO UPDATE SET status_json = excluded.status_json, \
                  updated_ms = excluded.updated_ms",
-                params![meter, state.to_string(), now_ms],
+                params![state.meter, status_json(state), now_ms],
             )
             .map(|_| ())
             .map_err(|e| self.err(e))
@@ -484,7 +497,7 @@ impl Store {
     /// first, at most `limit`, newest kept when more match.
     pub fn records(
         &self,
-        kind: &str,
+        kind: RecordKind,
         subject: Option<&str>,
         from_ms: i64,
         to_ms: i64,
@@ -499,15 +512,18 @@ impl Store {
             )
             .map_err(|e| self.err(e))?;
         let mut rows: Vec<Record> = stmt
-            .query_map(params![kind, subject, from_ms, to_ms, limit as i64], |r| {
-                let body: String = r.get(3)?;
-                Ok(Record {
-                    kind: r.get(0)?,
-                    subject: r.get(1)?,
-                    ts_ms: r.get(2)?,
-                    body: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
-                })
-            })
+            .query_map(
+                params![kind.as_str(), subject, from_ms, to_ms, limit as i64],
+                |r| {
+                    let body: String = r.get(3)?;
+                    Ok(Record {
+                        kind,
+                        subject: r.get(1)?,
+                        ts_ms: r.get(2)?,
+                        body: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+                    })
+                },
+            )
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|e| self.err(e))?;
         rows.reverse();
@@ -518,7 +534,39 @@ impl Store {
     pub fn block_limits(&self) -> Result<BTreeMap<String, u16>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT key, value FROM meta WHERE key LIKE 'block_limit/%'")
+            .prepare_cached("SELECT key, value FROM meta WHERE substr(key, 1, ?1) = ?2")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(
+                params![
+                    keys::BLOCK_LIMIT_PREFIX.len() as i64,
+                    keys::BLOCK_LIMIT_PREFIX
+                ],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            )
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.err(e))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(k, v)| {
+                Some((
+                    k.strip_prefix(keys::BLOCK_LIMIT_PREFIX)?.to_string(),
+                    v.parse().ok()?,
+                ))
+            })
+            .collect())
+    }
+
+    /// Remembers that `meter` answers blocks of at most `max_block` registers.
+    pub fn set_block_limit(&mut self, meter: &str, max_block: u16) -> Result<(), StoreError> {
+        self.set_meta(&MetaKey::BlockLimit(meter.into()), &max_block.to_string())
+    }
+
+    /// Every meter's last state, by meter id. A state this version cannot read is skipped.
+    pub fn meter_states(&self) -> Result<BTreeMap<String, MeterState>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT meter, status_json FROM meter_status ORDER BY meter")
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
@@ -526,49 +574,27 @@ impl Store {
             .map_err(|e| self.err(e))?;
         Ok(rows
             .into_iter()
-            .filter_map(|(k, v)| {
-                Some((k.strip_prefix("block_limit/")?.to_string(), v.parse().ok()?))
-            })
+            .filter_map(|(meter, json)| Some((meter, serde_json::from_str(&json).ok()?)))
             .collect())
     }
 
-    /// Remembers that `meter` answers blocks of at most `max_block` registers.
-    pub fn set_block_limit(&mut self, meter: &str, max_block: u16) -> Result<(), StoreError> {
-        self.set_meta(&format!("block_limit/{meter}"), &max_block.to_string())
-    }
-
-    /// Every meter's last state, by meter id.
-    pub fn meter_states(&self) -> Result<BTreeMap<String, serde_json::Value>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT meter, state_json FROM meter_state ORDER BY meter")
-            .map_err(|e| self.err(e))?;
-        stmt.query_map([], |r| {
-            let json: String = r.get(1)?;
-            Ok((
-                r.get::<_, String>(0)?,
-                serde_json::from_str(&json).unwrap_or(serde_json::Value::Null),
-            ))
-        })
-        .and_then(|rows| rows.collect::<Result<BTreeMap<_, _>, _>>())
-        .map_err(|e| self.err(e))
-    }
-
-    /// A value of the `meta` table (for later features: learned limits, counters).
-    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+    /// A value of the `meta` table.
+    pub fn meta(&self, key: &MetaKey) -> Result<Option<String>, StoreError> {
         self.conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key.key()], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(|e| self.err(e))
     }
 
     /// Sets a value of the `meta` table.
-    pub fn set_meta(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
+    pub fn set_meta(&mut self, key: &MetaKey, value: &str) -> Result<(), StoreError> {
         self.conn
             .execute(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2) \
                  ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                params![key, value],
+                params![key.key(), value],
             )
             .map(|_| ())
             .map_err(|e| self.err(e))
@@ -700,11 +726,15 @@ fn read_last_seq(conn: &Connection) -> rusqlite::Result<u64> {
     let value: Option<String> = conn
         .query_row(
             "SELECT value FROM meta WHERE key = ?1",
-            [META_LAST_SEQ],
+            [MetaKey::LastSeq.key()],
             |r| r.get(0),
         )
         .optional()?;
     Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+fn status_json(state: &MeterState) -> String {
+    serde_json::to_string(state).expect("a meter state serializes")
 }
 
 fn values_json(values: &BTreeMap<String, f64>) -> String {

@@ -70,6 +70,47 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         CREATE INDEX record_ts ON record (ts_ms);
     ",
     },
+    Migration {
+        version: 3,
+        description: "meter_status: each meter's last state typed (was the meter-state payload)",
+        // The old rows hold the retained meter-state payload; their figures are carried over
+        // (the success count back from the rounded rate), so a restart after the upgrade still
+        // republishes every meter's state.
+        sql: "
+        CREATE TABLE meter_status (
+            meter       TEXT PRIMARY KEY,
+            status_json TEXT NOT NULL,
+            updated_ms  INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        INSERT INTO meter_status (meter, status_json, updated_ms)
+        SELECT meter, json_object(
+            'meter', meter,
+            'bus', json_extract(state_json, '$.bus'),
+            'unit', json_extract(state_json, '$.unit'),
+            'model', json_extract(state_json, '$.model'),
+            'ts_ms', coalesce(
+                CAST(round(unixepoch(json_extract(state_json, '$.ts'), 'subsec') * 1000) AS INTEGER),
+                updated_ms),
+            'online', CASE json_extract(state_json, '$.state')
+                WHEN 'online' THEN json('true') WHEN 'offline' THEN json('false') END,
+            'last_ok_ms',
+                CAST(round(unixepoch(json_extract(state_json, '$.last_ok'), 'subsec') * 1000) AS INTEGER),
+            'polls', coalesce(json_extract(state_json, '$.polls'), 0),
+            'successes', CAST(round(coalesce(json_extract(state_json, '$.polls'), 0)
+                * coalesce(json_extract(state_json, '$.success_rate_pct'), 0) / 100.0) AS INTEGER),
+            'timeouts', coalesce(json_extract(state_json, '$.timeouts'), 0),
+            'crc_errors', coalesce(json_extract(state_json, '$.crc_errors'), 0),
+            'wrong_unit', coalesce(json_extract(state_json, '$.wrong_unit'), 0),
+            'exceptions', coalesce(json_extract(state_json, '$.exceptions'), 0),
+            'consecutive_failures', coalesce(json_extract(state_json, '$.consecutive_failures'), 0),
+            'latency_ms', json_extract(state_json, '$.latency_ms'),
+            'last_error', json_extract(state_json, '$.last_error')
+        ), updated_ms
+        FROM meter_state
+        WHERE json_valid(state_json) AND json_type(state_json, '$.bus') = 'text';
+        DROP TABLE meter_state;
+    ",
+    },
 ];
 
 /// Brings the file to the newest schema this version knows. A brand-new file first gets

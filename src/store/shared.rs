@@ -1,8 +1,7 @@
 //! Sharing one [`Store`] between async tasks: a mutex around it, and a way to run store calls
 //! (which block on SQLite and fsync) on tokio's blocking pool instead of a runtime worker.
 
-use super::{Store, StoreError};
-use crate::config::StoreConfig;
+use super::{Store, StoreError, StoreSettings};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -10,7 +9,7 @@ use std::sync::{Arc, Mutex};
 pub type SharedStore = Arc<Mutex<Store>>;
 
 /// Opens a store for sharing.
-pub fn open_shared(path: &Path, cfg: &StoreConfig) -> Result<SharedStore, StoreError> {
+pub fn open_shared(path: &Path, cfg: &StoreSettings) -> Result<SharedStore, StoreError> {
     Ok(Arc::new(Mutex::new(Store::open(path, cfg)?)))
 }
 

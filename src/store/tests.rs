@@ -3,8 +3,8 @@
 use super::*;
 use serde_json::json;
 
-fn cfg() -> StoreConfig {
-    StoreConfig {
+fn cfg() -> StoreSettings {
+    StoreSettings {
         history_days: 35,
         max_size_mb: 1024,
     }
@@ -46,7 +46,7 @@ fn seq_continues_across_reopen() {
     let path = dir.path().join("data/amr.db");
     {
         let mut store = Store::open(&path, &cfg()).unwrap();
-        assert_eq!(store.schema_version().unwrap(), 2);
+        assert_eq!(store.schema_version().unwrap(), 3);
         let batch = Batch {
             readings: vec![reading("m1", 1_000, 1.5)],
             messages: vec![message(1), message(2)],
@@ -198,24 +198,85 @@ fn backlog_meta_and_meter_state() {
     assert_eq!(store.ack(&[first[0].id, first[1].id, 999]).unwrap(), 2);
     assert_eq!(store.backlog().unwrap(), (2, Some(2_000)));
 
-    store.set_meta("learned", "x").unwrap();
-    assert_eq!(store.meta("learned").unwrap().as_deref(), Some("x"));
-    store
-        .put_meter_state("m1", &json!({"state": "online"}), 5)
+    let key = MetaKey::LossRolling("T1".into());
+    store.set_meta(&key, "x").unwrap();
+    assert_eq!(store.meta(&key).unwrap().as_deref(), Some("x"));
+    let mut state = meter_state("m1");
+    state.online = Some(true);
+    store.put_meter_state(&state, 5).unwrap();
+    state.online = Some(false);
+    store.put_meter_state(&state, 6).unwrap();
+    assert_eq!(store.meter_states().unwrap()["m1"], state);
+}
+
+fn meter_state(meter: &str) -> MeterState {
+    MeterState {
+        meter: meter.into(),
+        bus: "rs485".into(),
+        unit: Some(7),
+        model: Some("chint-dtsu666".into()),
+        ts_ms: 1_795_000_000_123,
+        online: None,
+        last_ok_ms: None,
+        polls: 3,
+        successes: 2,
+        timeouts: 1,
+        crc_errors: 0,
+        wrong_unit: 0,
+        exceptions: 0,
+        consecutive_failures: 0,
+        latency_ms: Some(41.6),
+        last_error: None,
+    }
+}
+
+/// A store of schema 2 kept each meter's state as its retained payload; opening it carries
+/// the figures over into the typed meter states.
+#[test]
+fn a_schema_2_store_keeps_its_meter_states() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("amr.db");
+    {
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        for step in &schema::MIGRATIONS[..2] {
+            let tx = conn.transaction().unwrap();
+            tx.execute_batch(step.sql).unwrap();
+            tx.pragma_update(None, "user_version", step.version)
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        let payload = r#"{"bus":"rs485","consecutive_failures":0,"crc_errors":0,"exceptions":0,"last_error":"timeout","last_ok":"2026-11-18T11:06:39.123Z","latency_ms":42.0,"meter":"m1","model":"chint-dtsu666","polls":3,"state":"online","success_rate_pct":66.7,"timeouts":1,"ts":"2026-11-18T11:06:40.123Z","unit":7,"wrong_unit":0}"#;
+        conn.execute(
+            "INSERT INTO meter_state (meter, state_json, updated_ms) VALUES ('m1', ?1, 9)",
+            [payload],
+        )
         .unwrap();
-    store
-        .put_meter_state("m1", &json!({"state": "offline"}), 6)
+        conn.execute(
+            "INSERT INTO meter_state (meter, state_json, updated_ms) VALUES ('bad', 'nonsense', 9)",
+            [],
+        )
         .unwrap();
+    }
+    let store = Store::open(&path, &cfg()).unwrap();
+    assert_eq!(store.schema_version().unwrap(), 3);
+    let states = store.meter_states().unwrap();
+    assert_eq!(states.len(), 1);
     assert_eq!(
-        store.meter_states().unwrap()["m1"],
-        json!({"state": "offline"})
+        states["m1"],
+        MeterState {
+            online: Some(true),
+            last_ok_ms: Some(1_795_000_000_123 - 1_000),
+            latency_ms: Some(42.0),
+            last_error: Some("timeout".into()),
+            ..meter_state("m1")
+        }
     );
 }
 
 #[test]
 fn prune_deletes_history_older_than_history_days() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig {
+    let cfg = StoreSettings {
         history_days: 2,
         max_size_mb: 1024,
     };
@@ -245,7 +306,7 @@ fn prune_deletes_history_older_than_history_days() {
 #[test]
 fn prune_keeps_the_store_under_its_size_bound() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig {
+    let cfg = StoreSettings {
         history_days: 36500,
         max_size_mb: 1,
     };
@@ -293,7 +354,7 @@ fn prune_keeps_the_store_under_its_size_bound() {
     assert_eq!(seqs(&store).len(), 500);
 
     // A bound smaller than the outbox alone: history goes entirely, then the oldest messages.
-    let tiny = StoreConfig {
+    let tiny = StoreSettings {
         history_days: 36500,
         max_size_mb: 1,
     };

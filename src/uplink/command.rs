@@ -236,12 +236,14 @@ impl Authority {
         payload: &[u8],
         now_ms: i64,
         seen: impl Fn(&str) -> bool,
-    ) -> Result<Accepted, Rejection> {
-        let reject = |id: Option<&str>, name: Option<&str>, key: Option<&str>, reason| Rejection {
-            id: id.map(str::to_string),
-            name: name.map(str::to_string),
-            key_id: key.map(str::to_string),
-            reason,
+    ) -> Result<Accepted, Box<Rejection>> {
+        let reject = |id: Option<&str>, name: Option<&str>, key: Option<&str>, reason| {
+            Box::new(Rejection {
+                id: id.map(str::to_string),
+                name: name.map(str::to_string),
+                key_id: key.map(str::to_string),
+                reason,
+            })
         };
         let envelope: Envelope = serde_json::from_slice(payload)
             .map_err(|e| reject(None, None, None, RejectReason::Malformed(e.to_string())))?;
@@ -599,7 +601,7 @@ mod tests {
         serde_json::to_vec(&sign(signer, "ops", &b)).unwrap()
     }
 
-    fn reason(r: Result<Accepted, Rejection>) -> String {
+    fn reason(r: Result<Accepted, Box<Rejection>>) -> String {
         r.unwrap_err().reason.to_string()
     }
 

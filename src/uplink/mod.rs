@@ -1,9 +1,14 @@
-//! The uplink to the headend: MQTT topics and payloads of the contract, and the publisher that
-//! drains the outbox (a row leaves only on its PUBACK; unacknowledged rows are re-sent, oldest
-//! first, after every reconnect; reconnects back off with jitter).
+//! The uplink to the headend: the whole MQTT contract (every topic and payload, rendered in
+//! [`contract`] from typed records), and the publisher that drains the outbox (a row leaves
+//! only on its PUBACK; unacknowledged rows are re-sent, oldest first, after every reconnect;
+//! reconnects back off with jitter).
 
 pub mod command;
+pub mod contract;
 pub mod publisher;
-pub mod topics;
+mod settings;
 
+/// The contract's former name, kept for callers not yet moved to [`contract`].
+pub use contract as topics;
 pub use publisher::{UplinkState, run};
+pub use settings::MqttSettings;

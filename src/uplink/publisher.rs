@@ -18,9 +18,10 @@
 //! `wake.notify_one()`; the publisher reads the store.
 
 use crate::clock::now_ms;
-use crate::config::MqttConfig;
+use crate::shutdown::Shutdown;
 use crate::store::{OutboxRow, SharedStore, with_store};
-use crate::uplink::topics::Topics;
+use crate::uplink::MqttSettings;
+use crate::uplink::contract::Topics;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -55,24 +56,24 @@ const BACKOFF_START: Duration = Duration::from_secs(1);
 /// How long a clean shutdown waits for the offline status and DISCONNECT to go out.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
-/// Publishes the outbox to the broker until `shutdown` turns true; reconnects forever.
+/// Publishes the outbox to the broker until `shutdown` says stop; reconnects forever.
 ///
 /// On shutdown it publishes the retained offline status and disconnects cleanly (when
 /// connected). Errors are logged, never returned: the broker being unreachable is normal and
 /// is reported once per outage at warn level.
 pub async fn run(
-    cfg: MqttConfig,
+    cfg: MqttSettings,
     topics: Topics,
     store: SharedStore,
     wake: Arc<Notify>,
     state: watch::Sender<UplinkState>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: Shutdown,
 ) {
     let mut backoff = Backoff::new(Duration::from_secs(cfg.reconnect_max_s.max(1)));
     let mut outage: Option<Outage> = None;
     refresh_backlog(&store, &state).await;
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_stopping() {
             return;
         }
         let mut connection = Connection::new(&cfg, &topics, &store, &wake, &state);
@@ -115,7 +116,7 @@ pub async fn run(
         debug!("next MQTT connection attempt in {wait:?}");
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = shutdown.changed() => {}
+            _ = shutdown.wait() => {}
         }
     }
 }
@@ -133,7 +134,7 @@ enum ConnectionEnd {
 
 /// One connection attempt and, if it succeeds, the session on it.
 struct Connection<'a> {
-    cfg: &'a MqttConfig,
+    cfg: &'a MqttSettings,
     topics: &'a Topics,
     store: &'a SharedStore,
     wake: &'a Notify,
@@ -156,7 +157,7 @@ struct Connection<'a> {
 
 impl<'a> Connection<'a> {
     fn new(
-        cfg: &'a MqttConfig,
+        cfg: &'a MqttSettings,
         topics: &'a Topics,
         store: &'a SharedStore,
         wake: &'a Notify,
@@ -178,7 +179,7 @@ impl<'a> Connection<'a> {
         }
     }
 
-    async fn run(&mut self, shutdown: &mut watch::Receiver<bool>) -> ConnectionEnd {
+    async fn run(&mut self, shutdown: &mut Shutdown) -> ConnectionEnd {
         let options = match mqtt_options(self.cfg, self.topics) {
             Ok(o) => o,
             Err(reason) => return ConnectionEnd::Failed(reason),
@@ -222,13 +223,11 @@ impl<'a> Connection<'a> {
                         self.fill(&client).await;
                     }
                 }
-                _ = shutdown.changed() => {
-                    if *shutdown.borrow() {
-                        if self.connected_once {
-                            self.say_goodbye(&client, &mut events).await;
-                        }
-                        break ConnectionEnd::Shutdown;
+                _ = shutdown.wait() => {
+                    if self.connected_once {
+                        self.say_goodbye(&client, &mut events).await;
                     }
+                    break ConnectionEnd::Shutdown;
                 }
             }
         };
@@ -386,7 +385,7 @@ impl<'a> Connection<'a> {
 
 /// Broker options for one connection: clean session, last will = retained offline status,
 /// credentials from `password_file`.
-fn mqtt_options(cfg: &MqttConfig, topics: &Topics) -> Result<MqttOptions, String> {
+fn mqtt_options(cfg: &MqttSettings, topics: &Topics) -> Result<MqttOptions, String> {
     let mut options = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
     options
         .set_clean_session(true)

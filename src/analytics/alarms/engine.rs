@@ -17,16 +17,12 @@
 //! | power_off | gateway | [`AlarmEngine::on_start`] | s down / min s |
 
 use super::lifecycle::{ActiveAlarm, Level, Lifecycle, Limit, Observation, Timing};
-use super::{
-    Alarm, AlarmChange, AlarmKind, AlarmSettings, AlarmState, SubjectKind, Transition,
-    active_alarms_message, alarm_message,
-};
+use super::{Alarm, AlarmChange, AlarmKind, AlarmSettings, AlarmState, SubjectKind, Transition};
 use crate::analytics::register::{drop_kwh, largest_current_a, moved};
 use crate::clock::rfc3339_ms;
 use crate::model::MeterStatus;
 use crate::model::Reading;
-use crate::store::Message;
-use crate::uplink::topics::{Topics, json_number};
+use crate::model::json_number;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -354,16 +350,6 @@ impl AlarmEngine {
     /// Recent events, oldest first.
     pub fn history(&self) -> Vec<AlarmChange> {
         self.lifecycle.history().cloned().collect()
-    }
-
-    /// The messages for `changes`: one event each, then the retained set of active alarms
-    /// (only when something changed).
-    pub fn messages(&self, topics: &Topics, changes: &[AlarmChange], now_ms: i64) -> Vec<Message> {
-        let mut out: Vec<Message> = changes.iter().map(|c| alarm_message(topics, c)).collect();
-        if !changes.is_empty() {
-            out.push(active_alarms_message(topics, &self.active(), now_ms));
-        }
-        out
     }
 
     pub fn snapshot(&self) -> AlarmSnapshot {

@@ -362,5 +362,5 @@ fn worse(direction: Direction, a: f64, b: f64) -> f64 {
 }
 
 fn json_value(v: f64) -> Value {
-    crate::uplink::topics::json_number(v)
+    crate::model::json_number(v)
 }

@@ -1,5 +1,5 @@
-//! Alarms a utility acts on: one lifecycle for every kind of event, the catalogue of kinds a
-//! concentrator raises, and the MQTT messages that carry them.
+//! Alarms a utility acts on: one lifecycle for every kind of event and the catalogue of kinds a
+//! concentrator raises, as typed alarms and changes (the uplink renders their messages).
 //!
 //! The headend cannot watch every reading; it acts on events. So an alarm is raised once,
 //! with the values that triggered it, and cleared once when its condition is gone:
@@ -15,9 +15,9 @@
 //!   is not raised a second time after it.
 //!
 //! Like every analytic, the engine is a pure, synchronous state machine fed with timestamps:
-//! it never reads the clock, sleeps, or does I/O. Its output, [`AlarmChange`]s, becomes
-//! messages through [`alarm_message`] (one per event, QoS 1, sequenced) and
-//! [`active_alarms_message`] (the retained set of active alarms, re-sent on every change).
+//! it never reads the clock, sleeps, or does I/O. Its output, [`AlarmChange`]s, is typed; the
+//! uplink's contract renders them as the event messages (one per event, QoS 1, sequenced) and
+//! the retained set of active alarms (re-sent on every change).
 //!
 //! Times in an alarm: `raised_ms` is the onset of the condition (the first observation of the
 //! run that held for `raise_after_s`), `cleared_ms` the onset of normality (the first
@@ -39,11 +39,8 @@ pub use settings::{
     ReadingDownSettings, ReverseEnergySettings, RunningFastSettings, VoltageLimitSettings,
 };
 
-use crate::clock::rfc3339_ms;
-use crate::store::Message;
-use crate::uplink::topics::{Topics, json_number};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 /// Every kind of alarm the gateway raises. The snake-case name is part of the MQTT contract
 /// (`alarm/{kind}/{subject}`).
@@ -248,95 +245,3 @@ pub struct AlarmChange {
     /// When the engine decided (the observation's timestamp), ms since the Unix epoch.
     pub ts_ms: i64,
 }
-
-/// The event message on `{prefix}/{gateway}/alarm/{kind}/{subject}`: QoS 1, sequenced.
-///
-/// Payload: `{"id", "kind", "subject", "subject_kind", "state": "raised"|"cleared",
-/// "severity", "ts", "value", "threshold", "raised", "cleared" (null while raised),
-/// "duration_s" (on clear: cleared − raised), "erc" (where the kind has one)}`, plus the kind's
-/// details (keys that would shadow these are dropped). The store adds `"seq"`.
-pub fn alarm_message(topics: &Topics, change: &AlarmChange) -> Message {
-    let a = &change.alarm;
-    let mut payload = alarm_fields(a);
-    payload.insert("state".into(), json!(change.transition.as_str()));
-    payload.insert("ts".into(), json!(rfc3339_ms(change.ts_ms)));
-    if change.transition == Transition::Cleared {
-        let end = a.cleared_ms.unwrap_or(change.ts_ms);
-        payload.insert(
-            "duration_s".into(),
-            json_number((end - a.raised_ms) as f64 / 1000.0),
-        );
-    }
-    Message {
-        topic: topics.alarm(a.kind.as_str(), &a.subject),
-        payload: Value::Object(payload),
-        qos: 1,
-        retain: false,
-        sequenced: true,
-    }
-}
-
-/// The topic of the retained set of active alarms: `{prefix}/{gateway}/alarm/active`.
-/// (It cannot clash with an event topic, which has two levels below `alarm`.)
-pub fn active_alarms_topic(topics: &Topics) -> String {
-    topics.alarm_active()
-}
-
-/// The retained message listing every active alarm, for a headend that connects later. Send it
-/// again after every change (an empty list once nothing is active). QoS 1, not sequenced: it is
-/// a state, not an event.
-///
-/// Payload: `{"ts", "count", "alarms": [{"id", "kind", "subject", "subject_kind", "severity",
-/// "raised", "value", "threshold", "erc", ...details}]}`, ordered by id.
-pub fn active_alarms_message(topics: &Topics, active: &[Alarm], now_ms: i64) -> Message {
-    let mut sorted: Vec<&Alarm> = active.iter().collect();
-    sorted.sort_by(|a, b| a.id.cmp(&b.id));
-    let alarms: Vec<Value> = sorted
-        .into_iter()
-        .map(|a| {
-            let mut fields = alarm_fields(a);
-            fields.remove("cleared");
-            Value::Object(fields)
-        })
-        .collect();
-    Message {
-        topic: active_alarms_topic(topics),
-        payload: json!({"ts": rfc3339_ms(now_ms), "count": alarms.len(), "alarms": alarms}),
-        qos: 1,
-        retain: true,
-        sequenced: false,
-    }
-}
-
-/// The fields every alarm payload shares, with the details merged in.
-fn alarm_fields(a: &Alarm) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("id".into(), json!(a.id));
-    m.insert("kind".into(), json!(a.kind.as_str()));
-    m.insert("subject".into(), json!(a.subject));
-    m.insert("subject_kind".into(), json!(a.subject_kind.as_str()));
-    m.insert("severity".into(), json!(a.severity.as_str()));
-    m.insert("value".into(), json_number(a.value));
-    m.insert("threshold".into(), json_number(a.threshold));
-    m.insert("raised".into(), json!(rfc3339_ms(a.raised_ms)));
-    m.insert(
-        "cleared".into(),
-        a.cleared_ms
-            .map(|t| json!(rfc3339_ms(t)))
-            .unwrap_or(Value::Null),
-    );
-    if let Some(erc) = a.kind.erc() {
-        m.insert("erc".into(), json!(erc));
-    }
-    if let Value::Object(details) = &a.details {
-        for (k, v) in details {
-            if !RESERVED_KEYS.contains(&k.as_str()) && !m.contains_key(k) {
-                m.insert(k.clone(), v.clone());
-            }
-        }
-    }
-    m
-}
-
-/// Payload keys owned by the envelope; details never shadow them.
-const RESERVED_KEYS: &[&str] = &["seq", "state", "ts"];

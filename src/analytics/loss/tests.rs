@@ -6,6 +6,7 @@
 //! once per 60 s cycle, each at its own offset into the cycle, registers at 0.001 kWh.
 
 use super::*;
+use crate::uplink::contract::{Topics, loss_message};
 use proptest::prelude::*;
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z, a multiple of 900 s
@@ -925,58 +926,6 @@ fn memory_stays_bounded() {
 }
 
 #[test]
-fn loss_message_has_the_contract_fields() {
-    let rec = LossRecord {
-        area: "t1".into(),
-        start_ms: T0,
-        end_ms: T0 + 900_000,
-        supply_kwh: 15.0,
-        sales_kwh: 14.4,
-        loss_kwh: 0.6,
-        loss_pct: Some(4.0),
-        coverage_pct: 100.0,
-        energy_coverage_pct: 100.0,
-        complete: true,
-        missing: vec![],
-        per_meter: [("S".to_string(), 15.0), ("c00".to_string(), 14.4)].into(),
-        suspects: vec![Suspect {
-            meter: "c00".into(),
-            score: 7.25,
-            reason: "bypass_signature".into(),
-            detail: "x".into(),
-        }],
-    };
-    let m = loss_message(&Topics::new("amr", "gw"), &rec);
-    assert_eq!(m.topic, "amr/gw/loss/t1");
-    assert_eq!((m.qos, m.retain, m.sequenced), (1, false, true));
-    let p = &m.payload;
-    assert_eq!(p["start"], "2026-01-01T00:00:00.000Z");
-    assert_eq!(p["end"], "2026-01-01T00:15:00.000Z");
-    for key in [
-        "area",
-        "supply_kwh",
-        "sales_kwh",
-        "loss_kwh",
-        "loss_pct",
-        "coverage_pct",
-        "complete",
-        "energy_coverage_pct",
-        "missing",
-        "suspects",
-        "meters",
-    ] {
-        assert!(p.get(key).is_some(), "{key}");
-    }
-    assert_eq!(p["suspects"][0]["reason"], "bypass_signature");
-    assert_eq!(p["meters"]["c00"], 14.4);
-    let none = LossRecord {
-        loss_pct: None,
-        ..rec
-    };
-    assert!(loss_message(&Topics::new("amr", "gw"), &none).payload["loss_pct"].is_null());
-}
-
-#[test]
 fn pv_export_enters_the_area() {
     // Supply imports 10, customer a imports 12, customer b exports 3: loss = 10 + 3 − 12 = 1.
     let mut engine = LossEngine::new(
@@ -1016,24 +965,6 @@ fn pv_export_enters_the_area() {
     assert!((r.supply_kwh - 13.0).abs() < 1e-6 && (r.sales_kwh - 12.0).abs() < 1e-6);
     assert!((r.loss_pct.unwrap() - 100.0 / 13.0).abs() < 1e-6);
     assert!((r.per_meter["b"] + 3.0).abs() < 1e-6);
-}
-
-#[test]
-fn area_spec_from_config() {
-    let area = crate::config::AreaConfig {
-        id: "t9".into(),
-        supply: vec!["s".into()],
-        customers: vec!["a".into()],
-        loss_interval_s: 900,
-        high_loss_pct: 8.0,
-        negative_loss_pct: -2.0,
-        rated_kva: None,
-        line: 1,
-    };
-    let spec = AreaSpec::from_config(&area);
-    assert_eq!(spec.interval_s, 900);
-    assert_eq!(spec.meters().count(), 2);
-    assert_eq!((spec.high_loss_pct, spec.negative_loss_pct), (8.0, -2.0));
 }
 
 #[test]

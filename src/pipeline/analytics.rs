@@ -1,96 +1,49 @@
-//! The three engines fed together, as the gateway's store writer uses them.
+//! The three engines fed together, as the store writer uses them.
 //!
-//! [`Analytics`] is built from the configuration, restored at start from the snapshots the
+//! [`Analytics`] is built from the [`PipelineSettings`], restored at start from the snapshots the
 //! store keeps in `meta`, fed every reading and meter state, and ticked (at least every
 //! second). Whatever the engines decide lands in the store [`Batch`] of that step, so the
 //! history rows, the outbox messages, the records and the engines' state that produced them
 //! are one transaction:
 //!
 //! - each reading's quality flag (and revisions of earlier readings' flags);
-//! - closed loss intervals: a `loss` record (body = the loss payload) and the loss message;
+//! - closed loss intervals: a [`RecordKind::Loss`] record (body = the loss payload) and the
+//!   loss message;
 //! - loss verdicts carried into the alarm lifecycle as `high_loss` / `negative_loss`;
-//! - alarm events: the event messages, the retained set of active alarms, an `alarm` record
-//!   per event, `meta alarms/active` and — in the same batch, always — the alarm snapshot, so
+//! - alarm events: the event messages, the retained set of active alarms, a
+//!   [`RecordKind::Alarm`] record per event, [`MetaKey::ActiveAlarms`] and — in the same batch, always — the alarm snapshot, so
 //!   an alarm active before a restart is never raised twice;
-//! - closed voltage-quality days: a `voltage_day` record and the day message;
-//! - `meta loss_rolling/{area}` when the rolling figure moved;
+//! - closed voltage-quality days: a [`RecordKind::VoltageDay`] record and the day message;
+//! - [`MetaKey::LossRolling`] when the rolling figure moved;
 //! - snapshots at least every [`SNAPSHOT_EVERY_MS`], and whenever their engine emitted
 //!   something (so a record is never emitted twice across a restart);
-//! - the heartbeat `meta gateway/last_alive_ms` in every batch, from which the next start
-//!   tells a power off.
+//! - the heartbeat [`MetaKey::LastAlive`] in every batch, from which the next start tells a
+//!   power off.
 //!
-//! Like the engines, it never reads the clock: every call takes the time.
+//! Every message is rendered by the uplink's contract ([`crate::uplink::contract`]). Like the
+//! engines, it never reads the clock: every call takes the time.
 
-use super::alarms::{
-    AlarmChange, AlarmEngine, AlarmKind, AlarmSnapshot, AreaRef, MeterRef, Topology,
-    active_alarms_message, alarm_message,
+use super::PipelineSettings;
+use crate::analytics::alarms::{AlarmChange, AlarmEngine, AlarmKind, AlarmSnapshot};
+use crate::analytics::loss::{
+    LossEngine, LossEvent, LossSnapshot, RollingLoss, VerdictKind, VerdictState,
 };
-use super::loss::{
-    AreaSpec, LossEngine, LossEvent, LossSnapshot, RollingLoss, VerdictKind, VerdictState,
-    loss_message,
-};
-use super::voltage::{VoltageQuality, VoltageSnapshot, day_message};
-use crate::clock::rfc3339_ms;
-use crate::config::Config;
+use crate::analytics::voltage::{VoltageQuality, VoltageSnapshot};
 use crate::model::MeterStatus;
 use crate::model::Reading;
-use crate::store::{Batch, Message, QualityRevision, Record};
-use crate::uplink::topics::{Topics, json_number};
+use crate::store::{Batch, Message, MetaKey, QualityRevision, Record, RecordKind};
+use crate::uplink::contract::{
+    Topics, active_alarms_list, active_alarms_message, alarm_message, loss_message,
+    loss_verdict_details, rolling_loss_body, voltage_day_message,
+};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use tracing::warn;
 
-/// `meta` key of the loss engine's snapshot (with the standing verdicts).
-pub const META_LOSS: &str = "analytics/loss";
-/// `meta` key of the alarm engine's snapshot.
-pub const META_ALARMS: &str = "analytics/alarms";
-/// `meta` key of the voltage-quality snapshot.
-pub const META_VOLTAGE: &str = "analytics/voltage";
-/// `meta` key of the heartbeat: ms since the epoch of the last committed batch.
-pub const META_LAST_ALIVE: &str = "gateway/last_alive_ms";
-/// `meta` key of the active alarms (JSON array, as in the retained `alarm/active` message).
-pub const META_ACTIVE_ALARMS: &str = "alarms/active";
 /// How often, at the latest, the snapshots and the heartbeat are written (ms). Keep it well
 /// below `[alarms.power_off] min_down_s`.
 pub const SNAPSHOT_EVERY_MS: i64 = 10_000;
-
-/// `meta` key of an area's rolling loss figure.
-pub fn meta_rolling(area: &str) -> String {
-    format!("loss_rolling/{area}")
-}
-
-/// The alarm-engine view of the configured meters and areas.
-pub fn topology(config: &Config) -> Topology {
-    Topology {
-        gateway: config.gateway.id.clone(),
-        meters: config
-            .meters
-            .iter()
-            .map(|m| MeterRef {
-                id: m.id.clone(),
-                bus: m.bus.clone(),
-                phase: m.phase.clone(),
-                three_phase: m.phase.as_deref() == Some("abc")
-                    || (m.phase.is_none()
-                        && config.models.get(&m.model).is_some_and(|x| x.phases == 3)),
-                consumption_only: m.consumption_only,
-                rated_kw: m.rated_kw,
-                multiplier: m.multiplier,
-            })
-            .collect(),
-        areas: config
-            .areas
-            .iter()
-            .map(|a| AreaRef {
-                id: a.id.clone(),
-                supply: a.supply.clone(),
-                customers: a.customers.clone(),
-                rated_kva: a.rated_kva,
-            })
-            .collect(),
-    }
-}
 
 /// A loss verdict as last decided by the loss engine, re-observed on every tick so the
 /// `[alarms.line_loss]` hold times apply (the engine reports a verdict only when it changes).
@@ -105,7 +58,7 @@ struct StandingVerdict {
     details: Value,
 }
 
-/// What `meta analytics/loss` holds.
+/// What [`MetaKey::LossEngine`] holds.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct LossState {
     engine: LossSnapshot,
@@ -131,17 +84,12 @@ pub struct Analytics {
 }
 
 impl Analytics {
-    /// Fresh engines for `config`'s areas, meters and settings.
-    pub fn from_config(config: &Config, topics: Topics) -> Analytics {
-        let areas = config
-            .areas
-            .iter()
-            .map(|a| AreaSpec::from_config(a).with_multipliers(&config.meters))
-            .collect();
+    /// Fresh engines for the areas, meters and settings of `settings`.
+    pub fn new(settings: &PipelineSettings, topics: Topics) -> Analytics {
         Analytics {
-            loss: LossEngine::new(areas, config.loss.clone()),
-            alarms: AlarmEngine::new(config.alarms.clone(), topology(config)),
-            voltage: VoltageQuality::new(config.voltage_quality.clone()),
+            loss: LossEngine::new(settings.areas.clone(), settings.loss.clone()),
+            alarms: AlarmEngine::new(settings.alarms.clone(), settings.topology.clone()),
+            voltage: VoltageQuality::new(settings.voltage.clone()),
             topics,
             verdicts: Vec::new(),
             rolling: BTreeMap::new(),
@@ -157,8 +105,8 @@ impl Analytics {
     /// min_down_s`. The returned batch holds the alarm events of the start (power off, clears
     /// of kinds disabled since), the retained set of active alarms (always: a broker that
     /// lost it gets it back), every snapshot and the heartbeat.
-    pub fn start(&mut self, meta: impl Fn(&str) -> Option<String>, now_ms: i64) -> Batch {
-        if let Some(state) = parse::<LossState>(&meta, META_LOSS) {
+    pub fn start(&mut self, meta: impl Fn(&MetaKey) -> Option<String>, now_ms: i64) -> Batch {
+        if let Some(state) = parse::<LossState>(&meta, &MetaKey::LossEngine) {
             self.loss.restore(state.engine);
             let areas: Vec<String> = self.loss.areas().map(|a| a.id.clone()).collect();
             self.verdicts = state
@@ -168,32 +116,26 @@ impl Analytics {
                 .collect();
         }
         let mut changes = Vec::new();
-        if let Some(snapshot) = parse::<AlarmSnapshot>(&meta, META_ALARMS) {
+        if let Some(snapshot) = parse::<AlarmSnapshot>(&meta, &MetaKey::AlarmEngine) {
             changes.extend(self.alarms.restore(snapshot, now_ms));
         }
-        if let Some(snapshot) = parse::<VoltageSnapshot>(&meta, META_VOLTAGE) {
+        if let Some(snapshot) = parse::<VoltageSnapshot>(&meta, &MetaKey::VoltageEngine) {
             self.voltage.restore(snapshot);
         }
-        let last_alive = meta(META_LAST_ALIVE).and_then(|v| v.parse::<i64>().ok());
+        let last_alive = meta(&MetaKey::LastAlive).and_then(|v| v.parse::<i64>().ok());
         changes.extend(self.alarms.on_start(now_ms, last_alive));
 
         let mut batch = Batch::default();
         for c in &changes {
             push_alarm_event(&self.topics, c, &mut batch);
         }
-        let active = self.alarms.active();
-        batch
-            .messages
-            .push(active_alarms_message(&self.topics, &active, now_ms));
-        batch
-            .meta
-            .push((META_ACTIVE_ALARMS.into(), self.active_alarms_json(now_ms)));
+        self.push_active_alarms(now_ms, &mut batch);
         self.snapshot_all(now_ms, &mut batch);
         batch
     }
 
     /// Judges one reading: returns its quality flag for the history (see
-    /// [`super::loss::Quality::code`]) and adds revisions of earlier readings to `batch`.
+    /// [`crate::analytics::loss::Quality::code`]) and adds revisions of earlier readings to `batch`.
     /// Alarm events it causes are published at the next [`Analytics::on_tick`].
     pub fn on_reading(&mut self, r: &Reading, batch: &mut Batch) -> u8 {
         let verdict = self.loss.on_reading(r);
@@ -223,8 +165,8 @@ impl Analytics {
         let changes = self.alarms.on_tick(now_ms);
         self.changes.extend(changes);
         for d in self.voltage.on_tick(now_ms) {
-            let m = day_message(&self.topics, &d);
-            push_kept(batch, "voltage_day", &d.meter, d.day_start_ms, m);
+            let m = voltage_day_message(&self.topics, &d);
+            push_kept(batch, RecordKind::VoltageDay, &d.meter, d.day_start_ms, m);
             self.voltage_changed = true;
         }
         self.write_rolling(batch);
@@ -234,13 +176,7 @@ impl Analytics {
             for c in &changes {
                 push_alarm_event(&self.topics, c, batch);
             }
-            let active = self.alarms.active();
-            batch
-                .messages
-                .push(active_alarms_message(&self.topics, &active, now_ms));
-            batch
-                .meta
-                .push((META_ACTIVE_ALARMS.into(), self.active_alarms_json(now_ms)));
+            self.push_active_alarms(now_ms, batch);
         }
 
         let due = self
@@ -250,22 +186,22 @@ impl Analytics {
             self.snapshot_all(now_ms, batch);
         } else {
             if self.loss_changed {
-                batch.meta.push((META_LOSS.into(), self.loss_state_json()));
+                batch
+                    .meta
+                    .push((MetaKey::LossEngine, self.loss_state_json()));
             }
             if !changes.is_empty() {
                 batch
                     .meta
-                    .push((META_ALARMS.into(), json_of(&self.alarms.snapshot())));
+                    .push((MetaKey::AlarmEngine, json_of(&self.alarms.snapshot())));
             }
             if self.voltage_changed {
                 batch
                     .meta
-                    .push((META_VOLTAGE.into(), json_of(&self.voltage.snapshot())));
+                    .push((MetaKey::VoltageEngine, json_of(&self.voltage.snapshot())));
             }
             if !batch.is_empty() {
-                batch
-                    .meta
-                    .push((META_LAST_ALIVE.into(), now_ms.to_string()));
+                batch.meta.push((MetaKey::LastAlive, now_ms.to_string()));
             }
         }
         self.loss_changed = false;
@@ -274,16 +210,16 @@ impl Analytics {
 
     /// Adds every snapshot and the heartbeat to `batch` (also at shutdown).
     pub fn snapshot_all(&mut self, now_ms: i64, batch: &mut Batch) {
-        batch.meta.push((META_LOSS.into(), self.loss_state_json()));
         batch
             .meta
-            .push((META_ALARMS.into(), json_of(&self.alarms.snapshot())));
+            .push((MetaKey::LossEngine, self.loss_state_json()));
         batch
             .meta
-            .push((META_VOLTAGE.into(), json_of(&self.voltage.snapshot())));
+            .push((MetaKey::AlarmEngine, json_of(&self.alarms.snapshot())));
         batch
             .meta
-            .push((META_LAST_ALIVE.into(), now_ms.to_string()));
+            .push((MetaKey::VoltageEngine, json_of(&self.voltage.snapshot())));
+        batch.meta.push((MetaKey::LastAlive, now_ms.to_string()));
         self.last_snapshot_ms = Some(now_ms);
     }
 
@@ -317,7 +253,7 @@ impl Analytics {
             match ev {
                 LossEvent::Record(rec) => {
                     let m = loss_message(&self.topics, &rec);
-                    push_kept(batch, "loss", &rec.area, rec.end_ms, m);
+                    push_kept(batch, RecordKind::Loss, &rec.area, rec.end_ms, m);
                     self.loss_changed = true;
                 }
                 LossEvent::Verdict(v) => {
@@ -327,15 +263,7 @@ impl Analytics {
                         raised: v.state == VerdictState::Raised,
                         value: v.value,
                         threshold: v.threshold,
-                        details: json!({
-                            "area": v.area,
-                            "start": rfc3339_ms(v.start_ms),
-                            "end": rfc3339_ms(v.end_ms),
-                            "supply_kwh": json_number(v.supply_kwh),
-                            "sales_kwh": json_number(v.sales_kwh),
-                            "loss_kwh": json_number(v.loss_kwh),
-                            "loss_pct": json_number(v.value),
-                        }),
+                        details: loss_verdict_details(&v),
                     };
                     self.verdicts
                         .retain(|s| !(s.kind == v.kind && s.area == v.area));
@@ -390,17 +318,10 @@ impl Analytics {
             if self.rolling.get(&r.area) == Some(&r) {
                 continue;
             }
-            let body = json!({
-                "area": r.area,
-                "start": rfc3339_ms(r.start_ms),
-                "end": rfc3339_ms(r.end_ms),
-                "supply_kwh": json_number(r.supply_kwh),
-                "sales_kwh": json_number(r.sales_kwh),
-                "loss_kwh": json_number(r.loss_kwh),
-                "loss_pct": r.loss_pct.map_or(Value::Null, json_number),
-                "coverage_pct": json_number(r.coverage_pct),
-            });
-            batch.meta.push((meta_rolling(&r.area), body.to_string()));
+            batch.meta.push((
+                MetaKey::LossRolling(r.area.clone()),
+                rolling_loss_body(&r).to_string(),
+            ));
             self.rolling.insert(r.area.clone(), r);
         }
     }
@@ -412,24 +333,28 @@ impl Analytics {
         })
     }
 
-    /// The `alarms` array of the retained active-alarms message.
-    fn active_alarms_json(&self, now_ms: i64) -> String {
-        let m = active_alarms_message(&self.topics, &self.alarms.active(), now_ms);
-        m.payload["alarms"].to_string()
+    /// The retained set of active alarms, and the same list in [`MetaKey::ActiveAlarms`].
+    fn push_active_alarms(&self, now_ms: i64, batch: &mut Batch) {
+        let active = self.alarms.active();
+        batch
+            .messages
+            .push(active_alarms_message(&self.topics, &active, now_ms));
+        let list = Value::Array(active_alarms_list(&active)).to_string();
+        batch.meta.push((MetaKey::ActiveAlarms, list));
     }
 }
 
 /// An alarm event: its message and its `alarm` record (body = the event payload).
 fn push_alarm_event(topics: &Topics, c: &AlarmChange, batch: &mut Batch) {
     let m = alarm_message(topics, c);
-    push_kept(batch, "alarm", &c.alarm.subject, c.ts_ms, m);
+    push_kept(batch, RecordKind::Alarm, &c.alarm.subject, c.ts_ms, m);
 }
 
 /// A message for the headend that the store also keeps as a record of `kind` (body = the
 /// message's payload), so `status` can show it later.
-fn push_kept(batch: &mut Batch, kind: &str, subject: &str, ts_ms: i64, m: Message) {
+fn push_kept(batch: &mut Batch, kind: RecordKind, subject: &str, ts_ms: i64, m: Message) {
     batch.records.push(Record {
-        kind: kind.into(),
+        kind,
         subject: subject.into(),
         ts_ms,
         body: m.payload.clone(),
@@ -444,14 +369,14 @@ fn json_of<T: Serialize>(v: &T) -> String {
 /// A snapshot from `meta`; a missing one is `None`, an unreadable one is logged and `None`
 /// (the engine starts afresh rather than not at all).
 fn parse<T: serde::de::DeserializeOwned>(
-    meta: &impl Fn(&str) -> Option<String>,
-    key: &str,
+    meta: &impl Fn(&MetaKey) -> Option<String>,
+    key: &MetaKey,
 ) -> Option<T> {
     let text = meta(key)?;
     match serde_json::from_str(&text) {
         Ok(v) => Some(v),
         Err(e) => {
-            warn!(key, error = %e, "cannot read the saved analytics state; starting afresh");
+            warn!(key = %key, error = %e, "cannot read the saved analytics state; starting afresh");
             None
         }
     }

@@ -1,0 +1,40 @@
+//! The pipeline — the store writer's logic: the one place that knows both the analytics
+//! engines and the store's batches.
+//!
+//! Bus events (readings, meter states, learned limits) go in; store batches come out, each
+//! holding the history rows, the outbox messages (rendered by the uplink's contract), the
+//! records and the engines' snapshots of one step, to be committed in one transaction:
+//!
+//! - [`Writer`] folds a burst of bus events and a tick into one batch ([`Fold`]);
+//! - [`Analytics`] feeds the line-loss, alarm and voltage-quality engines and turns what they
+//!   decide into the batch.
+//!
+//! It is pure like the engines: every step takes the time, so tests drive it with a real store
+//! and synthetic events. Its settings ([`PipelineSettings`]) are built by the configuration
+//! loader; the async loop that commits its batches is the gateway's.
+
+mod analytics;
+mod writer;
+
+pub use analytics::{Analytics, SNAPSHOT_EVERY_MS};
+pub use writer::{Fold, Writer};
+
+use crate::analytics::alarms::{AlarmSettings, Topology};
+use crate::analytics::loss::{AreaSpec, LossSettings};
+use crate::analytics::voltage::VoltageQualitySettings;
+use std::collections::BTreeMap;
+
+/// What the pipeline needs to know of the gateway: the areas, the meters as the alarm engine
+/// sees them, every engine's settings and each meter's model name.
+#[derive(Debug, Clone, Default)]
+pub struct PipelineSettings {
+    /// The areas of the loss engine, in configuration order.
+    pub areas: Vec<AreaSpec>,
+    /// The meters, areas and gateway id as the alarm engine sees them.
+    pub topology: Topology,
+    pub loss: LossSettings,
+    pub alarms: AlarmSettings,
+    pub voltage: VoltageQualitySettings,
+    /// The configured model of every meter, by meter id (also: which meters are configured).
+    pub models: BTreeMap<String, String>,
+}

@@ -1,0 +1,118 @@
+//! The store writer's state: folds bus events and ticks into store batches.
+
+use super::{Analytics, PipelineSettings};
+use crate::bus::BusEvent;
+use crate::store::{Batch, MetaKey, MeterState, Store, StoreError};
+use crate::uplink::contract::{Topics, meter_state_message};
+use std::collections::BTreeMap;
+
+/// The store writer's state: the analytics and what it knows of the meters. Pure: every
+/// step takes the time, so tests drive it with a real store and synthetic events.
+#[derive(Debug)]
+pub struct Writer {
+    settings: PipelineSettings,
+    topics: Topics,
+    analytics: Analytics,
+    online: BTreeMap<String, bool>,
+}
+
+/// What one step of the writer produced.
+#[derive(Debug, Default)]
+pub struct Fold {
+    /// Commit this in one transaction.
+    pub batch: Batch,
+    /// Block limits learned from meters (meter, registers).
+    pub limits: Vec<(String, u16)>,
+}
+
+impl Writer {
+    /// The writer of `settings`, its analytics restored from `store`'s snapshots, and the
+    /// batch of the start to commit first: the power-off event, the active alarms, the
+    /// snapshots and heartbeat, and the retained state of every configured meter as last
+    /// stored (a broker restarted without persistence has lost them; they are marked as from
+    /// before the restart until the buses report anew).
+    pub fn start(
+        settings: &PipelineSettings,
+        topics: Topics,
+        store: &Store,
+        now_ms: i64,
+    ) -> Result<(Writer, Batch), StoreError> {
+        let mut analytics = Analytics::new(settings, topics.clone());
+        let mut meta = BTreeMap::new();
+        for key in [
+            MetaKey::LossEngine,
+            MetaKey::AlarmEngine,
+            MetaKey::VoltageEngine,
+            MetaKey::LastAlive,
+        ] {
+            if let Some(v) = store.meta(&key)? {
+                meta.insert(key, v);
+            }
+        }
+        let mut batch = analytics.start(|k| meta.get(k).cloned(), now_ms);
+        for (meter, state) in store.meter_states()? {
+            if settings.models.contains_key(&meter) {
+                batch.messages.push(meter_state_message(&topics, &state));
+            }
+        }
+        let writer = Writer {
+            settings: settings.clone(),
+            topics,
+            analytics,
+            online: BTreeMap::new(),
+        };
+        Ok((writer, batch))
+    }
+
+    /// Folds `events` and a tick at `now_ms` into one batch.
+    pub fn fold(&mut self, events: impl IntoIterator<Item = BusEvent>, now_ms: i64) -> Fold {
+        let mut fold = Fold::default();
+        let batch = &mut fold.batch;
+        for ev in events {
+            match ev {
+                BusEvent::Reading(r) => {
+                    let quality = self.analytics.on_reading(&r, batch);
+                    batch.messages.push(self.topics.reading_message(&r));
+                    batch.readings.push(r);
+                    batch.reading_quality.push(quality);
+                }
+                BusEvent::MeterState(s) => {
+                    self.online
+                        .insert(s.meter.clone(), s.health.online == Some(true));
+                    self.analytics.on_meter_status(&s);
+                    let model = self.settings.models.get(&s.meter).map(String::as_str);
+                    let state = MeterState::of(&s, model);
+                    batch
+                        .messages
+                        .push(meter_state_message(&self.topics, &state));
+                    batch.meter_states.push(state);
+                }
+                BusEvent::BlockLimit { meter, max_block } => fold.limits.push((meter, max_block)),
+            }
+        }
+        self.analytics.on_tick(now_ms, batch);
+        fold
+    }
+
+    /// The last batch before stopping: every snapshot and the heartbeat.
+    pub fn finish(&mut self, now_ms: i64) -> Batch {
+        let mut batch = Batch::default();
+        self.analytics.snapshot_all(now_ms, &mut batch);
+        batch
+    }
+
+    /// The analytics, for inspection.
+    pub fn analytics(&self) -> &Analytics {
+        &self.analytics
+    }
+
+    /// Meters configured.
+    pub fn meters_total(&self) -> usize {
+        self.settings.models.len()
+    }
+
+    /// Meters last reported online.
+    pub fn meters_online(&self) -> usize {
+        self.online.values().filter(|v| **v).count()
+    }
+}

@@ -1,0 +1,90 @@
+//! The names the store files things under, defined once: the kinds of [`Record`](super::Record)
+//! and the keys of the `meta` table. The writer (`crate::pipeline`) stores under them and the
+//! field tool `status` reads under them, so neither spells a name the other could miss.
+
+use std::fmt;
+
+/// What a row of the `record` table holds (its `kind` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordKind {
+    /// A closed loss interval of an area (subject: the area; body: the loss payload).
+    Loss,
+    /// An alarm raised or cleared (subject: the alarm's subject; body: the event payload).
+    Alarm,
+    /// A closed voltage-quality day of a meter's phase (subject: the meter; body: the day
+    /// payload).
+    VoltageDay,
+}
+
+impl RecordKind {
+    /// Every kind.
+    pub const ALL: [RecordKind; 3] = [RecordKind::Loss, RecordKind::Alarm, RecordKind::VoltageDay];
+
+    /// The name in the `kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Loss => "loss",
+            RecordKind::Alarm => "alarm",
+            RecordKind::VoltageDay => "voltage_day",
+        }
+    }
+
+    /// The kind named `name` in the `kind` column.
+    pub fn from_name(name: &str) -> Option<RecordKind> {
+        RecordKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+impl fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A key of the `meta` table: engine snapshots, figures `status` shows, the heartbeat, learned
+/// limits and the `seq` counter.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MetaKey {
+    /// `analytics/loss`: the loss engine's snapshot with the standing verdicts.
+    LossEngine,
+    /// `analytics/alarms`: the alarm engine's snapshot.
+    AlarmEngine,
+    /// `analytics/voltage`: the voltage-quality snapshot.
+    VoltageEngine,
+    /// `gateway/last_alive_ms`: ms since the epoch of the last committed batch.
+    LastAlive,
+    /// `alarms/active`: the active alarms (JSON array, as in the retained `alarm/active`
+    /// message).
+    ActiveAlarms,
+    /// `loss_rolling/{area}`: an area's rolling loss figure (JSON object).
+    LossRolling(String),
+    /// `block_limit/{meter}`: the most registers a meter answers in one read.
+    BlockLimit(String),
+    /// `last_seq`: the last `seq` given out.
+    LastSeq,
+}
+
+/// The prefix of [`MetaKey::BlockLimit`] keys.
+pub(crate) const BLOCK_LIMIT_PREFIX: &str = "block_limit/";
+
+impl MetaKey {
+    /// The key as stored.
+    pub fn key(&self) -> String {
+        match self {
+            MetaKey::LossEngine => "analytics/loss".into(),
+            MetaKey::AlarmEngine => "analytics/alarms".into(),
+            MetaKey::VoltageEngine => "analytics/voltage".into(),
+            MetaKey::LastAlive => "gateway/last_alive_ms".into(),
+            MetaKey::ActiveAlarms => "alarms/active".into(),
+            MetaKey::LossRolling(area) => format!("loss_rolling/{area}"),
+            MetaKey::BlockLimit(meter) => format!("{BLOCK_LIMIT_PREFIX}{meter}"),
+            MetaKey::LastSeq => "last_seq".into(),
+        }
+    }
+}
+
+impl fmt::Display for MetaKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.key())
+    }
+}

@@ -1,0 +1,370 @@
+//! The MQTT contract, whole: every topic and every payload the gateway publishes is rendered
+//! here, from the typed records of the engines and the store (`../shared/design.md` and the
+//! README list them). Nothing else in the crate writes a topic or a payload field.
+//!
+//! Payloads are JSON objects; numbers go through [`json_number`] (6 decimals, non-finite as
+//! `null`); times are RFC 3339 UTC with milliseconds. Sequenced messages get their `"seq"`
+//! from the store. The tests pin every payload byte for byte.
+
+use crate::analytics::alarms::{Alarm, AlarmChange, Transition};
+use crate::analytics::loss::{LossRecord, LossVerdict, RollingLoss};
+use crate::analytics::voltage::DayRecord;
+use crate::clock::rfc3339_ms;
+use crate::model::Reading;
+pub use crate::model::json_number;
+use crate::store::{Message, MeterState};
+use serde_json::{Map, Value, json};
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Builds `{prefix}/{gateway}/...` topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    pub prefix: String,
+    pub gateway: String,
+}
+
+impl Topics {
+    pub fn new(prefix: &str, gateway: &str) -> Self {
+        Topics {
+            prefix: prefix.to_string(),
+            gateway: gateway.to_string(),
+        }
+    }
+    fn base(&self) -> String {
+        format!("{}/{}", self.prefix, self.gateway)
+    }
+    /// Retained `online`/`offline`; also the last will.
+    pub fn status(&self) -> String {
+        format!("{}/status", self.base())
+    }
+    pub fn reading(&self, meter: &str) -> String {
+        format!("{}/reading/{meter}", self.base())
+    }
+    pub fn loss(&self, area: &str) -> String {
+        format!("{}/loss/{area}", self.base())
+    }
+    pub fn alarm(&self, kind: &str, subject: &str) -> String {
+        format!("{}/alarm/{kind}/{subject}", self.base())
+    }
+    /// Retained set of active alarms. Cannot clash with an event topic, which has two levels
+    /// below `alarm`.
+    pub fn alarm_active(&self) -> String {
+        format!("{}/alarm/active", self.base())
+    }
+    /// Daily voltage quality of a meter (one message per phase and day).
+    pub fn voltage(&self, meter: &str) -> String {
+        format!("{}/voltage/{meter}", self.base())
+    }
+    pub fn meter_state(&self, meter: &str) -> String {
+        format!("{}/meter/{meter}/state", self.base())
+    }
+
+    /// The QoS 1 reading message of the contract (the store adds `seq`).
+    pub fn reading_message(&self, r: &Reading) -> Message {
+        let values: serde_json::Map<String, Value> = r
+            .values
+            .iter()
+            .map(|(k, v)| (k.clone(), json_number(*v)))
+            .collect();
+        Message {
+            topic: self.reading(&r.meter),
+            payload: json!({"meter": r.meter, "ts": rfc3339_ms(r.ts_ms), "values": values}),
+            qos: 1,
+            retain: false,
+            sequenced: true,
+        }
+    }
+
+    /// The retained status payload.
+    pub fn status_payload(online: bool, ts_ms: i64) -> Vec<u8> {
+        json!({
+            "state": if online { "online" } else { "offline" },
+            "ts": rfc3339_ms(ts_ms),
+            "version": env!("CARGO_PKG_VERSION"),
+        })
+        .to_string()
+        .into_bytes()
+    }
+}
+
+/// The loss message of the contract, on `{prefix}/{gateway}/loss/{area}`, QoS 1, sequenced
+/// (the store adds `"seq"`). Payload fields:
+///
+/// - `area` — the area id.
+/// - `start`, `end` — the interval `[start, end)`, RFC 3339 UTC with milliseconds, aligned to
+///   multiples of the area's `loss_interval_s` since the epoch.
+/// - `supply_kwh` — energy that entered the area: supply meters' import + customers' export
+///   (rooftop PV), kWh, primary side.
+/// - `sales_kwh` — energy that left it through meters: customers' import + supply meters'
+///   export, kWh.
+/// - `loss_kwh` — `supply_kwh − sales_kwh`.
+/// - `loss_pct` — `loss_kwh / supply_kwh × 100`; `null` when nothing entered the area.
+/// - `coverage_pct` — share of the area's meters that had reads around both boundaries, %.
+/// - `complete` — every meter had reads around both boundaries. When `false`, the missing
+///   meters' energy was estimated from their recent rate (0 for a meter never read) and the
+///   figures are indicative only; no verdict is drawn from them.
+/// - `energy_coverage_pct` — share of the energy (all meters, import + export) that was
+///   measured rather than estimated, %.
+/// - `missing` — ids of the meters without reads around both boundaries.
+/// - `suspects` — customers pointing at the cause, best first, only those at or above the
+///   score threshold: `{"meter", "score", "reason", "detail"}` with `reason`
+///   `"bypass_signature"` (consumption stepped down as the loss stepped up by about as much;
+///   score = the matched step in standard errors) or `"stopped_register"` (current flows while
+///   the energy register stands still; score = threshold × time stood still / the configured
+///   time). `detail` is a sentence for people.
+/// - `meters` — each meter's net energy over the interval (import − export), kWh, keyed by
+///   meter id (estimated for missing meters).
+pub fn loss_message(topics: &Topics, rec: &LossRecord) -> Message {
+    let meters: Map<String, Value> = rec
+        .per_meter
+        .iter()
+        .map(|(k, v)| (k.clone(), json_number(*v)))
+        .collect();
+    let suspects: Vec<Value> = rec
+        .suspects
+        .iter()
+        .map(|s| {
+            json!({
+                "meter": s.meter,
+                "score": json_number(s.score),
+                "reason": s.reason,
+                "detail": s.detail,
+            })
+        })
+        .collect();
+    let mut payload = loss_figures(
+        &rec.area,
+        rec.start_ms,
+        rec.end_ms,
+        [rec.supply_kwh, rec.sales_kwh, rec.loss_kwh],
+        rec.loss_pct.map_or(Value::Null, json_number),
+    );
+    payload.insert("coverage_pct".into(), json_number(rec.coverage_pct));
+    payload.insert("complete".into(), json!(rec.complete));
+    payload.insert(
+        "energy_coverage_pct".into(),
+        json_number(rec.energy_coverage_pct),
+    );
+    payload.insert("missing".into(), json!(rec.missing));
+    payload.insert("suspects".into(), Value::Array(suspects));
+    payload.insert("meters".into(), Value::Object(meters));
+    Message {
+        topic: topics.loss(&rec.area),
+        payload: Value::Object(payload),
+        qos: 1,
+        retain: false,
+        sequenced: true,
+    }
+}
+
+/// The rolling (real-time) loss of an area, as `meta loss_rolling/{area}` keeps it for
+/// `status`: `{"area", "start", "end", "supply_kwh", "sales_kwh", "loss_kwh", "loss_pct"
+/// (null when nothing entered), "coverage_pct"}`.
+pub fn rolling_loss_body(r: &RollingLoss) -> Value {
+    let mut body = loss_figures(
+        &r.area,
+        r.start_ms,
+        r.end_ms,
+        [r.supply_kwh, r.sales_kwh, r.loss_kwh],
+        r.loss_pct.map_or(Value::Null, json_number),
+    );
+    body.insert("coverage_pct".into(), json_number(r.coverage_pct));
+    Value::Object(body)
+}
+
+/// The details of a `high_loss` / `negative_loss` alarm: the interval that changed the
+/// verdict, `{"area", "start", "end", "supply_kwh", "sales_kwh", "loss_kwh", "loss_pct"}`.
+pub fn loss_verdict_details(v: &LossVerdict) -> Value {
+    Value::Object(loss_figures(
+        &v.area,
+        v.start_ms,
+        v.end_ms,
+        [v.supply_kwh, v.sales_kwh, v.loss_kwh],
+        json_number(v.value),
+    ))
+}
+
+/// The figures every loss body starts with: area, window and the three energies
+/// `[supply, sales, loss]`, then `loss_pct`.
+fn loss_figures(
+    area: &str,
+    start_ms: i64,
+    end_ms: i64,
+    [supply, sales, loss]: [f64; 3],
+    loss_pct: Value,
+) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("area".into(), json!(area));
+    m.insert("start".into(), json!(rfc3339_ms(start_ms)));
+    m.insert("end".into(), json!(rfc3339_ms(end_ms)));
+    m.insert("supply_kwh".into(), json_number(supply));
+    m.insert("sales_kwh".into(), json_number(sales));
+    m.insert("loss_kwh".into(), json_number(loss));
+    m.insert("loss_pct".into(), loss_pct);
+    m
+}
+
+/// The event message on `{prefix}/{gateway}/alarm/{kind}/{subject}`: QoS 1, sequenced.
+///
+/// Payload: `{"id", "kind", "subject", "subject_kind", "state": "raised"|"cleared",
+/// "severity", "ts", "value", "threshold", "raised", "cleared" (null while raised),
+/// "duration_s" (on clear: cleared − raised), "erc" (where the kind has one)}`, plus the kind's
+/// details (keys that would shadow these are dropped). The store adds `"seq"`.
+pub fn alarm_message(topics: &Topics, change: &AlarmChange) -> Message {
+    let a = &change.alarm;
+    let mut payload = alarm_fields(a);
+    payload.insert("state".into(), json!(change.transition.as_str()));
+    payload.insert("ts".into(), json!(rfc3339_ms(change.ts_ms)));
+    if change.transition == Transition::Cleared {
+        let end = a.cleared_ms.unwrap_or(change.ts_ms);
+        payload.insert(
+            "duration_s".into(),
+            json_number((end - a.raised_ms) as f64 / 1000.0),
+        );
+    }
+    Message {
+        topic: topics.alarm(a.kind.as_str(), &a.subject),
+        payload: Value::Object(payload),
+        qos: 1,
+        retain: false,
+        sequenced: true,
+    }
+}
+
+/// The retained message listing every active alarm on `{prefix}/{gateway}/alarm/active`, for
+/// a headend that connects later. Sent again after every change (an empty list once nothing
+/// is active). QoS 1, not sequenced: it is a state, not an event.
+///
+/// Payload: `{"ts", "count", "alarms": [{"id", "kind", "subject", "subject_kind", "severity",
+/// "raised", "value", "threshold", "erc", ...details}]}`, ordered by id.
+pub fn active_alarms_message(topics: &Topics, active: &[Alarm], now_ms: i64) -> Message {
+    let alarms = active_alarms_list(active);
+    let count = alarms.len();
+    Message {
+        topic: topics.alarm_active(),
+        payload: json!({"ts": rfc3339_ms(now_ms), "count": count, "alarms": alarms}),
+        qos: 1,
+        retain: true,
+        sequenced: false,
+    }
+}
+
+/// The `alarms` array of [`active_alarms_message`] (also what `meta alarms/active` keeps for
+/// `status`).
+pub fn active_alarms_list(active: &[Alarm]) -> Vec<Value> {
+    let mut sorted: Vec<&Alarm> = active.iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    sorted
+        .into_iter()
+        .map(|a| {
+            let mut fields = alarm_fields(a);
+            fields.remove("cleared");
+            Value::Object(fields)
+        })
+        .collect()
+}
+
+/// The fields every alarm payload shares, with the details merged in.
+fn alarm_fields(a: &Alarm) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("id".into(), json!(a.id));
+    m.insert("kind".into(), json!(a.kind.as_str()));
+    m.insert("subject".into(), json!(a.subject));
+    m.insert("subject_kind".into(), json!(a.subject_kind.as_str()));
+    m.insert("severity".into(), json!(a.severity.as_str()));
+    m.insert("value".into(), json_number(a.value));
+    m.insert("threshold".into(), json_number(a.threshold));
+    m.insert("raised".into(), json!(rfc3339_ms(a.raised_ms)));
+    m.insert(
+        "cleared".into(),
+        a.cleared_ms
+            .map(|t| json!(rfc3339_ms(t)))
+            .unwrap_or(Value::Null),
+    );
+    if let Some(erc) = a.kind.erc() {
+        m.insert("erc".into(), json!(erc));
+    }
+    if let Value::Object(details) = &a.details {
+        for (k, v) in details {
+            if !ALARM_ENVELOPE_KEYS.contains(&k.as_str()) && !m.contains_key(k) {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    m
+}
+
+/// Alarm payload keys owned by the envelope; details never shadow them.
+const ALARM_ENVELOPE_KEYS: &[&str] = &["seq", "state", "ts"];
+
+/// The daily message on `{prefix}/{gateway}/voltage/{meter}`: QoS 1, sequenced, one per
+/// meter, phase and closed day.
+///
+/// Payload: `{"meter", "phase", "day": "YYYY-MM-DD", "start", "end", "monitored_s",
+/// "above_s", "below_s", "outage_s", "qualified_pct" (null when nothing was monitored),
+/// "min_v", "max_v" (null without reads), "upper_v", "lower_v", "reads"}`. The store adds
+/// `"seq"`.
+pub fn voltage_day_message(topics: &Topics, d: &DayRecord) -> Message {
+    let opt = |v: Option<f64>| v.map(json_number).unwrap_or(Value::Null);
+    Message {
+        topic: topics.voltage(&d.meter),
+        payload: json!({
+            "meter": d.meter,
+            "phase": d.phase,
+            "day": d.date(),
+            "start": rfc3339_ms(d.day_start_ms),
+            "end": rfc3339_ms(d.day_start_ms + DAY_MS),
+            "monitored_s": json_number(d.monitored_s),
+            "above_s": json_number(d.above_s),
+            "below_s": json_number(d.below_s),
+            "outage_s": json_number(d.outage_s),
+            "qualified_pct": opt(d.qualified_pct),
+            "min_v": opt(d.min_v),
+            "max_v": opt(d.max_v),
+            "upper_v": json_number(d.upper_v),
+            "lower_v": json_number(d.lower_v),
+            "reads": d.reads,
+        }),
+        qos: 1,
+        retain: false,
+        sequenced: true,
+    }
+}
+
+/// The retained `{prefix}/{gateway}/meter/{meter}/state` message: online/offline and health.
+///
+/// Payload: `{"meter", "state": "online"|"offline"|"unknown", "ts", "bus", "unit", "model",
+/// "last_ok", "polls", "success_rate_pct" (one decimal), "latency_ms" (whole ms),
+/// "timeouts", "crc_errors", "wrong_unit", "exceptions", "consecutive_failures",
+/// "last_error"}`. QoS 1, retained, not sequenced.
+pub fn meter_state_message(topics: &Topics, s: &MeterState) -> Message {
+    Message {
+        topic: topics.meter_state(&s.meter),
+        payload: json!({
+            "meter": s.meter,
+            "state": s.state_name(),
+            "ts": rfc3339_ms(s.ts_ms),
+            "bus": s.bus,
+            "unit": s.unit,
+            "model": s.model,
+            "last_ok": s.last_ok_ms.map(rfc3339_ms),
+            "polls": s.polls,
+            "success_rate_pct": json_number(s.success_rate_pct()),
+            "latency_ms": s.latency_whole_ms().map(json_number),
+            "timeouts": s.timeouts,
+            "crc_errors": s.crc_errors,
+            "wrong_unit": s.wrong_unit,
+            "exceptions": s.exceptions,
+            "consecutive_failures": s.consecutive_failures,
+            "last_error": s.last_error,
+        }),
+        qos: 1,
+        retain: true,
+        sequenced: false,
+    }
+}
+
+#[cfg(test)]
+#[path = "contract_tests.rs"]
+mod tests;

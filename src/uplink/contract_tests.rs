@@ -1,0 +1,332 @@
+//! The exact bytes of every payload of the contract, pinned: a payload that changes by one
+//! byte (field order, number formatting, a null) fails here.
+
+use super::*;
+use crate::analytics::alarms::{
+    Alarm, AlarmChange, AlarmKind, AlarmState, Severity, SubjectKind, Transition,
+};
+use crate::analytics::loss::{
+    LossRecord, LossVerdict, RollingLoss, Suspect, VerdictKind, VerdictState,
+};
+use crate::analytics::voltage::DayRecord;
+use crate::model::{HealthChange, MeterHealth, MeterStatus, Reading};
+use crate::store::MeterState;
+use serde_json::json;
+use std::time::Duration;
+
+const T: i64 = 1_795_000_000_123;
+/// 2026-01-01T00:00:00Z, a multiple of 900 s.
+const T0_2026: i64 = 1_767_225_600_000;
+
+fn topics() -> Topics {
+    Topics::new("amr", "gw1")
+}
+
+fn bytes(v: &serde_json::Value) -> String {
+    v.to_string()
+}
+
+pub(super) fn loss_record() -> LossRecord {
+    LossRecord {
+        area: "T1".into(),
+        start_ms: T - 900_000,
+        end_ms: T,
+        supply_kwh: 12.345_678_9,
+        sales_kwh: 11.1,
+        loss_kwh: 1.245_678_9,
+        loss_pct: Some(10.090_1),
+        coverage_pct: 100.0,
+        energy_coverage_pct: 99.5,
+        complete: true,
+        missing: vec!["c2".into()],
+        per_meter: [("s".to_string(), 12.3), ("c1".to_string(), -0.1 + 0.3)].into(),
+        suspects: vec![Suspect {
+            meter: "c1".into(),
+            score: 4.123_456_78,
+            reason: "bypass_signature".into(),
+            detail: "stepped down".into(),
+        }],
+    }
+}
+
+fn alarm(cleared: Option<i64>) -> Alarm {
+    Alarm {
+        id: "voltage_high/m1.l1".into(),
+        kind: AlarmKind::VoltageHigh,
+        subject: "m1.l1".into(),
+        subject_kind: SubjectKind::Meter,
+        severity: Severity::Major,
+        state: if cleared.is_some() {
+            AlarmState::Cleared
+        } else {
+            AlarmState::Active
+        },
+        raised_ms: T - 60_000,
+        cleared_ms: cleared,
+        value: 250.123_456_7,
+        threshold: 235.4,
+        details: json!({"meter": "m1", "phase": "l1", "voltage_v": 250.1, "ts": "shadowed"}),
+    }
+}
+
+#[test]
+fn reading_payload_bytes() {
+    let r = Reading {
+        meter: "m1".into(),
+        ts_ms: T,
+        values: [
+            ("energy_import_kwh".to_string(), 1_234.567_890_12),
+            ("voltage_l1_v".to_string(), f64::NAN),
+            ("power_kw".to_string(), 0.1 + 0.2),
+        ]
+        .into(),
+    };
+    let m = topics().reading_message(&r);
+    assert_eq!(m.topic, "amr/gw1/reading/m1");
+    assert_eq!((m.qos, m.retain, m.sequenced), (1, false, true));
+    assert_eq!(
+        bytes(&m.payload),
+        r#"{"meter":"m1","ts":"2026-11-18T11:06:40.123Z","values":{"energy_import_kwh":1234.56789,"power_kw":0.3,"voltage_l1_v":null}}"#
+    );
+}
+
+#[test]
+fn status_payload_bytes() {
+    let p = String::from_utf8(Topics::status_payload(true, T)).unwrap();
+    assert_eq!(
+        p,
+        format!(
+            r#"{{"state":"online","ts":"2026-11-18T11:06:40.123Z","version":"{}"}}"#,
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+    assert_eq!(topics().status(), "amr/gw1/status");
+}
+
+#[test]
+fn loss_payload_bytes() {
+    let m = loss_message(&topics(), &loss_record());
+    assert_eq!(m.topic, "amr/gw1/loss/T1");
+    assert_eq!((m.qos, m.retain, m.sequenced), (1, false, true));
+    assert_eq!(
+        bytes(&m.payload),
+        r#"{"area":"T1","complete":true,"coverage_pct":100.0,"end":"2026-11-18T11:06:40.123Z","energy_coverage_pct":99.5,"loss_kwh":1.245679,"loss_pct":10.0901,"meters":{"c1":0.2,"s":12.3},"missing":["c2"],"sales_kwh":11.1,"start":"2026-11-18T10:51:40.123Z","supply_kwh":12.345679,"suspects":[{"detail":"stepped down","meter":"c1","reason":"bypass_signature","score":4.123457}]}"#
+    );
+    let mut none = loss_record();
+    none.loss_pct = None;
+    assert_eq!(
+        bytes(&loss_message(&topics(), &none).payload),
+        r#"{"area":"T1","complete":true,"coverage_pct":100.0,"end":"2026-11-18T11:06:40.123Z","energy_coverage_pct":99.5,"loss_kwh":1.245679,"loss_pct":null,"meters":{"c1":0.2,"s":12.3},"missing":["c2"],"sales_kwh":11.1,"start":"2026-11-18T10:51:40.123Z","supply_kwh":12.345679,"suspects":[{"detail":"stepped down","meter":"c1","reason":"bypass_signature","score":4.123457}]}"#
+    );
+}
+
+#[test]
+fn rolling_loss_and_verdict_details_bytes() {
+    let r = RollingLoss {
+        area: "T1".into(),
+        start_ms: T - 300_000,
+        end_ms: T,
+        supply_kwh: 1.000_000_4,
+        sales_kwh: 0.9,
+        loss_kwh: 0.100_000_4,
+        loss_pct: None,
+        coverage_pct: 50.0,
+    };
+    assert_eq!(
+        bytes(&rolling_loss_body(&r)),
+        r#"{"area":"T1","coverage_pct":50.0,"end":"2026-11-18T11:06:40.123Z","loss_kwh":0.1,"loss_pct":null,"sales_kwh":0.9,"start":"2026-11-18T11:01:40.123Z","supply_kwh":1.0}"#
+    );
+    let v = LossVerdict {
+        kind: VerdictKind::HighLoss,
+        state: VerdictState::Raised,
+        area: "T1".into(),
+        value: 12.345_678_91,
+        threshold: 10.0,
+        start_ms: T - 900_000,
+        end_ms: T,
+        supply_kwh: 10.0,
+        sales_kwh: 8.765_432_1,
+        loss_kwh: 1.234_567_9,
+    };
+    assert_eq!(
+        bytes(&loss_verdict_details(&v)),
+        r#"{"area":"T1","end":"2026-11-18T11:06:40.123Z","loss_kwh":1.234568,"loss_pct":12.345679,"sales_kwh":8.765432,"start":"2026-11-18T10:51:40.123Z","supply_kwh":10.0}"#
+    );
+}
+
+#[test]
+fn alarm_payload_bytes() {
+    let raised = AlarmChange {
+        alarm: alarm(None),
+        transition: Transition::Raised,
+        ts_ms: T,
+    };
+    let m = alarm_message(&topics(), &raised);
+    assert_eq!(m.topic, "amr/gw1/alarm/voltage_high/m1.l1");
+    assert_eq!((m.qos, m.retain, m.sequenced), (1, false, true));
+    assert_eq!(
+        bytes(&m.payload),
+        r#"{"cleared":null,"erc":24,"id":"voltage_high/m1.l1","kind":"voltage_high","meter":"m1","phase":"l1","raised":"2026-11-18T11:05:40.123Z","severity":"major","state":"raised","subject":"m1.l1","subject_kind":"meter","threshold":235.4,"ts":"2026-11-18T11:06:40.123Z","value":250.123457,"voltage_v":250.1}"#
+    );
+    let cleared = AlarmChange {
+        alarm: alarm(Some(T - 1_500)),
+        transition: Transition::Cleared,
+        ts_ms: T,
+    };
+    assert_eq!(
+        bytes(&alarm_message(&topics(), &cleared).payload),
+        r#"{"cleared":"2026-11-18T11:06:38.623Z","duration_s":58.5,"erc":24,"id":"voltage_high/m1.l1","kind":"voltage_high","meter":"m1","phase":"l1","raised":"2026-11-18T11:05:40.123Z","severity":"major","state":"cleared","subject":"m1.l1","subject_kind":"meter","threshold":235.4,"ts":"2026-11-18T11:06:40.123Z","value":250.123457,"voltage_v":250.1}"#
+    );
+}
+
+#[test]
+fn active_alarms_payload_bytes() {
+    let mut other = alarm(None);
+    other.id = "meter_offline/a".into();
+    other.kind = AlarmKind::MeterOffline;
+    other.subject = "a".into();
+    other.details = json!({"bus": "b"});
+    let m = active_alarms_message(&topics(), &[alarm(None), other], T);
+    assert_eq!(m.topic, "amr/gw1/alarm/active");
+    assert_eq!((m.qos, m.retain, m.sequenced), (1, true, false));
+    assert_eq!(
+        bytes(&m.payload),
+        r#"{"alarms":[{"bus":"b","erc":31,"id":"meter_offline/a","kind":"meter_offline","raised":"2026-11-18T11:05:40.123Z","severity":"major","subject":"a","subject_kind":"meter","threshold":235.4,"value":250.123457},{"erc":24,"id":"voltage_high/m1.l1","kind":"voltage_high","meter":"m1","phase":"l1","raised":"2026-11-18T11:05:40.123Z","severity":"major","subject":"m1.l1","subject_kind":"meter","threshold":235.4,"value":250.123457,"voltage_v":250.1}],"count":2,"ts":"2026-11-18T11:06:40.123Z"}"#
+    );
+    assert_eq!(
+        bytes(&active_alarms_message(&topics(), &[], T).payload),
+        r#"{"alarms":[],"count":0,"ts":"2026-11-18T11:06:40.123Z"}"#
+    );
+}
+
+#[test]
+fn voltage_day_payload_bytes() {
+    let d = DayRecord {
+        meter: "m1".into(),
+        phase: "l1".into(),
+        day_start_ms: 1_794_960_000_000,
+        monitored_s: 86_000.0,
+        above_s: 60.5,
+        below_s: 0.0,
+        outage_s: 400.0,
+        qualified_pct: Some(99.929_651_16),
+        min_v: Some(201.3),
+        max_v: None,
+        reads: 1440,
+        upper_v: 235.4,
+        lower_v: 198.0,
+        closed: true,
+    };
+    let m = voltage_day_message(&topics(), &d);
+    assert_eq!(m.topic, "amr/gw1/voltage/m1");
+    assert_eq!((m.qos, m.retain, m.sequenced), (1, false, true));
+    assert_eq!(
+        bytes(&m.payload),
+        r#"{"above_s":60.5,"below_s":0.0,"day":"2026-11-18","end":"2026-11-19T00:00:00.000Z","lower_v":198.0,"max_v":null,"meter":"m1","min_v":201.3,"monitored_s":86000.0,"outage_s":400.0,"phase":"l1","qualified_pct":99.929651,"reads":1440,"start":"2026-11-18T00:00:00.000Z","upper_v":235.4}"#
+    );
+}
+
+/// A meter's health before its first poll ended.
+fn unpolled() -> MeterHealth {
+    MeterHealth {
+        online: None,
+        consecutive_failures: 0,
+        polls: 0,
+        successes: 0,
+        timeouts: 0,
+        crc_errors: 0,
+        wrong_unit: 0,
+        exceptions: 0,
+        latency_ms: None,
+        last_ok_ms: None,
+        last_error: None,
+        probe_interval: Duration::from_secs(5),
+    }
+}
+
+#[test]
+fn meter_state_payload_bytes() {
+    let s = MeterStatus {
+        meter: "m1".into(),
+        bus: "rs485".into(),
+        unit: Some(7),
+        health: MeterHealth {
+            online: Some(true),
+            polls: 3,
+            successes: 2,
+            timeouts: 1,
+            latency_ms: Some(41.6),
+            last_ok_ms: Some(T - 1000),
+            last_error: Some("timeout".into()),
+            ..unpolled()
+        },
+        change: HealthChange::WentOnline,
+        ts_ms: T,
+    };
+    let m = meter_state_message(&topics(), &MeterState::of(&s, Some("chint-dtsu666")));
+    assert_eq!(m.topic, "amr/gw1/meter/m1/state");
+    assert_eq!((m.qos, m.retain, m.sequenced), (1, true, false));
+    assert_eq!(
+        bytes(&m.payload),
+        r#"{"bus":"rs485","consecutive_failures":0,"crc_errors":0,"exceptions":0,"last_error":"timeout","last_ok":"2026-11-18T11:06:39.123Z","latency_ms":42.0,"meter":"m1","model":"chint-dtsu666","polls":3,"state":"online","success_rate_pct":66.7,"timeouts":1,"ts":"2026-11-18T11:06:40.123Z","unit":7,"wrong_unit":0}"#
+    );
+    let mut fresh = s.clone();
+    fresh.unit = None;
+    fresh.health = unpolled();
+    assert_eq!(
+        bytes(&meter_state_message(&topics(), &MeterState::of(&fresh, None)).payload),
+        r#"{"bus":"rs485","consecutive_failures":0,"crc_errors":0,"exceptions":0,"last_error":null,"last_ok":null,"latency_ms":null,"meter":"m1","model":null,"polls":0,"state":"unknown","success_rate_pct":0.0,"timeouts":0,"ts":"2026-11-18T11:06:40.123Z","unit":null,"wrong_unit":0}"#
+    );
+}
+
+#[test]
+fn loss_message_has_the_contract_fields() {
+    let rec = LossRecord {
+        area: "t1".into(),
+        start_ms: T0_2026,
+        end_ms: T0_2026 + 900_000,
+        supply_kwh: 15.0,
+        sales_kwh: 14.4,
+        loss_kwh: 0.6,
+        loss_pct: Some(4.0),
+        coverage_pct: 100.0,
+        energy_coverage_pct: 100.0,
+        complete: true,
+        missing: vec![],
+        per_meter: [("S".to_string(), 15.0), ("c00".to_string(), 14.4)].into(),
+        suspects: vec![Suspect {
+            meter: "c00".into(),
+            score: 7.25,
+            reason: "bypass_signature".into(),
+            detail: "x".into(),
+        }],
+    };
+    let m = loss_message(&Topics::new("amr", "gw"), &rec);
+    assert_eq!(m.topic, "amr/gw/loss/t1");
+    assert_eq!((m.qos, m.retain, m.sequenced), (1, false, true));
+    let p = &m.payload;
+    assert_eq!(p["start"], "2026-01-01T00:00:00.000Z");
+    assert_eq!(p["end"], "2026-01-01T00:15:00.000Z");
+    for key in [
+        "area",
+        "supply_kwh",
+        "sales_kwh",
+        "loss_kwh",
+        "loss_pct",
+        "coverage_pct",
+        "complete",
+        "energy_coverage_pct",
+        "missing",
+        "suspects",
+        "meters",
+    ] {
+        assert!(p.get(key).is_some(), "{key}");
+    }
+    assert_eq!(p["suspects"][0]["reason"], "bypass_signature");
+    assert_eq!(p["meters"]["c00"], 14.4);
+    let none = LossRecord {
+        loss_pct: None,
+        ..rec
+    };
+    assert!(loss_message(&Topics::new("amr", "gw"), &none).payload["loss_pct"].is_null());
+}

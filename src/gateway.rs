@@ -10,7 +10,7 @@
 
 use crate::analytics::Analytics;
 use crate::analytics::loss::RollingLoss;
-use crate::bus::{BusEvent, MeterStatus, OfflinePolicy, run_bus};
+use crate::bus::{BusEvent, Learned, MeterStatus, OfflinePolicy, run_bus};
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::config::Config;
 use crate::store::{Batch, Message, SharedStore, Store, StoreError};
@@ -112,25 +112,15 @@ pub async fn run(
     // Buses.
     let (events_tx, events_rx) = mpsc::channel::<BusEvent>(4096);
     let mut bus_tasks = Vec::new();
-    for bus in &config.buses {
-        let meters: Vec<_> = config
-            .meters
-            .iter()
-            .filter(|m| m.bus == bus.name)
-            .filter_map(|m| {
-                config
-                    .models
-                    .get(&m.model)
-                    .map(|model| (m.clone(), Arc::new(model.clone())))
-            })
-            .collect();
+    let learned = Learned::from_block_limits(&learned);
+    for (bus, meters) in config.bus_settings() {
         bus_tasks.push(tokio::spawn(run_bus(
-            bus.clone(),
+            bus,
             meters,
             learned.clone(),
             OfflinePolicy::default(),
             events_tx.clone(),
-            shutdown.clone(),
+            shutdown.clone().into(),
         )));
     }
     drop(events_tx);
@@ -226,7 +216,10 @@ impl Writer {
                         .push((s.meter.clone(), m.payload.clone()));
                     batch.messages.push(m);
                 }
-                BusEvent::BlockLimit { meter, max_block } => fold.limits.push((meter, max_block)),
+                BusEvent::Learned {
+                    meter,
+                    learned: Learned::BlockLimit(max_block),
+                } => fold.limits.push((meter, max_block)),
             }
         }
         self.analytics.on_tick(now_ms, batch);

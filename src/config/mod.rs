@@ -9,6 +9,7 @@
 //! - `analytics`: `[loss]`, `[alarms]` / `[alarms.<kind>]` and `[voltage_quality]`, checked key
 //!   by key and deserialized into the engines' settings structs.
 //! - `checks`: checks across sections (a meter's bus and model, unit clashes, areas).
+//! - `for_bus`: the settings of the buses and their protocols ([`Config::bus_settings`]).
 //! - `load`: the entry points, [`load`], [`load_str`] and [`load_str_with`].
 //!
 //! `config/README.md` is the reference of every key; `config/example.toml` a field example.
@@ -16,6 +17,7 @@
 mod analytics;
 mod checks;
 mod document;
+mod for_bus;
 mod load;
 mod sections;
 #[cfg(test)]

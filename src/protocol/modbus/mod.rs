@@ -13,11 +13,13 @@
 //! on a real pseudo-terminal and on real loopback TCP.
 
 pub mod codec;
+pub mod link;
 pub mod transport;
 
 #[cfg(test)]
 mod tests;
 
+pub use link::{Endpoint, Link};
 pub use transport::{ModbusClient, RtuTiming, RtuTransport, TcpTransport};
 
 /// Why a Modbus transaction failed.
@@ -35,8 +37,7 @@ pub enum ModbusError {
     Malformed(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    /// The request itself cannot be sent (function other than 03/04, count outside 1..=125,
-    /// a bus that is not Modbus or lacks its device / address).
+    /// The request itself cannot be sent (function other than 03/04, count outside 1..=125).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     /// A TCP endpoint is unreachable; the client waits `retry_in_ms` before trying again, and

@@ -61,8 +61,10 @@ fn start(kind: Kind) -> TestSim {
 }
 
 async fn open(t: &TestSim) -> ModbusClient {
-    let bus = t.sim.bus_config("b").unwrap();
-    ModbusClient::open(&bus).await.expect("client opens")
+    let link = t.sim.link("b").unwrap();
+    ModbusClient::open(&link, DEADLINE)
+        .await
+        .expect("client opens")
 }
 
 /// Reads 80 input registers from 0 of `unit`, bounded by [`STEP`].

@@ -101,8 +101,8 @@ struct LinkOpts {
     /// none, even or odd.
     #[arg(long, default_value = "none")]
     parity: String,
-    /// How long a meter may take to answer, in ms; a block read gets its wire time at --baud on
-    /// top (scan: the one-register presence probe uses it as is).
+    /// How long a meter may take to answer, in ms; every request gets its wire time at --baud
+    /// on top (the daemon's deadline rule).
     #[arg(long, default_value_t = 300)]
     timeout_ms: u64,
 }

@@ -663,6 +663,71 @@ fn regroup(
 mod tests {
     use super::*;
     use crate::meter::ModelLibrary;
+    use crate::protocol::SerialLine;
+
+    fn rtu_bus(baud: u32) -> BusSettings {
+        BusSettings {
+            name: "b".into(),
+            protocol: Protocol::ModbusRtu,
+            endpoint: BusEndpoint::Serial("/dev/ttyS9".into()),
+            line: SerialLine {
+                baud,
+                ..SerialLine::MODBUS_DEFAULT
+            },
+            timeout: Duration::from_millis(300),
+            poll_interval: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn a_transaction_gets_its_wire_time_on_top_of_the_timeout() {
+        let policy = OfflinePolicy::default();
+        let driver = ModbusDriver::new(&rtu_bus(2400), &[], &[], &policy).unwrap();
+        let wire = RtuTiming::new(2400, 10).read_wire_time(80);
+        assert_eq!(driver.deadline(80), Duration::from_millis(300) + wire);
+        assert!(wire > Duration::from_millis(700), "{wire:?}");
+    }
+
+    #[test]
+    fn learned_limits_and_unit_switch_pauses_apply_per_meter() {
+        let library = ModelLibrary::builtin();
+        let mut model = library.get("eastron-sdm630").unwrap().clone();
+        model.unit_switch_pause_ms = 40;
+        let model = Arc::new(model);
+        let meters = [
+            MeterSettings::modbus("a", 1, model.clone()),
+            MeterSettings::modbus("b", 2, model.clone()),
+        ];
+        let learned = [("b".to_string(), Learned::BlockLimit(20))];
+        let policy = OfflinePolicy::default();
+        let driver = ModbusDriver::new(&rtu_bus(9600), &meters, &learned, &policy).unwrap();
+        assert_eq!(driver.meters[0].max_block, model.max_block);
+        assert_eq!(driver.meters[1].max_block, 20);
+        assert!(driver.meters[1].blocks.iter().all(|b| b.count <= 20));
+        assert_eq!(driver.switch_pause(None, 1), Duration::ZERO);
+        assert_eq!(driver.switch_pause(Some(1), 1), Duration::ZERO);
+        assert_eq!(driver.switch_pause(Some(0), 1), Duration::from_millis(40));
+    }
+
+    #[test]
+    fn a_modbus_protocol_on_the_wrong_endpoint_is_refused() {
+        let bus = BusSettings {
+            protocol: Protocol::ModbusTcp,
+            ..rtu_bus(9600)
+        };
+        let err = ModbusDriver::new(&bus, &[], &[], &OfflinePolicy::default())
+            .err()
+            .unwrap();
+        assert!(err.contains("modbus-tcp"), "{err}");
+        let dlt = BusSettings {
+            protocol: Protocol::Dlt645,
+            ..rtu_bus(2400)
+        };
+        let err = crate::bus::driver_for(&dlt, &[], &[], &OfflinePolicy::default())
+            .err()
+            .unwrap();
+        assert!(err.contains("dlt645"), "{err}");
+    }
 
     #[test]
     fn energy_blocks_come_first_and_nothing_is_lost() {

@@ -234,3 +234,144 @@ async fn run_with(
     }
     debug!(bus = %bus.name, "bus task stopped");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::driver::{DriverFuture, Poll};
+    use crate::bus::{Endpoint, Protocol};
+    use crate::meter::ModelLibrary;
+    use crate::model::PollOutcome;
+    use crate::protocol::SerialLine;
+    use crate::shutdown::Stop;
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    /// A driver of no protocol: meter 0 answers and teaches a fact on its first poll, meter 1
+    /// never answers, and the first poll breaks the link.
+    struct ScriptedDriver {
+        log: Arc<Mutex<Vec<String>>>,
+        polls: usize,
+    }
+
+    fn answered(meter: &str, learned: Vec<Learned>, link_broken: bool) -> Poll {
+        Poll {
+            outcome: PollOutcome::Ok,
+            reading: Some(Reading {
+                meter: meter.into(),
+                ts_ms: 0,
+                values: BTreeMap::from([("energy_import_kwh".to_string(), 1.0)]),
+            }),
+            error: None,
+            failures: Vec::new(),
+            requests: 1,
+            latency: Duration::from_millis(5),
+            link_broken,
+            learned,
+        }
+    }
+
+    fn silent() -> Poll {
+        let failure = crate::bus::ReadFailure {
+            what: "everything".into(),
+            error: "no reply".into(),
+        };
+        Poll {
+            latency: Duration::from_millis(50),
+            ..Poll::failed(PollOutcome::Timeout, failure, "no reply".into())
+        }
+    }
+
+    impl Driver for ScriptedDriver {
+        fn open(&mut self) -> DriverFuture<'_, Result<(), String>> {
+            self.log.lock().unwrap().push("open".into());
+            Box::pin(async { Ok(()) })
+        }
+        fn close(&mut self) {
+            self.log.lock().unwrap().push("close".into());
+        }
+        fn poll(&mut self, meter: usize, _presumed_alive: bool) -> DriverFuture<'_, Poll> {
+            self.polls += 1;
+            self.log.lock().unwrap().push(format!("poll {meter}"));
+            let first = self.polls == 1;
+            Box::pin(async move {
+                match meter {
+                    0 if first => answered("a", vec![Learned::BlockLimit(20)], true),
+                    0 => answered("a", Vec::new(), false),
+                    _ => silent(),
+                }
+            })
+        }
+        fn probe(&mut self, meter: usize) -> DriverFuture<'_, Poll> {
+            self.log.lock().unwrap().push(format!("probe {meter}"));
+            Box::pin(async { silent() })
+        }
+        fn switch_pause(&self, _previous: Option<usize>, _meter: usize) -> Duration {
+            Duration::ZERO
+        }
+    }
+
+    #[tokio::test]
+    async fn the_scheduler_runs_any_driver() {
+        let model = Arc::new(
+            ModelLibrary::builtin()
+                .get("eastron-sdm120")
+                .unwrap()
+                .clone(),
+        );
+        let bus = BusSettings {
+            name: "b".into(),
+            protocol: Protocol::Dlt645,
+            endpoint: Endpoint::Serial("/dev/null".into()),
+            line: SerialLine::MODBUS_DEFAULT,
+            timeout: Duration::from_millis(50),
+            poll_interval: Duration::from_secs(1),
+        };
+        let meters = vec![
+            MeterSettings::modbus("a", 1, model.clone()),
+            MeterSettings::modbus("b", 2, model),
+        ];
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let driver = Box::new(ScriptedDriver {
+            log: log.clone(),
+            polls: 0,
+        });
+        let (tx, mut rx) = mpsc::channel(64);
+        let (stop, shutdown) = Stop::new();
+        let policy = OfflinePolicy {
+            first_probe: Duration::from_millis(100),
+            max_probe_share: 1.0,
+            ..OfflinePolicy::default()
+        };
+        let task = tokio::spawn(run_with(driver, bus, meters, policy, tx, shutdown));
+        let mut events = Vec::new();
+        while let Some(ev) = rx.recv().await {
+            let offline = matches!(&ev, BusEvent::MeterState(s)
+                if s.meter == "b" && s.change == HealthChange::WentOffline);
+            events.push(ev);
+            if offline {
+                break;
+            }
+        }
+        // Learned facts come before the reading of the poll that taught them.
+        assert!(
+            matches!(&events[0], BusEvent::Learned { meter, learned: Learned::BlockLimit(20) }
+            if meter == "a")
+        );
+        assert!(matches!(&events[1], BusEvent::Reading(r) if r.meter == "a"));
+        // Then probes of the offline meter, after its backoff.
+        for _ in 0..100 {
+            if log.lock().unwrap().iter().any(|l| l == "probe 1") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.stop();
+        task.await.unwrap();
+        let log = log.lock().unwrap().clone();
+        assert_eq!(&log[..4], ["open", "poll 0", "close", "open"], "{log:?}");
+        let failed_polls = log.iter().filter(|l| *l == "poll 1").count();
+        assert_eq!(failed_polls as u32, policy.failures_to_offline, "{log:?}");
+        assert!(log.iter().any(|l| l == "probe 1"), "{log:?}");
+    }
+}

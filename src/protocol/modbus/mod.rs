@@ -8,7 +8,9 @@
 //! - an exception reply is reported as such.
 //!
 //! tokio-modbus gives none of these on RTU (see `../shared/reference/rust-crates.md`), so the
-//! framing is our own: [`codec`] holds the pure byte-level functions, [`transport`] times them.
+//! framing is our own: [`codec`] holds the pure byte-level functions, [`transport`] times them,
+//! and [`link`] holds the settings of a link ([`Link`]: endpoint and serial line), which the
+//! config loader builds.
 //! The tests that prove each guarantee run the transports against the simulator ([`crate::sim`])
 //! on a real pseudo-terminal and on real loopback TCP.
 

@@ -55,14 +55,9 @@ impl ModbusLink {
         self.timeout + self.timing.read_wire_time(count)
     }
 
-    async fn read(
-        &mut self,
-        unit: u8,
-        function: u8,
-        address: u16,
-        count: u16,
-    ) -> Result<Vec<u16>, ModbusError> {
-        let deadline = self.deadline(count);
+    /// Reads `block` of `unit` within [`ModbusLink::deadline`].
+    async fn read_block(&mut self, unit: u8, block: &ReadBlock) -> Result<Vec<u16>, ModbusError> {
+        let deadline = self.deadline(block.count);
         let Some(client) = self.client.as_mut() else {
             return Err(ModbusError::Io(io::Error::new(
                 io::ErrorKind::NotConnected,
@@ -70,12 +65,7 @@ impl ModbusLink {
             )));
         };
         client
-            .read_registers(unit, function, address, count, deadline)
-            .await
-    }
-
-    async fn read_block(&mut self, unit: u8, block: &ReadBlock) -> Result<Vec<u16>, ModbusError> {
-        self.read(unit, block.function, block.address, block.count)
+            .read_registers(unit, block.function, block.address, block.count, deadline)
             .await
     }
 }
@@ -180,16 +170,10 @@ impl ModbusDriver {
         self.link.deadline(count)
     }
 
-    /// One read of `count` registers of `unit`, within [`ModbusDriver::deadline`]: the
-    /// transaction every poll is made of, for tools that need the typed answer (`scan`).
-    pub async fn read(
-        &mut self,
-        unit: u8,
-        function: u8,
-        address: u16,
-        count: u16,
-    ) -> Result<Vec<u16>, ModbusError> {
-        self.link.read(unit, function, address, count).await
+    /// One read of `block` from `unit`, within [`ModbusDriver::deadline`]: the transaction
+    /// every poll is made of, for tools that need the typed answer (`scan`).
+    pub async fn read(&mut self, unit: u8, block: &ReadBlock) -> Result<Vec<u16>, ModbusError> {
+        self.link.read_block(unit, block).await
     }
 
     /// [`Driver::poll`] of meter `meter`.

@@ -8,9 +8,17 @@
 //! transaction, with its deadline (the timeout plus the request's wire time at `--baud`).
 
 use crate::bus::{DeviceLock, Endpoint, ModbusDriver, OfflinePolicy};
-use crate::meter::{MeterModel, ModelLibrary, decode_block, plan_blocks};
+use crate::meter::{MeterModel, ModelLibrary, ReadBlock, decode_block, plan_blocks};
 use crate::protocol::modbus::ModbusError;
 use serde_json::json;
+
+/// The presence probe: holding register 0.
+const PRESENCE: ReadBlock = ReadBlock {
+    function: 3,
+    address: 0,
+    count: 1,
+    registers: Vec::new(),
+};
 
 /// One unit id that answered.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,7 +76,7 @@ pub async fn scan(
         .map_err(|e| format!("cannot open the bus: {e}"))?;
     let mut found = Vec::new();
     for (i, &unit) in units.iter().enumerate() {
-        let answer = match driver.read(unit, 3, 0, 1).await {
+        let answer = match driver.read(unit, &PRESENCE).await {
             Ok(_) => Some("data".to_string()),
             Err(ModbusError::Exception { code }) => Some(format!("exception {code}")),
             Err(ModbusError::Timeout(_)) => None,
@@ -140,10 +148,7 @@ async fn plausibility(driver: &mut ModbusDriver, unit: u8, model: &MeterModel) -
             continue;
         }
         any = true;
-        let words = driver
-            .read(unit, block.function, block.address, block.count)
-            .await
-            .ok()?;
+        let words = driver.read(unit, &block).await.ok()?;
         for (q, v) in decode_block(model, &block, &words) {
             if !wanted(&q) {
                 continue;

@@ -8,12 +8,10 @@
 //!
 //! Run with `cargo bench --bench bus`; about three minutes. Results go in docs/benchmarks.md.
 
-use amr_gateway::bus::{BusEvent, OfflinePolicy, plan_meter, run_bus};
-use amr_gateway::config::MeterConfig;
-use amr_gateway::meter::ModelLibrary;
+use amr_gateway::bus::{BusEvent, BusSettings, MeterSettings, OfflinePolicy, plan_meter, run_bus};
+use amr_gateway::meter::{MeterModel, ModelLibrary};
 use amr_gateway::protocol::modbus::{ModbusClient, RtuTiming};
 use amr_gateway::sim::{self, SimConfig};
-use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,19 +20,10 @@ use tokio::time::Instant;
 
 const TURNAROUND_MS: u64 = 10;
 
-fn meter(bus: &str, unit: u8, model: &str) -> MeterConfig {
-    MeterConfig {
-        id: format!("{bus}-{unit}"),
-        bus: bus.into(),
-        unit: Some(unit),
-        address: None,
-        model: model.into(),
-        multiplier: 1.0,
-        phase: None,
-        poll_interval_s: Some(1),
-        consumption_only: false,
-        rated_kw: None,
-        line: 0,
+fn meter(bus: &str, unit: u8, model: Arc<MeterModel>) -> MeterSettings {
+    MeterSettings {
+        poll_interval: Some(Duration::from_secs(1)),
+        ..MeterSettings::modbus(format!("{bus}-{unit}"), unit, model)
     }
 }
 
@@ -75,8 +64,9 @@ async fn cycle_time(library: &ModelLibrary) {
     let bound = per_meter * 10;
 
     // Back to back through the transport.
-    let bus = sim.bus_config("sdm630").unwrap();
-    let mut client = ModbusClient::open(&bus).await.unwrap();
+    let bus = sim.bus_settings("sdm630").unwrap();
+    let link = sim.link("sdm630").unwrap();
+    let mut client = ModbusClient::open(&link, bus.timeout).await.unwrap();
     let timeout = Duration::from_millis(1000);
     let cycles = 5;
     let started = Instant::now();
@@ -95,12 +85,7 @@ async fn cycle_time(library: &ModelLibrary) {
 
     // Through the poller, saturated (every meter due every second).
     let meters = (1..=10)
-        .map(|u| {
-            (
-                meter("sdm630", u, "eastron-sdm630"),
-                Arc::new(model.clone()),
-            )
-        })
+        .map(|u| meter("sdm630", u, Arc::new(model.clone())))
         .collect();
     let run_for = Duration::from_secs(30);
     let readings = run_for_counting(bus, meters, OfflinePolicy::default(), run_for).await;
@@ -137,14 +122,14 @@ fn ms(d: Duration) -> f64 {
 
 /// Runs one bus for `run_for`; the readings it produced.
 async fn run_for_counting(
-    bus: amr_gateway::config::BusConfig,
-    meters: Vec<(MeterConfig, Arc<amr_gateway::meter::MeterModel>)>,
+    bus: BusSettings,
+    meters: Vec<MeterSettings>,
     policy: OfflinePolicy,
     run_for: Duration,
 ) -> u64 {
     let (tx, mut rx) = mpsc::channel(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(run_bus(bus, meters, BTreeMap::new(), policy, tx, stop_rx));
+    let task = tokio::spawn(run_bus(bus, meters, Vec::new(), policy, tx, stop_rx.into()));
     let counter = tokio::spawn(async move {
         let mut n = 0u64;
         while let Some(ev) = rx.recv().await {
@@ -186,9 +171,9 @@ async fn dead_meter_cost(library: &ModelLibrary) {
     let start = Instant::now();
     let mut runs = Vec::new();
     for (name, dead, share) in cases {
-        let bus = sim.bus_config(name).unwrap();
+        let bus = sim.bus_settings(name).unwrap();
         let meters = (1..=LIVE + dead)
-            .map(|u| (meter(name, u, "eastron-sdm120"), model.clone()))
+            .map(|u| meter(name, u, model.clone()))
             .collect();
         let policy = OfflinePolicy {
             max_probe_share: share,
@@ -198,10 +183,10 @@ async fn dead_meter_cost(library: &ModelLibrary) {
         let task = tokio::spawn(run_bus(
             bus,
             meters,
-            BTreeMap::new(),
+            Vec::new(),
             policy,
             tx,
-            stop_rx.clone(),
+            stop_rx.clone().into(),
         ));
         let counter = tokio::spawn(async move {
             let (mut all, mut steady) = (0u64, 0u64);

@@ -114,7 +114,7 @@ pub async fn run(
     );
     println!();
     let (live_tx, live_rx) = watch::channel(GatewayState::default());
-    let gw = tokio::spawn(gateway::run(cfg, stop_rx.clone(), Some(live_tx)));
+    let gw = tokio::spawn(gateway::run(cfg, stop_rx.clone().into(), Some(live_tx)));
     let headend = tokio::spawn(print_events(mqtt_port, broker_stop_rx));
 
     let started = tokio::time::Instant::now();

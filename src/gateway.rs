@@ -9,10 +9,11 @@
 //! blocking thread, so the buses never wait for the disk.
 
 use crate::analytics::loss::RollingLoss;
-use crate::bus::{BusEvent, OfflinePolicy, run_bus};
+use crate::bus::{BusEvent, Learned, OfflinePolicy, run_bus};
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::pipeline::{Fold, Writer};
+use crate::shutdown::{Shutdown, Stop};
 use crate::store::{Batch, SharedStore, Store, StoreLock};
 use crate::uplink::contract::Topics;
 use crate::uplink::{UplinkState, run as run_uplink};
@@ -63,10 +64,11 @@ pub enum RunError {
     Failed(String),
 }
 
-/// Runs the gateway until `shutdown` turns true. `live` receives the gateway's figures.
+/// Runs the gateway until `shutdown` says stop, or until a task fails. `live` receives the
+/// gateway's figures.
 pub async fn run(
     config: Config,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
     live: Option<watch::Sender<GatewayState>>,
 ) -> Result<(), RunError> {
     std::fs::create_dir_all(&config.gateway.data_dir).map_err(|e| RunError::DataDir {
@@ -98,42 +100,33 @@ pub async fn run(
     // Uplink.
     let wake = Arc::new(Notify::new());
     let (uplink_tx, uplink_rx) = watch::channel(UplinkState::default());
-    let (uplink_stop_tx, uplink_stop_rx) = watch::channel(false);
+    let (uplink_stop, uplink_shutdown) = Stop::new();
     let uplink = tokio::spawn(run_uplink(
         config.mqtt.clone(),
         topics.clone(),
         store.clone(),
         wake.clone(),
         uplink_tx,
-        uplink_stop_rx.into(),
+        uplink_shutdown,
     ));
 
     // Buses. They stop on the outside signal or when another task failed.
-    let (bus_stop_tx, bus_stop_rx) = watch::channel(false);
+    let (bus_stop, bus_shutdown) = Stop::new();
     let (events_tx, events_rx) = mpsc::channel::<BusEvent>(4096);
     let mut buses = tokio::task::JoinSet::new();
     let mut bus_names = BTreeMap::new();
-    for bus in &config.buses {
-        let meters: Vec<_> = config
-            .meters
-            .iter()
-            .filter(|m| m.bus == bus.name)
-            .filter_map(|m| {
-                config
-                    .models
-                    .get(&m.model)
-                    .map(|model| (m.clone(), Arc::new(model.clone())))
-            })
-            .collect();
+    let learned = Learned::from_block_limits(&learned);
+    for (bus, meters) in config.bus_settings() {
+        let name = format!("bus `{}`", bus.name);
         let task = buses.spawn(run_bus(
-            bus.clone(),
+            bus,
             meters,
             learned.clone(),
             OfflinePolicy::default(),
             events_tx.clone(),
-            bus_stop_rx.clone(),
+            bus_shutdown.clone(),
         ));
-        bus_names.insert(task.id(), format!("bus `{}`", bus.name));
+        bus_names.insert(task.id(), name);
     }
     drop(events_tx);
 
@@ -156,7 +149,7 @@ pub async fn run(
     let mut outside = shutdown;
     loop {
         tokio::select! {
-            _ = outside.wait_for(|stop| *stop) => break,
+            _ = outside.wait() => break,
             Some(end) = buses.join_next_with_id(), if !buses.is_empty() => {
                 if let Err(e) = end {
                     let name = bus_names.get(&e.id()).cloned().unwrap_or_default();
@@ -184,7 +177,7 @@ pub async fn run(
     }
     // Stop in order: buses, then the writer drains what they produced, then the uplink says
     // goodbye.
-    let _ = bus_stop_tx.send(true);
+    bus_stop.stop();
     while let Some(end) = buses.join_next_with_id().await {
         if let Err(e) = end {
             let name = bus_names.get(&e.id()).cloned().unwrap_or_default();
@@ -194,7 +187,7 @@ pub async fn run(
     if writer_end.is_none() {
         failures.extend(writer_failure(writer.await));
     }
-    let _ = uplink_stop_tx.send(true);
+    uplink_stop.stop();
     if uplink_end.is_none()
         && let Err(e) = uplink.await
     {

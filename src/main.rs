@@ -111,8 +111,8 @@ struct LinkOpts {
     /// none, even or odd.
     #[arg(long, default_value = "none")]
     parity: String,
-    /// How long a meter may take to answer, in ms; a block read gets its wire time at --baud on
-    /// top (scan: the one-register presence probe uses it as is).
+    /// How long a meter may take to answer, in ms; every request gets its wire time at --baud
+    /// on top (the daemon's deadline rule).
     #[arg(long, default_value_t = 300)]
     timeout_ms: u64,
 }
@@ -273,7 +273,7 @@ fn run(path: &std::path::Path) -> ExitCode {
         // running one in order (everything read is committed) and starts the next; with an
         // invalid file it keeps running as it is.
         loop {
-            let (stop, shutdown) = watch::channel(false);
+            let (stop, shutdown) = amr_gateway::shutdown::Stop::new();
             let mut gateway = tokio::spawn(amr_gateway::gateway::run(cfg.clone(), shutdown, None));
             let next = loop {
                 tokio::select! {
@@ -305,7 +305,7 @@ fn run(path: &std::path::Path) -> ExitCode {
                     },
                 }
             };
-            let _ = stop.send(true);
+            stop.stop();
             let end = gateway.await;
             match next {
                 Some(new) if matches!(end, Ok(Ok(()))) => cfg = new,

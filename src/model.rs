@@ -1,5 +1,6 @@
 //! Domain types shared by every part of the gateway: meter ids, quantity names, readings, and a
-//! meter's status as its bus sees it (health counters, online/offline).
+//! meter's status as its bus sees it (health counters, online/offline), and what a bus reports
+//! ([`BusEvent`]).
 //!
 //! Quantity names are part of the MQTT contract: each carries its unit in its name
 //! (`energy_import_kwh`, `voltage_l1_v`, ...). Meter models map registers onto these names,
@@ -153,4 +154,35 @@ pub fn json_number(v: f64) -> serde_json::Value {
     serde_json::Number::from_f64(rounded)
         .map(serde_json::Value::Number)
         .unwrap_or(serde_json::Value::Null)
+}
+
+/// What a bus task reports.
+#[derive(Debug, Clone)]
+pub enum BusEvent {
+    /// A complete poll of a meter.
+    Reading(Reading),
+    /// A meter's health, sent when it goes online/offline and after every `state_every` polls.
+    MeterState(MeterStatus),
+    /// The driver learned something about a meter that should survive a restart (for Modbus,
+    /// that it rejects blocks larger than [`Learned::BlockLimit`]).
+    Learned { meter: MeterId, learned: Learned },
+}
+
+/// Something learned about a meter that outlives a poll: reported as
+/// [`BusEvent::Learned`], kept by the gateway, and handed back to the driver after a
+/// restart so it starts with what it knew.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Learned {
+    /// The meter rejects reads of more than this many registers (Modbus).
+    BlockLimit(u16),
+}
+
+impl Learned {
+    /// Learned block limits as the store keeps them (meter id → registers).
+    pub fn from_block_limits(limits: &BTreeMap<MeterId, u16>) -> Vec<(MeterId, Learned)> {
+        limits
+            .iter()
+            .map(|(meter, &max)| (meter.clone(), Learned::BlockLimit(max)))
+            .collect()
+    }
 }

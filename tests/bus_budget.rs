@@ -8,9 +8,8 @@
 //! least (1 − share) of the polls of the bus without dead meters, minus slack; the bus without
 //! a budget does worse.
 
-use amr_gateway::bus::{BusEvent, OfflinePolicy, run_bus};
-use amr_gateway::config::MeterConfig;
-use amr_gateway::meter::ModelLibrary;
+use amr_gateway::bus::{BusEvent, MeterSettings, OfflinePolicy, run_bus};
+use amr_gateway::meter::{MeterModel, ModelLibrary};
 use amr_gateway::sim::{self, SimConfig};
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -26,19 +25,10 @@ const SHARE: f64 = 0.10;
 const SETTLE: Duration = Duration::from_secs(7);
 const MEASURE: Duration = Duration::from_secs(14);
 
-fn meter(bus: &str, unit: u8) -> MeterConfig {
-    MeterConfig {
-        id: format!("{bus}-{unit}"),
-        bus: bus.into(),
-        unit: Some(unit),
-        address: None,
-        model: "eastron-sdm120".into(),
-        multiplier: 1.0,
-        phase: None,
-        poll_interval_s: Some(1),
-        consumption_only: false,
-        rated_kw: None,
-        line: 0,
+fn meter(bus: &str, unit: u8, model: Arc<MeterModel>) -> MeterSettings {
+    MeterSettings {
+        poll_interval: Some(Duration::from_secs(1)),
+        ..MeterSettings::modbus(format!("{bus}-{unit}"), unit, model)
     }
 }
 
@@ -77,11 +67,11 @@ async fn dead_meters_cost_live_meters_no_more_than_the_probe_share() {
     let mut counters = Vec::new();
     let start = Instant::now();
     for b in buses {
-        let mut bus = sim.bus_config(b).unwrap();
-        bus.poll_interval_s = 1;
+        let mut bus = sim.bus_settings(b).unwrap();
+        bus.poll_interval = Duration::from_secs(1);
         let dead = if b == "alone" { 0 } else { DEAD };
         let meters = (1..=LIVE + dead)
-            .map(|u| (meter(b, u), model.clone()))
+            .map(|u| meter(b, u, model.clone()))
             .collect();
         let policy = OfflinePolicy {
             first_probe: Duration::from_millis(500),
@@ -94,10 +84,10 @@ async fn dead_meters_cost_live_meters_no_more_than_the_probe_share() {
         tasks.push(tokio::spawn(run_bus(
             bus,
             meters,
-            BTreeMap::new(),
+            Vec::new(),
             policy,
             tx,
-            stop_rx.clone(),
+            stop_rx.clone().into(),
         )));
         // (live readings in the measured period, all readings)
         counters.push(tokio::spawn(async move {

@@ -42,20 +42,10 @@ async fn run_bus_until(
     policy: OfflinePolicy,
     mut until: impl FnMut(&BusEvent) -> bool,
 ) {
-    let bus = config.buses[0].clone();
-    let meters = config
-        .meters
-        .iter()
-        .map(|m| {
-            (
-                m.clone(),
-                Arc::new(config.models.get(&m.model).unwrap().clone()),
-            )
-        })
-        .collect();
+    let (bus, meters) = config.bus_settings().remove(0);
     let (tx, mut rx) = mpsc::channel(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(run_bus(bus, meters, BTreeMap::new(), policy, tx, stop_rx));
+    let task = tokio::spawn(run_bus(bus, meters, Vec::new(), policy, tx, stop_rx.into()));
     let done = tokio::time::timeout(PATIENCE, async {
         while let Some(ev) = rx.recv().await {
             if until(&ev) {

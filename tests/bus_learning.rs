@@ -80,7 +80,7 @@ fn gateway_config(dir: &Path) -> Config {
 async fn run_until(config: Config, readings: u64) -> GatewayState {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (live_tx, mut live_rx) = watch::channel(GatewayState::default());
-    let task = tokio::spawn(gateway::run(config, stop_rx, Some(live_tx)));
+    let task = tokio::spawn(gateway::run(config, stop_rx.into(), Some(live_tx)));
     let waited = tokio::time::timeout(
         PATIENCE,
         live_rx.wait_for(|s| s.readings_stored >= readings),

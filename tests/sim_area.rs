@@ -107,10 +107,10 @@ impl Area {
         let config = SimConfig::parse(text, "sim-area-test.toml", dir.path()).unwrap();
         let library = ModelLibrary::builtin();
         let sim = sim::start(config, &library).unwrap();
-        let bus1 = ModbusClient::open(&sim.bus_config("bus1").unwrap())
+        let bus1 = ModbusClient::open(&sim.link("bus1").unwrap(), Duration::from_secs(1))
             .await
             .unwrap();
-        let bus2 = ModbusClient::open(&sim.bus_config("bus2").unwrap())
+        let bus2 = ModbusClient::open(&sim.link("bus2").unwrap(), Duration::from_secs(1))
             .await
             .unwrap();
         Area {

@@ -7,14 +7,130 @@
 //!
 //! A bus task never waits for the store or the broker: it hands readings to the store writer
 //! over a channel and goes on polling.
+//!
+//! The bus is protocol-agnostic; a protocol reaches it through the [`Driver`] interface:
+//!
+//! - `poller`: the scheduler, once for every protocol — which meter is due, health, offline
+//!   backoff, the probe budget, re-opening the link, "more than an interval behind", and the
+//!   events ([`BusEvent`]) with readings, meter states and what was learned;
+//! - `driver`: the interface ([`Driver`], [`Poll`], [`Learned`]) and the factory
+//!   [`driver_for`] that picks a bus's driver by its [`Protocol`];
+//! - `modbus`: the Modbus RTU / TCP / RTU-over-TCP driver — block planning, energy first,
+//!   learning block limits and missing registers, the transaction deadline rule;
+//! - `health`, `budget`, `lock`: meter health, the probe budget, exclusive use of a device.
+//!
+//! To add a protocol: write its codec and transport under `crate::protocol`, implement
+//! [`Driver`] over them in a file of its own here (a plan per meter, `poll`, `probe`, mapping
+//! its errors to [`PollOutcome`], reporting [`Learned`] facts), and add one line to
+//! [`driver_for`]. The scheduler does not change.
+//!
+//! The bus imports only the leaf types (`model`, `clock`), `protocol`, `meter` and
+//! `shutdown`; its settings ([`BusSettings`], [`MeterSettings`]) are built by the config
+//! loader.
 
 mod budget;
+pub mod driver;
 mod health;
 mod lock;
+pub mod modbus;
 mod poller;
 
+pub use crate::model::{BusEvent, Learned};
 pub use crate::model::{HealthChange, MeterHealth, MeterStatus, PollOutcome};
 pub use budget::ProbeBudget;
+pub use driver::{Driver, DriverFuture, Poll, ReadFailure, driver_for};
 pub use health::OfflinePolicy;
 pub use lock::{DeviceLock, DeviceLockError};
-pub use poller::{BusEvent, plan_meter, run_bus};
+pub use modbus::{ModbusDriver, plan_meter};
+pub use poller::run_bus;
+
+use crate::meter::MeterModel;
+use crate::model::MeterId;
+use crate::protocol::SerialLine;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The protocol a bus speaks: picks its [`Driver`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    ModbusRtu,
+    ModbusTcp,
+    ModbusRtuOverTcp,
+    Dlt645,
+}
+
+impl Protocol {
+    /// As written in the configuration (`modbus-rtu`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::ModbusRtu => "modbus-rtu",
+            Protocol::ModbusTcp => "modbus-tcp",
+            Protocol::ModbusRtuOverTcp => "modbus-rtu-over-tcp",
+            Protocol::Dlt645 => "dlt645",
+        }
+    }
+}
+
+/// Where a bus's link goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A serial device (`/dev/ttyUSB0`).
+    Serial(PathBuf),
+    /// `host:port` of a TCP meter, gateway or serial server.
+    Tcp(String),
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Serial(device) => write!(f, "{}", device.display()),
+            Endpoint::Tcp(address) => f.write_str(address),
+        }
+    }
+}
+
+/// What a bus task needs to know about its bus.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BusSettings {
+    /// `[[bus]] name`, in every log line about the bus.
+    pub name: String,
+    pub protocol: Protocol,
+    pub endpoint: Endpoint,
+    /// The serial line (on TCP: the line behind the serial server or gateway).
+    pub line: SerialLine,
+    /// The meter's allowance for one transaction; the driver adds the transaction's wire time.
+    pub timeout: Duration,
+    /// How often a meter is polled unless it has its own interval.
+    pub poll_interval: Duration,
+}
+
+/// What a bus task needs to know about one meter on it.
+#[derive(Debug, Clone)]
+pub struct MeterSettings {
+    pub id: MeterId,
+    /// Modbus unit id.
+    pub unit: Option<u8>,
+    /// DL/T 645 address (12 digits).
+    pub address: Option<String>,
+    pub model: Arc<MeterModel>,
+    /// CT ratio × PT ratio: energies and powers are reported primary-side.
+    pub multiplier: f64,
+    /// The meter's own poll interval (else the bus's).
+    pub poll_interval: Option<Duration>,
+}
+
+impl MeterSettings {
+    /// A meter at Modbus `unit` with `model`, multiplier 1, on the bus's interval.
+    pub fn modbus(id: impl Into<MeterId>, unit: u8, model: Arc<MeterModel>) -> MeterSettings {
+        MeterSettings {
+            id: id.into(),
+            unit: Some(unit),
+            address: None,
+            model,
+            multiplier: 1.0,
+            poll_interval: None,
+        }
+    }
+}

@@ -10,12 +10,14 @@
 //! - `analytics`: `[loss]`, `[alarms]` / `[alarms.<kind>]` and `[voltage_quality]`, checked key
 //!   by key and deserialized into the engines' settings structs.
 //! - `checks`: checks across sections (a meter's bus and model, unit clashes, areas).
+//! - `for_bus`: the settings of the buses and their protocols ([`Config::bus_settings`]).
 //! - `load`: the entry points, [`load`], [`load_str`] and [`load_str_with`].
 //!
 //! `config/README.md` is the reference of every key; `config/example.toml` a field example.
 
 mod analytics;
 mod checks;
+mod for_bus;
 mod for_pipeline;
 mod load;
 mod sections;
@@ -133,10 +135,10 @@ impl BusProtocol {
             BusProtocol::Dlt645 => "dlt645",
         }
     }
-    /// Whether this build can poll a bus of this protocol (`check-config` refuses the others
-    /// rather than let `run` fail to open the bus forever).
+    /// Whether this build can poll a bus of this protocol: the bus's driver factory says
+    /// ([`crate::bus::Protocol::has_driver`]). `check-config` refuses the others.
     pub fn has_driver(self) -> bool {
-        self != BusProtocol::Dlt645
+        crate::bus::Protocol::from(self).has_driver()
     }
 
     /// True when the bus is a TCP endpoint (`address`) rather than a serial `device`.

@@ -1,13 +1,18 @@
 //! Field tools for the engineer on site: `read` (one reading of one meter), `scan` (which unit
 //! ids answer on a bus, and which model they look like) and `status` (what a running or stopped
 //! gateway's store says about every bus and meter). Each prints a table, or JSON with `--json`.
+//!
+//! `read` and `scan` talk to meters through the bus's driver ([`crate::bus::ModbusDriver`]):
+//! the same read path and the same transaction deadline as the daemon.
 
 pub mod read;
 pub mod scan;
 pub mod status;
 
-use crate::config::{BusConfig, BusProtocol, Parity, SerialSettings};
+use crate::bus::{BusSettings, Endpoint, Protocol};
+use crate::protocol::{Parity, SerialLine};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Where a tool talks to meters: a serial device or a TCP endpoint, as given on the command line.
 #[derive(Debug, Clone)]
@@ -22,12 +27,18 @@ pub struct LinkArgs {
 }
 
 impl LinkArgs {
-    /// A one-off bus for the tool.
-    pub fn bus(&self) -> Result<BusConfig, String> {
-        let protocol = match (&self.device, &self.address, self.protocol.as_deref()) {
-            (Some(_), None, None | Some("modbus-rtu")) => BusProtocol::ModbusRtu,
-            (None, Some(_), None | Some("modbus-tcp")) => BusProtocol::ModbusTcp,
-            (None, Some(_), Some("modbus-rtu-over-tcp")) => BusProtocol::ModbusRtuOverTcp,
+    /// A one-off bus for the tool, read with the daemon's driver and deadline rule.
+    pub fn bus(&self) -> Result<BusSettings, String> {
+        let (protocol, endpoint) = match (&self.device, &self.address, self.protocol.as_deref()) {
+            (Some(d), None, None | Some("modbus-rtu")) => {
+                (Protocol::ModbusRtu, Endpoint::Serial(d.clone()))
+            }
+            (None, Some(a), None | Some("modbus-tcp")) => {
+                (Protocol::ModbusTcp, Endpoint::Tcp(a.clone()))
+            }
+            (None, Some(a), Some("modbus-rtu-over-tcp")) => {
+                (Protocol::ModbusRtuOverTcp, Endpoint::Tcp(a.clone()))
+            }
             (Some(_), Some(_), _) => {
                 return Err("give either --device or --address, not both".into());
             }
@@ -40,20 +51,18 @@ impl LinkArgs {
                 ));
             }
         };
-        Ok(BusConfig {
+        Ok(BusSettings {
             name: "cli".into(),
             protocol,
-            device: self.device.clone(),
-            address: self.address.clone(),
-            serial: SerialSettings {
+            endpoint,
+            line: SerialLine {
                 baud: self.baud,
                 parity: self.parity,
                 data_bits: 8,
                 stop_bits: 1,
             },
-            timeout_ms: self.timeout_ms,
-            poll_interval_s: 60,
-            line: 0,
+            timeout: Duration::from_millis(self.timeout_ms),
+            poll_interval: Duration::from_secs(60),
         })
     }
 }

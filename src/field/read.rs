@@ -1,11 +1,13 @@
-//! `amr-gateway read`: one reading of one meter, every quantity with its unit.
+//! `amr-gateway read`: one reading of one meter, every quantity with its unit — one poll of
+//! the meter through the bus's driver, as the daemon polls it (energy first, a block the meter
+//! refuses narrowed or split, each request's deadline the timeout plus its wire time).
 
-use crate::bus::DeviceLock;
+use crate::bus::{DeviceLock, Driver, Endpoint, MeterSettings, ModbusDriver, OfflinePolicy};
 use crate::clock::{now_ms, rfc3339_ms};
-use crate::meter::{MeterModel, decode_block, plan_blocks};
-use crate::protocol::modbus::{ModbusClient, RtuTiming};
+use crate::meter::MeterModel;
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What one `read` found.
@@ -21,68 +23,39 @@ pub struct MeterRead {
     pub elapsed: Duration,
 }
 
-/// Reads every block of `model` from `unit` once.
+/// Reads every quantity of `model` from `unit` once.
 pub async fn read_meter(
     link: &super::LinkArgs,
     unit: u8,
     model: &MeterModel,
 ) -> Result<MeterRead, String> {
     let bus = link.bus()?;
-    if let Some(dev) = &bus.device {
+    if let Endpoint::Serial(dev) = &bus.endpoint {
         // The port itself is locked while open; checking first gives the clear message.
         DeviceLock::check(dev).map_err(|e| e.to_string())?;
     }
-    let mut client = ModbusClient::open(&bus)
+    let meter = MeterSettings::modbus("cli", unit, Arc::new(model.clone()));
+    let mut driver = ModbusDriver::new(&bus, &[meter], &[], &OfflinePolicy::default())?;
+    driver
+        .open()
         .await
-        .map_err(|e| format!("cannot open {}: {e}", endpoint(&bus)))?;
-    // The user's timeout is the meter's allowance; a block read gets its wire time on top, so
-    // that a slow line (2400 baud: 750 ms for 80 registers) is not taken for a silent meter.
-    let timeout = Duration::from_millis(bus.timeout_ms);
-    let timing = RtuTiming::from_serial(&bus.serial);
+        .map_err(|e| format!("cannot open {}: {e}", bus.endpoint))?;
     let started = Instant::now();
-    let mut values = BTreeMap::new();
-    let mut errors = Vec::new();
-    let blocks = plan_blocks(model, model.max_block);
-    for block in &blocks {
-        match client
-            .read_registers(
-                unit,
-                block.function,
-                block.address,
-                block.count,
-                timeout + timing.read_wire_time(block.count),
-            )
-            .await
-        {
-            Ok(words) => values.extend(decode_block(model, block, &words)),
-            Err(e) => errors.push(format!(
-                "registers {}..{} (function {:02}): {e}",
-                block.address,
-                block.address as u32 + block.count as u32 - 1,
-                block.function
-            )),
-        }
-        if model.inter_frame_pause_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(model.inter_frame_pause_ms)).await;
-        }
-    }
+    // Not presumed alive: a unit that does not answer costs one timeout, not two.
+    let poll = driver.poll(0, false).await;
     Ok(MeterRead {
         unit,
         model: model.name.clone(),
-        ts_ms: now_ms(),
-        values,
-        errors,
-        requests: blocks.len(),
+        ts_ms: poll.reading.as_ref().map_or_else(now_ms, |r| r.ts_ms),
+        values: poll.reading.map(|r| r.values).unwrap_or_default(),
+        errors: poll
+            .failures
+            .iter()
+            .map(|f| format!("{}: {}", f.what, f.error))
+            .collect(),
+        requests: poll.requests,
         elapsed: started.elapsed(),
     })
-}
-
-fn endpoint(bus: &crate::config::BusConfig) -> String {
-    bus.device
-        .as_ref()
-        .map(|d| d.display().to_string())
-        .or_else(|| bus.address.clone())
-        .unwrap_or_default()
 }
 
 impl MeterRead {

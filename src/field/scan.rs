@@ -3,12 +3,22 @@
 //! One short request per unit id (holding register 0): any answer — data or a Modbus exception —
 //! means a device is there. For each unit found, every model of the library is tried on the block
 //! holding its voltage and frequency; models whose values are plausible are the guess.
+//!
+//! Every request goes through the bus's driver ([`ModbusDriver::read`]): the daemon's
+//! transaction, with its deadline (the timeout plus the request's wire time at `--baud`).
 
-use crate::bus::DeviceLock;
-use crate::meter::{MeterModel, ModelLibrary, decode_block, plan_blocks};
-use crate::protocol::modbus::{ModbusClient, ModbusError, RtuTiming};
+use crate::bus::{DeviceLock, Endpoint, ModbusDriver, OfflinePolicy};
+use crate::meter::{MeterModel, ModelLibrary, ReadBlock, decode_block, plan_blocks};
+use crate::protocol::modbus::ModbusError;
 use serde_json::json;
-use std::time::Duration;
+
+/// The presence probe: holding register 0.
+const PRESENCE: ReadBlock = ReadBlock {
+    function: 3,
+    address: 0,
+    count: 1,
+    registers: Vec::new(),
+};
 
 /// One unit id that answered.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,17 +65,18 @@ pub async fn scan(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<Found>, String> {
     let bus = link.bus()?;
-    if let Some(dev) = &bus.device {
+    if let Endpoint::Serial(dev) = &bus.endpoint {
         // The port itself is locked while open; checking first gives the clear message.
         DeviceLock::check(dev).map_err(|e| e.to_string())?;
     }
-    let mut client = ModbusClient::open(&bus)
+    let mut driver = ModbusDriver::new(&bus, &[], &[], &OfflinePolicy::default())?;
+    driver
+        .open_link()
         .await
         .map_err(|e| format!("cannot open the bus: {e}"))?;
-    let timeout = Duration::from_millis(bus.timeout_ms);
     let mut found = Vec::new();
     for (i, &unit) in units.iter().enumerate() {
-        let answer = match client.read_registers(unit, 3, 0, 1, timeout).await {
+        let answer = match driver.read(unit, &PRESENCE).await {
             Ok(_) => Some("data".to_string()),
             Err(ModbusError::Exception { code }) => Some(format!("exception {code}")),
             Err(ModbusError::Timeout(_)) => None,
@@ -81,8 +92,7 @@ pub async fn scan(
             }
         };
         if let Some(answer) = answer {
-            let timing = RtuTiming::from_serial(&bus.serial);
-            let (models, likely) = guess_models(&mut client, unit, library, timeout, timing).await;
+            let (models, likely) = guess_models(&mut driver, unit, library).await;
             found.push(Found {
                 unit,
                 answer,
@@ -97,15 +107,13 @@ pub async fn scan(
 
 /// Models whose voltage/frequency registers read back plausible values from `unit`.
 async fn guess_models(
-    client: &mut ModbusClient,
+    driver: &mut ModbusDriver,
     unit: u8,
     library: &ModelLibrary,
-    timeout: Duration,
-    timing: RtuTiming,
 ) -> (Vec<String>, usize) {
     let mut scored: Vec<(u32, String)> = Vec::new();
     for model in library.models.values() {
-        if let Some(score) = plausibility(client, unit, model, timeout, timing).await
+        if let Some(score) = plausibility(driver, unit, model).await
             && score > 0
         {
             scored.push((score, model.name.clone()));
@@ -124,15 +132,9 @@ async fn guess_models(
 /// voltage (an unconnected phase) costs a point, so that a single-phase meter is not guessed
 /// to be a three-phase model with two dead phases.
 ///
-/// `timeout` is what the user gave for the one-register presence probe; a block read gets its
-/// wire time on top, so that a short scan timeout does not rule out every model of a slow bus.
-async fn plausibility(
-    client: &mut ModbusClient,
-    unit: u8,
-    model: &MeterModel,
-    timeout: Duration,
-    timing: RtuTiming,
-) -> Option<u32> {
+/// A block read gets its wire time on top of the user's timeout (the driver's deadline), so
+/// that a short scan timeout does not rule out every model of a slow bus.
+async fn plausibility(driver: &mut ModbusDriver, unit: u8, model: &MeterModel) -> Option<u32> {
     let wanted = |q: &str| q.starts_with("voltage_l") && q.len() == 12 || q == "frequency_hz";
     let mut score: u32 = 0;
     let mut zeros: u32 = 0;
@@ -146,11 +148,7 @@ async fn plausibility(
             continue;
         }
         any = true;
-        let deadline = timeout + timing.read_wire_time(block.count);
-        let words = client
-            .read_registers(unit, block.function, block.address, block.count, deadline)
-            .await
-            .ok()?;
+        let words = driver.read(unit, &block).await.ok()?;
         for (q, v) in decode_block(model, &block, &words) {
             if !wanted(&q) {
                 continue;

@@ -1,7 +1,7 @@
 //! The store writer's state: folds bus events and ticks into store batches.
 
 use super::{Analytics, PipelineSettings};
-use crate::bus::BusEvent;
+use crate::model::{BusEvent, Learned};
 use crate::store::{Batch, MetaKey, MeterState, Store, StoreError};
 use crate::uplink::contract::{Topics, meter_state_message};
 use std::collections::BTreeMap;
@@ -87,7 +87,10 @@ impl Writer {
                         .push(meter_state_message(&self.topics, &state));
                     batch.meter_states.push(state);
                 }
-                BusEvent::BlockLimit { meter, max_block } => fold.limits.push((meter, max_block)),
+                BusEvent::Learned {
+                    meter,
+                    learned: Learned::BlockLimit(max_block),
+                } => fold.limits.push((meter, max_block)),
             }
         }
         self.analytics.on_tick(now_ms, batch);

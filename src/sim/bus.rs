@@ -122,10 +122,15 @@ impl SimBus {
     /// When a reply of `bytes` length goes out, counted from the request's arrival: the whole
     /// transaction's wire time on RTU lines (the request's characters and t3.5 before the
     /// meter sees it, its turnaround, the reply's characters), the turnaround alone on Modbus
-    /// TCP; a late meter answers `late_reply_ms` after the gateway's deadline instead.
+    /// TCP; a late meter answers `late_reply_ms` after the gateway's deadline instead (its
+    /// timeout plus the transaction's wire time at the bus's baud rate, as the gateway's
+    /// drivers reckon it).
     fn delay(&self, fault: &Fault, bytes: usize) -> Duration {
         if fault.late_reply_ms > 0 {
-            return Duration::from_millis(self.config.gateway_timeout_ms + fault.late_reply_ms);
+            let wire = self.timing.frame_time(codec::RTU_REQUEST_LEN + bytes)
+                + self.timing.inter_frame_gap() * 2;
+            return Duration::from_millis(self.config.gateway_timeout_ms + fault.late_reply_ms)
+                + wire;
         }
         let turnaround = Duration::from_millis(self.config.turnaround_ms);
         match self.config.protocol {

@@ -73,7 +73,8 @@ pub struct SimBusConfig {
     /// Meters' processing time before replying.
     #[serde(default = "default_turnaround")]
     pub turnaround_ms: u64,
-    /// The gateway's reply deadline, which `late_reply_ms` counts from (default 1000).
+    /// The gateway's timeout (default 1000): its deadline for a transaction is this plus the
+    /// transaction's wire time, and `late_reply_ms` counts from that deadline.
     #[serde(default = "default_gateway_timeout")]
     pub gateway_timeout_ms: u64,
     /// No meter of the bus answers (a bus outage, a cut RS-485 line). Re-read on SIGHUP.

@@ -31,8 +31,9 @@
 //!     model = "eastron-sdm630"
 //! "#, "test", dir.path()).unwrap();
 //! let sim = sim::start(config, library).unwrap();
-//! let bus = sim.bus_config("bus1").unwrap(); // a gateway BusConfig for this bus
-//! let mut client = amr_gateway::protocol::modbus::ModbusClient::open(&bus).await.unwrap();
+//! let link = sim.link("bus1").unwrap(); // the Modbus link that reaches this bus
+//! let timeout = std::time::Duration::from_secs(1);
+//! let mut client = amr_gateway::protocol::modbus::ModbusClient::open(&link, timeout).await.unwrap();
 //! # }
 //! ```
 
@@ -55,8 +56,11 @@ pub use config::{
 };
 pub use truth::{TruthRecord, read_truth};
 
+use crate::bus::{self as gateway_bus, BusSettings, Protocol};
 use crate::config::{BusConfig, BusProtocol, Parity, SerialSettings};
 use crate::meter::ModelLibrary;
+use crate::protocol::modbus::{Endpoint, Link};
+use crate::protocol::{self, SerialLine};
 use area::Area;
 use bus::{LineControl, SimBus};
 use meter::SimMeter;
@@ -275,6 +279,55 @@ impl SimHandle {
             timeout_ms: c.gateway_timeout_ms,
             poll_interval_s: 60,
             line: 0,
+        })
+    }
+
+    /// The Modbus [`Link`] that reaches `bus`: its pty link or its listener, and the line
+    /// settings of the simulated bus.
+    pub fn link(&self, bus: &str) -> Option<Link> {
+        let (b, endpoint) = self.inner.buses.get(bus)?;
+        let c = &b.config;
+        let endpoint = match (endpoint, c.protocol) {
+            (BusEndpoint::Pty { link, .. }, _) => Endpoint::Serial(link.clone()),
+            (BusEndpoint::Tcp { address }, SimProtocol::ModbusRtuOverTcp) => {
+                Endpoint::RtuOverTcp(address.to_string())
+            }
+            (BusEndpoint::Tcp { address }, _) => Endpoint::Tcp(address.to_string()),
+        };
+        Some(Link {
+            endpoint,
+            line: SerialLine {
+                baud: c.baud,
+                parity: match c.parity {
+                    SimParity::None => protocol::Parity::None,
+                    SimParity::Even => protocol::Parity::Even,
+                    SimParity::Odd => protocol::Parity::Odd,
+                },
+                data_bits: c.data_bits,
+                stop_bits: c.stop_bits,
+            },
+        })
+    }
+
+    /// The bus settings of a gateway bus that polls `bus`: [`SimHandle::link`],
+    /// `timeout` = `gateway_timeout_ms`, a poll interval of 60 s.
+    pub fn bus_settings(&self, bus: &str) -> Option<BusSettings> {
+        let (b, _) = self.inner.buses.get(bus)?;
+        let link = self.link(bus)?;
+        Some(BusSettings {
+            name: b.config.name.clone(),
+            protocol: match &link.endpoint {
+                Endpoint::Serial(_) => Protocol::ModbusRtu,
+                Endpoint::Tcp(_) => Protocol::ModbusTcp,
+                Endpoint::RtuOverTcp(_) => Protocol::ModbusRtuOverTcp,
+            },
+            endpoint: match link.endpoint {
+                Endpoint::Serial(d) => gateway_bus::Endpoint::Serial(d),
+                Endpoint::Tcp(a) | Endpoint::RtuOverTcp(a) => gateway_bus::Endpoint::Tcp(a),
+            },
+            line: link.line,
+            timeout: std::time::Duration::from_millis(b.config.gateway_timeout_ms),
+            poll_interval: std::time::Duration::from_secs(60),
         })
     }
 

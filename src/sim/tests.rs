@@ -227,9 +227,12 @@ async fn handle_changes_faults_and_loads() {
 async fn silent_bus_and_conditions_at_run_time() {
     let t = rtu_sim();
     let bus = t.sim.bus_config("bus1").unwrap();
-    let mut client = crate::protocol::modbus::ModbusClient::open(&bus)
-        .await
-        .unwrap();
+    let mut client = crate::protocol::modbus::ModbusClient::open(
+        &bus.modbus_link().unwrap(),
+        Duration::from_millis(bus.timeout_ms),
+    )
+    .await
+    .unwrap();
     let timeout = Duration::from_millis(300);
     assert!(client.read_registers(1, 4, 0, 2, timeout).await.is_ok());
     t.sim.set_bus_silent("bus1", true).unwrap();
@@ -347,9 +350,12 @@ async fn simulate_reloads_faults_on_sighup() {
         poll_interval_s: 60,
         line: 0,
     };
-    let mut client = crate::protocol::modbus::ModbusClient::open(&bus)
-        .await
-        .unwrap();
+    let mut client = crate::protocol::modbus::ModbusClient::open(
+        &bus.modbus_link().unwrap(),
+        Duration::from_millis(bus.timeout_ms),
+    )
+    .await
+    .unwrap();
     let timeout = Duration::from_millis(500);
     assert!(client.read_registers(1, 4, 0, 2, timeout).await.is_ok());
 

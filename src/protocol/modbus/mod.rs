@@ -8,16 +8,20 @@
 //! - an exception reply is reported as such.
 //!
 //! tokio-modbus gives none of these on RTU (see `../shared/reference/rust-crates.md`), so the
-//! framing is our own: [`codec`] holds the pure byte-level functions, [`transport`] times them.
+//! framing is our own: [`codec`] holds the pure byte-level functions, [`transport`] times them,
+//! and [`link`] holds the settings of a link ([`Link`]: endpoint and serial line), which the
+//! config loader builds.
 //! The tests that prove each guarantee run the transports against the simulator ([`crate::sim`])
 //! on a real pseudo-terminal and on real loopback TCP.
 
 pub mod codec;
+pub mod link;
 pub mod transport;
 
 #[cfg(test)]
 mod tests;
 
+pub use link::{Endpoint, Link};
 pub use transport::{ModbusClient, RtuTiming, RtuTransport, TcpTransport};
 
 /// Why a Modbus transaction failed.
@@ -35,8 +39,7 @@ pub enum ModbusError {
     Malformed(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
-    /// The request itself cannot be sent (function other than 03/04, count outside 1..=125,
-    /// a bus that is not Modbus or lacks its device / address).
+    /// The request itself cannot be sent (function other than 03/04, count outside 1..=125).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     /// A TCP endpoint is unreachable; the client waits `retry_in_ms` before trying again, and

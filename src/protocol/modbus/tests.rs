@@ -61,8 +61,10 @@ fn start(kind: Kind) -> TestSim {
 }
 
 async fn open(t: &TestSim) -> ModbusClient {
-    let bus = t.sim.bus_config("b").unwrap();
-    ModbusClient::open(&bus).await.expect("client opens")
+    let link = t.sim.link("b").unwrap();
+    ModbusClient::open(&link, DEADLINE)
+        .await
+        .expect("client opens")
 }
 
 /// Reads 80 input registers from 0 of `unit`, bounded by [`STEP`].
@@ -187,8 +189,9 @@ async fn late_reply_is_never_taken_for_the_next_answer() {
             late_reply_ms: 20,
             ..Fault::default()
         };
-        // The late meter's reply arrives 20 ms after the deadline passed, well before the next
-        // request's own reply would.
+        // The late meter's reply arrives 20 ms after the gateway's deadline (the timeout plus
+        // the wire time; here, inside the drain window after this client's deadline), well
+        // before the next request's own reply would.
         t.sim.set_fault("b", 1, late.clone()).unwrap();
         assert!(read80(&mut c, 2, DEADLINE).await.is_ok()); // the first connection is accepted
         let connections = t.sim.connections("b");

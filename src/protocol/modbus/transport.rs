@@ -4,7 +4,7 @@
 //! - [`RtuTransport`] speaks RTU over any byte stream: a serial port (with `tcflush` on its fd),
 //!   a TCP connection to a serial server (RTU over TCP), or anything `AsyncRead + AsyncWrite`.
 //! - [`TcpTransport`] speaks Modbus TCP (MBAP) and checks transaction ids.
-//! - [`ModbusClient`] opens the right one for a [`BusConfig`] and reconnects TCP endpoints with
+//! - [`ModbusClient`] opens the right one for a [`Link`] and reconnects TCP endpoints with
 //!   backoff.
 //!
 //! One RTU transaction:
@@ -23,7 +23,8 @@
 
 use super::ModbusError;
 use super::codec::{self, RtuScan};
-use crate::config::{BusConfig, BusProtocol, Parity, SerialSettings};
+use super::link::{Endpoint, Link};
+use crate::protocol::line::{Parity, SerialLine};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
@@ -62,8 +63,8 @@ impl RtuTiming {
         }
     }
 
-    /// Timing of a bus's serial settings.
-    pub fn from_serial(serial: &SerialSettings) -> RtuTiming {
+    /// Timing of a serial line.
+    pub fn from_serial(serial: &SerialLine) -> RtuTiming {
         RtuTiming::new(serial.baud, serial.bits_per_char())
     }
 
@@ -351,16 +352,16 @@ fn check_read(function: u8, count: u16) -> Result<(), ModbusError> {
 /// [`RECONNECT_BACKOFF_START`], doubling up to [`RECONNECT_BACKOFF_MAX`]; until then callers
 /// fail fast with [`ModbusError::NotConnected`].
 #[derive(Debug)]
-struct Endpoint {
+struct TcpEndpoint {
     address: String,
     failures: u32,
     not_before: Option<Instant>,
     last_error: String,
 }
 
-impl Endpoint {
-    fn new(address: &str) -> Endpoint {
-        Endpoint {
+impl TcpEndpoint {
+    fn new(address: &str) -> TcpEndpoint {
+        TcpEndpoint {
             address: address.to_string(),
             failures: 0,
             not_before: None,
@@ -409,7 +410,7 @@ impl Endpoint {
 /// Modbus TCP (MBAP) on one connection, re-opened after a timeout, a broken stream, or a
 /// closed connection; reconnects back off while the endpoint is unreachable.
 pub struct TcpTransport {
-    endpoint: Endpoint,
+    endpoint: TcpEndpoint,
     stream: Option<TcpStream>,
     transaction: u16,
     rx: Vec<u8>,
@@ -420,7 +421,7 @@ impl TcpTransport {
     /// A transport to `address` (`host:port`); connects on the first request.
     pub fn new(address: &str) -> TcpTransport {
         TcpTransport {
-            endpoint: Endpoint::new(address),
+            endpoint: TcpEndpoint::new(address),
             stream: None,
             transaction: 0,
             rx: Vec::with_capacity(512),
@@ -531,7 +532,7 @@ impl TcpTransport {
 /// closes it or it breaks. A timeout keeps the connection (the drain window handles late
 /// replies), since the serial line behind it stays in step.
 struct RtuOverTcp {
-    endpoint: Endpoint,
+    endpoint: TcpEndpoint,
     timing: RtuTiming,
     drain_window: Option<Duration>,
     transport: Option<RtuTransport<TcpStream>>,
@@ -582,8 +583,8 @@ impl RtuOverTcp {
     }
 }
 
-/// The link a [`ModbusClient`] talks over.
-enum Link {
+/// The open transport a [`ModbusClient`] talks over.
+enum Connection {
     Serial(RtuTransport<SerialStream>),
     RtuOverTcp(RtuOverTcp),
     Tcp(TcpTransport),
@@ -596,49 +597,33 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> ByteStream for T {}
 
 /// A Modbus client on one bus (serial RTU, Modbus TCP or RTU over TCP).
 pub struct ModbusClient {
-    link: Link,
+    link: Connection,
 }
 
 impl ModbusClient {
-    /// Opens the bus's serial port or TCP connection.
-    pub async fn open(bus: &BusConfig) -> Result<Self, ModbusError> {
-        let timing = RtuTiming::from_serial(&bus.serial);
-        let address = || {
-            bus.address.clone().ok_or_else(|| {
-                ModbusError::InvalidRequest(format!("bus {}: no address (host:port)", bus.name))
-            })
-        };
-        let connect_timeout = Duration::from_millis(bus.timeout_ms.max(1));
-        let link = match bus.protocol {
-            BusProtocol::ModbusRtu => {
-                let device = bus.device.as_ref().ok_or_else(|| {
-                    ModbusError::InvalidRequest(format!("bus {}: no serial device", bus.name))
-                })?;
-                Link::Serial(RtuTransport::serial(
-                    open_serial(device, &bus.serial)?,
-                    timing,
-                ))
-            }
-            BusProtocol::ModbusTcp => {
-                let mut t = TcpTransport::new(&address()?);
+    /// Opens `link`'s serial port, or connects to its TCP endpoint within `connect_timeout`.
+    pub async fn open(link: &Link, connect_timeout: Duration) -> Result<Self, ModbusError> {
+        let timing = RtuTiming::from_serial(&link.line);
+        let connect_timeout = connect_timeout.max(Duration::from_millis(1));
+        let link = match &link.endpoint {
+            Endpoint::Serial(device) => Connection::Serial(RtuTransport::serial(
+                open_serial(device, &link.line)?,
+                timing,
+            )),
+            Endpoint::Tcp(address) => {
+                let mut t = TcpTransport::new(address);
                 t.connect(connect_timeout).await?;
-                Link::Tcp(t)
+                Connection::Tcp(t)
             }
-            BusProtocol::ModbusRtuOverTcp => {
+            Endpoint::RtuOverTcp(address) => {
                 let mut r = RtuOverTcp {
-                    endpoint: Endpoint::new(&address()?),
+                    endpoint: TcpEndpoint::new(address),
                     timing,
                     drain_window: None,
                     transport: None,
                 };
                 r.ensure_connected(Instant::now() + connect_timeout).await?;
-                Link::RtuOverTcp(r)
-            }
-            BusProtocol::Dlt645 => {
-                return Err(ModbusError::InvalidRequest(format!(
-                    "bus {} speaks dlt645, not Modbus",
-                    bus.name
-                )));
+                Connection::RtuOverTcp(r)
             }
         };
         Ok(ModbusClient { link })
@@ -648,7 +633,7 @@ impl ModbusClient {
     pub fn over_stream(stream: impl ByteStream + 'static, timing: RtuTiming) -> ModbusClient {
         let stream: Box<dyn ByteStream> = Box::new(stream);
         ModbusClient {
-            link: Link::Stream(RtuTransport::new(stream, timing)),
+            link: Connection::Stream(RtuTransport::new(stream, timing)),
         }
     }
 
@@ -657,10 +642,10 @@ impl ModbusClient {
     /// which closes the connection instead.
     pub fn set_drain_window(&mut self, window: Option<Duration>) {
         match &mut self.link {
-            Link::Serial(t) => t.set_drain_window(window),
-            Link::Stream(t) => t.set_drain_window(window),
-            Link::RtuOverTcp(r) => r.drain_window = window,
-            Link::Tcp(_) => {}
+            Connection::Serial(t) => t.set_drain_window(window),
+            Connection::Stream(t) => t.set_drain_window(window),
+            Connection::RtuOverTcp(r) => r.drain_window = window,
+            Connection::Tcp(_) => {}
         }
     }
 
@@ -674,19 +659,19 @@ impl ModbusClient {
         timeout: Duration,
     ) -> Result<Vec<u16>, ModbusError> {
         match &mut self.link {
-            Link::Serial(t) => {
+            Connection::Serial(t) => {
                 t.read_registers(unit, function, address, count, timeout)
                     .await
             }
-            Link::Stream(t) => {
+            Connection::Stream(t) => {
                 t.read_registers(unit, function, address, count, timeout)
                     .await
             }
-            Link::RtuOverTcp(r) => {
+            Connection::RtuOverTcp(r) => {
                 r.read_registers(unit, function, address, count, timeout)
                     .await
             }
-            Link::Tcp(t) => {
+            Connection::Tcp(t) => {
                 t.read_registers(unit, function, address, count, timeout)
                     .await
             }
@@ -694,11 +679,8 @@ impl ModbusClient {
     }
 }
 
-/// Opens a serial port with the bus's settings; errors name the device.
-fn open_serial(
-    device: &std::path::Path,
-    serial: &SerialSettings,
-) -> Result<SerialStream, io::Error> {
+/// Opens a serial port with the line's settings; errors name the device.
+fn open_serial(device: &std::path::Path, serial: &SerialLine) -> Result<SerialStream, io::Error> {
     use tokio_serial::SerialPortBuilderExt;
     let data_bits = match serial.data_bits {
         5 => tokio_serial::DataBits::Five,
@@ -768,7 +750,7 @@ mod timing_tests {
         let fast = RtuTiming::new(115_200, 10);
         assert_eq!(fast.inter_frame_gap(), Duration::from_micros(1750));
         assert_eq!(fast.silence_gap(), MIN_SILENCE);
-        let even = RtuTiming::from_serial(&SerialSettings {
+        let even = RtuTiming::from_serial(&SerialLine {
             baud: 2400,
             parity: Parity::Even,
             data_bits: 8,

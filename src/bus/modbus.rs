@@ -1,0 +1,799 @@
+//! The Modbus driver (RTU on a serial port, Modbus TCP, RTU over TCP): a meter's poll planned
+//! as register blocks of its model, energy first; each block one transaction over
+//! [`crate::protocol::modbus`]; Modbus errors mapped to [`PollOutcome`]; and what the meter
+//! turned out to accept, learned on the way.
+//!
+//! The deadline of a transaction is the bus's timeout (the meter's allowance) plus the wire
+//! time of the request and its reply at the line's baud rate ([`ModbusDriver::deadline`]), so
+//! that a slow line (2400 baud: 750 ms for 80 registers) is not taken for a silent meter; after
+//! a timeout an RTU link drains the line for as long again, so a late reply cannot answer the
+//! next request. The daemon, `read` and `scan` all read through this one path.
+//!
+//! How the plan learns what a meter accepts:
+//!
+//! - exception 03 or 04 on a block wider than one value, or silence on it while the meter still
+//!   answers a read of the block's first value: the meter's block limit is halved, the meter
+//!   re-planned, and the limit reported ([`Learned::BlockLimit`], stored by the gateway and
+//!   passed back as learned after a restart);
+//! - exception 02 on a wide block: that block alone is split in two (an unmapped or missing
+//!   register inside it, or a gap the meter will not read across), down to single values;
+//! - exception 01 or 02 on a single value, `unsupported_attempts` polls in a row: the meter does
+//!   not have that register; it is no longer read, with a warning naming meter, unit and
+//!   registers.
+
+use super::driver::{Driver, DriverFuture, Poll, ReadFailure};
+use super::health::OfflinePolicy;
+use super::{BusSettings, Endpoint as BusEndpoint, MeterSettings, Protocol};
+use crate::clock::now_ms;
+use crate::meter::{MeterModel, ReadBlock, decode_block, plan_blocks};
+use crate::model::Learned;
+use crate::model::{MeterId, PollOutcome, Reading, scales_with_multiplier};
+use crate::protocol::modbus::{Endpoint, Link, ModbusClient, ModbusError, RtuTiming};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+/// A register of a model: (function, address).
+type RegisterKey = (u8, u16);
+
+/// A register range a meter refused: (function, first address, one past the last).
+type Hole = (u8, u32, u32);
+
+/// The link of a Modbus bus and the deadline rule of its transactions.
+struct ModbusLink {
+    link: Link,
+    client: Option<ModbusClient>,
+    timeout: Duration,
+    timing: RtuTiming,
+}
+
+impl ModbusLink {
+    /// The deadline of a read of `count` registers: the meter's allowance plus the wire time.
+    fn deadline(&self, count: u16) -> Duration {
+        self.timeout + self.timing.read_wire_time(count)
+    }
+
+    /// Reads `block` of `unit` within [`ModbusLink::deadline`].
+    async fn read_block(&mut self, unit: u8, block: &ReadBlock) -> Result<Vec<u16>, ModbusError> {
+        let deadline = self.deadline(block.count);
+        let Some(client) = self.client.as_mut() else {
+            return Err(ModbusError::Io(io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!("{} is not open", self.link.endpoint),
+            )));
+        };
+        client
+            .read_registers(unit, block.function, block.address, block.count, deadline)
+            .await
+    }
+}
+
+/// What the driver knows about one meter: its model, the registers it turned out not to
+/// have, its block limit and the blocks of its next poll.
+struct MeterPlan {
+    id: MeterId,
+    unit: Option<u8>,
+    multiplier: f64,
+    /// The model as configured.
+    model: Arc<MeterModel>,
+    /// The model without the registers this meter turned out not to have; planned and decoded.
+    active: MeterModel,
+    max_block: u16,
+    blocks: Vec<ReadBlock>,
+    /// Polls in a row in which a register was refused even when read alone.
+    refused: BTreeMap<RegisterKey, u32>,
+    /// Registers no longer read.
+    skipped: BTreeSet<RegisterKey>,
+}
+
+/// The Modbus driver of one bus.
+pub struct ModbusDriver {
+    bus: String,
+    link: ModbusLink,
+    unsupported_attempts: u32,
+    meters: Vec<MeterPlan>,
+}
+
+impl ModbusDriver {
+    /// The driver of a Modbus `bus` for `meters`, with block limits `learned` earlier.
+    pub fn new(
+        bus: &BusSettings,
+        meters: &[MeterSettings],
+        learned: &[(MeterId, Learned)],
+        policy: &OfflinePolicy,
+    ) -> Result<ModbusDriver, String> {
+        let endpoint = match (bus.protocol, &bus.endpoint) {
+            (Protocol::ModbusRtu, BusEndpoint::Serial(device)) => Endpoint::Serial(device.clone()),
+            (Protocol::ModbusTcp, BusEndpoint::Tcp(address)) => Endpoint::Tcp(address.clone()),
+            (Protocol::ModbusRtuOverTcp, BusEndpoint::Tcp(address)) => {
+                Endpoint::RtuOverTcp(address.clone())
+            }
+            (protocol, endpoint) => {
+                return Err(format!(
+                    "bus {}: {} cannot run on {endpoint}",
+                    bus.name,
+                    protocol.name()
+                ));
+            }
+        };
+        let meters = meters
+            .iter()
+            .map(|m| {
+                let learned_max = learned.iter().find_map(|(id, l)| match l {
+                    Learned::BlockLimit(max) if *id == m.id => Some(*max),
+                    _ => None,
+                });
+                let max_block = learned_max
+                    .unwrap_or(m.model.max_block)
+                    .min(m.model.max_block);
+                MeterPlan {
+                    id: m.id.clone(),
+                    unit: m.unit,
+                    multiplier: m.multiplier,
+                    blocks: plan_meter(&m.model, max_block),
+                    active: (*m.model).clone(),
+                    model: m.model.clone(),
+                    max_block,
+                    refused: BTreeMap::new(),
+                    skipped: BTreeSet::new(),
+                }
+            })
+            .collect();
+        Ok(ModbusDriver {
+            bus: bus.name.clone(),
+            link: ModbusLink {
+                link: Link {
+                    endpoint,
+                    line: bus.line,
+                },
+                client: None,
+                timeout: bus.timeout,
+                timing: RtuTiming::from_serial(&bus.line),
+            },
+            unsupported_attempts: policy.unsupported_attempts,
+            meters,
+        })
+    }
+
+    /// Opens the link (also what [`Driver::open`] does), with the typed error.
+    pub async fn open_link(&mut self) -> Result<(), ModbusError> {
+        let client = ModbusClient::open(&self.link.link, self.link.timeout).await?;
+        self.link.client = Some(client);
+        Ok(())
+    }
+
+    /// The deadline of a read of `count` registers: the bus's timeout (the meter's allowance)
+    /// plus the wire time of the request and the reply at the line's baud rate.
+    pub fn deadline(&self, count: u16) -> Duration {
+        self.link.deadline(count)
+    }
+
+    /// One read of `block` from `unit`, within [`ModbusDriver::deadline`]: the transaction
+    /// every poll is made of, for tools that need the typed answer (`scan`).
+    pub async fn read(&mut self, unit: u8, block: &ReadBlock) -> Result<Vec<u16>, ModbusError> {
+        self.link.read_block(unit, block).await
+    }
+
+    /// [`Driver::poll`] of meter `meter`.
+    pub async fn poll_meter(&mut self, meter: usize, presumed_alive: bool) -> Poll {
+        let (bus, attempts) = (self.bus.as_str(), self.unsupported_attempts);
+        poll_meter(
+            &mut self.link,
+            &mut self.meters[meter],
+            bus,
+            attempts,
+            presumed_alive,
+        )
+        .await
+    }
+}
+
+impl Driver for ModbusDriver {
+    fn open(&mut self) -> DriverFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.open_link().await.map_err(|e| e.to_string()) })
+    }
+
+    fn close(&mut self) {
+        self.link.client = None;
+    }
+
+    fn poll(&mut self, meter: usize, presumed_alive: bool) -> DriverFuture<'_, Poll> {
+        Box::pin(self.poll_meter(meter, presumed_alive))
+    }
+
+    fn probe(&mut self, meter: usize) -> DriverFuture<'_, Poll> {
+        Box::pin(probe_meter(&mut self.link, &self.meters[meter]))
+    }
+
+    fn switch_pause(&self, previous: Option<usize>, meter: usize) -> Duration {
+        let plan = &self.meters[meter];
+        match (plan.unit, previous.and_then(|p| self.meters[p].unit)) {
+            (Some(unit), Some(prev)) if unit != prev && plan.model.unit_switch_pause_ms > 0 => {
+                Duration::from_millis(plan.model.unit_switch_pause_ms)
+            }
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// The blocks of one poll of `model` with at most `max_block` registers each
+/// ([`plan_blocks`]), the blocks holding energy first: the line loss needs the energy
+/// registers, and if a later block fails the energy of this poll is already in.
+pub fn plan_meter(model: &MeterModel, max_block: u16) -> Vec<ReadBlock> {
+    plan_around(model, max_block, &[])
+}
+
+/// [`plan_meter`] for a model whose `holes` must not be read, not even across a gap.
+fn plan_around(model: &MeterModel, max_block: u16, holes: &[Hole]) -> Vec<ReadBlock> {
+    let mut blocks: Vec<ReadBlock> = plan_blocks(model, max_block)
+        .into_iter()
+        .flat_map(|b| cut_at_holes(model, b, holes))
+        .collect();
+    // Stable: address order within each group.
+    blocks.sort_by_key(|b| !reads_energy(model, b));
+    blocks
+}
+
+/// `block` cut so that no part reads a register of `holes`.
+fn cut_at_holes(model: &MeterModel, block: ReadBlock, holes: &[Hole]) -> Vec<ReadBlock> {
+    let crosses = |start: u32, end: u32| {
+        holes
+            .iter()
+            .any(|&(f, a, b)| f == block.function && a < end && b > start)
+    };
+    if !crosses(u32::from(block.address), block.end()) {
+        return vec![block];
+    }
+    regroup(model, &block, |first, new_end| !crosses(first, new_end))
+}
+
+fn reads_energy(model: &MeterModel, block: &ReadBlock) -> bool {
+    block
+        .registers
+        .iter()
+        .any(|&i| model.registers[i].quantity.contains("energy"))
+}
+
+/// A meter's refusal (an exception: the meter answered) or a dead, garbled or unreachable meter.
+fn outcome_of(e: &ModbusError) -> PollOutcome {
+    match e {
+        ModbusError::Timeout(_) => PollOutcome::Timeout,
+        ModbusError::BadCrc => PollOutcome::BadCrc,
+        ModbusError::WrongUnit { .. } => PollOutcome::WrongUnit,
+        ModbusError::Exception { .. } => PollOutcome::Exception,
+        _ => PollOutcome::Failed,
+    }
+}
+
+/// The failed read of `block`: as the meter's health keeps it, and as the tools list it.
+fn failure(e: &ModbusError, block: &ReadBlock) -> (String, ReadFailure) {
+    let last = block.end() - 1;
+    let error = format!(
+        "{} (registers {}..{last}, function {:02})",
+        e, block.address, block.function
+    );
+    let failure = ReadFailure {
+        what: format!(
+            "registers {}..{last} (function {:02})",
+            block.address, block.function
+        ),
+        error: e.to_string(),
+    };
+    (error, failure)
+}
+
+/// A poll that ended with `e` on `block`; an I/O error breaks the link.
+fn failed(e: &ModbusError, block: &ReadBlock, outcome: PollOutcome, started: Instant) -> Poll {
+    let (error, f) = failure(e, block);
+    Poll {
+        latency: started.elapsed(),
+        link_broken: matches!(e, ModbusError::Io(_)),
+        ..Poll::failed(outcome, f, error)
+    }
+}
+
+/// Probes an offline meter with the smallest read that proves it alive: the first value of its
+/// first block (an energy register where the model has one).
+async fn probe_meter(link: &mut ModbusLink, plan: &MeterPlan) -> Poll {
+    let started = Instant::now();
+    let Some(block) = plan.blocks.first() else {
+        return nothing_to_read();
+    };
+    let first = first_value(&plan.active, block);
+    let unit = plan.unit.unwrap_or(1);
+    match link.read_block(unit, &first).await {
+        Ok(_) => Poll {
+            outcome: PollOutcome::Ok,
+            reading: None,
+            error: None,
+            failures: Vec::new(),
+            requests: 1,
+            latency: started.elapsed(),
+            link_broken: false,
+            learned: Vec::new(),
+        },
+        Err(e) => Poll {
+            requests: 1,
+            ..failed(&e, &first, outcome_of(&e), started)
+        },
+    }
+}
+
+fn nothing_to_read() -> Poll {
+    let text = "no register left to read".to_string();
+    Poll::failed(
+        PollOutcome::Failed,
+        ReadFailure {
+            what: "meter".into(),
+            error: text.clone(),
+        },
+        text,
+    )
+}
+
+/// Reads every block of the meter once; learns on the way (see the module doc).
+async fn poll_meter(
+    link: &mut ModbusLink,
+    plan: &mut MeterPlan,
+    bus: &str,
+    unsupported_attempts: u32,
+    presumed_alive: bool,
+) -> Poll {
+    let unit = plan.unit.unwrap_or(1);
+    let started = Instant::now();
+    let mut values: BTreeMap<String, f64> = BTreeMap::new();
+    let mut done = vec![false; plan.active.registers.len()];
+    let mut answered = 0usize;
+    let mut requests = 0usize;
+    let mut first_sent_ms: Option<i64> = None;
+    let mut energy_sent_ms: Option<i64> = None;
+    let mut first_error: Option<String> = None;
+    let mut failures: Vec<ReadFailure> = Vec::new();
+    let mut learned: Vec<Learned> = Vec::new();
+    let mut to_skip: Vec<RegisterKey> = Vec::new();
+    let pause = Duration::from_millis(plan.model.inter_frame_pause_ms);
+    let mut i = 0;
+    while i < plan.blocks.len() {
+        let block = plan.blocks[i].clone();
+        if block.registers.iter().all(|&r| done[r]) {
+            i += 1;
+            continue;
+        }
+        if requests > 0 && !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        requests += 1;
+        let sent_ms = now_ms();
+        let e = match link.read_block(unit, &block).await {
+            Ok(words) => {
+                answered += 1;
+                first_sent_ms.get_or_insert(sent_ms);
+                if plan.take(&block, &words, &mut values, &mut done) {
+                    energy_sent_ms = Some(sent_ms);
+                }
+                i += 1;
+                continue;
+            }
+            Err(e) => e,
+        };
+        let wide = block.count > widest_value(&plan.active, &block);
+        match &e {
+            ModbusError::Exception { code: 3 | 4 } if wide => {
+                if let Some(limit) = plan.narrow(&block, &e, bus) {
+                    learned.push(limit);
+                    // Values already read stay valid; blocks holding only those are skipped.
+                    i = 0;
+                    continue;
+                }
+            }
+            ModbusError::Exception { code: 2 } if wide => {
+                let parts = split_block(&plan.active, &block);
+                debug!(bus = %bus, meter = %plan.id, unit,
+                    "exception 02 on registers {}..{}: reading them in {} parts",
+                    block.address, block.end() - 1, parts.len());
+                plan.blocks.splice(i..=i, parts);
+                continue;
+            }
+            // Silence on a wide block from a meter that just answered (in this poll, or its
+            // last one): is the meter alive? One read of the block's first value tells.
+            ModbusError::Timeout(_) if wide && (answered > 0 || presumed_alive) => {
+                let first = first_value(&plan.active, &block);
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+                requests += 1;
+                let sent_ms = now_ms();
+                if let Ok(words) = link.read_block(unit, &first).await {
+                    answered += 1;
+                    first_sent_ms.get_or_insert(sent_ms);
+                    if plan.take(&first, &words, &mut values, &mut done) {
+                        energy_sent_ms = Some(sent_ms);
+                    }
+                    if let Some(limit) = plan.narrow(&block, &e, bus) {
+                        learned.push(limit);
+                        i = 0;
+                        continue;
+                    }
+                }
+            }
+            ModbusError::Exception { code: 1 | 2 } if !wide => {
+                let key = (block.function, block.address);
+                let n = plan.refused.entry(key).or_insert(0);
+                *n += 1;
+                if *n >= unsupported_attempts {
+                    to_skip.push(key);
+                }
+            }
+            _ => {}
+        }
+        match e {
+            ModbusError::Exception { .. } => {
+                let (text, f) = failure(&e, &block);
+                first_error.get_or_insert(text);
+                failures.push(f);
+            }
+            // A silent, garbled or broken link: stop spending bus time on the meter this round.
+            other => {
+                let mut poll = failed(&other, &block, outcome_of(&other), started);
+                failures.append(&mut poll.failures);
+                return Poll {
+                    failures,
+                    requests,
+                    learned,
+                    ..poll
+                };
+            }
+        }
+        i += 1;
+    }
+    let latency = started.elapsed();
+    // A register refused in one poll but read in the next was a passing refusal.
+    plan.refused.retain(|k, _| {
+        !plan
+            .active
+            .registers
+            .iter()
+            .enumerate()
+            .any(|(r, def)| done[r] && (def.function, def.address) == *k)
+    });
+    plan.skip(&to_skip, bus, unsupported_attempts);
+    // The reading is stamped with the moment the meter sampled its energy register — when the
+    // request of the block holding it went out — not when the poll ended: the loss engine
+    // interpolates registers at interval boundaries by this time, and a poll of several blocks
+    // at a low baud rate ends hundreds of milliseconds after the meter sampled.
+    let reading = (!values.is_empty()).then(|| Reading {
+        meter: plan.id.clone(),
+        ts_ms: energy_sent_ms.or(first_sent_ms).unwrap_or_else(now_ms),
+        values,
+    });
+    let outcome = match &first_error {
+        None => PollOutcome::Ok,
+        Some(_) if answered > 0 => PollOutcome::Partial,
+        Some(_) => PollOutcome::Exception,
+    };
+    Poll {
+        outcome,
+        reading,
+        error: first_error,
+        failures,
+        requests,
+        latency,
+        link_broken: false,
+        learned,
+    }
+}
+
+impl MeterPlan {
+    /// Decodes `words` of `block` into `values` and marks its registers read. True when the
+    /// block held the import energy register.
+    fn take(
+        &self,
+        block: &ReadBlock,
+        words: &[u16],
+        values: &mut BTreeMap<String, f64>,
+        done: &mut [bool],
+    ) -> bool {
+        let mut energy = false;
+        for (q, v) in decode_block(&self.active, block, words) {
+            energy |= q == "energy_import_kwh";
+            let v = if scales_with_multiplier(&q) {
+                v * self.multiplier
+            } else {
+                v
+            };
+            values.insert(q, v);
+        }
+        for &r in &block.registers {
+            done[r] = true;
+        }
+        energy
+    }
+
+    /// Halves the meter's block limit below `block` and re-plans; the new limit, or `None`
+    /// when it cannot go lower.
+    fn narrow(&mut self, block: &ReadBlock, error: &ModbusError, bus: &str) -> Option<Learned> {
+        let new_max = (block.count / 2).max(widest_value(&self.active, block));
+        if new_max >= self.max_block {
+            return None;
+        }
+        warn!(bus = %bus, meter = %self.id, unit = self.unit.unwrap_or(0), error = %error,
+            "meter rejected a block of {} registers at {}; narrowing to {}",
+            block.count, block.address, new_max);
+        self.max_block = new_max;
+        self.blocks = plan_around(&self.active, new_max, &self.holes());
+        Some(Learned::BlockLimit(new_max))
+    }
+
+    /// The register ranges no longer read.
+    fn holes(&self) -> Vec<Hole> {
+        self.model
+            .registers
+            .iter()
+            .filter(|d| self.skipped.contains(&(d.function, d.address)))
+            .map(|d| {
+                let a = u32::from(d.address);
+                (d.function, a, a + u32::from(d.data_type.words()))
+            })
+            .collect()
+    }
+
+    /// Stops reading the registers of `keys` (refused `attempts` times even when read alone),
+    /// unless that would leave nothing to read.
+    fn skip(&mut self, keys: &[RegisterKey], bus: &str, attempts: u32) {
+        let mut changed = false;
+        for &key in keys {
+            let left = self.model.registers.len() - self.skipped.len();
+            if left <= 1 || self.skipped.contains(&key) {
+                continue;
+            }
+            let Some(def) = self
+                .model
+                .registers
+                .iter()
+                .find(|d| (d.function, d.address) == key)
+            else {
+                continue;
+            };
+            warn!(bus = %bus, meter = %self.id, unit = self.unit.unwrap_or(0),
+                "meter {} (unit {}) refuses registers {}..{} (function {:02}, {}) even when read \
+                 alone, {} polls in a row; no longer reading them. The model {} may list a \
+                 register this meter or its firmware does not have",
+                self.id, self.unit.map_or("-".into(), |u| u.to_string()),
+                def.address, u32::from(def.address) + u32::from(def.data_type.words()) - 1,
+                def.function, def.quantity, attempts, self.model.name);
+            self.skipped.insert(key);
+            self.refused.remove(&key);
+            changed = true;
+        }
+        if changed {
+            let mut active = (*self.model).clone();
+            active
+                .registers
+                .retain(|d| !self.skipped.contains(&(d.function, d.address)));
+            self.active = active;
+            self.blocks = plan_around(&self.active, self.max_block, &self.holes());
+        }
+    }
+}
+
+/// Widest single value in a block (a block is never narrowed below it).
+fn widest_value(model: &MeterModel, block: &ReadBlock) -> u16 {
+    block
+        .registers
+        .iter()
+        .map(|&i| model.registers[i].data_type.words())
+        .max()
+        .unwrap_or(1)
+}
+
+/// The first value of `block` as a block of its own.
+fn first_value(model: &MeterModel, block: &ReadBlock) -> ReadBlock {
+    let first = block
+        .registers
+        .iter()
+        .copied()
+        .min_by_key(|&i| model.registers[i].address)
+        .unwrap_or(0);
+    let def = &model.registers[first];
+    ReadBlock {
+        function: def.function,
+        address: def.address,
+        count: def.data_type.words(),
+        registers: vec![first],
+    }
+}
+
+/// `block` cut into parts of at most half its width (never splitting a value).
+fn split_block(model: &MeterModel, block: &ReadBlock) -> Vec<ReadBlock> {
+    let limit = u32::from((block.count / 2).max(widest_value(model, block)));
+    regroup(model, block, |first, new_end| new_end - first <= limit)
+}
+
+/// The values of `block` regrouped in address order: a value joins the part before it while
+/// `fits(part start, new part end)` holds, otherwise it starts a new part. A value is never split.
+fn regroup(
+    model: &MeterModel,
+    block: &ReadBlock,
+    fits: impl Fn(u32, u32) -> bool,
+) -> Vec<ReadBlock> {
+    let mut regs = block.registers.clone();
+    regs.sort_by_key(|&i| model.registers[i].address);
+    let mut parts: Vec<ReadBlock> = Vec::new();
+    for i in regs {
+        let def = &model.registers[i];
+        let start = u32::from(def.address);
+        let end = start + u32::from(def.data_type.words());
+        if let Some(p) = parts.last_mut() {
+            let new_end = end.max(p.end());
+            if fits(u32::from(p.address), new_end) {
+                p.count = (new_end - u32::from(p.address)) as u16;
+                p.registers.push(i);
+                continue;
+            }
+        }
+        parts.push(ReadBlock {
+            function: block.function,
+            address: def.address,
+            count: (end - start) as u16,
+            registers: vec![i],
+        });
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meter::ModelLibrary;
+    use crate::protocol::SerialLine;
+
+    fn rtu_bus(baud: u32) -> BusSettings {
+        BusSettings {
+            name: "b".into(),
+            protocol: Protocol::ModbusRtu,
+            endpoint: BusEndpoint::Serial("/dev/ttyS9".into()),
+            line: SerialLine {
+                baud,
+                ..SerialLine::MODBUS_DEFAULT
+            },
+            timeout: Duration::from_millis(300),
+            poll_interval: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn a_transaction_gets_its_wire_time_on_top_of_the_timeout() {
+        let policy = OfflinePolicy::default();
+        let driver = ModbusDriver::new(&rtu_bus(2400), &[], &[], &policy).unwrap();
+        let wire = RtuTiming::new(2400, 10).read_wire_time(80);
+        assert_eq!(driver.deadline(80), Duration::from_millis(300) + wire);
+        assert!(wire > Duration::from_millis(700), "{wire:?}");
+    }
+
+    #[test]
+    fn learned_limits_and_unit_switch_pauses_apply_per_meter() {
+        let library = ModelLibrary::builtin();
+        let mut model = library.get("eastron-sdm630").unwrap().clone();
+        model.unit_switch_pause_ms = 40;
+        let model = Arc::new(model);
+        let meters = [
+            MeterSettings::modbus("a", 1, model.clone()),
+            MeterSettings::modbus("b", 2, model.clone()),
+        ];
+        let learned = [("b".to_string(), Learned::BlockLimit(20))];
+        let policy = OfflinePolicy::default();
+        let driver = ModbusDriver::new(&rtu_bus(9600), &meters, &learned, &policy).unwrap();
+        assert_eq!(driver.meters[0].max_block, model.max_block);
+        assert_eq!(driver.meters[1].max_block, 20);
+        assert!(driver.meters[1].blocks.iter().all(|b| b.count <= 20));
+        assert_eq!(driver.switch_pause(None, 1), Duration::ZERO);
+        assert_eq!(driver.switch_pause(Some(1), 1), Duration::ZERO);
+        assert_eq!(driver.switch_pause(Some(0), 1), Duration::from_millis(40));
+    }
+
+    #[test]
+    fn a_modbus_protocol_on_the_wrong_endpoint_is_refused() {
+        let bus = BusSettings {
+            protocol: Protocol::ModbusTcp,
+            ..rtu_bus(9600)
+        };
+        let err = ModbusDriver::new(&bus, &[], &[], &OfflinePolicy::default())
+            .err()
+            .unwrap();
+        assert!(err.contains("modbus-tcp"), "{err}");
+        let dlt = BusSettings {
+            protocol: Protocol::Dlt645,
+            ..rtu_bus(2400)
+        };
+        let err = crate::bus::driver_for(&dlt, &[], &[], &OfflinePolicy::default())
+            .err()
+            .unwrap();
+        assert!(err.contains("dlt645"), "{err}");
+    }
+
+    #[test]
+    fn energy_blocks_come_first_and_nothing_is_lost() {
+        let library = ModelLibrary::builtin();
+        for model in library.models.values() {
+            for max_block in [4, 10, 40, 125] {
+                let plain = plan_blocks(model, max_block);
+                let ordered = plan_meter(model, max_block);
+                assert_eq!(plain.len(), ordered.len(), "{}", model.name);
+                for b in &plain {
+                    assert!(ordered.contains(b), "{}: {b:?} lost", model.name);
+                }
+                let energy: Vec<bool> = ordered.iter().map(|b| reads_energy(model, b)).collect();
+                let first_other = energy.iter().position(|e| !e).unwrap_or(energy.len());
+                assert!(
+                    energy[first_other..].iter().all(|e| !e),
+                    "{} at {max_block}: energy block after an instantaneous one",
+                    model.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_split_halves_a_block_without_cutting_values() {
+        let library = ModelLibrary::builtin();
+        let model = library.get("eastron-sdm630").unwrap();
+        for block in plan_blocks(model, 80) {
+            if block.count <= widest_value(model, &block) {
+                continue;
+            }
+            let parts = split_block(model, &block);
+            assert!(parts.len() >= 2, "{block:?}");
+            let mut regs: Vec<usize> = parts.iter().flat_map(|p| p.registers.clone()).collect();
+            regs.sort_unstable();
+            let mut want = block.registers.clone();
+            want.sort_unstable();
+            assert_eq!(regs, want);
+            for p in &parts {
+                assert!(p.count <= (block.count / 2).max(2), "{p:?}");
+                assert!(p.address >= block.address && p.end() <= block.end());
+            }
+        }
+    }
+
+    #[test]
+    fn no_block_reads_across_a_hole() {
+        let library = ModelLibrary::builtin();
+        let model = library.get("eastron-sdm120").unwrap();
+        let freq = model
+            .registers
+            .iter()
+            .find(|r| r.quantity == "frequency_hz")
+            .unwrap();
+        let mut active = model.clone();
+        active.registers.retain(|r| r.quantity != "frequency_hz");
+        let a = u32::from(freq.address);
+        let holes = [(freq.function, a, a + 2)];
+        assert_eq!(plan_meter(&active, 80).len(), 1, "reads across the gap");
+        let blocks = plan_around(&active, 80, &holes);
+        assert_eq!(blocks.len(), 2, "{blocks:?}");
+        for b in &blocks {
+            assert!(b.end() <= a || u32::from(b.address) >= a + 2, "{b:?}");
+        }
+        assert!(reads_energy(&active, &blocks[0]));
+        let n: usize = blocks.iter().map(|b| b.registers.len()).sum();
+        assert_eq!(n, active.registers.len());
+    }
+
+    #[test]
+    fn the_first_value_is_one_register_wide_value() {
+        let library = ModelLibrary::builtin();
+        let model = library.get("abb-b23").unwrap();
+        let blocks = plan_meter(model, 125);
+        let first = first_value(model, &blocks[0]);
+        assert_eq!(first.address, blocks[0].address);
+        assert_eq!(first.registers.len(), 1);
+        assert_eq!(
+            first.count,
+            model.registers[first.registers[0]].data_type.words()
+        );
+        assert!(reads_energy(model, &blocks[0]));
+    }
+}

@@ -19,6 +19,8 @@
 //! - [`sim`]: simulated meters and areas for tests, the demo and benchmarks.
 //! - [`gateway`]: `run` — wires buses, store, analytics and uplink together with a shutdown
 //!   signal; the store writer folds bus events and analytics output into one transaction.
+//! - [`liveness`]: what systemd is told — READY, a status line, watchdog keep-alives only
+//!   while every task beats.
 //! - [`field`]: the field tools `read`, `scan`, `status`.
 //! - `broker` and `demo` (feature `embedded-broker`): a small MQTT broker and the demo.
 
@@ -32,6 +34,7 @@ pub mod config;
 pub mod demo;
 pub mod field;
 pub mod gateway;
+pub mod liveness;
 pub mod meter;
 pub mod model;
 pub mod protocol;

@@ -15,6 +15,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("model", &[]),
     ("clock", &[]),
     ("shutdown", &[]),
+    ("liveness", &[]),
     ("diagnostic", &["model"]),
     // Sources: wire codecs and transports, meter models, buses.
     ("protocol", &["model", "clock", "shutdown"]),
@@ -63,6 +64,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "store",
             "uplink",
             "config",
+            "liveness",
         ],
     ),
     // Tools over the public pieces.
@@ -76,6 +78,7 @@ const ANY: &[&str] = &[
     "model",
     "clock",
     "shutdown",
+    "liveness",
     "diagnostic",
     "protocol",
     "meter",

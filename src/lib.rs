@@ -21,6 +21,7 @@
 //!   signal; the store writer folds bus events and analytics output into one transaction.
 //! - [`liveness`]: what systemd is told — READY, a status line, watchdog keep-alives only
 //!   while every task beats.
+//! - [`logging`]: how log lines look — plain, journald priorities, JSON lines.
 //! - [`field`]: the field tools `read`, `scan`, `status`.
 //! - `broker` and `demo` (feature `embedded-broker`): a small MQTT broker and the demo.
 
@@ -35,6 +36,7 @@ pub mod demo;
 pub mod field;
 pub mod gateway;
 pub mod liveness;
+pub mod logging;
 pub mod meter;
 pub mod model;
 pub mod protocol;

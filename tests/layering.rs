@@ -16,6 +16,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("clock", &[]),
     ("shutdown", &[]),
     ("liveness", &[]),
+    ("logging", &[]),
     ("diagnostic", &["model"]),
     // Sources: wire codecs and transports, meter models, buses.
     ("protocol", &["model", "clock", "shutdown"]),
@@ -79,6 +80,7 @@ const ANY: &[&str] = &[
     "clock",
     "shutdown",
     "liveness",
+    "logging",
     "diagnostic",
     "protocol",
     "meter",

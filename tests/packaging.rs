@@ -39,14 +39,18 @@ fn run(cmd: &mut Command) -> (bool, String) {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
 #[test]
 fn the_unit_scores_ok_in_systemd_analyze_security() {
-    if !available("systemd-analyze", &["--version"], "the unit's security score") {
+    if !available(
+        "systemd-analyze",
+        &["--version"],
+        "the unit's security score",
+    ) {
         return;
     }
     let (_, out) = run(Command::new("systemd-analyze")
@@ -110,13 +114,12 @@ fn build_package(work: &Path) -> PathBuf {
         .current_dir(repo())
         .env("CARGO_TARGET_DIR", work.join("target")));
     assert!(ok, "cargo deb failed:\n{log}");
-    let deb = std::fs::read_dir(&out)
+    std::fs::read_dir(&out)
         .unwrap()
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .unwrap_or_else(|| panic!("no .deb in {out:?}:\n{log}"));
-    deb
+        .unwrap_or_else(|| panic!("no .deb in {out:?}:\n{log}"))
 }
 
 fn dpkg_deb(args: &[&str], deb: &Path) -> String {
@@ -160,7 +163,10 @@ fn the_debian_package_installs_what_ops_need_and_its_scripts_keep_the_box_in_ord
     // Control: the conffile, the dependencies.
     let info = dpkg_deb(&["-I"], &deb);
     assert!(info.contains("Package: amr-gateway"), "{info}");
-    assert!(info.contains("Depends:") && info.contains("adduser"), "{info}");
+    assert!(
+        info.contains("Depends:") && info.contains("adduser"),
+        "{info}"
+    );
     let control = work.path().join("control");
     let (ok, out) = run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&control));
     assert!(ok, "{out}");
@@ -178,7 +184,8 @@ fn the_debian_package_installs_what_ops_need_and_its_scripts_keep_the_box_in_ord
     assert!(
         postinst.contains("adduser --system --group")
             && postinst.contains("adduser amr-gateway dialout")
-            && postinst.contains("install -d -o amr-gateway -g amr-gateway -m 0750 /var/lib/amr-gateway"),
+            && postinst
+                .contains("install -d -o amr-gateway -g amr-gateway -m 0750 /var/lib/amr-gateway"),
         "postinst:\n{postinst}"
     );
     assert!(

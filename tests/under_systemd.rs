@@ -1,9 +1,15 @@
-//! What systemd sees of a running gateway, through the notify protocol (`sd_notify(3)`): the
-//! test listens on a Unix datagram socket of its own, hands it to a real `amr-gateway run`
-//! process as `NOTIFY_SOCKET` with a watchdog interval in `WATCHDOG_USEC`, and reads what
-//! arrives: READY=1, a STATUS= line, WATCHDOG=1 keep-alives, STOPPING=1 on SIGTERM — and no
-//! keep-alive while the store writer is made to hang (the debug build's
-//! `AMR_FAILPOINT=writer-hang`). The gateway reads a simulated meter on a real pseudo-terminal.
+//! What systemd sees of a running gateway.
+//!
+//! The notify protocol (`sd_notify(3)`): the test listens on a Unix datagram socket of its
+//! own, hands it to a real `amr-gateway run` process as `NOTIFY_SOCKET` with a watchdog
+//! interval in `WATCHDOG_USEC`, and reads what arrives: READY=1, a STATUS= line, WATCHDOG=1
+//! keep-alives, STOPPING=1 on SIGTERM — and no keep-alive while the store writer is made to
+//! hang (the debug build's `AMR_FAILPOINT=writer-hang`).
+//!
+//! The journal: with `JOURNAL_STREAM` naming its stderr (as systemd sets it), every log line
+//! starts with its syslog priority; with `AMR_LOG_FORMAT=json` every line is a JSON object.
+//!
+//! The gateway reads a simulated meter on a real pseudo-terminal.
 
 mod support;
 
@@ -75,10 +81,21 @@ struct Supervised {
 
 impl Supervised {
     fn start(dir: &Path, failpoint: Option<&str>) -> Supervised {
+        Self::start_with(dir, failpoint, false, None)
+    }
+
+    /// `journal`: `JOURNAL_STREAM` names the log file, as systemd names the journal's stream.
+    fn start_with(
+        dir: &Path,
+        failpoint: Option<&str>,
+        journal: bool,
+        log_format: Option<&str>,
+    ) -> Supervised {
         let path = dir.join("notify.sock");
         let socket = UnixDatagram::bind(&path).expect("bind the notify socket");
         let config = gateway_config(dir);
         let log = dir.join("gateway.log");
+        let log_file = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_amr-gateway"));
         cmd.args(["run", "--config"])
             .arg(&config)
@@ -87,8 +104,18 @@ impl Supervised {
             .env("WATCHDOG_USEC", WATCHDOG_USEC)
             .env_remove("WATCHDOG_PID")
             .env_remove("AMR_FAILPOINT")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("AMR_LOG_FORMAT")
+            .stdout(Stdio::null());
+        if journal {
+            use std::os::unix::fs::MetadataExt;
+            let meta = log_file.metadata().unwrap();
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+        }
+        if let Some(f) = log_format {
+            cmd.env("AMR_LOG_FORMAT", f);
+        }
+        cmd.stderr(log_file);
         if let Some(f) = failpoint {
             cmd.env("AMR_FAILPOINT", f);
         }
@@ -251,4 +278,70 @@ fn no_keepalive_while_the_store_writer_hangs() {
         log.contains("no progress from the store writer"),
         "the withheld keep-alive is logged, naming the task; log:\n{log}"
     );
+}
+
+/// Runs the gateway a few seconds (it logs its start, the meter, its stop) and returns its log.
+fn log_of_a_short_run(journal: bool, log_format: Option<&str>) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let sims = SimRuntime::new();
+    let _sim = sims.start(SIM, "notify-sim", dir.path());
+    let mut gw = Supervised::start_with(dir.path(), None, journal, log_format);
+    gw.wait_for("READY=1", |l| l == "READY=1");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(gw.terminate(), Some(0), "log:\n{}", gw.log());
+    gw.log()
+}
+
+#[test]
+fn under_journald_every_line_starts_with_its_syslog_priority() {
+    let log = log_of_a_short_run(true, None);
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("<6>") && l.contains("gateway starting")),
+        "info lines are <6>:\n{log}"
+    );
+    for line in log.lines() {
+        let priority = line
+            .strip_prefix('<')
+            .and_then(|rest| rest.split_once('>'))
+            .map(|(p, _)| p);
+        assert!(
+            matches!(priority, Some("3" | "4" | "6" | "7")),
+            "a line without a syslog priority: `{line}`; log:\n{log}"
+        );
+    }
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour escapes for journald:\n{log}"
+    );
+}
+
+#[test]
+fn json_lines_when_asked() {
+    let log = log_of_a_short_run(false, Some("json"));
+    let mut messages = Vec::new();
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): `{line}`; log:\n{log}"));
+        assert!(
+            v["level"].is_string() && v["timestamp"].is_string(),
+            "{line}"
+        );
+        messages.push(v["message"].as_str().unwrap_or_default().to_string());
+    }
+    assert!(
+        messages.iter().any(|m| m == "gateway starting")
+            && messages.iter().any(|m| m == "gateway stopped"),
+        "{messages:?}"
+    );
+    // Under journald too, behind the priority.
+    let log = log_of_a_short_run(true, Some("json"));
+    let line = log
+        .lines()
+        .find(|l| l.contains("gateway starting"))
+        .unwrap_or_else(|| panic!("log:\n{log}"));
+    let json = line
+        .strip_prefix("<6>")
+        .unwrap_or_else(|| panic!("`{line}`"));
+    serde_json::from_str::<serde_json::Value>(json).unwrap_or_else(|e| panic!("{e}: `{line}`"));
 }

@@ -9,6 +9,7 @@
 //! Run with `cargo bench --bench bus`; about three minutes. Results go in docs/benchmarks.md.
 
 use amr_gateway::bus::{BusEvent, BusSettings, MeterSettings, OfflinePolicy, plan_meter, run_bus};
+use amr_gateway::liveness::Heartbeat;
 use amr_gateway::meter::{MeterModel, ModelLibrary};
 use amr_gateway::protocol::modbus::{ModbusClient, RtuTiming};
 use amr_gateway::sim::{self, SimConfig};
@@ -129,7 +130,15 @@ async fn run_for_counting(
 ) -> u64 {
     let (tx, mut rx) = mpsc::channel(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(run_bus(bus, meters, Vec::new(), policy, tx, stop_rx.into()));
+    let task = tokio::spawn(run_bus(
+        bus,
+        meters,
+        Vec::new(),
+        policy,
+        tx,
+        stop_rx.into(),
+        Heartbeat::unwatched(),
+    ));
     let counter = tokio::spawn(async move {
         let mut n = 0u64;
         while let Some(ev) = rx.recv().await {
@@ -187,6 +196,7 @@ async fn dead_meter_cost(library: &ModelLibrary) {
             policy,
             tx,
             stop_rx.clone().into(),
+            Heartbeat::unwatched(),
         ));
         let counter = tokio::spawn(async move {
             let (mut all, mut steady) = (0u64, 0u64);

@@ -7,11 +7,15 @@
 //! [`Batch`] — history, reading messages, meter states, and whatever the line-loss, alarm and
 //! voltage-quality engines decided with their snapshots — committed in one transaction on a
 //! blocking thread, so the buses never wait for the disk.
+//!
+//! Under systemd, `run` tells the service manager how it is doing ([`Liveness`]): READY once
+//! started, a status line, and watchdog keep-alives only while every task makes progress.
 
 use crate::analytics::loss::RollingLoss;
 use crate::bus::{BusEvent, Learned, OfflinePolicy, run_bus};
 use crate::clock::now_ms;
 use crate::config::Config;
+use crate::liveness::{Heartbeat, Liveness};
 use crate::pipeline::{Fold, Writer};
 use crate::shutdown::{Shutdown, Stop};
 use crate::store::{Batch, SharedStore, Store, StoreLock};
@@ -99,6 +103,7 @@ pub async fn run(
 
     // Uplink.
     let wake = Arc::new(Notify::new());
+    let mut liveness = Liveness::from_environment();
     let (uplink_tx, uplink_rx) = watch::channel(UplinkState::default());
     let (uplink_stop, uplink_shutdown) = Stop::new();
     let uplink = tokio::spawn(run_uplink(
@@ -118,6 +123,7 @@ pub async fn run(
     let learned = Learned::from_block_limits(&learned);
     for (bus, meters) in config.bus_settings() {
         let name = format!("bus `{}`", bus.name);
+        let heartbeat = liveness.register(name.clone());
         let task = buses.spawn(run_bus(
             bus,
             meters,
@@ -125,21 +131,32 @@ pub async fn run(
             OfflinePolicy::default(),
             events_tx.clone(),
             bus_shutdown.clone(),
+            heartbeat,
         ));
         bus_names.insert(task.id(), name);
     }
     drop(events_tx);
 
     // The store writer runs until every bus task has stopped and the channel is drained.
+    let live = live.unwrap_or_else(|| {
+        watch::channel(GatewayState {
+            meters_total: config.meters.len(),
+            ..GatewayState::default()
+        })
+        .0
+    });
+    let summary = live.subscribe();
     let mut writer = tokio::spawn(write_events(
         writer_state,
         store.clone(),
         events_rx,
         wake.clone(),
         uplink_rx,
-        live,
+        Some(live),
+        liveness.register("the store writer"),
     ));
     let mut uplink = uplink;
+    liveness.ready(&status_line(&summary.borrow()));
 
     // Until the signal, or until a task fails: a bus that panicked, a writer that stopped (it
     // only stops on its own when a commit was lost), an uplink that stopped.
@@ -150,6 +167,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = outside.wait() => break,
+            _ = liveness.due() => liveness.report(&status_line(&summary.borrow())),
             Some(end) = buses.join_next_with_id(), if !buses.is_empty() => {
                 if let Err(e) = end {
                     let name = bus_names.get(&e.id()).cloned().unwrap_or_default();
@@ -174,6 +192,7 @@ pub async fn run(
     }
     if !failures.is_empty() {
         error!("{}; stopping the gateway", failures.join("; "));
+        liveness.stopping();
     }
     // Stop in order: buses, then the writer drains what they produced, then the uplink says
     // goodbye.
@@ -199,6 +218,21 @@ pub async fn run(
     } else {
         Err(RunError::Failed(failures.join("; ")))
     }
+}
+
+/// The status line systemd shows (`systemctl status`): meters online, backlog, broker.
+fn status_line(s: &GatewayState) -> String {
+    format!(
+        "meters online {}/{}, backlog {}, broker {}",
+        s.meters_online,
+        s.meters_total,
+        s.uplink.backlog,
+        if s.uplink.connected {
+            "connected"
+        } else {
+            "not connected"
+        }
+    )
 }
 
 /// A task that ended with a panic (or was cancelled), as one line for the log and the exit.
@@ -232,6 +266,18 @@ fn failpoint(name: &str) {
     #[cfg(debug_assertions)]
     if std::env::var("AMR_FAILPOINT").is_ok_and(|v| v == name) {
         panic!("failpoint {name}");
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = name;
+}
+
+/// Test hook that makes a named step of the daemon stop making progress for good, to prove
+/// that the watchdog keep-alives stop: `AMR_FAILPOINT=writer-hang` (the store writer, after
+/// its first iteration). Debug builds only.
+async fn hang_point(name: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var("AMR_FAILPOINT").is_ok_and(|v| v == name) {
+        std::future::pending::<()>().await;
     }
     #[cfg(not(debug_assertions))]
     let _ = name;
@@ -307,6 +353,7 @@ async fn write_events(
     wake: Arc<Notify>,
     uplink: watch::Receiver<UplinkState>,
     live: Option<watch::Sender<GatewayState>>,
+    heartbeat: Heartbeat,
 ) -> Result<(), String> {
     let mut readings_stored = 0u64;
     let mut last_prune = tokio::time::Instant::now() - PRUNE_EVERY;
@@ -391,6 +438,8 @@ async fn write_events(
                 alarms_active: writer.analytics().active_alarm_count(),
             });
         }
+        heartbeat.beat();
+        hang_point("writer-hang").await;
     }
     let mut last = writer.finish(now_ms());
     let mut limits = Vec::new();
@@ -462,6 +511,7 @@ customers = []
             Arc::new(Notify::new()),
             up_rx,
             Some(live_tx),
+            Heartbeat::unwatched(),
         ));
         let values = [("energy_import_kwh".to_string(), 10.0)].into();
         tx.send(BusEvent::Reading(Reading {

@@ -29,6 +29,9 @@
 //! - [`sim`]: simulated meters and areas for tests, the demo and benchmarks.
 //! - [`gateway`]: `run`, the composition root — wires buses, store, pipeline and uplink
 //!   together with a shutdown signal; its store writer task commits the pipeline's batches.
+//! - [`liveness`]: what systemd is told — READY, a status line, watchdog keep-alives only
+//!   while every task beats.
+//! - [`logging`]: how log lines look — plain, journald priorities, JSON lines.
 //! - [`field`]: the field tools `read`, `scan`, `status`.
 //! - `broker` and `demo` (feature `embedded-broker`): a small MQTT broker and the demo.
 
@@ -43,6 +46,8 @@ pub mod demo;
 pub mod diagnostic;
 pub mod field;
 pub mod gateway;
+pub mod liveness;
+pub mod logging;
 pub mod meter;
 pub mod model;
 pub mod pipeline;

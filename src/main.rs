@@ -26,8 +26,9 @@ enum Command {
     /// Run the gateway in the foreground until SIGTERM or SIGINT; SIGHUP reloads the file.
     ///
     /// Exit codes: 0 stopped by a signal; 1 could not start, or a task failed (it is logged);
-    /// 2 invalid configuration. Logs go to stderr; AMR_LOG (e.g. debug, or
-    /// amr_gateway::bus=debug) overrides [gateway] log_level; NO_COLOR turns colours off.
+    /// 2 invalid configuration. Logs go to stderr (under systemd: journald, with syslog
+    /// priorities); AMR_LOG (e.g. debug, or amr_gateway::bus=debug) overrides [gateway]
+    /// log_level; AMR_LOG_FORMAT=json writes JSON lines; NO_COLOR turns colours off.
     Run {
         /// The gateway's configuration file (TOML; see config/README.md).
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
@@ -154,23 +155,10 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logging to stderr in the shape that fits where it goes: a terminal, a file, journald
+/// (syslog priorities), or JSON lines (`AMR_LOG_FORMAT=json`). See `amr_gateway::logging`.
 fn init_logging(default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("AMR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour_logs(
-            std::io::IsTerminal::is_terminal(&std::io::stderr()),
-            std::env::var_os("NO_COLOR").as_deref(),
-        ))
-        .try_init();
-}
-
-/// Colour escapes only on a terminal, and never when `NO_COLOR` is set to anything non-empty
-/// (no-color.org): a file, a pipe or journald gets plain lines.
-fn colour_logs(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
-    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+    amr_gateway::logging::init(default_level);
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -288,6 +276,7 @@ fn run(path: &std::path::Path) -> ExitCode {
                                     "SIGHUP: {} is valid; restarting the gateway with it",
                                     path.display()
                                 );
+                                amr_gateway::liveness::Liveness::tell_reloading();
                                 break Some(new);
                             }
                             Err(errors) => {
@@ -301,7 +290,10 @@ fn run(path: &std::path::Path) -> ExitCode {
                                 );
                             }
                         },
-                        Some(Signal::Stop) | None => break None,
+                        Some(Signal::Stop) | None => {
+                            amr_gateway::liveness::Liveness::tell_stopping();
+                            break None;
+                        }
                     },
                 }
             };
@@ -508,19 +500,5 @@ fn status(path: &std::path::Path, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail("status", &e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::colour_logs;
-    use std::ffi::OsStr;
-
-    #[test]
-    fn colour_only_on_a_terminal_without_no_color() {
-        assert!(colour_logs(true, None));
-        assert!(colour_logs(true, Some(OsStr::new(""))));
-        assert!(!colour_logs(true, Some(OsStr::new("1"))));
-        assert!(!colour_logs(false, None));
     }
 }

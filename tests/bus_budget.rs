@@ -9,6 +9,7 @@
 //! a budget does worse.
 
 use amr_gateway::bus::{BusEvent, MeterSettings, OfflinePolicy, run_bus};
+use amr_gateway::liveness::Heartbeat;
 use amr_gateway::meter::{MeterModel, ModelLibrary};
 use amr_gateway::sim::{self, SimConfig};
 use std::collections::BTreeMap;
@@ -88,6 +89,7 @@ async fn dead_meters_cost_live_meters_no_more_than_the_probe_share() {
             policy,
             tx,
             stop_rx.clone().into(),
+            Heartbeat::unwatched(),
         )));
         // (live readings in the measured period, all readings)
         counters.push(tokio::spawn(async move {

@@ -5,6 +5,7 @@
 
 use amr_gateway::bus::{BusEvent, HealthChange, MeterStatus, OfflinePolicy, run_bus};
 use amr_gateway::config::{self, Config};
+use amr_gateway::liveness::Heartbeat;
 use amr_gateway::meter::ModelLibrary;
 use amr_gateway::protocol::modbus::RtuTiming;
 use amr_gateway::protocol::modbus::codec;
@@ -45,7 +46,15 @@ async fn run_bus_until(
     let (bus, meters) = config.bus_settings().remove(0);
     let (tx, mut rx) = mpsc::channel(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(run_bus(bus, meters, Vec::new(), policy, tx, stop_rx.into()));
+    let task = tokio::spawn(run_bus(
+        bus,
+        meters,
+        Vec::new(),
+        policy,
+        tx,
+        stop_rx.into(),
+        Heartbeat::unwatched(),
+    ));
     let done = tokio::time::timeout(PATIENCE, async {
         while let Some(ev) = rx.recv().await {
             if until(&ev) {

@@ -15,11 +15,18 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("model", &[]),
     ("clock", &[]),
     ("shutdown", &[]),
+    ("liveness", &[]),
+    ("logging", &[]),
     ("diagnostic", &["model"]),
     // Sources: wire codecs and transports, meter models, buses.
     ("protocol", &["model", "clock", "shutdown"]),
     ("meter", &["model", "clock", "protocol", "diagnostic"]),
-    ("bus", &["model", "clock", "shutdown", "protocol", "meter"]),
+    (
+        "bus",
+        &[
+            "model", "clock", "shutdown", "liveness", "protocol", "meter",
+        ],
+    ),
     // Pipeline: pure engines, and the writer that knows engines and store batches.
     ("analytics", &["model", "clock"]),
     (
@@ -63,6 +70,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "store",
             "uplink",
             "config",
+            "liveness",
         ],
     ),
     // Tools over the public pieces.
@@ -76,6 +84,8 @@ const ANY: &[&str] = &[
     "model",
     "clock",
     "shutdown",
+    "liveness",
+    "logging",
     "diagnostic",
     "protocol",
     "meter",

@@ -11,8 +11,12 @@ use super::driver::{Driver, driver_for};
 use super::health::OfflinePolicy;
 use super::{BusSettings, MeterSettings};
 use crate::clock::now_ms;
+use crate::liveness::Heartbeat;
 use crate::model::{BusEvent, HealthChange, Learned, MeterHealth, MeterId, MeterStatus};
 use crate::shutdown::Shutdown;
+
+/// Longest a bus waits for its next poll without telling the watchdog it is alive.
+const BEAT_EVERY: Duration = Duration::from_secs(5);
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -40,6 +44,7 @@ pub async fn run_bus(
     policy: OfflinePolicy,
     events: mpsc::Sender<BusEvent>,
     shutdown: Shutdown,
+    heartbeat: Heartbeat,
 ) {
     if meters.is_empty() {
         info!(bus = %bus.name, "bus has no meters; not opening it");
@@ -52,7 +57,7 @@ pub async fn run_bus(
             return;
         }
     };
-    run_with(driver, bus, meters, policy, events, shutdown).await;
+    run_with(driver, bus, meters, policy, events, shutdown, heartbeat).await;
 }
 
 /// [`run_bus`] with its driver.
@@ -63,6 +68,7 @@ async fn run_with(
     policy: OfflinePolicy,
     events: mpsc::Sender<BusEvent>,
     mut shutdown: Shutdown,
+    heartbeat: Heartbeat,
 ) {
     let start = Instant::now();
     let n = meters.len().max(1) as u32;
@@ -89,6 +95,8 @@ async fn run_with(
     let mut last: Option<usize> = None;
 
     loop {
+        // Alive: the watchdog hears from this bus at least every BEAT_EVERY, polling or not.
+        heartbeat.beat();
         if shutdown.is_stopping() {
             break;
         }
@@ -114,9 +122,13 @@ async fn run_with(
         let idx = (0..slots.len()).min_by_key(|&i| slots[i].next_due).unwrap();
         let due = slots[idx].next_due;
         if due > Instant::now() {
+            let wake = due.min(Instant::now() + BEAT_EVERY);
             tokio::select! {
-                _ = tokio::time::sleep_until(due) => {}
+                _ = tokio::time::sleep_until(wake) => {}
                 _ = shutdown.wait() => continue,
+            }
+            if wake < due {
+                continue;
             }
         }
         if slots[idx].health.is_offline() {
@@ -331,7 +343,15 @@ mod tests {
             max_probe_share: 1.0,
             ..OfflinePolicy::default()
         };
-        let task = tokio::spawn(run_with(driver, bus, meters, policy, tx, shutdown));
+        let task = tokio::spawn(run_with(
+            driver,
+            bus,
+            meters,
+            policy,
+            tx,
+            shutdown,
+            Heartbeat::unwatched(),
+        ));
         let mut events = Vec::new();
         while let Some(ev) = rx.recv().await {
             let offline = matches!(&ev, BusEvent::MeterState(s)

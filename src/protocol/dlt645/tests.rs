@@ -1,0 +1,1 @@
+//! Transport guarantees against the simulator (filled in below).

@@ -251,6 +251,7 @@ impl Dlt645Transport<SerialStream> {
                 }
             })?;
         let fd = stream.as_raw_fd();
+        verify_line(fd, &line, device)?;
         Ok(Dlt645Transport {
             input: InputQueue::Tty(fd),
             ..Dlt645Transport::new(stream, line)
@@ -540,6 +541,67 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Dlt645Transport<S> {
             unsafe { libc::tcflush(fd, libc::TCIFLUSH) };
         }
     }
+}
+
+/// Checks that the port took `line`'s parity, data bits and stop bits: the serial crate does
+/// not always report a setting the driver refused (a pty drops parity). A refused setting is
+/// tried once more by hand to name the OS error.
+fn verify_line(fd: RawFd, line: &Line, device: &Path) -> Result<(), Dlt645Error> {
+    // SAFETY: termios calls on an open terminal fd into a zeroed struct.
+    let mut tio: libc::termios = unsafe { std::mem::zeroed() };
+    if unsafe { libc::tcgetattr(fd, &mut tio) } != 0 {
+        return Err(io::Error::last_os_error().into());
+    }
+    let (want_enable, want_odd) = match line.parity {
+        Parity::None => (0, 0),
+        Parity::Even => (libc::PARENB, 0),
+        Parity::Odd => (libc::PARENB, libc::PARODD),
+    };
+    let want_size = if line.data_bits == 7 {
+        libc::CS7
+    } else {
+        libc::CS8
+    };
+    let want_stop = if line.stop_bits == 2 { libc::CSTOPB } else { 0 };
+    let has_parity = tio.c_cflag & libc::PARENB;
+    let parity_ok =
+        has_parity == want_enable && (want_enable == 0 || tio.c_cflag & libc::PARODD == want_odd);
+    let framing_ok =
+        tio.c_cflag & libc::CSIZE == want_size && tio.c_cflag & libc::CSTOPB == want_stop;
+    if parity_ok && framing_ok {
+        return Ok(());
+    }
+    let mut wanted = tio;
+    wanted.c_cflag &= !(libc::PARENB | libc::PARODD | libc::CSIZE | libc::CSTOPB);
+    wanted.c_cflag |= want_enable | want_odd | want_size | want_stop;
+    // SAFETY: as above.
+    let reason = if unsafe { libc::tcsetattr(fd, libc::TCSANOW, &wanted) } != 0 {
+        io::Error::last_os_error().to_string()
+    } else {
+        "the setting did not stay".to_string()
+    };
+    let setting = if parity_ok {
+        format!("{} (data or stop bits)", line.describe())
+    } else {
+        let name = match line.parity {
+            Parity::None => "none",
+            Parity::Even => "even",
+            Parity::Odd => "odd",
+        };
+        format!("parity {name} ({})", line.describe())
+    };
+    Err(Dlt645Error::LineSetting {
+        device: device.display().to_string(),
+        setting,
+        reason: format!(
+            "{reason}{}",
+            if !parity_ok {
+                "; a pseudo-terminal refuses parity: use 8N1 there"
+            } else {
+                ""
+            }
+        ),
+    })
 }
 
 /// The value bytes of a read reply `frame` for `di`: DATA after the identifier, without the

@@ -417,3 +417,71 @@ async fn reads_at_2400_baud_take_their_wire_time() {
     assert!(took >= bound.mul_f64(0.95), "{took:?} < {bound:?}");
     assert!(took < timeout, "{took:?}");
 }
+
+/// What a bus driver does, in a few lines: plan the reads of a model (blocks first), read each,
+/// fall back to the single identifiers of a block the meter refuses ("no such data item"),
+/// decode, and publish the contract quantities. Every value equals the simulator's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_model_is_read_with_the_block_fallback() {
+    use crate::meter::{DiValue, dlt645_model::ValueFormat};
+    use std::collections::{BTreeMap, BTreeSet, VecDeque};
+    let t = start(Kind::Pty);
+    let Client::Pty(mut c) = open(&t).await else {
+        unreachable!()
+    };
+    let library = fixtures::library();
+    let fault = Fault {
+        refuse_blocks: true,
+        ..Fault::default()
+    };
+    t.sim.set_fault("b", 1, fault).unwrap();
+    for (unit, address, model, refuses) in [
+        (1, A1, "dlt645-2007", true),
+        (2, A2, "dlt645-2007", false),
+        (3, A3, "dlt645-1997", false),
+    ] {
+        let model = library.get_dlt645(model).unwrap();
+        let address = Address::parse(address).unwrap();
+        let mut refused = BTreeSet::new();
+        let mut values = BTreeMap::new();
+        let mut reads: VecDeque<_> = model.plan(true, &refused).into();
+        let mut requests = 0;
+        while let Some(read) = reads.pop_front() {
+            requests += 1;
+            match c.read(&address, read.di, DEADLINE).await {
+                Ok(bytes) => {
+                    for (entry, value) in model.decode(&read, &bytes).unwrap() {
+                        if let (true, DiValue::Number(v)) = (entry.is_quantity(), value) {
+                            values.insert(entry.name.clone(), (v, entry.format));
+                        }
+                    }
+                }
+                Err(e) if e.no_such_data_item() && read.is_block() => {
+                    refused.insert(read.di);
+                    reads.extend(read.fallback());
+                }
+                Err(e) => panic!("{address} {}: {e}", read.di),
+            }
+        }
+        assert_eq!(refused.len(), if refuses { model.blocks.len() } else { 0 });
+        let quantities = model.entries.iter().filter(|e| e.is_quantity()).count();
+        assert_eq!(values.len(), quantities, "{address}");
+        for (name, (v, format)) in &values {
+            let want = t.sim.value_now("b", unit, name).unwrap();
+            let ValueFormat::Bcd { decimals, .. } = format else {
+                unreachable!()
+            };
+            let tolerance = 0.5 * 10f64.powi(-i32::from(*decimals)) + 0.01;
+            assert!(
+                (v - want).abs() <= tolerance,
+                "{address} {name}: read {v}, simulator {want}"
+            );
+        }
+        println!(
+            "{address} ({}): {} quantities in {requests} reads{}",
+            model.name,
+            values.len(),
+            if refuses { ", blocks refused" } else { "" }
+        );
+    }
+}

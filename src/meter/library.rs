@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::OnceLock;
 
+use super::dlt645_model::{self, Dlt645Model};
 use super::model_file;
 
 /// Value encoding of one register entry.
@@ -177,6 +178,8 @@ pub const BUILTIN_MODEL_FILES: &[(&str, &str)] = builtin_model_files!(
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ModelLibrary {
     pub models: BTreeMap<String, MeterModel>,
+    /// DL/T 645 models (data-identifier maps), by name; see [`super::dlt645_model`].
+    pub dlt645: BTreeMap<String, Dlt645Model>,
 }
 
 impl ModelLibrary {
@@ -190,7 +193,10 @@ impl ModelLibrary {
         static BUILTIN: OnceLock<ModelLibrary> = OnceLock::new();
         BUILTIN
             .get_or_init(|| {
-                let mut library = ModelLibrary::default();
+                let mut library = ModelLibrary {
+                    dlt645: dlt645_model::builtin(),
+                    ..ModelLibrary::default()
+                };
                 let mut errors = Vec::new();
                 for (source, text) in BUILTIN_MODEL_FILES {
                     match model_file::parse(text, source) {
@@ -245,6 +251,13 @@ impl ModelLibrary {
                     continue;
                 }
             };
+            if dlt645_model::declares_dlt645(&text) {
+                match dlt645_model::parse(&text, &source) {
+                    Ok(model) => drop(self.dlt645.insert(model.name.clone(), model)),
+                    Err(e) => errors.extend(e),
+                }
+                continue;
+            }
             match model_file::parse(&text, &source) {
                 Ok(parsed) => {
                     let name = parsed.model.name.clone();
@@ -281,6 +294,11 @@ impl ModelLibrary {
     /// The model called `name`.
     pub fn get(&self, name: &str) -> Option<&MeterModel> {
         self.models.get(name)
+    }
+
+    /// The DL/T 645 model called `name`.
+    pub fn get_dlt645(&self, name: &str) -> Option<&Dlt645Model> {
+        self.dlt645.get(name)
     }
 
     /// Model names, sorted (for "unknown model; available: ..." messages).
@@ -351,6 +369,7 @@ mod tests {
         on_disk.sort();
         let mut listed: Vec<String> = BUILTIN_MODEL_FILES
             .iter()
+            .chain(super::super::dlt645_model::BUILTIN_DLT645_FILES)
             .map(|(source, _)| source.trim_start_matches("builtin:protocols/").to_string())
             .collect();
         listed.sort();

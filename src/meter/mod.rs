@@ -6,11 +6,13 @@
 //! dropping a file in the directory named by `[gateway] models_dir`.
 
 mod decode;
+pub mod dlt645_model;
 mod library;
 mod model_file;
 mod plan;
 
 pub use decode::{decode_block, encode_value};
+pub use dlt645_model::{DiEntry, DiRead, DiValue, Dlt645Model};
 pub use library::{
     BUILTIN_MODEL_FILES, DataType, MeterModel, ModelError, ModelLibrary, RegisterDef, WordOrder,
 };

@@ -5,6 +5,7 @@
 //! A protocol imports only the leaf types (`model`, `clock`); the bus's drivers
 //! (`crate::bus`) run it, and the config loader builds its settings.
 
+pub mod dlt645;
 pub mod line;
 pub mod modbus;
 

@@ -71,6 +71,11 @@ impl SimBus {
         self.requests.load(Ordering::Relaxed)
     }
 
+    /// Counts a request that reached a meter of this bus (DL/T 645 lines count their own).
+    pub fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Decides the reply of the addressed meter, `None` for silence.
     fn reply(&self, request: &ReadRequest) -> Option<Reply> {
         let now = Instant::now();
@@ -135,7 +140,7 @@ impl SimBus {
         let turnaround = Duration::from_millis(self.config.turnaround_ms);
         match self.config.protocol {
             SimProtocol::ModbusTcp => turnaround,
-            SimProtocol::ModbusRtu | SimProtocol::ModbusRtuOverTcp => {
+            SimProtocol::ModbusRtu | SimProtocol::ModbusRtuOverTcp | SimProtocol::Dlt645 => {
                 self.timing.frame_time(codec::RTU_REQUEST_LEN)
                     + self.timing.inter_frame_gap()
                     + turnaround

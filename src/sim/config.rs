@@ -28,6 +28,9 @@ pub enum SimProtocol {
     ModbusTcp,
     #[serde(rename = "modbus-rtu-over-tcp")]
     ModbusRtuOverTcp,
+    /// DL/T 645 (2007 and 1997 meters) on a pty, or over TCP as a transparent serial server.
+    #[serde(rename = "dlt645")]
+    Dlt645,
 }
 
 impl SimProtocol {
@@ -36,6 +39,7 @@ impl SimProtocol {
             SimProtocol::ModbusRtu => "modbus-rtu",
             SimProtocol::ModbusTcp => "modbus-tcp",
             SimProtocol::ModbusRtuOverTcp => "modbus-rtu-over-tcp",
+            SimProtocol::Dlt645 => "dlt645",
         }
     }
 }
@@ -111,7 +115,11 @@ impl SimBusConfig {
 #[serde(from = "MeterFile")]
 pub struct SimMeterConfig {
     pub bus: String,
+    /// The meter's handle in the simulator (its Modbus unit id; on a DL/T 645 bus given or
+    /// numbered 1, 2, ... in file order).
     pub unit: u8,
+    /// DL/T 645 address, 12 digits (meters on a `dlt645` bus only).
+    pub address: Option<String>,
     /// Model name in the library (`[[meter]] model` of the gateway's configuration).
     pub model: String,
     /// Name in the truth file; default `"{bus}:{unit}"`.
@@ -310,7 +318,9 @@ impl MeterConditions {
 #[serde(deny_unknown_fields)]
 struct MeterFile {
     bus: String,
+    #[serde(default)]
     unit: u8,
+    address: Option<String>,
     model: String,
     id: Option<String>,
     role: Option<Role>,
@@ -363,9 +373,13 @@ struct MeterFile {
 impl From<MeterFile> for SimMeterConfig {
     fn from(f: MeterFile) -> Self {
         SimMeterConfig {
-            id: f.id.unwrap_or_else(|| format!("{}:{}", f.bus, f.unit)),
+            id: f.id.unwrap_or_else(|| match &f.address {
+                Some(a) => format!("{}:{a}", f.bus),
+                None => format!("{}:{}", f.bus, f.unit),
+            }),
             bus: f.bus,
             unit: f.unit,
+            address: f.address,
             model: f.model,
             role: f.role,
             multiplier: f.multiplier,
@@ -443,6 +457,13 @@ pub struct Fault {
     /// Answer with this unit id instead of the meter's own (a mis-addressed meter, a crossed
     /// serial-server mapping). 0: off.
     pub reply_unit: u8,
+    /// DL/T 645: answer from this address (12 digits) instead of the meter's own. "": off.
+    pub reply_address: String,
+    /// DL/T 645: `FF` bytes appended after the reply (some meters do).
+    pub trailing_ff: usize,
+    /// DL/T 645: answer block identifiers (`0001FF00`, ...) with the abnormal reply "no such
+    /// data item", as meters (and outside stacks) that are read item by item do.
+    pub refuse_blocks: bool,
 }
 
 fn default_protocol() -> SimProtocol {
@@ -518,8 +539,12 @@ impl SimConfig {
                 return Err(problem(format!("bus \"{}\" is defined twice", bus.name)));
             }
             match (&bus.link, &bus.listen, bus.protocol) {
-                (Some(_), None, SimProtocol::ModbusRtu) => {}
-                (None, Some(_), SimProtocol::ModbusTcp | SimProtocol::ModbusRtuOverTcp) => {}
+                (Some(_), None, SimProtocol::ModbusRtu | SimProtocol::Dlt645) => {}
+                (
+                    None,
+                    Some(_),
+                    SimProtocol::ModbusTcp | SimProtocol::ModbusRtuOverTcp | SimProtocol::Dlt645,
+                ) => {}
                 (Some(_), Some(_), _) | (None, None, _) => {
                     return Err(problem(format!(
                         "bus \"{}\": set exactly one of link (a pty) or listen (TCP)",
@@ -535,8 +560,8 @@ impl SimConfig {
                 }
                 (None, Some(_), _) => {
                     return Err(problem(format!(
-                        "bus \"{}\": listen needs protocol = \"modbus-tcp\" or \
-                         \"modbus-rtu-over-tcp\"",
+                        "bus \"{}\": listen needs protocol = \"modbus-tcp\", \
+                         \"modbus-rtu-over-tcp\" or \"dlt645\"",
                         bus.name
                     )));
                 }
@@ -550,6 +575,7 @@ impl SimConfig {
                 return Err(problem(format!("bus \"{}\": baud must be > 0", bus.name)));
             }
         }
+        check_dlt645_meters(&mut config, &problem)?;
         let mut units = std::collections::BTreeSet::new();
         let mut ids = std::collections::BTreeSet::new();
         for m in &config.meters {
@@ -616,6 +642,58 @@ impl SimConfig {
     }
 }
 
+/// Meters on `dlt645` buses: each has a valid, unique 12-digit address, and a unit (the
+/// simulator's handle) numbered in file order unless given; `address` is refused elsewhere.
+fn check_dlt645_meters(
+    config: &mut SimConfig,
+    problem: &dyn Fn(String) -> SimError,
+) -> Result<(), SimError> {
+    let dlt645: std::collections::BTreeSet<String> = config
+        .buses
+        .iter()
+        .filter(|b| b.protocol == SimProtocol::Dlt645)
+        .map(|b| b.name.clone())
+        .collect();
+    let mut addresses = std::collections::BTreeSet::new();
+    let mut next_unit: std::collections::BTreeMap<String, u8> = Default::default();
+    for m in &mut config.meters {
+        match (&m.address, dlt645.contains(&m.bus)) {
+            (Some(a), true) => {
+                let at = format!("meter {a} on bus \"{}\"", m.bus);
+                let parsed = crate::protocol::dlt645::Address::parse(a)
+                    .map_err(|e| problem(format!("{at}: {e}")))?;
+                if parsed.is_broadcast() || parsed.has_wildcard() {
+                    return Err(problem(format!(
+                        "{at}: the broadcast and wildcard addresses are not a meter's"
+                    )));
+                }
+                if !addresses.insert((m.bus.clone(), parsed)) {
+                    return Err(problem(format!("{at}: address defined twice")));
+                }
+                let next = next_unit.entry(m.bus.clone()).or_insert(1);
+                if m.unit == 0 {
+                    m.unit = *next;
+                }
+                *next = m.unit.max(*next).saturating_add(1);
+            }
+            (None, true) => {
+                return Err(problem(format!(
+                    "meter on bus \"{}\": a dlt645 meter needs address = \"12 digits\"",
+                    m.bus
+                )));
+            }
+            (Some(_), false) => {
+                return Err(problem(format!(
+                    "meter {} on bus \"{}\": address is for dlt645 buses; use unit",
+                    m.unit, m.bus
+                )));
+            }
+            (None, false) => {}
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -651,6 +729,45 @@ mod tests {
         assert_eq!(c.meters[0].fault.late_reply_ms, 300);
         assert_eq!(c.meters[0].conditions.voltage_v, 230.0);
         assert_eq!(c.buses[0].bits_per_char(), 10);
+    }
+
+    #[test]
+    fn dlt645_buses_and_addresses() {
+        let bus = "[[bus]]\nname = \"d\"\nlink = \"x\"\nprotocol = \"dlt645\"\nbaud = 2400\n\
+                   parity = \"even\"\n";
+        let meter = |a: &str| {
+            format!("[[meter]]\nbus = \"d\"\naddress = \"{a}\"\nmodel = \"dlt645-2007\"\n")
+        };
+        let c = SimConfig::parse(
+            &format!("{bus}{}{}", meter("000000000001"), meter("000000000002")),
+            "s.toml",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!(c.buses[0].protocol, SimProtocol::Dlt645);
+        assert_eq!(c.buses[0].bits_per_char(), 11);
+        assert_eq!((c.meters[0].unit, c.meters[1].unit), (1, 2));
+        assert_eq!(c.meters[1].id, "d:000000000002");
+        let error = |text: String| {
+            SimConfig::parse(&text, "s.toml", Path::new("."))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = error(format!("{bus}{}", meter("12345")));
+        assert!(e.contains("12 digits"), "{e}");
+        let e = error(format!(
+            "{bus}{}{}",
+            meter("000000000001"),
+            meter("000000000001")
+        ));
+        assert!(e.contains("address defined twice"), "{e}");
+        let e = error(format!(
+            "{bus}[[meter]]\nbus = \"d\"\nunit = 1\nmodel = \"m\"\n"
+        ));
+        assert!(e.contains("needs address"), "{e}");
+        let modbus = "[[bus]]\nname = \"d\"\nlink = \"x\"\n";
+        let e = error(format!("{modbus}{}", meter("000000000001")));
+        assert!(e.contains("address is for dlt645 buses"), "{e}");
     }
 
     #[test]

@@ -51,9 +51,12 @@ pub fn model() -> MeterModel {
     }
 }
 
-/// A library with [`model`] only.
+/// A library with [`model`] and the built-in DL/T 645 models.
 pub fn library() -> ModelLibrary {
-    let mut lib = ModelLibrary::default();
+    let mut lib = ModelLibrary {
+        dlt645: crate::meter::dlt645_model::builtin(),
+        ..ModelLibrary::default()
+    };
     lib.insert(model());
     lib
 }

@@ -41,6 +41,7 @@ pub mod config;
 
 mod area;
 mod bus;
+mod dlt645;
 mod meter;
 mod profile;
 mod pty;
@@ -263,6 +264,7 @@ impl SimHandle {
                 SimProtocol::ModbusRtu => BusProtocol::ModbusRtu,
                 SimProtocol::ModbusTcp => BusProtocol::ModbusTcp,
                 SimProtocol::ModbusRtuOverTcp => BusProtocol::ModbusRtuOverTcp,
+                SimProtocol::Dlt645 => BusProtocol::Dlt645,
             },
             device,
             address,
@@ -400,7 +402,51 @@ impl SimHandle {
 pub fn start(config: SimConfig, library: &ModelLibrary) -> Result<SimHandle, SimError> {
     let now = Instant::now();
     let mut models = Vec::with_capacity(config.meters.len());
+    // DL/T 645 meters by bus and address, with their data-identifier models.
+    let mut dlt645_meters: BTreeMap<String, BTreeMap<_, _>> = BTreeMap::new();
     for m in &config.meters {
+        if let Some(address) = &m.address {
+            let model = library
+                .get_dlt645(&m.model)
+                .ok_or_else(|| SimError::UnknownModel {
+                    bus: m.bus.clone(),
+                    unit: m.unit,
+                    model: m.model.clone(),
+                    available: library
+                        .dlt645
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?;
+            // The area model needs only the phases of a DL/T 645 meter.
+            models.push(Arc::new(crate::meter::MeterModel {
+                name: model.name.clone(),
+                vendor: model.vendor.clone(),
+                description: model.description.clone(),
+                phases: model.phases,
+                max_block: 1,
+                max_gap: 0,
+                unit_switch_pause_ms: 0,
+                inter_frame_pause_ms: 0,
+                registers: Vec::new(),
+                source: model.source.clone(),
+            }));
+            let address =
+                crate::protocol::dlt645::Address::parse(address).map_err(|e| SimError::Config {
+                    file: "-".into(),
+                    message: e.to_string(),
+                })?;
+            let meter = dlt645::Dlt645Meter {
+                unit: m.unit,
+                model: Arc::new(model.clone()),
+            };
+            dlt645_meters
+                .entry(m.bus.clone())
+                .or_default()
+                .insert(address, meter);
+            continue;
+        }
         let model = library
             .get(&m.model)
             .ok_or_else(|| SimError::UnknownModel {
@@ -466,6 +512,8 @@ pub fn start(config: SimConfig, library: &ModelLibrary) -> Result<SimHandle, Sim
             }
         }
         let bus = Arc::new(SimBus::new(bus_config.clone(), meters));
+        let dlt645_line = (bus_config.protocol == SimProtocol::Dlt645)
+            .then(|| Arc::new(dlt645_meters.remove(&name).unwrap_or_default()));
         let endpoint = if let Some(link) = &bus_config.link {
             let pty = pty::Pty::open().map_err(|e| io_error("cannot open a pty", e))?;
             pty::create_link(link, &pty.slave_path)
@@ -493,15 +541,31 @@ pub fn start(config: SimConfig, library: &ModelLibrary) -> Result<SimHandle, Sim
                     pty::LineSettings::of(watched.as_raw_fd()).is_ok_and(|l| l.reaches(&own))
                 });
                 let (reader, writer) = tokio::io::split(master);
-                let _ = serve::serve_rtu_line(
-                    task_bus,
-                    reader,
-                    writer,
-                    control,
-                    OnDisconnect::Ignore,
-                    Some(line_matches),
-                )
-                .await;
+                let _ = match dlt645_line {
+                    Some(meters) => {
+                        dlt645::serve_line(
+                            task_bus,
+                            meters,
+                            reader,
+                            writer,
+                            control,
+                            false,
+                            Some(line_matches),
+                        )
+                        .await
+                    }
+                    None => {
+                        serve::serve_rtu_line(
+                            task_bus,
+                            reader,
+                            writer,
+                            control,
+                            OnDisconnect::Ignore,
+                            Some(line_matches),
+                        )
+                        .await
+                    }
+                };
                 drop(slave);
             });
             inner.tasks.push(task.abort_handle());
@@ -519,7 +583,10 @@ pub fn start(config: SimConfig, library: &ModelLibrary) -> Result<SimHandle, Sim
             let listener = tokio::net::TcpListener::from_std(listener)
                 .map_err(|e| io_error("cannot register the listener with tokio", e))?;
             let rtu = bus_config.protocol == SimProtocol::ModbusRtuOverTcp;
-            let task = tokio::spawn(serve::serve_listener(bus.clone(), listener, rtu));
+            let task = match dlt645_line {
+                Some(meters) => tokio::spawn(dlt645::serve_listener(bus.clone(), meters, listener)),
+                None => tokio::spawn(serve::serve_listener(bus.clone(), listener, rtu)),
+            };
             inner.tasks.push(task.abort_handle());
             BusEndpoint::Tcp { address }
         };

@@ -13,10 +13,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Mutex, broadcast};
 use tokio::task::JoinSet;
 
-type SharedWriter<W> = Arc<Mutex<W>>;
+pub(crate) type SharedWriter<W> = Arc<Mutex<W>>;
 
 /// Writes `answer` after its delay, on its own task.
-fn schedule<W>(replies: &mut JoinSet<()>, writer: &SharedWriter<W>, answer: Answer)
+pub(crate) fn schedule<W>(replies: &mut JoinSet<()>, writer: &SharedWriter<W>, answer: Answer)
 where
     W: AsyncWrite + Unpin + Send + 'static,
 {

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::liveness::{Heartbeat, Liveness};
 use crate::pipeline::{Fold, Writer};
 use crate::shutdown::{Shutdown, Stop};
-use crate::store::{Batch, SharedStore, Store, StoreLock};
+use crate::store::{Batch, MetaKey, SharedStore, Store, StoreLock};
 use crate::uplink::contract::Topics;
 use crate::uplink::{UplinkState, run as run_uplink};
 use std::collections::BTreeMap;
@@ -82,7 +82,8 @@ pub async fn run(
     // One daemon per store: held until `run` returns.
     let _lock = StoreLock::acquire(&config.gateway.data_dir)?;
     let db = config.db_path();
-    let store = Store::open(&db, &config.store)?;
+    let mut store = Store::open(&db, &config.store)?;
+    store.set_meta(&MetaKey::DaemonVersion, env!("CARGO_PKG_VERSION"))?;
     let topics = Topics::new(&config.mqtt.topic_prefix, &config.gateway.id);
     let learned = store.block_limits()?;
     // The analytics continue from their snapshots; the start batch holds a power-off event

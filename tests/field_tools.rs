@@ -352,6 +352,15 @@ fn read_refuses_a_port_the_daemon_polls_and_status_shows_every_meter_after_it_st
         assert!(Instant::now() < deadline, "no readings from the daemon");
         std::thread::sleep(Duration::from_millis(300));
     }
+    // A running daemon is told apart from a dead one: its pid and a fresh heartbeat.
+    let st = status_json(&config).unwrap();
+    assert_eq!(st["daemon"]["running"], true, "{st}");
+    assert_eq!(
+        st["daemon"]["pid"].as_u64(),
+        Some(daemon.0.id() as u64),
+        "{st}"
+    );
+    assert_eq!(st["daemon"]["version"], env!("CARGO_PKG_VERSION"), "{st}");
 
     // Two masters on one bus: the tool refuses.
     let out = run(&read_args(&sim, &[]));
@@ -373,10 +382,20 @@ fn read_refuses_a_port_the_daemon_polls_and_status_shows_every_meter_after_it_st
     }
     assert!(table.contains("bus rs485 (modbus-rtu"), "{table}");
     assert!(table.contains("outbox: "), "{table}");
-    assert!(table.contains("message(s) waiting"), "{table}");
+    assert!(table.contains("messages waiting"), "{table}");
+    assert!(
+        table.contains("daemon: NOT RUNNING (last heartbeat"),
+        "a stopped daemon is said plainly:\n{table}"
+    );
+    assert!(
+        table.contains("they go out when the daemon runs again"),
+        "{table}"
+    );
 
     let st = status_json(&config).unwrap();
     assert!(st["outbox"]["backlog"].as_u64().unwrap() > 0, "{st}");
+    assert_eq!(st["daemon"]["running"], false, "{st}");
+    assert!(st["daemon"]["heartbeat_age_s"].as_i64().is_some(), "{st}");
     for id in ["c-05", "tx-07"] {
         let m = meter(&st, id);
         assert_eq!(m["state"], "online", "{m}");

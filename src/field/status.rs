@@ -7,12 +7,14 @@
 //! meter's typed [`MeterState`]; the records of [`RecordKind::Loss`], [`RecordKind::Alarm`]
 //! and [`RecordKind::VoltageDay`]; [`MetaKey::LossRolling`] and [`MetaKey::ActiveAlarms`].
 //!
-//! It only reads the store (SQLite in WAL mode lets it do so while the daemon writes).
+//! It only reads the store (SQLite in WAL mode lets it do so while the daemon writes). Whether
+//! the daemon runs it learns from the store's lock ([`StoreLock::holder`]): a dead daemon is said
+//! plainly, with the age of its last heartbeat, so stale meter states are not taken for live.
 
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::config::Config;
 use crate::model::json_number;
-use crate::store::{MetaKey, MeterState, RecordKind, Store};
+use crate::store::{MetaKey, MeterState, RecordKind, Store, StoreLock};
 use serde_json::{Value, json};
 
 /// Everything `status` shows, as JSON (the table is rendered from it).
@@ -96,15 +98,38 @@ pub fn collect(config: &Config) -> Result<Value, String> {
         .into_iter()
         .map(|r| r.body)
         .collect::<Vec<_>>();
+    // Whether a daemon runs on this store: it holds the store's lock while it runs, and its
+    // writer stamps a heartbeat into every batch (at least every 10 s).
+    let holder = StoreLock::holder(&config.gateway.data_dir);
+    let meta_ms = |key: MetaKey| -> Result<Option<i64>, String> {
+        Ok(store
+            .meta(&key)
+            .map_err(|e| e.to_string())?
+            .and_then(|v| v.parse().ok()))
+    };
+    let heartbeat = meta_ms(MetaKey::LastAlive)?;
+    let last_ack = meta_ms(MetaKey::LastAck)?;
+    let version = store
+        .meta(&MetaKey::DaemonVersion)
+        .map_err(|e| e.to_string())?;
     Ok(json!({
         "gateway": config.gateway.id,
         "store": db.display().to_string(),
         "now": rfc3339_ms(now),
+        "daemon": {
+            "running": holder.is_some(),
+            "pid": holder.flatten(),
+            "version": version,
+            "heartbeat": heartbeat.map(rfc3339_ms),
+            "heartbeat_age_s": heartbeat.map(|h| (now - h) / 1000),
+        },
         "last_seq": store.last_seq().map_err(|e| e.to_string())?,
         "outbox": {
             "backlog": backlog,
             "oldest": oldest.map(rfc3339_ms),
             "oldest_age_s": oldest.map(|o| (now - o) / 1000),
+            "last_ack": last_ack.map(rfc3339_ms),
+            "last_ack_age_s": last_ack.map(|a| (now - a) / 1000),
         },
         "buses": buses,
         "areas": areas,
@@ -146,13 +171,45 @@ pub fn table(st: &Value) -> String {
         s(&st["store"]),
         s(&st["last_seq"])
     );
-    let backlog = st["outbox"]["backlog"].as_u64().unwrap_or(0);
-    if backlog == 0 {
-        out += "outbox: empty (everything delivered)\n";
+    let daemon = &st["daemon"];
+    let running = daemon["running"].as_bool().unwrap_or(false);
+    let version = daemon["version"]
+        .as_str()
+        .map(|v| format!(", version {v}"))
+        .unwrap_or_default();
+    if running {
+        let pid = daemon["pid"]
+            .as_u64()
+            .map(|p| format!(" (pid {p}{version})"))
+            .unwrap_or_default();
+        out += &format!(
+            "daemon: running{pid}, last heartbeat {}\n",
+            age(&daemon["heartbeat_age_s"])
+        );
     } else {
         out += &format!(
-            "outbox: {backlog} message(s) waiting, oldest {}\n",
-            age(&st["outbox"]["oldest_age_s"])
+            "daemon: NOT RUNNING (last heartbeat {}{version}): nothing is being read or sent; \
+             the states below are as it last saw them\n",
+            age(&daemon["heartbeat_age_s"])
+        );
+    }
+    let backlog = st["outbox"]["backlog"].as_u64().unwrap_or(0);
+    let acked = format!(
+        "the broker last acknowledged a message {}",
+        age(&st["outbox"]["last_ack_age_s"])
+    );
+    if backlog == 0 {
+        out += &format!("outbox: empty (everything delivered); {acked}\n");
+    } else {
+        out += &format!(
+            "outbox: {backlog} {} waiting, oldest {}; {acked}{}\n",
+            if backlog == 1 { "message" } else { "messages" },
+            age(&st["outbox"]["oldest_age_s"]),
+            if running {
+                ""
+            } else {
+                " (they go out when the daemon runs again)"
+            }
         );
     }
     for bus in st["buses"].as_array().into_iter().flatten() {

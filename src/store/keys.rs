@@ -62,6 +62,10 @@ pub enum MetaKey {
     BlockLimit(String),
     /// `last_seq`: the last `seq` given out.
     LastSeq,
+    /// `uplink/last_ack_ms`: ms since the epoch when the broker last acknowledged a message.
+    LastAck,
+    /// `gateway/version`: the version of the daemon that last started on this store.
+    DaemonVersion,
 }
 
 /// The prefix of [`MetaKey::BlockLimit`] keys.
@@ -79,6 +83,8 @@ impl MetaKey {
             MetaKey::LossRolling(area) => format!("loss_rolling/{area}"),
             MetaKey::BlockLimit(meter) => format!("{BLOCK_LIMIT_PREFIX}{meter}"),
             MetaKey::LastSeq => "last_seq".into(),
+            MetaKey::LastAck => "uplink/last_ack_ms".into(),
+            MetaKey::DaemonVersion => "gateway/version".into(),
         }
     }
 }

@@ -412,6 +412,13 @@ impl Store {
                 deleted += stmt.execute([id]).map_err(sql)?;
             }
         }
+        // When the broker last took a message: `status` tells a dead link by it.
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![MetaKey::LastAck.key(), now_ms().to_string()],
+        )
+        .map_err(sql)?;
         tx.commit().map_err(sql)?;
         Ok(deleted)
     }

@@ -414,3 +414,48 @@ async fn cycle_time_of_ten_meters_at_9600_baud() {
         "{mean:?} < {bound:?}"
     );
 }
+
+/// The standard's silence before every request, seen from the meter's side of the line: the
+/// next request starts no sooner than t3.5 after the last byte of the previous reply (4.0 ms at
+/// 9600 8E1), even when the reply was taken the instant it validated. A lower bound on a gap —
+/// a slow machine only widens it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_keeps_t3_5_of_silence_after_the_line_last_carried_a_byte() {
+    use super::transport::RtuTransport;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let timing = RtuTiming::new(9600, 11);
+    let (gateway_end, mut meter_end) = tokio::io::duplex(1024);
+    let mut transport = RtuTransport::new(gateway_end, timing);
+    // The meter: answers each request at once, stamps when a request's first byte arrives and
+    // when its own reply's last byte was written.
+    let meter = tokio::spawn(async move {
+        let mut stamps: Vec<(Instant, Instant)> = Vec::new();
+        let mut buf = [0u8; 8];
+        for _ in 0..5 {
+            meter_end.read_exact(&mut buf[..1]).await.unwrap();
+            let first_byte = Instant::now();
+            meter_end.read_exact(&mut buf[1..]).await.unwrap();
+            let reply = codec::rtu_read_reply(buf[0], buf[1], &[7, 8]);
+            meter_end.write_all(&reply).await.unwrap();
+            stamps.push((first_byte, Instant::now()));
+        }
+        stamps
+    });
+    for _ in 0..5 {
+        let words = transport
+            .read_registers(1, 4, 0, 2, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(words, [7, 8]);
+    }
+    let stamps = tokio::time::timeout(STEP, meter).await.unwrap().unwrap();
+    let gap = timing.inter_frame_gap();
+    assert!(gap >= Duration::from_micros(4000), "{gap:?}");
+    for pair in stamps.windows(2) {
+        let silence = pair[1].0 - pair[0].1;
+        assert!(
+            silence >= gap,
+            "a request {silence:?} after the previous reply, less than t3.5 = {gap:?}"
+        );
+    }
+}

@@ -9,13 +9,15 @@
 //!
 //! One RTU transaction:
 //!
-//! 1. discard whatever is pending in the input (a reply that came after an earlier deadline);
-//! 2. send the request, all within the transaction's deadline;
-//! 3. read, scanning everything received for the expected reply at any offset
+//! 1. keep the standard's silence: t3.5 (1.75 ms above 19200 baud) since the line last carried
+//!    a byte, ours or a meter's, before sending;
+//! 2. discard whatever is pending in the input (a reply that came after an earlier deadline);
+//! 3. send the request, all within the transaction's deadline;
+//! 4. read, scanning everything received for the expected reply at any offset
 //!    ([`codec::scan_rtu_reply`]); a valid reply or exception ends the transaction at once;
-//! 4. a complete frame that fails (bad CRC, another unit id, wrong length) ends it as soon as the
+//! 5. a complete frame that fails (bad CRC, another unit id, wrong length) ends it as soon as the
 //!    line has been silent for [`RtuTiming::silence_gap`], well before the deadline;
-//! 5. at the deadline, report a timeout only after a drain window in which a late reply is read
+//! 6. at the deadline, report a timeout only after a drain window in which a late reply is read
 //!    and thrown away (then `tcflush(TCIFLUSH)` on a serial fd), so it cannot be taken for the
 //!    next request's answer.
 //!
@@ -130,6 +132,9 @@ pub struct RtuTransport<S> {
     /// Time spent reading and discarding after a timeout; `None`: the transaction's timeout.
     drain_window: Option<Duration>,
     rx: Vec<u8>,
+    /// When the line last carried a byte of ours or of a meter's (the end of our last request
+    /// on the wire, the arrival of the last byte read): the next request waits t3.5 after it.
+    line_active_at: Option<Instant>,
 }
 
 impl RtuTransport<SerialStream> {
@@ -165,6 +170,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuTransport<S> {
             input: InputQueue::Stream,
             drain_window: None,
             rx: Vec::with_capacity(512),
+            line_active_at: None,
         }
     }
 
@@ -189,6 +195,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuTransport<S> {
         timeout: Duration,
     ) -> Result<Vec<u16>, ModbusError> {
         check_read(function, count)?;
+        // The standard's silence before every frame: t3.5 after the line last carried a byte,
+        // so a meter never takes our request for the tail of the previous frame.
+        if let Some(active) = self.line_active_at {
+            sleep_until(active + self.timing.inter_frame_gap()).await;
+        }
         let deadline = Instant::now() + timeout;
         self.discard_pending().await?;
         let request = codec::rtu_read_request(unit, function, address, count);
@@ -201,6 +212,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuTransport<S> {
             Ok(r) => r?,
             Err(_) => return Err(ModbusError::Timeout(timeout.as_millis() as u64)),
         }
+        // The bytes leave the port's buffer at the line's pace.
+        self.line_active_at = Some(Instant::now() + self.timing.frame_time(request.len()));
         self.rx.clear();
         let gap = self.timing.silence_gap();
         let mut rejection: Option<ModbusError> = None;
@@ -223,6 +236,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuTransport<S> {
                         self.rx.drain(..self.rx.len() - MAX_RTU_FRAME);
                     }
                     last_rx = Instant::now();
+                    self.line_active_at = Some(last_rx);
                     rejection = match codec::scan_rtu_reply(&self.rx, unit, function, count) {
                         RtuScan::Reply { words, .. } => return Ok(words),
                         RtuScan::Exception { code, .. } => {
@@ -284,7 +298,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuTransport<S> {
         loop {
             tokio::select! {
                 read = self.stream.read(&mut chunk) => match read {
-                    Ok(n) if n > 0 => continue,
+                    Ok(n) if n > 0 => {
+                        self.line_active_at = Some(Instant::now());
+                        continue;
+                    }
                     _ => break,
                 },
                 _ = sleep_until(until) => break,

@@ -250,7 +250,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&cfg.gateway.log_level);
+    init_logging(cfg.gateway.log_level.name());
     for w in &cfg.warnings {
         tracing::warn!("{}:{}:{}: {}", w.file, w.line, w.col, w.message);
     }

@@ -58,6 +58,35 @@ pub fn scales_with_multiplier(name: &str) -> bool {
     is_energy(name) || name.ends_with("_kw") || name.ends_with("_kvar") || name.ends_with("_kva")
 }
 
+/// Which phase of the supply a meter is on (`[[meter]] phase`): a single-phase meter on L1, L2
+/// or L3, or a three-phase meter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    A,
+    B,
+    C,
+    Abc,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 4] = [Phase::A, Phase::B, Phase::C, Phase::Abc];
+
+    /// As written in the configuration: `a`, `b`, `c`, `abc`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::A => "a",
+            Phase::B => "b",
+            Phase::C => "c",
+            Phase::Abc => "abc",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
 /// One poll of one meter: every quantity its model produced, primary-side, at one instant.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reading {

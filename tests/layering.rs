@@ -46,6 +46,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "model",
             "clock",
             "diagnostic",
+            "logging",
             "protocol",
             "meter",
             "bus",

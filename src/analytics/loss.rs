@@ -309,10 +309,19 @@ pub struct Suspect {
     /// `bypass_signature`: the matched step in standard errors (see [`suspects`]).
     /// `stopped_register`: threshold × (time stood still / `stopped_after_s`).
     pub score: f64,
-    /// `bypass_signature` or `stopped_register`.
-    pub reason: String,
+    pub reason: SuspectReason,
     /// The figures behind it, for people.
     pub detail: String,
+}
+
+/// Why a customer is named a suspect (in payloads: `bypass_signature`, `stopped_register`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SuspectReason {
+    /// Its consumption fell in step with the rise of the loss (a bypass).
+    BypassSignature,
+    /// Its register stood still while current flowed.
+    StoppedRegister,
 }
 
 /// Which verdict.
@@ -927,7 +936,7 @@ fn rank_suspects(
         ),
         meter: s.meter,
         score: s.score,
-        reason: "bypass_signature".into(),
+        reason: SuspectReason::BypassSignature,
     })
     .collect();
     let after = settings.stopped.stopped_after_ms().max(1);
@@ -938,7 +947,7 @@ fn rank_suspects(
                 out.push(Suspect {
                     meter: c.clone(),
                     score: threshold * stood as f64 / after as f64,
-                    reason: "stopped_register".into(),
+                    reason: SuspectReason::StoppedRegister,
                     detail: format!(
                         "{:.2} A flowing, energy register unchanged at {:.3} kWh since {}",
                         still.current_a,

@@ -276,7 +276,7 @@ fn meter_models(report: &mut Report, meters: &[MeterEntry], models: &ModelLibrar
             continue;
         };
         let label = meter_label(meter);
-        if model.phases == 1 && phase == "abc" {
+        if model.phases == 1 && *phase == crate::model::Phase::Abc {
             report.at(
                 phase_span.start,
                 format!(
@@ -284,7 +284,7 @@ fn meter_models(report: &mut Report, meters: &[MeterEntry], models: &ModelLibrar
                      connected to: \"a\", \"b\" or \"c\""
                 ),
             );
-        } else if model.phases == 3 && phase != "abc" {
+        } else if model.phases == 3 && *phase != crate::model::Phase::Abc {
             report.at(
                 phase_span.start,
                 format!(

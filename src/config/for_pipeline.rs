@@ -59,8 +59,8 @@ pub fn topology(config: &Config) -> Topology {
             .map(|m| MeterRef {
                 id: m.id.clone(),
                 bus: m.bus.clone(),
-                phase: m.phase.clone(),
-                three_phase: m.phase.as_deref() == Some("abc")
+                phase: m.phase,
+                three_phase: m.phase == Some(crate::model::Phase::Abc)
                     || (m.phase.is_none()
                         && config.models.get(&m.model).is_some_and(|x| x.phases == 3)),
                 consumption_only: m.consumption_only,

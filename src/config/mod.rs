@@ -27,7 +27,7 @@ mod tests;
 pub use analytics::SEVERITIES;
 pub use for_pipeline::{area_spec, topology};
 pub use load::{load, load_str, load_str_with};
-pub use sections::{LOG_LEVELS, PHASES, STANDARD_BAUD_RATES};
+pub use sections::STANDARD_BAUD_RATES;
 
 use std::path::PathBuf;
 
@@ -89,7 +89,7 @@ pub struct GatewayConfig {
     /// Extra meter model files (`*.toml`), added to the built-in library; same name overrides.
     pub models_dir: Option<PathBuf>,
     /// `error`, `warn`, `info`, `debug`, `trace` (default `info`).
-    pub log_level: String,
+    pub log_level: crate::logging::LogLevel,
 }
 
 /// `[mqtt]`: the uplink's own settings type.
@@ -230,7 +230,7 @@ pub struct MeterConfig {
     /// CT ratio × PT ratio (default 1).
     pub multiplier: f64,
     /// `"a"`, `"b"`, `"c"` or `"abc"` (default from the model).
-    pub phase: Option<String>,
+    pub phase: Option<crate::model::Phase>,
     /// Overrides the bus's poll interval for this meter.
     pub poll_interval_s: Option<u64>,
     /// The meter only ever imports: export energy on it raises `reverse_energy` (default false).

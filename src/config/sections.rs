@@ -8,6 +8,7 @@
 
 use super::*;
 use crate::diagnostic::{Report, Section, did_you_mean};
+use crate::logging::LogLevel;
 use std::ops::Range;
 use std::path::Path;
 use toml::Spanned;
@@ -17,12 +18,6 @@ use toml::de::DeTable;
 pub const STANDARD_BAUD_RATES: &[u32] = &[
     300, 600, 1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200, 230400,
 ];
-
-/// `log_level` values.
-pub const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
-
-/// `phase` values.
-pub const PHASES: &[&str] = &["a", "b", "c", "abc"];
 
 const GATEWAY_KEYS: &[&str] = &["id", "data_dir", "models_dir", "log_level"];
 const MQTT_KEYS: &[&str] = &[
@@ -161,19 +156,19 @@ pub(super) fn gateway(
     let models_dir_span = s.get("models_dir").map(|v| v.span());
     let models_dir = path_key(report, &s, "models_dir", base);
     let log_level = match s.string(report, "log_level") {
-        Some(l) if LOG_LEVELS.contains(&l.get_ref().as_str()) => l.into_inner(),
-        Some(l) => {
+        Some(l) => LogLevel::from_name(l.get_ref()).unwrap_or_else(|| {
+            let all: Vec<&str> = LogLevel::ALL.iter().map(|l| l.name()).collect();
             report.at(
                 l.span().start,
                 format!(
                     "unknown log_level `{}`; use one of: {}",
                     l.get_ref(),
-                    LOG_LEVELS.join(", ")
+                    all.join(", ")
                 ),
             );
-            "info".into()
-        }
-        None => "info".into(),
+            LogLevel::Info
+        }),
+        None => LogLevel::Info,
     };
     GatewayEntry {
         models_dir: models_dir.as_ref().and(models_dir_span),
@@ -552,8 +547,8 @@ pub(super) fn meter(report: &mut Report, table: &DeTable, start: usize) -> Meter
         }
     });
     let phase = s.string(report, "phase").and_then(|p| {
-        if PHASES.contains(&p.get_ref().as_str()) {
-            Some(p)
+        if let Some(phase) = crate::model::Phase::from_name(p.get_ref()) {
+            Some(Spanned::new(p.span(), phase))
         } else {
             report.at(
                 p.span().start,

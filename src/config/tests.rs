@@ -114,7 +114,7 @@ fn valid_file_gets_defaults() {
     assert_eq!(config.gateway.id, "tx-0412");
     assert_eq!(config.gateway.data_dir, Path::new("/site/data"));
     assert_eq!(config.gateway.models_dir, None);
-    assert_eq!(config.gateway.log_level, "info");
+    assert_eq!(config.gateway.log_level.name(), "info");
     assert_eq!(config.db_path(), Path::new("/site/data/amr-gateway.db"));
 
     let mqtt = &config.mqtt;
@@ -228,7 +228,7 @@ high_loss_pct = 8.5
 negative_loss_pct = -2
 "#;
     let config = parse(text).unwrap();
-    assert_eq!(config.gateway.log_level, "debug");
+    assert_eq!(config.gateway.log_level.name(), "debug");
     let mqtt = &config.mqtt;
     assert_eq!(mqtt.port, 8883);
     assert_eq!(mqtt.topic_prefix, "grid/amr");
@@ -270,7 +270,7 @@ negative_loss_pct = -2
     let supply = config.meter("m-supply").unwrap();
     assert_eq!(supply.unit, Some(10));
     assert_eq!(supply.multiplier, 100.0);
-    assert_eq!(supply.phase.as_deref(), Some("abc"));
+    assert_eq!(supply.phase, Some(crate::model::Phase::Abc));
     assert_eq!(supply.poll_interval_s, Some(5));
     let dlt_meter = config.meter("m-dlt").unwrap();
     assert_eq!(dlt_meter.address.as_deref(), Some("000012345678"));

@@ -43,7 +43,7 @@ pub(super) fn loss_record() -> LossRecord {
         suspects: vec![Suspect {
             meter: "c1".into(),
             score: 4.123_456_78,
-            reason: "bypass_signature".into(),
+            reason: crate::analytics::loss::SuspectReason::BypassSignature,
             detail: "stepped down".into(),
         }],
     }
@@ -297,7 +297,7 @@ fn loss_message_has_the_contract_fields() {
         suspects: vec![Suspect {
             meter: "c00".into(),
             score: 7.25,
-            reason: "bypass_signature".into(),
+            reason: crate::analytics::loss::SuspectReason::BypassSignature,
             detail: "x".into(),
         }],
     };

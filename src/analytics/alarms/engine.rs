@@ -33,7 +33,7 @@ pub struct MeterRef {
     pub id: String,
     pub bus: String,
     /// `"a"`, `"b"`, `"c"` or `"abc"` as configured; informational.
-    pub phase: Option<String>,
+    pub phase: Option<crate::model::Phase>,
     /// Three-phase meters are judged for current unbalance.
     pub three_phase: bool,
     /// Proposed `[[meter]] consumption_only`: export energy on this meter is an alarm.

@@ -527,7 +527,7 @@ fn theft_is_ranked_first_and_nobody_is_singled_out_without_it() {
             first.suspects
         );
         assert!(after <= 3, "ranked after {after} intervals");
-        assert_eq!(first.suspects[0].reason, "bypass_signature");
+        assert_eq!(first.suspects[0].reason, SuspectReason::BypassSignature);
         // Nobody else is singled out, before or after.
         for rec in &run.records {
             assert!(
@@ -844,7 +844,11 @@ fn stopped_register_with_current_is_flagged() {
     let flagged = run
         .records
         .iter()
-        .find(|r| r.suspects.iter().any(|s| s.reason == "stopped_register"))
+        .find(|r| {
+            r.suspects
+                .iter()
+                .any(|s| s.reason == SuspectReason::StoppedRegister)
+        })
         .expect("stopped register flagged");
     assert!(flagged.end_ms - (T0 + 1_800_000) <= 3 * 900_000);
     assert!(flagged.end_ms - (T0 + 1_800_000) >= 2 * 900_000);
@@ -1106,7 +1110,9 @@ fn a_silent_meter_is_not_flagged_as_stopped() {
         ec += 1.8 * 2.0 / 3600.0;
     }
     assert!(
-        suspects.iter().all(|s| s.reason != "stopped_register"),
+        suspects
+            .iter()
+            .all(|s| s.reason != SuspectReason::StoppedRegister),
         "{suspects:?}"
     );
 }

@@ -10,7 +10,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::SimRuntime;
@@ -18,53 +18,7 @@ use support::SimRuntime;
 /// Upper bound for waiting on a slow shared machine; never a speed requirement.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-const SIM: &str = r#"
-[[bus]]
-name = "rs485"
-link = "ttyRS485"
-baud = 19200
-turnaround_ms = 5
-
-[[meter]]
-bus = "rs485"
-unit = 1
-model = "eastron-sdm120"
-load_kw = 2.5
-energy_start_kwh = 1234.5
-"#;
-
-fn gateway_config(dir: &Path) -> PathBuf {
-    // Nothing listens on the broker port: an unreachable broker is normal and must not matter.
-    let port = support::free_port();
-    let text = format!(
-        r#"
-[gateway]
-id = "gw1"
-data_dir = "data"
-
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-
-[[bus]]
-name = "rs485"
-protocol = "modbus-rtu"
-device = "ttyRS485"
-baud = 19200
-timeout_ms = 300
-poll_interval_s = 1
-
-[[meter]]
-id = "m1"
-bus = "rs485"
-unit = 1
-model = "eastron-sdm120"
-"#
-    );
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
+use support::{ONE_METER_SIM as SIM, one_meter_gateway_config as gateway_config};
 
 /// Runs the gateway with `failpoint` (if any) and stderr to a file; returns the exit status
 /// (None: still running after `PATIENCE`, then killed) and the log.

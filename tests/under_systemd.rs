@@ -24,53 +24,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// The watchdog interval handed to the gateway: keep-alives every second.
 const WATCHDOG_USEC: &str = "2000000";
 
-const SIM: &str = r#"
-[[bus]]
-name = "rs485"
-link = "ttyRS485"
-baud = 19200
-turnaround_ms = 5
-
-[[meter]]
-bus = "rs485"
-unit = 1
-model = "eastron-sdm120"
-load_kw = 2.5
-energy_start_kwh = 1234.5
-"#;
-
-fn gateway_config(dir: &Path) -> PathBuf {
-    // Nothing listens on the broker port: the status line says so.
-    let port = support::free_port();
-    let text = format!(
-        r#"
-[gateway]
-id = "gw1"
-data_dir = "data"
-
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-
-[[bus]]
-name = "rs485"
-protocol = "modbus-rtu"
-device = "ttyRS485"
-baud = 19200
-timeout_ms = 300
-poll_interval_s = 1
-
-[[meter]]
-id = "m1"
-bus = "rs485"
-unit = 1
-model = "eastron-sdm120"
-"#
-    );
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
+use support::{ONE_METER_SIM as SIM, one_meter_gateway_config as gateway_config};
 
 /// A notify socket the test listens on, and the gateway started with it.
 struct Supervised {

@@ -398,3 +398,54 @@ impl Drop for SimRuntime {
         }
     }
 }
+
+/// One simulated SDM120 at unit 1 on a pty linked at `ttyRS485` (19200 baud), for the tests of
+/// the daemon as a process.
+pub const ONE_METER_SIM: &str = r#"
+[[bus]]
+name = "rs485"
+link = "ttyRS485"
+baud = 19200
+turnaround_ms = 5
+
+[[meter]]
+bus = "rs485"
+unit = 1
+model = "eastron-sdm120"
+load_kw = 2.5
+energy_start_kwh = 1234.5
+"#;
+
+/// A gateway configuration in `dir` reading [`ONE_METER_SIM`] every second, with a broker port
+/// where nothing listens (an unreachable broker is normal). Returns its path.
+pub fn one_meter_gateway_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let port = free_port();
+    let text = format!(
+        r#"
+[gateway]
+id = "gw1"
+data_dir = "data"
+
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+
+[[bus]]
+name = "rs485"
+protocol = "modbus-rtu"
+device = "ttyRS485"
+baud = 19200
+timeout_ms = 300
+poll_interval_s = 1
+
+[[meter]]
+id = "m1"
+bus = "rs485"
+unit = 1
+model = "eastron-sdm120"
+"#
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}

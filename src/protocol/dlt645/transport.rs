@@ -507,7 +507,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Dlt645Transport<S> {
                     return Err(io::Error::last_os_error().into());
                 }
             }
-            InputQueue::Socket(fd) => discard_socket_input(fd)?,
+            InputQueue::Socket(fd) => crate::protocol::line::discard_socket_input(fd)?,
             InputQueue::Stream => {
                 let mut chunk = [0u8; 512];
                 loop {
@@ -624,40 +624,9 @@ fn value_after_di(frame: &Frame, di: DataId, trailer: usize) -> Result<Vec<u8>, 
     Ok(frame.data[n..frame.data.len() - trailer].to_vec())
 }
 
-/// Reads and drops whatever a socket holds without waiting; an orderly close by the peer is an
-/// error so that the caller reconnects before sending.
-fn discard_socket_input(fd: RawFd) -> Result<(), Dlt645Error> {
-    let mut chunk = [0u8; 512];
-    loop {
-        // SAFETY: fd is an open socket owned by the caller's stream; chunk is a valid buffer.
-        let n = unsafe {
-            libc::recv(
-                fd,
-                chunk.as_mut_ptr() as *mut libc::c_void,
-                chunk.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        match n {
-            0 => return Err(closed("the connection")),
-            n if n > 0 => continue,
-            _ => {
-                let e = io::Error::last_os_error();
-                return match e.kind() {
-                    io::ErrorKind::WouldBlock => Ok(()),
-                    io::ErrorKind::Interrupted => continue,
-                    _ => Err(e.into()),
-                };
-            }
-        }
-    }
-}
-
+/// An orderly close of the line or connection by the other end.
 fn closed(what: &str) -> Dlt645Error {
-    Dlt645Error::Io(io::Error::new(
-        io::ErrorKind::UnexpectedEof,
-        format!("{what} was closed by the other end"),
-    ))
+    Dlt645Error::Io(crate::protocol::line::closed(what))
 }
 
 #[cfg(test)]

@@ -274,7 +274,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuTransport<S> {
                     return Err(io::Error::last_os_error().into());
                 }
             }
-            InputQueue::Socket(fd) => discard_socket_input(fd)?,
+            InputQueue::Socket(fd) => crate::protocol::line::discard_socket_input(fd)?,
             InputQueue::Stream => {
                 let mut chunk = [0u8; 512];
                 loop {
@@ -314,40 +314,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuTransport<S> {
     }
 }
 
-/// Reads and drops whatever a socket holds without waiting; an orderly close by the peer is an
-/// error so that the caller reconnects before sending.
-fn discard_socket_input(fd: RawFd) -> Result<(), ModbusError> {
-    let mut chunk = [0u8; 512];
-    loop {
-        // SAFETY: fd is an open socket owned by the caller's stream; chunk is a valid buffer.
-        let n = unsafe {
-            libc::recv(
-                fd,
-                chunk.as_mut_ptr() as *mut libc::c_void,
-                chunk.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
-        match n {
-            0 => return Err(closed("the connection")),
-            n if n > 0 => continue,
-            _ => {
-                let e = io::Error::last_os_error();
-                return match e.kind() {
-                    io::ErrorKind::WouldBlock => Ok(()),
-                    io::ErrorKind::Interrupted => continue,
-                    _ => Err(e.into()),
-                };
-            }
-        }
-    }
-}
-
+/// An orderly close of the line or connection by the other end.
 fn closed(what: &str) -> ModbusError {
-    ModbusError::Io(io::Error::new(
-        io::ErrorKind::UnexpectedEof,
-        format!("{what} was closed by the other end"),
-    ))
+    ModbusError::Io(crate::protocol::line::closed(what))
 }
 
 fn check_read(function: u8, count: u16) -> Result<(), ModbusError> {
@@ -497,7 +466,7 @@ impl TcpTransport {
     ) -> Result<Vec<u16>, ModbusError> {
         let timed_out = || ModbusError::Timeout(timeout.as_millis() as u64);
         if let Some(s) = &self.stream {
-            if discard_socket_input(s.as_raw_fd()).is_err() {
+            if crate::protocol::line::discard_socket_input(s.as_raw_fd()).is_err() {
                 self.stream = None;
             }
         }

@@ -4,7 +4,28 @@
 //! through serial servers), keeps every reading in SQLite until the headend has it, and
 //! publishes readings, line loss and alarms over MQTT.
 //!
-//! Data flows `bus → store → uplink`:
+//! Data flows sources → pipeline → sinks: buses read meters through protocol drivers, the
+//! pipeline (the store writer) feeds the pure analytics engines and folds readings and what the
+//! engines decide into one store transaction, and the uplink sends what the store holds.
+//!
+//! Dependencies run one way; `tests/layering.rs` keeps them so. A module may import only:
+//!
+//! | module | may import |
+//! |---|---|
+//! | `model`, `clock`, `shutdown`, `liveness`, `logging` | nothing (leaves) |
+//! | `diagnostic` | `model` |
+//! | `protocol` | `model`, `clock`, `shutdown` |
+//! | `meter` | `model`, `clock`, `protocol`, `diagnostic` |
+//! | `bus` | `model`, `clock`, `shutdown`, `liveness`, `protocol`, `meter` |
+//! | `analytics` | `model`, `clock` |
+//! | `pipeline` | `model`, `clock`, `analytics`, `store`, `uplink` |
+//! | `store` | `model`, `clock` |
+//! | `uplink` | `model`, `clock`, `shutdown`, `store`, `analytics` |
+//! | `config` | every component (it builds their settings); none imports it |
+//! | `gateway` | every component and `config` (the composition root) |
+//! | `field`, `sim`, `demo`, `broker` | the public pieces (tools) |
+//!
+//! The modules:
 //!
 //! - [`config`]: the TOML schema and its validation, errors at `FILE:LINE:COL`; it builds
 //!   each component's settings (the store's, the uplink's, the pipeline's), and no component
@@ -15,8 +36,10 @@
 //! - [`diagnostic`]: problems in hand-checked TOML files (configuration, model files, simulator
 //!   file) at `FILE:LINE:COL`, typed key readers, "did you mean"; a leaf.
 //! - [`meter`]: meter models as data (`protocols/*.toml`), block planning, decoding.
-//! - [`protocol`]: wire codecs and transports (Modbus RTU / TCP / RTU over TCP).
-//! - [`bus`]: one task per bus polling its meters; meter health and offline backoff.
+//! - [`protocol`]: wire codecs and transports (Modbus RTU / TCP / RTU over TCP, DL/T 645), their
+//!   line settings.
+//! - [`bus`]: one task per bus — a protocol-agnostic scheduler (meter health, offline backoff,
+//!   probe budget, energy first) over a protocol [`bus::Driver`].
 //! - [`store`]: SQLite history and outbox; `seq` allocation; pruning and size bound; records,
 //!   meter states, and the record kinds and meta keys, typed and defined once.
 //! - [`uplink`]: the whole MQTT contract — every topic and payload rendered in

@@ -1,4 +1,4 @@
-//! Voltage quality (电压合格率): per meter, phase and UTC day, how long the voltage was
+//! Voltage quality (电压合格率): per meter, phase and local day, how long the voltage was
 //! monitored, above the upper limit and below the lower limit, the qualification rate and the
 //! extremes.
 //!
@@ -12,7 +12,10 @@
 //! - an interval whose `v0` is below `outage_pct` of nominal is outage time, kept apart and
 //!   not monitored (an outage is not a quality fault; it is the area_outage / phase_loss
 //!   alarms' business);
-//! - an interval crossing midnight UTC is split between the two days.
+//! - an interval crossing local midnight is split between the two days.
+//!
+//! Days are local days of `[gateway] timezone` ([`crate::clock::LocalTime`]): from local
+//! midnight to the next, 23 or 25 hours across a daylight-saving change.
 //!
 //! qualified_pct = (1 − (above + below) / monitored) × 100, `None` when nothing was monitored.
 //! min_v and max_v are over the reads of the day, outage reads left out.
@@ -23,12 +26,10 @@
 //! which the gateway saves in the transaction that holds the day messages.
 
 use super::band::{BandPosition, VoltageBand};
-use crate::clock::{day_start_ms, rfc3339_ms};
+use crate::clock::LocalTime;
 use crate::model::Reading;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-
-const DAY_MS: i64 = 86_400_000;
 
 const PHASES: [(&str, &str); 3] = [
     ("l1", "voltage_l1_v"),
@@ -49,6 +50,10 @@ pub struct VoltageQualitySettings {
     pub max_gap_s: u64,
     /// Voltages below this share of nominal are outage, not monitored. Default 50 (110 V).
     pub outage_pct: f64,
+    /// Whose midnights start the days. Not a key of `[voltage_quality]`: the loader fills it
+    /// from `[gateway] timezone`. Default UTC.
+    #[serde(skip)]
+    pub zone: LocalTime,
 }
 
 impl Default for VoltageQualitySettings {
@@ -57,6 +62,7 @@ impl Default for VoltageQualitySettings {
             band: VoltageBand::default(),
             max_gap_s: 300,
             outage_pct: 50.0,
+            zone: LocalTime::default(),
         }
     }
 }
@@ -67,14 +73,18 @@ impl VoltageQualitySettings {
     }
 }
 
-/// The figures of one meter, phase and UTC day.
+/// The figures of one meter, phase and local day.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DayRecord {
     pub meter: String,
     /// `"l1"`, `"l2"` or `"l3"`.
     pub phase: String,
-    /// Start of the UTC day, ms since the Unix epoch.
+    /// Start of the local day (local midnight), ms since the Unix epoch.
     pub day_start_ms: i64,
+    /// Start of the next local day.
+    pub day_end_ms: i64,
+    /// The local day, `2026-11-22`.
+    pub day: String,
     pub monitored_s: f64,
     pub above_s: f64,
     pub below_s: f64,
@@ -92,9 +102,9 @@ pub struct DayRecord {
 }
 
 impl DayRecord {
-    /// `"2026-11-22"`.
+    /// The local day, `"2026-11-22"`.
     pub fn date(&self) -> String {
-        rfc3339_ms(self.day_start_ms)[..10].to_string()
+        self.day.clone()
     }
 }
 
@@ -178,7 +188,7 @@ impl VoltageQuality {
                 }
             }
             series.last = Some((r.ts_ms, v));
-            let day = day_start_ms(r.ts_ms);
+            let day = s.zone.day_start_ms(r.ts_ms);
             if day >= closed_before {
                 let tally = tally_for(series, day);
                 tally.reads += 1;
@@ -195,7 +205,7 @@ impl VoltageQuality {
     pub fn on_tick(&mut self, now_ms: i64) -> Vec<DayRecord> {
         let grace = self.settings.max_gap_s as i64 * 1000;
         // Day d closes when d + DAY + grace <= now, i.e. when d < day_start(now - grace).
-        let closable_before = day_start_ms(now_ms - grace);
+        let closable_before = self.settings.zone.day_start_ms(now_ms - grace);
         if closable_before <= self.closed_before_ms {
             return Vec::new();
         }
@@ -249,7 +259,7 @@ impl VoltageQuality {
     }
 }
 
-/// Attributes `[t0, t1)` at voltage `v0`, split at UTC midnights.
+/// Attributes `[t0, t1)` at voltage `v0`, split at local midnights.
 fn book_interval(
     series: &mut PhaseSeries,
     s: &VoltageQualitySettings,
@@ -260,8 +270,8 @@ fn book_interval(
 ) {
     let mut start = t0;
     while start < t1 {
-        let day = day_start_ms(start);
-        let end = t1.min(day + DAY_MS);
+        let day = s.zone.day_start_ms(start);
+        let end = t1.min(s.zone.next_day_start_ms(start));
         if day >= closed_before {
             let span = end - start;
             let tally = tally_for(series, day);
@@ -310,6 +320,8 @@ fn record(
         meter: meter.to_string(),
         phase: phase.to_string(),
         day_start_ms: d.day_start_ms,
+        day_end_ms: s.zone.next_day_start_ms(d.day_start_ms),
+        day: s.zone.day(d.day_start_ms),
         monitored_s: d.monitored_ms as f64 / 1000.0,
         above_s: d.above_ms as f64 / 1000.0,
         below_s: d.below_ms as f64 / 1000.0,
@@ -327,9 +339,60 @@ fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{day_start_ms, parse_rfc3339, rfc3339_ms};
     use crate::uplink::contract::{Topics, voltage_day_message};
 
     const MIN: i64 = 60_000;
+    const DAY_MS: i64 = 86_400_000;
+
+    fn in_zone(name: &str) -> VoltageQualitySettings {
+        VoltageQualitySettings {
+            zone: LocalTime::named(name).unwrap(),
+            ..VoltageQualitySettings::default()
+        }
+    }
+
+    #[test]
+    fn days_are_local_days_in_shanghai() {
+        // Local midnight 2026-11-23 in Shanghai is 16:00 UTC the day before.
+        let m = parse_rfc3339("2026-11-22T16:00:00Z").unwrap();
+        let mut q = VoltageQuality::new(in_zone("Asia/Shanghai"));
+        for t in [-4, -2, 0, 2, 4] {
+            read(&mut q, m + t * MIN, 240.0);
+        }
+        let days = q.on_tick(m + DAY_MS + 10 * MIN);
+        assert_eq!(days.len(), 2);
+        assert_eq!(days[0].day, "2026-11-22");
+        assert_eq!(days[0].day_end_ms, m);
+        assert_eq!(days[0].above_s, 240.0);
+        assert_eq!(days[1].day, "2026-11-23");
+        assert_eq!(days[1].day_start_ms, m);
+        assert_eq!(days[1].above_s, 240.0);
+        let p = voltage_day_message(&Topics::new("amr", "gw1"), &days[1]).payload;
+        assert_eq!(p["day"], "2026-11-23");
+        assert_eq!(p["start"], "2026-11-22T16:00:00.000Z");
+        assert_eq!(p["end"], "2026-11-23T16:00:00.000Z");
+    }
+
+    #[test]
+    fn a_berlin_day_across_the_autumn_change_has_25_hours() {
+        // 2026-10-25 in Berlin: 22:00 UTC on the 24th to 23:00 UTC on the 25th.
+        let start = parse_rfc3339("2026-10-24T22:00:00Z").unwrap();
+        let end = parse_rfc3339("2026-10-25T23:00:00Z").unwrap();
+        let mut q = VoltageQuality::new(in_zone("Europe/Berlin"));
+        let mut t = start - 2 * MIN;
+        while t <= end + 2 * MIN {
+            read(&mut q, t, 230.0);
+            t += 4 * MIN;
+        }
+        let days = q.on_tick(end + 10 * MIN);
+        let d = days.iter().find(|d| d.day == "2026-10-25").unwrap();
+        assert_eq!((d.day_start_ms, d.day_end_ms), (start, end));
+        assert_eq!(d.monitored_s, 25.0 * 3600.0);
+        let p = voltage_day_message(&Topics::new("amr", "gw1"), d).payload;
+        assert_eq!(p["start"], "2026-10-24T22:00:00.000Z");
+        assert_eq!(p["end"], "2026-10-25T23:00:00.000Z");
+    }
 
     fn read(q: &mut VoltageQuality, ts_ms: i64, v: f64) {
         q.on_reading(&Reading {

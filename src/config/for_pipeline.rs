@@ -4,6 +4,7 @@
 use super::{AreaConfig, Config, MeterConfig};
 use crate::analytics::alarms::{AreaRef, MeterRef, Topology};
 use crate::analytics::loss::AreaSpec;
+use crate::analytics::voltage::VoltageQualitySettings;
 use crate::pipeline::PipelineSettings;
 use std::collections::BTreeMap;
 
@@ -19,7 +20,10 @@ impl Config {
             topology: topology(self),
             loss: self.loss.clone(),
             alarms: self.alarms.clone(),
-            voltage: self.voltage_quality.clone(),
+            voltage: VoltageQualitySettings {
+                zone: self.gateway.timezone.clone(),
+                ..self.voltage_quality.clone()
+            },
             models: self
                 .meters
                 .iter()

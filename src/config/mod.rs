@@ -90,6 +90,10 @@ pub struct GatewayConfig {
     pub models_dir: Option<PathBuf>,
     /// `error`, `warn`, `info`, `debug`, `trace` (default `info`).
     pub log_level: String,
+    /// `timezone`: the IANA zone whose midnights start the gateway's days and months (freezes,
+    /// voltage-quality days, collection statistics, daily loss). Default: the system's zone
+    /// (`TZ`, else `/etc/localtime`).
+    pub timezone: crate::clock::LocalTime,
 }
 
 /// `[mqtt]`: the uplink's own settings type.

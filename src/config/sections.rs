@@ -7,7 +7,8 @@
 //! checks can point at them and can skip values already reported as wrong.
 
 use super::*;
-use crate::diagnostic::{Report, Section, did_you_mean};
+use crate::clock::LocalTime;
+use crate::diagnostic::{Report, Section, closest, did_you_mean};
 use std::ops::Range;
 use std::path::Path;
 use toml::Spanned;
@@ -24,7 +25,7 @@ pub const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
 /// `phase` values.
 pub const PHASES: &[&str] = &["a", "b", "c", "abc"];
 
-const GATEWAY_KEYS: &[&str] = &["id", "data_dir", "models_dir", "log_level"];
+const GATEWAY_KEYS: &[&str] = &["id", "data_dir", "models_dir", "log_level", "timezone"];
 const MQTT_KEYS: &[&str] = &[
     "host",
     "port",
@@ -175,6 +176,26 @@ pub(super) fn gateway(
         }
         None => "info".into(),
     };
+    let timezone = match s.string(report, "timezone") {
+        Some(name) => match LocalTime::named(name.get_ref()) {
+            Ok(zone) => zone,
+            Err(_) => {
+                let names = LocalTime::names();
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                report.at(
+                    name.span().start,
+                    format!(
+                        "unknown time zone `{}`; use an IANA name such as `Asia/Shanghai`; \
+                         the nearest known: {}",
+                        name.get_ref(),
+                        closest(name.get_ref(), &refs, 5).join(", ")
+                    ),
+                );
+                LocalTime::utc()
+            }
+        },
+        None => LocalTime::system(),
+    };
     GatewayEntry {
         models_dir: models_dir.as_ref().and(models_dir_span),
         config: GatewayConfig {
@@ -182,6 +203,7 @@ pub(super) fn gateway(
             data_dir: data_dir.unwrap_or_default(),
             models_dir,
             log_level,
+            timezone,
         },
     }
 }

@@ -340,14 +340,17 @@ fn unknown_key_suggests_the_nearest() {
 
 #[test]
 fn unknown_key_without_a_near_one_lists_the_keys() {
-    let text = edit("data_dir = \"data\"\n", "data_dir = \"data\"\n  zone = 8\n");
+    let text = edit(
+        "data_dir = \"data\"\n",
+        "data_dir = \"data\"\n  speed = 8\n",
+    );
     assert_eq!(
         problems(&text),
         [at(
             4,
             3,
-            "unknown key `zone` in [gateway]; the keys of [gateway] are: id, data_dir, \
-             models_dir, log_level"
+            "unknown key `speed` in [gateway]; the keys of [gateway] are: id, data_dir, \
+             models_dir, log_level, timezone"
         )]
     );
 }
@@ -959,6 +962,32 @@ fn ids_must_be_topic_levels() {
             6,
             "`id` must not be empty; write e.g. `id = \"m-001\"`"
         )]
+    );
+}
+
+#[test]
+fn timezone_is_an_iana_name_and_a_wrong_one_lists_near_names() {
+    let text = edit(
+        "data_dir = \"data\"",
+        "data_dir = \"data\"\ntimezone = \"Europe/Berlin\"",
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.gateway.timezone.name(), "Europe/Berlin");
+    assert_eq!(
+        config.pipeline_settings().voltage.zone.name(),
+        "Europe/Berlin"
+    );
+
+    let text = edit(
+        "data_dir = \"data\"",
+        "data_dir = \"data\"\ntimezone = \"Asia/Shangai\"",
+    );
+    let p = problems(&text);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with(&at(4, 12, "unknown time zone `Asia/Shangai`"))
+            && p[0].contains("Asia/Shanghai"),
+        "{p:?}"
     );
 }
 

@@ -15,8 +15,6 @@ pub use crate::model::json_number;
 use crate::store::{Message, MeterState};
 use serde_json::{Map, Value, json};
 
-const DAY_MS: i64 = 86_400_000;
-
 /// Builds `{prefix}/{gateway}/...` topics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
@@ -314,7 +312,7 @@ pub fn voltage_day_message(topics: &Topics, d: &DayRecord) -> Message {
             "phase": d.phase,
             "day": d.date(),
             "start": rfc3339_ms(d.day_start_ms),
-            "end": rfc3339_ms(d.day_start_ms + DAY_MS),
+            "end": rfc3339_ms(d.day_end_ms),
             "monitored_s": json_number(d.monitored_s),
             "above_s": json_number(d.above_s),
             "below_s": json_number(d.below_s),

@@ -205,6 +205,8 @@ fn voltage_day_payload_bytes() {
         meter: "m1".into(),
         phase: "l1".into(),
         day_start_ms: 1_794_960_000_000,
+        day_end_ms: 1_794_960_000_000 + 86_400_000,
+        day: "2026-11-18".into(),
         monitored_s: 86_000.0,
         above_s: 60.5,
         below_s: 0.0,

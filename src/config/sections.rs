@@ -751,3 +751,38 @@ fn split(list: Option<Spanned<Vec<Spanned<String>>>>) -> (Vec<String>, Vec<Range
         .map(|(span, s)| (s, span))
         .unzip()
 }
+
+/// `[collection]`: `report_at = "HH:MM"`, the local time after midnight when the day's
+/// collection report goes out (and its freezes are decided).
+pub(super) fn collection(
+    report: &mut Report,
+    table: &DeTable,
+    start: usize,
+) -> crate::analytics::collection::CollectionSettings {
+    let s = Section::new(report, "[collection]", table, start, &["report_at"]);
+    let mut settings = crate::analytics::collection::CollectionSettings::default();
+    if let Some(at) = s.string(report, "report_at") {
+        match parse_hh_mm(at.get_ref()) {
+            Some(secs) if secs > 0 => settings.report_at_s = secs,
+            _ => report.at(
+                at.span().start,
+                format!(
+                    "report_at `{}` is not a local time after midnight; write e.g. \
+                     `report_at = \"01:00\"` (00:01 to 23:59)",
+                    at.get_ref()
+                ),
+            ),
+        }
+    }
+    settings
+}
+
+/// Seconds after midnight of `HH:MM`.
+fn parse_hh_mm(text: &str) -> Option<u64> {
+    let (h, m) = text.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (u64, u64) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60).then_some(h * 3600 + m * 60)
+}

@@ -364,7 +364,40 @@ fn unknown_section() {
             25,
             3,
             "unknown section `meters`; did you mean `[[meter]]`? the sections are: [gateway], \
-             [mqtt], [store], [[bus]], [[meter]], [[area]], [loss], [alarms], [voltage_quality]"
+             [mqtt], [store], [[bus]], [[meter]], [[area]], [loss], [alarms], [voltage_quality], \
+             [freeze], [collection]"
+        )]
+    );
+}
+
+#[test]
+fn freeze_and_collection_keys_reach_the_freeze_engine() {
+    let text = format!(
+        "{}\n[freeze]\nmax_extrapolate_s = 600\n\n[collection]\nreport_at = \"00:45\"\n",
+        edit(
+            "data_dir = \"data\"",
+            "data_dir = \"data\"\ntimezone = \"Asia/Shanghai\""
+        )
+    );
+    let p = parse(&text).unwrap().pipeline_settings();
+    assert_eq!(p.freeze.max_extrapolate_s, 600);
+    assert_eq!(p.freeze.decide_after_s, 45 * 60);
+    assert_eq!(p.freeze.zone.name(), "Asia/Shanghai");
+    assert_eq!(p.collection_groups[0].meters, ["m-supply", "m-001"]);
+
+    let text = format!("{BASE}\n[collection]\nreport_at = \"25:00\"\n");
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("report_at"))
+        .unwrap()
+        + 1;
+    assert_eq!(
+        problems(&text),
+        [at(
+            line,
+            13,
+            "report_at `25:00` is not a local time after midnight; write e.g. \
+             `report_at = \"01:00\"` (00:01 to 23:59)"
         )]
     );
 }

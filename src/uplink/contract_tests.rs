@@ -332,3 +332,94 @@ fn loss_message_has_the_contract_fields() {
     };
     assert!(loss_message(&Topics::new("amr", "gw"), &none).payload["loss_pct"].is_null());
 }
+
+#[test]
+fn freeze_payload_bytes() {
+    use crate::analytics::freeze::{FreezeKind, FreezeRecord, FreezeSource};
+    // 2026-12-01 00:00 in Asia/Shanghai.
+    let f = FreezeRecord {
+        meter: "m1".into(),
+        kind: FreezeKind::Month,
+        ts_ms: 1_796_054_400_000,
+        day: "2026-12-01".into(),
+        month: "2026-12".into(),
+        values: [
+            ("energy_import_kwh".to_string(), 1234.5678),
+            ("energy_export_kwh".to_string(), 0.0),
+        ]
+        .into_iter()
+        .collect(),
+        source: FreezeSource::Interpolated,
+        before_ms: Some(1_796_054_390_000),
+        after_ms: None,
+        late: false,
+    };
+    let m = freeze_message(&topics(), &f);
+    assert_eq!(m.topic, "amr/gw1/freeze/m1");
+    assert_eq!((m.qos, m.retain, m.sequenced), (1, false, true));
+    assert_eq!(
+        bytes(&m.payload),
+        r#"{"after":null,"before":"2026-11-30T15:59:50.000Z","day":"2026-12-01","kind":"month","late":false,"meter":"m1","month":"2026-12","source":"interpolated","ts":"2026-11-30T16:00:00.000Z","values":{"energy_export_kwh":0.0,"energy_import_kwh":1234.5678}}"#
+    );
+}
+
+#[test]
+fn collection_and_daily_loss_payload_bytes() {
+    use crate::analytics::collection::{CollectionReport, GroupKind, GroupSuccess};
+    use crate::analytics::freeze::DailyLoss;
+    let r = CollectionReport {
+        day: "2026-11-24".into(),
+        ts_ms: 1_795_449_600_000,
+        configured: 3,
+        frozen: 2,
+        rate_pct: 200.0 / 3.0,
+        failed: vec!["b2".into()],
+        groups: vec![
+            GroupSuccess {
+                kind: GroupKind::Bus,
+                id: "rs485-1".into(),
+                configured: 3,
+                frozen: 2,
+                rate_pct: 200.0 / 3.0,
+                failed: vec!["b2".into()],
+            },
+            GroupSuccess {
+                kind: GroupKind::Area,
+                id: "t1".into(),
+                configured: 2,
+                frozen: 2,
+                rate_pct: 100.0,
+                failed: vec![],
+            },
+        ],
+    };
+    let m = collection_message(&topics(), &r);
+    assert_eq!(m.topic, "amr/gw1/collection");
+    assert_eq!((m.qos, m.retain, m.sequenced), (1, false, true));
+    assert_eq!(
+        bytes(&m.payload),
+        r#"{"areas":[{"area":"t1","configured":2,"failed":[],"frozen":2,"rate_pct":100.0}],"buses":[{"bus":"rs485-1","configured":3,"failed":["b2"],"frozen":2,"rate_pct":66.666667}],"configured":3,"day":"2026-11-24","failed":["b2"],"frozen":2,"rate_pct":66.666667,"ts":"2026-11-23T16:00:00.000Z"}"#
+    );
+
+    let l = DailyLoss {
+        area: "t1".into(),
+        day: "2026-11-24".into(),
+        start_ms: 1_795_449_600_000,
+        end_ms: 1_795_449_600_000 + 86_400_000,
+        supply_kwh: 250.0,
+        sales_kwh: 240.0,
+        loss_kwh: 10.0,
+        loss_pct: Some(4.0),
+        coverage_pct: 100.0,
+        complete: true,
+        missing: vec![],
+        extrapolated: vec!["c2".into()],
+    };
+    let m = daily_loss_message(&topics(), &l);
+    assert_eq!(m.topic, "amr/gw1/loss/t1/day");
+    assert_eq!((m.qos, m.retain, m.sequenced), (1, false, true));
+    assert_eq!(
+        bytes(&m.payload),
+        r#"{"area":"t1","complete":true,"coverage_pct":100.0,"day":"2026-11-24","end":"2026-11-24T16:00:00.000Z","extrapolated":["c2"],"loss_kwh":10.0,"loss_pct":4.0,"missing":[],"sales_kwh":240.0,"start":"2026-11-23T16:00:00.000Z","supply_kwh":250.0}"#
+    );
+}

@@ -14,6 +14,8 @@
 //!   [`RecordKind::Alarm`] record per event, [`MetaKey::ActiveAlarms`] and — in the same batch, always — the alarm snapshot, so
 //!   an alarm active before a restart is never raised twice;
 //! - closed voltage-quality days: a [`RecordKind::VoltageDay`] record and the day message;
+//!   completed months, per meter's phase and per area: a [`RecordKind::VoltageMonth`] record
+//!   and the month message;
 //! - daily and monthly freezes (from the readings the loss engine judged good): a
 //!   [`RecordKind::FreezeDay`] / [`RecordKind::FreezeMonth`] record and the freeze message;
 //! - at each day's decision (`[collection] report_at` after local midnight): the collection
@@ -36,14 +38,14 @@ use crate::analytics::loss::AreaSpec;
 use crate::analytics::loss::{
     LossEngine, LossEvent, LossSnapshot, RollingLoss, VerdictKind, VerdictState,
 };
-use crate::analytics::voltage::{VoltageQuality, VoltageSnapshot};
+use crate::analytics::voltage::{VoltageQuality, VoltageSnapshot, area_month};
 use crate::model::MeterStatus;
 use crate::model::Reading;
 use crate::store::{Batch, Message, MetaKey, QualityRevision, Record, RecordKind};
 use crate::uplink::contract::{
-    Topics, active_alarms_list, active_alarms_message, alarm_message, collection_message,
-    daily_loss_message, freeze_message, loss_message, loss_verdict_details, rolling_loss_body,
-    voltage_day_message,
+    Topics, active_alarms_list, active_alarms_message, alarm_message, area_voltage_month_message,
+    collection_message, daily_loss_message, freeze_message, loss_message, loss_verdict_details,
+    rolling_loss_body, voltage_day_message, voltage_month_message,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -192,6 +194,7 @@ impl Analytics {
             push_kept(batch, RecordKind::VoltageDay, &d.meter, d.day_start_ms, m);
             self.voltage_changed = true;
         }
+        self.push_voltage_months(batch);
         self.tick_freeze(now_ms, batch);
         self.write_rolling(batch);
 
@@ -281,6 +284,36 @@ impl Analytics {
     }
     pub fn freeze(&self) -> &FreezeEngine {
         &self.freeze
+    }
+
+    /// The voltage-quality months completed at this tick, per meter's phase and per area.
+    fn push_voltage_months(&mut self, batch: &mut Batch) {
+        let months = self.voltage.take_months();
+        if months.is_empty() {
+            return;
+        }
+        self.voltage_changed = true;
+        for m in &months {
+            let msg = voltage_month_message(&self.topics, m);
+            push_kept(batch, RecordKind::VoltageMonth, &m.meter, m.start_ms, msg);
+        }
+        let mut starts: Vec<i64> = months.iter().map(|m| m.start_ms).collect();
+        starts.sort_unstable();
+        starts.dedup();
+        for start in starts {
+            let of_month: Vec<_> = months
+                .iter()
+                .filter(|m| m.start_ms == start)
+                .cloned()
+                .collect();
+            for area in &self.areas {
+                let ids: Vec<String> = area.meters().cloned().collect();
+                if let Some(a) = area_month(&area.id, &ids, &of_month) {
+                    let msg = area_voltage_month_message(&self.topics, &a);
+                    push_kept(batch, RecordKind::VoltageMonth, &a.area, a.start_ms, msg);
+                }
+            }
+        }
     }
 
     /// Freezes, and at a day's decision its collection report and the areas' daily loss over

@@ -14,6 +14,9 @@ pub enum RecordKind {
     /// A closed voltage-quality day of a meter's phase (subject: the meter; body: the day
     /// payload).
     VoltageDay,
+    /// A month of voltage quality of a meter's phase, or of an area (subject: the meter or
+    /// the area; ts: the month's start; body: the month payload).
+    VoltageMonth,
     /// A meter's daily freeze (subject: the meter; ts: the freeze moment; body: the freeze
     /// payload). Kept at least [`RecordKind::keep_days`].
     FreezeDay,
@@ -29,7 +32,7 @@ pub enum RecordKind {
 
 impl RecordKind {
     /// Every kind.
-    pub const ALL: [RecordKind; 7] = [
+    pub const ALL: [RecordKind; 8] = [
         RecordKind::Loss,
         RecordKind::Alarm,
         RecordKind::VoltageDay,
@@ -37,6 +40,7 @@ impl RecordKind {
         RecordKind::FreezeMonth,
         RecordKind::Collection,
         RecordKind::LossDay,
+        RecordKind::VoltageMonth,
     ];
 
     /// The name in the `kind` column.
@@ -49,6 +53,7 @@ impl RecordKind {
             RecordKind::FreezeMonth => "freeze_month",
             RecordKind::Collection => "collection",
             RecordKind::LossDay => "loss_day",
+            RecordKind::VoltageMonth => "voltage_month",
         }
     }
 
@@ -58,7 +63,7 @@ impl RecordKind {
     pub fn keep_days(self) -> Option<u32> {
         match self {
             RecordKind::FreezeDay | RecordKind::Collection | RecordKind::LossDay => Some(62),
-            RecordKind::FreezeMonth => Some(731),
+            RecordKind::FreezeMonth | RecordKind::VoltageMonth => Some(731),
             RecordKind::Loss | RecordKind::Alarm | RecordKind::VoltageDay => None,
         }
     }

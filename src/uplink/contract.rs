@@ -10,7 +10,7 @@ use crate::analytics::alarms::{Alarm, AlarmChange, Transition};
 use crate::analytics::collection::{CollectionReport, GroupKind, GroupSuccess};
 use crate::analytics::freeze::{DailyLoss, FreezeRecord};
 use crate::analytics::loss::{LossRecord, LossVerdict, RollingLoss};
-use crate::analytics::voltage::DayRecord;
+use crate::analytics::voltage::{AreaMonth, DayRecord, MonthRecord};
 use crate::clock::rfc3339_ms;
 use crate::model::Reading;
 pub use crate::model::json_number;
@@ -58,6 +58,14 @@ impl Topics {
     }
     pub fn meter_state(&self, meter: &str) -> String {
         format!("{}/meter/{meter}/state", self.base())
+    }
+    /// The monthly voltage quality of a meter (one message per phase and month).
+    pub fn voltage_month(&self, meter: &str) -> String {
+        format!("{}/voltage/{meter}/month", self.base())
+    }
+    /// The monthly voltage quality of an area.
+    pub fn area_voltage_month(&self, area: &str) -> String {
+        format!("{}/voltage/area/{area}/month", self.base())
     }
     /// A meter's daily and monthly freezes.
     pub fn freeze(&self, meter: &str) -> String {
@@ -375,6 +383,66 @@ pub fn meter_state_message(topics: &Topics, s: &MeterState) -> Message {
         qos: 1,
         retain: true,
         sequenced: false,
+    }
+}
+
+/// The monthly voltage quality (月电压合格率) of a meter's phase on
+/// `{prefix}/{gateway}/voltage/{meter}/month`: QoS 1, sequenced, once the month's last day is
+/// closed.
+///
+/// Payload: `{"meter", "phase", "month": "YYYY-MM" (local), "start", "end" (its local
+/// midnights, RFC 3339 UTC), "monitored_s", "above_s", "below_s", "outage_s", "qualified_pct"
+/// (null when nothing was monitored), "min_v", "max_v", "upper_v", "lower_v", "days" (days
+/// with reads)}`.
+pub fn voltage_month_message(topics: &Topics, m: &MonthRecord) -> Message {
+    let opt = |v: Option<f64>| v.map(json_number).unwrap_or(Value::Null);
+    Message {
+        topic: topics.voltage_month(&m.meter),
+        payload: json!({
+            "meter": m.meter,
+            "phase": m.phase,
+            "month": m.month,
+            "start": rfc3339_ms(m.start_ms),
+            "end": rfc3339_ms(m.end_ms),
+            "monitored_s": json_number(m.monitored_s),
+            "above_s": json_number(m.above_s),
+            "below_s": json_number(m.below_s),
+            "outage_s": json_number(m.outage_s),
+            "qualified_pct": opt(m.qualified_pct),
+            "min_v": opt(m.min_v),
+            "max_v": opt(m.max_v),
+            "upper_v": json_number(m.upper_v),
+            "lower_v": json_number(m.lower_v),
+            "days": m.days,
+        }),
+        qos: 1,
+        retain: false,
+        sequenced: true,
+    }
+}
+
+/// The monthly voltage quality of an area (its meters' phases summed) on
+/// `{prefix}/{gateway}/voltage/area/{area}/month`: QoS 1, sequenced.
+///
+/// Payload: `{"area", "month", "start", "end", "monitored_s", "above_s", "below_s",
+/// "qualified_pct" (null when nothing was monitored), "meters" (meters with figures)}`.
+pub fn area_voltage_month_message(topics: &Topics, a: &AreaMonth) -> Message {
+    Message {
+        topic: topics.area_voltage_month(&a.area),
+        payload: json!({
+            "area": a.area,
+            "month": a.month,
+            "start": rfc3339_ms(a.start_ms),
+            "end": rfc3339_ms(a.end_ms),
+            "monitored_s": json_number(a.monitored_s),
+            "above_s": json_number(a.above_s),
+            "below_s": json_number(a.below_s),
+            "qualified_pct": a.qualified_pct.map(json_number).unwrap_or(Value::Null),
+            "meters": a.meters,
+        }),
+        qos: 1,
+        retain: false,
+        sequenced: true,
     }
 }
 

@@ -423,3 +423,49 @@ fn collection_and_daily_loss_payload_bytes() {
         r#"{"area":"t1","complete":true,"coverage_pct":100.0,"day":"2026-11-24","end":"2026-11-24T16:00:00.000Z","extrapolated":["c2"],"loss_kwh":10.0,"loss_pct":4.0,"missing":[],"sales_kwh":240.0,"start":"2026-11-23T16:00:00.000Z","supply_kwh":250.0}"#
     );
 }
+
+#[test]
+fn voltage_month_payload_bytes() {
+    use crate::analytics::voltage::{AreaMonth, MonthRecord};
+    let m = MonthRecord {
+        meter: "m1".into(),
+        phase: "l1".into(),
+        month: "2026-02".into(),
+        start_ms: 1_769_875_200_000,
+        end_ms: 1_772_294_400_000,
+        monitored_s: 2_419_200.0,
+        above_s: 7200.0,
+        below_s: 0.0,
+        outage_s: 0.0,
+        qualified_pct: Some(99.702_381),
+        min_v: Some(230.0),
+        max_v: Some(240.0),
+        days: 28,
+        upper_v: 235.4,
+        lower_v: 198.0,
+    };
+    let msg = voltage_month_message(&topics(), &m);
+    assert_eq!(msg.topic, "amr/gw1/voltage/m1/month");
+    assert_eq!((msg.qos, msg.retain, msg.sequenced), (1, false, true));
+    assert_eq!(
+        bytes(&msg.payload),
+        r#"{"above_s":7200.0,"below_s":0.0,"days":28,"end":"2026-02-28T16:00:00.000Z","lower_v":198.0,"max_v":240.0,"meter":"m1","min_v":230.0,"monitored_s":2419200.0,"month":"2026-02","outage_s":0.0,"phase":"l1","qualified_pct":99.702381,"start":"2026-01-31T16:00:00.000Z","upper_v":235.4}"#
+    );
+    let a = AreaMonth {
+        area: "T1".into(),
+        month: "2026-02".into(),
+        start_ms: 1_769_875_200_000,
+        end_ms: 1_772_294_400_000,
+        monitored_s: 4_838_400.0,
+        above_s: 7200.0,
+        below_s: 0.0,
+        qualified_pct: None,
+        meters: 2,
+    };
+    let msg = area_voltage_month_message(&topics(), &a);
+    assert_eq!(msg.topic, "amr/gw1/voltage/area/T1/month");
+    assert_eq!(
+        bytes(&msg.payload),
+        r#"{"above_s":7200.0,"area":"T1","below_s":0.0,"end":"2026-02-28T16:00:00.000Z","meters":2,"monitored_s":4838400.0,"month":"2026-02","qualified_pct":null,"start":"2026-01-31T16:00:00.000Z"}"#
+    );
+}

@@ -1,10 +1,136 @@
-//! The one clock of the gateway: wall-clock milliseconds and RFC 3339 formatting.
+//! The one clock of the gateway: wall-clock milliseconds, RFC 3339 formatting, and the local
+//! time zone its days and months are counted in ([`LocalTime`]).
 //!
 //! Everything that stamps data takes its time from here, and everything that computes
-//! wall-clock boundaries (loss intervals, daily statistics) takes timestamps as arguments,
-//! so tests can reason about time without sleeping.
+//! wall-clock boundaries (loss intervals, daily statistics, freezes) takes timestamps as
+//! arguments, so tests can reason about time without sleeping. Timestamps are always UTC
+//! milliseconds; a local day or month is computed from them with the time-zone database
+//! ([`jiff`]), never by hand.
 
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use jiff::{Timestamp, ZonedDateTime};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The time zone whose midnights start the gateway's days and months (`[gateway] timezone`):
+/// daily and monthly freezes, voltage-quality days, collection statistics, daily loss. A day
+/// is `[local 00:00, next local 00:00)`, 23 or 25 hours long across a daylight-saving change;
+/// where a zone skips midnight, the day starts at its first instant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalTime {
+    zone: TimeZone,
+    name: String,
+}
+
+impl Default for LocalTime {
+    /// UTC: the days the gateway counted before it had a time zone.
+    fn default() -> Self {
+        LocalTime::utc()
+    }
+}
+
+impl LocalTime {
+    pub fn utc() -> LocalTime {
+        LocalTime {
+            zone: TimeZone::UTC,
+            name: "UTC".into(),
+        }
+    }
+
+    /// An IANA zone by name (`Asia/Shanghai`); an error for a name the time-zone database
+    /// does not know.
+    pub fn named(name: &str) -> Result<LocalTime, String> {
+        TimeZone::get(name)
+            .map(|zone| LocalTime {
+                zone,
+                name: name.to_string(),
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    /// The system's zone: `TZ`, else `/etc/localtime`; UTC when neither names one.
+    pub fn system() -> LocalTime {
+        match TimeZone::try_system() {
+            Ok(zone) => LocalTime {
+                name: zone.iana_name().unwrap_or("UTC").to_string(),
+                zone,
+            },
+            Err(_) => LocalTime::utc(),
+        }
+    }
+
+    /// Every zone name the database knows (for "did you mean").
+    pub fn names() -> Vec<String> {
+        jiff::tz::db()
+            .available()
+            .map(|n| n.as_str().to_string())
+            .collect()
+    }
+
+    /// The zone's name (`Asia/Shanghai`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn zoned(&self, ts_ms: i64) -> ZonedDateTime {
+        let ts = Timestamp::from_millisecond(ts_ms).unwrap_or(Timestamp::UNIX_EPOCH);
+        ts.to_zoned_datetime(self.zone.clone())
+    }
+
+    fn start_of(&self, date: Date) -> i64 {
+        date.to_zoned_datetime(self.zone.clone())
+            .and_then(|z| z.start_of_day())
+            .map(|z| z.timestamp().as_millisecond())
+            .unwrap_or(0)
+    }
+
+    /// The local date at `ts_ms`.
+    pub fn date(&self, ts_ms: i64) -> Date {
+        self.zoned(ts_ms).date()
+    }
+
+    /// Start of the local day containing `ts_ms` (local midnight), UTC ms.
+    pub fn day_start_ms(&self, ts_ms: i64) -> i64 {
+        self.start_of(self.date(ts_ms))
+    }
+
+    /// Start of the local day after the one containing `ts_ms`, UTC ms.
+    pub fn next_day_start_ms(&self, ts_ms: i64) -> i64 {
+        let d = self.date(ts_ms);
+        self.start_of(d.tomorrow().unwrap_or(d))
+    }
+
+    /// Start of the local month containing `ts_ms` (00:00 on the 1st), UTC ms.
+    pub fn month_start_ms(&self, ts_ms: i64) -> i64 {
+        self.start_of(self.date(ts_ms).first_of_month())
+    }
+
+    /// Start of the local month after the one containing `ts_ms`, UTC ms.
+    pub fn next_month_start_ms(&self, ts_ms: i64) -> i64 {
+        let last = self.date(ts_ms).last_of_month();
+        self.start_of(last.tomorrow().unwrap_or(last))
+    }
+
+    /// The local day containing `ts_ms`, `2026-11-22`.
+    pub fn day(&self, ts_ms: i64) -> String {
+        self.date(ts_ms).to_string()
+    }
+
+    /// The local month containing `ts_ms`, `2026-11`.
+    pub fn month(&self, ts_ms: i64) -> String {
+        self.day(ts_ms)[..7].to_string()
+    }
+
+    /// True when `ts_ms` is the first instant of a local month.
+    pub fn is_month_start(&self, ts_ms: i64) -> bool {
+        self.month_start_ms(ts_ms) == ts_ms
+    }
+
+    /// Milliseconds since local midnight at `ts_ms`.
+    pub fn since_midnight_ms(&self, ts_ms: i64) -> i64 {
+        ts_ms - self.day_start_ms(ts_ms)
+    }
+}
 
 /// Milliseconds since the Unix epoch, UTC.
 pub fn now_ms() -> i64 {
@@ -92,6 +218,57 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_days_in_shanghai_start_at_16_utc() {
+        let z = LocalTime::named("Asia/Shanghai").unwrap();
+        let t = parse_rfc3339("2026-11-22T15:59:59.999Z").unwrap();
+        assert_eq!(z.day(t), "2026-11-22");
+        assert_eq!(z.day(t + 1), "2026-11-23");
+        assert_eq!(rfc3339_ms(z.day_start_ms(t)), "2026-11-21T16:00:00.000Z");
+        assert_eq!(
+            rfc3339_ms(z.next_day_start_ms(t)),
+            "2026-11-22T16:00:00.000Z"
+        );
+        let dec1 = parse_rfc3339("2026-11-30T16:00:00.000Z").unwrap();
+        assert_eq!(z.month(dec1), "2026-12");
+        assert_eq!(z.month(dec1 - 1), "2026-11");
+        assert!(z.is_month_start(dec1) && !z.is_month_start(dec1 - 1));
+        assert_eq!(
+            z.month_start_ms(dec1 - 1),
+            parse_rfc3339("2026-10-31T16:00:00Z").unwrap()
+        );
+        assert_eq!(z.next_month_start_ms(dec1 - 1), dec1);
+        assert_eq!(z.since_midnight_ms(dec1 + 5_000), 5_000);
+    }
+
+    #[test]
+    fn berlin_days_are_23_and_25_hours_across_dst() {
+        let z = LocalTime::named("Europe/Berlin").unwrap();
+        // 2026-03-29: clocks go 02:00 → 03:00 (CET → CEST).
+        let spring = parse_rfc3339("2026-03-29T12:00:00Z").unwrap();
+        let (s, e) = (z.day_start_ms(spring), z.next_day_start_ms(spring));
+        assert_eq!(rfc3339_ms(s), "2026-03-28T23:00:00.000Z");
+        assert_eq!(rfc3339_ms(e), "2026-03-29T22:00:00.000Z");
+        assert_eq!(e - s, 23 * 3_600_000);
+        // 2026-10-25: clocks go 03:00 → 02:00.
+        let autumn = parse_rfc3339("2026-10-25T12:00:00Z").unwrap();
+        let (s, e) = (z.day_start_ms(autumn), z.next_day_start_ms(autumn));
+        assert_eq!(rfc3339_ms(s), "2026-10-24T22:00:00.000Z");
+        assert_eq!(e - s, 25 * 3_600_000);
+        assert_eq!(z.day(e - 1), "2026-10-25");
+        assert_eq!(z.month(e), "2026-10");
+    }
+
+    #[test]
+    fn unknown_zone_is_an_error_and_utc_is_the_default() {
+        assert!(LocalTime::named("Asia/Shangai").is_err());
+        let utc = LocalTime::default();
+        assert_eq!(utc.name(), "UTC");
+        let t = parse_rfc3339("2026-11-22T10:00:00Z").unwrap();
+        assert_eq!(utc.day_start_ms(t), day_start_ms(t));
+        assert!(LocalTime::names().iter().any(|n| n == "Asia/Shanghai"));
+    }
 
     #[test]
     fn formats_and_parses_round_trip() {

@@ -31,7 +31,7 @@
 //!   each component's settings (the store's, the uplink's, the pipeline's), and no component
 //!   imports it.
 //! - [`model`]: domain types — meter ids, quantity names, readings.
-//! - [`clock`]: the one clock; RFC 3339 timestamps.
+//! - [`clock`]: the one clock; RFC 3339 timestamps; the local time zone of days and months.
 //! - [`shutdown`]: the stop signal passed down explicitly to every task.
 //! - [`diagnostic`]: problems in hand-checked TOML files (configuration, model files, simulator
 //!   file) at `FILE:LINE:COL`, typed key readers, "did you mean"; a leaf.
@@ -44,7 +44,8 @@
 //!   meter states, and the record kinds and meta keys, typed and defined once.
 //! - [`uplink`]: the whole MQTT contract — every topic and payload rendered in
 //!   [`uplink::contract`] from typed records — and the outbox publisher.
-//! - [`analytics`]: pure engines (line loss, alarms, voltage quality) and the domain rules they
+//! - [`analytics`]: pure engines (line loss, alarms, voltage quality, daily and monthly freezes,
+//!   collection success) and the domain rules they
 //!   share (the voltage band, a register that went down or stood still): readings and time in,
 //!   typed records and events out; they import only [`model`] and [`clock`].
 //! - [`pipeline`]: the store writer's logic, the one place that knows both the engines and

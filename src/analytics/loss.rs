@@ -18,9 +18,12 @@
 //! **Same period.** Meters are read at different moments of a bus cycle, so each meter's
 //! cumulative energy at a window boundary is interpolated between its reads just before and
 //! just after the boundary (a read exactly on it is used as is): linearly, or, when both reads
-//! carry the meter's `power_kw`, along a monotone cubic whose slopes at the reads are those
-//! powers (it still passes through both reads, so no energy is created or lost; it follows a
-//! load that changed between the reads about twice as closely). Reads further apart than
+//! carry the meter's `power_kw` and those powers agree with the energy the register advanced
+//! between them (see [`register::POWER_AGREEMENT`]), along a monotone cubic whose slopes at the
+//! reads are those powers (it still passes through both reads, so no energy is created or lost;
+//! it follows a load that changed smoothly between the reads about twice as closely). Powers
+//! that disagree (a power register with its own scale, a load that switched between the reads)
+//! leave that gap linear, so the shaping is never worse than the straight line. Reads further apart than
 //! `max_read_gap_s` still give a value but the meter counts as missing. Closed intervals are
 //! aligned to wall-clock multiples of `interval_s` since the epoch (UTC).
 //!

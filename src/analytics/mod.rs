@@ -1,4 +1,5 @@
-//! Analytics over readings: line loss of areas, alarm rules, voltage quality, and the domain
+//! Analytics over readings: line loss of areas, alarm rules, voltage quality, daily and monthly
+//! freezes with the daily loss they give (`freeze`), collection success (`collection`), and the domain
 //! rules they share (`band`: the supply voltage band; `register`: a register that went down or
 //! stood still while load flowed).
 //!
@@ -10,6 +11,8 @@
 
 pub mod alarms;
 pub mod band;
+pub mod collection;
+pub mod freeze;
 pub mod loss;
 pub mod register;
 pub mod voltage;

@@ -1,4 +1,4 @@
-//! Voltage quality (电压合格率): per meter, phase and UTC day, how long the voltage was
+//! Voltage quality (电压合格率): per meter, phase and local day, how long the voltage was
 //! monitored, above the upper limit and below the lower limit, the qualification rate and the
 //! extremes.
 //!
@@ -12,9 +12,16 @@
 //! - an interval whose `v0` is below `outage_pct` of nominal is outage time, kept apart and
 //!   not monitored (an outage is not a quality fault; it is the area_outage / phase_loss
 //!   alarms' business);
-//! - an interval crossing midnight UTC is split between the two days.
+//! - an interval crossing local midnight is split between the two days.
+//!
+//! Days are local days of `[gateway] timezone` ([`crate::clock::LocalTime`]): from local
+//! midnight to the next, 23 or 25 hours across a daylight-saving change.
 //!
 //! qualified_pct = (1 − (above + below) / monitored) × 100, `None` when nothing was monitored.
+//!
+//! **Months** (月电压合格率): the closed days of a meter's phase add up to its local month;
+//! once every day of the month is closed, [`VoltageQuality::take_months`] returns the month's
+//! [`MonthRecord`], and [`area_month`] sums the months of an area's meters (all their phases).
 //! min_v and max_v are over the reads of the day, outage reads left out.
 //!
 //! A day closes `max_gap_s` after its end (no later read can still add to it); [`VoltageQuality::on_tick`]
@@ -23,12 +30,10 @@
 //! which the gateway saves in the transaction that holds the day messages.
 
 use super::band::{BandPosition, VoltageBand};
-use crate::clock::{day_start_ms, rfc3339_ms};
+use crate::clock::LocalTime;
 use crate::model::Reading;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-
-const DAY_MS: i64 = 86_400_000;
 
 const PHASES: [(&str, &str); 3] = [
     ("l1", "voltage_l1_v"),
@@ -49,6 +54,10 @@ pub struct VoltageQualitySettings {
     pub max_gap_s: u64,
     /// Voltages below this share of nominal are outage, not monitored. Default 50 (110 V).
     pub outage_pct: f64,
+    /// Whose midnights start the days. Not a key of `[voltage_quality]`: the loader fills it
+    /// from `[gateway] timezone`. Default UTC.
+    #[serde(skip)]
+    pub zone: LocalTime,
 }
 
 impl Default for VoltageQualitySettings {
@@ -57,6 +66,7 @@ impl Default for VoltageQualitySettings {
             band: VoltageBand::default(),
             max_gap_s: 300,
             outage_pct: 50.0,
+            zone: LocalTime::default(),
         }
     }
 }
@@ -67,14 +77,18 @@ impl VoltageQualitySettings {
     }
 }
 
-/// The figures of one meter, phase and UTC day.
+/// The figures of one meter, phase and local day.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DayRecord {
     pub meter: String,
     /// `"l1"`, `"l2"` or `"l3"`.
     pub phase: String,
-    /// Start of the UTC day, ms since the Unix epoch.
+    /// Start of the local day (local midnight), ms since the Unix epoch.
     pub day_start_ms: i64,
+    /// Start of the next local day.
+    pub day_end_ms: i64,
+    /// The local day, `2026-11-22`.
+    pub day: String,
     pub monitored_s: f64,
     pub above_s: f64,
     pub below_s: f64,
@@ -92,9 +106,9 @@ pub struct DayRecord {
 }
 
 impl DayRecord {
-    /// `"2026-11-22"`.
+    /// The local day, `"2026-11-22"`.
     pub fn date(&self) -> String {
-        rfc3339_ms(self.day_start_ms)[..10].to_string()
+        self.day.clone()
     }
 }
 
@@ -128,6 +142,92 @@ pub struct VoltageSnapshot {
     pub series: Vec<PhaseSeries>,
     /// Days starting before this are closed and published; nothing is added to them again.
     pub closed_before_ms: i64,
+    /// Months being summed from closed days.
+    #[serde(default)]
+    pub months: Vec<MonthTally>,
+}
+
+/// The closed days of one local month of one phase, summed (milliseconds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonthTally {
+    pub meter: String,
+    pub phase: String,
+    pub month_start_ms: i64,
+    pub monitored_ms: i64,
+    pub above_ms: i64,
+    pub below_ms: i64,
+    pub outage_ms: i64,
+    pub min_v: Option<f64>,
+    pub max_v: Option<f64>,
+    /// Days with at least one read.
+    pub days: u32,
+}
+
+/// The figures of one meter, phase and local month.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonthRecord {
+    pub meter: String,
+    pub phase: String,
+    /// The local month, `2026-11`.
+    pub month: String,
+    /// Its local midnights (the 1st and the next 1st), ms since the epoch.
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub monitored_s: f64,
+    pub above_s: f64,
+    pub below_s: f64,
+    pub outage_s: f64,
+    /// (1 − (above + below) / monitored) × 100; `None` when nothing was monitored.
+    pub qualified_pct: Option<f64>,
+    pub min_v: Option<f64>,
+    pub max_v: Option<f64>,
+    pub days: u32,
+    pub upper_v: f64,
+    pub lower_v: f64,
+}
+
+/// One area's month: the months of its meters, every phase, summed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AreaMonth {
+    pub area: String,
+    pub month: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub monitored_s: f64,
+    pub above_s: f64,
+    pub below_s: f64,
+    pub qualified_pct: Option<f64>,
+    /// Meters with figures for the month.
+    pub meters: usize,
+}
+
+/// The month of `area` from the months of its `meters` among `months` (one month's records);
+/// `None` when none of its meters has one.
+pub fn area_month(area: &str, meters: &[String], months: &[MonthRecord]) -> Option<AreaMonth> {
+    let mine: Vec<&MonthRecord> = months
+        .iter()
+        .filter(|m| meters.contains(&m.meter))
+        .collect();
+    let first = mine.first()?;
+    let sum = |f: fn(&MonthRecord) -> f64| mine.iter().map(|m| f(m)).sum::<f64>();
+    let (monitored, above, below) = (
+        sum(|m| m.monitored_s),
+        sum(|m| m.above_s),
+        sum(|m| m.below_s),
+    );
+    let mut ids: Vec<&str> = mine.iter().map(|m| m.meter.as_str()).collect();
+    ids.dedup();
+    Some(AreaMonth {
+        area: area.to_string(),
+        month: first.month.clone(),
+        start_ms: first.start_ms,
+        end_ms: first.end_ms,
+        monitored_s: monitored,
+        above_s: above,
+        below_s: below,
+        qualified_pct: (monitored > 0.0).then(|| (1.0 - (above + below) / monitored) * 100.0),
+        meters: ids.len(),
+    })
 }
 
 /// Voltage quality statistics of every meter and phase.
@@ -136,6 +236,8 @@ pub struct VoltageQuality {
     settings: VoltageQualitySettings,
     series: BTreeMap<(String, String), PhaseSeries>,
     closed_before_ms: i64,
+    months: Vec<MonthTally>,
+    ready_months: Vec<MonthRecord>,
 }
 
 impl VoltageQuality {
@@ -144,6 +246,8 @@ impl VoltageQuality {
             settings,
             series: BTreeMap::new(),
             closed_before_ms: i64::MIN,
+            months: Vec::new(),
+            ready_months: Vec::new(),
         }
     }
 
@@ -178,7 +282,7 @@ impl VoltageQuality {
                 }
             }
             series.last = Some((r.ts_ms, v));
-            let day = day_start_ms(r.ts_ms);
+            let day = s.zone.day_start_ms(r.ts_ms);
             if day >= closed_before {
                 let tally = tally_for(series, day);
                 tally.reads += 1;
@@ -195,7 +299,7 @@ impl VoltageQuality {
     pub fn on_tick(&mut self, now_ms: i64) -> Vec<DayRecord> {
         let grace = self.settings.max_gap_s as i64 * 1000;
         // Day d closes when d + DAY + grace <= now, i.e. when d < day_start(now - grace).
-        let closable_before = day_start_ms(now_ms - grace);
+        let closable_before = self.settings.zone.day_start_ms(now_ms - grace);
         if closable_before <= self.closed_before_ms {
             return Vec::new();
         }
@@ -213,9 +317,87 @@ impl VoltageQuality {
             );
         }
         self.closed_before_ms = closable_before;
+        self.add_to_months(&out, closable_before);
         // Forget phases that have neither open days nor a recent read.
         self.series
             .retain(|_, s| !s.days.is_empty() || s.last.is_some_and(|(t, _)| now_ms - t <= grace));
+        out
+    }
+
+    /// Adds closed days to their months; months whose every day is closed become ready.
+    fn add_to_months(&mut self, days: &[DayRecord], closable_before: i64) {
+        let zone = self.settings.zone.clone();
+        for d in days {
+            let month_start_ms = zone.month_start_ms(d.day_start_ms);
+            let i = match self.months.iter().position(|m| {
+                m.meter == d.meter && m.phase == d.phase && m.month_start_ms == month_start_ms
+            }) {
+                Some(i) => i,
+                None => {
+                    self.months.push(MonthTally {
+                        meter: d.meter.clone(),
+                        phase: d.phase.clone(),
+                        month_start_ms,
+                        monitored_ms: 0,
+                        above_ms: 0,
+                        below_ms: 0,
+                        outage_ms: 0,
+                        min_v: None,
+                        max_v: None,
+                        days: 0,
+                    });
+                    self.months.len() - 1
+                }
+            };
+            let m = &mut self.months[i];
+            let ms = |s: f64| (s * 1000.0).round() as i64;
+            m.monitored_ms += ms(d.monitored_s);
+            m.above_ms += ms(d.above_s);
+            m.below_ms += ms(d.below_s);
+            m.outage_ms += ms(d.outage_s);
+            m.min_v = match (m.min_v, d.min_v) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            m.max_v = match (m.max_v, d.max_v) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+            if d.reads > 0 {
+                m.days += 1;
+            }
+        }
+        let (done, open): (Vec<MonthTally>, Vec<MonthTally>) = std::mem::take(&mut self.months)
+            .into_iter()
+            .partition(|m| zone.next_month_start_ms(m.month_start_ms) <= closable_before);
+        self.months = open;
+        let s = &self.settings;
+        self.ready_months
+            .extend(done.into_iter().map(|m| MonthRecord {
+                month: zone.month(m.month_start_ms),
+                start_ms: m.month_start_ms,
+                end_ms: zone.next_month_start_ms(m.month_start_ms),
+                monitored_s: m.monitored_ms as f64 / 1000.0,
+                above_s: m.above_ms as f64 / 1000.0,
+                below_s: m.below_ms as f64 / 1000.0,
+                outage_s: m.outage_ms as f64 / 1000.0,
+                qualified_pct: (m.monitored_ms > 0).then(|| {
+                    (1.0 - (m.above_ms + m.below_ms) as f64 / m.monitored_ms as f64) * 100.0
+                }),
+                min_v: m.min_v,
+                max_v: m.max_v,
+                days: m.days,
+                upper_v: s.band.upper_v(),
+                lower_v: s.band.lower_v(),
+                meter: m.meter,
+                phase: m.phase,
+            }));
+    }
+
+    /// The months completed since the last call (every day of them closed), by meter, phase.
+    pub fn take_months(&mut self) -> Vec<MonthRecord> {
+        let mut out = std::mem::take(&mut self.ready_months);
+        out.sort_by(|a, b| (&a.meter, &a.phase).cmp(&(&b.meter, &b.phase)));
         out
     }
 
@@ -236,11 +418,13 @@ impl VoltageQuality {
         VoltageSnapshot {
             series: self.series.values().cloned().collect(),
             closed_before_ms: self.closed_before_ms,
+            months: self.months.clone(),
         }
     }
 
     pub fn restore(&mut self, snapshot: VoltageSnapshot) {
         self.closed_before_ms = snapshot.closed_before_ms;
+        self.months = snapshot.months;
         self.series = snapshot
             .series
             .into_iter()
@@ -249,7 +433,7 @@ impl VoltageQuality {
     }
 }
 
-/// Attributes `[t0, t1)` at voltage `v0`, split at UTC midnights.
+/// Attributes `[t0, t1)` at voltage `v0`, split at local midnights.
 fn book_interval(
     series: &mut PhaseSeries,
     s: &VoltageQualitySettings,
@@ -260,8 +444,8 @@ fn book_interval(
 ) {
     let mut start = t0;
     while start < t1 {
-        let day = day_start_ms(start);
-        let end = t1.min(day + DAY_MS);
+        let day = s.zone.day_start_ms(start);
+        let end = t1.min(s.zone.next_day_start_ms(start));
         if day >= closed_before {
             let span = end - start;
             let tally = tally_for(series, day);
@@ -310,6 +494,8 @@ fn record(
         meter: meter.to_string(),
         phase: phase.to_string(),
         day_start_ms: d.day_start_ms,
+        day_end_ms: s.zone.next_day_start_ms(d.day_start_ms),
+        day: s.zone.day(d.day_start_ms),
         monitored_s: d.monitored_ms as f64 / 1000.0,
         above_s: d.above_ms as f64 / 1000.0,
         below_s: d.below_ms as f64 / 1000.0,
@@ -327,9 +513,112 @@ fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{day_start_ms, parse_rfc3339, rfc3339_ms};
     use crate::uplink::contract::{Topics, voltage_day_message};
 
     const MIN: i64 = 60_000;
+    const DAY_MS: i64 = 86_400_000;
+
+    fn in_zone(name: &str) -> VoltageQualitySettings {
+        VoltageQualitySettings {
+            zone: LocalTime::named(name).unwrap(),
+            ..VoltageQualitySettings::default()
+        }
+    }
+
+    #[test]
+    fn days_are_local_days_in_shanghai() {
+        // Local midnight 2026-11-23 in Shanghai is 16:00 UTC the day before.
+        let m = parse_rfc3339("2026-11-22T16:00:00Z").unwrap();
+        let mut q = VoltageQuality::new(in_zone("Asia/Shanghai"));
+        for t in [-4, -2, 0, 2, 4] {
+            read(&mut q, m + t * MIN, 240.0);
+        }
+        let days = q.on_tick(m + DAY_MS + 10 * MIN);
+        assert_eq!(days.len(), 2);
+        assert_eq!(days[0].day, "2026-11-22");
+        assert_eq!(days[0].day_end_ms, m);
+        assert_eq!(days[0].above_s, 240.0);
+        assert_eq!(days[1].day, "2026-11-23");
+        assert_eq!(days[1].day_start_ms, m);
+        assert_eq!(days[1].above_s, 240.0);
+        let p = voltage_day_message(&Topics::new("amr", "gw1"), &days[1]).payload;
+        assert_eq!(p["day"], "2026-11-23");
+        assert_eq!(p["start"], "2026-11-22T16:00:00.000Z");
+        assert_eq!(p["end"], "2026-11-23T16:00:00.000Z");
+    }
+
+    #[test]
+    fn a_month_in_shanghai_sums_its_closed_days_and_areas_sum_their_meters() {
+        // February 2026, local: 2026-01-31T16:00Z .. 2026-02-28T16:00Z, 28 days.
+        let start = parse_rfc3339("2026-01-31T16:00:00Z").unwrap();
+        let end = parse_rfc3339("2026-02-28T16:00:00Z").unwrap();
+        let mut q = VoltageQuality::new(in_zone("Asia/Shanghai"));
+        let mut months = Vec::new();
+        let mut t = start - 8 * MIN;
+        while t <= end + 8 * MIN {
+            // Two hours above the band on the 1st, for m1 only.
+            let v = if t >= start && t < start + 120 * MIN {
+                240.0
+            } else {
+                230.0
+            };
+            read(&mut q, t, v);
+            q.on_reading(&Reading {
+                meter: "m2".into(),
+                ts_ms: t,
+                values: [("voltage_l1_v".to_string(), 230.0)].into_iter().collect(),
+            });
+            q.on_tick(t);
+            let done = q.take_months();
+            assert!(
+                t >= end + 5 * MIN || done.iter().all(|m| m.month != "2026-02"),
+                "not before its last day closed"
+            );
+            months.extend(done);
+            t += 4 * MIN;
+        }
+        q.on_tick(end + 10 * MIN);
+        months.extend(q.take_months());
+        let feb: Vec<&MonthRecord> = months.iter().filter(|m| m.month == "2026-02").collect();
+        assert_eq!(feb.len(), 2, "{months:?}");
+        let m1 = feb.iter().find(|m| m.meter == "m1").unwrap();
+        assert_eq!((m1.start_ms, m1.end_ms), (start, end));
+        assert_eq!(m1.monitored_s, 28.0 * 86_400.0);
+        assert_eq!(m1.above_s, 7_200.0);
+        assert_eq!(m1.days, 28);
+        let want = (1.0 - 7_200.0 / (28.0 * 86_400.0)) * 100.0;
+        assert!((m1.qualified_pct.unwrap() - want).abs() < 1e-9);
+        assert_eq!((m1.min_v, m1.max_v), (Some(230.0), Some(240.0)));
+        let owned: Vec<MonthRecord> = feb.iter().map(|m| (*m).clone()).collect();
+        let a = area_month("T1", &["m1".to_string(), "m2".to_string()], &owned).unwrap();
+        assert_eq!((a.meters, a.month.as_str()), (2, "2026-02"));
+        assert_eq!(a.monitored_s, 2.0 * 28.0 * 86_400.0);
+        let want = (1.0 - 7_200.0 / (2.0 * 28.0 * 86_400.0)) * 100.0;
+        assert!((a.qualified_pct.unwrap() - want).abs() < 1e-9);
+        assert!(area_month("T2", &["x".to_string()], &owned).is_none());
+        assert!(q.take_months().is_empty(), "each month once");
+    }
+
+    #[test]
+    fn a_berlin_day_across_the_autumn_change_has_25_hours() {
+        // 2026-10-25 in Berlin: 22:00 UTC on the 24th to 23:00 UTC on the 25th.
+        let start = parse_rfc3339("2026-10-24T22:00:00Z").unwrap();
+        let end = parse_rfc3339("2026-10-25T23:00:00Z").unwrap();
+        let mut q = VoltageQuality::new(in_zone("Europe/Berlin"));
+        let mut t = start - 2 * MIN;
+        while t <= end + 2 * MIN {
+            read(&mut q, t, 230.0);
+            t += 4 * MIN;
+        }
+        let days = q.on_tick(end + 10 * MIN);
+        let d = days.iter().find(|d| d.day == "2026-10-25").unwrap();
+        assert_eq!((d.day_start_ms, d.day_end_ms), (start, end));
+        assert_eq!(d.monitored_s, 25.0 * 3600.0);
+        let p = voltage_day_message(&Topics::new("amr", "gw1"), d).payload;
+        assert_eq!(p["start"], "2026-10-24T22:00:00.000Z");
+        assert_eq!(p["end"], "2026-10-25T23:00:00.000Z");
+    }
 
     fn read(q: &mut VoltageQuality, ts_ms: i64, v: f64) {
         q.on_reading(&Reading {

@@ -15,6 +15,7 @@
 //! that names the replacement; the loader hands each rule to both engines.
 
 use crate::analytics::alarms::AlarmSettings;
+use crate::analytics::freeze::FreezeSettings;
 use crate::analytics::loss::LossSettings;
 use crate::analytics::voltage::VoltageQualitySettings;
 use crate::diagnostic::{Report, Section, with_article};
@@ -164,6 +165,12 @@ pub(super) const VOLTAGE_QUALITY: Table = Table {
         int("max_gap_s", 1, 86_400, " s"),
         above("outage_pct", 0.0, 100.0, " %"),
     ],
+};
+
+pub(super) const FREEZE: Table = Table {
+    name: "freeze",
+    title: "[freeze]",
+    keys: &[int("max_extrapolate_s", 0, 86_400, " s")],
 };
 
 /// `[alarms]` itself (its kinds' tables are [`ALARM_KINDS`]).
@@ -437,6 +444,12 @@ pub(super) fn voltage_quality(
     start: usize,
 ) -> (VoltageQualitySettings, Vec<Carried>) {
     engine_table(report, table, start, &VOLTAGE_QUALITY)
+}
+
+/// `[freeze]`. The zone and the decision time are filled in by the loader from `[gateway]
+/// timezone` and `[collection] report_at`.
+pub(super) fn freeze(report: &mut Report, table: &DeTable, start: usize) -> FreezeSettings {
+    engine_table(report, table, start, &FREEZE).0
 }
 
 /// An engine's own table: its settings from the checked keys, and the moved keys apart.

@@ -3,7 +3,10 @@
 
 use super::{AreaConfig, Config, MeterConfig};
 use crate::analytics::alarms::{AreaRef, MeterRef, Topology};
+use crate::analytics::collection::{CollectionGroup, GroupKind};
+use crate::analytics::freeze::FreezeSettings;
 use crate::analytics::loss::AreaSpec;
+use crate::analytics::voltage::VoltageQualitySettings;
 use crate::pipeline::PipelineSettings;
 use std::collections::BTreeMap;
 
@@ -19,12 +22,22 @@ impl Config {
             topology: topology(self),
             loss: self.loss.clone(),
             alarms: self.alarms.clone(),
-            voltage: self.voltage_quality.clone(),
+            voltage: VoltageQualitySettings {
+                zone: self.gateway.timezone.clone(),
+                ..self.voltage_quality.clone()
+            },
             models: self
                 .meters
                 .iter()
                 .map(|m| (m.id.clone(), m.model.clone()))
                 .collect(),
+            freeze: FreezeSettings {
+                zone: self.gateway.timezone.clone(),
+                decide_after_s: self.collection.report_at_s,
+                ..self.freeze.clone()
+            },
+            collection: self.collection.clone(),
+            collection_groups: collection_groups(self),
         }
     }
 }
@@ -47,6 +60,26 @@ pub fn area_spec(area: &AreaConfig, meters: &[MeterConfig]) -> AreaSpec {
         }
     }
     spec
+}
+
+/// The buses, then the areas, with their meters: what the collection success is reported for.
+pub fn collection_groups(config: &Config) -> Vec<CollectionGroup> {
+    let buses = config.buses.iter().map(|b| CollectionGroup {
+        kind: GroupKind::Bus,
+        id: b.name.clone(),
+        meters: config
+            .meters
+            .iter()
+            .filter(|m| m.bus == b.name)
+            .map(|m| m.id.clone())
+            .collect(),
+    });
+    let areas = config.areas.iter().map(|a| CollectionGroup {
+        kind: GroupKind::Area,
+        id: a.id.clone(),
+        meters: a.supply.iter().chain(&a.customers).cloned().collect(),
+    });
+    buses.chain(areas).collect()
 }
 
 /// The alarm-engine view of the configured meters and areas.

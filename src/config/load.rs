@@ -27,6 +27,8 @@ const SECTIONS: &[(&str, &str)] = &[
     ("loss", "[loss]"),
     ("alarms", "[alarms]"),
     ("voltage_quality", "[voltage_quality]"),
+    ("freeze", "[freeze]"),
+    ("collection", "[collection]"),
 ];
 
 /// Reads and validates the file at `path`, with the built-in meter models.
@@ -124,6 +126,14 @@ pub(super) fn load_text(
         None => Default::default(),
     };
     carried.extend(more);
+    let freeze = match table(&mut report, root, "freeze") {
+        Some((t, start)) => analytics::freeze(&mut report, t, start),
+        None => Default::default(),
+    };
+    let collection = match table(&mut report, root, "collection") {
+        Some((t, start)) => sections::collection(&mut report, t, start),
+        None => Default::default(),
+    };
     let found = table(&mut report, root, "alarms");
     let alarms = analytics::alarms(&mut report, found, carried);
     // One source for a rule two engines share.
@@ -163,6 +173,8 @@ pub(super) fn load_text(
             loss,
             alarms: alarms.settings,
             voltage_quality,
+            freeze,
+            collection,
             models,
             warnings: sorted(report.warnings, path),
         }),

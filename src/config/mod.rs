@@ -72,6 +72,12 @@ pub struct Config {
     /// `[voltage_quality]`: gaps and outage share of the daily voltage statistics (its band from
     /// `[alarms.voltage]`).
     pub voltage_quality: crate::analytics::voltage::VoltageQualitySettings,
+    /// `[freeze]`: how far a freeze may be extrapolated (its zone from `[gateway] timezone`, its
+    /// decision time from `[collection] report_at`, filled in by
+    /// [`Config::pipeline_settings`]).
+    pub freeze: crate::analytics::freeze::FreezeSettings,
+    /// `[collection]`: when the day's collection report goes out.
+    pub collection: crate::analytics::collection::CollectionSettings,
     /// The meter models available to this configuration (built-in plus `models_dir`).
     pub models: crate::meter::ModelLibrary,
     /// What is valid but should change (an old key still accepted, naming its replacement),
@@ -90,6 +96,10 @@ pub struct GatewayConfig {
     pub models_dir: Option<PathBuf>,
     /// `error`, `warn`, `info`, `debug`, `trace` (default `info`).
     pub log_level: crate::logging::LogLevel,
+    /// `timezone`: the IANA zone whose midnights start the gateway's days and months (freezes,
+    /// voltage-quality days, collection statistics, daily loss). Default: the system's zone
+    /// (`TZ`, else `/etc/localtime`).
+    pub timezone: crate::clock::LocalTime,
 }
 
 /// `[mqtt]`: the uplink's own settings type.

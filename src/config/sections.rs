@@ -7,7 +7,8 @@
 //! checks can point at them and can skip values already reported as wrong.
 
 use super::*;
-use crate::diagnostic::{Report, Section, did_you_mean};
+use crate::clock::LocalTime;
+use crate::diagnostic::{Report, Section, closest, did_you_mean};
 use crate::logging::LogLevel;
 use std::ops::Range;
 use std::path::Path;
@@ -19,7 +20,7 @@ pub const STANDARD_BAUD_RATES: &[u32] = &[
     300, 600, 1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200, 230400,
 ];
 
-const GATEWAY_KEYS: &[&str] = &["id", "data_dir", "models_dir", "log_level"];
+const GATEWAY_KEYS: &[&str] = &["id", "data_dir", "models_dir", "log_level", "timezone"];
 const MQTT_KEYS: &[&str] = &[
     "host",
     "port",
@@ -170,6 +171,26 @@ pub(super) fn gateway(
         }),
         None => LogLevel::Info,
     };
+    let timezone = match s.string(report, "timezone") {
+        Some(name) => match LocalTime::named(name.get_ref()) {
+            Ok(zone) => zone,
+            Err(_) => {
+                let names = LocalTime::names();
+                let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                report.at(
+                    name.span().start,
+                    format!(
+                        "unknown time zone `{}`; use an IANA name such as `Asia/Shanghai`; \
+                         the nearest known: {}",
+                        name.get_ref(),
+                        closest(name.get_ref(), &refs, 5).join(", ")
+                    ),
+                );
+                LocalTime::utc()
+            }
+        },
+        None => LocalTime::system(),
+    };
     GatewayEntry {
         models_dir: models_dir.as_ref().and(models_dir_span),
         config: GatewayConfig {
@@ -177,6 +198,7 @@ pub(super) fn gateway(
             data_dir: data_dir.unwrap_or_default(),
             models_dir,
             log_level,
+            timezone,
         },
     }
 }
@@ -723,4 +745,39 @@ fn split(list: Option<Spanned<Vec<Spanned<String>>>>) -> (Vec<String>, Vec<Range
         .map(|s| (s.span(), s.into_inner()))
         .map(|(span, s)| (s, span))
         .unzip()
+}
+
+/// `[collection]`: `report_at = "HH:MM"`, the local time after midnight when the day's
+/// collection report goes out (and its freezes are decided).
+pub(super) fn collection(
+    report: &mut Report,
+    table: &DeTable,
+    start: usize,
+) -> crate::analytics::collection::CollectionSettings {
+    let s = Section::new(report, "[collection]", table, start, &["report_at"]);
+    let mut settings = crate::analytics::collection::CollectionSettings::default();
+    if let Some(at) = s.string(report, "report_at") {
+        match parse_hh_mm(at.get_ref()) {
+            Some(secs) if secs > 0 => settings.report_at_s = secs,
+            _ => report.at(
+                at.span().start,
+                format!(
+                    "report_at `{}` is not a local time after midnight; write e.g. \
+                     `report_at = \"01:00\"` (00:01 to 23:59)",
+                    at.get_ref()
+                ),
+            ),
+        }
+    }
+    settings
+}
+
+/// Seconds after midnight of `HH:MM`.
+fn parse_hh_mm(text: &str) -> Option<u64> {
+    let (h, m) = text.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (u64, u64) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60).then_some(h * 3600 + m * 60)
 }

@@ -340,14 +340,17 @@ fn unknown_key_suggests_the_nearest() {
 
 #[test]
 fn unknown_key_without_a_near_one_lists_the_keys() {
-    let text = edit("data_dir = \"data\"\n", "data_dir = \"data\"\n  zone = 8\n");
+    let text = edit(
+        "data_dir = \"data\"\n",
+        "data_dir = \"data\"\n  speed = 8\n",
+    );
     assert_eq!(
         problems(&text),
         [at(
             4,
             3,
-            "unknown key `zone` in [gateway]; the keys of [gateway] are: id, data_dir, \
-             models_dir, log_level"
+            "unknown key `speed` in [gateway]; the keys of [gateway] are: id, data_dir, \
+             models_dir, log_level, timezone"
         )]
     );
 }
@@ -361,7 +364,40 @@ fn unknown_section() {
             25,
             3,
             "unknown section `meters`; did you mean `[[meter]]`? the sections are: [gateway], \
-             [mqtt], [store], [[bus]], [[meter]], [[area]], [loss], [alarms], [voltage_quality]"
+             [mqtt], [store], [[bus]], [[meter]], [[area]], [loss], [alarms], [voltage_quality], \
+             [freeze], [collection]"
+        )]
+    );
+}
+
+#[test]
+fn freeze_and_collection_keys_reach_the_freeze_engine() {
+    let text = format!(
+        "{}\n[freeze]\nmax_extrapolate_s = 600\n\n[collection]\nreport_at = \"00:45\"\n",
+        edit(
+            "data_dir = \"data\"",
+            "data_dir = \"data\"\ntimezone = \"Asia/Shanghai\""
+        )
+    );
+    let p = parse(&text).unwrap().pipeline_settings();
+    assert_eq!(p.freeze.max_extrapolate_s, 600);
+    assert_eq!(p.freeze.decide_after_s, 45 * 60);
+    assert_eq!(p.freeze.zone.name(), "Asia/Shanghai");
+    assert_eq!(p.collection_groups[0].meters, ["m-supply", "m-001"]);
+
+    let text = format!("{BASE}\n[collection]\nreport_at = \"25:00\"\n");
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("report_at"))
+        .unwrap()
+        + 1;
+    assert_eq!(
+        problems(&text),
+        [at(
+            line,
+            13,
+            "report_at `25:00` is not a local time after midnight; write e.g. \
+             `report_at = \"01:00\"` (00:01 to 23:59)"
         )]
     );
 }
@@ -959,6 +995,32 @@ fn ids_must_be_topic_levels() {
             6,
             "`id` must not be empty; write e.g. `id = \"m-001\"`"
         )]
+    );
+}
+
+#[test]
+fn timezone_is_an_iana_name_and_a_wrong_one_lists_near_names() {
+    let text = edit(
+        "data_dir = \"data\"",
+        "data_dir = \"data\"\ntimezone = \"Europe/Berlin\"",
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.gateway.timezone.name(), "Europe/Berlin");
+    assert_eq!(
+        config.pipeline_settings().voltage.zone.name(),
+        "Europe/Berlin"
+    );
+
+    let text = edit(
+        "data_dir = \"data\"",
+        "data_dir = \"data\"\ntimezone = \"Asia/Shangai\"",
+    );
+    let p = problems(&text);
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(
+        p[0].starts_with(&at(4, 12, "unknown time zone `Asia/Shangai`"))
+            && p[0].contains("Asia/Shanghai"),
+        "{p:?}"
     );
 }
 

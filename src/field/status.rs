@@ -1,11 +1,14 @@
 //! `amr-gateway status`: what a running or stopped gateway's store says — per bus and meter
 //! online/offline, last reading, success rate, latency and errors; the outbox backlog and its
 //! age; per area the rolling loss and the latest loss interval (with its missing meters and
-//! suspects); the active alarms and the recent alarm events; recent voltage-quality days.
+//! suspects) and its latest daily loss from the freezes; the active alarms and the recent alarm
+//! events; recent voltage-quality days; the latest day's collection success (meters with a
+//! daily freeze, per bus and area, and which failed).
 //!
 //! What it reads, as the gateway's store writer keeps it, under the store's names: each
 //! meter's typed [`MeterState`]; the records of [`RecordKind::Loss`], [`RecordKind::Alarm`]
-//! and [`RecordKind::VoltageDay`]; [`MetaKey::LossRolling`] and [`MetaKey::ActiveAlarms`].
+//! [`RecordKind::VoltageDay`], [`RecordKind::LossDay`] and [`RecordKind::Collection`];
+//! [`MetaKey::LossRolling`] and [`MetaKey::ActiveAlarms`].
 //!
 //! It only reads the store (SQLite in WAL mode lets it do so while the daemon writes). Whether
 //! the daemon runs it learns from the store's lock ([`StoreLock::holder`]): a dead daemon is said
@@ -69,10 +72,14 @@ pub fn collect(config: &Config) -> Result<Value, String> {
             .meta(&MetaKey::LossRolling(a.id.clone()))
             .map_err(|e| e.to_string())?
             .and_then(|s| serde_json::from_str::<Value>(&s).ok());
+        let last_day = store
+            .records(RecordKind::LossDay, Some(&a.id), 0, i64::MAX, 1)
+            .map_err(|e| e.to_string())?;
         areas.push(json!({
             "area": a.id,
             "last_interval": last.first().map(|r| r.body.clone()),
             "rolling": rolling,
+            "last_day": last_day.first().map(|r| r.body.clone()),
         }));
     }
     let alarms = store
@@ -112,6 +119,11 @@ pub fn collect(config: &Config) -> Result<Value, String> {
     let version = store
         .meta(&MetaKey::DaemonVersion)
         .map_err(|e| e.to_string())?;
+    let collection = store
+        .records(RecordKind::Collection, None, 0, i64::MAX, 1)
+        .map_err(|e| e.to_string())?
+        .pop()
+        .map(|r| r.body);
     Ok(json!({
         "gateway": config.gateway.id,
         "store": db.display().to_string(),
@@ -136,6 +148,7 @@ pub fn collect(config: &Config) -> Result<Value, String> {
         "alarms": alarms,
         "alarm_events": alarm_events,
         "voltage_quality": voltage,
+        "collection": collection,
     }))
 }
 
@@ -306,6 +319,55 @@ pub fn table(st: &Value) -> String {
             }
         } else {
             out += "  no closed interval yet\n";
+        }
+        let d = &a["last_day"];
+        if d.is_object() {
+            out += &format!(
+                "  last day:       {} (from the freezes): loss {} kWh = {} % of {} kWh, \
+                 coverage {} %{}\n",
+                s(&d["day"]),
+                num(&d["loss_kwh"], 3),
+                num(&d["loss_pct"], 1),
+                num(&d["supply_kwh"], 3),
+                num(&d["coverage_pct"], 1),
+                if d["complete"] == json!(false) {
+                    " (incomplete)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    let c = &st["collection"];
+    if c.is_object() {
+        out += &format!(
+            "\ncollection {}: {} of {} meters with a daily freeze ({} %)\n",
+            s(&c["day"]),
+            s(&c["frozen"]),
+            s(&c["configured"]),
+            num(&c["rate_pct"], 1)
+        );
+        for (key, list) in [("bus", &c["buses"]), ("area", &c["areas"])] {
+            for g in list.as_array().into_iter().flatten() {
+                let failed: Vec<String> = g["failed"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(s)
+                    .collect();
+                out += &format!(
+                    "  {key} {:<14} {}/{} ({} %){}\n",
+                    s(&g[key]),
+                    s(&g["frozen"]),
+                    s(&g["configured"]),
+                    num(&g["rate_pct"], 1),
+                    if failed.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  failed: {}", failed.join(", "))
+                    }
+                );
+            }
         }
     }
     let alarms = st["alarms"].as_array().cloned().unwrap_or_default();

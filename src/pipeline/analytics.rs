@@ -1,4 +1,4 @@
-//! The three engines fed together, as the store writer uses them.
+//! The engines fed together, as the store writer uses them.
 //!
 //! [`Analytics`] is built from the [`PipelineSettings`], restored at start from the snapshots the
 //! store keeps in `meta`, fed every reading and meter state, and ticked (at least every
@@ -14,6 +14,13 @@
 //!   [`RecordKind::Alarm`] record per event, [`MetaKey::ActiveAlarms`] and — in the same batch, always — the alarm snapshot, so
 //!   an alarm active before a restart is never raised twice;
 //! - closed voltage-quality days: a [`RecordKind::VoltageDay`] record and the day message;
+//!   completed months, per meter's phase and per area: a [`RecordKind::VoltageMonth`] record
+//!   and the month message;
+//! - daily and monthly freezes (from the readings the loss engine judged good): a
+//!   [`RecordKind::FreezeDay`] / [`RecordKind::FreezeMonth`] record and the freeze message;
+//! - at each day's decision (`[collection] report_at` after local midnight): the collection
+//!   report ([`RecordKind::Collection`] and its message) and each area's daily loss over the
+//!   day before from the freezes ([`RecordKind::LossDay`] and its message);
 //! - [`MetaKey::LossRolling`] when the rolling figure moved;
 //! - snapshots at least every [`SNAPSHOT_EVERY_MS`], and whenever their engine emitted
 //!   something (so a record is never emitted twice across a restart);
@@ -25,16 +32,20 @@
 
 use super::PipelineSettings;
 use crate::analytics::alarms::{AlarmChange, AlarmEngine, AlarmKind, AlarmSnapshot};
+use crate::analytics::collection::{self, CollectionGroup};
+use crate::analytics::freeze::{FreezeEngine, FreezeEvent, FreezeKind, FreezeSnapshot};
+use crate::analytics::loss::AreaSpec;
 use crate::analytics::loss::{
     LossEngine, LossEvent, LossSnapshot, RollingLoss, VerdictKind, VerdictState,
 };
-use crate::analytics::voltage::{VoltageQuality, VoltageSnapshot};
+use crate::analytics::voltage::{VoltageQuality, VoltageSnapshot, area_month};
 use crate::model::MeterStatus;
 use crate::model::Reading;
 use crate::store::{Batch, Message, MetaKey, QualityRevision, Record, RecordKind};
 use crate::uplink::contract::{
-    Topics, active_alarms_list, active_alarms_message, alarm_message, loss_message,
-    loss_verdict_details, rolling_loss_body, voltage_day_message,
+    Topics, active_alarms_list, active_alarms_message, alarm_message, area_voltage_month_message,
+    collection_message, daily_loss_message, freeze_message, loss_message, loss_verdict_details,
+    rolling_loss_body, voltage_day_message, voltage_month_message,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -72,6 +83,9 @@ pub struct Analytics {
     loss: LossEngine,
     alarms: AlarmEngine,
     voltage: VoltageQuality,
+    freeze: FreezeEngine,
+    areas: Vec<AreaSpec>,
+    groups: Vec<CollectionGroup>,
     topics: Topics,
     verdicts: Vec<StandingVerdict>,
     /// The rolling figures as last written to `meta`.
@@ -81,6 +95,7 @@ pub struct Analytics {
     last_snapshot_ms: Option<i64>,
     loss_changed: bool,
     voltage_changed: bool,
+    freeze_changed: bool,
 }
 
 impl Analytics {
@@ -90,6 +105,9 @@ impl Analytics {
             loss: LossEngine::new(settings.areas.clone(), settings.loss.clone()),
             alarms: AlarmEngine::new(settings.alarms.clone(), settings.topology.clone()),
             voltage: VoltageQuality::new(settings.voltage.clone()),
+            freeze: FreezeEngine::new(settings.freeze.clone(), settings.models.keys().cloned()),
+            areas: settings.areas.clone(),
+            groups: settings.collection_groups.clone(),
             topics,
             verdicts: Vec::new(),
             rolling: BTreeMap::new(),
@@ -97,6 +115,7 @@ impl Analytics {
             last_snapshot_ms: None,
             loss_changed: false,
             voltage_changed: false,
+            freeze_changed: false,
         }
     }
 
@@ -121,6 +140,9 @@ impl Analytics {
         }
         if let Some(snapshot) = parse::<VoltageSnapshot>(&meta, &MetaKey::VoltageEngine) {
             self.voltage.restore(snapshot);
+        }
+        if let Some(snapshot) = parse::<FreezeSnapshot>(&meta, &MetaKey::FreezeEngine) {
+            self.freeze.restore(snapshot);
         }
         let last_alive = meta(&MetaKey::LastAlive).and_then(|v| v.parse::<i64>().ok());
         changes.extend(self.alarms.on_start(now_ms, last_alive));
@@ -149,6 +171,9 @@ impl Analytics {
         let changes = self.alarms.on_reading(r);
         self.changes.extend(changes);
         self.voltage.on_reading(r);
+        if verdict.quality.code() == 0 {
+            self.freeze.on_reading(r);
+        }
         verdict.quality.code()
     }
 
@@ -169,6 +194,8 @@ impl Analytics {
             push_kept(batch, RecordKind::VoltageDay, &d.meter, d.day_start_ms, m);
             self.voltage_changed = true;
         }
+        self.push_voltage_months(batch);
+        self.tick_freeze(now_ms, batch);
         self.write_rolling(batch);
 
         let changes = std::mem::take(&mut self.changes);
@@ -200,12 +227,18 @@ impl Analytics {
                     .meta
                     .push((MetaKey::VoltageEngine, json_of(&self.voltage.snapshot())));
             }
+            if self.freeze_changed {
+                batch
+                    .meta
+                    .push((MetaKey::FreezeEngine, json_of(&self.freeze.snapshot())));
+            }
             if !batch.is_empty() {
                 batch.meta.push((MetaKey::LastAlive, now_ms.to_string()));
             }
         }
         self.loss_changed = false;
         self.voltage_changed = false;
+        self.freeze_changed = false;
     }
 
     /// Adds every snapshot and the heartbeat to `batch` (also at shutdown).
@@ -219,6 +252,9 @@ impl Analytics {
         batch
             .meta
             .push((MetaKey::VoltageEngine, json_of(&self.voltage.snapshot())));
+        batch
+            .meta
+            .push((MetaKey::FreezeEngine, json_of(&self.freeze.snapshot())));
         batch.meta.push((MetaKey::LastAlive, now_ms.to_string()));
         self.last_snapshot_ms = Some(now_ms);
     }
@@ -245,6 +281,72 @@ impl Analytics {
     }
     pub fn voltage(&self) -> &VoltageQuality {
         &self.voltage
+    }
+    pub fn freeze(&self) -> &FreezeEngine {
+        &self.freeze
+    }
+
+    /// The voltage-quality months completed at this tick, per meter's phase and per area.
+    fn push_voltage_months(&mut self, batch: &mut Batch) {
+        let months = self.voltage.take_months();
+        if months.is_empty() {
+            return;
+        }
+        self.voltage_changed = true;
+        for m in &months {
+            let msg = voltage_month_message(&self.topics, m);
+            push_kept(batch, RecordKind::VoltageMonth, &m.meter, m.start_ms, msg);
+        }
+        let mut starts: Vec<i64> = months.iter().map(|m| m.start_ms).collect();
+        starts.sort_unstable();
+        starts.dedup();
+        for start in starts {
+            let of_month: Vec<_> = months
+                .iter()
+                .filter(|m| m.start_ms == start)
+                .cloned()
+                .collect();
+            for area in &self.areas {
+                let ids: Vec<String> = area.meters().cloned().collect();
+                if let Some(a) = area_month(&area.id, &ids, &of_month) {
+                    let msg = area_voltage_month_message(&self.topics, &a);
+                    push_kept(batch, RecordKind::VoltageMonth, &a.area, a.start_ms, msg);
+                }
+            }
+        }
+    }
+
+    /// Freezes, and at a day's decision its collection report and the areas' daily loss over
+    /// the day before.
+    fn tick_freeze(&mut self, now_ms: i64, batch: &mut Batch) {
+        for ev in self.freeze.on_tick(now_ms) {
+            self.freeze_changed = true;
+            match ev {
+                FreezeEvent::Freeze(f) => {
+                    let kind = match f.kind {
+                        FreezeKind::Day => RecordKind::FreezeDay,
+                        FreezeKind::Month => RecordKind::FreezeMonth,
+                    };
+                    let m = freeze_message(&self.topics, &f);
+                    push_kept(batch, kind, &f.meter, f.ts_ms, m);
+                }
+                FreezeEvent::Decided(day) => {
+                    let report = collection::report(&day, &self.groups);
+                    let m = collection_message(&self.topics, &report);
+                    let gateway = self.topics.gateway.clone();
+                    push_kept(batch, RecordKind::Collection, &gateway, day.ts_ms, m);
+                    for area in &self.areas {
+                        let l = self.freeze.daily_loss(area, day.ts_ms);
+                        // Nothing to say before the first two midnights of any meter.
+                        if l.missing.len() == area.meters().count() {
+                            continue;
+                        }
+                        let m = daily_loss_message(&self.topics, &l);
+                        push_kept(batch, RecordKind::LossDay, &l.area, l.end_ms, m);
+                    }
+                }
+            }
+        }
     }
 
     /// Closes loss intervals; carries verdicts into the alarm lifecycle.

@@ -6,8 +6,8 @@
 //! records and the engines' snapshots of one step, to be committed in one transaction:
 //!
 //! - [`Writer`] folds a burst of bus events and a tick into one batch ([`Fold`]);
-//! - [`Analytics`] feeds the line-loss, alarm and voltage-quality engines and turns what they
-//!   decide into the batch.
+//! - [`Analytics`] feeds the line-loss, alarm, voltage-quality and freeze engines and turns what
+//!   they decide into the batch (with the day's collection report and daily loss).
 //!
 //! It is pure like the engines: every step takes the time, so tests drive it with a real store
 //! and synthetic events. Its settings ([`PipelineSettings`]) are built by the configuration
@@ -20,6 +20,8 @@ pub use analytics::{Analytics, SNAPSHOT_EVERY_MS};
 pub use writer::{Fold, Writer};
 
 use crate::analytics::alarms::{AlarmSettings, Topology};
+use crate::analytics::collection::{CollectionGroup, CollectionSettings};
+use crate::analytics::freeze::FreezeSettings;
 use crate::analytics::loss::{AreaSpec, LossSettings};
 use crate::analytics::voltage::VoltageQualitySettings;
 use std::collections::BTreeMap;
@@ -37,4 +39,10 @@ pub struct PipelineSettings {
     pub voltage: VoltageQualitySettings,
     /// The configured model of every meter, by meter id (also: which meters are configured).
     pub models: BTreeMap<String, String>,
+    /// Daily and monthly freezes of every configured meter (its zone and decision time).
+    pub freeze: FreezeSettings,
+    /// When the day's collection report goes out.
+    pub collection: CollectionSettings,
+    /// The buses and areas the collection success is reported for, in configuration order.
+    pub collection_groups: Vec<CollectionGroup>,
 }

@@ -43,6 +43,7 @@ impl Writer {
             MetaKey::LossEngine,
             MetaKey::AlarmEngine,
             MetaKey::VoltageEngine,
+            MetaKey::FreezeEngine,
             MetaKey::LastAlive,
         ] {
             if let Some(v) = store.meta(&key)? {

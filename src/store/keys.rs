@@ -14,11 +14,34 @@ pub enum RecordKind {
     /// A closed voltage-quality day of a meter's phase (subject: the meter; body: the day
     /// payload).
     VoltageDay,
+    /// A month of voltage quality of a meter's phase, or of an area (subject: the meter or
+    /// the area; ts: the month's start; body: the month payload).
+    VoltageMonth,
+    /// A meter's daily freeze (subject: the meter; ts: the freeze moment; body: the freeze
+    /// payload). Kept at least [`RecordKind::keep_days`].
+    FreezeDay,
+    /// A meter's monthly freeze (as [`RecordKind::FreezeDay`]).
+    FreezeMonth,
+    /// A day's collection success (subject: the gateway; ts: the day's midnight; body: the
+    /// collection payload).
+    Collection,
+    /// An area's daily line loss from the freezes (subject: the area; ts: the day's end;
+    /// body: the payload).
+    LossDay,
 }
 
 impl RecordKind {
     /// Every kind.
-    pub const ALL: [RecordKind; 3] = [RecordKind::Loss, RecordKind::Alarm, RecordKind::VoltageDay];
+    pub const ALL: [RecordKind; 8] = [
+        RecordKind::Loss,
+        RecordKind::Alarm,
+        RecordKind::VoltageDay,
+        RecordKind::FreezeDay,
+        RecordKind::FreezeMonth,
+        RecordKind::Collection,
+        RecordKind::LossDay,
+        RecordKind::VoltageMonth,
+    ];
 
     /// The name in the `kind` column.
     pub fn as_str(self) -> &'static str {
@@ -26,6 +49,22 @@ impl RecordKind {
             RecordKind::Loss => "loss",
             RecordKind::Alarm => "alarm",
             RecordKind::VoltageDay => "voltage_day",
+            RecordKind::FreezeDay => "freeze_day",
+            RecordKind::FreezeMonth => "freeze_month",
+            RecordKind::Collection => "collection",
+            RecordKind::LossDay => "loss_day",
+            RecordKind::VoltageMonth => "voltage_month",
+        }
+    }
+
+    /// Days the store keeps records of this kind at the least, whatever `[store]
+    /// history_days` says (billing data: 62 days of daily freezes, 24 months of monthly ones);
+    /// `None` for kinds pruned with the history.
+    pub fn keep_days(self) -> Option<u32> {
+        match self {
+            RecordKind::FreezeDay | RecordKind::Collection | RecordKind::LossDay => Some(62),
+            RecordKind::FreezeMonth | RecordKind::VoltageMonth => Some(731),
+            RecordKind::Loss | RecordKind::Alarm | RecordKind::VoltageDay => None,
         }
     }
 
@@ -51,6 +90,8 @@ pub enum MetaKey {
     AlarmEngine,
     /// `analytics/voltage`: the voltage-quality snapshot.
     VoltageEngine,
+    /// `analytics/freeze`: the freeze engine's snapshot.
+    FreezeEngine,
     /// `gateway/last_alive_ms`: ms since the epoch of the last committed batch.
     LastAlive,
     /// `alarms/active`: the active alarms (JSON array, as in the retained `alarm/active`
@@ -78,6 +119,7 @@ impl MetaKey {
             MetaKey::LossEngine => "analytics/loss".into(),
             MetaKey::AlarmEngine => "analytics/alarms".into(),
             MetaKey::VoltageEngine => "analytics/voltage".into(),
+            MetaKey::FreezeEngine => "analytics/freeze".into(),
             MetaKey::LastAlive => "gateway/last_alive_ms".into(),
             MetaKey::ActiveAlarms => "alarms/active".into(),
             MetaKey::LossRolling(area) => format!("loss_rolling/{area}"),

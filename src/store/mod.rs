@@ -643,9 +643,19 @@ impl Store {
             .conn
             .execute("DELETE FROM history WHERE ts_ms < ?1", [cutoff])
             .map_err(|e| self.err(e))?;
-        self.conn
-            .execute("DELETE FROM record WHERE ts_ms < ?1", [cutoff])
-            .map_err(|e| self.err(e))?;
+        for kind in RecordKind::ALL {
+            // Billing records (freezes, collection, daily loss) outlive a short history bound.
+            let keep_from = match kind.keep_days() {
+                Some(days) => cutoff.min(now_ms - i64::from(days) * 86_400_000),
+                None => cutoff,
+            };
+            self.conn
+                .execute(
+                    "DELETE FROM record WHERE kind = ?1 AND ts_ms < ?2",
+                    params![kind.as_str(), keep_from],
+                )
+                .map_err(|e| self.err(e))?;
+        }
         let max_bytes = self.cfg.max_size_mb.saturating_mul(1024 * 1024);
         loop {
             let used = self.used_bytes()?;

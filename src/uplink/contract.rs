@@ -7,15 +7,15 @@
 //! from the store. The tests pin every payload byte for byte.
 
 use crate::analytics::alarms::{Alarm, AlarmChange, Transition};
+use crate::analytics::collection::{CollectionReport, GroupKind, GroupSuccess};
+use crate::analytics::freeze::{DailyLoss, FreezeRecord};
 use crate::analytics::loss::{LossRecord, LossVerdict, RollingLoss};
-use crate::analytics::voltage::DayRecord;
+use crate::analytics::voltage::{AreaMonth, DayRecord, MonthRecord};
 use crate::clock::rfc3339_ms;
 use crate::model::Reading;
 pub use crate::model::json_number;
 use crate::store::{Message, MeterState};
 use serde_json::{Map, Value, json};
-
-const DAY_MS: i64 = 86_400_000;
 
 /// Builds `{prefix}/{gateway}/...` topics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +58,27 @@ impl Topics {
     }
     pub fn meter_state(&self, meter: &str) -> String {
         format!("{}/meter/{meter}/state", self.base())
+    }
+    /// The monthly voltage quality of a meter (one message per phase and month).
+    pub fn voltage_month(&self, meter: &str) -> String {
+        format!("{}/voltage/{meter}/month", self.base())
+    }
+    /// The monthly voltage quality of an area.
+    pub fn area_voltage_month(&self, area: &str) -> String {
+        format!("{}/voltage/area/{area}/month", self.base())
+    }
+    /// A meter's daily and monthly freezes.
+    pub fn freeze(&self, meter: &str) -> String {
+        format!("{}/freeze/{meter}", self.base())
+    }
+    /// The day's collection success.
+    pub fn collection(&self) -> String {
+        format!("{}/collection", self.base())
+    }
+    /// An area's daily loss from the freezes. One level below `loss/{area}`, so a
+    /// subscription to `loss/+` (the intervals) does not receive it.
+    pub fn loss_day(&self, area: &str) -> String {
+        format!("{}/loss/{area}/day", self.base())
     }
 
     /// The QoS 1 reading message of the contract (the store adds `seq`).
@@ -314,7 +335,7 @@ pub fn voltage_day_message(topics: &Topics, d: &DayRecord) -> Message {
             "phase": d.phase,
             "day": d.date(),
             "start": rfc3339_ms(d.day_start_ms),
-            "end": rfc3339_ms(d.day_start_ms + DAY_MS),
+            "end": rfc3339_ms(d.day_end_ms),
             "monitored_s": json_number(d.monitored_s),
             "above_s": json_number(d.above_s),
             "below_s": json_number(d.below_s),
@@ -362,6 +383,173 @@ pub fn meter_state_message(topics: &Topics, s: &MeterState) -> Message {
         qos: 1,
         retain: true,
         sequenced: false,
+    }
+}
+
+/// The monthly voltage quality (月电压合格率) of a meter's phase on
+/// `{prefix}/{gateway}/voltage/{meter}/month`: QoS 1, sequenced, once the month's last day is
+/// closed.
+///
+/// Payload: `{"meter", "phase", "month": "YYYY-MM" (local), "start", "end" (its local
+/// midnights, RFC 3339 UTC), "monitored_s", "above_s", "below_s", "outage_s", "qualified_pct"
+/// (null when nothing was monitored), "min_v", "max_v", "upper_v", "lower_v", "days" (days
+/// with reads)}`.
+pub fn voltage_month_message(topics: &Topics, m: &MonthRecord) -> Message {
+    let opt = |v: Option<f64>| v.map(json_number).unwrap_or(Value::Null);
+    Message {
+        topic: topics.voltage_month(&m.meter),
+        payload: json!({
+            "meter": m.meter,
+            "phase": m.phase,
+            "month": m.month,
+            "start": rfc3339_ms(m.start_ms),
+            "end": rfc3339_ms(m.end_ms),
+            "monitored_s": json_number(m.monitored_s),
+            "above_s": json_number(m.above_s),
+            "below_s": json_number(m.below_s),
+            "outage_s": json_number(m.outage_s),
+            "qualified_pct": opt(m.qualified_pct),
+            "min_v": opt(m.min_v),
+            "max_v": opt(m.max_v),
+            "upper_v": json_number(m.upper_v),
+            "lower_v": json_number(m.lower_v),
+            "days": m.days,
+        }),
+        qos: 1,
+        retain: false,
+        sequenced: true,
+    }
+}
+
+/// The monthly voltage quality of an area (its meters' phases summed) on
+/// `{prefix}/{gateway}/voltage/area/{area}/month`: QoS 1, sequenced.
+///
+/// Payload: `{"area", "month", "start", "end", "monitored_s", "above_s", "below_s",
+/// "qualified_pct" (null when nothing was monitored), "meters" (meters with figures)}`.
+pub fn area_voltage_month_message(topics: &Topics, a: &AreaMonth) -> Message {
+    Message {
+        topic: topics.area_voltage_month(&a.area),
+        payload: json!({
+            "area": a.area,
+            "month": a.month,
+            "start": rfc3339_ms(a.start_ms),
+            "end": rfc3339_ms(a.end_ms),
+            "monitored_s": json_number(a.monitored_s),
+            "above_s": json_number(a.above_s),
+            "below_s": json_number(a.below_s),
+            "qualified_pct": a.qualified_pct.map(json_number).unwrap_or(Value::Null),
+            "meters": a.meters,
+        }),
+        qos: 1,
+        retain: false,
+        sequenced: true,
+    }
+}
+
+/// A meter's daily or monthly freeze on `{prefix}/{gateway}/freeze/{meter}`: QoS 1, sequenced
+/// (the store adds `"seq"`).
+///
+/// Payload: `{"meter", "kind": "day"|"month", "ts" (the freeze moment: local midnight, RFC 3339
+/// UTC), "day" (the local date at it, `2026-11-23`: the register values at the start of that
+/// day), "month" (the local month at it, `2026-11`), "source": "interpolated"|"extrapolated"|
+/// "meter", "values": {QUANTITY: number} (the energy registers), "before", "after" (the reads it
+/// was taken from, RFC 3339 UTC or null), "late" (taken after the day's collection report: the
+/// meter was silent over midnight)}`.
+pub fn freeze_message(topics: &Topics, f: &FreezeRecord) -> Message {
+    let values: Map<String, Value> = f
+        .values
+        .iter()
+        .map(|(k, v)| (k.clone(), json_number(*v)))
+        .collect();
+    let ts = |t: Option<i64>| t.map_or(Value::Null, |t| json!(rfc3339_ms(t)));
+    Message {
+        topic: topics.freeze(&f.meter),
+        payload: json!({
+            "meter": f.meter,
+            "kind": f.kind.as_str(),
+            "ts": rfc3339_ms(f.ts_ms),
+            "day": f.day,
+            "month": f.month,
+            "source": f.source.as_str(),
+            "values": values,
+            "before": ts(f.before_ms),
+            "after": ts(f.after_ms),
+            "late": f.late,
+        }),
+        qos: 1,
+        retain: false,
+        sequenced: true,
+    }
+}
+
+/// The day's collection success on `{prefix}/{gateway}/collection`: QoS 1, sequenced, once a
+/// day at `[collection] report_at`.
+///
+/// Payload: `{"day" (local date whose midnight freeze was collected), "ts" (that midnight, RFC
+/// 3339 UTC), "configured", "frozen", "rate_pct", "failed": [meter], "buses": [{"bus",
+/// "configured", "frozen", "rate_pct", "failed"}], "areas": [{"area", ...the same}]}`.
+pub fn collection_message(topics: &Topics, r: &CollectionReport) -> Message {
+    let group = |g: &GroupSuccess| {
+        let mut o = Map::new();
+        o.insert(g.kind.as_str().into(), json!(g.id));
+        o.insert("configured".into(), json!(g.configured));
+        o.insert("frozen".into(), json!(g.frozen));
+        o.insert("rate_pct".into(), json_number(g.rate_pct));
+        o.insert("failed".into(), json!(g.failed));
+        Value::Object(o)
+    };
+    let of = |kind| -> Vec<Value> {
+        r.groups
+            .iter()
+            .filter(|g| g.kind == kind)
+            .map(group)
+            .collect()
+    };
+    Message {
+        topic: topics.collection(),
+        payload: json!({
+            "day": r.day,
+            "ts": rfc3339_ms(r.ts_ms),
+            "configured": r.configured,
+            "frozen": r.frozen,
+            "rate_pct": json_number(r.rate_pct),
+            "failed": r.failed,
+            "buses": of(GroupKind::Bus),
+            "areas": of(GroupKind::Area),
+        }),
+        qos: 1,
+        retain: false,
+        sequenced: true,
+    }
+}
+
+/// An area's daily line loss from its meters' daily freezes on
+/// `{prefix}/{gateway}/loss/{area}/day`: QoS 1, sequenced, once a day with the collection report.
+///
+/// Payload: `{"area", "day" (the local day the energy flowed), "start", "end" (its local
+/// midnights, RFC 3339 UTC), "supply_kwh", "sales_kwh", "loss_kwh", "loss_pct" (null when
+/// nothing entered), "coverage_pct" (meters with both freezes, %), "complete", "missing"
+/// (meters without both freezes, left out of the sums), "extrapolated" (meters whose freezes
+/// were extrapolated)}`.
+pub fn daily_loss_message(topics: &Topics, l: &DailyLoss) -> Message {
+    let mut payload = loss_figures(
+        &l.area,
+        l.start_ms,
+        l.end_ms,
+        [l.supply_kwh, l.sales_kwh, l.loss_kwh],
+        l.loss_pct.map_or(Value::Null, json_number),
+    );
+    payload.insert("day".into(), json!(l.day));
+    payload.insert("coverage_pct".into(), json_number(l.coverage_pct));
+    payload.insert("complete".into(), json!(l.complete));
+    payload.insert("missing".into(), json!(l.missing));
+    payload.insert("extrapolated".into(), json!(l.extrapolated));
+    Message {
+        topic: topics.loss_day(&l.area),
+        payload: Value::Object(payload),
+        qos: 1,
+        retain: false,
+        sequenced: true,
     }
 }
 

@@ -205,6 +205,8 @@ fn voltage_day_payload_bytes() {
         meter: "m1".into(),
         phase: "l1".into(),
         day_start_ms: 1_794_960_000_000,
+        day_end_ms: 1_794_960_000_000 + 86_400_000,
+        day: "2026-11-18".into(),
         monitored_s: 86_000.0,
         above_s: 60.5,
         below_s: 0.0,
@@ -329,4 +331,141 @@ fn loss_message_has_the_contract_fields() {
         ..rec
     };
     assert!(loss_message(&Topics::new("amr", "gw"), &none).payload["loss_pct"].is_null());
+}
+
+#[test]
+fn freeze_payload_bytes() {
+    use crate::analytics::freeze::{FreezeKind, FreezeRecord, FreezeSource};
+    // 2026-12-01 00:00 in Asia/Shanghai.
+    let f = FreezeRecord {
+        meter: "m1".into(),
+        kind: FreezeKind::Month,
+        ts_ms: 1_796_054_400_000,
+        day: "2026-12-01".into(),
+        month: "2026-12".into(),
+        values: [
+            ("energy_import_kwh".to_string(), 1234.5678),
+            ("energy_export_kwh".to_string(), 0.0),
+        ]
+        .into_iter()
+        .collect(),
+        source: FreezeSource::Interpolated,
+        before_ms: Some(1_796_054_390_000),
+        after_ms: None,
+        late: false,
+    };
+    let m = freeze_message(&topics(), &f);
+    assert_eq!(m.topic, "amr/gw1/freeze/m1");
+    assert_eq!((m.qos, m.retain, m.sequenced), (1, false, true));
+    assert_eq!(
+        bytes(&m.payload),
+        r#"{"after":null,"before":"2026-11-30T15:59:50.000Z","day":"2026-12-01","kind":"month","late":false,"meter":"m1","month":"2026-12","source":"interpolated","ts":"2026-11-30T16:00:00.000Z","values":{"energy_export_kwh":0.0,"energy_import_kwh":1234.5678}}"#
+    );
+}
+
+#[test]
+fn collection_and_daily_loss_payload_bytes() {
+    use crate::analytics::collection::{CollectionReport, GroupKind, GroupSuccess};
+    use crate::analytics::freeze::DailyLoss;
+    let r = CollectionReport {
+        day: "2026-11-24".into(),
+        ts_ms: 1_795_449_600_000,
+        configured: 3,
+        frozen: 2,
+        rate_pct: 200.0 / 3.0,
+        failed: vec!["b2".into()],
+        groups: vec![
+            GroupSuccess {
+                kind: GroupKind::Bus,
+                id: "rs485-1".into(),
+                configured: 3,
+                frozen: 2,
+                rate_pct: 200.0 / 3.0,
+                failed: vec!["b2".into()],
+            },
+            GroupSuccess {
+                kind: GroupKind::Area,
+                id: "t1".into(),
+                configured: 2,
+                frozen: 2,
+                rate_pct: 100.0,
+                failed: vec![],
+            },
+        ],
+    };
+    let m = collection_message(&topics(), &r);
+    assert_eq!(m.topic, "amr/gw1/collection");
+    assert_eq!((m.qos, m.retain, m.sequenced), (1, false, true));
+    assert_eq!(
+        bytes(&m.payload),
+        r#"{"areas":[{"area":"t1","configured":2,"failed":[],"frozen":2,"rate_pct":100.0}],"buses":[{"bus":"rs485-1","configured":3,"failed":["b2"],"frozen":2,"rate_pct":66.666667}],"configured":3,"day":"2026-11-24","failed":["b2"],"frozen":2,"rate_pct":66.666667,"ts":"2026-11-23T16:00:00.000Z"}"#
+    );
+
+    let l = DailyLoss {
+        area: "t1".into(),
+        day: "2026-11-24".into(),
+        start_ms: 1_795_449_600_000,
+        end_ms: 1_795_449_600_000 + 86_400_000,
+        supply_kwh: 250.0,
+        sales_kwh: 240.0,
+        loss_kwh: 10.0,
+        loss_pct: Some(4.0),
+        coverage_pct: 100.0,
+        complete: true,
+        missing: vec![],
+        extrapolated: vec!["c2".into()],
+    };
+    let m = daily_loss_message(&topics(), &l);
+    assert_eq!(m.topic, "amr/gw1/loss/t1/day");
+    assert_eq!((m.qos, m.retain, m.sequenced), (1, false, true));
+    assert_eq!(
+        bytes(&m.payload),
+        r#"{"area":"t1","complete":true,"coverage_pct":100.0,"day":"2026-11-24","end":"2026-11-24T16:00:00.000Z","extrapolated":["c2"],"loss_kwh":10.0,"loss_pct":4.0,"missing":[],"sales_kwh":240.0,"start":"2026-11-23T16:00:00.000Z","supply_kwh":250.0}"#
+    );
+}
+
+#[test]
+fn voltage_month_payload_bytes() {
+    use crate::analytics::voltage::{AreaMonth, MonthRecord};
+    let m = MonthRecord {
+        meter: "m1".into(),
+        phase: "l1".into(),
+        month: "2026-02".into(),
+        start_ms: 1_769_875_200_000,
+        end_ms: 1_772_294_400_000,
+        monitored_s: 2_419_200.0,
+        above_s: 7200.0,
+        below_s: 0.0,
+        outage_s: 0.0,
+        qualified_pct: Some(99.702_381),
+        min_v: Some(230.0),
+        max_v: Some(240.0),
+        days: 28,
+        upper_v: 235.4,
+        lower_v: 198.0,
+    };
+    let msg = voltage_month_message(&topics(), &m);
+    assert_eq!(msg.topic, "amr/gw1/voltage/m1/month");
+    assert_eq!((msg.qos, msg.retain, msg.sequenced), (1, false, true));
+    assert_eq!(
+        bytes(&msg.payload),
+        r#"{"above_s":7200.0,"below_s":0.0,"days":28,"end":"2026-02-28T16:00:00.000Z","lower_v":198.0,"max_v":240.0,"meter":"m1","min_v":230.0,"monitored_s":2419200.0,"month":"2026-02","outage_s":0.0,"phase":"l1","qualified_pct":99.702381,"start":"2026-01-31T16:00:00.000Z","upper_v":235.4}"#
+    );
+    let a = AreaMonth {
+        area: "T1".into(),
+        month: "2026-02".into(),
+        start_ms: 1_769_875_200_000,
+        end_ms: 1_772_294_400_000,
+        monitored_s: 4_838_400.0,
+        above_s: 7200.0,
+        below_s: 0.0,
+        qualified_pct: None,
+        meters: 2,
+    };
+    let msg = area_voltage_month_message(&topics(), &a);
+    assert_eq!(msg.topic, "amr/gw1/voltage/area/T1/month");
+    assert_eq!(
+        bytes(&msg.payload),
+        r#"{"above_s":7200.0,"area":"T1","below_s":0.0,"end":"2026-02-28T16:00:00.000Z","meters":2,"monitored_s":4838400.0,"month":"2026-02","qualified_pct":null,"start":"2026-01-31T16:00:00.000Z"}"#
+    );
 }

@@ -397,26 +397,40 @@ impl RegisterTrack {
     }
 }
 
-/// The axis between two reads at `t_ms`. Linear, unless both reads carry the meter's power:
-/// then a monotone cubic (Hermite with the powers as slopes, limited after Fritsch–Carlson so
-/// it never decreases), which follows a load that changed between the reads more closely
-/// than a straight line. It always passes through both reads.
+/// How far the energy a read gap's two powers imply (their mean × the gap) may differ from the
+/// energy the register actually advanced over it, as a share of the latter, for the powers to
+/// shape the curve between the reads.
+pub const POWER_AGREEMENT: f64 = 0.25;
+
+/// The axis between two reads at `t_ms`. Linear, unless both reads carry the meter's power
+/// *and those powers agree with the energy the register advanced between them*: then a cubic
+/// (Hermite with the powers as slopes), which follows a load that changed smoothly between the
+/// reads more closely than a straight line. The powers agree when the energy they imply,
+/// (p₁ + p₂) / 2 × gap, is within [`POWER_AGREEMENT`] of the register's advance, and the
+/// cubic they give is monotone (Fritsch–Carlson: α² + β² ≤ 9 for the slopes relative to the
+/// secant). A power register with its own scale, a power read at another moment than the
+/// energy, a load that switched between the reads: each fails the test and gets the straight
+/// line, so a refinement is never worse than what it refines. Either way the value passes
+/// through both reads.
 fn between(a: Point, b: Point, t_ms: i64) -> f64 {
     let s = (t_ms - a.ts_ms) as f64 / (b.ts_ms - a.ts_ms) as f64;
     let rise = b.kwh - a.kwh;
+    let linear = a.kwh + rise * s;
     let (Some(ka), Some(kb)) = (a.kw, b.kw) else {
-        return a.kwh + rise * s;
+        return linear;
     };
     let h = (b.ts_ms - a.ts_ms) as f64 / HOUR_MS;
     if rise <= 0.0 || h <= 0.0 {
-        return a.kwh + rise * s;
+        return linear;
+    }
+    let implied = (ka + kb) / 2.0 * h;
+    if (implied - rise).abs() > POWER_AGREEMENT * rise {
+        return linear;
     }
     let secant = rise / h;
-    let (mut ma, mut mb) = (ka / secant, kb / secant);
-    let norm = (ma * ma + mb * mb).sqrt();
-    if norm > 3.0 {
-        ma *= 3.0 / norm;
-        mb *= 3.0 / norm;
+    let (ma, mb) = (ka / secant, kb / secant);
+    if ma < 0.0 || mb < 0.0 || ma * ma + mb * mb > 9.0 {
+        return linear;
     }
     let (s2, s3) = (s * s, s * s * s);
     let shape = (-2.0 * s3 + 3.0 * s2) + (s3 - 2.0 * s2 + s) * ma + (s3 - s2) * mb;

@@ -11,6 +11,8 @@ use proptest::prelude::*;
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z, a multiple of 900 s
 const KNOT_MS: i64 = 60_000;
+/// The grid of a model with switching loads.
+const FINE_KNOT_MS: i64 = 2_000;
 const CYCLE_MS: i64 = 60_000;
 const INTERVAL_S: u64 = 900;
 const HOUR_MS: f64 = 3_600_000.0;
@@ -57,6 +59,19 @@ struct Knobs {
     stopped: Option<(usize, i64)>,
     /// Meters do not report `power_kw` (the engine interpolates linearly).
     no_power: bool,
+    /// The power register of this meter (a customer, or the supply meter for `None`) reads
+    /// `scale ×` its true power (a power register with its own scale); its energy register is
+    /// right.
+    power_scale: Option<(Option<usize>, f64)>,
+    /// Customers `0..n` have loads that switch on and off at random minutes between 0 and this
+    /// many kW, within seconds (loads that switch between reads).
+    switching: Option<(usize, f64)>,
+    /// Each meter is read at a random moment of every cycle (a bus cycle that jitters) rather
+    /// than at its fixed offset.
+    random_reads: bool,
+    /// Only these meters report `power_kw` (a customer, or the supply meter for `None`); the
+    /// others are interpolated linearly, so a comparison isolates them.
+    power_only: Option<Vec<Option<usize>>>,
 }
 
 struct AreaModel {
@@ -70,6 +85,8 @@ struct AreaModel {
     /// Per knot: cumulative supply kWh.
     supply: Vec<f64>,
     knots: usize,
+    /// Spacing of the knots: [`KNOT_MS`], or [`FINE_KNOT_MS`] with switching loads.
+    knot_ms: i64,
 }
 
 fn customer_id(i: usize) -> String {
@@ -101,14 +118,48 @@ impl AreaModel {
                 *p = base * swing * noise + appliance;
             }
         }
+        // Switching loads need a finer grid: knots every 2 s, the minute loads resampled onto
+        // it, and the switching customers on or off from one 2 s knot to the next (steps) with
+        // a mean dwell of 40 s.
+        let (knot_ms, knots) = match knobs.switching {
+            None => (KNOT_MS, knots),
+            Some((n, kw)) => {
+                let per = (KNOT_MS / FINE_KNOT_MS) as usize;
+                let fine = (knots - 1) * per + 1;
+                let mut resampled: Vec<Vec<f64>> = load
+                    .iter()
+                    .map(|row| {
+                        (0..fine)
+                            .map(|k| {
+                                let (j, r) = (k / per, (k % per) as f64 / per as f64);
+                                let next = row.get(j + 1).copied().unwrap_or(row[j]);
+                                row[j] + (next - row[j]) * r
+                            })
+                            .collect()
+                    })
+                    .collect();
+                for (i, row) in resampled.iter_mut().enumerate().take(n) {
+                    let mut on = false;
+                    for (k, p) in row.iter_mut().enumerate() {
+                        if unit(knobs.seed, i as u64, 900_000 + k as u64) < 0.05 {
+                            on = !on;
+                        }
+                        *p = if on { kw } else { 0.0 };
+                    }
+                }
+                load = resampled;
+                seen = vec![vec![1.0; fine]; CUSTOMERS];
+                (FINE_KNOT_MS, fine)
+            }
+        };
         if let Some((c, from, share)) = knobs.theft {
             for (j, seen) in seen[c].iter_mut().enumerate() {
-                if T0 + j as i64 * KNOT_MS >= from {
+                if T0 + j as i64 * knot_ms >= from {
                     *seen = 1.0 - share;
                 }
             }
         }
-        let dt_h = KNOT_MS as f64 / HOUR_MS;
+        let dt_h = knot_ms as f64 / HOUR_MS;
         let mut metered = vec![vec![0.0; knots]; CUSTOMERS];
         for i in 0..CUSTOMERS {
             for j in 1..knots {
@@ -129,19 +180,20 @@ impl AreaModel {
             metered,
             supply,
             knots,
+            knot_ms,
         }
     }
 
     fn knot(&self, t: i64) -> (usize, f64) {
-        let j = ((t - T0) / KNOT_MS) as usize;
+        let j = ((t - T0) / self.knot_ms) as usize;
         assert!(j + 1 < self.knots, "beyond the model's horizon");
-        (j, (t - T0 - j as i64 * KNOT_MS) as f64 / HOUR_MS)
+        (j, (t - T0 - j as i64 * self.knot_ms) as f64 / HOUR_MS)
     }
 
     /// True metered energy of customer `i` since T0.
     fn metered_at(&self, i: usize, t: i64) -> f64 {
         let (j, x) = self.knot(t);
-        let dt_h = KNOT_MS as f64 / HOUR_MS;
+        let dt_h = self.knot_ms as f64 / HOUR_MS;
         let p0 = self.load[i][j] * self.seen[i][j];
         let p1 = self.load[i][j + 1] * self.seen[i][j + 1];
         self.metered[i][j] + p0 * x + (p1 - p0) * x * x / (2.0 * dt_h)
@@ -152,19 +204,19 @@ impl AreaModel {
         let (j, x) = self.knot(t);
         let l0: f64 = (0..CUSTOMERS).map(|i| self.load[i][j]).sum();
         let l1: f64 = (0..CUSTOMERS).map(|i| self.load[i][j + 1]).sum();
-        self.supply[j] + supply_integral(l0, l1, KNOT_MS as f64 / HOUR_MS, x)
+        self.supply[j] + supply_integral(l0, l1, self.knot_ms as f64 / HOUR_MS, x)
     }
 
     fn load_at(&self, i: usize, t: i64) -> f64 {
         let (j, x) = self.knot(t);
-        let f = x / (KNOT_MS as f64 / HOUR_MS);
+        let f = x / (self.knot_ms as f64 / HOUR_MS);
         self.load[i][j] + (self.load[i][j + 1] - self.load[i][j]) * f
     }
 
     /// The power customer `i`'s meter measures at `t`.
     fn metered_kw_at(&self, i: usize, t: i64) -> f64 {
         let (j, x) = self.knot(t);
-        let f = x / (KNOT_MS as f64 / HOUR_MS);
+        let f = x / (self.knot_ms as f64 / HOUR_MS);
         let (p0, p1) = (
             self.load[i][j] * self.seen[i][j],
             self.load[i][j + 1] * self.seen[i][j + 1],
@@ -173,7 +225,11 @@ impl AreaModel {
             Some((scale, fixed)) if fixed.is_none_or(|f| t < f) => scale,
             _ => 1.0,
         };
-        (p0 + (p1 - p0) * f) * scale
+        let own = match self.knobs.power_scale {
+            Some((Some(c), own)) if c == i => own,
+            _ => 1.0,
+        };
+        (p0 + (p1 - p0) * f) * scale * own
     }
 
     /// The true loss over [s, e): (supply, sales, loss %).
@@ -232,7 +288,13 @@ impl AreaModel {
                 break;
             }
             for meter in std::iter::once(None).chain((0..CUSTOMERS).map(Some)) {
-                let ts = c0 + Self::offset_ms(meter);
+                let ts = if self.knobs.random_reads {
+                    let idx = meter.map_or(999, |i| i as u64);
+                    c0 + 500
+                        + (unit(self.knobs.seed, idx, 7_000_000 + cycle as u64) * 59_000.0) as i64
+                } else {
+                    c0 + Self::offset_ms(meter)
+                };
                 if ts < from || ts >= to {
                     continue;
                 }
@@ -241,7 +303,11 @@ impl AreaModel {
                     None => (
                         "S".to_string(),
                         50_000.0 + self.supply_at(ts),
-                        (0..CUSTOMERS).map(|i| self.load_at(i, ts)).sum::<f64>(),
+                        (0..CUSTOMERS).map(|i| self.load_at(i, ts)).sum::<f64>()
+                            * match self.knobs.power_scale {
+                                Some((None, own)) => own,
+                                _ => 1.0,
+                            },
                     ),
                     Some(i) => {
                         if let Some((c, a, b)) = self.knobs.missing
@@ -271,7 +337,11 @@ impl AreaModel {
                     kwh
                 };
                 values.insert(IMPORT.to_string(), q);
-                if !self.knobs.no_power {
+                let reports_power = match &self.knobs.power_only {
+                    Some(only) => only.contains(&meter),
+                    None => true,
+                };
+                if !self.knobs.no_power && reports_power {
                     values.insert("power_kw".to_string(), kw);
                 }
                 values.insert("current_l1_a".to_string(), kw / 0.23);
@@ -282,6 +352,7 @@ impl AreaModel {
                 });
             }
         }
+        out.sort_by_key(|r| r.ts_ms);
         out
     }
 
@@ -440,6 +511,125 @@ fn aligned_intervals_match_the_truth_and_beat_the_naive_method() {
         // Intervals are consecutive and each emitted once.
         for w in run.records.windows(2) {
             assert_eq!(w[0].end_ms, w[1].start_ms);
+        }
+    }
+}
+
+/// Mean and worst deviation from the true loss over the records, percentage points.
+fn deviation(model: &AreaModel, run: &Run) -> (f64, f64) {
+    let errs: Vec<f64> = run
+        .records
+        .iter()
+        .map(|r| (r.loss_pct.unwrap() - model.truth(r.start_ms, r.end_ms).2).abs())
+        .collect();
+    assert!(errs.len() >= 22, "{} records", errs.len());
+    let mean = errs.iter().sum::<f64>() / errs.len() as f64;
+    (mean, errs.iter().copied().fold(0.0, f64::max))
+}
+
+/// The same reads with and without `power_kw`: (shaped mean, worst; linear mean, worst).
+fn shaped_against_linear(knobs: Knobs, label: &str) -> (f64, f64, f64, f64) {
+    let (model, shaped) = simulate(knobs.clone(), 6.0);
+    let (_, linear) = simulate(
+        Knobs {
+            no_power: true,
+            ..knobs
+        },
+        6.0,
+    );
+    let (sm, sw) = deviation(&model, &shaped);
+    let (lm, lw) = deviation(&model, &linear);
+    println!(
+        "{label}: deviation from the true loss, percentage points: with power_kw mean {sm:.4} \
+         worst {sw:.4}; linear (same reads) mean {lm:.4} worst {lw:.4}"
+    );
+    (sm, sw, lm, lw)
+}
+
+#[test]
+fn a_power_register_that_disagrees_with_its_energy_is_no_worse_than_linear() {
+    // A power register with its own scale (its energy register is right): a customer's, and
+    // the supply meter's, ten times too high or too low.
+    let mut failures = Vec::new();
+    for (seed, meter, scale) in [
+        (0, Some(3), 10.0),
+        (7, Some(3), 0.1),
+        (0, None, 10.0),
+        (7, None, 10.0),
+        (0, None, 0.1),
+        (7, None, 0.1),
+    ] {
+        let (sm, sw, lm, lw) = shaped_against_linear(
+            Knobs {
+                seed,
+                power_scale: Some((meter, scale)),
+                random_reads: true,
+                power_only: Some(vec![meter]),
+                ..Knobs::default()
+            },
+            &format!(
+                "seed {seed}, {} power register ×{scale}",
+                meter.map_or("supply".to_string(), customer_id)
+            ),
+        );
+        if sm > lm + 1e-6 || sw > lw + 1e-6 {
+            failures.push((seed, sm, sw, lm, lw));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "worse than linear (seed, mean, worst, linear mean, worst): {failures:?}"
+    );
+}
+
+#[test]
+fn a_load_switching_between_reads_is_no_worse_than_linear() {
+    // Six customers' 8 kW loads switch on and off (steps, a mean dwell of 40 s): the power at a
+    // read says little about the energy until the next.
+    let mut failures = Vec::new();
+    for seed in [0, 7] {
+        let (sm, sw, lm, lw) = shaped_against_linear(
+            Knobs {
+                seed,
+                switching: Some((6, 8.0)),
+                random_reads: true,
+                power_only: Some((0..6).map(Some).collect()),
+                ..Knobs::default()
+            },
+            &format!("seed {seed}, six loads switching 0/8 kW"),
+        );
+        if sm > lm + 1e-6 || sw > lw + 1e-6 {
+            failures.push((seed, sm, sw, lm, lw));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "worse than linear (seed, mean, worst, linear mean, worst): {failures:?}"
+    );
+}
+
+#[test]
+fn honest_powers_keep_their_gain_over_linear() {
+    for (seed, random_reads) in [(0, false), (7, false), (0, true), (7, true)] {
+        let (sm, sw, lm, lw) = shaped_against_linear(
+            Knobs {
+                seed,
+                random_reads,
+                ..Knobs::default()
+            },
+            &format!(
+                "seed {seed}, honest powers, {}",
+                if random_reads {
+                    "random read moments"
+                } else {
+                    "fixed read offsets"
+                }
+            ),
+        );
+        if random_reads {
+            assert!(sm < lm, "{sm} {sw} vs {lm} {lw}");
+        } else {
+            assert!(sm < lm * 0.75 && sw < lw, "{sm} {sw} vs {lm} {lw}");
         }
     }
 }

@@ -1,0 +1,300 @@
+//! The utility's daily business through the store writer and a real store: in Asia/Shanghai,
+//! daily freezes of every meter at local midnight (16:00 UTC), a meter silent over midnight
+//! missing from the day's collection report and frozen late when it answers, the daily loss
+//! of the area from two days' freezes against the truth, the records kept beyond the history
+//! bound, a restart that does not freeze twice, and `status` showing the collection.
+
+use amr_gateway::bus::BusEvent;
+use amr_gateway::clock::parse_rfc3339;
+use amr_gateway::config::{Config, load_str};
+use amr_gateway::model::Reading;
+use amr_gateway::pipeline::Writer;
+use amr_gateway::store::{RecordKind, Store};
+use amr_gateway::uplink::contract::Topics;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+const CONFIG: &str = r#"
+[gateway]
+id = "gw"
+data_dir = "data"
+timezone = "Asia/Shanghai"
+
+[mqtt]
+host = "127.0.0.1"
+
+[store]
+history_days = 1
+
+[[bus]]
+name = "rs485-1"
+protocol = "modbus-rtu"
+device = "/dev/null"
+
+[[bus]]
+name = "rs485-2"
+protocol = "modbus-rtu"
+device = "/dev/null2"
+
+[[meter]]
+id = "s"
+bus = "rs485-1"
+unit = 1
+model = "chint-dtsu666"
+
+[[meter]]
+id = "c1"
+bus = "rs485-1"
+unit = 2
+model = "eastron-sdm120"
+
+[[meter]]
+id = "c2"
+bus = "rs485-2"
+unit = 3
+model = "eastron-sdm120"
+
+[[area]]
+id = "T1"
+supply = ["s"]
+customers = ["c1", "c2"]
+loss_interval_s = 900
+
+[collection]
+report_at = "00:30"
+"#;
+
+const MIN: i64 = 60_000;
+const HOUR: i64 = 3_600_000;
+
+/// Registers: supply 12 kW, c1 5 kW, c2 6 kW (1 kW of loss), from `t0`.
+fn kwh(meter: &str, t: i64, t0: i64) -> f64 {
+    let h = (t - t0) as f64 / HOUR as f64;
+    match meter {
+        "s" => 10_000.0 + 12.0 * h,
+        "c1" => 100.0 + 5.0 * h,
+        _ => 200.0 + 6.0 * h,
+    }
+}
+
+fn config(dir: &Path) -> Config {
+    load_str(CONFIG, &dir.join("amr.toml")).expect("test configuration")
+}
+
+fn reading(meter: &str, ts_ms: i64, kwh: f64) -> BusEvent {
+    BusEvent::Reading(Reading {
+        meter: meter.into(),
+        ts_ms,
+        values: BTreeMap::from([
+            ("energy_import_kwh".to_string(), kwh),
+            ("voltage_l1_v".to_string(), 230.0),
+        ]),
+    })
+}
+
+/// Reads once a minute per meter over `[from, to)` (c2 silent where `silent` says), a writer
+/// step after each minute, committed.
+fn run(
+    writer: &mut Writer,
+    store: &mut Store,
+    from: i64,
+    to: i64,
+    t0: i64,
+    silent: impl Fn(i64) -> bool,
+) {
+    let mut t = from;
+    while t < to {
+        let mut events = Vec::new();
+        for (i, m) in ["s", "c1", "c2"].iter().enumerate() {
+            let ts = t + 5_000 + 9_000 * i as i64;
+            if *m == "c2" && silent(ts) {
+                continue;
+            }
+            events.push(reading(m, ts, kwh(m, ts, t0)));
+        }
+        let now = t + MIN - 1;
+        let fold = writer.fold(events, now);
+        store.commit_at(&fold.batch, now).unwrap();
+        t += MIN;
+    }
+}
+
+fn sent(store: &Store, topic: &str) -> Vec<Value> {
+    store
+        .pending(0, 10_000_000)
+        .unwrap()
+        .iter()
+        .filter(|r| r.topic == topic)
+        .map(|r| serde_json::from_slice(&r.payload).unwrap())
+        .collect()
+}
+
+#[test]
+fn freezes_collection_and_daily_loss_in_local_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let topics = Topics::new("amr", "gw");
+    let mut store = Store::open(&config.db_path(), &config.store).unwrap();
+    // Local midnights of 2026-11-23 and 2026-11-24 in Shanghai.
+    let m1 = parse_rfc3339("2026-11-22T16:00:00Z").unwrap();
+    let m2 = m1 + 24 * HOUR;
+    let t0 = m1 - HOUR;
+    let (mut writer, batch) =
+        Writer::start(&config.pipeline_settings(), topics.clone(), &store, t0).unwrap();
+    store.commit_at(&batch, t0).unwrap();
+
+    // c2 is silent from 23:30 to 02:00 local around the first midnight (too far from it to
+    // be extrapolated).
+    let silent = |ts: i64| ts >= m1 - 30 * MIN && ts < m1 + 2 * HOUR;
+    run(&mut writer, &mut store, t0, m1 + HOUR, t0, silent);
+
+    let s = sent(&store, "amr/gw/freeze/s");
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert_eq!(s[0]["kind"], "day");
+    assert_eq!(s[0]["day"], "2026-11-23");
+    assert_eq!(s[0]["ts"], "2026-11-22T16:00:00.000Z");
+    assert_eq!(s[0]["source"], "interpolated");
+    assert!(
+        (s[0]["values"]["energy_import_kwh"].as_f64().unwrap() - kwh("s", m1, t0)).abs() < 1e-3
+    );
+    assert!(s[0]["seq"].as_u64().is_some());
+    assert!(sent(&store, "amr/gw/freeze/c2").is_empty());
+
+    // The report at 00:30 local: c2 failed, on rs485-2 and in T1.
+    let c = sent(&store, "amr/gw/collection");
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert_eq!(c[0]["day"], "2026-11-23");
+    assert_eq!(
+        (c[0]["configured"].as_u64(), c[0]["frozen"].as_u64()),
+        (Some(3), Some(2))
+    );
+    assert_eq!(c[0]["failed"], serde_json::json!(["c2"]));
+    assert_eq!(c[0]["buses"][0]["rate_pct"], 100.0);
+    assert_eq!(c[0]["buses"][1]["failed"], serde_json::json!(["c2"]));
+    assert_eq!(c[0]["areas"][0]["area"], "T1");
+    // No daily loss yet: no day has freezes at both ends.
+    assert!(sent(&store, "amr/gw/loss/T1/day").is_empty());
+
+    assert_eq!(writer.analytics().freeze().waiting("c2"), [m1]);
+    // A restart; c2 answers at 02:00 and gets its freeze late, once.
+    drop(writer);
+    let (mut writer, batch) = Writer::start(
+        &config.pipeline_settings(),
+        topics.clone(),
+        &store,
+        m1 + HOUR,
+    )
+    .unwrap();
+    store.commit_at(&batch, m1 + HOUR).unwrap();
+    assert_eq!(writer.analytics().freeze().waiting("c2"), [m1]);
+    run(
+        &mut writer,
+        &mut store,
+        m1 + HOUR,
+        m1 + 3 * HOUR,
+        t0,
+        silent,
+    );
+    let c2 = sent(&store, "amr/gw/freeze/c2");
+    assert_eq!(c2.len(), 1, "{c2:?}");
+    assert_eq!(
+        (c2[0]["late"].as_bool(), c2[0]["source"].as_str()),
+        (Some(true), Some("interpolated"))
+    );
+    assert!(
+        (c2[0]["values"]["energy_import_kwh"].as_f64().unwrap() - kwh("c2", m1, t0)).abs() < 1e-3
+    );
+    assert_eq!(
+        sent(&store, "amr/gw/freeze/s").len(),
+        1,
+        "not again after the restart"
+    );
+
+    // Through the next midnight: the daily loss of 2026-11-23 from the two freezes.
+    run(
+        &mut writer,
+        &mut store,
+        m1 + 3 * HOUR,
+        m2 + HOUR,
+        t0,
+        |_| false,
+    );
+    let l = sent(&store, "amr/gw/loss/T1/day");
+    assert_eq!(l.len(), 1, "{l:?}");
+    assert_eq!(l[0]["day"], "2026-11-23");
+    assert_eq!(l[0]["start"], "2026-11-22T16:00:00.000Z");
+    assert_eq!(l[0]["end"], "2026-11-23T16:00:00.000Z");
+    assert_eq!(l[0]["complete"], true);
+    assert!(
+        (l[0]["supply_kwh"].as_f64().unwrap() - 12.0 * 24.0).abs() < 1e-3,
+        "{l:?}"
+    );
+    assert!(
+        (l[0]["loss_pct"].as_f64().unwrap() - 100.0 / 12.0).abs() < 1e-3,
+        "{l:?}"
+    );
+    let c = sent(&store, "amr/gw/collection");
+    assert_eq!(c.len(), 2);
+    assert_eq!(c[1]["rate_pct"], 100.0);
+
+    // Kept beyond history_days = 1, while the loss intervals go with the history.
+    store.prune(m2 + 10 * 24 * HOUR).unwrap();
+    assert_eq!(
+        store
+            .records(RecordKind::FreezeDay, None, 0, i64::MAX, 100)
+            .unwrap()
+            .len(),
+        6
+    );
+    assert_eq!(
+        store
+            .records(RecordKind::Collection, None, 0, i64::MAX, 100)
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(
+        store
+            .records(RecordKind::Loss, None, 0, i64::MAX, 100)
+            .unwrap()
+            .is_empty()
+    );
+    store.prune(m2 + 70 * 24 * HOUR).unwrap();
+    assert!(
+        store
+            .records(RecordKind::FreezeDay, None, 0, i64::MAX, 100)
+            .unwrap()
+            .is_empty()
+    );
+    drop(store);
+}
+
+#[test]
+fn status_shows_the_days_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let mut store = Store::open(&config.db_path(), &config.store).unwrap();
+    let m1 = parse_rfc3339("2026-11-22T16:00:00Z").unwrap();
+    let t0 = m1 - 60 * MIN;
+    let (mut writer, batch) = Writer::start(
+        &config.pipeline_settings(),
+        Topics::new("amr", "gw"),
+        &store,
+        t0,
+    )
+    .unwrap();
+    store.commit_at(&batch, t0).unwrap();
+    run(&mut writer, &mut store, t0, m1 + 40 * MIN, t0, |ts| {
+        ts >= m1 - 30 * MIN
+    });
+    drop(store);
+    let st = amr_gateway::field::status::collect(&config).unwrap();
+    assert_eq!(st["collection"]["day"], "2026-11-23");
+    let table = amr_gateway::field::status::table(&st);
+    assert!(
+        table.contains("collection 2026-11-23: 2 of 3 meters with a daily freeze (66.7 %)"),
+        "{table}"
+    );
+    assert!(table.contains("failed: c2"), "{table}");
+}

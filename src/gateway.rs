@@ -100,6 +100,13 @@ pub async fn run(
     let store: SharedStore = Arc::new(std::sync::Mutex::new(store));
     info!(gateway = %config.gateway.id, db = %db.display(), buses = config.buses.len(),
         meters = config.meters.len(), "gateway starting");
+    if !config.mqtt.tls && !crate::uplink::tls::is_loopback(&config.mqtt.host) {
+        warn!(
+            "[mqtt] tls = false: readings and commands go to broker {}:{} in PLAIN TEXT over \
+             the network; use tls = true unless the link is otherwise protected",
+            config.mqtt.host, config.mqtt.port
+        );
+    }
 
     // Uplink.
     let wake = Arc::new(Notify::new());

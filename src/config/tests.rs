@@ -119,12 +119,13 @@ fn valid_file_gets_defaults() {
 
     let mqtt = &config.mqtt;
     assert_eq!(mqtt.host, "broker.local");
-    assert_eq!(mqtt.port, 1883);
+    // A broker that is not on this machine: TLS by default, on the MQTT-over-TLS port.
+    assert_eq!(mqtt.port, 8883);
     assert_eq!(mqtt.topic_prefix, "amr");
     assert_eq!(mqtt.client_id, "amr-gateway-tx-0412");
     assert_eq!(mqtt.username, None);
     assert_eq!(mqtt.password_file, None);
-    assert!(!mqtt.tls);
+    assert!(mqtt.tls);
     assert_eq!(mqtt.keep_alive_s, 30);
     assert_eq!(mqtt.reconnect_max_s, 60);
     assert_eq!(mqtt.max_inflight, 64);
@@ -1576,5 +1577,30 @@ outage_pct = 0
                  found 0"
             ),
         ]
+    );
+}
+
+#[test]
+fn tls_is_the_default_off_this_machine_and_plain_must_be_written_out() {
+    let local = parse(&edit("host = \"broker.local\"", "host = \"127.0.0.1\"")).unwrap();
+    assert!(!local.mqtt.tls);
+    assert_eq!(local.mqtt.port, 1883);
+    let plain = parse(&edit(
+        "host = \"broker.local\"",
+        "host = \"broker.local\"\ntls = false",
+    ))
+    .unwrap();
+    assert!(!plain.mqtt.tls);
+    assert_eq!(plain.mqtt.port, 1883);
+    let problems = parse(&edit(
+        "host = \"broker.local\"",
+        "host = \"broker.local\"\ntls = false\nca_file = \"ca.pem\"\npassword_file = \"pw\"",
+    ))
+    .unwrap_err();
+    let text = problems.to_string();
+    assert!(text.contains("`ca_file` is set but TLS is off"), "{text}");
+    assert!(
+        text.contains("`password_file` is set without `username`"),
+        "{text}"
     );
 }

@@ -7,6 +7,7 @@ pub mod command;
 pub mod contract;
 pub mod publisher;
 mod settings;
+pub mod tls;
 
 /// The contract's former name, kept for callers not yet moved to [`contract`].
 pub use contract as topics;

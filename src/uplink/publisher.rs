@@ -22,7 +22,10 @@ use crate::shutdown::Shutdown;
 use crate::store::{OutboxRow, SharedStore, with_store};
 use crate::uplink::MqttSettings;
 use crate::uplink::contract::Topics;
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use crate::uplink::tls;
+use rumqttc::{
+    AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
+};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -211,7 +214,7 @@ impl<'a> Connection<'a> {
                                 break ConnectionEnd::Failed(reason);
                             }
                         }
-                        Err(e) => break ConnectionEnd::Failed(e.to_string()),
+                        Err(e) => break ConnectionEnd::Failed(tls::explain(self.cfg, &e)),
                     }
                 }
                 _ = self.wake.notified(), if self.connected_once => {
@@ -384,7 +387,7 @@ impl<'a> Connection<'a> {
 }
 
 /// Broker options for one connection: clean session, last will = retained offline status,
-/// credentials from `password_file`.
+/// credentials from `password_file`, TLS (and a client certificate) when `tls`.
 fn mqtt_options(cfg: &MqttSettings, topics: &Topics) -> Result<MqttOptions, String> {
     let mut options = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
     options
@@ -409,7 +412,8 @@ fn mqtt_options(cfg: &MqttSettings, topics: &Topics) -> Result<MqttOptions, Stri
         options.set_credentials(user.clone(), password);
     }
     if cfg.tls {
-        return Err("[mqtt] tls is not supported by this build yet".into());
+        let config = tls::client_config(cfg)?;
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
     }
     Ok(options)
 }

@@ -129,7 +129,12 @@ fn resolve(base: &Path, path: &str) -> PathBuf {
 }
 
 /// An optional path key, resolved against `base`.
-fn path_key(report: &mut Report, section: &Section, key: &str, base: &Path) -> Option<PathBuf> {
+pub(super) fn path_key(
+    report: &mut Report,
+    section: &Section,
+    key: &str,
+    base: &Path,
+) -> Option<PathBuf> {
     let s = section.string(report, key)?;
     if s.get_ref().is_empty() {
         report.at(

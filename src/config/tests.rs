@@ -362,7 +362,8 @@ fn unknown_section() {
             25,
             3,
             "unknown section `meters`; did you mean `[[meter]]`? the sections are: [gateway], \
-             [mqtt], [store], [[bus]], [[meter]], [[area]], [loss], [alarms], [voltage_quality]"
+             [mqtt], [store], [[bus]], [[meter]], [[area]], [loss], [alarms], [voltage_quality], \
+             [[command_key]], [commands]"
         )]
     );
 }
@@ -1603,4 +1604,35 @@ fn tls_is_the_default_off_this_machine_and_plain_must_be_written_out() {
         text.contains("`password_file` is set without `username`"),
         "{text}"
     );
+}
+
+#[test]
+fn command_keys_are_read_and_their_mistakes_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("ops.key");
+    crate::uplink::command::write_key_pair(&key).unwrap();
+    let good = format!(
+        "{BASE}\n[[command_key]]\nid = \"ops\"\npublic_key_file = \"{}.pub\"\nallow = [\"ping\", \"read\"]\n\n[commands]\nclock_window_s = 60\n",
+        key.display()
+    );
+    let config = parse(&good).unwrap();
+    assert_eq!(config.commands.keys.len(), 1);
+    assert_eq!(config.commands.keys[0].id, "ops");
+    assert!(config.commands.keys[0].allow.contains("read"));
+    assert_eq!(config.commands.clock_window_s, 60);
+    assert_eq!(config.commands.max_lifetime_s, 3600);
+
+    let bad = format!(
+        "{BASE}\n[[command_key]]\nid = \"ops\"\npublic_key_file = \"/nonexistent/ops.pub\"\nallow = [\"pnig\"]\n"
+    );
+    let text = parse(&bad).unwrap_err().to_string();
+    assert!(
+        text.contains("cannot read key file /nonexistent/ops.pub"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unknown command `pnig` in `allow`; did you mean `ping`"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{FILE}:")), "{text}");
 }

@@ -56,6 +56,8 @@ const ACK_BATCH: usize = 64;
 const TICK: Duration = Duration::from_millis(200);
 /// First wait after a failed connection.
 const BACKOFF_START: Duration = Duration::from_secs(1);
+/// Command payloads waiting for the desk before more are dropped.
+pub const COMMAND_QUEUE: usize = 64;
 /// How long a clean shutdown waits for the offline status and DISCONNECT to go out.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -70,6 +72,22 @@ pub async fn run(
     store: SharedStore,
     wake: Arc<Notify>,
     state: watch::Sender<UplinkState>,
+    shutdown: Shutdown,
+) {
+    run_with_commands(cfg, topics, store, wake, state, None, shutdown).await;
+}
+
+/// [`run`], also subscribed (QoS 1, on every connection) to `{prefix}/{gateway}/command`:
+/// each payload that arrives there goes to `commands` as it is, for the command desk to
+/// check (`super::desk`). When the desk is behind by [`COMMAND_QUEUE`] payloads, more are
+/// dropped with a warning: a flood never holds up the outbox.
+pub async fn run_with_commands(
+    cfg: MqttSettings,
+    topics: Topics,
+    store: SharedStore,
+    wake: Arc<Notify>,
+    state: watch::Sender<UplinkState>,
+    commands: Option<mpsc::Sender<Vec<u8>>>,
     mut shutdown: Shutdown,
 ) {
     let mut backoff = Backoff::new(Duration::from_secs(cfg.reconnect_max_s.max(1)));
@@ -80,6 +98,7 @@ pub async fn run(
             return;
         }
         let mut connection = Connection::new(&cfg, &topics, &store, &wake, &state);
+        connection.commands = commands.as_ref();
         let end = connection.run(&mut shutdown).await;
         if connection.connected_once {
             backoff.reset();
@@ -156,6 +175,8 @@ struct Connection<'a> {
     cursor: i64,
     /// Acknowledged rows not yet deleted from the store.
     acked: Vec<i64>,
+    /// Where command payloads go (subscribed only when set).
+    commands: Option<&'a mpsc::Sender<Vec<u8>>>,
 }
 
 impl<'a> Connection<'a> {
@@ -179,6 +200,7 @@ impl<'a> Connection<'a> {
             fetched: VecDeque::new(),
             cursor: 0,
             acked: Vec::new(),
+            commands: None,
         }
     }
 
@@ -251,6 +273,13 @@ impl<'a> Connection<'a> {
                 );
                 self.connected_once = true;
                 self.state.send_modify(|s| s.connected = true);
+                // Subscribed before `online` goes out: whoever sees the gateway online can
+                // command it.
+                if self.commands.is_some() {
+                    client
+                        .try_subscribe(self.topics.command(), QoS::AtLeastOnce)
+                        .map_err(|e| format!("cannot subscribe to the command topic: {e}"))?;
+                }
                 client
                     .try_publish(
                         self.topics.status(),
@@ -261,6 +290,16 @@ impl<'a> Connection<'a> {
                     .map_err(|e| format!("cannot publish status: {e}"))?;
                 self.requested.push_back(None);
                 self.fill(client).await;
+            }
+            Event::Incoming(Packet::Publish(p)) if p.topic == self.topics.command() => {
+                if let Some(commands) = self.commands
+                    && commands.try_send(p.payload.to_vec()).is_err()
+                {
+                    warn!(
+                        "command dropped: {COMMAND_QUEUE} commands are already waiting to be \
+                         checked (a flood?)"
+                    );
+                }
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 let Some(row) = self.requested.pop_front() else {

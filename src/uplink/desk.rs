@@ -39,6 +39,11 @@ const RECALL_CHUNK: usize = 200;
 /// Pause between recall chunks, so that live data keeps flowing.
 const RECALL_PAUSE: Duration = Duration::from_millis(50);
 
+/// Answers to commands that are not authentic (unreadable, unknown key, bad signature) per
+/// minute; beyond it such commands are only logged and counted, so that anyone who can
+/// publish on the command topic cannot fill the outbox with answers.
+const UNAUTHENTIC_ANSWERS_PER_MINUTE: usize = 30;
+
 /// Rejections since start (also in each rejection's log line).
 static REJECTED: AtomicU64 = AtomicU64::new(0);
 
@@ -60,6 +65,7 @@ pub async fn run_desk(
 ) {
     let mut authority = Some(authority);
     let mut running = tokio::task::JoinSet::new();
+    let mut unauthentic_answers: std::collections::VecDeque<i64> = Default::default();
     let desk = Desk {
         topics,
         store,
@@ -108,6 +114,15 @@ pub async fn run_desk(
                     received_ms: now,
                 };
                 desk.audit(audit).await;
+                if rejection.id.is_none() {
+                    while unauthentic_answers.front().is_some_and(|t| *t <= now - 60_000) {
+                        unauthentic_answers.pop_front();
+                    }
+                    if unauthentic_answers.len() >= UNAUTHENTIC_ANSWERS_PER_MINUTE {
+                        continue;
+                    }
+                    unauthentic_answers.push_back(now);
+                }
                 desk.answer(CommandResult {
                     // An id that did not pass the checks is echoed so that the sender can
                     // match the answer; it is neither audited nor noted as seen.

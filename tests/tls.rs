@@ -331,3 +331,93 @@ async fn tls_and_mtls_deliver_and_every_tls_mistake_is_one_clear_error() {
         "{log}"
     );
 }
+
+/// The whole link over mutual TLS: a real gateway process reading a simulated meter, and the
+/// headend's `command` tool, both with client certificates, through the listener that
+/// requires them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_and_the_command_tool_over_mutual_tls() {
+    let broker = TlsBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sims = support::SimRuntime::new();
+    let _sim = sims.start(
+        "[[bus]]\nname = \"rs485\"\nlink = \"ttyRS485\"\nbaud = 19200\n\n[[meter]]\nbus = \"rs485\"\n\
+         unit = 1\nmodel = \"eastron-sdm120\"\nload_kw = 1.0\nenergy_start_kwh = 10.0\n",
+        "tls-sim",
+        dir.path(),
+    );
+    let exe = env!("CARGO_BIN_EXE_amr-gateway");
+    let key = dir.path().join("ops.key");
+    assert!(
+        Command::new(exe)
+            .args(["keygen", "--out"])
+            .arg(&key)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let f = |n: &str| broker.file(n).display().to_string();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nid = \"gw1\"\ndata_dir = \"data\"\n\n[mqtt]\nhost = \"127.0.0.1\"\n\
+             port = {}\ntls = true\nca_file = \"{}\"\nclient_cert_file = \"{}\"\n\
+             client_key_file = \"{}\"\n\n[[bus]]\nname = \"rs485\"\nprotocol = \"modbus-rtu\"\n\
+             device = \"ttyRS485\"\nbaud = 19200\npoll_interval_s = 2\n\n[[meter]]\nid = \"m1\"\n\
+             bus = \"rs485\"\nunit = 1\nmodel = \"eastron-sdm120\"\n\n[[command_key]]\n\
+             id = \"ops\"\npublic_key_file = \"ops.key.pub\"\nallow = [\"ping\", \"read\"]\n",
+            broker.mtls,
+            f("ca.crt"),
+            f("gateway.crt"),
+            f("gateway.key")
+        ),
+    )
+    .unwrap();
+    let headend = Subscriber::start(broker.plain, "headend-mtls", "amr/gw1/#").await;
+    let _gw = support::Gateway::start(&config, "gateway.log");
+    headend
+        .wait_until(PATIENCE, |r| !seqs_on(r, "/reading/m1").is_empty())
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "no reading over mTLS\n{}",
+                support::log_tail(dir.path(), 20)
+            )
+        });
+    let port = broker.mtls.to_string();
+    let out = Command::new(exe)
+        .args(["command", "--host", "127.0.0.1", "--port", &port, "--tls"])
+        .args([
+            "--ca-file",
+            &f("ca.crt"),
+            "--client-cert-file",
+            &f("gateway.crt"),
+        ])
+        .args([
+            "--client-key-file",
+            &f("gateway.key"),
+            "--gateway",
+            "gw1",
+            "--key",
+        ])
+        .arg(&key)
+        .args(["--key-id", "ops", "--json", "read", "--arg", "meters=all"])
+        .output()
+        .unwrap();
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            support::log_tail(dir.path(), 20)
+        )
+    });
+    assert!(out.status.success(), "{result}");
+    assert_eq!(result["data"]["meters"][0]["meter"], "m1");
+    assert!(
+        result["data"]["meters"][0]["values"]["energy_import_kwh"]
+            .as_f64()
+            .unwrap()
+            >= 10.0
+    );
+}

@@ -115,7 +115,10 @@ pub async fn run_desk(
                 };
                 desk.audit(audit).await;
                 if rejection.id.is_none() {
-                    while unauthentic_answers.front().is_some_and(|t| *t <= now - 60_000) {
+                    while unauthentic_answers
+                        .front()
+                        .is_some_and(|t| *t <= now - 60_000)
+                    {
                         unauthentic_answers.pop_front();
                     }
                     if unauthentic_answers.len() >= UNAUTHENTIC_ANSWERS_PER_MINUTE {

@@ -12,20 +12,26 @@
 //! started, a status line, and watchdog keep-alives only while every task makes progress.
 
 use crate::analytics::loss::RollingLoss;
-use crate::bus::{BusEvent, Learned, OfflinePolicy, run_bus};
+use crate::bus::{BusEvent, Learned, OfflinePolicy, run_bus_serving};
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::liveness::{Heartbeat, Liveness};
 use crate::pipeline::{Fold, Writer};
 use crate::shutdown::{Shutdown, Stop};
 use crate::store::{Batch, MetaKey, SharedStore, Store, StoreLock};
+use crate::uplink::command::Authority;
 use crate::uplink::contract::Topics;
-use crate::uplink::{UplinkState, run as run_uplink};
+use crate::uplink::desk::run_desk;
+use crate::uplink::{UplinkState, run_with_commands};
+pub use commands::StatusHook;
+use commands::{BusDesk, GatewayExecutor, redact};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{error, info, warn};
+
+mod commands;
 
 /// Most bus events folded into one store transaction.
 const MAX_BATCH: usize = 1000;
@@ -68,12 +74,30 @@ pub enum RunError {
     Failed(String),
 }
 
+/// What the binary adds to the daemon that the library's layers cannot build themselves.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// The `status --json` document, for the `status` command (`field::status::collect`).
+    pub status: Option<StatusHook>,
+}
+
 /// Runs the gateway until `shutdown` says stop, or until a task fails. `live` receives the
 /// gateway's figures.
 pub async fn run(
     config: Config,
     shutdown: Shutdown,
     live: Option<watch::Sender<GatewayState>>,
+) -> Result<(), RunError> {
+    run_with_hooks(config, shutdown, live, Hooks::default()).await
+}
+
+/// [`run`] with the binary's [`Hooks`]. With at least one `[[command_key]]` the uplink takes
+/// signed commands on `{prefix}/{gateway}/command` (see `uplink::desk`).
+pub async fn run_with_hooks(
+    config: Config,
+    shutdown: Shutdown,
+    live: Option<watch::Sender<GatewayState>>,
+    hooks: Hooks,
 ) -> Result<(), RunError> {
     std::fs::create_dir_all(&config.gateway.data_dir).map_err(|e| RunError::DataDir {
         path: config.gateway.data_dir.display().to_string(),
@@ -101,19 +125,29 @@ pub async fn run(
     let store: SharedStore = Arc::new(std::sync::Mutex::new(store));
     info!(gateway = %config.gateway.id, db = %db.display(), buses = config.buses.len(),
         meters = config.meters.len(), "gateway starting");
+    if !config.mqtt.tls && !crate::uplink::tls::is_loopback(&config.mqtt.host) {
+        warn!(
+            "[mqtt] tls = false: readings and commands go to broker {}:{} in PLAIN TEXT over \
+             the network; use tls = true unless the link is otherwise protected",
+            config.mqtt.host, config.mqtt.port
+        );
+    }
 
     // Uplink.
     let wake = Arc::new(Notify::new());
     let mut liveness = Liveness::from_environment();
     let (uplink_tx, uplink_rx) = watch::channel(UplinkState::default());
     let (uplink_stop, uplink_shutdown) = Stop::new();
-    let uplink = tokio::spawn(run_uplink(
+    let takes_commands = !config.commands.keys.is_empty();
+    let (command_tx, command_rx) = mpsc::channel(crate::uplink::publisher::COMMAND_QUEUE);
+    let uplink = tokio::spawn(run_with_commands(
         config.mqtt.clone(),
         topics.clone(),
         store.clone(),
         wake.clone(),
         uplink_tx,
-        uplink_shutdown,
+        takes_commands.then_some(command_tx),
+        uplink_shutdown.clone(),
     ));
 
     // Buses. They stop on the outside signal or when another task failed.
@@ -122,21 +156,50 @@ pub async fn run(
     let mut buses = tokio::task::JoinSet::new();
     let mut bus_names = BTreeMap::new();
     let learned = Learned::from_block_limits(&learned);
+    let mut bus_desks = Vec::new();
     for (bus, meters) in config.bus_settings() {
         let name = format!("bus `{}`", bus.name);
         let heartbeat = liveness.register(name.clone());
-        let task = buses.spawn(run_bus(
+        let (requests_tx, requests) = mpsc::channel(16);
+        bus_desks.push(BusDesk {
+            meters: meters.iter().map(|m| m.id.clone()).collect(),
+            requests: requests_tx,
+        });
+        let task = buses.spawn(run_bus_serving(
             bus,
             meters,
             learned.clone(),
             OfflinePolicy::default(),
             events_tx.clone(),
+            requests,
             bus_shutdown.clone(),
             heartbeat,
         ));
         bus_names.insert(task.id(), name);
     }
     drop(events_tx);
+
+    // The command desk: checks, audits, answers and runs the headend's signed commands.
+    let desk = takes_commands.then(|| {
+        let config_text = std::fs::read_to_string(&config.source)
+            .map(|t| redact(&t))
+            .unwrap_or_default();
+        let executor = GatewayExecutor {
+            config: Arc::new(config.clone()),
+            config_text,
+            status: hooks.status.clone(),
+            buses: bus_desks,
+        };
+        tokio::spawn(run_desk(
+            Authority::new(&config.gateway.id, config.commands.clone()),
+            topics.clone(),
+            store.clone(),
+            wake.clone(),
+            Arc::new(executor),
+            command_rx,
+            uplink_shutdown,
+        ))
+    });
 
     // The store writer runs until every bus task has stopped and the channel is drained.
     let live = live.unwrap_or_else(|| {
@@ -208,6 +271,9 @@ pub async fn run(
         failures.extend(writer_failure(writer.await));
     }
     uplink_stop.stop();
+    if let Some(desk) = desk {
+        let _ = desk.await;
+    }
     if uplink_end.is_none()
         && let Err(e) = uplink.await
     {

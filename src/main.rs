@@ -1,5 +1,5 @@
-//! The `amr-gateway` command line: `run`, `check-config`, `demo`, `simulate`, and the field
-//! tools `read`, `scan`, `status`.
+//! The `amr-gateway` command line: `run`, `check-config`, `demo`, `simulate`, the field
+//! tools `read`, `scan`, `status`, and the headend's `keygen` and `command`.
 
 use amr_gateway::config;
 use clap::{Parser, Subcommand};
@@ -22,6 +22,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::enum_variant_names)] // `command` is the contract's name for the subcommand.
 enum Command {
     /// Run the gateway in the foreground until SIGTERM or SIGINT; SIGHUP reloads the file.
     ///
@@ -82,6 +83,61 @@ enum Command {
         units: String,
         #[arg(long)]
         models_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an Ed25519 key pair for signing commands: the private key in FILE (mode 0600),
+    /// the public key in FILE.pub (for a gateway's [[command_key]] public_key_file).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a command, publish it to a gateway, wait for its result and print it.
+    ///
+    /// Exit codes: 0 done; 1 rejected or failed; 2 bad arguments or key file; 3 no result
+    /// (broker unreachable, or the timeout passed).
+    Command {
+        #[arg(long)]
+        host: String,
+        #[arg(long)]
+        port: u16,
+        #[arg(long, default_value = "amr")]
+        prefix: String,
+        /// Connect with TLS (the broker's certificate and name are checked).
+        #[arg(long)]
+        tls: bool,
+        /// CA certificate(s), PEM; default: the system roots.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        #[arg(long)]
+        client_cert_file: Option<PathBuf>,
+        #[arg(long)]
+        client_key_file: Option<PathBuf>,
+        #[arg(long)]
+        username: Option<String>,
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+        /// The gateway's id ([gateway] id).
+        #[arg(long)]
+        gateway: String,
+        /// The private key file (from keygen).
+        #[arg(long)]
+        key: PathBuf,
+        /// The key's id, as the gateway's [[command_key]] id names it.
+        #[arg(long)]
+        key_id: String,
+        /// ping, status, read, recall, config_get, config_apply, time_sync, relay.
+        name: String,
+        /// Command argument KEY=VALUE (e.g. meters=all, from_seq=5, to_seq=9); repeatable.
+        #[arg(long = "arg")]
+        args: Vec<String>,
+        /// How long the command stays valid, seconds.
+        #[arg(long, default_value_t = 300)]
+        valid_s: u64,
+        /// How long to wait for the result, seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
+        /// Print the result payload as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -152,6 +208,101 @@ fn main() -> ExitCode {
             json,
         } => scan(&link, &units, models_dir.as_deref(), json),
         Command::Status { config, json } => status(&config, json),
+        Command::Keygen { out } => keygen(&out),
+        Command::Command {
+            host,
+            port,
+            prefix,
+            tls,
+            ca_file,
+            client_cert_file,
+            client_key_file,
+            username,
+            password_file,
+            gateway,
+            key,
+            key_id,
+            name,
+            args,
+            valid_s,
+            timeout_s,
+            json,
+        } => {
+            let broker = amr_gateway::field::command::BrokerArgs {
+                host,
+                port,
+                tls: tls || ca_file.is_some() || client_cert_file.is_some(),
+                ca_file,
+                client_cert_file,
+                client_key_file,
+                username,
+                password_file,
+            };
+            let args = match amr_gateway::field::command::parse_args(&args) {
+                Ok(a) => a,
+                Err(e) => {
+                    eprintln!("command: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let cmd = amr_gateway::field::command::CommandArgs {
+                prefix,
+                gateway,
+                key_file: key,
+                key_id,
+                name,
+                args,
+                valid_s,
+                timeout: std::time::Duration::from_secs(timeout_s),
+            };
+            give_command(&broker, &cmd, json)
+        }
+    }
+}
+
+fn keygen(out: &std::path::Path) -> ExitCode {
+    match amr_gateway::uplink::command::write_key_pair(out) {
+        Ok(_) => {
+            let public = amr_gateway::uplink::command::public_key_path(out);
+            println!(
+                "private key: {} (keep it at the headend)\npublic key:  {} (give it to the \
+                 gateways: [[command_key]] public_key_file)",
+                out.display(),
+                public.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail("keygen", &format!("{}: {e}", out.display())),
+    }
+}
+
+fn give_command(
+    broker: &amr_gateway::field::command::BrokerArgs,
+    cmd: &amr_gateway::field::command::CommandArgs,
+    json: bool,
+) -> ExitCode {
+    use amr_gateway::field::command::{CommandError, describe, give};
+    match runtime().block_on(give(broker, cmd)) {
+        Ok(result) => {
+            if json {
+                println!("{result}");
+            } else {
+                println!("{}", describe(&result));
+            }
+            if result["state"] == "done" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(CommandError::Setup(e)) => {
+            eprintln!("command: {e}");
+            ExitCode::from(2)
+        }
+        Err(CommandError::NoResult(e)) => {
+            eprintln!("command: {e}");
+            ExitCode::from(3)
+        }
     }
 }
 
@@ -262,7 +413,15 @@ fn run(path: &std::path::Path) -> ExitCode {
         // invalid file it keeps running as it is.
         loop {
             let (stop, shutdown) = amr_gateway::shutdown::Stop::new();
-            let mut gateway = tokio::spawn(amr_gateway::gateway::run(cfg.clone(), shutdown, None));
+            let hooks = amr_gateway::gateway::Hooks {
+                status: Some(std::sync::Arc::new(amr_gateway::field::status::collect)),
+            };
+            let mut gateway = tokio::spawn(amr_gateway::gateway::run_with_hooks(
+                cfg.clone(),
+                shutdown,
+                None,
+                hooks,
+            ));
             let next = loop {
                 tokio::select! {
                     end = &mut gateway => return exit_of(end),

@@ -33,6 +33,7 @@ pub mod driver;
 mod health;
 mod lock;
 pub mod modbus;
+mod on_demand;
 mod poller;
 
 pub use crate::model::{BusEvent, Learned};
@@ -42,7 +43,8 @@ pub use driver::{Driver, DriverFuture, Poll, ReadFailure, driver_for};
 pub use health::OfflinePolicy;
 pub use lock::{DeviceLock, DeviceLockError};
 pub use modbus::{ModbusDriver, plan_meter};
-pub use poller::run_bus;
+pub use on_demand::{MeterRead, ReadRequest};
+pub use poller::{run_bus, run_bus_serving};
 
 use crate::meter::MeterModel;
 use crate::model::MeterId;

@@ -9,6 +9,7 @@
 use super::budget::ProbeBudget;
 use super::driver::{Driver, driver_for};
 use super::health::OfflinePolicy;
+use super::on_demand::{OnDemand, ReadRequest};
 use super::{BusSettings, MeterSettings};
 use crate::clock::now_ms;
 use crate::liveness::Heartbeat;
@@ -46,6 +47,27 @@ pub async fn run_bus(
     shutdown: Shutdown,
     heartbeat: Heartbeat,
 ) {
+    // No reads on demand: a channel nobody can send on.
+    let (_, requests) = mpsc::channel(1);
+    run_bus_serving(
+        bus, meters, learned, policy, events, requests, shutdown, heartbeat,
+    )
+    .await;
+}
+
+/// [`run_bus`] that also serves reads on demand ([`ReadRequest`]): the meters a request names
+/// are made due now and read between scheduled polls.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_bus_serving(
+    bus: BusSettings,
+    meters: Vec<MeterSettings>,
+    learned: Vec<(MeterId, Learned)>,
+    policy: OfflinePolicy,
+    events: mpsc::Sender<BusEvent>,
+    requests: mpsc::Receiver<ReadRequest>,
+    shutdown: Shutdown,
+    heartbeat: Heartbeat,
+) {
     if meters.is_empty() {
         info!(bus = %bus.name, "bus has no meters; not opening it");
         return;
@@ -57,16 +79,22 @@ pub async fn run_bus(
             return;
         }
     };
-    run_with(driver, bus, meters, policy, events, shutdown, heartbeat).await;
+    let requests = Some(requests);
+    run_with(
+        driver, bus, meters, policy, events, requests, shutdown, heartbeat,
+    )
+    .await;
 }
 
 /// [`run_bus`] with its driver.
+#[allow(clippy::too_many_arguments)]
 async fn run_with(
     mut driver: Box<dyn Driver>,
     bus: BusSettings,
     meters: Vec<MeterSettings>,
     policy: OfflinePolicy,
     events: mpsc::Sender<BusEvent>,
+    requests: Option<mpsc::Receiver<ReadRequest>>,
     mut shutdown: Shutdown,
     heartbeat: Heartbeat,
 ) {
@@ -93,12 +121,19 @@ async fn run_with(
     let mut open = false;
     let mut open_backoff = Duration::from_secs(1);
     let mut last: Option<usize> = None;
+    let ids: Vec<MeterId> = slots.iter().map(|s| s.settings.id.clone()).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut on_demand = OnDemand::new(requests);
 
     loop {
         // Alive: the watchdog hears from this bus at least every BEAT_EVERY, polling or not.
         heartbeat.beat();
         if shutdown.is_stopping() {
             break;
+        }
+        // Reads on demand: their meters are due now (after those already waiting longer).
+        for idx in on_demand.take_new(&ids) {
+            slots[idx].next_due = slots[idx].next_due.min(Instant::now());
         }
         if !open {
             match driver.open().await {
@@ -126,6 +161,7 @@ async fn run_with(
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {}
                 _ = shutdown.wait() => continue,
+                _ = on_demand.arrival() => continue,
             }
             if wake < due {
                 continue;
@@ -211,6 +247,7 @@ async fn run_with(
                 slot.next_due = now_i;
             }
         }
+        on_demand.polled(idx, meter, poll.reading.as_ref(), poll.error.as_deref());
         if let Some(r) = poll.reading
             && events.send(BusEvent::Reading(r)).await.is_err()
         {
@@ -349,6 +386,7 @@ mod tests {
             meters,
             policy,
             tx,
+            None,
             shutdown,
             Heartbeat::unwatched(),
         ));

@@ -29,6 +29,8 @@ const SECTIONS: &[(&str, &str)] = &[
     ("voltage_quality", "[voltage_quality]"),
     ("freeze", "[freeze]"),
     ("collection", "[collection]"),
+    ("command_key", "[[command_key]]"),
+    ("commands", "[commands]"),
 ];
 
 /// Reads and validates the file at `path`, with the built-in meter models.
@@ -117,6 +119,21 @@ pub(super) fn load_text(
         .map(|(t, start)| sections::area(&mut report, t, start))
         .collect();
 
+    let command_keys: Vec<(usize, crate::uplink::command::CommandKey)> =
+        tables(&mut report, root, "command_key")
+            .into_iter()
+            .filter_map(|(t, start)| {
+                super::commands::command_key(&mut report, t, start, dir).map(|k| (start, k))
+            })
+            .collect();
+    super::commands::check_ids(&mut report, &command_keys);
+    let commands_table = table(&mut report, root, "commands");
+    let commands = super::commands::policy(
+        &mut report,
+        commands_table,
+        command_keys.into_iter().map(|(_, k)| k).collect(),
+    );
+
     let (mut loss, mut carried) = match table(&mut report, root, "loss") {
         Some((t, start)) => analytics::loss(&mut report, t, start),
         None => Default::default(),
@@ -176,6 +193,7 @@ pub(super) fn load_text(
             freeze,
             collection,
             models,
+            commands,
             warnings: sorted(report.warnings, path),
         }),
         _ => Err(finish(report)),

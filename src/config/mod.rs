@@ -17,6 +17,7 @@
 
 mod analytics;
 mod checks;
+mod commands;
 mod for_bus;
 mod for_pipeline;
 mod load;
@@ -80,6 +81,8 @@ pub struct Config {
     pub collection: crate::analytics::collection::CollectionSettings,
     /// The meter models available to this configuration (built-in plus `models_dir`).
     pub models: crate::meter::ModelLibrary,
+    /// `[[command_key]]` and `[commands]`: the keys signed commands are checked against.
+    pub commands: crate::uplink::command::CommandPolicy,
     /// What is valid but should change (an old key still accepted, naming its replacement),
     /// sorted by position: `check-config` prints them, `run` logs them.
     pub warnings: Vec<ConfigProblem>,

@@ -125,7 +125,12 @@ fn resolve(base: &Path, path: &str) -> PathBuf {
 }
 
 /// An optional path key, resolved against `base`.
-fn path_key(report: &mut Report, section: &Section, key: &str, base: &Path) -> Option<PathBuf> {
+pub(super) fn path_key(
+    report: &mut Report,
+    section: &Section,
+    key: &str,
+    base: &Path,
+) -> Option<PathBuf> {
     let s = section.string(report, key)?;
     if s.get_ref().is_empty() {
         report.at(
@@ -267,17 +272,41 @@ pub(super) fn mqtt(
         ),
         _ => {}
     }
+    // TLS is the default for every broker that is not on this machine; plain MQTT to a remote
+    // host must be written out (`tls = false`) and the gateway warns about it at start.
+    let host_text = host.as_ref().map_or("", |h| h.get_ref().as_str());
+    let tls = tls.unwrap_or(!crate::uplink::tls::is_loopback(host_text));
+    if !tls {
+        for key in ["ca_file", "client_cert_file", "client_key_file"] {
+            if let Some(v) = s.get(key) {
+                report.at(
+                    v.span().start,
+                    format!(
+                        "`{key}` is set but TLS is off (`tls = false`, or a loopback host); \
+                         set `tls = true` or remove `{key}`"
+                    ),
+                );
+            }
+        }
+    }
+    if let (Some(v), None) = (s.get("password_file"), s.get("username")) {
+        report.at(
+            v.span().start,
+            "`password_file` is set without `username`; MQTT sends a password only with a \
+             user name: add `username = \"...\"`",
+        );
+    }
     let keep_alive_s = s.integer_in(report, "keep_alive_s", 5, 65535, " s");
     let reconnect_max_s = s.integer_in(report, "reconnect_max_s", 1, 86400, " s");
     let max_inflight = s.integer_in(report, "max_inflight", 1, 65535, "");
     MqttConfig {
         host: host.map(Spanned::into_inner).unwrap_or_default(),
-        port: port.map_or(1883, |p| *p.get_ref() as u16),
+        port: port.map_or(if tls { 8883 } else { 1883 }, |p| *p.get_ref() as u16),
         topic_prefix: topic_prefix.unwrap_or_else(|| "amr".into()),
         client_id: client_id.unwrap_or_else(|| format!("amr-gateway-{gateway_id}")),
         username,
         password_file,
-        tls: tls.unwrap_or(false),
+        tls,
         ca_file,
         client_cert_file,
         client_key_file,

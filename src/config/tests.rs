@@ -119,12 +119,13 @@ fn valid_file_gets_defaults() {
 
     let mqtt = &config.mqtt;
     assert_eq!(mqtt.host, "broker.local");
-    assert_eq!(mqtt.port, 1883);
+    // A broker that is not on this machine: TLS by default, on the MQTT-over-TLS port.
+    assert_eq!(mqtt.port, 8883);
     assert_eq!(mqtt.topic_prefix, "amr");
     assert_eq!(mqtt.client_id, "amr-gateway-tx-0412");
     assert_eq!(mqtt.username, None);
     assert_eq!(mqtt.password_file, None);
-    assert!(!mqtt.tls);
+    assert!(mqtt.tls);
     assert_eq!(mqtt.keep_alive_s, 30);
     assert_eq!(mqtt.reconnect_max_s, 60);
     assert_eq!(mqtt.max_inflight, 64);
@@ -365,7 +366,7 @@ fn unknown_section() {
             3,
             "unknown section `meters`; did you mean `[[meter]]`? the sections are: [gateway], \
              [mqtt], [store], [[bus]], [[meter]], [[area]], [loss], [alarms], [voltage_quality], \
-             [freeze], [collection]"
+             [freeze], [collection], [[command_key]], [commands]"
         )]
     );
 }
@@ -1639,4 +1640,60 @@ outage_pct = 0
             ),
         ]
     );
+}
+
+#[test]
+fn tls_is_the_default_off_this_machine_and_plain_must_be_written_out() {
+    let local = parse(&edit("host = \"broker.local\"", "host = \"127.0.0.1\"")).unwrap();
+    assert!(!local.mqtt.tls);
+    assert_eq!(local.mqtt.port, 1883);
+    let plain = parse(&edit(
+        "host = \"broker.local\"",
+        "host = \"broker.local\"\ntls = false",
+    ))
+    .unwrap();
+    assert!(!plain.mqtt.tls);
+    assert_eq!(plain.mqtt.port, 1883);
+    let problems = parse(&edit(
+        "host = \"broker.local\"",
+        "host = \"broker.local\"\ntls = false\nca_file = \"ca.pem\"\npassword_file = \"pw\"",
+    ))
+    .unwrap_err();
+    let text = problems.to_string();
+    assert!(text.contains("`ca_file` is set but TLS is off"), "{text}");
+    assert!(
+        text.contains("`password_file` is set without `username`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn command_keys_are_read_and_their_mistakes_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("ops.key");
+    crate::uplink::command::write_key_pair(&key).unwrap();
+    let good = format!(
+        "{BASE}\n[[command_key]]\nid = \"ops\"\npublic_key_file = \"{}.pub\"\nallow = [\"ping\", \"read\"]\n\n[commands]\nclock_window_s = 60\n",
+        key.display()
+    );
+    let config = parse(&good).unwrap();
+    assert_eq!(config.commands.keys.len(), 1);
+    assert_eq!(config.commands.keys[0].id, "ops");
+    assert!(config.commands.keys[0].allow.contains("read"));
+    assert_eq!(config.commands.clock_window_s, 60);
+    assert_eq!(config.commands.max_lifetime_s, 3600);
+
+    let bad = format!(
+        "{BASE}\n[[command_key]]\nid = \"ops\"\npublic_key_file = \"/nonexistent/ops.pub\"\nallow = [\"pnig\"]\n"
+    );
+    let text = parse(&bad).unwrap_err().to_string();
+    assert!(
+        text.contains("cannot read key file /nonexistent/ops.pub"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unknown command `pnig` in `allow`; did you mean `ping`"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{FILE}:")), "{text}");
 }

@@ -1,10 +1,12 @@
 //! Field tools for the engineer on site: `read` (one reading of one meter), `scan` (which unit
 //! ids answer on a bus, and which model they look like) and `status` (what a running or stopped
 //! gateway's store says about every bus and meter). Each prints a table, or JSON with `--json`.
+//! For the headend's side: `keygen` and `command` (signed commands, [`command`]).
 //!
 //! `read` and `scan` talk to meters through the bus's driver ([`crate::bus::ModbusDriver`]):
 //! the same read path and the same transaction deadline as the daemon.
 
+pub mod command;
 pub mod read;
 pub mod scan;
 pub mod status;

@@ -10,6 +10,7 @@
 //! [`RecordKind`]), each meter's last state ([`MeterState`]) and the `meta` table of engine
 //! snapshots and figures (by [`MetaKey`]): the names are defined here, once.
 
+mod commands;
 mod keys;
 mod lock;
 mod meter_state;
@@ -18,6 +19,7 @@ mod shared;
 #[cfg(test)]
 mod tests;
 
+pub use commands::{CommandAudit, Published};
 pub use keys::{MetaKey, RecordKind};
 pub use lock::{LOCK_FILE, StoreLock, StoreLockError};
 pub use meter_state::MeterState;
@@ -631,9 +633,9 @@ impl Store {
         Ok(lines.join("\n"))
     }
 
-    /// Deletes history older than `history_days`; then, while the used size exceeds
-    /// `max_size_mb`, the oldest history, and only when no history is left, the oldest unsent
-    /// outbox rows. Returns what it deleted so the caller can warn
+    /// Deletes history (and recall copies, seen command ids) older than `history_days`; then,
+    /// while the used size exceeds `max_size_mb`, the oldest history, then the oldest recall
+    /// copies, and only when neither is left, the oldest unsent outbox rows. Returns what it deleted so the caller can warn
     /// ("store full: dropped N oldest unsent messages"). Frees pages with
     /// `incremental_vacuum` and truncates the WAL.
     pub fn prune(&mut self, now_ms: i64) -> Result<PruneReport, StoreError> {
@@ -656,6 +658,8 @@ impl Store {
                 )
                 .map_err(|e| self.err(e))?;
         }
+        // Recall copies and seen command ids live as long as the history.
+        self.prune_recall(cutoff)?;
         let max_bytes = self.cfg.max_size_mb.saturating_mul(1024 * 1024);
         loop {
             let used = self.used_bytes()?;
@@ -681,6 +685,19 @@ impl Store {
                         "DELETE FROM history WHERE id IN \
                          (SELECT id FROM history ORDER BY ts_ms, id LIMIT ?1)",
                         [chunk(history_rows)],
+                    )
+                    .map_err(|e| self.err(e))?;
+                continue;
+            }
+            // Then the recall copies of sequenced messages (already delivered, or still in
+            // the outbox), oldest first.
+            let copies = count("published")?;
+            if copies > 0 {
+                self.conn
+                    .execute(
+                        "DELETE FROM published WHERE seq IN \
+                         (SELECT seq FROM published ORDER BY seq LIMIT ?1)",
+                        [chunk(copies)],
                     )
                     .map_err(|e| self.err(e))?;
                 continue;

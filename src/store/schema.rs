@@ -111,6 +111,46 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         DROP TABLE meter_state;
     ",
     },
+    Migration {
+        version: 4,
+        description: "commands: ids seen, audit; published: every sequenced message by seq, for recall",
+        // `published` is filled by a trigger on the outbox, so every sequenced message is kept
+        // by its seq in the same transaction that gave the seq out, whatever code commits it;
+        // acknowledged outbox rows are still deleted. It is pruned with the history
+        // (`Store::prune_recall`).
+        sql: "
+        CREATE TABLE command_seen (
+            id      TEXT PRIMARY KEY,
+            seen_ms INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE command_audit (
+            id          INTEGER PRIMARY KEY,
+            received_ms INTEGER NOT NULL,
+            command_id  TEXT,
+            key_id      TEXT,
+            name        TEXT,
+            state       TEXT NOT NULL,
+            reason      TEXT,
+            updated_ms  INTEGER NOT NULL
+        );
+        CREATE INDEX command_audit_command ON command_audit (command_id);
+        CREATE TABLE published (
+            seq        INTEGER PRIMARY KEY,
+            topic      TEXT NOT NULL,
+            payload    TEXT NOT NULL,
+            created_ms INTEGER NOT NULL
+        );
+        CREATE INDEX published_created ON published (created_ms);
+        CREATE TRIGGER published_copy AFTER INSERT ON outbox
+        WHEN json_valid(CAST(NEW.payload AS TEXT))
+            AND json_type(CAST(NEW.payload AS TEXT), '$.seq') = 'integer'
+        BEGIN
+            INSERT OR IGNORE INTO published (seq, topic, payload, created_ms)
+            VALUES (json_extract(CAST(NEW.payload AS TEXT), '$.seq'), NEW.topic,
+                    CAST(NEW.payload AS TEXT), NEW.created_ms);
+        END;
+    ",
+    },
 ];
 
 /// Brings the file to the newest schema this version knows. A brand-new file first gets

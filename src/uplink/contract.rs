@@ -80,6 +80,14 @@ impl Topics {
     pub fn loss_day(&self, area: &str) -> String {
         format!("{}/loss/{area}/day", self.base())
     }
+    /// Signed commands to the gateway (it subscribes, QoS 1).
+    pub fn command(&self) -> String {
+        format!("{}/command", self.base())
+    }
+    /// What became of each command (QoS 1, sequenced).
+    pub fn command_result(&self) -> String {
+        format!("{}/command/result", self.base())
+    }
 
     /// The QoS 1 reading message of the contract (the store adds `seq`).
     pub fn reading_message(&self, r: &Reading) -> Message {
@@ -550,6 +558,94 @@ pub fn daily_loss_message(topics: &Topics, l: &DailyLoss) -> Message {
         qos: 1,
         retain: false,
         sequenced: true,
+    }
+}
+
+/// What became of a command, as `{prefix}/{gateway}/command/result` says it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandResult {
+    /// The command's id; `None` when the command could not be read or was not authentic.
+    pub id: Option<String>,
+    pub name: Option<String>,
+    /// `rejected`, `accepted`, `done` or `failed`.
+    pub state: &'static str,
+    pub reason: Option<String>,
+    pub data: Option<Value>,
+    pub ts_ms: i64,
+}
+
+/// The result message on `{prefix}/{gateway}/command/result`: QoS 1, sequenced.
+///
+/// Payload: `{"id" (null when unreadable), "name" (null when unreadable), "state": "rejected" |
+/// "accepted" | "done" | "failed", "reason" (rejected and failed only), "data" (done only, when
+/// the command returns something), "ts"}`. The store adds `"seq"`. An accepted command gets
+/// an `accepted` result at once and a `done` or `failed` one when it has run.
+pub fn command_result_message(topics: &Topics, r: &CommandResult) -> Message {
+    let mut payload = Map::new();
+    payload.insert("id".into(), json!(r.id));
+    payload.insert("name".into(), json!(r.name));
+    payload.insert("state".into(), json!(r.state));
+    if let Some(reason) = &r.reason {
+        payload.insert("reason".into(), json!(reason));
+    }
+    if let Some(data) = &r.data {
+        payload.insert("data".into(), data.clone());
+    }
+    payload.insert("ts".into(), json!(rfc3339_ms(r.ts_ms)));
+    Message {
+        topic: topics.command_result(),
+        payload: Value::Object(payload),
+        qos: 1,
+        retain: false,
+        sequenced: true,
+    }
+}
+
+/// The data of a `ping` result: `{"pong": true, "version"}`.
+pub fn ping_data() -> Value {
+    json!({"pong": true, "version": env!("CARGO_PKG_VERSION")})
+}
+
+/// The data of a `read` result: `{"meters": [{"meter", "ts" (null without a reading),
+/// "values": {QUANTITY: number}, "error" (null when read)}]}`, in the order asked.
+pub fn read_data(reads: &[(String, Option<Reading>, Option<String>)]) -> Value {
+    let meters: Vec<Value> = reads
+        .iter()
+        .map(|(meter, reading, error)| {
+            let values: Map<String, Value> = reading
+                .iter()
+                .flat_map(|r| r.values.iter())
+                .map(|(k, v)| (k.clone(), json_number(*v)))
+                .collect();
+            json!({
+                "meter": meter,
+                "ts": reading.as_ref().map(|r| rfc3339_ms(r.ts_ms)),
+                "values": values,
+                "error": error,
+            })
+        })
+        .collect();
+    json!({ "meters": meters })
+}
+
+/// The data of a `config_get` result: `{"file", "toml"}` — the configuration the gateway
+/// runs with, as it was read at start, secrets redacted.
+pub fn config_data(file: &str, toml: &str) -> Value {
+    json!({"file": file, "toml": toml})
+}
+
+/// A message re-published by `recall`: its original topic and payload (its original `seq`
+/// in it), not sequenced again. `None` when the stored payload is not a JSON object.
+pub fn recalled_message(topic: &str, payload: &str) -> Option<Message> {
+    match serde_json::from_str::<Value>(payload) {
+        Ok(v @ Value::Object(_)) => Some(Message {
+            topic: topic.to_string(),
+            payload: v,
+            qos: 1,
+            retain: false,
+            sequenced: false,
+        }),
+        _ => None,
     }
 }
 

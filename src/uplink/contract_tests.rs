@@ -469,3 +469,46 @@ fn voltage_month_payload_bytes() {
         r#"{"above_s":7200.0,"area":"T1","below_s":0.0,"end":"2026-02-28T16:00:00.000Z","meters":2,"monitored_s":4838400.0,"month":"2026-02","qualified_pct":null,"start":"2026-01-31T16:00:00.000Z"}"#
     );
 }
+
+#[test]
+fn command_result_payloads_byte_for_byte() {
+    let t = Topics::new("amr", "gw");
+    let done = command_result_message(
+        &t,
+        &CommandResult {
+            id: Some("c-1".into()),
+            name: Some("ping".into()),
+            state: "done",
+            reason: None,
+            data: Some(json!({"pong": true})),
+            ts_ms: 0,
+        },
+    );
+    assert_eq!(done.topic, "amr/gw/command/result");
+    assert_eq!((done.qos, done.retain, done.sequenced), (1, false, true));
+    assert_eq!(
+        done.payload.to_string(),
+        r#"{"data":{"pong":true},"id":"c-1","name":"ping","state":"done","ts":"1970-01-01T00:00:00.000Z"}"#
+    );
+    let rejected = command_result_message(
+        &t,
+        &CommandResult {
+            id: None,
+            name: None,
+            state: "rejected",
+            reason: Some("bad signature for key `k`".into()),
+            data: None,
+            ts_ms: 0,
+        },
+    );
+    assert_eq!(
+        rejected.payload.to_string(),
+        r#"{"id":null,"name":null,"reason":"bad signature for key `k`","state":"rejected","ts":"1970-01-01T00:00:00.000Z"}"#
+    );
+    assert_eq!(t.command(), "amr/gw/command");
+    let again = recalled_message("amr/gw/reading/m1", r#"{"seq":7,"meter":"m1"}"#).unwrap();
+    assert_eq!(
+        (again.sequenced, again.payload["seq"].as_u64()),
+        (false, Some(7))
+    );
+}

@@ -5,10 +5,12 @@
 
 pub mod command;
 pub mod contract;
+pub mod desk;
 pub mod publisher;
 mod settings;
+pub mod tls;
 
 /// The contract's former name, kept for callers not yet moved to [`contract`].
 pub use contract as topics;
-pub use publisher::{UplinkState, run};
+pub use publisher::{UplinkState, run, run_with_commands};
 pub use settings::MqttSettings;

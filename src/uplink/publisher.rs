@@ -22,7 +22,10 @@ use crate::shutdown::Shutdown;
 use crate::store::{OutboxRow, SharedStore, with_store};
 use crate::uplink::MqttSettings;
 use crate::uplink::contract::Topics;
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use crate::uplink::tls;
+use rumqttc::{
+    AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
+};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +56,8 @@ const ACK_BATCH: usize = 64;
 const TICK: Duration = Duration::from_millis(200);
 /// First wait after a failed connection.
 const BACKOFF_START: Duration = Duration::from_secs(1);
+/// Command payloads waiting for the desk before more are dropped.
+pub const COMMAND_QUEUE: usize = 64;
 /// How long a clean shutdown waits for the offline status and DISCONNECT to go out.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -67,6 +72,22 @@ pub async fn run(
     store: SharedStore,
     wake: Arc<Notify>,
     state: watch::Sender<UplinkState>,
+    shutdown: Shutdown,
+) {
+    run_with_commands(cfg, topics, store, wake, state, None, shutdown).await;
+}
+
+/// [`run`], also subscribed (QoS 1, on every connection) to `{prefix}/{gateway}/command`:
+/// each payload that arrives there goes to `commands` as it is, for the command desk to
+/// check (`super::desk`). When the desk is behind by [`COMMAND_QUEUE`] payloads, more are
+/// dropped with a warning: a flood never holds up the outbox.
+pub async fn run_with_commands(
+    cfg: MqttSettings,
+    topics: Topics,
+    store: SharedStore,
+    wake: Arc<Notify>,
+    state: watch::Sender<UplinkState>,
+    commands: Option<mpsc::Sender<Vec<u8>>>,
     mut shutdown: Shutdown,
 ) {
     let mut backoff = Backoff::new(Duration::from_secs(cfg.reconnect_max_s.max(1)));
@@ -77,6 +98,7 @@ pub async fn run(
             return;
         }
         let mut connection = Connection::new(&cfg, &topics, &store, &wake, &state);
+        connection.commands = commands.as_ref();
         let end = connection.run(&mut shutdown).await;
         if connection.connected_once {
             backoff.reset();
@@ -153,6 +175,8 @@ struct Connection<'a> {
     cursor: i64,
     /// Acknowledged rows not yet deleted from the store.
     acked: Vec<i64>,
+    /// Where command payloads go (subscribed only when set).
+    commands: Option<&'a mpsc::Sender<Vec<u8>>>,
 }
 
 impl<'a> Connection<'a> {
@@ -176,6 +200,7 @@ impl<'a> Connection<'a> {
             fetched: VecDeque::new(),
             cursor: 0,
             acked: Vec::new(),
+            commands: None,
         }
     }
 
@@ -211,7 +236,7 @@ impl<'a> Connection<'a> {
                                 break ConnectionEnd::Failed(reason);
                             }
                         }
-                        Err(e) => break ConnectionEnd::Failed(e.to_string()),
+                        Err(e) => break ConnectionEnd::Failed(tls::explain(self.cfg, &e)),
                     }
                 }
                 _ = self.wake.notified(), if self.connected_once => {
@@ -248,6 +273,13 @@ impl<'a> Connection<'a> {
                 );
                 self.connected_once = true;
                 self.state.send_modify(|s| s.connected = true);
+                // Subscribed before `online` goes out: whoever sees the gateway online can
+                // command it.
+                if self.commands.is_some() {
+                    client
+                        .try_subscribe(self.topics.command(), QoS::AtLeastOnce)
+                        .map_err(|e| format!("cannot subscribe to the command topic: {e}"))?;
+                }
                 client
                     .try_publish(
                         self.topics.status(),
@@ -258,6 +290,16 @@ impl<'a> Connection<'a> {
                     .map_err(|e| format!("cannot publish status: {e}"))?;
                 self.requested.push_back(None);
                 self.fill(client).await;
+            }
+            Event::Incoming(Packet::Publish(p)) if p.topic == self.topics.command() => {
+                if let Some(commands) = self.commands
+                    && commands.try_send(p.payload.to_vec()).is_err()
+                {
+                    warn!(
+                        "command dropped: {COMMAND_QUEUE} commands are already waiting to be \
+                         checked (a flood?)"
+                    );
+                }
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 let Some(row) = self.requested.pop_front() else {
@@ -384,7 +426,7 @@ impl<'a> Connection<'a> {
 }
 
 /// Broker options for one connection: clean session, last will = retained offline status,
-/// credentials from `password_file`.
+/// credentials from `password_file`, TLS (and a client certificate) when `tls`.
 fn mqtt_options(cfg: &MqttSettings, topics: &Topics) -> Result<MqttOptions, String> {
     let mut options = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
     options
@@ -409,7 +451,8 @@ fn mqtt_options(cfg: &MqttSettings, topics: &Topics) -> Result<MqttOptions, Stri
         options.set_credentials(user.clone(), password);
     }
     if cfg.tls {
-        return Err("[mqtt] tls is not supported by this build yet".into());
+        let config = tls::client_config(cfg)?;
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
     }
     Ok(options)
 }

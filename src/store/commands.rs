@@ -1,0 +1,205 @@
+//! What the store keeps for commands from the headend: the ids of authentic commands already
+//! seen (replay is refused across restarts), an audit record of every command, accepted or not,
+//! with its state as it moves on, and the copy of every sequenced message by its original
+//! `seq` that `recall` re-publishes (filled by a trigger on the outbox, see `schema`).
+
+use super::{Store, StoreError};
+use rusqlite::{OptionalExtension, params};
+
+/// One audit record: what arrived and what became of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandAudit {
+    /// The command's id; `None` when the command could not be read or was not authentic.
+    pub command_id: Option<String>,
+    pub key_id: Option<String>,
+    pub name: Option<String>,
+    /// `rejected`, `accepted`, `done` or `failed`.
+    pub state: String,
+    pub reason: Option<String>,
+    pub received_ms: i64,
+}
+
+/// A sequenced message as it was first published.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Published {
+    pub seq: u64,
+    pub topic: String,
+    /// The JSON payload, `seq` included.
+    pub payload: String,
+}
+
+impl Store {
+    /// True when a command with this id was seen before (authentic commands only are noted).
+    pub fn command_seen(&self, id: &str) -> Result<bool, StoreError> {
+        self.conn
+            .query_row("SELECT 1 FROM command_seen WHERE id = ?1", [id], |_| Ok(()))
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Keeps an audit record (and, when it carries an id, notes the id as seen) in one
+    /// transaction; returns the record's row id for [`Store::update_command`].
+    pub fn record_command(&mut self, audit: &CommandAudit) -> Result<i64, StoreError> {
+        let path = self.path.display().to_string();
+        let sql = |e| StoreError::from_sqlite(&path, e);
+        let tx = self.conn.transaction().map_err(sql)?;
+        if let Some(id) = &audit.command_id {
+            tx.execute(
+                "INSERT OR IGNORE INTO command_seen (id, seen_ms) VALUES (?1, ?2)",
+                params![id, audit.received_ms],
+            )
+            .map_err(sql)?;
+        }
+        tx.execute(
+            "INSERT INTO command_audit (received_ms, command_id, key_id, name, state, reason, \
+             updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?1)",
+            params![
+                audit.received_ms,
+                audit.command_id,
+                audit.key_id,
+                audit.name,
+                audit.state,
+                audit.reason
+            ],
+        )
+        .map_err(sql)?;
+        let row = tx.last_insert_rowid();
+        tx.commit().map_err(sql)?;
+        Ok(row)
+    }
+
+    /// The new state (and reason) of an audited command.
+    pub fn update_command(
+        &mut self,
+        row: i64,
+        state: &str,
+        reason: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE command_audit SET state = ?2, reason = ?3, updated_ms = ?4 WHERE id = ?1",
+                params![row, state, reason, now_ms],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// The audit records, newest first, at most `limit`.
+    pub fn command_audit(&self, limit: usize) -> Result<Vec<CommandAudit>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT command_id, key_id, name, state, reason, received_ms FROM command_audit \
+                 ORDER BY id DESC LIMIT ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+            Ok(CommandAudit {
+                command_id: r.get(0)?,
+                key_id: r.get(1)?,
+                name: r.get(2)?,
+                state: r.get(3)?,
+                reason: r.get(4)?,
+                received_ms: r.get(5)?,
+            })
+        })
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| self.err(e))
+    }
+
+    /// Sequenced messages with `from <= seq <= to`, by seq, at most `limit`.
+    pub fn published(
+        &self,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<Published>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, topic, payload FROM published WHERE seq BETWEEN ?1 AND ?2 \
+                 ORDER BY seq LIMIT ?3",
+            )
+            .map_err(|e| self.err(e))?;
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        stmt.query_map(params![clamp(from), clamp(to), clamp(limit as u64)], |r| {
+            Ok(Published {
+                seq: r.get::<_, i64>(0)? as u64,
+                topic: r.get(1)?,
+                payload: r.get(2)?,
+            })
+        })
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| self.err(e))
+    }
+
+    /// Deletes the recall copies and the seen command ids from before `cutoff_ms` (the
+    /// history's cutoff: called by [`Store::prune`]); returns how many copies went.
+    pub(super) fn prune_recall(&mut self, cutoff_ms: i64) -> Result<usize, StoreError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM published WHERE created_ms < ?1", [cutoff_ms])
+            .map_err(|e| self.err(e))?;
+        self.conn
+            .execute("DELETE FROM command_seen WHERE seen_ms < ?1", [cutoff_ms])
+            .map_err(|e| self.err(e))?;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::{Batch, Message, Store, StoreSettings};
+
+    fn open(dir: &std::path::Path) -> Store {
+        let cfg = StoreSettings {
+            history_days: 35,
+            max_size_mb: 1024,
+        };
+        Store::open(&dir.join("amr.db"), &cfg).unwrap()
+    }
+
+    #[test]
+    fn seen_ids_and_recall_copies_survive_a_reopen_and_acks() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut s = open(dir.path());
+            let audit = super::CommandAudit {
+                command_id: Some("c-1".into()),
+                key_id: Some("k".into()),
+                name: Some("ping".into()),
+                state: "accepted".into(),
+                reason: None,
+                received_ms: 1,
+            };
+            let row = s.record_command(&audit).unwrap();
+            s.update_command(row, "done", None, 2).unwrap();
+            let message = |n: u64, sequenced| Message {
+                topic: format!("amr/gw/reading/m{n}"),
+                payload: serde_json::json!({"n": n}),
+                qos: 1,
+                retain: false,
+                sequenced,
+            };
+            let batch = Batch {
+                messages: vec![message(1, true), message(2, false), message(3, true)],
+                ..Default::default()
+            };
+            let report = s.commit(&batch).unwrap();
+            s.ack(&report.outbox_ids).unwrap();
+        }
+        let s = open(dir.path());
+        assert!(s.command_seen("c-1").unwrap());
+        assert!(!s.command_seen("c-2").unwrap());
+        assert_eq!(s.command_audit(10).unwrap()[0].state, "done");
+        let copies = s.published(1, 10, 100).unwrap();
+        assert_eq!(copies.len(), 2);
+        assert_eq!((copies[0].seq, copies[1].seq), (1, 2));
+        assert_eq!(copies[1].topic, "amr/gw/reading/m3");
+        let v: serde_json::Value = serde_json::from_str(&copies[1].payload).unwrap();
+        assert_eq!(v["seq"], 2);
+        assert_eq!(v["n"], 3);
+    }
+}

@@ -242,7 +242,8 @@ fn meters_on_buses(report: &mut Report, meters: &[MeterEntry], buses: &HashMap<&
 }
 
 /// Each meter's model is in the library and of its bus's kind (a register map on a Modbus
-/// bus, a data-identifier map on a DL/T 645 bus), and its `phase` fits the model.
+/// bus, a data-identifier map on a DL/T 645 bus), and its `phase` fits the model (any does a
+/// DL/T 645 model).
 fn meter_models(
     report: &mut Report,
     meters: &[MeterEntry],
@@ -286,7 +287,9 @@ fn meter_models(
                 continue;
             }
             (Some(model), _) => model.phases,
-            (None, Some(model)) => model.phases,
+            // A DL/T 645 model is generic: one map for single- and three-phase meters (a
+            // single-phase meter refuses phases B and C), so any `phase` fits it.
+            (None, Some(_)) => continue,
             (None, None) => {
                 let available = if names.is_empty() {
                     "no models are available; add model files to `models_dir`".to_string()

@@ -1263,8 +1263,18 @@ fn example_configuration_loads() {
     assert_eq!(supply.multiplier, 100.0);
     assert!(area.customers.len() >= 3);
     for customer in &area.customers {
-        assert_eq!(config.meter(customer).unwrap().model, "eastron-sdm120");
+        let model = config.meter(customer).unwrap().model.as_str();
+        assert!(
+            ["eastron-sdm120", "dlt645-2007", "dlt645-1997"].contains(&model),
+            "{customer}: {model}"
+        );
     }
+    assert!(
+        config
+            .buses
+            .iter()
+            .any(|b| b.protocol == BusProtocol::Dlt645)
+    );
     // The analytics part shows the defaults (the two derived ones written out for a
     // 900 s interval), and no old key.
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);

@@ -218,3 +218,138 @@ async fn dlt645_readings_reach_the_headend_and_the_block_fallback_is_kept() {
         "seq gaps across the restart: {missing:?}"
     );
 }
+
+/// `amr-gateway ARGS` run to its end: exit code and stdout.
+fn tool(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_amr-gateway"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run amr-gateway");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.is_empty() || out.status.success(),
+        "amr-gateway {args:?}: {stderr}"
+    );
+    (out.status.code(), stdout)
+}
+
+const LINE: &[&str] = &[
+    "--protocol",
+    "dlt645",
+    "--device",
+    "ttyD",
+    "--baud",
+    "9600",
+    "--parity",
+    "none",
+];
+
+#[test]
+fn read_a_dlt645_meter_as_a_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = SimRuntime::new();
+    let sim = start_sim(&rt, dir.path());
+    for (id, unit, address, model, _, _) in METERS {
+        let mut args = vec!["read"];
+        args.extend(LINE);
+        args.extend(["--address", address, "--model", model, "--json"]);
+        let (code, out) = tool(dir.path(), &args);
+        assert_eq!(code, Some(0), "{id}: {out}");
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(json["address"], *address, "{json}");
+        assert!(json.get("unit").is_none(), "{json}");
+        assert_eq!(json["model"], *model);
+        let values = json["values"].as_object().unwrap();
+        assert_eq!(values.len(), quantities(model), "{id}: {json}");
+        let e = values["energy_import_kwh"].as_f64().unwrap();
+        let now = sim.value_now("d", *unit, "energy_import_kwh").unwrap();
+        assert!(e <= now + 0.01 && e >= now - 1.0, "{id}: {e} vs {now}");
+        let v = values["voltage_l1_v"].as_f64().unwrap();
+        let want = sim.value_now("d", *unit, "voltage_l1_v").unwrap();
+        assert!((v - want).abs() <= 0.51, "{id}: {v} vs {want}");
+        assert_eq!(json["errors"].as_array().unwrap().len(), 0, "{json}");
+    }
+    // The table, and a meter that is not there.
+    let mut args = vec!["read"];
+    args.extend(LINE);
+    args.extend(["--address", "000000000001"]);
+    let (code, out) = tool(dir.path(), &args);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.starts_with("address 000000000001 · model dlt645-2007"),
+        "{out}"
+    );
+    let mut args = vec!["read"];
+    args.extend(LINE);
+    args.extend(["--address", "000000000099", "--timeout-ms", "300"]);
+    let (code, out) = tool(dir.path(), &args);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("address 000000000099 does not answer"),
+        "{out}"
+    );
+}
+
+#[test]
+fn scan_a_dlt645_bus_as_a_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = SimRuntime::new();
+    // A bus of one meter: the wildcard read finds its address.
+    let lone = sim_text(&METERS[1..2]).replace("ttyD", "ttyL");
+    let _lone = rt.start(&lone, "lone", dir.path());
+    let mut args = vec!["scan"];
+    args.extend(LINE);
+    args[4] = "ttyL";
+    args.push("--json");
+    let (code, out) = tool(dir.path(), &args);
+    assert_eq!(code, Some(0), "{out}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["found"].as_array().unwrap().len(), 1, "{json}");
+    let found = &json["found"][0];
+    assert_eq!(found["address"], "202208310002");
+    assert_eq!(found["answer"], "data");
+    assert_eq!(found["likely"][0], "dlt645-2007", "{json}");
+
+    // A multi-drop bus and a list of addresses: which answer, and their edition.
+    let _sim = start_sim(&rt, dir.path());
+    std::fs::write(
+        dir.path().join("addresses.txt"),
+        "# flats\n000000000001\n000000000042\n202208310002\n000000001997\n",
+    )
+    .unwrap();
+    let mut args = vec!["scan"];
+    args.extend(LINE);
+    args.extend([
+        "--addresses",
+        "addresses.txt",
+        "--timeout-ms",
+        "300",
+        "--json",
+    ]);
+    let (code, out) = tool(dir.path(), &args);
+    assert_eq!(code, Some(0), "{out}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["scanned"], 4);
+    let found: Vec<(String, String)> = json["found"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["address"].as_str().unwrap().to_string(),
+                f["likely"][0].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        found,
+        [
+            ("000000000001".into(), "dlt645-2007".into()),
+            ("202208310002".into(), "dlt645-2007".into()),
+            ("000000001997".into(), "dlt645-1997".into()),
+        ],
+        "{json}"
+    );
+}

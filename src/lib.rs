@@ -1,8 +1,8 @@
 //! amr-gateway: a data concentrator for a distribution transformer area.
 //!
-//! It reads every electricity meter of the area (Modbus RTU on RS-485, Modbus TCP, RTU over TCP
-//! through serial servers), keeps every reading in SQLite until the headend has it, and
-//! publishes readings, line loss and alarms over MQTT.
+//! It reads every electricity meter of the area (DL/T 645-2007 and -1997 and Modbus RTU on
+//! RS-485, Modbus TCP, RTU over TCP through serial servers), keeps every reading in SQLite until
+//! the headend has it, and publishes readings, line loss and alarms over MQTT.
 //!
 //! Data flows `bus → store → uplink`:
 //!
@@ -15,8 +15,9 @@
 //! - [`diagnostic`]: problems in hand-checked TOML files (configuration, model files, simulator
 //!   file) at `FILE:LINE:COL`, typed key readers, "did you mean"; a leaf.
 //! - [`meter`]: meter models as data (`protocols/*.toml`), block planning, decoding.
-//! - [`protocol`]: wire codecs and transports (Modbus RTU / TCP / RTU over TCP).
-//! - [`bus`]: one task per bus polling its meters; meter health and offline backoff.
+//! - [`protocol`]: wire codecs and transports (Modbus RTU / TCP / RTU over TCP, DL/T 645).
+//! - [`bus`]: one task per bus polling its meters; meter health and offline backoff; a driver
+//!   per protocol (Modbus, DL/T 645) behind one interface.
 //! - [`store`]: SQLite history and outbox; `seq` allocation; pruning and size bound; records,
 //!   meter states, and the record kinds and meta keys, typed and defined once.
 //! - [`uplink`]: the whole MQTT contract — every topic and payload rendered in

@@ -25,46 +25,46 @@ const SCRIPT: &[Stage] = &[
         at_s: 15,
         what: "voltage sag at h13 (to about 196 V, below the 198 V limit)",
         act: |sim| {
-            let mut c = sim.conditions("rs485-1", 13)?;
+            let mut c = sim.conditions("dlt645-1", 13)?;
             c.sag = Some(0.85);
-            sim.set_conditions("rs485-1", 13, c)
+            sim.set_conditions("dlt645-1", 13, c)
         },
     },
     Stage {
         at_s: 60,
         what: "voltage at h13 back to normal",
         act: |sim| {
-            let mut c = sim.conditions("rs485-1", 13)?;
+            let mut c = sim.conditions("dlt645-1", 13)?;
             c.sag = None;
-            sim.set_conditions("rs485-1", 13, c)
+            sim.set_conditions("dlt645-1", 13, c)
         },
     },
     Stage {
         at_s: 90,
         what: "h12 bypasses 60 % of its load (theft): the loss rises, h12 is named a suspect",
         act: |sim| {
-            let mut c = sim.conditions("rs485-1", 12)?;
+            let mut c = sim.conditions("dlt645-1", 12)?;
             c.theft_fraction = 0.6;
             c.theft_from_s = 0.0;
-            sim.set_conditions("rs485-1", 12, c)
+            sim.set_conditions("dlt645-1", 12, c)
         },
     },
     Stage {
         at_s: 180,
         what: "meter h23 stops answering",
         act: |sim| {
-            let mut f = sim.fault("rs485-2", 23)?;
+            let mut f = sim.fault("dlt645-2", 23)?;
             f.no_reply = true;
-            sim.set_fault("rs485-2", 23, f)
+            sim.set_fault("dlt645-2", 23, f)
         },
     },
     Stage {
         at_s: 230,
         what: "meter h23 answers again",
         act: |sim| {
-            let mut f = sim.fault("rs485-2", 23)?;
+            let mut f = sim.fault("dlt645-2", 23)?;
             f.no_reply = false;
-            sim.set_fault("rs485-2", 23, f)
+            sim.set_fault("dlt645-2", 23, f)
         },
     },
 ];
@@ -107,10 +107,18 @@ pub async fn run(
         cfg.buses.len(),
         dir.display()
     );
+    println!(
+        "  supply and shop meters on Modbus RTU; {} households on DL/T 645-2007",
+        cfg.buses
+            .iter()
+            .filter(|b| b.protocol == config::BusProtocol::Dlt645)
+            .map(|b| cfg.meters_on(&b.name).count())
+            .sum::<usize>()
+    );
     println!("  embedded MQTT broker: 127.0.0.1:{mqtt_port}");
     println!("  watch it: mosquitto_sub -h 127.0.0.1 -p {mqtt_port} -t 'amr/#' -v");
     println!(
-        "  line loss per 30 s interval; staged: a voltage sag (15 s), a theft (90 s), a silent meter (180 s)"
+        "  line loss per 60 s interval; staged: a voltage sag (15 s), a theft (90 s), a silent meter (180 s)"
     );
     println!();
     let (live_tx, live_rx) = watch::channel(GatewayState::default());

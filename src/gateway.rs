@@ -16,6 +16,7 @@ use crate::bus::{BusEvent, Learned, OfflinePolicy, run_bus_serving};
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::liveness::{Heartbeat, Liveness};
+use crate::model::MeterId;
 use crate::pipeline::{Fold, Writer};
 use crate::shutdown::{Shutdown, Stop};
 use crate::store::{Batch, MetaKey, SharedStore, Store, StoreLock};
@@ -109,7 +110,7 @@ pub async fn run_with_hooks(
     let mut store = Store::open(&db, &config.store)?;
     store.set_meta(&MetaKey::DaemonVersion, env!("CARGO_PKG_VERSION"))?;
     let topics = Topics::new(&config.mqtt.topic_prefix, &config.gateway.id);
-    let learned = store.block_limits()?;
+    let learned = store.learned()?;
     // The analytics continue from their snapshots; the start batch holds a power-off event
     // when the gateway was down, the retained set of active alarms and the meter states.
     let (writer_state, restart) = Writer::start(
@@ -155,7 +156,6 @@ pub async fn run_with_hooks(
     let (events_tx, events_rx) = mpsc::channel::<BusEvent>(4096);
     let mut buses = tokio::task::JoinSet::new();
     let mut bus_names = BTreeMap::new();
-    let learned = Learned::from_block_limits(&learned);
     let mut bus_desks = Vec::new();
     for (bus, meters) in config.bus_settings() {
         let name = format!("bus `{}`", bus.name);
@@ -350,12 +350,12 @@ async fn hang_point(name: &str) {
     let _ = name;
 }
 
-/// Commits `batch` (and learned block limits) on a blocking thread. Returns whether it was
+/// Commits `batch` (and what was learned about meters) on a blocking thread. Returns whether it was
 /// stored; failures are logged.
 /// Why [`commit`] did not store a batch.
 enum NotStored {
     /// The store refused it (disk full, I/O error): here it is back, to retry.
-    Refused(Batch, Vec<(String, u16)>),
+    Refused(Batch, Vec<(MeterId, Learned)>),
     /// The commit panicked and took the batch with it; the store may not be used again.
     Lost(String),
 }
@@ -363,7 +363,7 @@ enum NotStored {
 async fn commit(
     store: &SharedStore,
     batch: Batch,
-    limits: Vec<(String, u16)>,
+    learned: Vec<(MeterId, Learned)>,
 ) -> Result<(), NotStored> {
     let count = batch.readings.len();
     let st = store.clone();
@@ -371,8 +371,8 @@ async fn commit(
         let mut s = st.lock().unwrap();
         failpoint("store-commit");
         let outcome = (|| {
-            for (m, b) in &limits {
-                s.set_block_limit(m, *b)?;
+            for (m, l) in &learned {
+                s.remember(m, l)?;
             }
             s.commit(&batch)
         })();
@@ -383,7 +383,7 @@ async fn commit(
                     // Make room: pruning drops the oldest history first.
                     let _ = s.prune(now_ms());
                 }
-                Err(Box::new((e, batch, limits)))
+                Err(Box::new((e, batch, learned)))
             }
         }
     })
@@ -391,12 +391,12 @@ async fn commit(
     match result {
         Ok(Ok(())) => Ok(()),
         Ok(Err(refused)) => {
-            let (e, batch, limits) = *refused;
+            let (e, batch, learned) = *refused;
             error!(
                 error = %e,
                 "could not store a batch of {count} readings; keeping it in memory and retrying"
             );
-            Err(NotStored::Refused(batch, limits))
+            Err(NotStored::Refused(batch, learned))
         }
         Err(e) => {
             // The blocking task panicked: the batch is gone with it, and the store's lock is
@@ -411,7 +411,7 @@ async fn commit(
 }
 
 /// Folds bus events, and a tick every second, into store transactions: history, outbox
-/// messages, learned limits and the analytics' output. Runs until every bus has stopped and
+/// messages, what was learned about meters and the analytics' output. Runs until every bus has stopped and
 /// the channel is drained, then saves the analytics' state one last time.
 async fn write_events(
     mut writer: Writer,
@@ -427,7 +427,7 @@ async fn write_events(
     let mut buf = Vec::with_capacity(MAX_BATCH);
     // A batch the store refused (disk full, I/O error): kept and retried with the next one, so
     // nothing collected is lost while the store recovers.
-    let mut unsaved: Option<(Batch, Vec<(String, u16)>)> = None;
+    let mut unsaved: Option<(Batch, Vec<(MeterId, Learned)>)> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -441,23 +441,23 @@ async fn write_events(
         failpoint("writer");
         let Fold {
             mut batch,
-            mut limits,
+            mut learned,
         } = writer.fold(buf.drain(..), now_ms());
-        if let Some((mut earlier, mut earlier_limits)) = unsaved.take() {
+        if let Some((mut earlier, mut earlier_learned)) = unsaved.take() {
             earlier.append(batch);
-            earlier_limits.append(&mut limits);
-            (batch, limits) = (earlier, earlier_limits);
+            earlier_learned.append(&mut learned);
+            (batch, learned) = (earlier, earlier_learned);
         }
         let count = batch.readings.len() as u64;
-        if !batch.is_empty() || !limits.is_empty() {
-            match commit(&store, batch, limits).await {
+        if !batch.is_empty() || !learned.is_empty() {
+            match commit(&store, batch, learned).await {
                 Ok(()) => {
                     readings_stored += count;
                     wake.notify_one();
                 }
                 Err(NotStored::Lost(lost)) => return Err(lost),
-                Err(NotStored::Refused(batch, limits)) => {
-                    let kept = (batch, limits);
+                Err(NotStored::Refused(batch, learned)) => {
+                    let kept = (batch, learned);
                     if kept.0.readings.len() > MAX_UNSAVED_READINGS {
                         warn!(
                             readings = kept.0.readings.len(),
@@ -509,12 +509,12 @@ async fn write_events(
         hang_point("writer-hang").await;
     }
     let mut last = writer.finish(now_ms());
-    let mut limits = Vec::new();
-    if let Some((mut earlier, earlier_limits)) = unsaved.take() {
+    let mut learned = Vec::new();
+    if let Some((mut earlier, earlier_learned)) = unsaved.take() {
         earlier.append(last);
-        (last, limits) = (earlier, earlier_limits);
+        (last, learned) = (earlier, earlier_learned);
     }
-    match commit(&store, last, limits).await {
+    match commit(&store, last, learned).await {
         Ok(()) => wake.notify_one(),
         Err(NotStored::Lost(lost)) => return Err(lost),
         Err(NotStored::Refused(batch, _)) => {
@@ -632,7 +632,7 @@ customers = []
             ..Default::default()
         };
         let Err(NotStored::Refused(kept, limits)) =
-            commit(&store, batch, vec![("s".into(), 40)]).await
+            commit(&store, batch, vec![("s".into(), Learned::BlockLimit(40))]).await
         else {
             panic!("the full store refuses the batch and hands it back");
         };

@@ -1,8 +1,8 @@
 //! amr-gateway: a data concentrator for a distribution transformer area.
 //!
-//! It reads every electricity meter of the area (Modbus RTU on RS-485, Modbus TCP, RTU over TCP
-//! through serial servers), keeps every reading in SQLite until the headend has it, and
-//! publishes readings, line loss and alarms over MQTT.
+//! It reads every electricity meter of the area (DL/T 645-2007 and -1997 and Modbus RTU on
+//! RS-485, Modbus TCP, RTU over TCP through serial servers), keeps every reading in SQLite until
+//! the headend has it, and publishes readings, line loss and alarms over MQTT.
 //!
 //! Data flows sources → pipeline → sinks: buses read meters through protocol drivers, the
 //! pipeline (the store writer) feeds the pure analytics engines and folds readings and what the
@@ -39,7 +39,7 @@
 //! - [`protocol`]: wire codecs and transports (Modbus RTU / TCP / RTU over TCP, DL/T 645), their
 //!   line settings.
 //! - [`bus`]: one task per bus — a protocol-agnostic scheduler (meter health, offline backoff,
-//!   probe budget, energy first) over a protocol [`bus::Driver`].
+//!   probe budget, energy first) over a protocol [`bus::Driver`] (Modbus, DL/T 645).
 //! - [`store`]: SQLite history and outbox; `seq` allocation; pruning and size bound; records,
 //!   meter states, and the record kinds and meta keys, typed and defined once.
 //! - [`uplink`]: the whole MQTT contract — every topic and payload rendered in

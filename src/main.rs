@@ -2,6 +2,7 @@
 //! tools `read`, `scan`, `status`, and the headend's `keygen` and `command`.
 
 use amr_gateway::config;
+use amr_gateway::protocol::dlt645;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,12 +63,13 @@ enum Command {
     Read {
         #[command(flatten)]
         link: LinkOpts,
-        /// Modbus unit id (1..247).
+        /// Modbus unit id (1..247). A DL/T 645 meter is named by `--address` instead.
         #[arg(long)]
-        unit: u8,
-        /// Meter model (see `protocols/`); `--models-dir` adds your own.
+        unit: Option<u8>,
+        /// Meter model (see `protocols/`); `--models-dir` adds your own. Required for Modbus;
+        /// DL/T 645 default `dlt645-2007`.
         #[arg(long)]
-        model: String,
+        model: Option<String>,
         #[arg(long)]
         models_dir: Option<PathBuf>,
         /// Print JSON instead of a table.
@@ -78,9 +80,13 @@ enum Command {
     Scan {
         #[command(flatten)]
         link: LinkOpts,
-        /// Unit ids to try, e.g. 1-247 or 1-10,20.
+        /// Unit ids to try, e.g. 1-247 or 1-10,20 (Modbus).
         #[arg(long, default_value = "1-247")]
         units: String,
+        /// DL/T 645: a file of addresses to try, one a line; without it the only meter on the
+        /// bus is asked for its address (13H to AAAAAAAAAAAA).
+        #[arg(long)]
+        addresses: Option<PathBuf>,
         #[arg(long)]
         models_dir: Option<PathBuf>,
         #[arg(long)]
@@ -157,32 +163,65 @@ struct LinkOpts {
     /// Serial device, e.g. /dev/ttyUSB0.
     #[arg(long)]
     device: Option<PathBuf>,
-    /// TCP endpoint host:port (Modbus TCP, or RTU over TCP with --protocol).
+    /// TCP endpoint host:port (Modbus TCP, or RTU over TCP with --protocol); with
+    /// --protocol dlt645, the meter's 12-digit DL/T 645 address.
     #[arg(long)]
     address: Option<String>,
-    /// modbus-rtu (with --device), modbus-tcp or modbus-rtu-over-tcp (with --address).
+    /// modbus-rtu or dlt645 (with --device), modbus-tcp or modbus-rtu-over-tcp (with
+    /// --address).
     #[arg(long)]
     protocol: Option<String>,
-    #[arg(long, default_value_t = 9600)]
-    baud: u32,
-    /// none, even or odd.
-    #[arg(long, default_value = "none")]
-    parity: String,
+    /// Line speed; default 9600 (dlt645: 2400).
+    #[arg(long)]
+    baud: Option<u32>,
+    /// none, even or odd; default none (dlt645: even).
+    #[arg(long)]
+    parity: Option<String>,
     /// How long a meter may take to answer, in ms; every request gets its wire time at --baud
-    /// on top (the daemon's deadline rule).
-    #[arg(long, default_value_t = 300)]
-    timeout_ms: u64,
+    /// on top (the daemon's deadline rule). Default 300 (dlt645: the line's default, which
+    /// counts the 500 ms a DL/T 645 meter may wait before replying).
+    #[arg(long)]
+    timeout_ms: Option<u64>,
 }
 
 impl LinkOpts {
+    fn is_dlt645(&self) -> bool {
+        self.protocol.as_deref() == Some("dlt645")
+    }
+
     fn link(&self) -> Result<amr_gateway::field::LinkArgs, String> {
+        let dlt645 = self.is_dlt645();
+        let baud = self.baud.unwrap_or(if dlt645 { 2400 } else { 9600 });
+        let parity = match &self.parity {
+            Some(p) => amr_gateway::field::parse_parity(p)?,
+            None if dlt645 => amr_gateway::protocol::Parity::Even,
+            None => amr_gateway::protocol::Parity::None,
+        };
+        let timeout_ms = self.timeout_ms.unwrap_or_else(|| {
+            if dlt645 {
+                let parity = match parity {
+                    amr_gateway::protocol::Parity::None => dlt645::Parity::None,
+                    amr_gateway::protocol::Parity::Even => dlt645::Parity::Even,
+                    amr_gateway::protocol::Parity::Odd => dlt645::Parity::Odd,
+                };
+                let line = dlt645::Line {
+                    baud,
+                    parity,
+                    ..dlt645::Line::DEFAULT
+                };
+                line.default_timeout().as_millis() as u64
+            } else {
+                300
+            }
+        });
         Ok(amr_gateway::field::LinkArgs {
             device: self.device.clone(),
-            address: self.address.clone(),
+            // On a DL/T 645 bus --address names the meter, not a TCP endpoint.
+            address: if dlt645 { None } else { self.address.clone() },
             protocol: self.protocol.clone(),
-            baud: self.baud,
-            parity: amr_gateway::field::parse_parity(&self.parity)?,
-            timeout_ms: self.timeout_ms,
+            baud,
+            parity,
+            timeout_ms,
         })
     }
 }
@@ -200,12 +239,29 @@ fn main() -> ExitCode {
             model,
             models_dir,
             json,
-        } => read(&link, unit, &model, models_dir.as_deref(), json),
+        } if link.is_dlt645() => read_dlt645(&link, unit, model, models_dir.as_deref(), json),
+        Command::Read {
+            link,
+            unit,
+            model,
+            models_dir,
+            json,
+        } => read(&link, unit, model, models_dir.as_deref(), json),
+        Command::Scan {
+            link,
+            addresses,
+            models_dir,
+            json,
+            ..
+        } if link.is_dlt645() => {
+            scan_dlt645(&link, addresses.as_deref(), models_dir.as_deref(), json)
+        }
         Command::Scan {
             link,
             units,
             models_dir,
             json,
+            ..
         } => scan(&link, &units, models_dir.as_deref(), json),
         Command::Status { config, json } => status(&config, json),
         Command::Keygen { out } => keygen(&out),
@@ -553,8 +609,8 @@ fn fail(tool: &str, msg: &str) -> ExitCode {
 
 fn read(
     link: &LinkOpts,
-    unit: u8,
-    model: &str,
+    unit: Option<u8>,
+    model: Option<String>,
     dir: Option<&std::path::Path>,
     json: bool,
 ) -> ExitCode {
@@ -563,6 +619,16 @@ fn read(
         Ok(l) => l,
         Err(e) => return fail("read", &e),
     };
+    let Some(unit) = unit else {
+        return fail(
+            "read",
+            "give the meter's --unit (Modbus), or --protocol dlt645 --address ADDR",
+        );
+    };
+    let Some(model) = model else {
+        return fail("read", "give the meter's --model (see protocols/)");
+    };
+    let model = model.as_str();
     let lib = match library(dir) {
         Ok(l) => l,
         Err(e) => return fail("read", &e),
@@ -594,6 +660,133 @@ fn read(
                 }
             }
             Err(e) => fail("read", &e),
+        }
+    })
+}
+
+/// `read --protocol dlt645 --address ADDR`: one poll of a DL/T 645 meter through its driver.
+fn read_dlt645(
+    opts: &LinkOpts,
+    unit: Option<u8>,
+    model: Option<String>,
+    dir: Option<&std::path::Path>,
+    json: bool,
+) -> ExitCode {
+    init_logging("warn");
+    if unit.is_some() {
+        return fail(
+            "read",
+            "a DL/T 645 meter has no unit id: name it by its 12-digit --address",
+        );
+    }
+    let Some(address) = opts.address.clone() else {
+        return fail(
+            "read",
+            "give the meter's 12-digit --address (on its nameplate; `scan --protocol dlt645` \
+             finds a lone meter's)",
+        );
+    };
+    if let Err(e) = dlt645::Address::parse(&address) {
+        return fail("read", &format!("--address {address}: {}", e.0));
+    }
+    let link = match opts.link() {
+        Ok(l) => l,
+        Err(e) => return fail("read", &e),
+    };
+    let lib = match library(dir) {
+        Ok(l) => l,
+        Err(e) => return fail("read", &e),
+    };
+    let name = model.unwrap_or_else(|| "dlt645-2007".into());
+    let Some(model) = lib.get_dlt645(&name).cloned() else {
+        let names: Vec<&str> = lib.dlt645.keys().map(String::as_str).collect();
+        return fail(
+            "read",
+            &format!(
+                "unknown DL/T 645 model `{name}`; available: {}",
+                names.join(", ")
+            ),
+        );
+    };
+    runtime().block_on(async move {
+        match amr_gateway::field::read::read_dlt645_meter(&link, &address, &model).await {
+            Ok(r) => {
+                if json {
+                    println!("{}", r.json());
+                } else {
+                    print!("{}", r.table());
+                }
+                if r.values.is_empty() {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            Err(e) => fail("read", &e),
+        }
+    })
+}
+
+/// `scan --protocol dlt645`: a lone meter's address, or which of a list of addresses answer.
+fn scan_dlt645(
+    opts: &LinkOpts,
+    addresses: Option<&std::path::Path>,
+    dir: Option<&std::path::Path>,
+    json: bool,
+) -> ExitCode {
+    init_logging("warn");
+    let link = match opts.link() {
+        Ok(l) => l,
+        Err(e) => return fail("scan", &e),
+    };
+    let list = match addresses {
+        Some(path) => {
+            let text = match std::fs::read_to_string(path) {
+                Ok(t) => t,
+                Err(e) => return fail("scan", &format!("{}: {e}", path.display())),
+            };
+            match amr_gateway::field::scan::parse_addresses(&text, &path.display().to_string()) {
+                Ok(list) => Some(list),
+                Err(e) => return fail("scan", &e),
+            }
+        }
+        None => None,
+    };
+    let lib = match library(dir) {
+        Ok(l) => l,
+        Err(e) => return fail("scan", &e),
+    };
+    let total = list.as_ref().map_or(1, Vec::len);
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} addresses · {msg} · about {eta} left",
+        )
+        .unwrap(),
+    );
+    bar.set_message("0 found");
+    runtime().block_on(async move {
+        let result =
+            amr_gateway::field::scan::scan_dlt645(&link, list.as_deref(), &lib, |_, found| {
+                bar.inc(1);
+                bar.set_message(format!("{found} found"));
+            })
+            .await;
+        bar.finish_and_clear();
+        let scanned = list.as_ref().map(Vec::len);
+        match result {
+            Ok(found) => {
+                if json {
+                    println!("{}", amr_gateway::field::scan::json_dlt645(&found, scanned));
+                } else {
+                    print!(
+                        "{}",
+                        amr_gateway::field::scan::table_dlt645(&found, scanned)
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail("scan", &e),
         }
     })
 }

@@ -193,7 +193,8 @@ pub enum BusEvent {
     /// A meter's health, sent when it goes online/offline and after every `state_every` polls.
     MeterState(MeterStatus),
     /// The driver learned something about a meter that should survive a restart (for Modbus,
-    /// that it rejects blocks larger than [`Learned::BlockLimit`]).
+    /// that it rejects blocks larger than [`Learned::BlockLimit`]; for DL/T 645, which block
+    /// identifiers it refuses, [`Learned::RefusedBlocks`]).
     Learned { meter: MeterId, learned: Learned },
 }
 
@@ -204,6 +205,9 @@ pub enum BusEvent {
 pub enum Learned {
     /// The meter rejects reads of more than this many registers (Modbus).
     BlockLimit(u16),
+    /// The block data identifiers the meter answers "no such data item" (DL/T 645, written
+    /// `0001FF00`, sorted): their items are read one by one.
+    RefusedBlocks(Vec<String>),
 }
 
 impl Learned {
@@ -212,6 +216,16 @@ impl Learned {
         limits
             .iter()
             .map(|(meter, &max)| (meter.clone(), Learned::BlockLimit(max)))
+            .collect()
+    }
+
+    /// Learned refused block identifiers as the store keeps them (meter id → identifiers).
+    pub fn from_refused_blocks(
+        refused: &BTreeMap<MeterId, Vec<String>>,
+    ) -> Vec<(MeterId, Learned)> {
+        refused
+            .iter()
+            .map(|(meter, dis)| (meter.clone(), Learned::RefusedBlocks(dis.clone())))
             .collect()
     }
 }

@@ -11,6 +11,7 @@
 //! Adding a protocol: implement [`Driver`] in a file of its own under `src/bus/` (over the
 //! protocol's codec and transport in `crate::protocol`), and add its line to [`driver_for`].
 
+use super::dlt645::Dlt645Driver;
 use super::health::OfflinePolicy;
 use super::modbus::ModbusDriver;
 use super::{BusSettings, MeterSettings, Protocol};
@@ -101,7 +102,7 @@ impl Protocol {
     pub fn has_driver(self) -> bool {
         match self {
             Protocol::ModbusRtu | Protocol::ModbusTcp | Protocol::ModbusRtuOverTcp => true,
-            Protocol::Dlt645 => false,
+            Protocol::Dlt645 => true,
         }
     }
 }
@@ -118,10 +119,6 @@ pub fn driver_for(
         Protocol::ModbusRtu | Protocol::ModbusTcp | Protocol::ModbusRtuOverTcp => {
             Ok(Box::new(ModbusDriver::new(bus, meters, learned, policy)?))
         }
-        Protocol::Dlt645 => Err(format!(
-            "bus {}: no driver for protocol {} yet",
-            bus.name,
-            bus.protocol.name()
-        )),
+        Protocol::Dlt645 => Ok(Box::new(Dlt645Driver::new(bus, meters, learned, policy)?)),
     }
 }

@@ -17,6 +17,8 @@
 //!   [`driver_for`] that picks a bus's driver by its [`Protocol`];
 //! - `modbus`: the Modbus RTU / TCP / RTU-over-TCP driver — block planning, energy first,
 //!   learning block limits and missing registers, the transaction deadline rule;
+//! - `dlt645`: the DL/T 645 (2007 and 1997) driver — data-identifier plans with block
+//!   identifiers, energy first, learning which blocks a meter refuses, the same deadline rule;
 //! - `health`, `budget`, `lock`: meter health, the probe budget, exclusive use of a device.
 //!
 //! To add a protocol: write its codec and transport under `crate::protocol`, implement
@@ -29,6 +31,7 @@
 //! loader.
 
 mod budget;
+pub mod dlt645;
 pub mod driver;
 mod health;
 mod lock;
@@ -39,6 +42,7 @@ mod poller;
 pub use crate::model::{BusEvent, Learned};
 pub use crate::model::{HealthChange, MeterHealth, MeterStatus, PollOutcome};
 pub use budget::ProbeBudget;
+pub use dlt645::Dlt645Driver;
 pub use driver::{Driver, DriverFuture, Poll, ReadFailure, driver_for};
 pub use health::OfflinePolicy;
 pub use lock::{DeviceLock, DeviceLockError};
@@ -46,7 +50,7 @@ pub use modbus::{ModbusDriver, plan_meter};
 pub use on_demand::{MeterRead, ReadRequest};
 pub use poller::{run_bus, run_bus_serving};
 
-use crate::meter::MeterModel;
+use crate::meter::{Dlt645Model, MeterModel};
 use crate::model::MeterId;
 use crate::protocol::SerialLine;
 use std::fmt;
@@ -106,6 +110,9 @@ pub struct BusSettings {
     pub timeout: Duration,
     /// How often a meter is polled unless it has its own interval.
     pub poll_interval: Duration,
+    /// DL/T 645: `FE` wake-up bytes sent before each request (`[[bus]] preamble`, default 4).
+    /// Other protocols ignore it.
+    pub preamble: usize,
 }
 
 /// What a bus task needs to know about one meter on it.
@@ -116,7 +123,7 @@ pub struct MeterSettings {
     pub unit: Option<u8>,
     /// DL/T 645 address (12 digits).
     pub address: Option<String>,
-    pub model: Arc<MeterModel>,
+    pub model: ModelOf,
     /// CT ratio × PT ratio: energies and powers are reported primary-side.
     pub multiplier: f64,
     /// The meter's own poll interval (else the bus's).
@@ -130,9 +137,60 @@ impl MeterSettings {
             id: id.into(),
             unit: Some(unit),
             address: None,
-            model,
+            model: ModelOf::Modbus(model),
             multiplier: 1.0,
             poll_interval: None,
+        }
+    }
+
+    /// A DL/T 645 meter at `address` (12 digits) with `model`, multiplier 1, on the bus's
+    /// interval.
+    pub fn dlt645(
+        id: impl Into<MeterId>,
+        address: impl Into<String>,
+        model: Arc<Dlt645Model>,
+    ) -> MeterSettings {
+        MeterSettings {
+            id: id.into(),
+            unit: None,
+            address: Some(address.into()),
+            model: ModelOf::Dlt645(model),
+            multiplier: 1.0,
+            poll_interval: None,
+        }
+    }
+}
+
+/// A meter's model, in the kind its bus's protocol reads: a Modbus register map or a DL/T 645
+/// data-identifier map.
+#[derive(Debug, Clone)]
+pub enum ModelOf {
+    Modbus(Arc<MeterModel>),
+    Dlt645(Arc<Dlt645Model>),
+}
+
+impl ModelOf {
+    /// The model's name (`[[meter]] model`).
+    pub fn name(&self) -> &str {
+        match self {
+            ModelOf::Modbus(m) => &m.name,
+            ModelOf::Dlt645(m) => &m.name,
+        }
+    }
+
+    /// The register map, for a Modbus meter.
+    pub fn modbus(&self) -> Option<&Arc<MeterModel>> {
+        match self {
+            ModelOf::Modbus(m) => Some(m),
+            ModelOf::Dlt645(_) => None,
+        }
+    }
+
+    /// The data-identifier map, for a DL/T 645 meter.
+    pub fn dlt645(&self) -> Option<&Arc<Dlt645Model>> {
+        match self {
+            ModelOf::Dlt645(m) => Some(m),
+            ModelOf::Modbus(_) => None,
         }
     }
 }

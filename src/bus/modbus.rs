@@ -122,26 +122,33 @@ impl ModbusDriver {
         let meters = meters
             .iter()
             .map(|m| {
+                let Some(model) = m.model.modbus() else {
+                    return Err(format!(
+                        "bus {}: meter {} has the DL/T 645 model {}; a Modbus bus reads \
+                         Modbus models",
+                        bus.name,
+                        m.id,
+                        m.model.name()
+                    ));
+                };
                 let learned_max = learned.iter().find_map(|(id, l)| match l {
                     Learned::BlockLimit(max) if *id == m.id => Some(*max),
                     _ => None,
                 });
-                let max_block = learned_max
-                    .unwrap_or(m.model.max_block)
-                    .min(m.model.max_block);
-                MeterPlan {
+                let max_block = learned_max.unwrap_or(model.max_block).min(model.max_block);
+                Ok(MeterPlan {
                     id: m.id.clone(),
                     unit: m.unit,
                     multiplier: m.multiplier,
-                    blocks: plan_meter(&m.model, max_block),
-                    active: (*m.model).clone(),
-                    model: m.model.clone(),
+                    blocks: plan_meter(model, max_block),
+                    active: (**model).clone(),
+                    model: model.clone(),
                     max_block,
                     refused: BTreeMap::new(),
                     skipped: BTreeSet::new(),
-                }
+                })
             })
-            .collect();
+            .collect::<Result<_, String>>()?;
         Ok(ModbusDriver {
             bus: bus.name.clone(),
             link: ModbusLink {
@@ -661,6 +668,7 @@ mod tests {
             },
             timeout: Duration::from_millis(300),
             poll_interval: Duration::from_secs(60),
+            preamble: 4,
         }
     }
 
@@ -708,10 +716,19 @@ mod tests {
             protocol: Protocol::Dlt645,
             ..rtu_bus(2400)
         };
-        let err = crate::bus::driver_for(&dlt, &[], &[], &OfflinePolicy::default())
+        let library = ModelLibrary::builtin();
+        let sdm = Arc::new(library.get("eastron-sdm120").unwrap().clone());
+        let meters = [MeterSettings::modbus("m", 1, sdm)];
+        let err = crate::bus::driver_for(&dlt, &meters, &[], &OfflinePolicy::default())
             .err()
             .unwrap();
-        assert!(err.contains("dlt645"), "{err}");
+        assert!(err.contains("DL/T 645 bus"), "{err}");
+        let dlt645 = Arc::new(library.get_dlt645("dlt645-2007").unwrap().clone());
+        let meters = [MeterSettings::dlt645("d", "000000000001", dlt645)];
+        let err = ModbusDriver::new(&rtu_bus(9600), &meters, &[], &OfflinePolicy::default())
+            .err()
+            .unwrap();
+        assert!(err.contains("DL/T 645 model dlt645-2007"), "{err}");
     }
 
     #[test]

@@ -363,6 +363,7 @@ mod tests {
             line: SerialLine::MODBUS_DEFAULT,
             timeout: Duration::from_millis(50),
             poll_interval: Duration::from_secs(1),
+            preamble: 4,
         };
         let meters = vec![
             MeterSettings::modbus("a", 1, model.clone()),

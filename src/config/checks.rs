@@ -16,26 +16,14 @@ pub(super) fn cross_check(
     meters: &[MeterEntry],
     areas: &[AreaEntry],
     models: &ModelLibrary,
-    drivers: Drivers,
 ) {
     let bus_by_name = unique_buses(report, buses);
     let meter_by_id = unique_meters(report, meters);
     meters_on_buses(report, meters, &bus_by_name);
-    meter_models(report, meters, models);
+    meter_models(report, meters, models, &bus_by_name);
     area_members(report, areas, &meter_by_id);
     areas_apart_from_buses(report, areas, &bus_by_name);
-    if drivers == Drivers::Required {
-        buses_have_drivers(report, buses);
-    }
-}
-
-/// Whether a bus whose protocol this build cannot poll is a problem. Always, but for the tests
-/// of the keys of protocols whose drivers have not landed yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Drivers {
-    Required,
-    #[cfg_attr(not(test), allow(dead_code))]
-    NotChecked,
+    buses_have_drivers(report, buses);
 }
 
 /// Every bus has a driver in this build: `run` would otherwise start and fail to open the bus
@@ -253,30 +241,73 @@ fn meters_on_buses(report: &mut Report, meters: &[MeterEntry], buses: &HashMap<&
     }
 }
 
-/// Each meter's model is in the library, and its `phase` fits the model.
-fn meter_models(report: &mut Report, meters: &[MeterEntry], models: &ModelLibrary) {
-    let names = models.names();
+/// Each meter's model is in the library and of its bus's kind (a register map on a Modbus
+/// bus, a data-identifier map on a DL/T 645 bus), and its `phase` fits the model (any does a
+/// DL/T 645 model).
+fn meter_models(
+    report: &mut Report,
+    meters: &[MeterEntry],
+    models: &ModelLibrary,
+    buses: &HashMap<&str, &BusEntry>,
+) {
+    let mut names = models.names();
+    names.extend(models.dlt645.keys().map(String::as_str));
+    names.sort_unstable();
     for meter in meters {
         let Some(span) = &meter.model else { continue };
         let name = meter.config.model.as_str();
-        let Some(model) = models.get(name) else {
-            let available = if names.is_empty() {
-                "no models are available; add model files to `models_dir`".to_string()
-            } else {
-                let hint = did_you_mean(name, names.iter().copied());
-                format!("{hint}models available: {}", names.join(", "))
-            };
-            report.at(
-                span.start,
-                format!("unknown meter model `{name}`; {available}"),
-            );
-            continue;
+        let label = meter_label(meter);
+        let bus = buses
+            .get(meter.config.bus.as_str())
+            .filter(|b| b.protocol_known);
+        let on_dlt645 = bus.map(|b| b.config.protocol == BusProtocol::Dlt645);
+        let phases = match (models.get(name), models.get_dlt645(name)) {
+            (Some(_), _) if on_dlt645 == Some(true) => {
+                report.at(
+                    span.start,
+                    format!(
+                        "{label}: `{name}` is a Modbus model, but bus `{}` is dlt645; use a DL/T \
+                         645 model ({})",
+                        meter.config.bus,
+                        dlt645_names(models)
+                    ),
+                );
+                continue;
+            }
+            (_, Some(_)) if on_dlt645 == Some(false) => {
+                report.at(
+                    span.start,
+                    format!(
+                        "{label}: `{name}` is a DL/T 645 model, but bus `{}` is {}; use a Modbus \
+                         model, or put the meter on a bus with protocol = \"dlt645\"",
+                        meter.config.bus,
+                        bus.map_or("", |b| b.config.protocol.name())
+                    ),
+                );
+                continue;
+            }
+            (Some(model), _) => model.phases,
+            // A DL/T 645 model is generic: one map for single- and three-phase meters (a
+            // single-phase meter refuses phases B and C), so any `phase` fits it.
+            (None, Some(_)) => continue,
+            (None, None) => {
+                let available = if names.is_empty() {
+                    "no models are available; add model files to `models_dir`".to_string()
+                } else {
+                    let hint = did_you_mean(name, names.iter().copied());
+                    format!("{hint}models available: {}", names.join(", "))
+                };
+                report.at(
+                    span.start,
+                    format!("unknown meter model `{name}`; {available}"),
+                );
+                continue;
+            }
         };
         let (Some(phase_span), Some(phase)) = (&meter.phase, &meter.config.phase) else {
             continue;
         };
-        let label = meter_label(meter);
-        if model.phases == 1 && *phase == crate::model::Phase::Abc {
+        if phases == 1 && *phase == crate::model::Phase::Abc {
             report.at(
                 phase_span.start,
                 format!(
@@ -284,7 +315,7 @@ fn meter_models(report: &mut Report, meters: &[MeterEntry], models: &ModelLibrar
                      connected to: \"a\", \"b\" or \"c\""
                 ),
             );
-        } else if model.phases == 3 && *phase != crate::model::Phase::Abc {
+        } else if phases == 3 && *phase != crate::model::Phase::Abc {
             report.at(
                 phase_span.start,
                 format!(
@@ -294,6 +325,16 @@ fn meter_models(report: &mut Report, meters: &[MeterEntry], models: &ModelLibrar
             );
         }
     }
+}
+
+/// The DL/T 645 models' names, for messages.
+fn dlt645_names(models: &ModelLibrary) -> String {
+    models
+        .dlt645
+        .keys()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Area ids are unique; every meter an area names is defined and belongs to one area only, in

@@ -3,16 +3,16 @@
 //! nor `protocol` imports the configuration.
 
 use super::{BusConfig, BusProtocol, Config, MeterConfig, Parity, SerialSettings};
-use crate::bus::{self, BusSettings, MeterSettings};
-use crate::meter::MeterModel;
+use crate::bus::{self, BusSettings, MeterSettings, ModelOf};
 use crate::protocol::{self, SerialLine, modbus};
 use std::sync::Arc;
 use std::time::Duration;
 
 impl Config {
     /// Every bus with the meters on it, in file order (the order a bus polls them), as the bus
-    /// tasks take them. A meter whose model is not in the library is left out (the loader
-    /// reports it).
+    /// tasks take them, each meter with its model of the bus's kind (a register map on a Modbus
+    /// bus, a data-identifier map on a DL/T 645 bus). A meter whose model is not in the library
+    /// is left out (the loader reports it).
     pub fn bus_settings(&self) -> Vec<(BusSettings, Vec<MeterSettings>)> {
         self.buses
             .iter()
@@ -20,8 +20,13 @@ impl Config {
                 let meters = self
                     .meters_on(&b.name)
                     .filter_map(|m| {
-                        let model = self.models.get(&m.model)?;
-                        Some(m.settings(Arc::new(model.clone())))
+                        let model = match b.protocol {
+                            BusProtocol::Dlt645 => {
+                                ModelOf::Dlt645(Arc::new(self.models.get_dlt645(&m.model)?.clone()))
+                            }
+                            _ => ModelOf::Modbus(Arc::new(self.models.get(&m.model)?.clone())),
+                        };
+                        Some(m.settings(model))
                     })
                     .collect();
                 (b.settings(), meters)
@@ -45,6 +50,7 @@ impl BusConfig {
             line: self.serial.into(),
             timeout: Duration::from_millis(self.timeout_ms),
             poll_interval: Duration::from_secs(self.poll_interval_s),
+            preamble: self.preamble,
         }
     }
 
@@ -65,7 +71,7 @@ impl BusConfig {
 
 impl MeterConfig {
     /// What the bus task needs of this meter, which is a `model`.
-    pub fn settings(&self, model: Arc<MeterModel>) -> MeterSettings {
+    pub fn settings(&self, model: ModelOf) -> MeterSettings {
         MeterSettings {
             id: self.id.clone(),
             unit: self.unit,

@@ -95,7 +95,11 @@ pub fn topology(config: &Config) -> Topology {
                 phase: m.phase,
                 three_phase: m.phase == Some(crate::model::Phase::Abc)
                     || (m.phase.is_none()
-                        && config.models.get(&m.model).is_some_and(|x| x.phases == 3)),
+                        && (config.models.get(&m.model).is_some_and(|x| x.phases == 3)
+                            || config
+                                .models
+                                .get_dlt645(&m.model)
+                                .is_some_and(|x| x.phases == 3))),
                 consumption_only: m.consumption_only,
                 rated_kw: m.rated_kw,
                 multiplier: m.multiplier,

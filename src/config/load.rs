@@ -7,7 +7,7 @@
 //! position.
 
 use super::analytics;
-use super::checks::{Drivers, cross_check};
+use super::checks::cross_check;
 use super::sections::{self, AreaEntry, BusEntry, MeterEntry};
 use super::*;
 use crate::diagnostic::{Report, did_you_mean, nearest, with_article};
@@ -55,16 +55,11 @@ pub fn load_str(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
 /// Validates `text` as if read from `path`, with `base` as the meter model library (extended by
 /// `[gateway] models_dir` when set). For tests and tools that bring their own models.
 pub fn load_str_with(text: &str, path: &Path, base: ModelLibrary) -> Result<Config, ConfigErrors> {
-    load_text(text, path, base, Drivers::Required)
+    load_text(text, path, base)
 }
 
-/// [`load_str_with`], choosing whether a protocol without a driver is a problem.
-pub(super) fn load_text(
-    text: &str,
-    path: &Path,
-    base: ModelLibrary,
-    drivers: Drivers,
-) -> Result<Config, ConfigErrors> {
+/// [`load_str_with`].
+fn load_text(text: &str, path: &Path, base: ModelLibrary) -> Result<Config, ConfigErrors> {
     let mut report = Report::new(path.display().to_string(), text);
     let (document, syntax_errors) = DeTable::parse_recoverable(text);
     if !syntax_errors.is_empty() {
@@ -176,7 +171,7 @@ pub(super) fn load_text(
             load_models(&mut report, &mut models, dir, span.start);
         }
     }
-    cross_check(&mut report, &buses, &meters, &areas, &models, drivers);
+    cross_check(&mut report, &buses, &meters, &areas, &models);
 
     match (gateway, mqtt) {
         (Some(gateway), Some(mqtt)) if report.problems.is_empty() => Ok(Config {

@@ -221,10 +221,13 @@ pub struct BusConfig {
     pub address: Option<String>,
     /// Defaults 9600 8N1 (DL/T 645: 2400 8E1).
     pub serial: SerialSettings,
-    /// Reply deadline per transaction (default 1000 ms).
+    /// Reply deadline per transaction (default 1000 ms; DL/T 645: the line's
+    /// [`crate::protocol::dlt645::Line::default_timeout`], 1200 ms at 2400 8E1).
     pub timeout_ms: u64,
     /// Default poll interval of the bus's meters (default 60 s).
     pub poll_interval_s: u64,
+    /// DL/T 645: `FE` wake-up bytes before each request (default 4).
+    pub preamble: usize,
     /// Line number of the `[[bus]]` header, for messages.
     pub line: usize,
 }

@@ -48,6 +48,7 @@ const BUS_KEYS: &[&str] = &[
     "stop_bits",
     "timeout_ms",
     "poll_interval_s",
+    "preamble",
 ];
 const METER_KEYS: &[&str] = &[
     "id",
@@ -420,6 +421,17 @@ pub(super) fn bus(report: &mut Report, table: &DeTable, start: usize, base: &Pat
             .any(|&r| r as i128 == *b.get_ref())
         {
             serial.baud = *b.get_ref() as u32;
+            let dlt645_rates = crate::protocol::dlt645::transport::BAUD_RATES;
+            if protocol == Some(BusProtocol::Dlt645) && !dlt645_rates.contains(&serial.baud) {
+                report.at(
+                    b.span().start,
+                    format!(
+                        "baud {} is not a DL/T 645 rate; {label} is dlt645: use one of 1200, \
+                         2400, 4800, 9600, 19200 (the meter's display or label shows its rate)",
+                        serial.baud
+                    ),
+                );
+            }
         } else {
             let rates: Vec<String> = STANDARD_BAUD_RATES.iter().map(u32::to_string).collect();
             report.at(
@@ -463,6 +475,25 @@ pub(super) fn bus(report: &mut Report, table: &DeTable, start: usize, base: &Pat
     }
     let timeout_ms = s.integer_in(report, "timeout_ms", 1, 60000, " ms");
     let poll_interval_s = s.integer_in(report, "poll_interval_s", 1, 86400, " s");
+    let preamble = s.integer_in(report, "preamble", 0, 16, "");
+    if let (Some(p), Some(protocol)) = (&preamble, protocol)
+        && protocol != BusProtocol::Dlt645
+    {
+        report.at(
+            p.span().start,
+            format!(
+                "`preamble` is the count of FE bytes before a DL/T 645 request, but {label} is \
+                 {}; remove it",
+                protocol.name()
+            ),
+        );
+    }
+    // A DL/T 645 meter may wait 500 ms before it replies: its default deadline counts that.
+    let default_timeout_ms = if protocol == Some(BusProtocol::Dlt645) {
+        dlt645_line(&serial).default_timeout().as_millis() as u64
+    } else {
+        1000
+    };
 
     BusEntry {
         name: name.as_ref().map(Spanned::span),
@@ -475,10 +506,28 @@ pub(super) fn bus(report: &mut Report, table: &DeTable, start: usize, base: &Pat
             device: device.map(Spanned::into_inner),
             address,
             serial,
-            timeout_ms: timeout_ms.map_or(1000, |v| *v.get_ref() as u64),
+            timeout_ms: timeout_ms.map_or(default_timeout_ms, |v| *v.get_ref() as u64),
             poll_interval_s: poll_interval_s.map_or(60, |v| *v.get_ref() as u64),
+            preamble: preamble.map_or(crate::protocol::dlt645::codec::DEFAULT_PREAMBLE_LEN, |v| {
+                *v.get_ref() as usize
+            }),
             line: report.line(start),
         },
+    }
+}
+
+/// The DL/T 645 line of serial settings (for its default deadline).
+fn dlt645_line(serial: &SerialSettings) -> crate::protocol::dlt645::Line {
+    use crate::protocol::dlt645::{Line, Parity as P};
+    Line {
+        baud: serial.baud,
+        parity: match serial.parity {
+            Parity::None => P::None,
+            Parity::Even => P::Even,
+            Parity::Odd => P::Odd,
+        },
+        data_bits: serial.data_bits,
+        stop_bits: serial.stop_bits,
     }
 }
 

@@ -37,7 +37,10 @@ model = "eastron-sdm120"
 
 /// The models the tests' files name.
 fn library() -> ModelLibrary {
-    let mut library = ModelLibrary::default();
+    let mut library = ModelLibrary {
+        dlt645: ModelLibrary::builtin().dlt645,
+        ..ModelLibrary::default()
+    };
     for (name, phases) in [
         ("eastron-sdm630", 3),
         ("eastron-sdm120", 1),
@@ -59,34 +62,18 @@ fn library() -> ModelLibrary {
     library
 }
 
-/// `text` loaded, DL/T 645 buses accepted (their keys are tested here before the driver lands;
-/// [`protocol_without_a_driver`] checks the refusal).
+/// `text` loaded with the tests' models.
 fn parse(text: &str) -> Result<Config, ConfigErrors> {
-    super::load::load_text(
-        text,
-        Path::new(FILE),
-        library(),
-        super::checks::Drivers::NotChecked,
-    )
+    load_str_with(text, Path::new(FILE), library())
 }
 
-#[test]
-fn protocol_without_a_driver() {
-    let text = edit("protocol = \"modbus-rtu\"", "protocol = \"dlt645\"")
+/// [`BASE`] as a DL/T 645 bus: protocol `dlt645`, DL/T 645 models, and `unit = 1` of
+/// `m-supply` as an address (`m-001` keeps its `unit = 2` for the tests to edit).
+fn dlt645_base() -> String {
+    edit("protocol = \"modbus-rtu\"", "protocol = \"dlt645\"")
+        .replace("model = \"chint-dtsu666\"", "model = \"dlt645-2007\"")
+        .replace("model = \"eastron-sdm120\"", "model = \"dlt645-2007\"")
         .replacen("unit = 1\n", "address = \"000000000001\"\n", 1)
-        .replacen("unit = 2\n", "address = \"000000000002\"\n", 1);
-    assert!(parse(&text).is_ok());
-    let errors = load_str_with(&text, Path::new(FILE), library()).unwrap_err();
-    let line = text.lines().position(|l| l.contains("dlt645")).unwrap() + 1;
-    assert_eq!(
-        errors.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        [at(
-            line,
-            12,
-            "bus `rs485-1`: protocol `dlt645` has no driver in this build of amr-gateway, so its \
-             meters could not be read; use one of: modbus-rtu, modbus-tcp, modbus-rtu-over-tcp"
-        )]
-    );
 }
 
 /// The problems of `text`, as printed by `check-config`.
@@ -216,9 +203,9 @@ poll_interval_s = 5
 id = "m-dlt"
 bus = "dlt"
 address = "000012345678"
-model = "eastron-sdm120"
+model = "dlt645-2007"
 multiplier = 1.5
-phase = "b"
+phase = "abc"
 
 [[area]]
 id = "tx-0412"
@@ -607,11 +594,7 @@ fn meter_needs_the_address_kind_of_its_bus() {
         ]
     );
     // On a DL/T 645 bus it is the other way round.
-    let text = edit("protocol = \"modbus-rtu\"", "protocol = \"dlt645\"").replacen(
-        "unit = 1\n",
-        "address = \"000000000001\"\n",
-        1,
-    );
+    let text = dlt645_base();
     assert_eq!(
         problems(&text),
         [
@@ -661,8 +644,8 @@ fn two_meters_with_one_unit_on_one_bus() {
 
 #[test]
 fn two_dlt645_meters_with_one_address() {
-    let text = edit("protocol = \"modbus-rtu\"", "protocol = \"dlt645\"")
-        .replacen("unit = 1\n", "address = \"000000000007\"\n", 1)
+    let text = dlt645_base()
+        .replacen("000000000001", "000000000007", 1)
         .replacen("unit = 2\n", "address = \"000000000007\"\n", 1);
     assert_eq!(
         problems(&text),
@@ -754,7 +737,7 @@ fn unknown_model() {
             23,
             9,
             "unknown meter model `eastron-sdm12`; did you mean `eastron-sdm120`? models \
-             available: chint-dtsu666, eastron-sdm120, eastron-sdm630"
+             available: chint-dtsu666, dlt645-1997, dlt645-2007, eastron-sdm120, eastron-sdm630"
         )]
     );
     let text = edit("model = \"eastron-sdm120\"", "model = \"acme-9000\"");
@@ -763,8 +746,8 @@ fn unknown_model() {
         [at(
             23,
             9,
-            "unknown meter model `acme-9000`; models available: chint-dtsu666, eastron-sdm120, \
-             eastron-sdm630"
+            "unknown meter model `acme-9000`; models available: chint-dtsu666, dlt645-1997, dlt645-2007, \
+             eastron-sdm120, eastron-sdm630"
         )]
     );
 }
@@ -855,11 +838,7 @@ fn unit_id_range() {
 
 #[test]
 fn dlt645_address_is_12_digits() {
-    let dlt = edit("protocol = \"modbus-rtu\"", "protocol = \"dlt645\"").replacen(
-        "unit = 1\n",
-        "address = \"000000000001\"\n",
-        1,
-    );
+    let dlt = dlt645_base();
     let text = dlt.replacen("unit = 2\n", "address = \"12345\"\n", 1);
     assert_eq!(
         problems(&text),
@@ -1302,7 +1281,7 @@ customers = ["m-001", "m-002", "m-404"]
             32,
             9,
             "unknown meter model `sdm120`; did you mean `eastron-sdm120`? models available: \
-             chint-dtsu666, eastron-sdm120, eastron-sdm630",
+             chint-dtsu666, dlt645-1997, dlt645-2007, eastron-sdm120, eastron-sdm630",
         ),
         at(
             37,
@@ -1347,8 +1326,18 @@ fn example_configuration_loads() {
     assert_eq!(supply.multiplier, 100.0);
     assert!(area.customers.len() >= 3);
     for customer in &area.customers {
-        assert_eq!(config.meter(customer).unwrap().model, "eastron-sdm120");
+        let model = config.meter(customer).unwrap().model.as_str();
+        assert!(
+            ["eastron-sdm120", "dlt645-2007", "dlt645-1997"].contains(&model),
+            "{customer}: {model}"
+        );
     }
+    assert!(
+        config
+            .buses
+            .iter()
+            .any(|b| b.protocol == BusProtocol::Dlt645)
+    );
     // The analytics part shows the defaults (the two derived ones written out for a
     // 900 s interval), and no old key.
     assert!(config.warnings.is_empty(), "{:?}", config.warnings);
@@ -1668,6 +1657,34 @@ fn tls_is_the_default_off_this_machine_and_plain_must_be_written_out() {
 }
 
 #[test]
+fn a_model_of_the_other_protocol() {
+    // A Modbus model on a DL/T 645 bus.
+    let text = dlt645_base()
+        .replacen("unit = 2\n", "address = \"000000000002\"\n", 1)
+        .replacen("model = \"dlt645-2007\"", "model = \"chint-dtsu666\"", 1);
+    assert_eq!(
+        problems(&text),
+        [at(
+            17,
+            9,
+            "meter `m-supply`: `chint-dtsu666` is a Modbus model, but bus `rs485-1` is dlt645; \
+             use a DL/T 645 model (dlt645-1997, dlt645-2007)"
+        )]
+    );
+    // A DL/T 645 model on a Modbus bus.
+    let text = edit("model = \"eastron-sdm120\"", "model = \"dlt645-1997\"");
+    assert_eq!(
+        problems(&text),
+        [at(
+            23,
+            9,
+            "meter `m-001`: `dlt645-1997` is a DL/T 645 model, but bus `rs485-1` is modbus-rtu; \
+             use a Modbus model, or put the meter on a bus with protocol = \"dlt645\""
+        )]
+    );
+}
+
+#[test]
 fn command_keys_are_read_and_their_mistakes_named() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("ops.key");
@@ -1696,4 +1713,59 @@ fn command_keys_are_read_and_their_mistakes_named() {
         "{text}"
     );
     assert!(text.contains(&format!("{FILE}:")), "{text}");
+}
+
+#[test]
+fn dlt645_bus_defaults_and_keys() {
+    let text = dlt645_base().replacen("unit = 2\n", "address = \"000000000002\"\n", 1);
+    let config = parse(&text).unwrap();
+    let bus = &config.buses[0];
+    assert_eq!(bus.serial, SerialSettings::DLT645_DEFAULT);
+    assert_eq!(
+        bus.timeout_ms,
+        crate::protocol::dlt645::Line::DEFAULT
+            .default_timeout()
+            .as_millis() as u64
+    );
+    assert_eq!(bus.preamble, 4);
+    let (settings, meters) = &config.bus_settings()[0];
+    assert_eq!(settings.protocol, crate::bus::Protocol::Dlt645);
+    assert_eq!(meters.len(), 2);
+    assert_eq!(meters[1].address.as_deref(), Some("000000000002"));
+    assert_eq!(meters[1].model.name(), "dlt645-2007");
+    assert!(meters[1].model.dlt645().is_some());
+
+    let text = text.replacen(
+        "device = \"/dev/ttyS1\"\n",
+        "device = \"/dev/ttyS1\"\npreamble = 0\nbaud = 9600\n",
+        1,
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.buses[0].preamble, 0);
+    assert_eq!(config.buses[0].timeout_ms, 900);
+    assert_eq!(config.bus_settings()[0].0.preamble, 0);
+
+    let wrong = edit(
+        "device = \"/dev/ttyS1\"\n",
+        "device = \"/dev/ttyS1\"\npreamble = 2\n",
+    );
+    assert_eq!(
+        problems(&wrong),
+        [at(
+            12,
+            12,
+            "`preamble` is the count of FE bytes before a DL/T 645 request, but bus `rs485-1` \
+             is modbus-rtu; remove it"
+        )]
+    );
+    let slow = text.replacen("baud = 9600", "baud = 115200", 1);
+    assert_eq!(
+        problems(&slow),
+        [at(
+            13,
+            8,
+            "baud 115200 is not a DL/T 645 rate; bus `rs485-1` is dlt645: use one of 1200, \
+             2400, 4800, 9600, 19200 (the meter's display or label shows its rate)"
+        )]
+    );
 }

@@ -3,8 +3,10 @@
 //! gateway's store says about every bus and meter). Each prints a table, or JSON with `--json`.
 //! For the headend's side: `keygen` and `command` (signed commands, [`command`]).
 //!
-//! `read` and `scan` talk to meters through the bus's driver ([`crate::bus::ModbusDriver`]):
-//! the same read path and the same transaction deadline as the daemon.
+//! `read` and `scan` talk to meters through the bus's driver ([`crate::bus::ModbusDriver`],
+//! [`crate::bus::Dlt645Driver`]): the same read path and the same transaction deadline as the
+//! daemon. With `--protocol dlt645` a meter is named by its 12-digit address instead of a unit
+//! id, and `scan` asks a lone meter for its address (or tries a list of addresses).
 
 pub mod command;
 pub mod read;
@@ -21,7 +23,8 @@ use std::time::Duration;
 pub struct LinkArgs {
     pub device: Option<PathBuf>,
     pub address: Option<String>,
-    /// For `--address`: `modbus-tcp` (default) or `modbus-rtu-over-tcp`.
+    /// For `--address`: `modbus-tcp` (default) or `modbus-rtu-over-tcp`; for `--device`:
+    /// `modbus-rtu` (default) or `dlt645`.
     pub protocol: Option<String>,
     pub baud: u32,
     pub parity: Parity,
@@ -41,6 +44,7 @@ impl LinkArgs {
             (None, Some(a), Some("modbus-rtu-over-tcp")) => {
                 (Protocol::ModbusRtuOverTcp, Endpoint::Tcp(a.clone()))
             }
+            (Some(d), None, Some("dlt645")) => (Protocol::Dlt645, Endpoint::Serial(d.clone())),
             (Some(_), Some(_), _) => {
                 return Err("give either --device or --address, not both".into());
             }
@@ -49,7 +53,7 @@ impl LinkArgs {
             }
             (_, _, Some(p)) => {
                 return Err(format!(
-                    "--protocol {p} does not fit; use modbus-rtu with --device, modbus-tcp or modbus-rtu-over-tcp with --address"
+                    "--protocol {p} does not fit; use modbus-rtu or dlt645 with --device, modbus-tcp or modbus-rtu-over-tcp with --address"
                 ));
             }
         };
@@ -65,6 +69,7 @@ impl LinkArgs {
             },
             timeout: Duration::from_millis(self.timeout_ms),
             poll_interval: Duration::from_secs(60),
+            preamble: 4,
         })
     }
 }

@@ -4,11 +4,18 @@
 //! means a device is there. For each unit found, every model of the library is tried on the block
 //! holding its voltage and frequency; models whose values are plausible are the guess.
 //!
-//! Every request goes through the bus's driver ([`ModbusDriver::read`]): the daemon's
-//! transaction, with its deadline (the timeout plus the request's wire time at `--baud`).
+//! DL/T 645 ([`scan_dlt645`]): a lone meter is asked for its address with the wildcard read
+//! (13H to `AAAAAAAAAAAA`); with a list of addresses (`--addresses FILE`), each is tried. A
+//! meter found is read its import energy by each DL/T 645 model's identifier: the models it
+//! answers are the guess (a 2007 meter answers `00010000`, a 1997 one `9010`).
+//!
+//! Every request goes through the bus's driver ([`ModbusDriver::read`],
+//! [`Dlt645Driver::read`]): the daemon's transaction, with its deadline (the timeout plus the
+//! request's wire time at `--baud`).
 
-use crate::bus::{DeviceLock, Endpoint, ModbusDriver, OfflinePolicy};
+use crate::bus::{DeviceLock, Dlt645Driver, Endpoint, ModbusDriver, OfflinePolicy};
 use crate::meter::{MeterModel, ModelLibrary, ReadBlock, decode_block, plan_blocks};
+use crate::protocol::dlt645::{Address, Dlt645Error};
 use crate::protocol::modbus::ModbusError;
 use serde_json::json;
 
@@ -203,6 +210,177 @@ pub fn json(found: &[Found], scanned: usize) -> serde_json::Value {
     })
 }
 
+/// One DL/T 645 meter that answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoundMeter {
+    /// Its address, 12 digits.
+    pub address: String,
+    /// How it answered: `data`, or the abnormal reply in words.
+    pub answer: String,
+    /// The DL/T 645 models whose import energy identifier it answers.
+    pub models: Vec<String>,
+}
+
+/// Reads a list of DL/T 645 addresses, one a line (blank lines and `#` comments skipped);
+/// a bad line is reported as `FILE:LINE: ...`.
+pub fn parse_addresses(text: &str, file: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let address = Address::parse(line)
+            .map_err(|e| format!("{file}:{}: address `{line}`: {}", i + 1, e.0))?;
+        out.push(address.to_string());
+    }
+    if out.is_empty() {
+        return Err(format!(
+            "{file}: no address in it; write one 12-digit address a line"
+        ));
+    }
+    Ok(out)
+}
+
+/// Scans a DL/T 645 bus: with `addresses`, tries each; without, asks the only meter on the bus
+/// for its address. Calls `progress(done, found_so_far)` after each address.
+pub async fn scan_dlt645(
+    link: &super::LinkArgs,
+    addresses: Option<&[String]>,
+    library: &ModelLibrary,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<FoundMeter>, String> {
+    let bus = link.bus()?;
+    if let Endpoint::Serial(dev) = &bus.endpoint {
+        DeviceLock::check(dev).map_err(|e| e.to_string())?;
+    }
+    let mut driver = Dlt645Driver::new(&bus, &[], &[], &OfflinePolicy::default())?;
+    driver
+        .open_link()
+        .await
+        .map_err(|e| format!("cannot open the bus: {e}"))?;
+    let mut found = Vec::new();
+    let Some(addresses) = addresses else {
+        match driver.read_address().await {
+            Ok(address) => {
+                let (answer, models) = guess_dlt645(&mut driver, &address, library).await?;
+                found.push(FoundMeter {
+                    address: address.to_string(),
+                    answer: answer.unwrap_or_else(|| "address only".into()),
+                    models,
+                });
+            }
+            Err(Dlt645Error::Timeout(_)) => {}
+            Err(e @ (Dlt645Error::Io(_) | Dlt645Error::LineSetting { .. })) => {
+                return Err(format!("bus failed: {e}"));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "the read-address request got a garbled answer ({e}): with several meters \
+                     on the bus their replies collide; wire one meter at a time, or give the \
+                     addresses to try with --addresses FILE"
+                ));
+            }
+        }
+        progress(1, found.len());
+        return Ok(found);
+    };
+    for (i, text) in addresses.iter().enumerate() {
+        let address = Address::parse(text).map_err(|e| format!("address {text}: {}", e.0))?;
+        let (answer, models) = guess_dlt645(&mut driver, &address, library).await?;
+        if let Some(answer) = answer {
+            found.push(FoundMeter {
+                address: address.to_string(),
+                answer,
+                models,
+            });
+        }
+        progress(i + 1, found.len());
+    }
+    Ok(found)
+}
+
+/// How the meter at `address` answers the import energy identifier of each DL/T 645 model:
+/// `data` and the models it answered, an abnormal reply in words, or `None` for silence.
+async fn guess_dlt645(
+    driver: &mut Dlt645Driver,
+    address: &Address,
+    library: &ModelLibrary,
+) -> Result<(Option<String>, Vec<String>), String> {
+    let mut models = Vec::new();
+    let mut abnormal = None;
+    for model in library.dlt645.values() {
+        let Some(entry) = model.entry_named("energy_import_kwh") else {
+            continue;
+        };
+        match driver.read(address, entry.di, entry.format.len()).await {
+            Ok(_) => models.push(model.name.clone()),
+            Err(e @ Dlt645Error::Abnormal { .. }) => {
+                abnormal.get_or_insert(format!(
+                    "abnormal reply ({e}); an answer, though some stacks answer any address so"
+                ));
+            }
+            Err(e @ (Dlt645Error::Io(_) | Dlt645Error::LineSetting { .. })) => {
+                return Err(format!("bus failed: {e}"));
+            }
+            Err(_) => {}
+        }
+    }
+    // Newest edition first.
+    models.reverse();
+    let answer = if models.is_empty() {
+        abnormal
+    } else {
+        Some("data".to_string())
+    };
+    Ok((answer, models))
+}
+
+/// The human-readable table of a DL/T 645 scan of `scanned` addresses (`None`: the wildcard).
+pub fn table_dlt645(found: &[FoundMeter], scanned: Option<usize>) -> String {
+    let mut out = match scanned {
+        Some(n) => format!("{} of {n} address(es) answered\n", found.len()),
+        None => format!(
+            "{} meter(s) answered the read-address request (13H to AAAAAAAAAAAA)\n",
+            found.len()
+        ),
+    };
+    if found.is_empty() {
+        out += "nothing answered: check wiring (A/B swapped?), baud rate (DL/T 645 meters run \
+                1200..9600, often 2400), parity (even) and termination";
+        out += if scanned.is_none() {
+            "; some meters do not answer the wildcard: try their nameplate addresses with \
+             --addresses FILE\n"
+        } else {
+            "\n"
+        };
+        return out;
+    }
+    out += &format!("{:<12}  {:<10}  model guess\n", "address", "answer");
+    for f in found {
+        let guess = if f.models.is_empty() {
+            "unknown (it answers no DL/T 645 model's energy identifier)".to_string()
+        } else {
+            f.models.join(" or ")
+        };
+        out += &format!("{:<12}  {:<10}  {guess}\n", f.address, f.answer);
+    }
+    out
+}
+
+/// The JSON of a DL/T 645 scan: the Modbus scan's shape, `address` where it has `unit`.
+pub fn json_dlt645(found: &[FoundMeter], scanned: Option<usize>) -> serde_json::Value {
+    json!({
+        "scanned": scanned.unwrap_or(1),
+        "found": found.iter().map(|f| json!({
+            "address": f.address,
+            "answer": f.answer,
+            "models": f.models,
+            "likely": f.models.first().map(|m| vec![m.clone()]).unwrap_or_default(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,5 +392,17 @@ mod tests {
         assert!(parse_units("0-5").is_err());
         assert!(parse_units("5-2").is_err());
         assert!(parse_units("1-300").is_err());
+    }
+
+    #[test]
+    fn address_lists() {
+        let text = "# households\n000000000001\n\n202208310002  # flat 2\n";
+        assert_eq!(
+            parse_addresses(text, "a.txt").unwrap(),
+            ["000000000001", "202208310002"]
+        );
+        let err = parse_addresses("000000000001\n12345\n", "a.txt").unwrap_err();
+        assert!(err.starts_with("a.txt:2: address `12345`"), "{err}");
+        assert!(parse_addresses("# none\n", "a.txt").is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! The store writer's state: folds bus events and ticks into store batches.
 
 use super::{Analytics, PipelineSettings};
-use crate::model::{BusEvent, Learned};
+use crate::model::{BusEvent, Learned, MeterId};
 use crate::store::{Batch, MetaKey, MeterState, Store, StoreError};
 use crate::uplink::contract::{Topics, meter_state_message};
 use std::collections::BTreeMap;
@@ -21,8 +21,8 @@ pub struct Writer {
 pub struct Fold {
     /// Commit this in one transaction.
     pub batch: Batch,
-    /// Block limits learned from meters (meter, registers).
-    pub limits: Vec<(String, u16)>,
+    /// What was learned about meters (block limits, refused blocks), to remember in the store.
+    pub learned: Vec<(MeterId, Learned)>,
 }
 
 impl Writer {
@@ -88,10 +88,7 @@ impl Writer {
                         .push(meter_state_message(&self.topics, &state));
                     batch.meter_states.push(state);
                 }
-                BusEvent::Learned {
-                    meter,
-                    learned: Learned::BlockLimit(max_block),
-                } => fold.limits.push((meter, max_block)),
+                BusEvent::Learned { meter, learned } => fold.learned.push((meter, learned)),
             }
         }
         self.analytics.on_tick(now_ms, batch);

@@ -280,6 +280,7 @@ impl SimHandle {
             },
             timeout_ms: c.gateway_timeout_ms,
             poll_interval_s: 60,
+            preamble: crate::protocol::dlt645::codec::DEFAULT_PREAMBLE_LEN,
             line: 0,
         })
     }
@@ -312,13 +313,22 @@ impl SimHandle {
     }
 
     /// The bus settings of a gateway bus that polls `bus`: [`SimHandle::link`],
-    /// `timeout` = `gateway_timeout_ms`, a poll interval of 60 s.
+    /// `timeout` = `gateway_timeout_ms`, a poll interval of 60 s; a DL/T 645 bus on a pty at
+    /// 8N1 (ptys refuse parity).
     pub fn bus_settings(&self, bus: &str) -> Option<BusSettings> {
         let (b, _) = self.inner.buses.get(bus)?;
         let link = self.link(bus)?;
+        let dlt645 = b.config.protocol == SimProtocol::Dlt645;
+        let mut line = link.line;
+        if dlt645 && matches!(link.endpoint, Endpoint::Serial(_)) {
+            // A pty refuses parity: the gateway's end runs 8N1 (the simulator paces the wire
+            // time of the configured framing).
+            line.parity = protocol::Parity::None;
+        }
         Some(BusSettings {
             name: b.config.name.clone(),
             protocol: match &link.endpoint {
+                _ if dlt645 => Protocol::Dlt645,
                 Endpoint::Serial(_) => Protocol::ModbusRtu,
                 Endpoint::Tcp(_) => Protocol::ModbusTcp,
                 Endpoint::RtuOverTcp(_) => Protocol::ModbusRtuOverTcp,
@@ -327,9 +337,10 @@ impl SimHandle {
                 Endpoint::Serial(d) => gateway_bus::Endpoint::Serial(d),
                 Endpoint::Tcp(a) | Endpoint::RtuOverTcp(a) => gateway_bus::Endpoint::Tcp(a),
             },
-            line: link.line,
+            line,
             timeout: std::time::Duration::from_millis(b.config.gateway_timeout_ms),
             poll_interval: std::time::Duration::from_secs(60),
+            preamble: 4,
         })
     }
 

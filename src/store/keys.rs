@@ -101,6 +101,9 @@ pub enum MetaKey {
     LossRolling(String),
     /// `block_limit/{meter}`: the most registers a meter answers in one read.
     BlockLimit(String),
+    /// `refused_blocks/{meter}`: the block data identifiers a DL/T 645 meter refuses,
+    /// comma-separated (`0001FF00,0201FF00`).
+    RefusedBlocks(String),
     /// `last_seq`: the last `seq` given out.
     LastSeq,
     /// `uplink/last_ack_ms`: ms since the epoch when the broker last acknowledged a message.
@@ -111,6 +114,8 @@ pub enum MetaKey {
 
 /// The prefix of [`MetaKey::BlockLimit`] keys.
 pub(crate) const BLOCK_LIMIT_PREFIX: &str = "block_limit/";
+/// The prefix of [`MetaKey::RefusedBlocks`] keys.
+pub(crate) const REFUSED_BLOCKS_PREFIX: &str = "refused_blocks/";
 
 impl MetaKey {
     /// The key as stored.
@@ -124,6 +129,7 @@ impl MetaKey {
             MetaKey::ActiveAlarms => "alarms/active".into(),
             MetaKey::LossRolling(area) => format!("loss_rolling/{area}"),
             MetaKey::BlockLimit(meter) => format!("{BLOCK_LIMIT_PREFIX}{meter}"),
+            MetaKey::RefusedBlocks(meter) => format!("{REFUSED_BLOCKS_PREFIX}{meter}"),
             MetaKey::LastSeq => "last_seq".into(),
             MetaKey::LastAck => "uplink/last_ack_ms".into(),
             MetaKey::DaemonVersion => "gateway/version".into(),

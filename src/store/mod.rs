@@ -26,7 +26,7 @@ pub use meter_state::MeterState;
 pub use shared::{SharedStore, open_shared, with_store};
 
 use crate::clock::now_ms;
-use crate::model::Reading;
+use crate::model::{Learned, Reading};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -541,34 +541,67 @@ impl Store {
 
     /// Block limits learned from meters that reject large reads (meter id → max registers).
     pub fn block_limits(&self) -> Result<BTreeMap<String, u16>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT key, value FROM meta WHERE substr(key, 1, ?1) = ?2")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(
-                params![
-                    keys::BLOCK_LIMIT_PREFIX.len() as i64,
-                    keys::BLOCK_LIMIT_PREFIX
-                ],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
-            )
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self.err(e))?;
-        Ok(rows
+        Ok(self
+            .meta_by_meter(keys::BLOCK_LIMIT_PREFIX)?
             .into_iter()
-            .filter_map(|(k, v)| {
-                Some((
-                    k.strip_prefix(keys::BLOCK_LIMIT_PREFIX)?.to_string(),
-                    v.parse().ok()?,
-                ))
-            })
+            .filter_map(|(meter, v)| Some((meter, v.parse().ok()?)))
             .collect())
     }
 
     /// Remembers that `meter` answers blocks of at most `max_block` registers.
     pub fn set_block_limit(&mut self, meter: &str, max_block: u16) -> Result<(), StoreError> {
         self.set_meta(&MetaKey::BlockLimit(meter.into()), &max_block.to_string())
+    }
+
+    /// Block data identifiers DL/T 645 meters refuse (meter id → identifiers).
+    pub fn refused_blocks(&self) -> Result<BTreeMap<String, Vec<String>>, StoreError> {
+        Ok(self
+            .meta_by_meter(keys::REFUSED_BLOCKS_PREFIX)?
+            .into_iter()
+            .map(|(meter, v)| {
+                let dis = v
+                    .split(',')
+                    .filter(|d| !d.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                (meter, dis)
+            })
+            .collect())
+    }
+
+    /// Everything learned about the meters, as the buses take it back after a restart.
+    pub fn learned(&self) -> Result<Vec<(String, Learned)>, StoreError> {
+        let mut learned = Learned::from_block_limits(&self.block_limits()?);
+        learned.extend(Learned::from_refused_blocks(&self.refused_blocks()?));
+        Ok(learned)
+    }
+
+    /// Remembers what was `learned` about `meter` (it replaces what was known of that kind).
+    pub fn remember(&mut self, meter: &str, learned: &Learned) -> Result<(), StoreError> {
+        match learned {
+            Learned::BlockLimit(max_block) => self.set_block_limit(meter, *max_block),
+            Learned::RefusedBlocks(dis) => {
+                self.set_meta(&MetaKey::RefusedBlocks(meter.into()), &dis.join(","))
+            }
+        }
+    }
+
+    /// The meta values whose key is `prefix` + a meter id, by meter id.
+    fn meta_by_meter(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key, value FROM meta WHERE substr(key, 1, ?1) = ?2")
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(params![prefix.len() as i64, prefix], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.err(e))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.to_string(), v)))
+            .collect())
     }
 
     /// Every meter's last state, by meter id. A state this version cannot read is skipped.

@@ -382,3 +382,35 @@ fn prune_keeps_the_store_under_its_size_bound() {
 fn newest_schema() -> i64 {
     super::schema::MIGRATIONS.last().unwrap().version
 }
+
+#[test]
+fn learned_facts_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    {
+        let mut s = Store::open(&path, &cfg()).unwrap();
+        s.remember("m1", &Learned::BlockLimit(40)).unwrap();
+        let refused = Learned::RefusedBlocks(vec!["0001FF00".into(), "0201FF00".into()]);
+        s.remember("h7", &refused).unwrap();
+        // A later fact of the same kind replaces the earlier one.
+        let more = Learned::RefusedBlocks(vec![
+            "0001FF00".into(),
+            "0201FF00".into(),
+            "0202FF00".into(),
+        ]);
+        s.remember("h7", &more).unwrap();
+    }
+    let s = Store::open(&path, &cfg()).unwrap();
+    assert_eq!(s.block_limits().unwrap().get("m1"), Some(&40));
+    let learned = s.learned().unwrap();
+    assert_eq!(learned.len(), 2);
+    assert!(learned.contains(&("m1".to_string(), Learned::BlockLimit(40))));
+    assert!(learned.contains(&(
+        "h7".to_string(),
+        Learned::RefusedBlocks(vec![
+            "0001FF00".into(),
+            "0201FF00".into(),
+            "0202FF00".into()
+        ])
+    )));
+}

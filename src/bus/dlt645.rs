@@ -1,0 +1,860 @@
+//! The DL/T 645 driver (2007 and 1997 meters, which may share a bus): a meter's poll planned as
+//! data-identifier reads of its model (block identifiers where the meter takes them), energy
+//! first; each read one transaction over [`crate::protocol::dlt645`]; DL/T 645 errors mapped to
+//! [`PollOutcome`]; and which blocks a meter refuses, learned on the way.
+//!
+//! The deadline of a transaction is the bus's timeout (the meter's allowance; by default
+//! [`Line::default_timeout`], which counts the standard's 500 ms response delay) plus the wire
+//! time of the request and its reply at the line's baud rate ([`Dlt645Driver::deadline`]), as
+//! for Modbus. Every request is preceded by the bus's `FE` preamble (`[[bus]] preamble`). The
+//! daemon, `read` and `scan` all read through this one path.
+//!
+//! What a poll reads: every identifier of the model that holds a published quantity (the
+//! meter's own items — clock, status words, event counters, prepaid balances — are not read
+//! by the daemon yet). A block identifier is read as one transaction; its value bytes hold its
+//! items one after the other.
+//!
+//! How the plan learns what a meter accepts:
+//!
+//! - an abnormal reply "no such data item" to a block identifier: the meter does not take that
+//!   block; its items are read one by one in this poll and every later one, and the set of
+//!   refused blocks is reported ([`Learned::RefusedBlocks`], stored by the gateway and passed
+//!   back as learned after a restart);
+//! - "no such data item" for a single identifier, `unsupported_attempts` polls in a row (a
+//!   single-phase meter asked for phase B): the meter does not have it; it is no longer read,
+//!   with a warning naming meter, address and identifier.
+//!
+//! An abnormal reply is the meter's answer (it is alive): the poll goes on with the next read,
+//! and ends `Partial` (some reads answered) or `Exception` (none did). Silence, a bad checksum
+//! or a reply from another address ends the poll at once, as for Modbus.
+
+use super::driver::{Driver, DriverFuture, Poll, ReadFailure};
+use super::health::OfflinePolicy;
+use super::{BusSettings, Endpoint, MeterSettings, Protocol};
+use crate::clock::now_ms;
+use crate::meter::{DiRead, DiValue, Dlt645Model};
+use crate::model::{Learned, MeterId, PollOutcome, Reading, is_quantity, scales_with_multiplier};
+use crate::protocol::dlt645::{Address, DataId, Dlt645Error, Dlt645Transport, Line, Parity};
+use crate::protocol::{self, SerialLine};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_serial::SerialStream;
+use tracing::{debug, warn};
+
+/// The quantity a reading's timestamp follows: when the read holding it was sent.
+const ENERGY: &str = "energy_import_kwh";
+
+/// The open link of a DL/T 645 bus: a serial port, or a TCP connection to a transparent serial
+/// server.
+enum Transport {
+    Serial(Dlt645Transport<SerialStream>),
+    Tcp(Dlt645Transport<TcpStream>),
+}
+
+impl Transport {
+    async fn read(
+        &mut self,
+        address: &Address,
+        di: DataId,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, Dlt645Error> {
+        match self {
+            Transport::Serial(t) => t.read(address, di, timeout).await,
+            Transport::Tcp(t) => t.read(address, di, timeout).await,
+        }
+    }
+
+    async fn read_address(&mut self, timeout: Duration) -> Result<Address, Dlt645Error> {
+        match self {
+            Transport::Serial(t) => t.read_address(timeout).await,
+            Transport::Tcp(t) => t.read_address(timeout).await,
+        }
+    }
+}
+
+/// The link of a DL/T 645 bus and the deadline rule of its transactions.
+struct Dlt645Link {
+    endpoint: Endpoint,
+    line: Line,
+    preamble: usize,
+    timeout: Duration,
+    transport: Option<Transport>,
+}
+
+impl Dlt645Link {
+    /// The deadline of a read of `di` whose reply carries `value_len` value bytes.
+    fn deadline(&self, di: DataId, value_len: usize) -> Duration {
+        self.timeout + self.wire_time(di, value_len)
+    }
+
+    /// Wire time of a read with this bus's preamble: the request and a reply of `value_len`
+    /// value bytes (with the `FE` × 4 most meters send).
+    fn wire_time(&self, di: DataId, value_len: usize) -> Duration {
+        let frame = crate::protocol::dlt645::codec::FRAME_OVERHEAD + di.len();
+        let default = crate::protocol::dlt645::codec::DEFAULT_PREAMBLE_LEN;
+        self.line
+            .frame_time(self.preamble + frame + default + frame + value_len)
+    }
+
+    async fn open(&mut self) -> Result<(), Dlt645Error> {
+        let mut transport = match &self.endpoint {
+            Endpoint::Serial(device) => {
+                Transport::Serial(Dlt645Transport::open_serial(device, self.line)?)
+            }
+            Endpoint::Tcp(address) => {
+                Transport::Tcp(Dlt645Transport::connect(address, self.line, self.timeout).await?)
+            }
+        };
+        match &mut transport {
+            Transport::Serial(t) => t.set_preamble(self.preamble),
+            Transport::Tcp(t) => t.set_preamble(self.preamble),
+        }
+        self.transport = Some(transport);
+        Ok(())
+    }
+
+    fn transport(&mut self) -> Result<&mut Transport, Dlt645Error> {
+        let endpoint = &self.endpoint;
+        self.transport.as_mut().ok_or_else(|| {
+            Dlt645Error::Io(io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!("{endpoint} is not open"),
+            ))
+        })
+    }
+
+    async fn read(
+        &mut self,
+        address: &Address,
+        di: DataId,
+        value_len: usize,
+    ) -> Result<Vec<u8>, Dlt645Error> {
+        let deadline = self.deadline(di, value_len);
+        self.transport()?.read(address, di, deadline).await
+    }
+}
+
+/// What the driver knows about one meter: its address and model, the blocks it refuses, the
+/// identifiers it turned out not to have, and the reads of its next poll.
+struct MeterPlan {
+    id: MeterId,
+    /// The configured address, parsed; a bad one is reported on every poll.
+    address: Result<Address, String>,
+    multiplier: f64,
+    model: Arc<Dlt645Model>,
+    /// Block identifiers the meter answered "no such data item".
+    refused: BTreeSet<DataId>,
+    /// Single identifiers refused polls in a row.
+    refusals: BTreeMap<DataId, u32>,
+    /// Single identifiers no longer read.
+    skipped: BTreeSet<DataId>,
+    reads: Vec<DiRead>,
+}
+
+impl MeterPlan {
+    fn replan(&mut self) {
+        self.reads = plan_reads(&self.model, &self.refused, &self.skipped);
+    }
+
+    /// The refused blocks as [`Learned::RefusedBlocks`].
+    fn learned(&self) -> Learned {
+        Learned::RefusedBlocks(self.refused.iter().map(ToString::to_string).collect())
+    }
+
+    /// Bytes of the value of `read`.
+    fn value_len(&self, read: &DiRead) -> usize {
+        read.items
+            .iter()
+            .filter_map(|di| self.model.entry(*di))
+            .map(|e| e.format.len())
+            .sum()
+    }
+}
+
+/// The reads of one poll of `model`: every read holding a published quantity, blocks unless
+/// `refused`, single identifiers of `skipped` left out, energy first (the read holding the
+/// import energy, then the other energies, then the instantaneous values).
+pub fn plan_reads(
+    model: &Dlt645Model,
+    refused: &BTreeSet<DataId>,
+    skipped: &BTreeSet<DataId>,
+) -> Vec<DiRead> {
+    let quantity = |di: &DataId| model.entry(*di).is_some_and(|e| e.is_quantity());
+    let mut reads: Vec<DiRead> = model
+        .plan(true, refused)
+        .into_iter()
+        .filter(|r| r.items.iter().any(quantity))
+        .filter(|r| r.is_block() || !skipped.contains(&r.di))
+        .collect();
+    reads.sort_by_key(|r| energy_rank(model, r));
+    reads
+}
+
+/// 0 for the read holding the import energy, 1 for other energies, 2 for the rest.
+fn energy_rank(model: &Dlt645Model, read: &DiRead) -> u8 {
+    let names = || {
+        read.items
+            .iter()
+            .filter_map(|di| model.entry(*di))
+            .map(|e| e.name.as_str())
+    };
+    if names().any(|n| n == ENERGY) {
+        0
+    } else if names().any(|n| is_quantity(n) && crate::model::is_energy(n)) {
+        1
+    } else {
+        2
+    }
+}
+
+/// The DL/T 645 driver of one bus.
+pub struct Dlt645Driver {
+    bus: String,
+    link: Dlt645Link,
+    unsupported_attempts: u32,
+    meters: Vec<MeterPlan>,
+}
+
+impl Dlt645Driver {
+    /// The driver of a DL/T 645 `bus` for `meters`, with the refused blocks `learned` earlier.
+    pub fn new(
+        bus: &BusSettings,
+        meters: &[MeterSettings],
+        learned: &[(MeterId, Learned)],
+        policy: &OfflinePolicy,
+    ) -> Result<Dlt645Driver, String> {
+        if bus.protocol != Protocol::Dlt645 {
+            return Err(format!(
+                "bus {}: the DL/T 645 driver cannot run {}",
+                bus.name,
+                bus.protocol.name()
+            ));
+        }
+        let line = line_of(&bus.line);
+        line.check().map_err(|e| format!("bus {}: {e}", bus.name))?;
+        let meters = meters
+            .iter()
+            .map(|m| {
+                let Some(model) = m.model.dlt645() else {
+                    return Err(format!(
+                        "bus {}: meter {} has the Modbus model {}; a DL/T 645 bus reads DL/T 645 \
+                         models (dlt645-2007, dlt645-1997)",
+                        bus.name,
+                        m.id,
+                        m.model.name()
+                    ));
+                };
+                let address = match &m.address {
+                    Some(a) => Address::parse(a).map_err(|e| {
+                        format!("meter {} address {a}: {}; give its 12 digits", m.id, e.0)
+                    }),
+                    None => Err(format!("meter {} has no DL/T 645 address", m.id)),
+                };
+                let refused: BTreeSet<DataId> = learned
+                    .iter()
+                    .filter(|(id, _)| *id == m.id)
+                    .flat_map(|(_, l)| match l {
+                        Learned::RefusedBlocks(dis) => dis.clone(),
+                        Learned::BlockLimit(_) => Vec::new(),
+                    })
+                    .filter_map(|d| DataId::parse(&d))
+                    .filter(|d| model.block(*d).is_some())
+                    .collect();
+                let mut plan = MeterPlan {
+                    id: m.id.clone(),
+                    address,
+                    multiplier: m.multiplier,
+                    model: model.clone(),
+                    refused,
+                    refusals: BTreeMap::new(),
+                    skipped: BTreeSet::new(),
+                    reads: Vec::new(),
+                };
+                plan.replan();
+                Ok(plan)
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Dlt645Driver {
+            bus: bus.name.clone(),
+            link: Dlt645Link {
+                endpoint: bus.endpoint.clone(),
+                line,
+                preamble: bus.preamble,
+                timeout: bus.timeout,
+                transport: None,
+            },
+            unsupported_attempts: policy.unsupported_attempts,
+            meters,
+        })
+    }
+
+    /// Opens the link (also what [`Driver::open`] does), with the typed error.
+    pub async fn open_link(&mut self) -> Result<(), Dlt645Error> {
+        self.link.open().await
+    }
+
+    /// The deadline of a read of `di` with `value_len` value bytes: the bus's timeout (the
+    /// meter's allowance) plus the wire time of the request and the reply.
+    pub fn deadline(&self, di: DataId, value_len: usize) -> Duration {
+        self.link.deadline(di, value_len)
+    }
+
+    /// One read of `di` from `address` within [`Dlt645Driver::deadline`] (a reply of
+    /// `value_len` value bytes expected): the transaction every poll is made of, for tools that
+    /// need the typed answer (`scan`).
+    pub async fn read(
+        &mut self,
+        address: &Address,
+        di: DataId,
+        value_len: usize,
+    ) -> Result<Vec<u8>, Dlt645Error> {
+        self.link.read(address, di, value_len).await
+    }
+
+    /// The address of the only meter on the bus (13H to `AAAAAAAAAAAA`), within the deadline
+    /// of a short read.
+    pub async fn read_address(&mut self) -> Result<Address, Dlt645Error> {
+        let deadline = self.link.deadline(DataId::V2007(0), 2);
+        self.link.transport()?.read_address(deadline).await
+    }
+
+    /// The reads the next poll of `meter` makes.
+    pub fn reads(&self, meter: usize) -> &[DiRead] {
+        &self.meters[meter].reads
+    }
+
+    /// [`Driver::poll`] of meter `meter`.
+    pub async fn poll_meter(&mut self, meter: usize, _presumed_alive: bool) -> Poll {
+        let (bus, attempts) = (self.bus.as_str(), self.unsupported_attempts);
+        poll_meter(&mut self.link, &mut self.meters[meter], bus, attempts).await
+    }
+}
+
+impl Driver for Dlt645Driver {
+    fn open(&mut self) -> DriverFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.open_link().await.map_err(|e| e.to_string()) })
+    }
+
+    fn close(&mut self) {
+        self.link.transport = None;
+    }
+
+    fn poll(&mut self, meter: usize, presumed_alive: bool) -> DriverFuture<'_, Poll> {
+        Box::pin(self.poll_meter(meter, presumed_alive))
+    }
+
+    fn probe(&mut self, meter: usize) -> DriverFuture<'_, Poll> {
+        Box::pin(probe_meter(&mut self.link, &self.meters[meter]))
+    }
+
+    fn switch_pause(&self, _previous: Option<usize>, _meter: usize) -> Duration {
+        Duration::ZERO
+    }
+}
+
+/// The serial line of a bus as the DL/T 645 transport takes it.
+fn line_of(line: &SerialLine) -> Line {
+    Line {
+        baud: line.baud,
+        parity: match line.parity {
+            protocol::Parity::None => Parity::None,
+            protocol::Parity::Even => Parity::Even,
+            protocol::Parity::Odd => Parity::Odd,
+        },
+        data_bits: line.data_bits,
+        stop_bits: line.stop_bits,
+    }
+}
+
+/// The meter answered (an abnormal reply) or is dead, garbled or unreachable.
+fn outcome_of(e: &Dlt645Error) -> PollOutcome {
+    match e {
+        Dlt645Error::Timeout(_) => PollOutcome::Timeout,
+        Dlt645Error::BadChecksum => PollOutcome::BadCrc,
+        Dlt645Error::WrongAddress { .. } => PollOutcome::WrongUnit,
+        Dlt645Error::Abnormal { .. } => PollOutcome::Exception,
+        _ => PollOutcome::Failed,
+    }
+}
+
+/// The failed read of `di`: as the meter's health keeps it, and as the tools list it.
+fn failure(e: &dyn std::fmt::Display, di: DataId) -> (String, ReadFailure) {
+    (
+        format!("{e} (data identifier {di})"),
+        ReadFailure {
+            what: format!("data identifier {di}"),
+            error: e.to_string(),
+        },
+    )
+}
+
+/// A poll that ended with `e` on `di`; an I/O error breaks the link.
+fn failed(e: &Dlt645Error, di: DataId, started: Instant) -> Poll {
+    let (error, f) = failure(e, di);
+    Poll {
+        latency: started.elapsed(),
+        link_broken: matches!(e, Dlt645Error::Io(_)),
+        ..Poll::failed(outcome_of(e), f, error)
+    }
+}
+
+/// A meter whose address cannot be used.
+fn bad_address(error: &str) -> Poll {
+    Poll::failed(
+        PollOutcome::Failed,
+        ReadFailure {
+            what: "address".into(),
+            error: error.to_string(),
+        },
+        error.to_string(),
+    )
+}
+
+/// Probes an offline meter with the smallest read that proves it alive: its import energy
+/// alone (else its first identifier). An abnormal reply proves it alive too.
+async fn probe_meter(link: &mut Dlt645Link, plan: &MeterPlan) -> Poll {
+    let started = Instant::now();
+    let address = match &plan.address {
+        Ok(a) => *a,
+        Err(e) => return bad_address(e),
+    };
+    let Some(entry) = plan
+        .model
+        .entry_named(ENERGY)
+        .or_else(|| plan.model.entries.first())
+    else {
+        return bad_address("the model has no data identifier");
+    };
+    let outcome = match link.read(&address, entry.di, entry.format.len()).await {
+        Ok(_) => PollOutcome::Ok,
+        Err(e) if e.meter_answered() => PollOutcome::Exception,
+        Err(e) => {
+            return Poll {
+                requests: 1,
+                ..failed(&e, entry.di, started)
+            };
+        }
+    };
+    Poll {
+        outcome,
+        reading: None,
+        error: None,
+        failures: Vec::new(),
+        requests: 1,
+        latency: started.elapsed(),
+        link_broken: false,
+        learned: Vec::new(),
+    }
+}
+
+/// Reads every planned identifier of the meter once; learns on the way (see the module doc).
+async fn poll_meter(
+    link: &mut Dlt645Link,
+    plan: &mut MeterPlan,
+    bus: &str,
+    unsupported_attempts: u32,
+) -> Poll {
+    let started = Instant::now();
+    let address = match &plan.address {
+        Ok(a) => *a,
+        Err(e) => return bad_address(e),
+    };
+    let mut values: BTreeMap<String, f64> = BTreeMap::new();
+    let mut queue: VecDeque<DiRead> = plan.reads.iter().cloned().collect();
+    let mut answered = 0usize;
+    let mut requests = 0usize;
+    let mut first_sent_ms: Option<i64> = None;
+    let mut energy_sent_ms: Option<i64> = None;
+    let mut first_error: Option<String> = None;
+    let mut failures: Vec<ReadFailure> = Vec::new();
+    let mut learned: Vec<Learned> = Vec::new();
+    let mut refused_now: BTreeSet<DataId> = BTreeSet::new();
+    let mut read_ok: BTreeSet<DataId> = BTreeSet::new();
+    let refused_before = plan.refused.len();
+    while let Some(read) = queue.pop_front() {
+        requests += 1;
+        let sent_ms = now_ms();
+        let e = match link.read(&address, read.di, plan.value_len(&read)).await {
+            Ok(bytes) => match plan.model.decode(&read, &bytes) {
+                Ok(decoded) => {
+                    answered += 1;
+                    first_sent_ms.get_or_insert(sent_ms);
+                    read_ok.extend(read.items.iter().copied());
+                    for (entry, value) in decoded {
+                        let DiValue::Number(v) = value else { continue };
+                        if !entry.is_quantity() {
+                            continue;
+                        }
+                        if entry.name == ENERGY {
+                            energy_sent_ms = Some(sent_ms);
+                        }
+                        let v = if scales_with_multiplier(&entry.name) {
+                            v * plan.multiplier
+                        } else {
+                            v
+                        };
+                        values.insert(entry.name.clone(), v);
+                    }
+                    continue;
+                }
+                // The meter answered with bytes that are not the model's value: its model is
+                // wrong for it, or the reply was garbled in a way the checksum missed.
+                Err(bad) => {
+                    answered += 1;
+                    let (text, f) = failure(&bad, read.di);
+                    first_error.get_or_insert(text);
+                    failures.push(f);
+                    continue;
+                }
+            },
+            Err(e) => e,
+        };
+        if e.no_such_data_item() && read.is_block() {
+            debug!(bus = %bus, meter = %plan.id, address = %address,
+                "block {} refused (no such data item): reading its items one by one", read.di);
+            plan.refused.insert(read.di);
+            // Its items next, in place of the block (the energy stays first).
+            let model = plan.model.clone();
+            for single in read.fallback().into_iter().rev() {
+                let wanted = model.entry(single.di).is_some_and(|e| e.is_quantity())
+                    && !plan.skipped.contains(&single.di);
+                if wanted {
+                    queue.push_front(single);
+                }
+            }
+            continue;
+        }
+        if e.meter_answered() {
+            if e.no_such_data_item() {
+                refused_now.insert(read.di);
+            }
+            let (text, f) = failure(&e, read.di);
+            first_error.get_or_insert(text);
+            failures.push(f);
+            continue;
+        }
+        // A silent, garbled or broken link: stop spending bus time on the meter this round.
+        let mut poll = failed(&e, read.di, started);
+        failures.append(&mut poll.failures);
+        if plan.refused.len() != refused_before {
+            learned.push(plan.learned());
+            plan.replan();
+        }
+        return Poll {
+            failures,
+            requests,
+            learned,
+            ..poll
+        };
+    }
+    if plan.refused.len() != refused_before {
+        warn!(bus = %bus, meter = %plan.id, address = %address,
+            "meter refuses block identifiers {} (no such data item); reading their items one \
+             by one from now on", plan.refused.iter().map(ToString::to_string)
+                .collect::<Vec<_>>().join(", "));
+        learned.push(plan.learned());
+        plan.replan();
+    }
+    skip_refused_items(plan, &refused_now, &read_ok, bus, unsupported_attempts);
+    let reading = (!values.is_empty()).then(|| Reading {
+        meter: plan.id.clone(),
+        ts_ms: energy_sent_ms.or(first_sent_ms).unwrap_or_else(now_ms),
+        values,
+    });
+    let outcome = match &first_error {
+        None => PollOutcome::Ok,
+        Some(_) if answered > 0 => PollOutcome::Partial,
+        Some(_) => PollOutcome::Exception,
+    };
+    Poll {
+        outcome,
+        reading,
+        error: first_error,
+        failures,
+        requests,
+        latency: started.elapsed(),
+        link_broken: false,
+        learned,
+    }
+}
+
+/// Counts the single identifiers the meter refused in this poll; stops reading one refused
+/// `attempts` polls in a row (unless nothing else would be left). One read in between forgives.
+fn skip_refused_items(
+    plan: &mut MeterPlan,
+    refused_now: &BTreeSet<DataId>,
+    read_ok: &BTreeSet<DataId>,
+    bus: &str,
+    attempts: u32,
+) {
+    plan.refusals.retain(|di, _| !read_ok.contains(di));
+    let mut changed = false;
+    for &di in refused_now {
+        let n = plan.refusals.entry(di).or_insert(0);
+        *n += 1;
+        if *n < attempts || plan.reads.len() <= 1 {
+            continue;
+        }
+        let name = plan.model.entry(di).map_or("", |e| e.name.as_str());
+        warn!(bus = %bus, meter = %plan.id,
+            "meter {} ({}) answers \"no such data item\" for {di} ({name}) {attempts} polls in a \
+             row; no longer reading it. The model {} may list an item this meter does not have \
+             (a single-phase meter has no phase B or C)",
+            plan.id,
+            plan.address.as_ref().map_or_else(|e| e.clone(), ToString::to_string),
+            plan.model.name);
+        plan.refusals.remove(&di);
+        plan.skipped.insert(di);
+        changed = true;
+    }
+    if changed {
+        plan.replan();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meter::ModelLibrary;
+
+    fn dlt_bus(baud: u32) -> BusSettings {
+        BusSettings {
+            name: "d".into(),
+            protocol: Protocol::Dlt645,
+            endpoint: Endpoint::Serial("/dev/ttyS9".into()),
+            line: SerialLine {
+                baud,
+                parity: protocol::Parity::Even,
+                data_bits: 8,
+                stop_bits: 1,
+            },
+            timeout: Line::even(baud).default_timeout(),
+            poll_interval: Duration::from_secs(60),
+            preamble: 4,
+        }
+    }
+
+    fn model(name: &str) -> Arc<Dlt645Model> {
+        Arc::new(ModelLibrary::builtin().get_dlt645(name).unwrap().clone())
+    }
+
+    #[test]
+    fn a_poll_reads_every_quantity_energy_first_with_blocks() {
+        for name in ["dlt645-2007", "dlt645-1997"] {
+            let model = model(name);
+            let reads = plan_reads(&model, &BTreeSet::new(), &BTreeSet::new());
+            assert_eq!(energy_rank(&model, &reads[0]), 0, "{name}: {reads:?}");
+            let covered: BTreeSet<DataId> = reads.iter().flat_map(|r| r.items.clone()).collect();
+            for e in model.entries.iter().filter(|e| e.is_quantity()) {
+                assert!(covered.contains(&e.di), "{name}: {} not read", e.name);
+            }
+            assert!(reads.iter().any(DiRead::is_block), "{name}: no block read");
+        }
+        let model = model("dlt645-2007");
+        let refused: BTreeSet<DataId> = model.blocks.iter().map(|b| b.di).collect();
+        let reads = plan_reads(&model, &refused, &BTreeSet::new());
+        assert!(reads.iter().all(|r| !r.is_block()));
+        assert_eq!(reads[0].di, DataId::parse("00010000").unwrap());
+    }
+
+    #[test]
+    fn learned_refused_blocks_apply_per_meter_and_the_deadline_counts_the_wire() {
+        let model = model("dlt645-2007");
+        let meters = [
+            MeterSettings::dlt645("a", "000000000001", model.clone()),
+            MeterSettings::dlt645("b", "000000000002", model.clone()),
+        ];
+        let learned = [(
+            "b".to_string(),
+            Learned::RefusedBlocks(vec!["0001FF00".into(), "0201FF00".into()]),
+        )];
+        let bus = dlt_bus(2400);
+        let driver = Dlt645Driver::new(&bus, &meters, &learned, &OfflinePolicy::default()).unwrap();
+        let blocks = |m: usize| driver.reads(m).iter().filter(|r| r.is_block()).count();
+        assert_eq!(blocks(0), blocks(1) + 2);
+        assert_eq!(
+            driver.meters[1].learned(),
+            Learned::RefusedBlocks(vec!["0001FF00".into(), "0201FF00".into()])
+        );
+        let di = DataId::parse("0001FF00").unwrap();
+        // 4 FE + 16-byte request, 4 FE + 16 + 20 reply: 60 characters of 11 bits at 2400 baud.
+        let wire = Line::even(2400).frame_time(60);
+        assert_eq!(driver.deadline(di, 20), bus.timeout + wire);
+    }
+
+    #[test]
+    fn a_modbus_model_or_a_bad_address_is_refused() {
+        let sdm = Arc::new(
+            ModelLibrary::builtin()
+                .get("eastron-sdm120")
+                .unwrap()
+                .clone(),
+        );
+        let bus = dlt_bus(2400);
+        let policy = OfflinePolicy::default();
+        let err = Dlt645Driver::new(&bus, &[MeterSettings::modbus("m", 1, sdm)], &[], &policy)
+            .err()
+            .unwrap();
+        assert!(err.contains("Modbus model eastron-sdm120"), "{err}");
+        let bad = MeterSettings::dlt645("x", "12345", model("dlt645-2007"));
+        let mut driver = Dlt645Driver::new(&bus, &[bad], &[], &policy).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let poll = rt.block_on(driver.poll_meter(0, true));
+        assert_eq!(poll.outcome, PollOutcome::Failed);
+        assert!(poll.error.unwrap().contains("12345"));
+        let modbus = BusSettings {
+            protocol: Protocol::ModbusRtu,
+            ..bus
+        };
+        assert!(Dlt645Driver::new(&modbus, &[], &[], &policy).is_err());
+    }
+
+    /// Two 2007 meters and a 1997 one on a simulated pty bus (8N1: ptys refuse parity).
+    const SIM: &str = r#"
+[[bus]]
+name = "b"
+link = "ttyD"
+protocol = "dlt645"
+baud = 9600
+parity = "none"
+turnaround_ms = 20
+gateway_timeout_ms = 500
+[[meter]]
+bus = "b"
+unit = 1
+address = "000000000001"
+model = "dlt645-2007"
+load_kw = 3.0
+energy_start_kwh = 1000.0
+[[meter]]
+bus = "b"
+unit = 2
+address = "202208310002"
+model = "dlt645-2007"
+load_kw = 6.0
+energy_start_kwh = 2000.0
+[[meter]]
+bus = "b"
+unit = 3
+address = "000000001997"
+model = "dlt645-1997"
+load_kw = 1.5
+energy_start_kwh = 300.0
+"#;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn polls_read_every_quantity_and_learn_refused_blocks() {
+        use crate::sim::Fault;
+        let t = crate::sim::fixtures::start(SIM);
+        t.sim
+            .set_fault(
+                "b",
+                1,
+                Fault {
+                    refuse_blocks: true,
+                    ..Fault::default()
+                },
+            )
+            .unwrap();
+        let bus = t.sim.bus_settings("b").unwrap();
+        assert_eq!(bus.protocol, Protocol::Dlt645);
+        let meters = [
+            MeterSettings {
+                multiplier: 40.0,
+                ..MeterSettings::dlt645("a", "000000000001", model("dlt645-2007"))
+            },
+            MeterSettings::dlt645("b", "202208310002", model("dlt645-2007")),
+            MeterSettings::dlt645("c", "000000001997", model("dlt645-1997")),
+        ];
+        let policy = OfflinePolicy::default();
+        let mut driver = Dlt645Driver::new(&bus, &meters, &[], &policy).unwrap();
+        driver.open_link().await.unwrap();
+        for (i, unit, mult) in [(0, 1, 40.0), (1, 2, 1.0), (2, 3, 1.0)] {
+            let before = now_ms();
+            let poll = driver.poll_meter(i, true).await;
+            assert_eq!(poll.outcome, PollOutcome::Ok, "{:?}", poll.failures);
+            let reading = poll.reading.unwrap();
+            // Stamped when the energy request went out: the first read of the poll.
+            assert!(reading.ts_ms >= before && reading.ts_ms <= before + 1000);
+            let quantities = meters[i]
+                .model
+                .dlt645()
+                .unwrap()
+                .entries
+                .iter()
+                .filter(|e| e.is_quantity())
+                .count();
+            assert_eq!(reading.values.len(), quantities, "meter {i}");
+            for (q, v) in &reading.values {
+                let want = t.sim.value_now("b", unit, q).unwrap()
+                    * if scales_with_multiplier(q) { mult } else { 1.0 };
+                let entry = meters[i].model.dlt645().unwrap().entry_named(q).unwrap();
+                let crate::meter::dlt645_model::ValueFormat::Bcd { decimals, .. } = entry.format
+                else {
+                    unreachable!()
+                };
+                let scale = if scales_with_multiplier(q) { mult } else { 1.0 };
+                let tolerance = (0.5 * 10f64.powi(-i32::from(decimals)) + 0.01) * scale;
+                assert!(
+                    (v - want).abs() <= tolerance,
+                    "meter {i} {q}: {v} vs {want}"
+                );
+            }
+            if i == 0 {
+                let Learned::RefusedBlocks(dis) = &poll.learned[0] else {
+                    panic!("{:?}", poll.learned)
+                };
+                assert!(dis.contains(&"0001FF00".to_string()), "{dis:?}");
+                assert!(driver.reads(0).iter().all(|r| !r.is_block()));
+                assert!(poll.requests > driver.reads(0).len());
+            } else {
+                assert!(poll.learned.is_empty());
+                assert!(driver.reads(i).iter().any(DiRead::is_block));
+            }
+        }
+        // The next poll of the learning meter asks no block, learns nothing new.
+        let poll = driver.poll_meter(0, true).await;
+        assert_eq!(poll.outcome, PollOutcome::Ok);
+        assert!(poll.learned.is_empty());
+        assert_eq!(poll.requests, driver.reads(0).len());
+
+        // An abnormal reply is the meter's answer; silence is not.
+        t.sim
+            .set_fault(
+                "b",
+                2,
+                Fault {
+                    exception: 0x01,
+                    ..Fault::default()
+                },
+            )
+            .unwrap();
+        let poll = driver.poll_meter(1, true).await;
+        assert_eq!(poll.outcome, PollOutcome::Exception);
+        assert!(poll.error.unwrap().contains("abnormal reply"));
+        let probe = driver.probe(1).await;
+        assert_eq!(probe.outcome, PollOutcome::Exception);
+        t.sim
+            .set_fault(
+                "b",
+                2,
+                Fault {
+                    no_reply: true,
+                    ..Fault::default()
+                },
+            )
+            .unwrap();
+        let poll = driver.poll_meter(1, true).await;
+        assert_eq!(poll.outcome, PollOutcome::Timeout);
+        assert_eq!(poll.requests, 1);
+        let probe = driver.probe(2).await;
+        assert_eq!(probe.outcome, PollOutcome::Ok);
+    }
+}

@@ -110,6 +110,22 @@ impl MeterHealth {
     }
 }
 
+impl MeterHealth {
+    /// The bus's device cannot be opened or has vanished: the meter cannot be reached at all,
+    /// so it is offline at once (not after `failures_to_offline` polls), with `error` (naming
+    /// the device) as its last error. Returns whether it went offline now.
+    pub fn link_lost(&mut self, error: String, policy: &OfflinePolicy) -> HealthChange {
+        self.consecutive_failures += 1;
+        self.last_error = Some(error);
+        if self.online == Some(false) {
+            return HealthChange::None;
+        }
+        self.online = Some(false);
+        self.probe_interval = policy.first_probe;
+        HealthChange::WentOffline
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +163,16 @@ mod tests {
         assert_eq!(h.probe_interval, p.first_probe);
         assert_eq!(h.timeouts, 23);
         assert_eq!(h.last_ok_ms, Some(6));
+    }
+
+    #[test]
+    fn a_lost_link_takes_the_meter_offline_at_once() {
+        let p = OfflinePolicy::default();
+        let mut h = MeterHealth::new(&p);
+        let e = "cannot open /dev/ttyUSB0: No such file or directory".to_string();
+        assert_eq!(h.link_lost(e.clone(), &p), HealthChange::WentOffline);
+        assert_eq!(h.online, Some(false));
+        assert_eq!(h.link_lost(e.clone(), &p), HealthChange::None);
+        assert_eq!(h.last_error, Some(e));
     }
 }

@@ -386,7 +386,13 @@ async fn commit(store: &SharedStore, fold: Fold, reserve: &Reserve) -> Result<us
         match outcome {
             Ok(_) => Ok(()),
             Err(e) => {
-                let why = if e.is_full() {
+                // ENOSPC is SQLITE_FULL mostly, but an I/O error in some places: a filesystem
+                // with no room left is a full disk whatever SQLite called it.
+                let no_room = || {
+                    let dir = s.path().parent().unwrap_or(std::path::Path::new("."));
+                    crate::store::filesystem_space(dir).is_some_and(|(_, free)| free < 64 * 1024)
+                };
+                let why = if e.is_full() || (!e.is_damage() && no_room()) {
                     // Make room: the reserve goes, the WAL is checkpointed and cut back, and
                     // history beyond the bounds is pruned.
                     reserve.release();
@@ -423,6 +429,9 @@ async fn commit(store: &SharedStore, fold: Fold, reserve: &Reserve) -> Result<us
 
 /// How often a lasting store refusal is summarised in the log.
 const TROUBLE_SUMMARY_EVERY: Duration = Duration::from_secs(600);
+/// How long the store must take every batch before a refusal counts as over: a disk that
+/// frees a little and fills again is one condition, not a flapping alarm.
+const TROUBLE_SETTLE: Duration = Duration::from_secs(30);
 
 /// A lasting refusal of the store (a full disk, an I/O error), for one warning when it starts,
 /// a summary every [`TROUBLE_SUMMARY_EVERY`] while it lasts and a note when it ends — not one
@@ -434,6 +443,8 @@ struct Trouble {
     last_summary: tokio::time::Instant,
     refusals: u64,
     last_error: String,
+    /// Since when everything held is stored (the condition ends after [`TROUBLE_SETTLE`]).
+    drained_at: Option<tokio::time::Instant>,
 }
 
 /// The store writer's view of the store: what waits in memory and how the store is doing.
@@ -457,6 +468,7 @@ impl StoreWatch {
         match &mut self.trouble {
             Some(t) if t.full == full => {
                 t.refusals += 1;
+                t.drained_at = None;
                 t.last_error = text;
                 if t.last_summary.elapsed() >= TROUBLE_SUMMARY_EVERY {
                     t.last_summary = now;
@@ -495,15 +507,21 @@ impl StoreWatch {
                     last_summary: now,
                     refusals: 1,
                     last_error: text,
+                    drained_at: None,
                 });
                 full
             }
         }
     }
 
-    /// Everything held was stored: ends a condition. Returns the details when a full disk
-    /// ended (clear `disk_full`).
+    /// Everything held was stored: a condition ends once that has lasted [`TROUBLE_SETTLE`].
+    /// Returns the details when a full disk ended (clear `disk_full`).
     fn drained(&mut self) -> Option<serde_json::Value> {
+        let t = self.trouble.as_mut()?;
+        let since = *t.drained_at.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() < TROUBLE_SETTLE {
+            return None;
+        }
         let t = self.trouble.take()?;
         let shed = self.held.shed();
         info!(

@@ -22,6 +22,10 @@ pub struct OfflinePolicy {
     /// A register that a meter refuses with exception 01 or 02 even when read alone is tried
     /// this many times, then no longer read (the meter does not have it).
     pub unsupported_attempts: u32,
+    /// A block limit learned from a meter is re-tried (the model's own blocks read again)
+    /// after this long, so a wrong lesson — line noise taken for a refusal — heals itself; a
+    /// true limit costs one refused read per period. Default one day.
+    pub relearn_after: Duration,
 }
 
 impl Default for OfflinePolicy {
@@ -33,6 +37,7 @@ impl Default for OfflinePolicy {
             max_probe_share: 0.10,
             probe_window: Duration::from_secs(60),
             unsupported_attempts: 3,
+            relearn_after: Duration::from_secs(86_400),
         }
     }
 }

@@ -12,14 +12,13 @@
 //! started, a status line, and watchdog keep-alives only while every task makes progress.
 
 use crate::analytics::loss::RollingLoss;
-use crate::bus::{BusEvent, Learned, OfflinePolicy, run_bus_serving};
+use crate::bus::{BusEvent, OfflinePolicy, run_bus_serving};
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::liveness::{Heartbeat, Liveness};
-use crate::model::MeterId;
-use crate::pipeline::{Fold, Writer};
+use crate::pipeline::{Fold, Held, MAX_HELD_VALUES, Shed, Writer};
 use crate::shutdown::{Shutdown, Stop};
-use crate::store::{Batch, MetaKey, SharedStore, Store, StoreLock};
+use crate::store::{MetaKey, Reserve, SharedStore, Store, StoreLock};
 use crate::uplink::command::Authority;
 use crate::uplink::contract::Topics;
 use crate::uplink::desk::run_desk;
@@ -30,16 +29,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 mod commands;
 
 /// Most bus events folded into one store transaction.
 const MAX_BATCH: usize = 1000;
-/// Readings held in memory while the store refuses commits before the gateway warns.
-const MAX_UNSAVED_READINGS: usize = 100_000;
 /// How often history is pruned and the size bound checked.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// How often the store is checked for damage while running.
+const QUICK_CHECK_EVERY: Duration = Duration::from_secs(900);
 /// How often the analytics are ticked when no bus event arrives (loss intervals close,
 /// alarm hold times elapse, days end).
 const TICK: Duration = Duration::from_secs(1);
@@ -64,11 +63,6 @@ pub enum RunError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Locked(#[from] crate::store::StoreLockError),
-    #[error("cannot create data_dir {path}: {source}")]
-    DataDir {
-        path: String,
-        source: std::io::Error,
-    },
     /// A task panicked or the store lost a batch: the gateway stopped the others in order and
     /// exits non-zero, so that systemd restarts it rather than leave it half dead.
     #[error("{0}; stopped the gateway so that it is restarted")]
@@ -100,14 +94,17 @@ pub async fn run_with_hooks(
     live: Option<watch::Sender<GatewayState>>,
     hooks: Hooks,
 ) -> Result<(), RunError> {
-    std::fs::create_dir_all(&config.gateway.data_dir).map_err(|e| RunError::DataDir {
-        path: config.gateway.data_dir.display().to_string(),
-        source: e,
-    })?;
+    // A directory that cannot be written is a clear error naming it, the cause and the remedy.
+    crate::store::check_data_dir(&config.gateway.data_dir)?;
     // One daemon per store: held until `run` returns.
     let _lock = StoreLock::acquire(&config.gateway.data_dir)?;
     let db = config.db_path();
-    let mut store = Store::open(&db, &config.store)?;
+    // A damaged store is moved aside and replaced: it must not keep the gateway down.
+    let (store, recovered) = Store::open_or_recover(&db, &config.store)?;
+    if let Some(r) = &recovered {
+        log_recovery(r);
+    }
+    let mut store = store;
     store.set_meta(&MetaKey::DaemonVersion, env!("CARGO_PKG_VERSION"))?;
     let topics = Topics::new(&config.mqtt.topic_prefix, &config.gateway.id);
     let learned = store.learned()?;
@@ -119,11 +116,17 @@ pub async fn run_with_hooks(
         &store,
         now_ms(),
     )?;
-    let mut store = store;
+    let mut writer_state = writer_state;
+    let mut restart = restart;
+    if let Some(r) = &recovered {
+        restart.append(writer_state.store_recovered(r, now_ms()));
+    }
     if !restart.is_empty() {
         store.commit(&restart)?;
     }
     let store: SharedStore = Arc::new(std::sync::Mutex::new(store));
+    // Space kept in reserve so that a full disk can be recovered from (docs/reliability.md).
+    Reserve::new(&config.gateway.data_dir).restore();
     info!(gateway = %config.gateway.id, db = %db.display(), buses = config.buses.len(),
         meters = config.meters.len(), "gateway starting");
     if !config.mqtt.tls && !crate::uplink::tls::is_loopback(&config.mqtt.host) {
@@ -326,6 +329,64 @@ fn writer_failure(end: Result<Result<(), String>, tokio::task::JoinError>) -> Op
     }
 }
 
+/// One log line for a store moved aside and replaced.
+fn log_recovery(r: &crate::store::Recovery) {
+    error!(
+        moved_to = %r.moved_to.display(),
+        cause = %r.cause,
+        "the store was damaged: moved it aside to {} (kept, never deleted) and started a fresh \
+         one; carried over {} unsent messages, {} meta entries and {} meter states; seq continues \
+         after {} ({}); reported as alarm store_recovered",
+        r.moved_to.display(),
+        r.messages_salvaged,
+        r.meta_salvaged,
+        r.meter_states_salvaged,
+        r.last_seq,
+        r.seq_source.as_str()
+    );
+}
+
+/// How often the store is checked for damage (`PRAGMA quick_check` on a connection of its
+/// own). `AMR_STORE_CHECK_EVERY_S` shortens it for tests.
+fn quick_check_every() -> Duration {
+    std::env::var("AMR_STORE_CHECK_EVERY_S")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|s| *s > 0)
+        .map_or(QUICK_CHECK_EVERY, Duration::from_secs)
+}
+
+/// Checks the store for damage — `cause` when a commit already reported it, else what a
+/// statement reported since, else (when `probe`) a quick integrity check — and when damaged,
+/// moves it aside and continues on a fresh one. Returns the recovery to report.
+async fn check_store(
+    store: &SharedStore,
+    cause: Option<String>,
+    probe: bool,
+) -> Option<crate::store::Recovery> {
+    let st = store.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
+        let cause = cause
+            .or_else(|| s.damage_seen())
+            .or_else(|| probe.then(|| s.quick_check().err()).flatten())?;
+        Some(s.recover(&cause).map_err(|e| (cause, e)))
+    })
+    .await
+    .ok()
+    .flatten()?;
+    match outcome {
+        Ok(r) => {
+            log_recovery(&r);
+            Some(r)
+        }
+        Err((cause, e)) => {
+            error!(cause = %cause, error = %e, "the store is damaged and could not be replaced");
+            None
+        }
+    }
+}
+
 /// Test hooks that make a named step of the daemon panic, to prove a failing task stops it
 /// with a non-zero exit: `AMR_FAILPOINT=store-commit` (inside a store commit) or `writer` (in
 /// the store writer's loop). Debug builds only; release builds have none.
@@ -350,53 +411,75 @@ async fn hang_point(name: &str) {
     let _ = name;
 }
 
-/// Commits `batch` (and what was learned about meters) on a blocking thread. Returns whether it was
-/// stored; failures are logged.
-/// Why [`commit`] did not store a batch.
+/// Why [`commit`] did not store a fold.
 enum NotStored {
-    /// The store refused it (disk full, I/O error): here it is back, to retry.
-    Refused(Batch, Vec<(MeterId, Learned)>),
+    /// The store refused it: here it is back, to retry, with the reason.
+    Refused(Fold, Refusal),
     /// The commit panicked and took the batch with it; the store may not be used again.
     Lost(String),
 }
 
-async fn commit(
-    store: &SharedStore,
-    batch: Batch,
-    learned: Vec<(MeterId, Learned)>,
-) -> Result<(), NotStored> {
-    let count = batch.readings.len();
+/// Why the store refused a commit.
+#[derive(Debug, Clone, PartialEq)]
+enum Refusal {
+    /// SQLITE_FULL: the filesystem (or the page limit) is full.
+    Full,
+    /// The file is damaged ("malformed"): it is moved aside and replaced.
+    Damaged(String),
+    /// Anything else (an I/O error): retried as it is.
+    Other(String),
+}
+
+/// Most readings stored in one transaction while a backlog held in memory is written: a long
+/// backlog goes in steps of a sane size, not one that needs room for all of it at once.
+const MAX_COMMIT_READINGS: usize = 2000;
+
+/// Commits a fold (its batch and what was learned about meters) on a blocking thread. On a full disk it
+/// releases the space kept in reserve and checkpoints the WAL, so the next try has room.
+async fn commit(store: &SharedStore, fold: Fold, reserve: &Reserve) -> Result<usize, NotStored> {
+    let count = fold.batch.readings.len();
     let st = store.clone();
+    let reserve = reserve.clone();
     let result = tokio::task::spawn_blocking(move || {
         let mut s = st.lock().unwrap();
         failpoint("store-commit");
         let outcome = (|| {
-            for (m, l) in &learned {
+            for (m, l) in &fold.learned {
                 s.remember(m, l)?;
             }
-            s.commit(&batch)
+            s.commit(&fold.batch)
         })();
         match outcome {
             Ok(_) => Ok(()),
             Err(e) => {
-                if e.is_full() {
-                    // Make room: pruning drops the oldest history first.
+                // ENOSPC is SQLITE_FULL mostly, but an I/O error in some places: a filesystem
+                // with no room left is a full disk whatever SQLite called it.
+                let no_room = || {
+                    let dir = s.path().parent().unwrap_or(std::path::Path::new("."));
+                    crate::store::filesystem_space(dir).is_some_and(|(_, free)| free < 64 * 1024)
+                };
+                let why = if e.is_full() || (!e.is_damage() && no_room()) {
+                    // Make room: the reserve goes, the WAL is checkpointed and cut back, and
+                    // history beyond the bounds is pruned.
+                    reserve.release();
+                    s.checkpoint();
                     let _ = s.prune(now_ms());
-                }
-                Err(Box::new((e, batch, learned)))
+                    Refusal::Full
+                } else if e.is_damage() {
+                    Refusal::Damaged(e.to_string())
+                } else {
+                    Refusal::Other(e.to_string())
+                };
+                Err(Box::new((why, fold)))
             }
         }
     })
     .await;
     match result {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(())) => Ok(count),
         Ok(Err(refused)) => {
-            let (e, batch, learned) = *refused;
-            error!(
-                error = %e,
-                "could not store a batch of {count} readings; keeping it in memory and retrying"
-            );
-            Err(NotStored::Refused(batch, learned))
+            let (why, fold) = *refused;
+            Err(NotStored::Refused(fold, why))
         }
         Err(e) => {
             // The blocking task panicked: the batch is gone with it, and the store's lock is
@@ -410,9 +493,144 @@ async fn commit(
     }
 }
 
+/// How often a lasting store refusal is summarised in the log.
+const TROUBLE_SUMMARY_EVERY: Duration = Duration::from_secs(600);
+/// How long the store must take every batch before a refusal counts as over: a disk that
+/// frees a little and fills again is one condition, not a flapping alarm.
+const TROUBLE_SETTLE: Duration = Duration::from_secs(30);
+
+/// A lasting refusal of the store (a full disk, an I/O error), for one warning when it starts,
+/// a summary every [`TROUBLE_SUMMARY_EVERY`] while it lasts and a note when it ends — not one
+/// line per batch.
+struct Trouble {
+    full: bool,
+    since: tokio::time::Instant,
+    since_ms: i64,
+    last_summary: tokio::time::Instant,
+    refusals: u64,
+    last_error: String,
+    /// Since when everything held is stored (the condition ends after [`TROUBLE_SETTLE`]).
+    drained_at: Option<tokio::time::Instant>,
+}
+
+/// The store writer's view of the store: what waits in memory and how the store is doing.
+struct StoreWatch {
+    held: Held,
+    trouble: Option<Trouble>,
+    reserve: Reserve,
+    /// Shed counts already logged.
+    shed_logged: Shed,
+}
+
+impl StoreWatch {
+    /// The store refused a fold: logs when the condition starts or a summary is due. Returns
+    /// true when a full disk started now (raise `disk_full`).
+    fn refused(&mut self, why: &Refusal) -> bool {
+        let (full, text) = match why {
+            Refusal::Full => (true, "disk full".to_string()),
+            Refusal::Damaged(e) | Refusal::Other(e) => (false, e.clone()),
+        };
+        let now = tokio::time::Instant::now();
+        match &mut self.trouble {
+            Some(t) if t.full == full => {
+                t.refusals += 1;
+                t.drained_at = None;
+                t.last_error = text;
+                if t.last_summary.elapsed() >= TROUBLE_SUMMARY_EVERY {
+                    t.last_summary = now;
+                    warn!(
+                        "the store still refuses batches ({}) after {} s: {} refusals, {} readings \
+                         held in memory, {} instantaneous values and {} readings shed so far",
+                        t.last_error,
+                        t.since.elapsed().as_secs(),
+                        t.refusals,
+                        self.held.readings(),
+                        self.held.shed().instantaneous_values,
+                        self.held.shed().readings
+                    );
+                }
+                false
+            }
+            _ => {
+                if full {
+                    warn!(
+                        "the store's filesystem is full: readings are held in memory (bounded; \
+                         instantaneous values are shed first, energy registers last) and stored \
+                         when there is room; released the space kept in reserve; free space on \
+                         the data_dir filesystem or lower [store] max_size_mb"
+                    );
+                } else {
+                    warn!(
+                        error = %text,
+                        "the store refuses batches: readings are held in memory (bounded) and \
+                         retried"
+                    );
+                }
+                self.trouble = Some(Trouble {
+                    full,
+                    since: now,
+                    since_ms: now_ms(),
+                    last_summary: now,
+                    refusals: 1,
+                    last_error: text,
+                    drained_at: None,
+                });
+                full
+            }
+        }
+    }
+
+    /// Everything held was stored: a condition ends once that has lasted [`TROUBLE_SETTLE`].
+    /// Returns the details when a full disk ended (clear `disk_full`).
+    fn drained(&mut self) -> Option<serde_json::Value> {
+        let t = self.trouble.as_mut()?;
+        let since = *t.drained_at.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() < TROUBLE_SETTLE {
+            return None;
+        }
+        let t = self.trouble.take()?;
+        let shed = self.held.shed();
+        info!(
+            "the store accepts batches again after {} s ({} refusals); everything held in memory \
+             is stored ({} instantaneous values and {} readings shed in all)",
+            t.since.elapsed().as_secs(),
+            t.refusals,
+            shed.instantaneous_values,
+            shed.readings
+        );
+        t.full.then(|| {
+            serde_json::json!({
+                "since": crate::clock::rfc3339_ms(t.since_ms),
+                "refusals": t.refusals,
+                "instantaneous_values_shed": shed.instantaneous_values,
+                "readings_shed": shed.readings,
+            })
+        })
+    }
+
+    /// Logs what shedding dropped since the last time (one line per shedding round).
+    fn log_shed(&mut self) {
+        let shed = self.held.shed();
+        if shed != self.shed_logged {
+            warn!(
+                instantaneous_values =
+                    shed.instantaneous_values - self.shed_logged.instantaneous_values,
+                readings = shed.readings - self.shed_logged.readings,
+                "memory bound reached while the store refuses batches: shed the oldest \
+                 instantaneous values (and, beyond that, whole oldest readings); {} values \
+                 and {} readings shed so far",
+                shed.instantaneous_values,
+                shed.readings
+            );
+            self.shed_logged = shed;
+        }
+    }
+}
+
 /// Folds bus events, and a tick every second, into store transactions: history, outbox
-/// messages, what was learned about meters and the analytics' output. Runs until every bus has stopped and
-/// the channel is drained, then saves the analytics' state one last time.
+/// messages, learned limits and the analytics' output. What the store refuses waits in memory
+/// (bounded, [`Held`]) and is stored oldest first when it has room again. Runs until every bus
+/// has stopped and the channel is drained, then saves the analytics' state one last time.
 async fn write_events(
     mut writer: Writer,
     store: SharedStore,
@@ -422,12 +640,22 @@ async fn write_events(
     live: Option<watch::Sender<GatewayState>>,
     heartbeat: Heartbeat,
 ) -> Result<(), String> {
+    // The space kept in reserve lives next to the store (docs/reliability.md).
+    let reserve = {
+        let s = store.lock().unwrap_or_else(|p| p.into_inner());
+        Reserve::new(s.path().parent().unwrap_or(std::path::Path::new(".")))
+    };
     let mut readings_stored = 0u64;
     let mut last_prune = tokio::time::Instant::now() - PRUNE_EVERY;
+    let check_every = quick_check_every();
+    let mut last_check = tokio::time::Instant::now();
     let mut buf = Vec::with_capacity(MAX_BATCH);
-    // A batch the store refused (disk full, I/O error): kept and retried with the next one, so
-    // nothing collected is lost while the store recovers.
-    let mut unsaved: Option<(Batch, Vec<(MeterId, Learned)>)> = None;
+    let mut watch = StoreWatch {
+        held: Held::new(MAX_HELD_VALUES),
+        trouble: None,
+        reserve,
+        shed_logged: Shed::default(),
+    };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -439,36 +667,23 @@ async fn write_events(
             break;
         }
         failpoint("writer");
-        let Fold {
-            mut batch,
-            mut learned,
-        } = writer.fold(buf.drain(..), now_ms());
-        if let Some((mut earlier, mut earlier_learned)) = unsaved.take() {
-            earlier.append(batch);
-            earlier_learned.append(&mut learned);
-            (batch, learned) = (earlier, earlier_learned);
+        let fold = writer.fold(buf.drain(..), now_ms());
+        if !fold.batch.is_empty() || !fold.learned.is_empty() {
+            watch.held.push(fold);
+            watch.log_shed();
         }
-        let count = batch.readings.len() as u64;
-        if !batch.is_empty() || !learned.is_empty() {
-            match commit(&store, batch, learned).await {
-                Ok(()) => {
-                    readings_stored += count;
-                    wake.notify_one();
-                }
-                Err(NotStored::Lost(lost)) => return Err(lost),
-                Err(NotStored::Refused(batch, learned)) => {
-                    let kept = (batch, learned);
-                    if kept.0.readings.len() > MAX_UNSAVED_READINGS {
-                        warn!(
-                            readings = kept.0.readings.len(),
-                            "the store has refused batches for a while; {} readings are held in memory only",
-                            kept.0.readings.len()
-                        );
-                    }
-                    unsaved = Some(kept);
-                }
-            }
+        // Damage a statement reported (the uplink's reads too), or found by the periodic check.
+        let probe = last_check.elapsed() >= check_every;
+        if probe {
+            last_check = tokio::time::Instant::now();
         }
+        if let Some(r) = check_store(&store, None, probe).await {
+            watch.held.push_front(Fold {
+                batch: writer.store_recovered(&r, now_ms()),
+                learned: Vec::new(),
+            });
+        }
+        readings_stored += store_held(&store, &mut watch, &mut writer, &wake).await?;
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = tokio::time::Instant::now();
             let st = store.clone();
@@ -491,8 +706,12 @@ async fn write_events(
                         );
                     }
                 }
-                Ok(Err(e)) => warn!(error = %e, "pruning the store failed"),
+                Ok(Err(e)) => debug!(error = %e, "pruning the store failed"),
                 Err(e) => return Err(task_failure("pruning the store", e)),
+            }
+            if watch.trouble.is_none() && !watch.reserve.held() {
+                let reserve = watch.reserve.clone();
+                let _ = tokio::task::spawn_blocking(move || reserve.restore()).await;
             }
         }
         if let Some(live) = &live {
@@ -508,30 +727,119 @@ async fn write_events(
         heartbeat.beat();
         hang_point("writer-hang").await;
     }
-    let mut last = writer.finish(now_ms());
-    let mut learned = Vec::new();
-    if let Some((mut earlier, earlier_learned)) = unsaved.take() {
-        earlier.append(last);
-        (last, learned) = (earlier, earlier_learned);
-    }
-    match commit(&store, last, learned).await {
-        Ok(()) => wake.notify_one(),
-        Err(NotStored::Lost(lost)) => return Err(lost),
-        Err(NotStored::Refused(batch, _)) => {
-            return Err(format!(
-                "the store refused the last batch at shutdown; {} readings were not stored",
-                batch.readings.len()
-            ));
-        }
+    watch.held.push(Fold {
+        batch: writer.finish(now_ms()),
+        learned: Vec::new(),
+    });
+    store_held(&store, &mut watch, &mut writer, &wake).await?;
+    if !watch.held.is_empty() {
+        let lost = format!(
+            "the store refused the last batches at shutdown ({}); {} readings held in memory were \
+             not stored",
+            watch
+                .trouble
+                .as_ref()
+                .map_or("unknown error", |t| t.last_error.as_str()),
+            watch.held.readings()
+        );
+        error!("{lost}");
+        return Err(lost);
     }
     Ok(())
+}
+
+/// Stores what is held, oldest first, until the store refuses; handles the refusal (a
+/// damaged store is replaced, a full disk raises `disk_full`) and the end of a condition.
+/// Returns the readings stored.
+async fn store_held(
+    store: &SharedStore,
+    watch: &mut StoreWatch,
+    writer: &mut Writer,
+    wake: &Notify,
+) -> Result<u64, String> {
+    let mut stored = 0u64;
+    let mut recovered_once = false;
+    while let Some(fold) = watch.held.take_front(MAX_COMMIT_READINGS) {
+        match commit(store, fold, &watch.reserve).await {
+            Ok(n) => {
+                stored += n as u64;
+                wake.notify_one();
+            }
+            Err(NotStored::Lost(lost)) => return Err(lost),
+            Err(NotStored::Refused(fold, why)) => {
+                watch.held.push_front(fold);
+                if let Refusal::Damaged(cause) = &why
+                    && !recovered_once
+                {
+                    recovered_once = true;
+                    if let Some(r) = check_store(store, Some(cause.clone()), false).await {
+                        watch.held.push_front(Fold {
+                            batch: writer.store_recovered(&r, now_ms()),
+                            learned: Vec::new(),
+                        });
+                        continue;
+                    }
+                }
+                if watch.refused(&why) {
+                    // The alarm goes first: with the reserve released it has room.
+                    let raise = writer.disk_full(
+                        true,
+                        serde_json::json!({"data_dir": watch.reserve_dir()}),
+                        now_ms(),
+                    );
+                    if let Ok(n) = commit(
+                        store,
+                        Fold {
+                            batch: raise.clone(),
+                            learned: Vec::new(),
+                        },
+                        &watch.reserve,
+                    )
+                    .await
+                    {
+                        stored += n as u64;
+                        wake.notify_one();
+                    } else {
+                        watch.held.push_front(Fold {
+                            batch: raise,
+                            learned: Vec::new(),
+                        });
+                    }
+                }
+                return Ok(stored);
+            }
+        }
+    }
+    if let Some(details) = watch.drained() {
+        watch.held.push(Fold {
+            batch: writer.disk_full(false, details, now_ms()),
+            learned: Vec::new(),
+        });
+        if let Some(fold) = watch.held.take_front(MAX_COMMIT_READINGS) {
+            match commit(store, fold, &watch.reserve).await {
+                Ok(_) => wake.notify_one(),
+                Err(NotStored::Lost(lost)) => return Err(lost),
+                Err(NotStored::Refused(fold, _)) => watch.held.push_front(fold),
+            }
+        }
+        let reserve = watch.reserve.clone();
+        let _ = tokio::task::spawn_blocking(move || reserve.restore()).await;
+    }
+    Ok(stored)
+}
+
+impl StoreWatch {
+    /// The data directory (where the reserve lives), for the alarm's details.
+    fn reserve_dir(&self) -> String {
+        self.reserve.dir().display().to_string()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::Reading;
-    use crate::store::MetaKey;
+    use crate::store::{Batch, MetaKey};
 
     const CONFIG: &str = r#"
 [gateway]
@@ -631,19 +939,23 @@ customers = []
                 .collect(),
             ..Default::default()
         };
-        let Err(NotStored::Refused(kept, limits)) =
-            commit(&store, batch, vec![("s".into(), Learned::BlockLimit(40))]).await
+        let reserve = Reserve::new(dir.path());
+        let fold = Fold {
+            batch,
+            learned: vec![("s".into(), crate::model::Learned::BlockLimit(40))],
+        };
+        let Err(NotStored::Refused(kept, Refusal::Full)) = commit(&store, fold, &reserve).await
         else {
             panic!("the full store refuses the batch and hands it back");
         };
-        assert_eq!(kept.readings.len(), 3000);
+        assert_eq!(kept.batch.readings.len(), 3000);
         store
             .lock()
             .unwrap()
             .connection()
             .pragma_update(None, "max_page_count", 1_000_000)
             .unwrap();
-        assert!(commit(&store, kept, limits).await.is_ok());
+        assert!(commit(&store, kept, &reserve).await.is_ok());
         let s = store.lock().unwrap();
         assert_eq!(s.history("s", 0, i64::MAX).unwrap().len(), 3000);
         assert_eq!(s.block_limits().unwrap().get("s"), Some(&40));

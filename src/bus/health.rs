@@ -22,6 +22,10 @@ pub struct OfflinePolicy {
     /// A register that a meter refuses with exception 01 or 02 even when read alone is tried
     /// this many times, then no longer read (the meter does not have it).
     pub unsupported_attempts: u32,
+    /// A block limit learned from a meter is re-tried (the model's own blocks read again)
+    /// after this long, so a wrong lesson — line noise taken for a refusal — heals itself; a
+    /// true limit costs one refused read per period. Default one day.
+    pub relearn_after: Duration,
 }
 
 impl Default for OfflinePolicy {
@@ -33,6 +37,7 @@ impl Default for OfflinePolicy {
             max_probe_share: 0.10,
             probe_window: Duration::from_secs(60),
             unsupported_attempts: 3,
+            relearn_after: Duration::from_secs(86_400),
         }
     }
 }
@@ -110,6 +115,22 @@ impl MeterHealth {
     }
 }
 
+impl MeterHealth {
+    /// The bus's device cannot be opened or has vanished: the meter cannot be reached at all,
+    /// so it is offline at once (not after `failures_to_offline` polls), with `error` (naming
+    /// the device) as its last error. Returns whether it went offline now.
+    pub fn link_lost(&mut self, error: String, policy: &OfflinePolicy) -> HealthChange {
+        self.consecutive_failures += 1;
+        self.last_error = Some(error);
+        if self.online == Some(false) {
+            return HealthChange::None;
+        }
+        self.online = Some(false);
+        self.probe_interval = policy.first_probe;
+        HealthChange::WentOffline
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +168,16 @@ mod tests {
         assert_eq!(h.probe_interval, p.first_probe);
         assert_eq!(h.timeouts, 23);
         assert_eq!(h.last_ok_ms, Some(6));
+    }
+
+    #[test]
+    fn a_lost_link_takes_the_meter_offline_at_once() {
+        let p = OfflinePolicy::default();
+        let mut h = MeterHealth::new(&p);
+        let e = "cannot open /dev/ttyUSB0: No such file or directory".to_string();
+        assert_eq!(h.link_lost(e.clone(), &p), HealthChange::WentOffline);
+        assert_eq!(h.online, Some(false));
+        assert_eq!(h.link_lost(e.clone(), &p), HealthChange::None);
+        assert_eq!(h.last_error, Some(e));
     }
 }

@@ -11,10 +11,20 @@
 //!
 //! How the plan learns what a meter accepts:
 //!
-//! - exception 03 or 04 on a block wider than one value, or silence on it while the meter still
-//!   answers a read of the block's first value: the meter's block limit is halved, the meter
-//!   re-planned, and the limit reported ([`Learned::BlockLimit`], stored by the gateway and
-//!   passed back as learned after a restart);
+//! - exception 03 or 04 on a block wider than one value (the meter's own, CRC-checked word):
+//!   the meter's block limit is halved, the meter re-planned, and the limit reported
+//!   ([`Learned::BlockLimit`], stored by the gateway and passed back as learned after a
+//!   restart);
+//! - silence on a wide block is a refusal only when the meter refuses it while answering the
+//!   narrower reads cleanly: the block's first value answers and the block is silent again
+//!   (then the narrower blocks of the new plan are read, and judged the same way) — and only on
+//!   a quiet line. A reply with a bad CRC, garbage, another unit's
+//!   reply, or a wide block that answers when re-tried is line trouble: for
+//!   [`LINE_QUIET_AFTER`] after it, silence teaches nothing (the block is read in halves for
+//!   that poll, so its values still come in);
+//! - a learned limit is re-tried after `relearn_after` ([`OfflinePolicy`], a day by default):
+//!   the model's own blocks are planned again and reported, so a wrong lesson heals itself and a
+//!   true limit costs one refused read per period;
 //! - exception 02 on a wide block: that block alone is split in two (an unmapped or missing
 //!   register inside it, or a gap the meter will not read across), down to single values;
 //! - exception 01 or 02 on a single value, `unsupported_attempts` polls in a row: the meter does
@@ -34,13 +44,17 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// A register of a model: (function, address).
 type RegisterKey = (u8, u16);
 
 /// A register range a meter refused: (function, first address, one past the last).
 type Hole = (u8, u32, u32);
+
+/// After line trouble on a meter (a bad CRC, garbage, another unit's reply, a wide block that
+/// answered when re-tried), silence on its wide blocks teaches nothing for this long.
+pub const LINE_QUIET_AFTER: Duration = Duration::from_secs(600);
 
 /// The link of a Modbus bus and the deadline rule of its transactions.
 struct ModbusLink {
@@ -87,6 +101,13 @@ struct MeterPlan {
     refused: BTreeMap<RegisterKey, u32>,
     /// Registers no longer read.
     skipped: BTreeSet<RegisterKey>,
+    /// When the block limit was last narrowed (or taken over from the store): it is re-tried
+    /// `relearn_after` later.
+    narrowed_at: Option<Instant>,
+    /// When line trouble was last seen on this meter's reads.
+    line_trouble_at: Option<Instant>,
+    /// Set by [`judge_silence`] when it narrowed the limit (reported by the poll).
+    learned_now: bool,
 }
 
 /// The Modbus driver of one bus.
@@ -94,6 +115,7 @@ pub struct ModbusDriver {
     bus: String,
     link: ModbusLink,
     unsupported_attempts: u32,
+    relearn_after: Duration,
     meters: Vec<MeterPlan>,
 }
 
@@ -146,6 +168,9 @@ impl ModbusDriver {
                     max_block,
                     refused: BTreeMap::new(),
                     skipped: BTreeSet::new(),
+                    narrowed_at: (max_block < model.max_block).then(Instant::now),
+                    line_trouble_at: None,
+                    learned_now: false,
                 })
             })
             .collect::<Result<_, String>>()?;
@@ -161,6 +186,7 @@ impl ModbusDriver {
                 timing: RtuTiming::from_serial(&bus.line),
             },
             unsupported_attempts: policy.unsupported_attempts,
+            relearn_after: policy.relearn_after,
             meters,
         })
     }
@@ -187,14 +213,20 @@ impl ModbusDriver {
     /// [`Driver::poll`] of meter `meter`.
     pub async fn poll_meter(&mut self, meter: usize, presumed_alive: bool) -> Poll {
         let (bus, attempts) = (self.bus.as_str(), self.unsupported_attempts);
-        poll_meter(
+        let relearned = self.meters[meter].relearn(self.relearn_after, bus);
+        let mut poll = poll_meter(
             &mut self.link,
             &mut self.meters[meter],
             bus,
             attempts,
             presumed_alive,
         )
-        .await
+        .await;
+        if let Some(limit) = relearned {
+            // Reported before anything this poll learned, so a true limit found again wins.
+            poll.learned.insert(0, limit);
+        }
+        poll
     }
 }
 
@@ -405,25 +437,35 @@ async fn poll_meter(
                 continue;
             }
             // Silence on a wide block from a meter that just answered (in this poll, or its
-            // last one): is the meter alive? One read of the block's first value tells.
+            // last one): the meter's limit, or a reply lost to the line? See the module doc.
             ModbusError::Timeout(_) if wide && (answered > 0 || presumed_alive) => {
-                let first = first_value(&plan.active, &block);
-                if !pause.is_zero() {
-                    tokio::time::sleep(pause).await;
-                }
-                requests += 1;
-                let sent_ms = now_ms();
-                if let Ok(words) = link.read_block(unit, &first).await {
-                    answered += 1;
-                    first_sent_ms.get_or_insert(sent_ms);
-                    if plan.take(&first, &words, &mut values, &mut done) {
-                        energy_sent_ms = Some(sent_ms);
-                    }
-                    if let Some(limit) = plan.narrow(&block, &e, bus) {
-                        learned.push(limit);
-                        i = 0;
+                let mut reads = Reads {
+                    link: &mut *link,
+                    unit,
+                    pause,
+                    requests: &mut requests,
+                };
+                match judge_silence(&mut reads, plan, &block, bus).await {
+                    Silence::Refused(words_by_part) | Silence::LineTrouble(words_by_part) => {
+                        // The block's values came in through its halves or the re-try (or
+                        // come with the narrower blocks of the new plan).
+                        answered += 1;
+                        first_sent_ms.get_or_insert(sent_ms);
+                        for (part, words) in &words_by_part {
+                            if plan.take(part, words, &mut values, &mut done) {
+                                energy_sent_ms = Some(sent_ms);
+                            }
+                        }
+                        if plan.learned_now {
+                            plan.learned_now = false;
+                            learned.push(Learned::BlockLimit(plan.max_block));
+                            i = 0;
+                        } else {
+                            i += 1;
+                        }
                         continue;
                     }
+                    Silence::Dead => {}
                 }
             }
             ModbusError::Exception { code: 1 | 2 } if !wide => {
@@ -435,6 +477,9 @@ async fn poll_meter(
                 }
             }
             _ => {}
+        }
+        if is_line_trouble(&e) {
+            plan.line_trouble_at = Some(Instant::now());
         }
         match e {
             ModbusError::Exception { .. } => {
@@ -530,8 +575,31 @@ impl MeterPlan {
             "meter rejected a block of {} registers at {}; narrowing to {}",
             block.count, block.address, new_max);
         self.max_block = new_max;
+        self.narrowed_at = Some(Instant::now());
         self.blocks = plan_around(&self.active, new_max, &self.holes());
         Some(Learned::BlockLimit(new_max))
+    }
+
+    /// A limit learned `relearn_after` ago or longer is re-tried: the model's own blocks are
+    /// planned again. Returns the limit to report (the model's) when it did.
+    fn relearn(&mut self, relearn_after: Duration, bus: &str) -> Option<Learned> {
+        let since = self.narrowed_at?;
+        if self.max_block >= self.model.max_block || since.elapsed() < relearn_after {
+            return None;
+        }
+        info!(bus = %bus, meter = %self.id, unit = self.unit.unwrap_or(0),
+            "re-trying blocks of {} registers (the model's) after a limit of {} learned {} s ago",
+            self.model.max_block, self.max_block, since.elapsed().as_secs());
+        self.max_block = self.model.max_block;
+        self.narrowed_at = None;
+        self.blocks = plan_around(&self.active, self.max_block, &self.holes());
+        Some(Learned::BlockLimit(self.max_block))
+    }
+
+    /// True when line trouble was seen on this meter within [`LINE_QUIET_AFTER`].
+    fn line_noisy(&self) -> bool {
+        self.line_trouble_at
+            .is_some_and(|t| t.elapsed() < LINE_QUIET_AFTER)
     }
 
     /// The register ranges no longer read.
@@ -582,6 +650,104 @@ impl MeterPlan {
                 .retain(|d| !self.skipped.contains(&(d.function, d.address)));
             self.active = active;
             self.blocks = plan_around(&self.active, self.max_block, &self.holes());
+        }
+    }
+}
+
+/// Errors that say the line is bad, not the meter: a garbled reply, garbage, another unit's
+/// reply.
+fn is_line_trouble(e: &ModbusError) -> bool {
+    matches!(
+        e,
+        ModbusError::BadCrc | ModbusError::Malformed(_) | ModbusError::WrongUnit { .. }
+    )
+}
+
+/// What a silence on a wide block turned out to be.
+enum Silence {
+    /// The meter refuses the block: the first value answered and the block was silent again.
+    /// The limit was narrowed (`plan.learned_now`); the new plan's narrower blocks are read
+    /// next.
+    Refused(Vec<(ReadBlock, Vec<u16>)>),
+    /// Line trouble (the re-try answered, or the line was noisy lately): the block's words, read
+    /// whole or in halves; nothing learned.
+    LineTrouble(Vec<(ReadBlock, Vec<u16>)>),
+    /// The meter does not answer even narrow reads: a failed poll.
+    Dead,
+}
+
+/// The reads [`judge_silence`] makes, with the poll's pause and request count.
+struct Reads<'a> {
+    link: &'a mut ModbusLink,
+    unit: u8,
+    pause: Duration,
+    requests: &'a mut usize,
+}
+
+impl Reads<'_> {
+    async fn read(&mut self, block: &ReadBlock) -> Result<Vec<u16>, ModbusError> {
+        if !self.pause.is_zero() {
+            tokio::time::sleep(self.pause).await;
+        }
+        *self.requests += 1;
+        self.link.read_block(self.unit, block).await
+    }
+
+    /// Reads `parts`, every one of them; `None` when one fails.
+    async fn read_all(&mut self, parts: Vec<ReadBlock>) -> Option<Vec<(ReadBlock, Vec<u16>)>> {
+        let mut out = Vec::with_capacity(parts.len());
+        for part in parts {
+            let words = self.read(&part).await.ok()?;
+            out.push((part, words));
+        }
+        Some(out)
+    }
+}
+
+/// Silence on `block` (wider than one value): a refusal only when the meter answers its first
+/// value, is silent on the block again and answers its halves, on a line quiet lately.
+async fn judge_silence(
+    reads: &mut Reads<'_>,
+    plan: &mut MeterPlan,
+    block: &ReadBlock,
+    bus: &str,
+) -> Silence {
+    let halves = split_block(&plan.active, block);
+    if plan.line_noisy() {
+        // Nothing is learned on a noisy line; the values still come in, in halves.
+        return match reads.read_all(halves).await {
+            Some(words) => Silence::LineTrouble(words),
+            None => Silence::Dead,
+        };
+    }
+    let first = first_value(&plan.active, block);
+    if reads.read(&first).await.is_err() {
+        return Silence::Dead;
+    }
+    match reads.read(block).await {
+        Ok(words) => {
+            // Answered when re-tried: the silence was the line's.
+            debug!(bus = %bus, meter = %plan.id,
+                "registers {}..{} answered when re-tried: line trouble, not the meter's limit",
+                block.address, block.end() - 1);
+            plan.line_trouble_at = Some(Instant::now());
+            Silence::LineTrouble(vec![(block.clone(), words)])
+        }
+        Err(e @ (ModbusError::Timeout(_) | ModbusError::Exception { code: 3 | 4 })) => {
+            // Silent again around a clean narrow read: the meter's limit. The narrower blocks
+            // of the new plan are read next (and judged the same way if they are silent too).
+            if plan.narrow(block, &e, bus).is_some() {
+                plan.learned_now = true;
+                Silence::Refused(Vec::new())
+            } else {
+                Silence::Dead
+            }
+        }
+        Err(e) => {
+            if is_line_trouble(&e) {
+                plan.line_trouble_at = Some(Instant::now());
+            }
+            Silence::Dead
         }
     }
 }

@@ -30,10 +30,17 @@ struct MeterSlot {
     next_due: Instant,
     health: MeterHealth,
     polls_since_state: u32,
+    /// Probe at the next turn without waiting for the probe budget: its bus (or its device)
+    /// just came back, so it most likely answers.
+    probe_now: bool,
 }
 
 /// Meter state is re-sent after this many polls even without a change.
 const STATE_EVERY_POLLS: u32 = 10;
+
+/// Longest wait between attempts to open a bus's device: a serial adapter that comes back is
+/// used again within this time.
+const MAX_OPEN_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Runs the bus until `shutdown` says stop. `learned` holds what was learned about its meters
 /// earlier (e.g. block limits from the store, [`Learned::from_block_limits`]); the driver is
@@ -114,12 +121,15 @@ async fn run_with(
                 next_due,
                 health: MeterHealth::new(&policy),
                 polls_since_state: 0,
+                probe_now: false,
             }
         })
         .collect();
     let mut budget = ProbeBudget::new(&policy, bus.timeout);
     let mut open = false;
     let mut open_backoff = Duration::from_secs(1);
+    // Since when the device cannot be opened (one warning when it starts, a note when it ends).
+    let mut device_lost_since: Option<Instant> = None;
     let mut last: Option<usize> = None;
     let ids: Vec<MeterId> = slots.iter().map(|s| s.settings.id.clone()).collect();
     let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
@@ -138,17 +148,41 @@ async fn run_with(
         if !open {
             match driver.open().await {
                 Ok(()) => {
-                    info!(bus = %bus.name, endpoint = %bus.endpoint, "bus open");
                     open = true;
                     open_backoff = Duration::from_secs(1);
+                    if let Some(since) = device_lost_since.take() {
+                        info!(bus = %bus.name, endpoint = %bus.endpoint,
+                            "bus open again after {} s; probing its meters now",
+                            since.elapsed().as_secs());
+                        // The device is back: its meters most likely answer.
+                        let now_i = Instant::now();
+                        for slot in slots.iter_mut().filter(|s| s.health.is_offline()) {
+                            slot.next_due = now_i;
+                            slot.probe_now = true;
+                        }
+                    } else {
+                        info!(bus = %bus.name, endpoint = %bus.endpoint, "bus open");
+                    }
                 }
                 Err(e) => {
-                    warn!(bus = %bus.name, endpoint = %bus.endpoint, error = %e,
-                        "cannot open bus; retrying in {} s", open_backoff.as_secs());
-                    if shutdown.sleep(open_backoff).await {
+                    let error = format!("bus device {} cannot be opened: {e}", bus.endpoint);
+                    if device_lost_since.is_none() {
+                        device_lost_since = Some(Instant::now());
+                        warn!(bus = %bus.name, endpoint = %bus.endpoint, error = %e,
+                            "cannot open bus; its meters are offline; retrying at least every \
+                             {} s", MAX_OPEN_BACKOFF.as_secs());
+                    } else {
+                        debug!(bus = %bus.name, endpoint = %bus.endpoint, error = %e,
+                            "cannot open bus; retrying in {} s", open_backoff.as_secs());
+                    }
+                    // A meter behind a device that is not there is offline: said upstream.
+                    if !mark_link_lost(&mut slots, &bus.name, &error, &policy, &events).await {
                         break;
                     }
-                    open_backoff = (open_backoff * 2).min(Duration::from_secs(60));
+                    if sleep_beating(&mut shutdown, &heartbeat, open_backoff).await {
+                        break;
+                    }
+                    open_backoff = (open_backoff * 2).min(MAX_OPEN_BACKOFF);
                     continue;
                 }
             }
@@ -167,7 +201,7 @@ async fn run_with(
                 continue;
             }
         }
-        if slots[idx].health.is_offline() {
+        if slots[idx].health.is_offline() && !slots[idx].probe_now {
             // Defer the probe while dead meters have used their share of the bus.
             let now = Instant::now();
             let at = budget.next_probe_at(now, budget.probe_cost());
@@ -184,7 +218,10 @@ async fn run_with(
             tokio::time::sleep(pause).await;
         }
         last = Some(idx);
+        // Every meter of the bus offline: a silent bus (a cut line, a dead device).
+        let bus_silent = slots.iter().all(|s| s.health.is_offline());
         let slot = &mut slots[idx];
+        slot.probe_now = false;
         let was_offline = slot.health.is_offline();
         let poll = if was_offline {
             driver.probe(idx).await
@@ -248,6 +285,18 @@ async fn run_with(
             }
         }
         on_demand.polled(idx, meter, poll.reading.as_ref(), poll.error.as_deref());
+        if bus_silent && change == HealthChange::WentOnline {
+            // A bus that went silent as a whole comes back as a whole: probe the others now,
+            // not one backoff at a time.
+            info!(bus = %bus.name, meter = %meter, "bus answers again; probing its other meters now");
+            for (i, other) in slots.iter_mut().enumerate() {
+                if i != idx && other.health.is_offline() {
+                    other.next_due = now_i;
+                    other.probe_now = true;
+                }
+            }
+        }
+        let slot = &mut slots[idx];
         if let Some(r) = poll.reading
             && events.send(BusEvent::Reading(r)).await.is_err()
         {
@@ -270,6 +319,57 @@ async fn run_with(
         }
     }
     debug!(bus = %bus.name, "bus task stopped");
+}
+
+/// The bus's device cannot be opened: every meter of it goes offline at once, its state
+/// (offline, `error` naming the device) sent upstream, so the meter_offline and area_outage
+/// alarms follow as for a silent bus. False when the channel is closed.
+async fn mark_link_lost(
+    slots: &mut [MeterSlot],
+    bus: &str,
+    error: &str,
+    policy: &OfflinePolicy,
+    events: &mpsc::Sender<BusEvent>,
+) -> bool {
+    let now = now_ms();
+    for slot in slots.iter_mut() {
+        let change = slot.health.link_lost(error.to_string(), policy);
+        if change == HealthChange::WentOffline {
+            warn!(bus = %bus, meter = %slot.settings.id, error = %error, "meter offline: its bus device is gone");
+        }
+        slot.polls_since_state += 1;
+        if change != HealthChange::None || slot.polls_since_state >= STATE_EVERY_POLLS {
+            slot.polls_since_state = 0;
+            let status = MeterStatus {
+                meter: slot.settings.id.clone(),
+                bus: bus.to_string(),
+                unit: slot.settings.unit,
+                health: slot.health.clone(),
+                change,
+                ts_ms: now,
+            };
+            if events.send(BusEvent::MeterState(status)).await.is_err() {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Sleeps `wait`, telling the watchdog the bus is alive at least every [`BEAT_EVERY`]. True
+/// when the stop signal came.
+async fn sleep_beating(shutdown: &mut Shutdown, heartbeat: &Heartbeat, wait: Duration) -> bool {
+    let end = Instant::now() + wait;
+    loop {
+        heartbeat.beat();
+        let now = Instant::now();
+        if now >= end {
+            return false;
+        }
+        if shutdown.sleep((end - now).min(BEAT_EVERY)).await {
+            return true;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -420,5 +520,135 @@ mod tests {
         let failed_polls = log.iter().filter(|l| *l == "poll 1").count();
         assert_eq!(failed_polls as u32, policy.failures_to_offline, "{log:?}");
         assert!(log.iter().any(|l| l == "probe 1"), "{log:?}");
+    }
+
+    /// A driver whose meters all answer or all stay silent together (a line cut and mended).
+    struct WholeBusDriver {
+        alive: Arc<std::sync::atomic::AtomicBool>,
+        log: Arc<Mutex<Vec<(Instant, String)>>>,
+    }
+
+    impl WholeBusDriver {
+        fn answer(&mut self, what: &str, meter: usize) -> DriverFuture<'_, Poll> {
+            self.log
+                .lock()
+                .unwrap()
+                .push((Instant::now(), format!("{what} {meter}")));
+            let alive = self.alive.load(std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                if alive {
+                    answered(&format!("m{meter}"), Vec::new(), false)
+                } else {
+                    silent()
+                }
+            })
+        }
+    }
+
+    impl Driver for WholeBusDriver {
+        fn open(&mut self) -> DriverFuture<'_, Result<(), String>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn close(&mut self) {}
+        fn poll(&mut self, meter: usize, _presumed_alive: bool) -> DriverFuture<'_, Poll> {
+            self.answer("poll", meter)
+        }
+        fn probe(&mut self, meter: usize) -> DriverFuture<'_, Poll> {
+            self.answer("probe", meter)
+        }
+        fn switch_pause(&self, _previous: Option<usize>, _meter: usize) -> Duration {
+            Duration::ZERO
+        }
+    }
+
+    /// When every meter of a bus went silent and one answers a probe again, the others are
+    /// probed at once, not each after its own backoff.
+    #[tokio::test]
+    async fn a_silent_bus_comes_back_as_a_bus() {
+        let model = Arc::new(
+            ModelLibrary::builtin()
+                .get("eastron-sdm120")
+                .unwrap()
+                .clone(),
+        );
+        let bus = BusSettings {
+            name: "b".into(),
+            protocol: Protocol::ModbusRtu,
+            endpoint: Endpoint::Serial("/dev/null".into()),
+            line: SerialLine::MODBUS_DEFAULT,
+            timeout: Duration::from_millis(50),
+            poll_interval: Duration::from_secs(1),
+            preamble: 4,
+        };
+        let meters: Vec<MeterSettings> = (0..4)
+            .map(|i| MeterSettings::modbus(format!("m{i}"), i + 1, model.clone()))
+            .collect();
+        let alive = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let driver = Box::new(WholeBusDriver {
+            alive: alive.clone(),
+            log: log.clone(),
+        });
+        let policy = OfflinePolicy {
+            first_probe: Duration::from_millis(500),
+            max_probe_share: 1.0,
+            ..OfflinePolicy::default()
+        };
+        let (tx, mut rx) = mpsc::channel(256);
+        let (stop, shutdown) = Stop::new();
+        let task = tokio::spawn(run_with(
+            driver,
+            bus,
+            meters,
+            policy,
+            tx,
+            None,
+            shutdown,
+            Heartbeat::unwatched(),
+        ));
+        let mut online = std::collections::BTreeSet::new();
+        loop {
+            let ev = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await;
+            if let Ok(Some(BusEvent::MeterState(s))) = &ev
+                && s.change == HealthChange::WentOnline
+                && alive.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                online.insert(s.meter.clone());
+                if online.len() == 4 {
+                    break;
+                }
+            }
+            // Every meter probed three times without an answer: their backoff is 4 s and
+            // growing. Then the line is mended.
+            let probes = |m: usize| {
+                log.lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(_, l): &&(Instant, String)| *l == format!("probe {m}"))
+                    .count()
+            };
+            if (0..4).all(|m| probes(m) >= 3) {
+                alive.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        stop.stop();
+        task.await.unwrap();
+        let log: Vec<String> = log.lock().unwrap().iter().map(|(_, l)| l.clone()).collect();
+        // The first call after the mend answers; among the next four calls are the probes of
+        // the three others (a full poll of the one that answered may come between). Without
+        // the rush the answering meter would be polled every second while the others wait for
+        // their backoff.
+        let probes: Vec<usize> = log
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.starts_with("probe"))
+            .map(|(i, _)| i)
+            .collect();
+        // The last four probes: the one that answered first, and the three it rushed.
+        let last_four = &probes[probes.len() - 4..];
+        assert!(
+            last_four[3] - last_four[0] <= 4,
+            "the other meters were not probed at once: {log:?}"
+        );
     }
 }

@@ -333,6 +333,16 @@ pub(super) const ALARM_KINDS: &[Table] = &[
             int("min_down_s", 1, MAX_HOLD_S, " s"),
         ],
     },
+    Table {
+        name: "store_recovered",
+        title: "[alarms.store_recovered]",
+        keys: &[flag("enabled"), severity("severity")],
+    },
+    Table {
+        name: "disk_full",
+        title: "[alarms.disk_full]",
+        keys: &[flag("enabled"), severity("severity")],
+    },
 ];
 
 /// A key that moved to the `[alarms.<kind>]` table of the one rule it sets.

@@ -156,6 +156,35 @@ impl Analytics {
         batch
     }
 
+    /// The store was damaged and replaced: the `store_recovered` event (raised and cleared)
+    /// goes into `batch` with `details` (where the old file is, what was carried over).
+    pub fn on_store_recovered(&mut self, details: Value, now_ms: i64, batch: &mut Batch) {
+        let changes = self.alarms.on_store_recovered(now_ms, details);
+        for c in &changes {
+            push_alarm_event(&self.topics, c, batch);
+        }
+        if !changes.is_empty() {
+            self.push_active_alarms(now_ms, batch);
+        }
+    }
+
+    /// The store's filesystem became full (`full`) or has room again: `disk_full` raised or
+    /// cleared (`details`: the condition's figures).
+    pub fn on_disk_full(&mut self, full: bool, details: Value, now_ms: i64, batch: &mut Batch) {
+        let gateway = self.alarms.gateway().to_string();
+        let change = if full {
+            self.alarms
+                .raise_external(AlarmKind::DiskFull, &gateway, 1.0, 0.0, details, now_ms)
+        } else {
+            self.alarms
+                .clear_external(AlarmKind::DiskFull, &gateway, 0.0, details, now_ms)
+        };
+        if let Some(c) = change {
+            push_alarm_event(&self.topics, &c, batch);
+            self.push_active_alarms(now_ms, batch);
+        }
+    }
+
     /// Judges one reading: returns its quality flag for the history (see
     /// [`crate::analytics::loss::Quality::code`]) and adds revisions of earlier readings to `batch`.
     /// Alarm events it causes are published at the next [`Analytics::on_tick`].

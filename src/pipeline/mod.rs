@@ -6,6 +6,7 @@
 //! records and the engines' snapshots of one step, to be committed in one transaction:
 //!
 //! - [`Writer`] folds a burst of bus events and a tick into one batch ([`Fold`]);
+//! - [`Held`] keeps, bounded, what the store refused until it takes it;
 //! - [`Analytics`] feeds the line-loss, alarm, voltage-quality and freeze engines and turns what
 //!   they decide into the batch (with the day's collection report and daily loss).
 //!
@@ -14,9 +15,11 @@
 //! loader; the async loop that commits its batches is the gateway's.
 
 mod analytics;
+mod held;
 mod writer;
 
 pub use analytics::{Analytics, SNAPSHOT_EVERY_MS};
+pub use held::{Held, MAX_HELD_VALUES, Shed};
 pub use writer::{Fold, Writer};
 
 use crate::analytics::alarms::{AlarmSettings, Topology};

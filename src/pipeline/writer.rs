@@ -1,8 +1,9 @@
 //! The store writer's state: folds bus events and ticks into store batches.
 
 use super::{Analytics, PipelineSettings};
+use crate::clock::rfc3339_ms;
 use crate::model::{BusEvent, Learned, MeterId};
-use crate::store::{Batch, MetaKey, MeterState, Store, StoreError};
+use crate::store::{Batch, MetaKey, MeterState, Recovery, Store, StoreError};
 use crate::uplink::contract::{Topics, meter_state_message};
 use std::collections::BTreeMap;
 
@@ -93,6 +94,35 @@ impl Writer {
         }
         self.analytics.on_tick(now_ms, batch);
         fold
+    }
+
+    /// The store was damaged and replaced: the `store_recovered` event, naming where the old
+    /// file is and what was carried over, and every snapshot (the fresh store may lack them).
+    pub fn store_recovered(&mut self, r: &Recovery, now_ms: i64) -> Batch {
+        let mut batch = Batch::default();
+        let details = serde_json::json!({
+            "cause": r.cause,
+            "moved_to": r.moved_to.display().to_string(),
+            "recovered_at": rfc3339_ms(r.at_ms),
+            "messages_salvaged": r.messages_salvaged,
+            "meta_salvaged": r.meta_salvaged,
+            "meter_states_salvaged": r.meter_states_salvaged,
+            "seq_from": r.last_seq + 1,
+            "seq_source": r.seq_source.as_str(),
+        });
+        self.analytics
+            .on_store_recovered(details, now_ms, &mut batch);
+        self.analytics.snapshot_all(now_ms, &mut batch);
+        batch
+    }
+
+    /// The store's filesystem is full (`full`) or has room again: `disk_full` raised or
+    /// cleared, in a batch of its own (`details`: what the condition cost so far).
+    pub fn disk_full(&mut self, full: bool, details: serde_json::Value, now_ms: i64) -> Batch {
+        let mut batch = Batch::default();
+        self.analytics
+            .on_disk_full(full, details, now_ms, &mut batch);
+        batch
     }
 
     /// The last batch before stopping: every snapshot and the heartbeat.

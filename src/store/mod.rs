@@ -14,6 +14,8 @@ mod commands;
 mod keys;
 mod lock;
 mod meter_state;
+mod recovery;
+mod reserve;
 mod schema;
 mod shared;
 #[cfg(test)]
@@ -23,6 +25,8 @@ pub use commands::{CommandAudit, Published};
 pub use keys::{MetaKey, RecordKind};
 pub use lock::{LOCK_FILE, StoreLock, StoreLockError};
 pub use meter_state::MeterState;
+pub use recovery::{Recovery, SeqSource, check_data_dir};
+pub use reserve::{RESERVE_FILE, Reserve, filesystem_space};
 pub use shared::{SharedStore, open_shared, with_store};
 
 use crate::clock::now_ms;
@@ -150,6 +154,20 @@ pub enum StoreError {
     },
     #[error("store {path}: {message}")]
     Other { path: String, message: String },
+    /// The file at the store's place is not the gateway's store (another program's SQLite
+    /// database, or not SQLite at all). It was not touched.
+    #[error(
+        "{path} is not an amr-gateway store ({what}); it was left untouched. Move it away, or \
+         give the gateway its own [gateway] data_dir"
+    )]
+    Foreign { path: String, what: String },
+    /// The data directory cannot be written: the store cannot live there.
+    #[error("data_dir {path} cannot be used: {cause}; {remedy}")]
+    DataDir {
+        path: String,
+        cause: String,
+        remedy: String,
+    },
 }
 
 /// What a [`Store::commit`] stored.
@@ -184,6 +202,14 @@ pub struct Store {
     conn: Connection,
     path: PathBuf,
     cfg: StoreSettings,
+    /// The highest outbox id this connection gave out (the floor for a recovery).
+    last_outbox_id: i64,
+    /// The last `seq` this connection read or gave out (None when the counter was unreadable
+    /// at open): the floor for a recovery while running.
+    last_seq_given: Option<u64>,
+    /// Set when a statement reported damage ("malformed", "not a database"): the writer
+    /// moves the file aside at its next step (see [`Store::damage_seen`]).
+    damage: std::cell::RefCell<Option<String>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -208,6 +234,8 @@ impl Store {
                 message: format!("cannot create directory {}: {e}", dir.display()),
             })?;
         }
+        // Never touch a file that is not the gateway's store: checked before WAL is switched on.
+        recovery::refuse_foreign(path)?;
         let sql = |source| StoreError::from_sqlite(&name, source);
         let mut conn = Connection::open(path).map_err(sql)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
@@ -224,11 +252,19 @@ impl Store {
         }
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sql)?;
+        // A WAL that grew during a large commit is cut back after its checkpoint, so the space
+        // returns to the filesystem (a small disk must not stay full because of it).
+        conn.pragma_update(None, "journal_size_limit", 1024 * 1024)
+            .map_err(sql)?;
         schema::migrate(&mut conn).map_err(|e| e.with_path(&name))?;
+        let last_seq_given = read_last_seq(&conn).ok();
         Ok(Store {
             conn,
             path: path.to_path_buf(),
             cfg: cfg.clone(),
+            last_outbox_id: 0,
+            last_seq_given,
+            damage: std::cell::RefCell::new(None),
         })
     }
 
@@ -364,6 +400,12 @@ impl Store {
             }
         }
         tx.commit().map_err(sql)?;
+        if let Some(last) = report.outbox_ids.last() {
+            self.last_outbox_id = self.last_outbox_id.max(*last);
+        }
+        if let Some((_, last)) = report.seq_range {
+            self.last_seq_given = Some(last);
+        }
         Ok(report)
     }
 
@@ -758,6 +800,14 @@ impl Store {
         Ok(report)
     }
 
+    /// Copies the WAL into the database file and truncates it (best effort: a reader may keep
+    /// it from completing). Frees the WAL's space after a full disk.
+    pub fn checkpoint(&self) {
+        let _ = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    }
+
     /// Raw access for tests in this crate (e.g. to simulate a full disk with `max_page_count`).
     #[cfg(test)]
     pub(crate) fn connection(&self) -> &Connection {
@@ -765,7 +815,11 @@ impl Store {
     }
 
     fn err(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::from_sqlite(&self.path.display().to_string(), source)
+        let e = StoreError::from_sqlite(&self.path.display().to_string(), source);
+        if e.is_damage() {
+            self.damage.replace(Some(e.to_string()));
+        }
+        e
     }
 }
 
@@ -786,6 +840,18 @@ impl StoreError {
     /// True when the failure was a full disk ([`StoreError::Full`]).
     pub fn is_full(&self) -> bool {
         matches!(self, StoreError::Full { .. })
+    }
+
+    /// True when SQLite found the file damaged ("database disk image is malformed", "file is
+    /// not a database"): the store is moved aside and started afresh ([`Store::recover`]).
+    pub fn is_damage(&self) -> bool {
+        match self {
+            StoreError::Sqlite { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+            ),
+            _ => false,
+        }
     }
 }
 

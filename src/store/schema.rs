@@ -203,6 +203,7 @@ impl StoreError {
                 path: path.into(),
                 message,
             },
+            other @ (StoreError::Foreign { .. } | StoreError::DataDir { .. }) => other,
         }
     }
 }

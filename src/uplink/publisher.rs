@@ -93,11 +93,14 @@ pub async fn run_with_commands(
     let mut backoff = Backoff::new(Duration::from_secs(cfg.reconnect_max_s.max(1)));
     let mut outage: Option<Outage> = None;
     refresh_backlog(&store, &state).await;
+    // Acknowledgements the store could not record yet (a full disk): kept across
+    // connections, retried, and their rows never sent again meanwhile.
+    let mut ledger = AckLedger::default();
     loop {
         if shutdown.is_stopping() {
             return;
         }
-        let mut connection = Connection::new(&cfg, &topics, &store, &wake, &state);
+        let mut connection = Connection::new(&cfg, &topics, &store, &wake, &state, &mut ledger);
         connection.commands = commands.as_ref();
         let end = connection.run(&mut shutdown).await;
         if connection.connected_once {
@@ -143,6 +146,14 @@ pub async fn run_with_commands(
     }
 }
 
+/// Acknowledged rows not yet deleted from the outbox, and since when deleting them fails
+/// (for one warning when it starts and one note when it ends).
+#[derive(Debug, Default)]
+struct AckLedger {
+    ids: Vec<i64>,
+    failing_since_ms: Option<i64>,
+}
+
 /// An ongoing outage, for one warning at its start and one note at its end.
 struct Outage {
     since_ms: i64,
@@ -173,8 +184,8 @@ struct Connection<'a> {
     fetched: VecDeque<OutboxRow>,
     /// The highest row id fetched on this connection.
     cursor: i64,
-    /// Acknowledged rows not yet deleted from the store.
-    acked: Vec<i64>,
+    /// Acknowledged rows not yet deleted from the store (kept across connections).
+    acked: &'a mut AckLedger,
     /// Where command payloads go (subscribed only when set).
     commands: Option<&'a mpsc::Sender<Vec<u8>>>,
 }
@@ -186,6 +197,7 @@ impl<'a> Connection<'a> {
         store: &'a SharedStore,
         wake: &'a Notify,
         state: &'a watch::Sender<UplinkState>,
+        acked: &'a mut AckLedger,
     ) -> Self {
         Connection {
             cfg,
@@ -199,7 +211,7 @@ impl<'a> Connection<'a> {
             in_flight: 0,
             fetched: VecDeque::new(),
             cursor: 0,
-            acked: Vec::new(),
+            acked,
             commands: None,
         }
     }
@@ -327,8 +339,8 @@ impl<'a> Connection<'a> {
 
     async fn on_acked(&mut self, id: i64) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        self.acked.push(id);
-        if self.acked.len() >= ACK_BATCH {
+        self.acked.ids.push(id);
+        if self.acked.ids.len() >= ACK_BATCH {
             self.flush_acks().await;
         }
     }
@@ -341,7 +353,18 @@ impl<'a> Connection<'a> {
                 let after = self.cursor;
                 match with_store(self.store, move |s| s.pending(after, FETCH_ROWS)).await {
                     Ok(rows) if rows.is_empty() => return,
-                    Ok(rows) => self.fetched.extend(rows),
+                    Ok(rows) => {
+                        // Rows delivered but not yet deleted are not sent again.
+                        let last = rows.last().map_or(after, |r| r.id);
+                        let delivered: std::collections::HashSet<i64> =
+                            self.acked.ids.iter().copied().collect();
+                        self.fetched
+                            .extend(rows.into_iter().filter(|r| !delivered.contains(&r.id)));
+                        if self.fetched.is_empty() {
+                            self.cursor = last;
+                            continue;
+                        }
+                    }
                     Err(e) => {
                         warn!("cannot read the outbox: {e}");
                         return;
@@ -371,13 +394,32 @@ impl<'a> Connection<'a> {
 
     /// Deletes acknowledged rows from the outbox and refreshes the summary.
     async fn flush_acks(&mut self) {
-        if !self.acked.is_empty() {
-            let ids = std::mem::take(&mut self.acked);
+        if !self.acked.ids.is_empty() {
+            let ids = std::mem::take(&mut self.acked.ids);
             let count = ids.len() as u64;
+            let tried = ids.clone();
             match with_store(self.store, move |s| s.ack(&ids)).await {
-                Ok(_) => self.state.send_modify(|s| s.acked += count),
-                // The rows stay in the outbox and will be sent again: a duplicate, not a loss.
-                Err(e) => warn!("cannot delete acknowledged rows from the outbox: {e}"),
+                Ok(_) => {
+                    self.state.send_modify(|s| s.acked += count);
+                    if let Some(since) = self.acked.failing_since_ms.take() {
+                        info!(
+                            "recorded the acknowledgements held since {} s ago; their messages \
+                             are not sent again",
+                            (now_ms() - since) / 1000
+                        );
+                    }
+                }
+                // Kept and retried: a delivered message must not be re-sent as backlog.
+                Err(e) => {
+                    self.acked.ids = tried;
+                    if self.acked.failing_since_ms.is_none() {
+                        self.acked.failing_since_ms = Some(now_ms());
+                        warn!(
+                            "cannot delete acknowledged rows from the outbox ({e}); keeping the \
+                             acknowledgements in memory and retrying"
+                        );
+                    }
+                }
             }
         }
         refresh_backlog(self.store, self.state).await;
@@ -412,7 +454,7 @@ impl<'a> Connection<'a> {
                 },
                 Event::Incoming(Packet::PubAck(ack)) => {
                     if let Some(Some(id)) = self.awaiting_ack.remove(&ack.pkid) {
-                        self.acked.push(id);
+                        self.acked.ids.push(id);
                     }
                     if Some(ack.pkid) == status_pkid && !disconnect_sent {
                         disconnect_sent = client.try_disconnect().is_ok();

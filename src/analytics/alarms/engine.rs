@@ -295,6 +295,55 @@ impl AlarmEngine {
         changes
     }
 
+    /// The gateway's store was damaged and replaced (`details`: where the old file is, what
+    /// was carried over): reported like a power off, as a raised event immediately followed by
+    /// its clear, so the headend sees one complete event; it never stands among the active
+    /// alarms (the store works again).
+    pub fn on_store_recovered(&mut self, now_ms: i64, details: Value) -> Vec<AlarmChange> {
+        let Some(timing) = self.timing(AlarmKind::StoreRecovered) else {
+            return Vec::new();
+        };
+        let raised = Alarm {
+            id: format!("{}/{}", AlarmKind::StoreRecovered.as_str(), self.gateway),
+            kind: AlarmKind::StoreRecovered,
+            subject: self.gateway.clone(),
+            subject_kind: SubjectKind::Gateway,
+            severity: timing.severity,
+            state: AlarmState::Active,
+            raised_ms: now_ms,
+            cleared_ms: None,
+            value: 1.0,
+            threshold: 0.0,
+            details,
+        };
+        let cleared = Alarm {
+            state: AlarmState::Cleared,
+            cleared_ms: Some(now_ms),
+            ..raised.clone()
+        };
+        let changes = vec![
+            AlarmChange {
+                alarm: raised,
+                transition: Transition::Raised,
+                ts_ms: now_ms,
+            },
+            AlarmChange {
+                alarm: cleared,
+                transition: Transition::Cleared,
+                ts_ms: now_ms,
+            },
+        ];
+        for c in &changes {
+            self.lifecycle.remember(c.clone());
+        }
+        changes
+    }
+
+    /// The gateway id (the subject of the gateway's own alarms).
+    pub fn gateway(&self) -> &str {
+        &self.gateway
+    }
+
     /// A verdict computed elsewhere (the line-loss engine's high_loss / negative_loss for an
     /// area): the condition holds at `ts_ms`. Goes through the same lifecycle and payload;
     /// with a non-zero `raise_after_s` the verdict must be repeated until the hold elapses.
@@ -468,6 +517,10 @@ impl AlarmEngine {
                 s.outage.clear_after_s,
             ),
             AlarmKind::PowerOff => (s.power_off.enabled, s.power_off.severity, 0, 0),
+            AlarmKind::StoreRecovered => {
+                (s.store_recovered.enabled, s.store_recovered.severity, 0, 0)
+            }
+            AlarmKind::DiskFull => (s.disk_full.enabled, s.disk_full.severity, 0, 0),
         };
         enabled.then(|| Timing::new(severity, raise, clear))
     }
@@ -1101,7 +1154,9 @@ fn external_subject_kind(kind: AlarmKind) -> SubjectKind {
     match kind {
         AlarmKind::HighLoss | AlarmKind::NegativeLoss | AlarmKind::Overload => SubjectKind::Area,
         AlarmKind::AreaOutage => SubjectKind::Area,
-        AlarmKind::PowerOff => SubjectKind::Gateway,
+        AlarmKind::PowerOff | AlarmKind::StoreRecovered | AlarmKind::DiskFull => {
+            SubjectKind::Gateway
+        }
         _ => SubjectKind::Meter,
     }
 }

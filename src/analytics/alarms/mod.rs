@@ -36,7 +36,8 @@ pub use lifecycle::ActiveAlarm;
 pub use settings::{
     AlarmSettings, CurrentUnbalanceSettings, LineLossAlarmSettings, MeterOfflineSettings,
     MeterStoppedSettings, OutageSettings, OverloadSettings, PhaseLossSettings, PowerOffSettings,
-    ReadingDownSettings, ReverseEnergySettings, RunningFastSettings, VoltageLimitSettings,
+    ReadingDownSettings, ReverseEnergySettings, RunningFastSettings, StoreFaultSettings,
+    VoltageLimitSettings,
 };
 
 use serde::{Deserialize, Serialize};
@@ -75,11 +76,16 @@ pub enum AlarmKind {
     AreaOutage,
     /// The gateway itself was off (reported at start-up).
     PowerOff,
+    /// The gateway's store was damaged: moved aside, a fresh one started (an event: raised
+    /// and cleared at once, with where the old file is and what was carried over).
+    StoreRecovered,
+    /// The store's filesystem is full: readings wait in memory (bounded) until it has room.
+    DiskFull,
 }
 
 impl AlarmKind {
     /// Every kind, in catalogue order.
-    pub const ALL: [AlarmKind; 14] = [
+    pub const ALL: [AlarmKind; 16] = [
         AlarmKind::MeterOffline,
         AlarmKind::VoltageHigh,
         AlarmKind::VoltageLow,
@@ -94,6 +100,8 @@ impl AlarmKind {
         AlarmKind::NegativeLoss,
         AlarmKind::AreaOutage,
         AlarmKind::PowerOff,
+        AlarmKind::StoreRecovered,
+        AlarmKind::DiskFull,
     ];
 
     /// The name used in topics and payloads.
@@ -113,6 +121,8 @@ impl AlarmKind {
             AlarmKind::NegativeLoss => "negative_loss",
             AlarmKind::AreaOutage => "area_outage",
             AlarmKind::PowerOff => "power_off",
+            AlarmKind::StoreRecovered => "store_recovered",
+            AlarmKind::DiskFull => "disk_full",
         }
     }
 
@@ -134,7 +144,11 @@ impl AlarmKind {
             AlarmKind::MeterStopped => Some(30),
             AlarmKind::HighLoss | AlarmKind::NegativeLoss => Some(22),
             AlarmKind::PowerOff => Some(14),
-            AlarmKind::Overload | AlarmKind::ReverseEnergy | AlarmKind::AreaOutage => None,
+            AlarmKind::Overload
+            | AlarmKind::ReverseEnergy
+            | AlarmKind::AreaOutage
+            | AlarmKind::StoreRecovered
+            | AlarmKind::DiskFull => None,
         }
     }
 }

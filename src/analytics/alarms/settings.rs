@@ -39,6 +39,10 @@ pub struct AlarmSettings {
     /// `[alarms.outage]`: area_outage.
     pub outage: OutageSettings,
     pub power_off: PowerOffSettings,
+    /// `[alarms.store_recovered]`: the store was damaged, moved aside and started afresh.
+    pub store_recovered: StoreFaultSettings,
+    /// `[alarms.disk_full]`: the store's filesystem is full.
+    pub disk_full: StoreFaultSettings,
 }
 
 impl Default for AlarmSettings {
@@ -57,6 +61,8 @@ impl Default for AlarmSettings {
             line_loss: Default::default(),
             outage: Default::default(),
             power_off: Default::default(),
+            store_recovered: Default::default(),
+            disk_full: Default::default(),
         }
     }
 }
@@ -503,6 +509,26 @@ impl Default for PowerOffSettings {
             enabled: true,
             severity: Severity::Info,
             min_down_s: 120,
+        }
+    }
+}
+
+/// `[alarms.store_recovered]` and `[alarms.disk_full]` — faults of the gateway's own store,
+/// reported the moment they are found (no hold time: the gateway itself observed them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreFaultSettings {
+    /// Default true.
+    pub enabled: bool,
+    /// Default major.
+    pub severity: Severity,
+}
+
+impl Default for StoreFaultSettings {
+    fn default() -> Self {
+        StoreFaultSettings {
+            enabled: true,
+            severity: Severity::Major,
         }
     }
 }

@@ -6,6 +6,7 @@ mod support;
 
 use amr_gateway::meter::ModelLibrary;
 use amr_gateway::sim::{self, SimConfig, SimHandle};
+use serde_json::json;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -284,5 +285,16 @@ async fn gateway_killed_while_publishing_and_restarted_loses_nothing() {
     assert!(
         states.contains(&"offline") && states.last() == Some(&"online"),
         "status: {states:?}"
+    );
+    // The last will says it is one, and names no (misleading) time.
+    let will = got
+        .iter()
+        .find(|(t, j)| t == "amr/gw1/status" && j["state"] == "offline")
+        .map(|(_, j)| j)
+        .unwrap();
+    assert_eq!(
+        (&will["last_will"], &will["ts"]),
+        (&json!(true), &json!(null)),
+        "{will}"
     );
 }

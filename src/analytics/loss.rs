@@ -288,8 +288,11 @@ pub struct LossRecord {
     /// Energy leaving it through meters: customer import + supply export, kWh.
     pub sales_kwh: f64,
     pub loss_kwh: f64,
-    /// `None` when nothing entered the area.
+    /// `None` when nothing entered the area, or when no meter was measured (see `no_loss_pct`).
     pub loss_pct: Option<f64>,
+    /// Why `loss_pct` is `None`: no meter measured, or no energy supplied.
+    #[serde(default)]
+    pub no_loss_pct: Option<String>,
     /// Share of the area's meters with reads around both boundaries, %.
     pub coverage_pct: f64,
     /// Share of the energy (all meters, import + export) that was measured rather than
@@ -709,6 +712,7 @@ impl LossEngine {
                 sales_kwh: f.sales_kwh,
                 loss_kwh: f.loss_kwh,
                 loss_pct: f.loss_pct,
+                no_loss_pct: f.no_loss_pct.map(str::to_string),
                 coverage_pct: f.coverage_pct,
                 energy_coverage_pct: f.energy_coverage_pct,
                 complete,
@@ -814,12 +818,19 @@ impl LossEngine {
     }
 }
 
+/// Why an interval has no `loss_pct`: no meter of the area was read around both of its ends.
+pub const NO_METER_MEASURED: &str = "no meter of the area was read around both ends of the \
+     interval (the gateway was off, or every meter silent): its figures are estimates, not a loss";
+/// Why an interval has no `loss_pct`: nothing entered the area.
+pub const NO_ENERGY_SUPPLIED: &str = "no energy entered the area";
+
 /// The figures of one window of one area.
 struct Figures {
     supply_kwh: f64,
     sales_kwh: f64,
     loss_kwh: f64,
     loss_pct: Option<f64>,
+    no_loss_pct: Option<&'static str>,
     coverage_pct: f64,
     energy_coverage_pct: f64,
     missing: Vec<String>,
@@ -902,7 +913,16 @@ fn figures(
         supply_kwh: supply,
         sales_kwh: sales,
         loss_kwh: loss,
-        loss_pct: (supply > 0.0).then(|| loss / supply * 100.0),
+        // No meter measured (the gateway off, every meter silent): whatever the registers'
+        // extrapolation says, there is no loss figure to give.
+        loss_pct: (supply > 0.0 && measured_meters > 0).then(|| loss / supply * 100.0),
+        no_loss_pct: if measured_meters == 0 {
+            Some(NO_METER_MEASURED)
+        } else if supply <= 0.0 {
+            Some(NO_ENERGY_SUPPLIED)
+        } else {
+            None
+        },
         coverage_pct,
         energy_coverage_pct: if all_energy > 0.0 {
             measured_energy / all_energy * 100.0

@@ -115,6 +115,21 @@ impl Topics {
         .to_string()
         .into_bytes()
     }
+
+    /// The last will, registered with the broker when the gateway connects and published by
+    /// the broker when the connection dies: `{"state": "offline", "ts": null, "last_will":
+    /// true, "version"}`. It carries no time: the moment it would name is the connection's, not
+    /// the death's (the broker's own receive time tells when it was published).
+    pub fn last_will_payload() -> Vec<u8> {
+        json!({
+            "state": "offline",
+            "ts": null,
+            "last_will": true,
+            "version": env!("CARGO_PKG_VERSION"),
+        })
+        .to_string()
+        .into_bytes()
+    }
 }
 
 /// The loss message of the contract, on `{prefix}/{gateway}/loss/{area}`, QoS 1, sequenced
@@ -128,7 +143,8 @@ impl Topics {
 /// - `sales_kwh` — energy that left it through meters: customers' import + supply meters'
 ///   export, kWh.
 /// - `loss_kwh` — `supply_kwh − sales_kwh`.
-/// - `loss_pct` — `loss_kwh / supply_kwh × 100`; `null` when nothing entered the area.
+/// - `loss_pct` — `loss_kwh / supply_kwh × 100`; `null` when nothing entered the area or no
+///   meter was measured, and then `no_loss_pct` says which (present only then).
 /// - `coverage_pct` — share of the area's meters that had reads around both boundaries, %.
 /// - `complete` — every meter had reads around both boundaries. When `false`, the missing
 ///   meters' energy was estimated from their recent rate (0 for a meter never read) and the
@@ -169,6 +185,9 @@ pub fn loss_message(topics: &Topics, rec: &LossRecord) -> Message {
         [rec.supply_kwh, rec.sales_kwh, rec.loss_kwh],
         rec.loss_pct.map_or(Value::Null, json_number),
     );
+    if let Some(why) = &rec.no_loss_pct {
+        payload.insert("no_loss_pct".into(), json!(why));
+    }
     payload.insert("coverage_pct".into(), json_number(rec.coverage_pct));
     payload.insert("complete".into(), json!(rec.complete));
     payload.insert(

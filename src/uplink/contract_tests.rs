@@ -35,6 +35,7 @@ pub(super) fn loss_record() -> LossRecord {
         sales_kwh: 11.1,
         loss_kwh: 1.245_678_9,
         loss_pct: Some(10.090_1),
+        no_loss_pct: None,
         coverage_pct: 100.0,
         energy_coverage_pct: 99.5,
         complete: true,
@@ -87,6 +88,18 @@ fn reading_payload_bytes() {
     assert_eq!(
         bytes(&m.payload),
         r#"{"meter":"m1","ts":"2026-11-18T11:06:40.123Z","values":{"energy_import_kwh":1234.56789,"power_kw":0.3,"voltage_l1_v":null}}"#
+    );
+}
+
+#[test]
+fn last_will_payload_bytes() {
+    let p = String::from_utf8(Topics::last_will_payload()).unwrap();
+    assert_eq!(
+        p,
+        format!(
+            r#"{{"last_will":true,"state":"offline","ts":null,"version":"{}"}}"#,
+            env!("CARGO_PKG_VERSION")
+        )
     );
 }
 
@@ -291,6 +304,7 @@ fn loss_message_has_the_contract_fields() {
         sales_kwh: 14.4,
         loss_kwh: 0.6,
         loss_pct: Some(4.0),
+        no_loss_pct: None,
         coverage_pct: 100.0,
         energy_coverage_pct: 100.0,
         complete: true,

@@ -478,7 +478,7 @@ fn mqtt_options(cfg: &MqttSettings, topics: &Topics) -> Result<MqttOptions, Stri
         .set_max_packet_size(1024 * 1024, 1024 * 1024)
         .set_last_will(LastWill::new(
             topics.status(),
-            Topics::status_payload(false, now_ms()),
+            Topics::last_will_payload(),
             QoS::AtLeastOnce,
             true,
         ));

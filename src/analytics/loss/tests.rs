@@ -1306,3 +1306,38 @@ fn a_silent_meter_is_not_flagged_as_stopped() {
         "{suspects:?}"
     );
 }
+
+/// Intervals of an hour the gateway was off: no meter was read around their ends, so whatever
+/// the registers' extrapolation gives is no loss figure — `loss_pct` is null and the record
+/// says why; the measured intervals around them keep theirs.
+#[test]
+fn an_interval_with_no_meter_measured_has_no_loss_figure() {
+    let model = AreaModel::new(Knobs::default(), 3.1);
+    let mut engine = LossEngine::new(vec![spec()], LossSettings::default());
+    let mut run = Run::default();
+    let hour = HOUR_MS as i64;
+    feed(&mut engine, &model, T0, T0 + hour, &mut run);
+    feed(&mut engine, &model, T0 + 2 * hour, T0 + 3 * hour, &mut run);
+    let blind: Vec<&LossRecord> = run
+        .records
+        .iter()
+        .filter(|r| r.coverage_pct == 0.0)
+        .collect();
+    assert!(!blind.is_empty(), "no interval inside the gap was closed");
+    for r in &blind {
+        assert_eq!(r.loss_pct, None, "{}", rfc3339_ms(r.start_ms));
+        assert_eq!(r.no_loss_pct.as_deref(), Some(NO_METER_MEASURED));
+    }
+    let msg = loss_message(&Topics::new("amr", "gw1"), blind[0]);
+    assert!(msg.payload["loss_pct"].is_null());
+    assert_eq!(msg.payload["no_loss_pct"], NO_METER_MEASURED);
+    let measured: Vec<&LossRecord> = run.records.iter().filter(|r| r.complete).collect();
+    assert!(!measured.is_empty());
+    assert!(
+        measured
+            .iter()
+            .all(|r| r.loss_pct.is_some() && r.no_loss_pct.is_none())
+    );
+    let msg = loss_message(&Topics::new("amr", "gw1"), measured[0]);
+    assert!(msg.payload.get("no_loss_pct").is_none());
+}

@@ -592,7 +592,7 @@ pub(super) fn meter(report: &mut Report, table: &DeTable, start: usize) -> Meter
             report.at(
                 u.span().start,
                 format!(
-                    "unit {} is outside 1..=247; set the meter's Modbus address (unit id) \
+                    "unit {} is outside 1 to 247; set the meter's Modbus address (unit id) \
                      to 1..247 and write it here",
                     u.get_ref()
                 ),

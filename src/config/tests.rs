@@ -820,7 +820,7 @@ fn unit_id_range() {
         [at(
             22,
             8,
-            "unit 248 is outside 1..=247; set the meter's Modbus address (unit id) to 1..247 and \
+            "unit 248 is outside 1 to 247; set the meter's Modbus address (unit id) to 1..247 and \
              write it here"
         )]
     );
@@ -830,7 +830,7 @@ fn unit_id_range() {
         [at(
             22,
             8,
-            "unit 0 is outside 1..=247; set the meter's Modbus address (unit id) to 1..247 and \
+            "unit 0 is outside 1 to 247; set the meter's Modbus address (unit id) to 1..247 and \
              write it here"
         )]
     );
@@ -1268,7 +1268,7 @@ customers = ["m-001", "m-002", "m-404"]
         at(
             25,
             8,
-            "unit 300 is outside 1..=247; set the meter's Modbus address (unit id) to 1..247 \
+            "unit 300 is outside 1 to 247; set the meter's Modbus address (unit id) to 1..247 \
              and write it here",
         ),
         at(

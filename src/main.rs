@@ -827,7 +827,13 @@ fn scan(link: &LinkOpts, units: &str, dir: Option<&std::path::Path>, json: bool)
                 } else {
                     print!("{}", amr_gateway::field::scan::table(&found, units.len()));
                 }
-                ExitCode::SUCCESS
+                // Nothing answered is a failed scan (a script must not take it for an empty
+                // bus that is fine).
+                if found.is_empty() {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
             }
             Err(e) => fail("scan", &e),
         }

@@ -247,6 +247,19 @@ fn scan_finds_exactly_the_simulated_units_and_guesses_their_models() {
     assert!(out.status.success(), "{}", stderr(&out));
     let table = stdout(&out);
     assert!(table.starts_with("2 of 10 unit id(s) answered"), "{table}");
+    // At the wrong baud rate the meters hear garbage: nothing answers, and scan fails.
+    let wrong: Vec<&str> = args
+        .iter()
+        .map(|a| if *a == "9600" { "19200" } else { *a })
+        .map(|a| if a == "1-10" { "5-7" } else { a })
+        .collect();
+    let out = run(&wrong);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("nothing answered"),
+        "{}",
+        stdout(&out)
+    );
     assert!(
         table
             .lines()

@@ -53,7 +53,7 @@ fn run_until_exit(
 }
 
 /// `amr-gateway run` on `config`, stderr appended to `log_path`.
-fn start(config: &Path, log_path: &Path, failpoint: Option<&str>) -> Child {
+fn start(config: &Path, log_path: &Path, failpoint: Option<&str>) -> Daemon {
     let log = std::fs::File::options()
         .create(true)
         .append(true)
@@ -69,7 +69,30 @@ fn start(config: &Path, log_path: &Path, failpoint: Option<&str>) -> Child {
     if let Some(f) = failpoint {
         cmd.env("AMR_FAILPOINT", f);
     }
-    cmd.spawn().expect("start amr-gateway run")
+    Daemon(cmd.spawn().expect("start amr-gateway run"))
+}
+
+/// A gateway process, SIGKILLed on drop: a failing test leaves none behind.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
 }
 
 fn signal(child: &Child, signal: libc::c_int) {

@@ -711,7 +711,11 @@ impl LossEngine {
                 supply_kwh: f.supply_kwh,
                 sales_kwh: f.sales_kwh,
                 loss_kwh: f.loss_kwh,
-                loss_pct: f.loss_pct,
+                // A closed interval in which no meter was measured (the gateway off, every
+                // meter silent) has no loss figure, whatever the extrapolation says.
+                loss_pct: f
+                    .loss_pct
+                    .filter(|_| f.no_loss_pct != Some(NO_METER_MEASURED)),
                 no_loss_pct: f.no_loss_pct.map(str::to_string),
                 coverage_pct: f.coverage_pct,
                 energy_coverage_pct: f.energy_coverage_pct,
@@ -913,9 +917,7 @@ fn figures(
         supply_kwh: supply,
         sales_kwh: sales,
         loss_kwh: loss,
-        // No meter measured (the gateway off, every meter silent): whatever the registers'
-        // extrapolation says, there is no loss figure to give.
-        loss_pct: (supply > 0.0 && measured_meters > 0).then(|| loss / supply * 100.0),
+        loss_pct: (supply > 0.0).then(|| loss / supply * 100.0),
         no_loss_pct: if measured_meters == 0 {
             Some(NO_METER_MEASURED)
         } else if supply <= 0.0 {

@@ -34,35 +34,9 @@ unit = 1
 model = "eastron-sdm120"
 "#;
 
+/// The one-meter gateway configuration of the daemon tests, its broker on `port`.
 fn write_config(dir: &Path, port: u16) -> PathBuf {
-    let text = format!(
-        r#"
-[gateway]
-id = "gw1"
-data_dir = "data"
-
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-
-[[bus]]
-name = "rs485"
-protocol = "modbus-rtu"
-device = "ttyRS485"
-baud = 19200
-timeout_ms = 300
-poll_interval_s = 1
-
-[[meter]]
-id = "m1"
-bus = "rs485"
-unit = 1
-model = "eastron-sdm120"
-"#
-    );
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    support::one_meter_gateway_config_on(dir, port)
 }
 
 /// A store of a few MiB of history (old data fills the middle of the file), a few unsent

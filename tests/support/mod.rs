@@ -419,7 +419,11 @@ energy_start_kwh = 1234.5
 /// A gateway configuration in `dir` reading [`ONE_METER_SIM`] every second, with a broker port
 /// where nothing listens (an unreachable broker is normal). Returns its path.
 pub fn one_meter_gateway_config(dir: &std::path::Path) -> std::path::PathBuf {
-    let port = free_port();
+    one_meter_gateway_config_on(dir, free_port())
+}
+
+/// [`one_meter_gateway_config`] with the broker on `port` (a broker the test runs).
+pub fn one_meter_gateway_config_on(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
     let text = format!(
         r#"
 [gateway]

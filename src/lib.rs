@@ -45,6 +45,7 @@
 //! - [`uplink`]: the whole MQTT contract — every topic and payload rendered in
 //!   [`uplink::contract`] from typed records — and the outbox publisher.
 //! - [`analytics`]: pure engines (line loss, alarms, voltage quality, daily and monthly freezes,
+//!   load curves,
 //!   collection success) and the domain rules they
 //!   share (the voltage band, a register that went down or stood still): readings and time in,
 //!   typed records and events out; they import only [`model`] and [`clock`].

@@ -298,3 +298,82 @@ fn status_shows_the_days_collection() {
     );
     assert!(table.contains("failed: c2"), "{table}");
 }
+
+#[test]
+fn load_curves_in_hourly_blocks_of_quarter_hours() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let topics = Topics::new("amr", "gw");
+    let mut store = Store::open(&config.db_path(), &config.store).unwrap();
+    let m1 = parse_rfc3339("2026-11-22T16:00:00Z").unwrap();
+    let t0 = m1 - HOUR;
+    let (mut writer, batch) =
+        Writer::start(&config.pipeline_settings(), topics.clone(), &store, t0).unwrap();
+    store.commit_at(&batch, t0).unwrap();
+    // c2 silent for two hours from 00:50 local.
+    let silent = |ts: i64| ts >= m1 + 50 * MIN && ts < m1 + 170 * MIN;
+    run(&mut writer, &mut store, t0, m1 + 2 * HOUR, t0, silent);
+    // A restart in the middle of a block.
+    drop(writer);
+    let (mut writer, batch) = Writer::start(
+        &config.pipeline_settings(),
+        topics.clone(),
+        &store,
+        m1 + 2 * HOUR,
+    )
+    .unwrap();
+    store.commit_at(&batch, m1 + 2 * HOUR).unwrap();
+    run(
+        &mut writer,
+        &mut store,
+        m1 + 2 * HOUR,
+        m1 + 4 * HOUR + 5 * MIN,
+        t0,
+        silent,
+    );
+
+    // The supply meter: one message an hour with four points each, 23:00 to 04:00 local (the
+    // first without 23:00: it has no read before it).
+    let s = sent(&store, "amr/gw/curve/s");
+    assert_eq!(s.len(), 5, "{s:?}");
+    for (i, block) in s.iter().enumerate() {
+        let start = t0 + i as i64 * HOUR;
+        assert_eq!(
+            block["start"],
+            amr_gateway::clock::rfc3339_ms(start),
+            "{block}"
+        );
+        assert_eq!(block["interval_min"], 15);
+        let points = block["points"].as_array().unwrap();
+        assert_eq!(points.len(), if i == 0 { 3 } else { 4 }, "{block}");
+        for p in points {
+            let ts = amr_gateway::clock::parse_rfc3339(p["ts"].as_str().unwrap()).unwrap();
+            assert_eq!((ts - start) % (15 * MIN), 0);
+            assert_eq!(p["ts"], amr_gateway::clock::rfc3339_ms(ts));
+            let e = p["energy"]["energy_import_kwh"].as_f64().unwrap();
+            assert!((e - kwh("s", ts, t0)).abs() < 1e-3, "{p}");
+            assert_eq!(p["instant"]["voltage_l1_v"], 230.0);
+        }
+        assert!(block["seq"].as_u64().is_some());
+    }
+    assert_eq!(s[1]["day"], "2026-11-23");
+
+    // c2: no points while it was silent (00:45 is the last before, 03:00 the first after).
+    let c2 = sent(&store, "amr/gw/curve/c2");
+    let points: Vec<String> = c2
+        .iter()
+        .flat_map(|b| b["points"].as_array().unwrap().clone())
+        .map(|p| p["ts"].as_str().unwrap().to_string())
+        .collect();
+    let local = |h: i64, m: i64| amr_gateway::clock::rfc3339_ms(m1 + h * HOUR + m * MIN);
+    assert!(points.contains(&local(0, 45)), "{points:?}");
+    assert!(!points.contains(&local(1, 0)), "{points:?}");
+    assert!(!points.contains(&local(2, 45)), "{points:?}");
+    assert!(points.contains(&local(3, 0)), "{points:?}");
+
+    // Kept in the store, one record per meter and block.
+    let kept = store
+        .records(RecordKind::Curve, Some("s"), 0, i64::MAX, 100)
+        .unwrap();
+    assert_eq!(kept.len(), 5);
+}

@@ -1,5 +1,6 @@
 //! Analytics over readings: line loss of areas, alarm rules, voltage quality, daily and monthly
-//! freezes with the daily loss they give (`freeze`), collection success (`collection`), and the domain
+//! freezes with the daily loss they give (`freeze`), load curves (`curve`), collection success
+//! (`collection`), and the domain
 //! rules they share (`band`: the supply voltage band; `register`: a register that went down or
 //! stood still while load flowed).
 //!
@@ -12,6 +13,7 @@
 pub mod alarms;
 pub mod band;
 pub mod collection;
+pub mod curve;
 pub mod freeze;
 pub mod loss;
 pub mod register;

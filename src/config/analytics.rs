@@ -15,6 +15,7 @@
 //! that names the replacement; the loader hands each rule to both engines.
 
 use crate::analytics::alarms::AlarmSettings;
+use crate::analytics::curve::CurveSettings;
 use crate::analytics::freeze::FreezeSettings;
 use crate::analytics::loss::LossSettings;
 use crate::analytics::voltage::VoltageQualitySettings;
@@ -171,6 +172,17 @@ pub(super) const FREEZE: Table = Table {
     name: "freeze",
     title: "[freeze]",
     keys: &[int("max_extrapolate_s", 0, 86_400, " s")],
+};
+
+pub(super) const CURVE: Table = Table {
+    name: "curve",
+    title: "[curve]",
+    keys: &[
+        flag("enabled"),
+        int("interval_min", 1, 60, " min"),
+        int("block_min", 1, 1440, " min"),
+        int("max_bridge_s", 60, 86_400, " s"),
+    ],
 };
 
 /// `[alarms]` itself (its kinds' tables are [`ALARM_KINDS`]).
@@ -460,6 +472,21 @@ pub(super) fn voltage_quality(
 /// timezone` and `[collection] report_at`.
 pub(super) fn freeze(report: &mut Report, table: &DeTable, start: usize) -> FreezeSettings {
     engine_table(report, table, start, &FREEZE).0
+}
+
+/// `[curve]`; its zone is filled in by the loader from `[gateway] timezone`. Minutes that make
+/// no grid (an interval that does not divide the hour, a block that is not a whole number of
+/// intervals or does not divide the day) are a problem at the table.
+pub(super) fn curve(report: &mut Report, table: &DeTable, start: usize) -> CurveSettings {
+    let settings: CurveSettings = engine_table(report, table, start, &CURVE).0;
+    if let Some(problem) = settings.problem() {
+        let at = table
+            .get("interval_min")
+            .or_else(|| table.get("block_min"))
+            .map_or(start, |v| v.span().start);
+        report.at(at, format!("[curve] {problem}"));
+    }
+    settings
 }
 
 /// An engine's own table: its settings from the checked keys, and the moved keys apart.

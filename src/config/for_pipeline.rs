@@ -4,6 +4,7 @@
 use super::{AreaConfig, Config, MeterConfig};
 use crate::analytics::alarms::{AreaRef, MeterRef, Topology};
 use crate::analytics::collection::{CollectionGroup, GroupKind};
+use crate::analytics::curve::CurveSettings;
 use crate::analytics::freeze::FreezeSettings;
 use crate::analytics::loss::AreaSpec;
 use crate::analytics::voltage::VoltageQualitySettings;
@@ -35,6 +36,10 @@ impl Config {
                 zone: self.gateway.timezone.clone(),
                 decide_after_s: self.collection.report_at_s,
                 ..self.freeze.clone()
+            },
+            curve: CurveSettings {
+                zone: self.gateway.timezone.clone(),
+                ..self.curve.clone()
             },
             collection: self.collection.clone(),
             collection_groups: collection_groups(self),

@@ -28,6 +28,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("alarms", "[alarms]"),
     ("voltage_quality", "[voltage_quality]"),
     ("freeze", "[freeze]"),
+    ("curve", "[curve]"),
     ("collection", "[collection]"),
     ("command_key", "[[command_key]]"),
     ("commands", "[commands]"),
@@ -142,6 +143,10 @@ fn load_text(text: &str, path: &Path, base: ModelLibrary) -> Result<Config, Conf
         Some((t, start)) => analytics::freeze(&mut report, t, start),
         None => Default::default(),
     };
+    let curve = match table(&mut report, root, "curve") {
+        Some((t, start)) => analytics::curve(&mut report, t, start),
+        None => Default::default(),
+    };
     let collection = match table(&mut report, root, "collection") {
         Some((t, start)) => sections::collection(&mut report, t, start),
         None => Default::default(),
@@ -186,6 +191,7 @@ fn load_text(text: &str, path: &Path, base: ModelLibrary) -> Result<Config, Conf
             alarms: alarms.settings,
             voltage_quality,
             freeze,
+            curve,
             collection,
             models,
             commands,

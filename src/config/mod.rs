@@ -77,6 +77,8 @@ pub struct Config {
     /// decision time from `[collection] report_at`, filled in by
     /// [`Config::pipeline_settings`]).
     pub freeze: crate::analytics::freeze::FreezeSettings,
+    /// `[curve]`: load curves (their zone from `[gateway] timezone`).
+    pub curve: crate::analytics::curve::CurveSettings,
     /// `[collection]`: when the day's collection report goes out.
     pub collection: crate::analytics::collection::CollectionSettings,
     /// The meter models available to this configuration (built-in plus `models_dir`).

@@ -391,6 +391,39 @@ fn freeze_and_collection_keys_reach_the_freeze_engine() {
 }
 
 #[test]
+fn curve_keys_reach_the_curve_engine_and_a_grid_that_cannot_be_is_refused() {
+    let text = format!(
+        "{}\n[curve]\ninterval_min = 5\nblock_min = 30\nmax_bridge_s = 900\n",
+        edit(
+            "data_dir = \"data\"",
+            "data_dir = \"data\"\ntimezone = \"Asia/Shanghai\""
+        )
+    );
+    let p = parse(&text).unwrap().pipeline_settings();
+    assert_eq!((p.curve.interval_min, p.curve.block_min), (5, 30));
+    assert_eq!(p.curve.max_bridge_s, 900);
+    assert!(p.curve.enabled);
+    assert_eq!(p.curve.zone.name(), "Asia/Shanghai");
+    assert_eq!(parse(BASE).unwrap().curve.interval_min, 15);
+
+    let text = format!("{BASE}\n[curve]\ninterval_min = 7\n");
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("interval_min"))
+        .unwrap()
+        + 1;
+    assert_eq!(
+        problems(&text),
+        [at(
+            line,
+            16,
+            "[curve] interval_min 7 does not divide the hour; use 1, 2, 3, 4, 5, 6, 10, 12, \
+             15, 20, 30 or 60"
+        )]
+    );
+}
+
+#[test]
 fn single_bracket_for_a_repeated_section() {
     let text = format!("{BASE}\n[area]\nid = \"a\"\n");
     assert_eq!(

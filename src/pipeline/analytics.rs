@@ -33,6 +33,7 @@
 use super::PipelineSettings;
 use crate::analytics::alarms::{AlarmChange, AlarmEngine, AlarmKind, AlarmSnapshot};
 use crate::analytics::collection::{self, CollectionGroup};
+use crate::analytics::curve::{CurveEngine, CurveSnapshot};
 use crate::analytics::freeze::{FreezeEngine, FreezeEvent, FreezeKind, FreezeSnapshot};
 use crate::analytics::loss::AreaSpec;
 use crate::analytics::loss::{
@@ -44,8 +45,8 @@ use crate::model::Reading;
 use crate::store::{Batch, Message, MetaKey, QualityRevision, Record, RecordKind};
 use crate::uplink::contract::{
     Topics, active_alarms_list, active_alarms_message, alarm_message, area_voltage_month_message,
-    collection_message, daily_loss_message, freeze_message, loss_message, loss_verdict_details,
-    rolling_loss_body, voltage_day_message, voltage_month_message,
+    collection_message, curve_message, daily_loss_message, freeze_message, loss_message,
+    loss_verdict_details, rolling_loss_body, voltage_day_message, voltage_month_message,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -84,6 +85,7 @@ pub struct Analytics {
     alarms: AlarmEngine,
     voltage: VoltageQuality,
     freeze: FreezeEngine,
+    curve: CurveEngine,
     areas: Vec<AreaSpec>,
     groups: Vec<CollectionGroup>,
     topics: Topics,
@@ -96,6 +98,8 @@ pub struct Analytics {
     loss_changed: bool,
     voltage_changed: bool,
     freeze_changed: bool,
+    /// The curve engine took a reading or sent a block since its snapshot was written.
+    curve_changed: bool,
 }
 
 impl Analytics {
@@ -106,6 +110,7 @@ impl Analytics {
             alarms: AlarmEngine::new(settings.alarms.clone(), settings.topology.clone()),
             voltage: VoltageQuality::new(settings.voltage.clone()),
             freeze: FreezeEngine::new(settings.freeze.clone(), settings.models.keys().cloned()),
+            curve: CurveEngine::new(settings.curve.clone(), settings.models.keys().cloned()),
             areas: settings.areas.clone(),
             groups: settings.collection_groups.clone(),
             topics,
@@ -116,6 +121,7 @@ impl Analytics {
             loss_changed: false,
             voltage_changed: false,
             freeze_changed: false,
+            curve_changed: false,
         }
     }
 
@@ -143,6 +149,9 @@ impl Analytics {
         }
         if let Some(snapshot) = parse::<FreezeSnapshot>(&meta, &MetaKey::FreezeEngine) {
             self.freeze.restore(snapshot);
+        }
+        if let Some(snapshot) = parse::<CurveSnapshot>(&meta, &MetaKey::CurveEngine) {
+            self.curve.restore(snapshot);
         }
         let last_alive = meta(&MetaKey::LastAlive).and_then(|v| v.parse::<i64>().ok());
         changes.extend(self.alarms.on_start(now_ms, last_alive));
@@ -202,6 +211,8 @@ impl Analytics {
         self.voltage.on_reading(r);
         if verdict.quality.code() == 0 {
             self.freeze.on_reading(r);
+            self.curve.on_reading(r);
+            self.curve_changed = true;
         }
         verdict.quality.code()
     }
@@ -225,6 +236,10 @@ impl Analytics {
         }
         self.push_voltage_months(batch);
         self.tick_freeze(now_ms, batch);
+        for b in self.curve.on_tick(now_ms) {
+            let m = curve_message(&self.topics, &b);
+            push_kept(batch, RecordKind::Curve, &b.meter, b.start_ms, m);
+        }
         self.write_rolling(batch);
 
         let changes = std::mem::take(&mut self.changes);
@@ -261,6 +276,11 @@ impl Analytics {
                     .meta
                     .push((MetaKey::FreezeEngine, json_of(&self.freeze.snapshot())));
             }
+            if self.curve_changed {
+                batch
+                    .meta
+                    .push((MetaKey::CurveEngine, json_of(&self.curve.snapshot())));
+            }
             if !batch.is_empty() {
                 batch.meta.push((MetaKey::LastAlive, now_ms.to_string()));
             }
@@ -268,6 +288,7 @@ impl Analytics {
         self.loss_changed = false;
         self.voltage_changed = false;
         self.freeze_changed = false;
+        self.curve_changed = false;
     }
 
     /// Adds every snapshot and the heartbeat to `batch` (also at shutdown).
@@ -284,6 +305,9 @@ impl Analytics {
         batch
             .meta
             .push((MetaKey::FreezeEngine, json_of(&self.freeze.snapshot())));
+        batch
+            .meta
+            .push((MetaKey::CurveEngine, json_of(&self.curve.snapshot())));
         batch.meta.push((MetaKey::LastAlive, now_ms.to_string()));
         self.last_snapshot_ms = Some(now_ms);
     }
@@ -313,6 +337,9 @@ impl Analytics {
     }
     pub fn freeze(&self) -> &FreezeEngine {
         &self.freeze
+    }
+    pub fn curve(&self) -> &CurveEngine {
+        &self.curve
     }
 
     /// The voltage-quality months completed at this tick, per meter's phase and per area.

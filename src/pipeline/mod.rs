@@ -44,6 +44,8 @@ pub struct PipelineSettings {
     pub models: BTreeMap<String, String>,
     /// Daily and monthly freezes of every configured meter (its zone and decision time).
     pub freeze: FreezeSettings,
+    /// Load curves of every configured meter (its zone).
+    pub curve: crate::analytics::curve::CurveSettings,
     /// When the day's collection report goes out.
     pub collection: CollectionSettings,
     /// The buses and areas the collection success is reported for, in configuration order.

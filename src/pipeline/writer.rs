@@ -45,6 +45,7 @@ impl Writer {
             MetaKey::AlarmEngine,
             MetaKey::VoltageEngine,
             MetaKey::FreezeEngine,
+            MetaKey::CurveEngine,
             MetaKey::LastAlive,
         ] {
             if let Some(v) = store.meta(&key)? {

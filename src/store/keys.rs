@@ -28,11 +28,14 @@ pub enum RecordKind {
     /// An area's daily line loss from the freezes (subject: the area; ts: the day's end;
     /// body: the payload).
     LossDay,
+    /// A block of a meter's load curve (subject: the meter; ts: the block's start; body: the
+    /// curve payload).
+    Curve,
 }
 
 impl RecordKind {
     /// Every kind.
-    pub const ALL: [RecordKind; 8] = [
+    pub const ALL: [RecordKind; 9] = [
         RecordKind::Loss,
         RecordKind::Alarm,
         RecordKind::VoltageDay,
@@ -41,6 +44,7 @@ impl RecordKind {
         RecordKind::Collection,
         RecordKind::LossDay,
         RecordKind::VoltageMonth,
+        RecordKind::Curve,
     ];
 
     /// The name in the `kind` column.
@@ -54,6 +58,7 @@ impl RecordKind {
             RecordKind::Collection => "collection",
             RecordKind::LossDay => "loss_day",
             RecordKind::VoltageMonth => "voltage_month",
+            RecordKind::Curve => "curve",
         }
     }
 
@@ -64,7 +69,9 @@ impl RecordKind {
         match self {
             RecordKind::FreezeDay | RecordKind::Collection | RecordKind::LossDay => Some(62),
             RecordKind::FreezeMonth | RecordKind::VoltageMonth => Some(731),
-            RecordKind::Loss | RecordKind::Alarm | RecordKind::VoltageDay => None,
+            RecordKind::Loss | RecordKind::Alarm | RecordKind::VoltageDay | RecordKind::Curve => {
+                None
+            }
         }
     }
 
@@ -92,6 +99,8 @@ pub enum MetaKey {
     VoltageEngine,
     /// `analytics/freeze`: the freeze engine's snapshot.
     FreezeEngine,
+    /// `analytics/curve`: the load-curve engine's snapshot.
+    CurveEngine,
     /// `gateway/last_alive_ms`: ms since the epoch of the last committed batch.
     LastAlive,
     /// `alarms/active`: the active alarms (JSON array, as in the retained `alarm/active`
@@ -125,6 +134,7 @@ impl MetaKey {
             MetaKey::AlarmEngine => "analytics/alarms".into(),
             MetaKey::VoltageEngine => "analytics/voltage".into(),
             MetaKey::FreezeEngine => "analytics/freeze".into(),
+            MetaKey::CurveEngine => "analytics/curve".into(),
             MetaKey::LastAlive => "gateway/last_alive_ms".into(),
             MetaKey::ActiveAlarms => "alarms/active".into(),
             MetaKey::LossRolling(area) => format!("loss_rolling/{area}"),

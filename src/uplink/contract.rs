@@ -8,6 +8,7 @@
 
 use crate::analytics::alarms::{Alarm, AlarmChange, Transition};
 use crate::analytics::collection::{CollectionReport, GroupKind, GroupSuccess};
+use crate::analytics::curve::CurveBlock;
 use crate::analytics::freeze::{DailyLoss, FreezeRecord};
 use crate::analytics::loss::{LossRecord, LossVerdict, RollingLoss};
 use crate::analytics::voltage::{AreaMonth, DayRecord, MonthRecord};
@@ -70,6 +71,10 @@ impl Topics {
     /// A meter's daily and monthly freezes.
     pub fn freeze(&self, meter: &str) -> String {
         format!("{}/freeze/{meter}", self.base())
+    }
+    /// A meter's load curve, a block at a time.
+    pub fn curve(&self, meter: &str) -> String {
+        format!("{}/curve/{meter}", self.base())
     }
     /// The day's collection success.
     pub fn collection(&self) -> String {
@@ -502,6 +507,49 @@ pub fn freeze_message(topics: &Topics, f: &FreezeRecord) -> Message {
             "before": ts(f.before_ms),
             "after": ts(f.after_ms),
             "late": f.late,
+        }),
+        qos: 1,
+        retain: false,
+        sequenced: true,
+    }
+}
+
+/// A block of a meter's load curve on `{prefix}/{gateway}/curve/{meter}`: QoS 1, sequenced
+/// (the store adds `"seq"`), one message per meter and block (`[curve] block_min`).
+///
+/// Payload: `{"meter", "start", "end" (the block, RFC 3339 UTC; end exclusive), "day" (the
+/// local date of its start), "interval_min", "points": [{"ts" (the curve point, RFC 3339 UTC),
+/// "energy": {QUANTITY: number} (the energy registers at the point, interpolated between the
+/// reads around it), "instant": {QUANTITY: number} (voltages, currents, powers, power factor,
+/// frequency of the read nearest the point), "instant_ts" (when that read was taken)}]}`. A
+/// point the meter was silent over is absent from `points`.
+pub fn curve_message(topics: &Topics, b: &CurveBlock) -> Message {
+    let numbers = |m: &std::collections::BTreeMap<String, f64>| -> Map<String, Value> {
+        m.iter()
+            .map(|(k, v)| (k.clone(), json_number(*v)))
+            .collect()
+    };
+    let points: Vec<Value> = b
+        .points
+        .iter()
+        .map(|p| {
+            json!({
+                "ts": rfc3339_ms(p.ts_ms),
+                "energy": numbers(&p.energy),
+                "instant": numbers(&p.instant),
+                "instant_ts": rfc3339_ms(p.instant_ts_ms),
+            })
+        })
+        .collect();
+    Message {
+        topic: topics.curve(&b.meter),
+        payload: json!({
+            "meter": b.meter,
+            "start": rfc3339_ms(b.start_ms),
+            "end": rfc3339_ms(b.end_ms),
+            "day": b.day,
+            "interval_min": b.interval_min,
+            "points": points,
         }),
         qos: 1,
         retain: false,

@@ -378,6 +378,39 @@ fn freeze_payload_bytes() {
 }
 
 #[test]
+fn curve_payload_bytes() {
+    use crate::analytics::curve::{CurveBlock, CurvePoint};
+    // 2026-11-23 00:00..01:00 in Asia/Shanghai, one point taken.
+    let b = CurveBlock {
+        meter: "m1".into(),
+        start_ms: 1_795_363_200_000,
+        end_ms: 1_795_366_800_000,
+        day: "2026-11-23".into(),
+        interval_min: 15,
+        points: vec![CurvePoint {
+            ts_ms: 1_795_364_100_000,
+            energy: [("energy_import_kwh".to_string(), 10.25)]
+                .into_iter()
+                .collect(),
+            instant: [
+                ("power_kw".to_string(), 1.5),
+                ("voltage_l1_v".to_string(), 229.96),
+            ]
+            .into_iter()
+            .collect(),
+            instant_ts_ms: 1_795_364_105_000,
+        }],
+    };
+    let m = curve_message(&topics(), &b);
+    assert_eq!(m.topic, "amr/gw1/curve/m1");
+    assert_eq!((m.qos, m.retain, m.sequenced), (1, false, true));
+    assert_eq!(
+        bytes(&m.payload),
+        r#"{"day":"2026-11-23","end":"2026-11-22T17:00:00.000Z","interval_min":15,"meter":"m1","points":[{"energy":{"energy_import_kwh":10.25},"instant":{"power_kw":1.5,"voltage_l1_v":229.96},"instant_ts":"2026-11-22T16:15:05.000Z","ts":"2026-11-22T16:15:00.000Z"}],"start":"2026-11-22T16:00:00.000Z"}"#
+    );
+}
+
+#[test]
 fn collection_and_daily_loss_payload_bytes() {
     use crate::analytics::collection::{CollectionReport, GroupKind, GroupSuccess};
     use crate::analytics::freeze::DailyLoss;

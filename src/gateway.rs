@@ -694,8 +694,17 @@ async fn write_events(
                     if r.dropped_messages > 0 {
                         warn!(
                             dropped = r.dropped_messages,
-                            "store full ([store] max_size_mb): dropped the {} oldest unsent messages",
+                            "store full ([store] max_size_mb): dropped the {} oldest unsent messages \
+                             (real-time ones before billing data)",
                             r.dropped_messages
+                        );
+                    }
+                    if r.dropped_records > 0 {
+                        warn!(
+                            dropped = r.dropped_records,
+                            "store full ([store] max_size_mb): deleted the {} oldest kept records \
+                             (alarm events and voltage days before curves, loss and freezes)",
+                            r.dropped_records
                         );
                     }
                     if r.evicted_readings > 0 {

@@ -377,3 +377,125 @@ fn load_curves_in_hourly_blocks_of_quarter_hours() {
         .unwrap();
     assert_eq!(kept.len(), 5);
 }
+
+/// What a day of one meter costs in the store: run with
+/// `cargo test --release --test daily_business store_sizing -- --ignored --nocapture`.
+/// Ten three-phase meters read every minute for two local days through the store writer, every
+/// message delivered (the outbox emptied as the broker's acknowledgements would); then the
+/// bytes of each table and index (SQLite's `dbstat`), apportioned per reading, per record kind
+/// and per recall copy. docs/benchmarks.md records the figures.
+#[test]
+#[ignore]
+fn store_sizing() {
+    const METERS: usize = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from(
+        "[gateway]\nid = \"gw\"\ndata_dir = \"data\"\ntimezone = \"Asia/Shanghai\"\n\n\
+         [mqtt]\nhost = \"127.0.0.1\"\n\n[[bus]]\nname = \"rs485-1\"\nprotocol = \"modbus-rtu\"\n\
+         device = \"/dev/null\"\n",
+    );
+    for i in 0..METERS {
+        text.push_str(&format!(
+            "\n[[meter]]\nid = \"m{i}\"\nbus = \"rs485-1\"\nunit = {}\nmodel = \"eastron-sdm630\"\n",
+            i + 1
+        ));
+    }
+    text.push_str("\n[[area]]\nid = \"T1\"\nsupply = [\"m0\"]\ncustomers = [");
+    text.push_str(
+        &(1..METERS)
+            .map(|i| format!("\"m{i}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    text.push_str("]\n");
+    let config = load_str(&text, &dir.path().join("amr.toml")).expect("sizing configuration");
+    let topics = Topics::new("amr", "gw");
+    let mut store = Store::open(&config.db_path(), &config.store).unwrap();
+    let m1 = parse_rfc3339("2026-11-22T16:00:00Z").unwrap();
+    let (t0, days) = (m1 - HOUR, 2);
+    let (mut writer, batch) =
+        Writer::start(&config.pipeline_settings(), topics, &store, t0).unwrap();
+    store.commit_at(&batch, t0).unwrap();
+    let mut t = t0;
+    let mut readings = 0u64;
+    while t < t0 + days * 24 * HOUR {
+        let mut events = Vec::new();
+        for i in 0..METERS {
+            let ts = t + 1_000 * i as i64;
+            let h = (ts - t0) as f64 / HOUR as f64;
+            let kw = if i == 0 { 55.0 } else { 5.0 + i as f64 * 0.1 };
+            let values: BTreeMap<String, f64> = amr_gateway::model::QUANTITIES
+                .iter()
+                .map(|q| {
+                    let v = match *q {
+                        q if q.starts_with("energy_import") => 1000.0 + kw * h,
+                        q if q.ends_with("_kwh") || q.ends_with("_kvarh") => 12.5,
+                        q if q.starts_with("voltage") => 229.7 + (ts % 7) as f64 * 0.1,
+                        "frequency_hz" => 49.98,
+                        "power_factor" => 0.97,
+                        _ => kw / 3.0 + (ts % 5) as f64 * 0.01,
+                    };
+                    (q.to_string(), v)
+                })
+                .collect();
+            events.push(BusEvent::Reading(amr_gateway::model::Reading {
+                meter: format!("m{i}"),
+                ts_ms: ts,
+                values,
+            }));
+            readings += 1;
+        }
+        let now = t + MIN - 1;
+        let fold = writer.fold(events, now);
+        store.commit_at(&fold.batch, now).unwrap();
+        t += MIN;
+    }
+    drop(store);
+    let conn = rusqlite::Connection::open(config.db_path()).unwrap();
+    conn.execute("DELETE FROM outbox", []).unwrap();
+    conn.execute_batch("VACUUM").unwrap();
+    let bytes = |name: &str| -> f64 {
+        conn.query_row(
+            "SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name = ?1 \
+             OR name IN (SELECT name FROM sqlite_master WHERE tbl_name = ?1 AND type = 'index')",
+            [name],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap() as f64
+    };
+    println!("{METERS} meters, {days} days, {readings} readings");
+    let history = bytes("history");
+    println!(
+        "history: {:.0} bytes per reading ({:.1} MB per meter-day at 1 read/min)",
+        history / readings as f64,
+        history / readings as f64 * 1440.0 / 1e6
+    );
+    // Records: the record table's bytes shared out by each kind's share of the body bytes.
+    let record = bytes("record");
+    let mut stmt = conn
+        .prepare("SELECT kind, COUNT(*), SUM(length(body_json)) FROM record GROUP BY kind")
+        .unwrap();
+    let kinds: Vec<(String, i64, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let body_total: i64 = kinds.iter().map(|k| k.2).sum();
+    for (kind, count, body) in &kinds {
+        let share = record * *body as f64 / body_total as f64;
+        println!(
+            "record {kind}: {count} records, {:.0} bytes each, {:.1} kB per meter-day",
+            share / *count as f64,
+            share / (METERS as f64 * days as f64) / 1e3
+        );
+    }
+    let published = bytes("published");
+    let copies: i64 = conn
+        .query_row("SELECT COUNT(*) FROM published", [], |r| r.get(0))
+        .unwrap();
+    println!(
+        "published (recall copies): {copies} copies, {:.0} bytes each, {:.1} MB per meter-day",
+        published / copies as f64,
+        published / (METERS as f64 * days as f64) / 1e6
+    );
+}

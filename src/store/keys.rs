@@ -47,6 +47,22 @@ impl RecordKind {
         RecordKind::Curve,
     ];
 
+    /// The order in which records go when the store is over its size bound (after the
+    /// history, the recall copies and the unsent real-time messages): real-time kinds first,
+    /// then the billing data — curves (the bulk of it) before loss intervals, and the small
+    /// daily and monthly figures last.
+    pub const BY_PRUNE_ORDER: [RecordKind; 9] = [
+        RecordKind::Alarm,
+        RecordKind::VoltageDay,
+        RecordKind::Curve,
+        RecordKind::Loss,
+        RecordKind::VoltageMonth,
+        RecordKind::Collection,
+        RecordKind::LossDay,
+        RecordKind::FreezeDay,
+        RecordKind::FreezeMonth,
+    ];
+
     /// The name in the `kind` column.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -78,6 +94,59 @@ impl RecordKind {
     /// The kind named `name` in the `kind` column.
     pub fn from_name(name: &str) -> Option<RecordKind> {
         RecordKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+/// True for the topics of billing data — freezes, load curves, loss (intervals and days) and
+/// collection reports: `{prefix}/{gateway}/freeze/{meter}`, `…/curve/{meter}`,
+/// `…/loss/{area}`, `…/loss/{area}/day`, `…/collection`. A store over its size bound drops
+/// unsent messages of every other topic first.
+pub fn is_billing_topic(topic: &str) -> bool {
+    let levels: Vec<&str> = topic.rsplit('/').take(3).collect();
+    match levels.as_slice() {
+        ["day", _, "loss"] => true,
+        // `…/{kind}/collection` is a meter, area or alarm subject named `collection`.
+        ["collection", kind, parent] => {
+            !matches!(
+                *kind,
+                "reading" | "freeze" | "curve" | "loss" | "voltage" | "meter"
+            ) && !matches!(*parent, "alarm" | "voltage")
+        }
+        [_, kind, ..] => matches!(*kind, "freeze" | "curve" | "loss"),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn billing_topics_are_told_from_the_others() {
+        for t in [
+            "amr/gw/freeze/m1",
+            "amr/gw/curve/m1",
+            "amr/gw/loss/T1",
+            "amr/gw/loss/T1/day",
+            "amr/gw/collection",
+            "site/a/gw/collection",
+        ] {
+            assert!(is_billing_topic(t), "{t}");
+        }
+        for t in [
+            "amr/gw/reading/m1",
+            "amr/gw/reading/collection",
+            "amr/gw/alarm/meter_offline/collection",
+            "amr/gw/alarm/line_loss/T1",
+            "amr/gw/voltage/m1",
+            "amr/gw/voltage/m1/month",
+            "amr/gw/voltage/area/collection/month",
+            "amr/gw/meter/m1/state",
+            "amr/gw/command/result",
+            "amr/gw/status",
+        ] {
+            assert!(!is_billing_topic(t), "{t}");
+        }
     }
 }
 

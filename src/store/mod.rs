@@ -22,7 +22,7 @@ mod shared;
 mod tests;
 
 pub use commands::{CommandAudit, Published};
-pub use keys::{MetaKey, RecordKind};
+pub use keys::{MetaKey, RecordKind, is_billing_topic};
 pub use lock::{LOCK_FILE, StoreLock, StoreLockError};
 pub use meter_state::MeterState;
 pub use recovery::{Recovery, SeqSource, check_data_dir};
@@ -189,8 +189,13 @@ pub struct PruneReport {
     /// History rows deleted, oldest first, to bring the store under `max_size_mb`.
     pub evicted_readings: usize,
     /// Unsent outbox rows deleted, oldest first, because the store was still over
-    /// `max_size_mb` with no history left. The caller should log a warning.
+    /// `max_size_mb` with no history left: real-time messages first, billing data (freezes,
+    /// curves, loss, collection) only when nothing else is left. The caller should log a
+    /// warning.
     pub dropped_messages: usize,
+    /// Records (kept for recall and `status`) deleted to bring the store under
+    /// `max_size_mb`, after the unsent real-time messages. The caller should log a warning.
+    pub dropped_records: usize,
     /// Used size after pruning, in bytes (`(page_count - freelist_count) * page_size`).
     pub used_bytes: u64,
 }
@@ -684,6 +689,40 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// Deletes up to `limit` of the oldest unsent outbox rows that carry billing data
+    /// ([`is_billing_topic`]) when `billing`, otherwise of those that do not. Returns how many.
+    fn drop_unsent(&mut self, limit: i64, billing: bool) -> Result<usize, StoreError> {
+        let mut ids = Vec::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT id, topic FROM outbox ORDER BY id")
+                .map_err(|e| self.err(e))?;
+            let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
+            while let Some(row) = rows.next().map_err(|e| self.err(e))? {
+                let topic: String = row.get(1).map_err(|e| self.err(e))?;
+                if is_billing_topic(&topic) == billing {
+                    ids.push(row.get::<_, i64>(0).map_err(|e| self.err(e))?);
+                    if ids.len() as i64 >= limit {
+                        break;
+                    }
+                }
+            }
+        }
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        let mut dropped = 0;
+        {
+            let mut del = tx
+                .prepare_cached("DELETE FROM outbox WHERE id = ?1")
+                .map_err(|e| self.err(e))?;
+            for id in ids {
+                dropped += del.execute([id]).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(dropped)
+    }
+
     /// Bytes the database's live pages take: `(page_count - freelist_count) * page_size`.
     pub fn used_bytes(&self) -> Result<u64, StoreError> {
         let pragma = |name: &str| -> Result<i64, StoreError> {
@@ -777,17 +816,47 @@ impl Store {
                     .map_err(|e| self.err(e))?;
                 continue;
             }
+            // Then unsent real-time messages (readings, alarms, states), oldest first.
             let outbox_rows = count("outbox")?;
-            if outbox_rows == 0 {
+            let dropped = self.drop_unsent(chunk(outbox_rows), false)?;
+            if dropped > 0 {
+                report.dropped_messages += dropped;
+                continue;
+            }
+            // Then the records kept for recall and `status`: real-time kinds first, billing
+            // kinds last (curves before the small freezes and loss figures), oldest first.
+            let mut deleted = 0;
+            for kind in RecordKind::BY_PRUNE_ORDER {
+                let rows: i64 = self
+                    .conn
+                    .query_row(
+                        "SELECT COUNT(*) FROM record WHERE kind = ?1",
+                        [kind.as_str()],
+                        |r| r.get(0),
+                    )
+                    .map_err(|e| self.err(e))?;
+                if rows > 0 {
+                    deleted = self
+                        .conn
+                        .execute(
+                            "DELETE FROM record WHERE id IN (SELECT id FROM record \
+                             WHERE kind = ?1 ORDER BY ts_ms, id LIMIT ?2)",
+                            params![kind.as_str(), chunk(rows)],
+                        )
+                        .map_err(|e| self.err(e))?;
+                    break;
+                }
+            }
+            if deleted > 0 {
+                report.dropped_records += deleted;
+                continue;
+            }
+            // Last, unsent billing messages.
+            let dropped = self.drop_unsent(chunk(outbox_rows), true)?;
+            if dropped == 0 {
                 break; // Nothing left to drop: the schema and meta alone are over the bound.
             }
-            report.dropped_messages += self
-                .conn
-                .execute(
-                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?1)",
-                    [chunk(outbox_rows)],
-                )
-                .map_err(|e| self.err(e))?;
+            report.dropped_messages += dropped;
         }
         self.conn
             .execute_batch("PRAGMA incremental_vacuum")

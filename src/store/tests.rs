@@ -414,3 +414,70 @@ fn learned_facts_survive_a_reopen() {
         ])
     )));
 }
+
+#[test]
+fn over_its_bound_the_store_keeps_billing_data_longest() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreSettings {
+        history_days: 36500,
+        max_size_mb: 1,
+    };
+    let mut store = Store::open(&dir.path().join("amr.db"), &cfg).unwrap();
+    let now = 1_800_000_000_000;
+    let filler = "x".repeat(500);
+    let mut messages = Vec::new();
+    for n in 0..3300 {
+        let mut m = message(n);
+        if n % 11 == 0 {
+            m.topic = format!("amr/gw/freeze/m{n}");
+        }
+        messages.push(m);
+    }
+    let record = |kind, n: i64| Record {
+        kind,
+        subject: format!("m{n}"),
+        ts_ms: now - 1_000_000 + n,
+        body: json!({"n": n, "filler": filler}),
+    };
+    let mut records: Vec<Record> = (0..2000).map(|n| record(RecordKind::Alarm, n)).collect();
+    records.extend((0..300).map(|n| record(RecordKind::FreezeDay, n)));
+    store
+        .commit(&Batch {
+            readings: (0..1000)
+                .map(|i| reading("m1", now - 5_000_000 + i, 1.0))
+                .collect(),
+            messages,
+            records,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(store.used_bytes().unwrap() > 2 * 1024 * 1024);
+
+    let report = store.prune(now).unwrap();
+    assert!(report.used_bytes <= 1024 * 1024, "{report:?}");
+    assert!(store.history("m1", 0, i64::MAX).unwrap().is_empty());
+    // Every real-time message went before any record; every billing message stayed.
+    let left = store.pending(0, usize::MAX).unwrap();
+    assert!(
+        left.iter().all(|r| r.topic.contains("/freeze/")),
+        "{report:?}"
+    );
+    assert_eq!(left.len(), 300);
+    assert_eq!(report.dropped_messages, 3000);
+    // Alarm records went, oldest first; the freezes stayed.
+    assert!(report.dropped_records > 0, "{report:?}");
+    let alarms = store
+        .records(RecordKind::Alarm, None, 0, i64::MAX, 10_000)
+        .unwrap();
+    assert!(alarms.len() < 2000);
+    assert!(
+        alarms
+            .iter()
+            .all(|r| r.ts_ms >= now - 1_000_000 + 2000 - alarms.len() as i64)
+    );
+    let freezes = store
+        .records(RecordKind::FreezeDay, None, 0, i64::MAX, 10_000)
+        .unwrap();
+    assert_eq!(freezes.len(), 300);
+    assert_eq!(store.integrity_check().unwrap(), "ok");
+}

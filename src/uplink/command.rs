@@ -450,15 +450,44 @@ fn arguments(body: &CommandBody) -> Result<Command, String> {
                     from_ms,
                     to_ms,
                     meters: meters(args.get("meters").map_or("all", String::as_str))?,
-                    kinds: args
-                        .get("kinds")
-                        .map(|k| k.split(',').map(|s| s.trim().to_string()).collect())
-                        .unwrap_or_default(),
+                    kinds: match args.get("kinds") {
+                        Some(k) if k != "all" => recall_kinds(k)?,
+                        _ => Vec::new(),
+                    },
                 })
             }
         }
         other => return Err(format!("no arguments known for `{other}`")),
     })
+}
+
+/// The kinds a time-range `recall` names (comma-separated; a plural such as `readings` or
+/// `alarms` is taken for its kind).
+fn recall_kinds(text: &str) -> Result<Vec<String>, String> {
+    use crate::uplink::contract::KINDS;
+    let mut kinds = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let kind = [
+            name,
+            name.strip_suffix('s').unwrap_or(name),
+            name.strip_suffix("es").unwrap_or(name),
+        ]
+        .into_iter()
+        .find(|k| KINDS.contains(k))
+        .ok_or_else(|| {
+            format!(
+                "unknown kind `{name}`; one of: {}, or all",
+                KINDS.join(", ")
+            )
+        })?;
+        if !kinds.iter().any(|k| k == kind) {
+            kinds.push(kind.to_string());
+        }
+    }
+    if kinds.is_empty() {
+        return Err("`kinds` is empty; name kinds separated by commas, or `all`".into());
+    }
+    Ok(kinds)
 }
 
 /// The headend's side: a signed envelope of `body`.

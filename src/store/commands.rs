@@ -86,6 +86,25 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// The new state (and reason) of the latest audit record of command `id` (a command
+    /// answered by a later generation of the gateway, such as `config_apply`).
+    pub fn finish_command(
+        &mut self,
+        id: &str,
+        state: &str,
+        reason: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE command_audit SET state = ?2, reason = ?3, updated_ms = ?4 WHERE id = \
+                 (SELECT max(id) FROM command_audit WHERE command_id = ?1 AND state != 'rejected')",
+                params![id, state, reason, now_ms],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
     /// The audit records, newest first, at most `limit`.
     pub fn command_audit(&self, limit: usize) -> Result<Vec<CommandAudit>, StoreError> {
         let mut stmt = self

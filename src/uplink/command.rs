@@ -159,9 +159,17 @@ pub enum Command {
     Read(Meters),
     Recall(RecallRange),
     TimeSync,
-    Relay { meter: String, action: RelayAction },
+    Relay {
+        meter: String,
+        action: RelayAction,
+    },
     ConfigGet,
-    ConfigApply { toml: String },
+    /// `id` is the command's: the result of an apply is answered by the next generation of
+    /// the gateway (the one that runs with the new file), which finds it in the apply marker.
+    ConfigApply {
+        id: String,
+        toml: String,
+    },
 }
 
 /// An accepted command and who gave it.
@@ -421,6 +429,7 @@ fn arguments(body: &CommandBody) -> Result<Command, String> {
         "config_apply" => {
             only(&["toml"])?;
             Command::ConfigApply {
+                id: body.id.clone(),
                 toml: required("toml")?.to_string(),
             }
         }

@@ -90,10 +90,14 @@ impl Executor for GatewayExecutor {
                 let config = Arc::clone(&self.config);
                 Box::pin(async move {
                     let hook = hook.ok_or("status is not available in this build")?;
-                    tokio::task::spawn_blocking(move || hook(&config))
+                    let mut doc = tokio::task::spawn_blocking(move || hook(&config))
                         .await
-                        .map_err(|e| format!("status failed: {e}"))?
-                        .map(Some)
+                        .map_err(|e| format!("status failed: {e}"))??;
+                    // What only the running daemon knows: the commands it rejected.
+                    if let Value::Object(map) = &mut doc {
+                        map.insert("commands".into(), crate::uplink::desk::rejected_counters());
+                    }
+                    Ok(Some(doc))
                 })
             }
             Command::Read(meters) => {

@@ -12,7 +12,7 @@
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::shutdown::Shutdown;
 use crate::store::{Batch, CommandAudit, Published, SharedStore, with_store};
-use crate::uplink::command::{Accepted, Authority, Command, Meters, RecallRange};
+use crate::uplink::command::{Accepted, Authority, Command, Meters, RecallRange, RejectReason};
 use crate::uplink::contract::{
     CommandResult, KINDS, Topics, command_result_message, recalled_message,
 };
@@ -50,9 +50,29 @@ const UNAUTHENTIC_ANSWERS_PER_MINUTE: usize = 30;
 /// Rejections since start (also in each rejection's log line).
 static REJECTED: AtomicU64 = AtomicU64::new(0);
 
+/// Rejections since start by reason, in the order of [`RejectReason::CODES`].
+static REJECTED_BY_REASON: [AtomicU64; 12] = [const { AtomicU64::new(0) }; 12];
+
 /// Commands rejected since this process started.
 pub fn rejected_total() -> u64 {
     REJECTED.load(Ordering::Relaxed)
+}
+
+/// Commands rejected since this process started, by reason ([`RejectReason::code`]); every
+/// reason is named, 0 when it never happened.
+pub fn rejected_by_reason() -> BTreeMap<&'static str, u64> {
+    RejectReason::CODES
+        .iter()
+        .zip(&REJECTED_BY_REASON)
+        .map(|(code, n)| (*code, n.load(Ordering::Relaxed)))
+        .collect()
+}
+
+/// The counters of rejected commands as the headend sees them (in the `status` command's
+/// document and, through the health message, on the broker): `{"rejected_total",
+/// "rejected": {REASON: count}}`, since the process started.
+pub fn rejected_counters() -> Value {
+    json!({"rejected_total": rejected_total(), "rejected": rejected_by_reason()})
 }
 
 /// Runs the desk until `shutdown` says stop or the uplink closes `payloads`; commands still
@@ -100,6 +120,12 @@ pub async fn run_desk(
         match verdict {
             Err(rejection) => {
                 let total = REJECTED.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(i) = RejectReason::CODES
+                    .iter()
+                    .position(|c| *c == rejection.reason.code())
+                {
+                    REJECTED_BY_REASON[i].fetch_add(1, Ordering::Relaxed);
+                }
                 let reason = rejection.reason.to_string();
                 warn!(
                     id = rejection.id.as_deref().unwrap_or("-"),

@@ -23,7 +23,10 @@ use crate::uplink::command::Authority;
 use crate::uplink::contract::Topics;
 use crate::uplink::desk::run_desk;
 use crate::uplink::{UplinkState, run_with_commands};
-pub use commands::StatusHook;
+pub use commands::{
+    APPLY_SUFFIX, ApplyMarker, PREVIOUS_SUFFIX, RestartHook, StatusHook, apply_marker,
+    rollback_apply,
+};
 use commands::{BusDesk, GatewayExecutor, redact};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -74,6 +77,9 @@ pub enum RunError {
 pub struct Hooks {
     /// The `status --json` document, for the `status` command (`field::status::collect`).
     pub status: Option<StatusHook>,
+    /// Asks the daemon to restart the gateway with the configuration file as it now is
+    /// (the SIGHUP path), for `config_apply`; without it `config_apply` fails.
+    pub restart: Option<RestartHook>,
 }
 
 /// Runs the gateway until `shutdown` says stop, or until a task fails. `live` receives the
@@ -191,6 +197,7 @@ pub async fn run_with_hooks(
             config: Arc::new(config.clone()),
             config_text,
             status: hooks.status.clone(),
+            restart: hooks.restart.clone(),
             buses: bus_desks,
         };
         tokio::spawn(run_desk(
@@ -223,6 +230,9 @@ pub async fn run_with_hooks(
         liveness.register("the store writer"),
     ));
     let mut uplink = uplink;
+    // Up: a `config_apply` that restarted the gateway gets its result now (see
+    // `gateway::commands`).
+    commands::finish_apply(&config.source, &store, &topics, &wake).await;
     liveness.ready(&status_line(&summary.borrow()));
 
     // Until the signal, or until a task fails: a bus that panicked, a writer that stopped (it

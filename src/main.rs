@@ -464,13 +464,19 @@ fn run(path: &std::path::Path) -> ExitCode {
     runtime().block_on(async move {
         let mut signals = signals();
         let mut cfg = cfg;
+        // `config_apply` asks for a restart with the file it put in place.
+        let (apply_tx, mut apply_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         // One generation of the gateway per configuration: SIGHUP with a valid file stops the
         // running one in order (everything read is committed) and starts the next; with an
         // invalid file it keeps running as it is.
-        loop {
+        'generations: loop {
             let (stop, shutdown) = amr_gateway::shutdown::Stop::new();
+            let apply_tx = apply_tx.clone();
             let hooks = amr_gateway::gateway::Hooks {
                 status: Some(std::sync::Arc::new(amr_gateway::field::status::collect)),
+                restart: Some(std::sync::Arc::new(move || {
+                    let _ = apply_tx.send(());
+                })),
             };
             let mut gateway = tokio::spawn(amr_gateway::gateway::run_with_hooks(
                 cfg.clone(),
@@ -480,7 +486,35 @@ fn run(path: &std::path::Path) -> ExitCode {
             ));
             let next = loop {
                 tokio::select! {
-                    end = &mut gateway => return exit_of(end),
+                    end = &mut gateway => {
+                        // A generation that could not start with a file `config_apply` put in
+                        // place: the previous file goes back and runs (it answers `failed`).
+                        if let Some(previous) = rolled_back(path, &end) {
+                            cfg = previous;
+                            continue 'generations;
+                        }
+                        return exit_of(end);
+                    }
+                    Some(()) = apply_rx.recv() => match config::load(path) {
+                        Ok(new) => {
+                            tracing::info!(
+                                "config_apply: restarting the gateway with {}",
+                                path.display()
+                            );
+                            amr_gateway::liveness::Liveness::tell_reloading();
+                            break Some(new);
+                        }
+                        Err(errors) => {
+                            // Checked before it was put in place: only a file changed since.
+                            let reason = errors.to_string();
+                            if amr_gateway::gateway::rollback_apply(path, &reason) {
+                                match config::load(path) {
+                                    Ok(previous) => break Some(previous),
+                                    Err(e) => tracing::error!("{e}"),
+                                }
+                            }
+                        }
+                    },
                     signal = signals.recv() => match signal {
                         Some(Signal::Reload) => match config::load(path) {
                             Ok(new) => {
@@ -520,6 +554,29 @@ fn run(path: &std::path::Path) -> ExitCode {
             }
         }
     })
+}
+
+/// After a generation ended with an error while a `config_apply` was under way (the new file
+/// cannot start: data directory, store lock, store): the previous file put back and loaded.
+fn rolled_back(
+    path: &std::path::Path,
+    end: &Result<Result<(), amr_gateway::gateway::RunError>, tokio::task::JoinError>,
+) -> Option<amr_gateway::config::Config> {
+    let reason = match end {
+        Ok(Ok(())) => return None,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => format!("the gateway failed: {e}"),
+    };
+    if !amr_gateway::gateway::rollback_apply(path, &reason) {
+        return None;
+    }
+    match config::load(path) {
+        Ok(previous) => Some(previous),
+        Err(errors) => {
+            tracing::error!("the previous configuration does not load either:\n{errors}");
+            None
+        }
+    }
 }
 
 /// The exit code of a generation of the gateway that ended.

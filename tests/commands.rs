@@ -7,7 +7,11 @@
 //! - Each rejection reason: bad signature (a key the gateway does not hold, under a known id),
 //!   unknown key, not allowed for the key, expired (and too long), replayed — also after a
 //!   gateway restart — each a `rejected` result and an audit record, nothing executed.
-//! - `recall` closes a subscriber's gap with the original `seq`.
+//! - `recall` by seq closes a subscriber's gap with the original `seq`; by time (`from`/`to`,
+//!   `meters`, `kinds`) it re-publishes the readings of the range, counted per kind; each
+//!   kind counts its own `kind_seq` with no gap; rejections are counted by reason in `status`.
+//! - `config_apply`: a mistake refused (FILE:LINE:COL, nothing changed), a file that cannot
+//!   start rolled back (`failed`), a good one applied after a restart (`done`, new meter read).
 //! - A flood of commands does not stop the polling.
 
 mod support;
@@ -56,11 +60,19 @@ fn keygen(dir: &Path) {
 }
 
 fn gateway_config(dir: &Path, port: u16) -> PathBuf {
-    let text = format!(
+    let text = config_text(port, "data", "");
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The gateway's configuration: its data directory and more meters.
+fn config_text(port: u16, data_dir: &str, more: &str) -> String {
+    format!(
         r#"
 [gateway]
 id = "gw1"
-data_dir = "data"
+data_dir = "{data_dir}"
 
 [mqtt]
 host = "127.0.0.1"
@@ -83,7 +95,7 @@ model = "eastron-sdm120"
 [[command_key]]
 id = "ops"
 public_key_file = "ops.key.pub"
-allow = ["ping", "status", "read", "config_get", "recall", "relay"]
+allow = ["ping", "status", "read", "config_get", "recall", "relay", "config_apply"]
 
 [[command_key]]
 id = "billing"
@@ -92,11 +104,8 @@ allow = ["read"]
 
 [commands]
 per_key_per_minute = 1000
-"#
-    );
-    let path = dir.join("gateway.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+{more}"#
+    )
 }
 
 /// `amr-gateway command ... NAME --arg ... --json` as a process.
@@ -384,6 +393,96 @@ async fn commands_end_to_end_rejections_replay_recall_and_flood() {
         "the same message, with its original seq"
     );
 
+    // kind_seq: the readings of m1 (one kind, one subscription) count 1, 2, 3, ... with no
+    // gap, across the restart, while the global seq has gaps (command results in between).
+    let kind_seqs: Vec<u64> = headend
+        .received()
+        .iter()
+        .filter(|(t, j)| t == "amr/gw1/reading/m1" && j["kind_seq"].is_u64())
+        .map(|(_, j)| j["kind_seq"].as_u64().unwrap())
+        .collect();
+    let mut sorted = kind_seqs.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted[0], 1, "{kind_seqs:?}");
+    assert_eq!(
+        sorted,
+        (1..=*sorted.last().unwrap()).collect::<Vec<u64>>(),
+        "no gap in the readings' own sequence"
+    );
+
+    // recall by time: the readings of m1 between the first and the third reading, with their
+    // original seq and kind_seq, counted per kind.
+    let first_readings: Vec<(String, Value)> = headend
+        .received()
+        .into_iter()
+        .filter(|(t, _)| t == "amr/gw1/reading/m1")
+        .take(3)
+        .collect();
+    let ts = |j: &Value| j["ts"].as_str().unwrap().to_string();
+    let from_ts = ts(&first_readings[0].1);
+    let to_ms = amr_gateway::clock::parse_rfc3339(&ts(&first_readings[2].1)).unwrap() + 1;
+    let to_ts = amr_gateway::clock::rfc3339_ms(to_ms);
+    let late = Subscriber::start(port, "headend-late-time", "amr/gw1/reading/#").await;
+    let time_args = [
+        format!("from={from_ts}"),
+        format!("to={to_ts}"),
+        "meters=m1".to_string(),
+        "kinds=readings,alarms".to_string(),
+    ];
+    let out = tokio::task::spawn_blocking({
+        let p = dir.path().to_path_buf();
+        move || {
+            let args: Vec<&str> = time_args.iter().map(String::as_str).collect();
+            command(port, &p, "ops", "ops", "recall", &args)
+        }
+    })
+    .await
+    .unwrap();
+    let recall = result_of(&out);
+    assert!(out.status.success(), "{recall}");
+    assert_eq!(recall["data"]["kinds"]["reading"], 3, "{recall}");
+    assert_eq!(recall["data"]["kinds"]["alarm"], 0, "{recall}");
+    assert_eq!(recall["data"]["republished"], 3, "{recall}");
+    let wanted: Vec<u64> = first_readings
+        .iter()
+        .map(|(_, j)| j["seq"].as_u64().unwrap())
+        .collect();
+    let got = late
+        .wait_until(PATIENCE, |r| {
+            wanted.iter().all(|s| seqs_on(r, "/reading/m1").contains(s))
+        })
+        .await
+        .expect("readings recalled by time");
+    let again = got.iter().find(|(_, j)| j["seq"] == wanted[0]).unwrap();
+    assert_eq!(
+        again.1, first_readings[0].1,
+        "the same message, kind_seq included"
+    );
+    // An unknown kind is a bad argument.
+    let out = run(
+        "ops",
+        "ops",
+        "recall",
+        &[
+            "from=2026-01-01T00:00:00Z",
+            "to=2026-01-02T00:00:00Z",
+            "kinds=weather",
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(result_of(&out)["state"], "rejected");
+
+    // The rejections since this gateway process started (the replay and the unknown kind),
+    // by reason, in the status document.
+    let out = run("ops", "ops", "status", &[]).await.unwrap();
+    let status = result_of(&out);
+    let rejected = &status["data"]["commands"]["rejected"];
+    assert!(rejected["replayed"].as_u64().unwrap() >= 1, "{status}");
+    assert!(rejected["bad_arguments"].as_u64().unwrap() >= 1, "{status}");
+    assert_eq!(rejected["bad_signature"], 0, "{status}");
+
     // A flood of 200 commands (more than the desk queues: some are dropped) does not stop
     // the polling.
     let before = seqs_on(&headend.received(), "/reading/m1").len();
@@ -403,5 +502,125 @@ async fn commands_end_to_end_rejections_replay_recall_and_flood() {
                 log_tail(dir.path(), 30)
             )
         });
+    assert!(gw.terminate().success());
+}
+
+const SIM_TWO: &str = r#"
+[[bus]]
+name = "rs485"
+link = "ttyRS485"
+baud = 19200
+turnaround_ms = 5
+
+[[meter]]
+bus = "rs485"
+unit = 1
+model = "eastron-sdm120"
+load_kw = 2.5
+energy_start_kwh = 1234.5
+
+[[meter]]
+bus = "rs485"
+unit = 2
+model = "eastron-sdm120"
+load_kw = 1.5
+energy_start_kwh = 100.0
+"#;
+
+const METER_M2: &str = r#"
+[[meter]]
+id = "m2"
+bus = "rs485"
+unit = 2
+model = "eastron-sdm120"
+"#;
+
+/// `config_apply` through the command tool: a file with a mistake is refused with its
+/// FILE:LINE:COL and nothing changes; a file the gateway cannot start with (its data directory
+/// under a regular file) is rolled back and answered `failed`; a good one (a new meter) is
+/// applied — the gateway restarts with it, answers `done` afterwards, and reads the new meter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_apply_refuses_rolls_back_and_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let sims = SimRuntime::new();
+    let _sim = sims.start(SIM_TWO, "apply-sim", dir.path());
+    keygen(dir.path());
+    let port = broker.port;
+    let config = gateway_config(dir.path(), port);
+    let original = std::fs::read_to_string(&config).unwrap();
+    let headend = Subscriber::start(port, "headend-apply", "amr/gw1/#").await;
+    let mut gw = Gateway::start(&config, "gateway.log");
+    headend
+        .wait_until(PATIENCE, |r| !seqs_on(r, "/reading/m1").is_empty())
+        .await
+        .unwrap_or_else(|| panic!("no reading\n{}", log_tail(dir.path(), 30)));
+    let apply = |toml: String| {
+        let p = dir.path().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let arg = format!("toml={toml}");
+            command(port, &p, "ops", "ops", "config_apply", &[arg.as_str()])
+        })
+    };
+
+    // A mistake: refused with the place of the problem; the file is as it was.
+    let bad = config_text(
+        port,
+        "data",
+        "[[meter]]\nid = \"m2\"\nbus = \"rs485\"\nunit = 2\nmodel = \"eastron-sdm120\"\nphase = \"x\"\n",
+    );
+    let out = apply(bad).await.unwrap();
+    let r = result_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{r}");
+    assert_eq!(r["state"], "failed", "{r}");
+    let reason = r["reason"].as_str().unwrap();
+    assert!(reason.contains("gateway.toml.candidate:"), "{reason}");
+    assert!(reason.contains("nothing changed"), "{reason}");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), original);
+
+    // A file the gateway cannot start with: rolled back, `failed` with the reason.
+    std::fs::write(dir.path().join("blocker"), "a file, not a directory").unwrap();
+    let out = apply(config_text(port, "blocker/data", "")).await.unwrap();
+    let r = result_of(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{r}\n{}",
+        log_tail(dir.path(), 30)
+    );
+    assert_eq!(r["state"], "failed", "{r}");
+    assert!(
+        r["reason"].as_str().unwrap().contains("cannot start"),
+        "{r}"
+    );
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), original);
+    // Still reading with the previous configuration.
+    let before = seqs_on(&headend.received(), "/reading/m1").len();
+    headend
+        .wait_until(PATIENCE, |r| seqs_on(r, "/reading/m1").len() > before)
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "not reading after the rollback\n{}",
+                log_tail(dir.path(), 30)
+            )
+        });
+
+    // A good file: a new meter. Done after the restart; the new meter is read.
+    let good = config_text(port, "data", METER_M2);
+    let out = apply(good.clone()).await.unwrap();
+    let r = result_of(&out);
+    assert!(out.status.success(), "{r}\n{}", log_tail(dir.path(), 30));
+    assert_eq!(r["state"], "done", "{r}");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), good);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("gateway.toml.previous")).unwrap(),
+        original
+    );
+    assert!(!dir.path().join("gateway.toml.apply").exists());
+    headend
+        .wait_until(PATIENCE, |r| !seqs_on(r, "/reading/m2").is_empty())
+        .await
+        .unwrap_or_else(|| panic!("the new meter is not read\n{}", log_tail(dir.path(), 30)));
     assert!(gw.terminate().success());
 }

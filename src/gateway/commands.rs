@@ -1,20 +1,55 @@
 //! The commands the composition root runs for the command desk (`uplink::desk`): `ping`,
 //! `status` (the `status --json` document, through a hook the binary provides), `config_get`
-//! (the configuration as read at start, secrets redacted) and `read` (meters read now by their
-//! bus tasks, between scheduled polls). `time_sync`, `relay` and `config_apply` fail with
+//! (the configuration as read at start, secrets redacted), `read` (meters read now by their
+//! bus tasks, between scheduled polls) and `config_apply`. `time_sync` and `relay` fail with
 //! "not supported yet".
+//!
+//! `config_apply` goes through the files next to the configuration file `F`:
+//!
+//! 1. the new text is written to `F.candidate` and checked with every `check-config` rule
+//!    (its problems are the `failed` result's reason, as `F.candidate:LINE:COL: ...`; nothing
+//!    else changes); it may not change `[gateway] id` or `[mqtt] topic_prefix`, or its result
+//!    would go where the headend does not listen;
+//! 2. `F` is copied to `F.previous`, the marker `F.apply` (`{"id", "state": "applying"}`) is
+//!    written, and `F.candidate` is renamed over `F` (atomic; each file synced);
+//! 3. the daemon restarts the gateway with `F`, as on SIGHUP;
+//! 4. the next generation, once it is up (store open, uplink, buses and desk started), puts the
+//!    `done` result in its outbox and removes the marker; if it ends with an error before that
+//!    ("cannot start": the data directory, the store lock, the store), the daemon moves
+//!    `F.previous` back over `F`, marks the marker `failed` with the error, and starts the
+//!    previous configuration, whose generation answers `failed` with that reason.
+//!
+//! The result travels through the outbox of whichever generation runs, so the headend gets it
+//! whatever happens in between (a kill during the restart included: the marker is on disk).
 
 use crate::bus::ReadRequest;
+use crate::clock::now_ms;
 use crate::config::Config;
+use crate::store::{Batch, SharedStore, with_store};
 use crate::uplink::command::{Command, Meters};
-use crate::uplink::contract::{config_data, ping_data, read_data};
+use crate::uplink::contract::{
+    CommandResult, Topics, command_result_message, config_data, ping_data, read_data,
+};
 use crate::uplink::desk::{Executor, Outcome};
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+/// Asks the daemon to restart the gateway with the configuration file as it now is.
+pub type RestartHook = Arc<dyn Fn() + Send + Sync>;
+
+/// `F.previous`: the configuration before the last `config_apply`.
+pub const PREVIOUS_SUFFIX: &str = ".previous";
+/// `F.apply`: the marker of a `config_apply` under way (or rolled back).
+pub const APPLY_SUFFIX: &str = ".apply";
+/// `F.candidate`: a new configuration being checked.
+const CANDIDATE_SUFFIX: &str = ".candidate";
 
 /// Builds the `status --json` document of a configuration (`field::status::collect`).
 pub type StatusHook = Arc<dyn Fn(&Config) -> Result<Value, String> + Send + Sync>;
@@ -37,6 +72,7 @@ pub(super) struct GatewayExecutor {
     /// The configuration file's text as read at start, secrets redacted.
     pub config_text: String,
     pub status: Option<StatusHook>,
+    pub restart: Option<RestartHook>,
     pub buses: Vec<BusDesk>,
 }
 
@@ -54,21 +90,41 @@ impl Executor for GatewayExecutor {
                 let config = Arc::clone(&self.config);
                 Box::pin(async move {
                     let hook = hook.ok_or("status is not available in this build")?;
-                    tokio::task::spawn_blocking(move || hook(&config))
+                    let mut doc = tokio::task::spawn_blocking(move || hook(&config))
                         .await
-                        .map_err(|e| format!("status failed: {e}"))?
-                        .map(Some)
+                        .map_err(|e| format!("status failed: {e}"))??;
+                    // What only the running daemon knows: the commands it rejected.
+                    if let Value::Object(map) = &mut doc {
+                        map.insert("commands".into(), crate::uplink::desk::rejected_counters());
+                    }
+                    Ok(Some(doc))
                 })
             }
             Command::Read(meters) => {
                 let asks = self.plan_read(&meters);
                 Box::pin(async move { read(asks?).await })
             }
+            Command::ConfigApply { id, toml } => {
+                let source = self.config.source.clone();
+                let running = Arc::clone(&self.config);
+                let restart = self.restart.clone();
+                Box::pin(async move {
+                    let restart = restart.ok_or(
+                        "config_apply needs the daemon (`amr-gateway run`), which restarts the \
+                         gateway with the new file",
+                    )?;
+                    tokio::task::spawn_blocking(move || stage_apply(&source, &running, &id, &toml))
+                        .await
+                        .map_err(|e| format!("config_apply failed: {e}"))??;
+                    restart();
+                    // This generation stops now; the next one answers (see the module doc).
+                    std::future::pending::<Outcome>().await
+                })
+            }
             other => {
                 let name = match other {
                     Command::TimeSync => "time_sync",
                     Command::Relay { .. } => "relay",
-                    Command::ConfigApply { .. } => "config_apply",
                     _ => "this command",
                 };
                 Box::pin(async move { Err(format!("{name} is not supported yet")) })
@@ -128,6 +184,177 @@ async fn read(asks: ReadPlan) -> Outcome {
         reads.extend(got.into_iter().map(|r| (r.meter, r.reading, r.error)));
     }
     Ok(Some(read_data(&reads)))
+}
+
+/// `F` with `suffix` appended to its file name.
+fn beside(source: &Path, suffix: &str) -> PathBuf {
+    let mut name = source.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
+
+/// Writes `text` to `path` and syncs it.
+fn write_synced(path: &Path, text: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(text)?;
+    f.sync_all()
+}
+
+/// What `F.apply` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyMarker {
+    /// The `config_apply` command's id.
+    pub id: String,
+    /// `applying` (the new file is in place) or `failed` (rolled back).
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The marker of a `config_apply` of the configuration file `source`, if there is one.
+pub fn apply_marker(source: &Path) -> Option<ApplyMarker> {
+    let text = std::fs::read(beside(source, APPLY_SUFFIX)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// Steps 1 and 2 of `config_apply` (see the module doc).
+fn stage_apply(source: &Path, running: &Config, id: &str, toml: &str) -> Result<(), String> {
+    let io = |what: &str, path: &Path, e: std::io::Error| {
+        format!("config_apply: cannot {what} {}: {e}", path.display())
+    };
+    let candidate = beside(source, CANDIDATE_SUFFIX);
+    write_synced(&candidate, toml.as_bytes()).map_err(|e| io("write", &candidate, e))?;
+    let checked = crate::config::load(&candidate);
+    let refuse = |reason: String| {
+        let _ = std::fs::remove_file(&candidate);
+        Err(reason)
+    };
+    let new = match checked {
+        Ok(new) => new,
+        Err(errors) => {
+            let n = errors.0.len();
+            return refuse(format!(
+                "{n} problem{} found in the new configuration; nothing changed\n{errors}",
+                if n == 1 { "" } else { "s" }
+            ));
+        }
+    };
+    if new.gateway.id != running.gateway.id || new.mqtt.topic_prefix != running.mqtt.topic_prefix {
+        return refuse(format!(
+            "the new configuration changes [gateway] id or [mqtt] topic_prefix (`{}/{}` to \
+             `{}/{}`); config_apply keeps them, so that its result reaches the headend; \
+             nothing changed",
+            running.mqtt.topic_prefix, running.gateway.id, new.mqtt.topic_prefix, new.gateway.id
+        ));
+    }
+    let previous = beside(source, PREVIOUS_SUFFIX);
+    let old = std::fs::read(source).map_err(|e| io("read", source, e))?;
+    write_synced(&previous, &old).map_err(|e| io("write", &previous, e))?;
+    let marker = ApplyMarker {
+        id: id.to_string(),
+        state: "applying".into(),
+        reason: None,
+    };
+    let marker_path = beside(source, APPLY_SUFFIX);
+    write_synced(
+        &marker_path,
+        &serde_json::to_vec(&marker).expect("a marker serialises"),
+    )
+    .map_err(|e| io("write", &marker_path, e))?;
+    std::fs::rename(&candidate, source).map_err(|e| io("replace", source, e))?;
+    sync_dir(source);
+    tracing::info!(id, file = %source.display(), previous = %previous.display(),
+        "config_apply: the new configuration is in place; restarting the gateway with it");
+    Ok(())
+}
+
+/// Syncs the directory of `path` (so a rename survives power loss); best effort.
+fn sync_dir(path: &Path) {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// The daemon's side of a generation that could not start with an applied file: moves
+/// `F.previous` back over `F` and marks the apply `failed` with `reason`. False when no apply
+/// is under way (nothing done).
+pub fn rollback_apply(source: &Path, reason: &str) -> bool {
+    let Some(marker) = apply_marker(source).filter(|m| m.state == "applying") else {
+        return false;
+    };
+    let previous = beside(source, PREVIOUS_SUFFIX);
+    if let Err(e) = std::fs::rename(&previous, source) {
+        tracing::error!(
+            "config_apply: cannot move {} back over {}: {e}",
+            previous.display(),
+            source.display()
+        );
+        return false;
+    }
+    sync_dir(source);
+    let failed = ApplyMarker {
+        state: "failed".into(),
+        reason: Some(format!(
+            "the gateway cannot start with the new configuration: {reason}; the previous one \
+             was put back"
+        )),
+        ..marker
+    };
+    let _ = write_synced(
+        &beside(source, APPLY_SUFFIX),
+        &serde_json::to_vec(&failed).expect("a marker serialises"),
+    );
+    tracing::error!(id = %failed.id, "config_apply rolled back: {reason}");
+    true
+}
+
+/// Step 4 of `config_apply`, in a generation that is up: answers the apply the marker names
+/// (`done`, or `failed` after a rollback) through the outbox and removes the marker.
+pub(super) async fn finish_apply(
+    source: &Path,
+    store: &SharedStore,
+    topics: &Topics,
+    wake: &Notify,
+) {
+    let Some(marker) = apply_marker(source) else {
+        return;
+    };
+    let done = marker.state == "applying";
+    let result = CommandResult {
+        id: Some(marker.id.clone()),
+        name: Some("config_apply".into()),
+        state: if done { "done" } else { "failed" },
+        reason: marker.reason.clone(),
+        data: done.then(|| {
+            json!({
+                "file": source.display().to_string(),
+                "previous": beside(source, PREVIOUS_SUFFIX).display().to_string(),
+            })
+        }),
+        ts_ms: now_ms(),
+    };
+    let batch = Batch {
+        messages: vec![command_result_message(topics, &result)],
+        ..Batch::default()
+    };
+    let (id, state, reason) = (marker.id.clone(), result.state, marker.reason.clone());
+    let stored = with_store(store, move |s| {
+        s.commit(&batch)?;
+        s.finish_command(&id, state, reason.as_deref(), now_ms())
+    })
+    .await;
+    match stored {
+        Ok(()) => {
+            let _ = std::fs::remove_file(beside(source, APPLY_SUFFIX));
+            wake.notify_one();
+            tracing::info!(id = %marker.id, "config_apply {}", result.state);
+        }
+        Err(e) => tracing::warn!("cannot store the result of config_apply: {e}"),
+    }
 }
 
 /// The configuration text with the value of every key that names a secret (`password`,

@@ -3,7 +3,7 @@
 //! with its state as it moves on, and the copy of every sequenced message by its original
 //! `seq` that `recall` re-publishes (filled by a trigger on the outbox, see `schema`).
 
-use super::{Store, StoreError};
+use super::{RecordKind, Store, StoreError};
 use rusqlite::{OptionalExtension, params};
 
 /// One audit record: what arrived and what became of it.
@@ -86,6 +86,25 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// The new state (and reason) of the latest audit record of command `id` (a command
+    /// answered by a later generation of the gateway, such as `config_apply`).
+    pub fn finish_command(
+        &mut self,
+        id: &str,
+        state: &str,
+        reason: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "UPDATE command_audit SET state = ?2, reason = ?3, updated_ms = ?4 WHERE id = \
+                 (SELECT max(id) FROM command_audit WHERE command_id = ?1 AND state != 'rejected')",
+                params![id, state, reason, now_ms],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
     /// The audit records, newest first, at most `limit`.
     pub fn command_audit(&self, limit: usize) -> Result<Vec<CommandAudit>, StoreError> {
         let mut stmt = self
@@ -135,12 +154,62 @@ impl Store {
         .map_err(|e| self.err(e))
     }
 
+    /// Sequenced messages of `kind` whose time (their `ts`, or the end of the interval they
+    /// cover) is in `from_ms..to_ms` and whose topic matches the GLOB `topic`, by seq, at
+    /// most `limit`.
+    pub fn published_by_kind(
+        &self,
+        kind: &str,
+        from_ms: i64,
+        to_ms: i64,
+        topic: &str,
+        limit: usize,
+    ) -> Result<Vec<Published>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, topic, payload FROM published WHERE kind = ?1 AND ts_ms >= ?2 \
+                 AND ts_ms < ?3 AND topic GLOB ?4 ORDER BY seq LIMIT ?5",
+            )
+            .map_err(|e| self.err(e))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        stmt.query_map(params![kind, from_ms, to_ms, topic, limit], |r| {
+            Ok(Published {
+                seq: r.get::<_, i64>(0)? as u64,
+                topic: r.get(1)?,
+                payload: r.get(2)?,
+            })
+        })
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| self.err(e))
+    }
+
     /// Deletes the recall copies and the seen command ids from before `cutoff_ms` (the
-    /// history's cutoff: called by [`Store::prune`]); returns how many copies went.
-    pub(super) fn prune_recall(&mut self, cutoff_ms: i64) -> Result<usize, StoreError> {
+    /// history's cutoff: called by [`Store::prune`]); returns how many copies went. The
+    /// copies of billing messages (freezes, collection, daily loss, voltage months) are kept
+    /// as long as their records ([`RecordKind::keep_days`]), so `recall` finds what `status`
+    /// still shows.
+    pub(super) fn prune_recall(
+        &mut self,
+        cutoff_ms: i64,
+        now_ms: i64,
+    ) -> Result<usize, StoreError> {
+        let keep = |kind: RecordKind| {
+            cutoff_ms.min(now_ms - i64::from(kind.keep_days().unwrap_or(0)) * 86_400_000)
+        };
+        let days = keep(RecordKind::FreezeDay);
+        let months = keep(RecordKind::FreezeMonth);
         let n = self
             .conn
-            .execute("DELETE FROM published WHERE created_ms < ?1", [cutoff_ms])
+            .execute(
+                "DELETE FROM published WHERE created_ms < ?1 AND CASE \
+                 WHEN kind = 'freeze' AND json_extract(payload, '$.kind') = 'month' \
+                     THEN created_ms < ?3 \
+                 WHEN kind IN ('voltage_month', 'voltage_area_month') THEN created_ms < ?3 \
+                 WHEN kind IN ('freeze', 'collection', 'loss_day') THEN created_ms < ?2 \
+                 ELSE 1 END",
+                params![cutoff_ms, days, months],
+            )
             .map_err(|e| self.err(e))?;
         self.conn
             .execute("DELETE FROM command_seen WHERE seen_ms < ?1", [cutoff_ms])
@@ -159,6 +228,77 @@ mod tests {
             max_size_mb: 1024,
         };
         Store::open(&dir.join("amr.db"), &cfg).unwrap()
+    }
+
+    fn of_kind(kind: &str, n: u64, ts: &str) -> Message {
+        Message {
+            topic: format!("amr/gw/{kind}/m{n}"),
+            payload: serde_json::json!({"n": n, "ts": ts, "kind_seq": kind}),
+            qos: 1,
+            retain: false,
+            sequenced: true,
+        }
+    }
+
+    fn kind_seqs(s: &Store, from: u64) -> Vec<(u64, String, u64)> {
+        s.published(from, u64::MAX, 100)
+            .unwrap()
+            .into_iter()
+            .map(|p| {
+                let v: serde_json::Value = serde_json::from_str(&p.payload).unwrap();
+                let kind = p.topic.split('/').nth(2).unwrap().to_string();
+                (p.seq, kind, v["kind_seq"].as_u64().unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_kind_counts_on_its_own_across_reopen_and_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = "2026-11-29T08:00:00.000Z";
+        {
+            let mut s = open(dir.path());
+            let batch = Batch {
+                messages: vec![
+                    of_kind("reading", 1, t),
+                    of_kind("alarm", 2, t),
+                    of_kind("reading", 3, t),
+                ],
+                ..Default::default()
+            };
+            s.commit(&batch).unwrap();
+            assert_eq!(
+                kind_seqs(&s, 1),
+                [
+                    (1, "reading".into(), 1),
+                    (2, "alarm".into(), 1),
+                    (3, "reading".into(), 2)
+                ]
+            );
+            // The copy knows its kind and its time, for recall by time.
+            let found = s
+                .published_by_kind("reading", 0, i64::MAX, "*", 10)
+                .unwrap();
+            assert_eq!(found.iter().map(|p| p.seq).collect::<Vec<_>>(), [1, 3]);
+        }
+        let mut s = open(dir.path());
+        s.commit(&Batch {
+            messages: vec![of_kind("reading", 4, t)],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(kind_seqs(&s, 4), [(4, "reading".into(), 3)]);
+        // A store recovered while running goes on from where each kind was.
+        s.recover("test").unwrap();
+        s.commit(&Batch {
+            messages: vec![of_kind("reading", 5, t), of_kind("alarm", 6, t)],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            kind_seqs(&s, 5),
+            [(5, "reading".into(), 4), (6, "alarm".into(), 2)]
+        );
     }
 
     #[test]

@@ -184,6 +184,12 @@ pub enum MetaKey {
     RefusedBlocks(String),
     /// `last_seq`: the last `seq` given out.
     LastSeq,
+    /// `kind_seq/{kind}`: the last `kind_seq` given out to sequenced messages of one kind
+    /// (`reading`, `loss`, `alarm`, ...: the contract names the kind of each message).
+    KindSeq(String),
+    /// `kind_seq_floor`: every kind's counter starts above it (set by a recovery that could
+    /// not read the old counters, so that no `kind_seq` goes backwards).
+    KindSeqFloor,
     /// `uplink/last_ack_ms`: ms since the epoch when the broker last acknowledged a message.
     LastAck,
     /// `gateway/version`: the version of the daemon that last started on this store.
@@ -192,6 +198,8 @@ pub enum MetaKey {
 
 /// The prefix of [`MetaKey::BlockLimit`] keys.
 pub(crate) const BLOCK_LIMIT_PREFIX: &str = "block_limit/";
+/// The prefix of [`MetaKey::KindSeq`] keys.
+pub(crate) const KIND_SEQ_PREFIX: &str = "kind_seq/";
 /// The prefix of [`MetaKey::RefusedBlocks`] keys.
 pub(crate) const REFUSED_BLOCKS_PREFIX: &str = "refused_blocks/";
 
@@ -210,6 +218,8 @@ impl MetaKey {
             MetaKey::BlockLimit(meter) => format!("{BLOCK_LIMIT_PREFIX}{meter}"),
             MetaKey::RefusedBlocks(meter) => format!("{REFUSED_BLOCKS_PREFIX}{meter}"),
             MetaKey::LastSeq => "last_seq".into(),
+            MetaKey::KindSeq(kind) => format!("{KIND_SEQ_PREFIX}{kind}"),
+            MetaKey::KindSeqFloor => "kind_seq_floor".into(),
             MetaKey::LastAck => "uplink/last_ack_ms".into(),
             MetaKey::DaemonVersion => "gateway/version".into(),
         }

@@ -212,6 +212,9 @@ pub struct Store {
     /// The last `seq` this connection read or gave out (None when the counter was unreadable
     /// at open): the floor for a recovery while running.
     last_seq_given: Option<u64>,
+    /// The last `kind_seq` this connection gave out per kind: with `last_seq_given`, the
+    /// floor for a recovery while running.
+    kind_seq_given: BTreeMap<String, u64>,
     /// Set when a statement reported damage ("malformed", "not a database"): the writer
     /// moves the file aside at its next step (see [`Store::damage_seen`]).
     damage: std::cell::RefCell<Option<String>>,
@@ -269,6 +272,7 @@ impl Store {
             cfg: cfg.clone(),
             last_outbox_id: 0,
             last_seq_given,
+            kind_seq_given: BTreeMap::new(),
             damage: std::cell::RefCell::new(None),
         })
     }
@@ -301,6 +305,8 @@ impl Store {
             readings: batch.readings.len(),
             ..CommitReport::default()
         };
+        // The per-kind counters this batch moved: kind -> last kind_seq given.
+        let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
         {
             let mut insert_reading = tx
                 .prepare_cached(
@@ -359,6 +365,7 @@ impl Store {
             }
             let mut seq = read_last_seq(&tx).map_err(sql)?;
             let first_seq = seq + 1;
+            let mut copies: Vec<(u64, String, i64)> = Vec::new();
             let mut insert_message = tx
                 .prepare_cached(
                     "INSERT INTO outbox (topic, payload, qos, retain, created_ms) \
@@ -379,6 +386,16 @@ impl Store {
                     seq += 1;
                     let mut map = map.clone();
                     map.insert("seq".into(), seq.into());
+                    if let Some(serde_json::Value::String(kind)) = map.get(KIND_SEQ_FIELD) {
+                        let kind = kind.clone();
+                        let last = match kinds.get(&kind) {
+                            Some(last) => *last,
+                            None => read_kind_seq(&tx, &kind).map_err(sql)?,
+                        };
+                        kinds.insert(kind.clone(), last + 1);
+                        map.insert(KIND_SEQ_FIELD.into(), (last + 1).into());
+                        copies.push((seq, kind, message_time(&map).unwrap_or(now_ms)));
+                    }
                     serde_json::Value::Object(map).to_string()
                 } else {
                     m.payload.to_string()
@@ -403,6 +420,24 @@ impl Store {
                 .map_err(sql)?;
                 report.seq_range = Some((first_seq, seq));
             }
+            for (kind, last) in &kinds {
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    params![MetaKey::KindSeq(kind.clone()).key(), last.to_string()],
+                )
+                .map_err(sql)?;
+            }
+            // The recall copy (made by the outbox trigger) learns its kind and its time, so
+            // that `recall` can find it by kind and time range.
+            let mut label = tx
+                .prepare_cached("UPDATE published SET kind = ?2, ts_ms = ?3 WHERE seq = ?1")
+                .map_err(sql)?;
+            for (seq, kind, ts) in &copies {
+                label
+                    .execute(params![i64::try_from(*seq).unwrap_or(i64::MAX), kind, ts])
+                    .map_err(sql)?;
+            }
         }
         tx.commit().map_err(sql)?;
         if let Some(last) = report.outbox_ids.last() {
@@ -411,6 +446,7 @@ impl Store {
         if let Some((_, last)) = report.seq_range {
             self.last_seq_given = Some(last);
         }
+        self.kind_seq_given.extend(kinds);
         Ok(report)
     }
 
@@ -772,8 +808,9 @@ impl Store {
                 )
                 .map_err(|e| self.err(e))?;
         }
-        // Recall copies and seen command ids live as long as the history.
-        self.prune_recall(cutoff)?;
+        // Recall copies and seen command ids live as long as the history; the copies of
+        // billing messages as long as their records.
+        self.prune_recall(cutoff, now_ms)?;
         let max_bytes = self.cfg.max_size_mb.saturating_mul(1024 * 1024);
         loop {
             let used = self.used_bytes()?;
@@ -922,6 +959,33 @@ impl StoreError {
             _ => false,
         }
     }
+}
+
+/// The payload field naming a sequenced message's kind. The contract writes the kind's name
+/// there (`"kind_seq": "reading"`); the store replaces it with the kind's own counter, which
+/// increases by one for every message of that kind and never goes back, like `seq`.
+pub const KIND_SEQ_FIELD: &str = "kind_seq";
+
+/// The last `kind_seq` given out for `kind` (never below the recovery floor).
+fn read_kind_seq(conn: &Connection, kind: &str) -> rusqlite::Result<u64> {
+    let read = |key: String| -> rusqlite::Result<u64> {
+        let value: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?;
+        Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
+    };
+    Ok(read(MetaKey::KindSeq(kind.to_string()).key())?.max(read(MetaKey::KindSeqFloor.key())?))
+}
+
+/// The time a message is about: its `ts`, else the `end` (or `start`) of the interval it
+/// covers.
+fn message_time(payload: &serde_json::Map<String, serde_json::Value>) -> Option<i64> {
+    ["ts", "end", "start"].iter().find_map(|k| {
+        payload
+            .get(*k)?
+            .as_str()
+            .and_then(crate::clock::parse_rfc3339)
+    })
 }
 
 fn read_last_seq(conn: &Connection) -> rusqlite::Result<u64> {

@@ -13,7 +13,10 @@
 //!   cannot be read at all (and this process has not given one out yet), it starts at the
 //!   time-based floor: milliseconds since the Unix epoch. That is above every `seq` ever given
 //!   as long as the gateway has published less than one message per millisecond on average
-//!   since it first counted, which a concentrator never approaches.
+//!   since it first counted, which a concentrator never approaches. Each kind's `kind_seq`
+//!   goes on the same way: from the highest of its old counter, the old recall copies and
+//!   what this process gave out; when the old counters cannot be read, every kind starts
+//!   above the same time floor (`kind_seq_floor`).
 //! - **A data directory that cannot be written** is a [`StoreError::DataDir`] naming it, the
 //!   cause (read-only filesystem, permission, not a directory, full) and what to check.
 //! - **A file that is not the gateway's store** (not SQLite, or another program's SQLite
@@ -24,6 +27,7 @@ use super::{OutboxRow, Store, StoreError, StoreSettings, read_last_seq};
 use crate::clock::{now_ms, rfc3339_ms};
 use crate::store::MetaKey;
 use rusqlite::{Connection, ErrorCode, OpenFlags, params};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -219,6 +223,8 @@ struct Salvage {
     max_outbox_id: i64,
     meta: Vec<(String, String)>,
     meter_status: Vec<(String, String, i64)>,
+    /// The highest `kind_seq` per kind in the old file's recall copies.
+    kind_seq_found: BTreeMap<String, u64>,
 }
 
 impl Salvage {
@@ -265,6 +271,15 @@ impl Salvage {
             Ok((r.get(0)?, r.get(1)?))
         });
         s.meta.retain(|(k, _)| *k != MetaKey::LastSeq.key());
+        s.kind_seq_found = collect(
+            &conn,
+            "SELECT kind, max(CAST(json_extract(payload, '$.kind_seq') AS INTEGER)) \
+             FROM published WHERE kind IS NOT NULL AND json_valid(payload) GROUP BY kind",
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?)),
+        )
+        .into_iter()
+        .map(|(k, v)| (k, v.unwrap_or(0).max(0) as u64))
+        .collect();
         s.meter_status = collect(
             &conn,
             "SELECT meter, status_json, updated_ms FROM meter_status",
@@ -318,6 +333,30 @@ impl Salvage {
             after = after.saturating_add(step);
             step = step.saturating_mul(4);
         }
+    }
+
+    /// Each kind's last `kind_seq`: the highest of the old counter, the old recall copies and
+    /// `known` (this process).
+    fn kind_seqs(&self, known: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+        let mut out = known.clone();
+        let counters = self.meta.iter().filter_map(|(k, v)| {
+            let kind = k.strip_prefix(super::keys::KIND_SEQ_PREFIX)?;
+            Some((kind.to_string(), v.parse::<u64>().ok()?))
+        });
+        for (kind, last) in counters.chain(self.kind_seq_found.clone()) {
+            let e = out.entry(kind).or_insert(0);
+            *e = (*e).max(last);
+        }
+        out
+    }
+
+    /// The old file's kind floor (0 without one).
+    fn kind_seq_floor(&self) -> u64 {
+        self.meta
+            .iter()
+            .find(|(k, _)| *k == MetaKey::KindSeqFloor.key())
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0)
     }
 
     /// The new store's last `seq`: see the module documentation.
@@ -432,7 +471,7 @@ impl Store {
             Err(e) if recoverable(&e) => e.to_string(),
             Err(e) => return Err(e),
         };
-        let (store, recovery) = recover_file(path, cfg, &cause, 0, None)?;
+        let (store, recovery) = recover_file(path, cfg, &cause, 0, None, BTreeMap::new())?;
         Ok((store, Some(recovery)))
     }
 
@@ -471,7 +510,14 @@ impl Store {
         let known = self.last_seq_known();
         // Release the damaged file (the connection closes) before it is renamed.
         self.conn = Connection::open_in_memory().map_err(|e| self.err(e))?;
-        match recover_file(&self.path, &self.cfg, cause, floor, known) {
+        match recover_file(
+            &self.path,
+            &self.cfg,
+            cause,
+            floor,
+            known,
+            self.kind_seq_given.clone(),
+        ) {
             Ok((fresh, recovery)) => {
                 *self = fresh;
                 Ok(recovery)
@@ -498,6 +544,7 @@ fn recover_file(
     cause: &str,
     outbox_floor: i64,
     known_seq: Option<u64>,
+    known_kind_seqs: BTreeMap<String, u64>,
 ) -> Result<(Store, Recovery), StoreError> {
     let at_ms = now_ms();
     let salvage = Salvage::read(path);
@@ -534,6 +581,18 @@ fn recover_file(
         }
         meta.execute(params![MetaKey::LastSeq.key(), last_seq.to_string()])
             .map_err(sql)?;
+        // Each kind's counter goes on from the highest value known: the old counter, the
+        // highest found in the old recall copies, what this process gave out. When the old
+        // counters could not be read, every kind starts above the time floor instead.
+        for (kind, last) in salvage.kind_seqs(&known_kind_seqs) {
+            meta.execute(params![MetaKey::KindSeq(kind).key(), last.to_string()])
+                .map_err(sql)?;
+        }
+        if salvage.last_seq.is_none() {
+            let floor = salvage.kind_seq_floor().max(at_ms.max(0) as u64);
+            meta.execute(params![MetaKey::KindSeqFloor.key(), floor.to_string()])
+                .map_err(sql)?;
+        }
         let mut states = tx
             .prepare(
                 "INSERT OR REPLACE INTO meter_status (meter, status_json, updated_ms) \
@@ -563,6 +622,7 @@ fn recover_file(
     tx.commit().map_err(sql)?;
     fresh.last_outbox_id = outbox_floor.max(salvage.max_outbox_id);
     fresh.last_seq_given = Some(last_seq);
+    fresh.kind_seq_given = salvage.kind_seqs(&known_kind_seqs);
     let recovery = Recovery {
         moved_to,
         cause: cause.to_string(),

@@ -151,6 +151,19 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         END;
     ",
     },
+    Migration {
+        version: 5,
+        description: "published: each copy's kind and time, for recall by time range",
+        // `kind` and `ts_ms` are set by `Store::commit` in the transaction that gives the seq
+        // out; copies made before this step have no kind (recall them by seq) and their
+        // creation time as their time.
+        sql: "
+        ALTER TABLE published ADD COLUMN kind TEXT;
+        ALTER TABLE published ADD COLUMN ts_ms INTEGER;
+        UPDATE published SET ts_ms = created_ms;
+        CREATE INDEX published_kind_ts ON published (kind, ts_ms);
+    ",
+    },
 ];
 
 /// Brings the file to the newest schema this version knows. A brand-new file first gets

@@ -159,9 +159,17 @@ pub enum Command {
     Read(Meters),
     Recall(RecallRange),
     TimeSync,
-    Relay { meter: String, action: RelayAction },
+    Relay {
+        meter: String,
+        action: RelayAction,
+    },
     ConfigGet,
-    ConfigApply { toml: String },
+    /// `id` is the command's: the result of an apply is answered by the next generation of
+    /// the gateway (the one that runs with the new file), which finds it in the apply marker.
+    ConfigApply {
+        id: String,
+        toml: String,
+    },
 }
 
 /// An accepted command and who gave it.
@@ -200,6 +208,42 @@ pub enum RejectReason {
     RateLimited { key: String, per_minute: u32 },
     #[error("bad arguments for `{command}`: {reason}")]
     BadArguments { command: String, reason: String },
+}
+
+impl RejectReason {
+    /// Every [`RejectReason::code`].
+    pub const CODES: &[&str] = &[
+        "malformed",
+        "unknown_key",
+        "bad_signature",
+        "other_gateway",
+        "unknown_command",
+        "not_allowed",
+        "outside_clock_window",
+        "expired",
+        "too_long",
+        "replayed",
+        "rate_limited",
+        "bad_arguments",
+    ];
+
+    /// A short name of the reason, for counters (`status`, health).
+    pub fn code(&self) -> &'static str {
+        match self {
+            RejectReason::Malformed(_) => "malformed",
+            RejectReason::UnknownKey(_) => "unknown_key",
+            RejectReason::BadSignature(_) => "bad_signature",
+            RejectReason::OtherGateway(_) => "other_gateway",
+            RejectReason::UnknownCommand(_) => "unknown_command",
+            RejectReason::NotAllowed { .. } => "not_allowed",
+            RejectReason::OutsideClockWindow { .. } => "outside_clock_window",
+            RejectReason::Expired(_) => "expired",
+            RejectReason::TooLong { .. } => "too_long",
+            RejectReason::Replayed(_) => "replayed",
+            RejectReason::RateLimited { .. } => "rate_limited",
+            RejectReason::BadArguments { .. } => "bad_arguments",
+        }
+    }
 }
 
 /// A refused command: what could be read of it, and why.
@@ -421,6 +465,7 @@ fn arguments(body: &CommandBody) -> Result<Command, String> {
         "config_apply" => {
             only(&["toml"])?;
             Command::ConfigApply {
+                id: body.id.clone(),
                 toml: required("toml")?.to_string(),
             }
         }
@@ -450,15 +495,44 @@ fn arguments(body: &CommandBody) -> Result<Command, String> {
                     from_ms,
                     to_ms,
                     meters: meters(args.get("meters").map_or("all", String::as_str))?,
-                    kinds: args
-                        .get("kinds")
-                        .map(|k| k.split(',').map(|s| s.trim().to_string()).collect())
-                        .unwrap_or_default(),
+                    kinds: match args.get("kinds") {
+                        Some(k) if k != "all" => recall_kinds(k)?,
+                        _ => Vec::new(),
+                    },
                 })
             }
         }
         other => return Err(format!("no arguments known for `{other}`")),
     })
+}
+
+/// The kinds a time-range `recall` names (comma-separated; a plural such as `readings` or
+/// `alarms` is taken for its kind).
+fn recall_kinds(text: &str) -> Result<Vec<String>, String> {
+    use crate::uplink::contract::KINDS;
+    let mut kinds = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let kind = [
+            name,
+            name.strip_suffix('s').unwrap_or(name),
+            name.strip_suffix("es").unwrap_or(name),
+        ]
+        .into_iter()
+        .find(|k| KINDS.contains(k))
+        .ok_or_else(|| {
+            format!(
+                "unknown kind `{name}`; one of: {}, or all",
+                KINDS.join(", ")
+            )
+        })?;
+        if !kinds.iter().any(|k| k == kind) {
+            kinds.push(kind.to_string());
+        }
+    }
+    if kinds.is_empty() {
+        return Err("`kinds` is empty; name kinds separated by commas, or `all`".into());
+    }
+    Ok(kinds)
 }
 
 /// The headend's side: a signed envelope of `body`.

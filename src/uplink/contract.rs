@@ -101,13 +101,16 @@ impl Topics {
             .iter()
             .map(|(k, v)| (k.clone(), json_number(*v)))
             .collect();
-        Message {
-            topic: self.reading(&r.meter),
-            payload: json!({"meter": r.meter, "ts": rfc3339_ms(r.ts_ms), "values": values}),
-            qos: 1,
-            retain: false,
-            sequenced: true,
-        }
+        of_kind(
+            Message {
+                topic: self.reading(&r.meter),
+                payload: json!({"meter": r.meter, "ts": rfc3339_ms(r.ts_ms), "values": values}),
+                qos: 1,
+                retain: false,
+                sequenced: true,
+            },
+            "reading",
+        )
     }
 
     /// The retained status payload.
@@ -202,13 +205,16 @@ pub fn loss_message(topics: &Topics, rec: &LossRecord) -> Message {
     payload.insert("missing".into(), json!(rec.missing));
     payload.insert("suspects".into(), Value::Array(suspects));
     payload.insert("meters".into(), Value::Object(meters));
-    Message {
-        topic: topics.loss(&rec.area),
-        payload: Value::Object(payload),
-        qos: 1,
-        retain: false,
-        sequenced: true,
-    }
+    of_kind(
+        Message {
+            topic: topics.loss(&rec.area),
+            payload: Value::Object(payload),
+            qos: 1,
+            retain: false,
+            sequenced: true,
+        },
+        "loss",
+    )
 }
 
 /// The rolling (real-time) loss of an area, as `meta loss_rolling/{area}` keeps it for
@@ -276,13 +282,16 @@ pub fn alarm_message(topics: &Topics, change: &AlarmChange) -> Message {
             json_number((end - a.raised_ms) as f64 / 1000.0),
         );
     }
-    Message {
-        topic: topics.alarm(a.kind.as_str(), &a.subject),
-        payload: Value::Object(payload),
-        qos: 1,
-        retain: false,
-        sequenced: true,
-    }
+    of_kind(
+        Message {
+            topic: topics.alarm(a.kind.as_str(), &a.subject),
+            payload: Value::Object(payload),
+            qos: 1,
+            retain: false,
+            sequenced: true,
+        },
+        "alarm",
+    )
 }
 
 /// The retained message listing every active alarm on `{prefix}/{gateway}/alarm/active`, for
@@ -360,29 +369,32 @@ const ALARM_ENVELOPE_KEYS: &[&str] = &["seq", "state", "ts"];
 /// `"seq"`.
 pub fn voltage_day_message(topics: &Topics, d: &DayRecord) -> Message {
     let opt = |v: Option<f64>| v.map(json_number).unwrap_or(Value::Null);
-    Message {
-        topic: topics.voltage(&d.meter),
-        payload: json!({
-            "meter": d.meter,
-            "phase": d.phase,
-            "day": d.date(),
-            "start": rfc3339_ms(d.day_start_ms),
-            "end": rfc3339_ms(d.day_end_ms),
-            "monitored_s": json_number(d.monitored_s),
-            "above_s": json_number(d.above_s),
-            "below_s": json_number(d.below_s),
-            "outage_s": json_number(d.outage_s),
-            "qualified_pct": opt(d.qualified_pct),
-            "min_v": opt(d.min_v),
-            "max_v": opt(d.max_v),
-            "upper_v": json_number(d.upper_v),
-            "lower_v": json_number(d.lower_v),
-            "reads": d.reads,
-        }),
-        qos: 1,
-        retain: false,
-        sequenced: true,
-    }
+    of_kind(
+        Message {
+            topic: topics.voltage(&d.meter),
+            payload: json!({
+                "meter": d.meter,
+                "phase": d.phase,
+                "day": d.date(),
+                "start": rfc3339_ms(d.day_start_ms),
+                "end": rfc3339_ms(d.day_end_ms),
+                "monitored_s": json_number(d.monitored_s),
+                "above_s": json_number(d.above_s),
+                "below_s": json_number(d.below_s),
+                "outage_s": json_number(d.outage_s),
+                "qualified_pct": opt(d.qualified_pct),
+                "min_v": opt(d.min_v),
+                "max_v": opt(d.max_v),
+                "upper_v": json_number(d.upper_v),
+                "lower_v": json_number(d.lower_v),
+                "reads": d.reads,
+            }),
+            qos: 1,
+            retain: false,
+            sequenced: true,
+        },
+        "voltage_day",
+    )
 }
 
 /// The retained `{prefix}/{gateway}/meter/{meter}/state` message: online/offline and health.
@@ -428,29 +440,32 @@ pub fn meter_state_message(topics: &Topics, s: &MeterState) -> Message {
 /// with reads)}`.
 pub fn voltage_month_message(topics: &Topics, m: &MonthRecord) -> Message {
     let opt = |v: Option<f64>| v.map(json_number).unwrap_or(Value::Null);
-    Message {
-        topic: topics.voltage_month(&m.meter),
-        payload: json!({
-            "meter": m.meter,
-            "phase": m.phase,
-            "month": m.month,
-            "start": rfc3339_ms(m.start_ms),
-            "end": rfc3339_ms(m.end_ms),
-            "monitored_s": json_number(m.monitored_s),
-            "above_s": json_number(m.above_s),
-            "below_s": json_number(m.below_s),
-            "outage_s": json_number(m.outage_s),
-            "qualified_pct": opt(m.qualified_pct),
-            "min_v": opt(m.min_v),
-            "max_v": opt(m.max_v),
-            "upper_v": json_number(m.upper_v),
-            "lower_v": json_number(m.lower_v),
-            "days": m.days,
-        }),
-        qos: 1,
-        retain: false,
-        sequenced: true,
-    }
+    of_kind(
+        Message {
+            topic: topics.voltage_month(&m.meter),
+            payload: json!({
+                "meter": m.meter,
+                "phase": m.phase,
+                "month": m.month,
+                "start": rfc3339_ms(m.start_ms),
+                "end": rfc3339_ms(m.end_ms),
+                "monitored_s": json_number(m.monitored_s),
+                "above_s": json_number(m.above_s),
+                "below_s": json_number(m.below_s),
+                "outage_s": json_number(m.outage_s),
+                "qualified_pct": opt(m.qualified_pct),
+                "min_v": opt(m.min_v),
+                "max_v": opt(m.max_v),
+                "upper_v": json_number(m.upper_v),
+                "lower_v": json_number(m.lower_v),
+                "days": m.days,
+            }),
+            qos: 1,
+            retain: false,
+            sequenced: true,
+        },
+        "voltage_month",
+    )
 }
 
 /// The monthly voltage quality of an area (its meters' phases summed) on
@@ -459,23 +474,26 @@ pub fn voltage_month_message(topics: &Topics, m: &MonthRecord) -> Message {
 /// Payload: `{"area", "month", "start", "end", "monitored_s", "above_s", "below_s",
 /// "qualified_pct" (null when nothing was monitored), "meters" (meters with figures)}`.
 pub fn area_voltage_month_message(topics: &Topics, a: &AreaMonth) -> Message {
-    Message {
-        topic: topics.area_voltage_month(&a.area),
-        payload: json!({
-            "area": a.area,
-            "month": a.month,
-            "start": rfc3339_ms(a.start_ms),
-            "end": rfc3339_ms(a.end_ms),
-            "monitored_s": json_number(a.monitored_s),
-            "above_s": json_number(a.above_s),
-            "below_s": json_number(a.below_s),
-            "qualified_pct": a.qualified_pct.map(json_number).unwrap_or(Value::Null),
-            "meters": a.meters,
-        }),
-        qos: 1,
-        retain: false,
-        sequenced: true,
-    }
+    of_kind(
+        Message {
+            topic: topics.area_voltage_month(&a.area),
+            payload: json!({
+                "area": a.area,
+                "month": a.month,
+                "start": rfc3339_ms(a.start_ms),
+                "end": rfc3339_ms(a.end_ms),
+                "monitored_s": json_number(a.monitored_s),
+                "above_s": json_number(a.above_s),
+                "below_s": json_number(a.below_s),
+                "qualified_pct": a.qualified_pct.map(json_number).unwrap_or(Value::Null),
+                "meters": a.meters,
+            }),
+            qos: 1,
+            retain: false,
+            sequenced: true,
+        },
+        "voltage_area_month",
+    )
 }
 
 /// A meter's daily or monthly freeze on `{prefix}/{gateway}/freeze/{meter}`: QoS 1, sequenced
@@ -494,24 +512,27 @@ pub fn freeze_message(topics: &Topics, f: &FreezeRecord) -> Message {
         .map(|(k, v)| (k.clone(), json_number(*v)))
         .collect();
     let ts = |t: Option<i64>| t.map_or(Value::Null, |t| json!(rfc3339_ms(t)));
-    Message {
-        topic: topics.freeze(&f.meter),
-        payload: json!({
-            "meter": f.meter,
-            "kind": f.kind.as_str(),
-            "ts": rfc3339_ms(f.ts_ms),
-            "day": f.day,
-            "month": f.month,
-            "source": f.source.as_str(),
-            "values": values,
-            "before": ts(f.before_ms),
-            "after": ts(f.after_ms),
-            "late": f.late,
-        }),
-        qos: 1,
-        retain: false,
-        sequenced: true,
-    }
+    of_kind(
+        Message {
+            topic: topics.freeze(&f.meter),
+            payload: json!({
+                "meter": f.meter,
+                "kind": f.kind.as_str(),
+                "ts": rfc3339_ms(f.ts_ms),
+                "day": f.day,
+                "month": f.month,
+                "source": f.source.as_str(),
+                "values": values,
+                "before": ts(f.before_ms),
+                "after": ts(f.after_ms),
+                "late": f.late,
+            }),
+            qos: 1,
+            retain: false,
+            sequenced: true,
+        },
+        "freeze",
+    )
 }
 
 /// A block of a meter's load curve on `{prefix}/{gateway}/curve/{meter}`: QoS 1, sequenced
@@ -580,22 +601,25 @@ pub fn collection_message(topics: &Topics, r: &CollectionReport) -> Message {
             .map(group)
             .collect()
     };
-    Message {
-        topic: topics.collection(),
-        payload: json!({
-            "day": r.day,
-            "ts": rfc3339_ms(r.ts_ms),
-            "configured": r.configured,
-            "frozen": r.frozen,
-            "rate_pct": json_number(r.rate_pct),
-            "failed": r.failed,
-            "buses": of(GroupKind::Bus),
-            "areas": of(GroupKind::Area),
-        }),
-        qos: 1,
-        retain: false,
-        sequenced: true,
-    }
+    of_kind(
+        Message {
+            topic: topics.collection(),
+            payload: json!({
+                "day": r.day,
+                "ts": rfc3339_ms(r.ts_ms),
+                "configured": r.configured,
+                "frozen": r.frozen,
+                "rate_pct": json_number(r.rate_pct),
+                "failed": r.failed,
+                "buses": of(GroupKind::Bus),
+                "areas": of(GroupKind::Area),
+            }),
+            qos: 1,
+            retain: false,
+            sequenced: true,
+        },
+        "collection",
+    )
 }
 
 /// An area's daily line loss from its meters' daily freezes on
@@ -619,13 +643,16 @@ pub fn daily_loss_message(topics: &Topics, l: &DailyLoss) -> Message {
     payload.insert("complete".into(), json!(l.complete));
     payload.insert("missing".into(), json!(l.missing));
     payload.insert("extrapolated".into(), json!(l.extrapolated));
-    Message {
-        topic: topics.loss_day(&l.area),
-        payload: Value::Object(payload),
-        qos: 1,
-        retain: false,
-        sequenced: true,
-    }
+    of_kind(
+        Message {
+            topic: topics.loss_day(&l.area),
+            payload: Value::Object(payload),
+            qos: 1,
+            retain: false,
+            sequenced: true,
+        },
+        "loss_day",
+    )
 }
 
 /// What became of a command, as `{prefix}/{gateway}/command/result` says it.
@@ -659,13 +686,16 @@ pub fn command_result_message(topics: &Topics, r: &CommandResult) -> Message {
         payload.insert("data".into(), data.clone());
     }
     payload.insert("ts".into(), json!(rfc3339_ms(r.ts_ms)));
-    Message {
-        topic: topics.command_result(),
-        payload: Value::Object(payload),
-        qos: 1,
-        retain: false,
-        sequenced: true,
-    }
+    of_kind(
+        Message {
+            topic: topics.command_result(),
+            payload: Value::Object(payload),
+            qos: 1,
+            retain: false,
+            sequenced: true,
+        },
+        "command_result",
+    )
 }
 
 /// The data of a `ping` result: `{"pong": true, "version"}`.
@@ -700,6 +730,32 @@ pub fn read_data(reads: &[(String, Option<Reading>, Option<String>)]) -> Value {
 pub fn config_data(file: &str, toml: &str) -> Value {
     json!({"file": file, "toml": toml})
 }
+
+/// A sequenced message of `kind`: the payload names its kind in `kind_seq`, which the store
+/// replaces with the kind's own counter (see `store::KIND_SEQ_FIELD`), so that a consumer
+/// of one kind can find its own gaps. The kinds: [`KINDS`].
+fn of_kind(mut message: Message, kind: &str) -> Message {
+    if let Value::Object(map) = &mut message.payload {
+        map.insert(crate::store::KIND_SEQ_FIELD.into(), json!(kind));
+    }
+    message
+}
+
+/// Every kind of sequenced message, each with its own `kind_seq` counter; one kind is one
+/// topic filter (`reading/+`, `alarm/+/+`, `voltage/+/month`, ...), so a subscriber to one
+/// filter sees every number of its kind.
+pub const KINDS: &[&str] = &[
+    "reading",
+    "loss",
+    "loss_day",
+    "alarm",
+    "voltage_day",
+    "voltage_month",
+    "voltage_area_month",
+    "freeze",
+    "collection",
+    "command_result",
+];
 
 /// A message re-published by `recall`: its original topic and payload (its original `seq`
 /// in it), not sequenced again. `None` when the stored payload is not a JSON object.

@@ -87,7 +87,7 @@ fn reading_payload_bytes() {
     assert_eq!((m.qos, m.retain, m.sequenced), (1, false, true));
     assert_eq!(
         bytes(&m.payload),
-        r#"{"meter":"m1","ts":"2026-11-18T11:06:40.123Z","values":{"energy_import_kwh":1234.56789,"power_kw":0.3,"voltage_l1_v":null}}"#
+        r#"{"kind_seq":"reading","meter":"m1","ts":"2026-11-18T11:06:40.123Z","values":{"energy_import_kwh":1234.56789,"power_kw":0.3,"voltage_l1_v":null}}"#
     );
 }
 
@@ -123,13 +123,13 @@ fn loss_payload_bytes() {
     assert_eq!((m.qos, m.retain, m.sequenced), (1, false, true));
     assert_eq!(
         bytes(&m.payload),
-        r#"{"area":"T1","complete":true,"coverage_pct":100.0,"end":"2026-11-18T11:06:40.123Z","energy_coverage_pct":99.5,"loss_kwh":1.245679,"loss_pct":10.0901,"meters":{"c1":0.2,"s":12.3},"missing":["c2"],"sales_kwh":11.1,"start":"2026-11-18T10:51:40.123Z","supply_kwh":12.345679,"suspects":[{"detail":"stepped down","meter":"c1","reason":"bypass_signature","score":4.123457}]}"#
+        r#"{"area":"T1","complete":true,"coverage_pct":100.0,"end":"2026-11-18T11:06:40.123Z","energy_coverage_pct":99.5,"kind_seq":"loss","loss_kwh":1.245679,"loss_pct":10.0901,"meters":{"c1":0.2,"s":12.3},"missing":["c2"],"sales_kwh":11.1,"start":"2026-11-18T10:51:40.123Z","supply_kwh":12.345679,"suspects":[{"detail":"stepped down","meter":"c1","reason":"bypass_signature","score":4.123457}]}"#
     );
     let mut none = loss_record();
     none.loss_pct = None;
     assert_eq!(
         bytes(&loss_message(&topics(), &none).payload),
-        r#"{"area":"T1","complete":true,"coverage_pct":100.0,"end":"2026-11-18T11:06:40.123Z","energy_coverage_pct":99.5,"loss_kwh":1.245679,"loss_pct":null,"meters":{"c1":0.2,"s":12.3},"missing":["c2"],"sales_kwh":11.1,"start":"2026-11-18T10:51:40.123Z","supply_kwh":12.345679,"suspects":[{"detail":"stepped down","meter":"c1","reason":"bypass_signature","score":4.123457}]}"#
+        r#"{"area":"T1","complete":true,"coverage_pct":100.0,"end":"2026-11-18T11:06:40.123Z","energy_coverage_pct":99.5,"kind_seq":"loss","loss_kwh":1.245679,"loss_pct":null,"meters":{"c1":0.2,"s":12.3},"missing":["c2"],"sales_kwh":11.1,"start":"2026-11-18T10:51:40.123Z","supply_kwh":12.345679,"suspects":[{"detail":"stepped down","meter":"c1","reason":"bypass_signature","score":4.123457}]}"#
     );
 }
 
@@ -179,7 +179,7 @@ fn alarm_payload_bytes() {
     assert_eq!((m.qos, m.retain, m.sequenced), (1, false, true));
     assert_eq!(
         bytes(&m.payload),
-        r#"{"cleared":null,"erc":24,"id":"voltage_high/m1.l1","kind":"voltage_high","meter":"m1","phase":"l1","raised":"2026-11-18T11:05:40.123Z","severity":"major","state":"raised","subject":"m1.l1","subject_kind":"meter","threshold":235.4,"ts":"2026-11-18T11:06:40.123Z","value":250.123457,"voltage_v":250.1}"#
+        r#"{"cleared":null,"erc":24,"id":"voltage_high/m1.l1","kind":"voltage_high","kind_seq":"alarm","meter":"m1","phase":"l1","raised":"2026-11-18T11:05:40.123Z","severity":"major","state":"raised","subject":"m1.l1","subject_kind":"meter","threshold":235.4,"ts":"2026-11-18T11:06:40.123Z","value":250.123457,"voltage_v":250.1}"#
     );
     let cleared = AlarmChange {
         alarm: alarm(Some(T - 1_500)),
@@ -188,7 +188,7 @@ fn alarm_payload_bytes() {
     };
     assert_eq!(
         bytes(&alarm_message(&topics(), &cleared).payload),
-        r#"{"cleared":"2026-11-18T11:06:38.623Z","duration_s":58.5,"erc":24,"id":"voltage_high/m1.l1","kind":"voltage_high","meter":"m1","phase":"l1","raised":"2026-11-18T11:05:40.123Z","severity":"major","state":"cleared","subject":"m1.l1","subject_kind":"meter","threshold":235.4,"ts":"2026-11-18T11:06:40.123Z","value":250.123457,"voltage_v":250.1}"#
+        r#"{"cleared":"2026-11-18T11:06:38.623Z","duration_s":58.5,"erc":24,"id":"voltage_high/m1.l1","kind":"voltage_high","kind_seq":"alarm","meter":"m1","phase":"l1","raised":"2026-11-18T11:05:40.123Z","severity":"major","state":"cleared","subject":"m1.l1","subject_kind":"meter","threshold":235.4,"ts":"2026-11-18T11:06:40.123Z","value":250.123457,"voltage_v":250.1}"#
     );
 }
 
@@ -237,7 +237,7 @@ fn voltage_day_payload_bytes() {
     assert_eq!((m.qos, m.retain, m.sequenced), (1, false, true));
     assert_eq!(
         bytes(&m.payload),
-        r#"{"above_s":60.5,"below_s":0.0,"day":"2026-11-18","end":"2026-11-19T00:00:00.000Z","lower_v":198.0,"max_v":null,"meter":"m1","min_v":201.3,"monitored_s":86000.0,"outage_s":400.0,"phase":"l1","qualified_pct":99.929651,"reads":1440,"start":"2026-11-18T00:00:00.000Z","upper_v":235.4}"#
+        r#"{"above_s":60.5,"below_s":0.0,"day":"2026-11-18","end":"2026-11-19T00:00:00.000Z","kind_seq":"voltage_day","lower_v":198.0,"max_v":null,"meter":"m1","min_v":201.3,"monitored_s":86000.0,"outage_s":400.0,"phase":"l1","qualified_pct":99.929651,"reads":1440,"start":"2026-11-18T00:00:00.000Z","upper_v":235.4}"#
     );
 }
 
@@ -373,7 +373,7 @@ fn freeze_payload_bytes() {
     assert_eq!((m.qos, m.retain, m.sequenced), (1, false, true));
     assert_eq!(
         bytes(&m.payload),
-        r#"{"after":null,"before":"2026-11-30T15:59:50.000Z","day":"2026-12-01","kind":"month","late":false,"meter":"m1","month":"2026-12","source":"interpolated","ts":"2026-11-30T16:00:00.000Z","values":{"energy_export_kwh":0.0,"energy_import_kwh":1234.5678}}"#
+        r#"{"after":null,"before":"2026-11-30T15:59:50.000Z","day":"2026-12-01","kind":"month","kind_seq":"freeze","late":false,"meter":"m1","month":"2026-12","source":"interpolated","ts":"2026-11-30T16:00:00.000Z","values":{"energy_export_kwh":0.0,"energy_import_kwh":1234.5678}}"#
     );
 }
 
@@ -445,7 +445,7 @@ fn collection_and_daily_loss_payload_bytes() {
     assert_eq!((m.qos, m.retain, m.sequenced), (1, false, true));
     assert_eq!(
         bytes(&m.payload),
-        r#"{"areas":[{"area":"t1","configured":2,"failed":[],"frozen":2,"rate_pct":100.0}],"buses":[{"bus":"rs485-1","configured":3,"failed":["b2"],"frozen":2,"rate_pct":66.666667}],"configured":3,"day":"2026-11-24","failed":["b2"],"frozen":2,"rate_pct":66.666667,"ts":"2026-11-23T16:00:00.000Z"}"#
+        r#"{"areas":[{"area":"t1","configured":2,"failed":[],"frozen":2,"rate_pct":100.0}],"buses":[{"bus":"rs485-1","configured":3,"failed":["b2"],"frozen":2,"rate_pct":66.666667}],"configured":3,"day":"2026-11-24","failed":["b2"],"frozen":2,"kind_seq":"collection","rate_pct":66.666667,"ts":"2026-11-23T16:00:00.000Z"}"#
     );
 
     let l = DailyLoss {
@@ -467,7 +467,7 @@ fn collection_and_daily_loss_payload_bytes() {
     assert_eq!((m.qos, m.retain, m.sequenced), (1, false, true));
     assert_eq!(
         bytes(&m.payload),
-        r#"{"area":"t1","complete":true,"coverage_pct":100.0,"day":"2026-11-24","end":"2026-11-24T16:00:00.000Z","extrapolated":["c2"],"loss_kwh":10.0,"loss_pct":4.0,"missing":[],"sales_kwh":240.0,"start":"2026-11-23T16:00:00.000Z","supply_kwh":250.0}"#
+        r#"{"area":"t1","complete":true,"coverage_pct":100.0,"day":"2026-11-24","end":"2026-11-24T16:00:00.000Z","extrapolated":["c2"],"kind_seq":"loss_day","loss_kwh":10.0,"loss_pct":4.0,"missing":[],"sales_kwh":240.0,"start":"2026-11-23T16:00:00.000Z","supply_kwh":250.0}"#
     );
 }
 
@@ -496,7 +496,7 @@ fn voltage_month_payload_bytes() {
     assert_eq!((msg.qos, msg.retain, msg.sequenced), (1, false, true));
     assert_eq!(
         bytes(&msg.payload),
-        r#"{"above_s":7200.0,"below_s":0.0,"days":28,"end":"2026-02-28T16:00:00.000Z","lower_v":198.0,"max_v":240.0,"meter":"m1","min_v":230.0,"monitored_s":2419200.0,"month":"2026-02","outage_s":0.0,"phase":"l1","qualified_pct":99.702381,"start":"2026-01-31T16:00:00.000Z","upper_v":235.4}"#
+        r#"{"above_s":7200.0,"below_s":0.0,"days":28,"end":"2026-02-28T16:00:00.000Z","kind_seq":"voltage_month","lower_v":198.0,"max_v":240.0,"meter":"m1","min_v":230.0,"monitored_s":2419200.0,"month":"2026-02","outage_s":0.0,"phase":"l1","qualified_pct":99.702381,"start":"2026-01-31T16:00:00.000Z","upper_v":235.4}"#
     );
     let a = AreaMonth {
         area: "T1".into(),
@@ -513,7 +513,7 @@ fn voltage_month_payload_bytes() {
     assert_eq!(msg.topic, "amr/gw1/voltage/area/T1/month");
     assert_eq!(
         bytes(&msg.payload),
-        r#"{"above_s":7200.0,"area":"T1","below_s":0.0,"end":"2026-02-28T16:00:00.000Z","meters":2,"monitored_s":4838400.0,"month":"2026-02","qualified_pct":null,"start":"2026-01-31T16:00:00.000Z"}"#
+        r#"{"above_s":7200.0,"area":"T1","below_s":0.0,"end":"2026-02-28T16:00:00.000Z","kind_seq":"voltage_area_month","meters":2,"monitored_s":4838400.0,"month":"2026-02","qualified_pct":null,"start":"2026-01-31T16:00:00.000Z"}"#
     );
 }
 
@@ -535,7 +535,7 @@ fn command_result_payloads_byte_for_byte() {
     assert_eq!((done.qos, done.retain, done.sequenced), (1, false, true));
     assert_eq!(
         done.payload.to_string(),
-        r#"{"data":{"pong":true},"id":"c-1","name":"ping","state":"done","ts":"1970-01-01T00:00:00.000Z"}"#
+        r#"{"data":{"pong":true},"id":"c-1","kind_seq":"command_result","name":"ping","state":"done","ts":"1970-01-01T00:00:00.000Z"}"#
     );
     let rejected = command_result_message(
         &t,
@@ -550,7 +550,7 @@ fn command_result_payloads_byte_for_byte() {
     );
     assert_eq!(
         rejected.payload.to_string(),
-        r#"{"id":null,"name":null,"reason":"bad signature for key `k`","state":"rejected","ts":"1970-01-01T00:00:00.000Z"}"#
+        r#"{"id":null,"kind_seq":"command_result","name":null,"reason":"bad signature for key `k`","state":"rejected","ts":"1970-01-01T00:00:00.000Z"}"#
     );
     assert_eq!(t.command(), "amr/gw/command");
     let again = recalled_message("amr/gw/reading/m1", r#"{"seq":7,"meter":"m1"}"#).unwrap();

@@ -9,12 +9,15 @@
 //! `failed` (with the reason) when it has run; commands run concurrently, so a slow `read`
 //! does not hold up a `ping`.
 
-use crate::clock::now_ms;
+use crate::clock::{now_ms, rfc3339_ms};
 use crate::shutdown::Shutdown;
-use crate::store::{Batch, CommandAudit, SharedStore, with_store};
-use crate::uplink::command::{Accepted, Authority, Command, RecallRange};
-use crate::uplink::contract::{CommandResult, Topics, command_result_message, recalled_message};
+use crate::store::{Batch, CommandAudit, Published, SharedStore, with_store};
+use crate::uplink::command::{Accepted, Authority, Command, Meters, RecallRange, RejectReason};
+use crate::uplink::contract::{
+    CommandResult, KINDS, Topics, command_result_message, recalled_message,
+};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -47,9 +50,29 @@ const UNAUTHENTIC_ANSWERS_PER_MINUTE: usize = 30;
 /// Rejections since start (also in each rejection's log line).
 static REJECTED: AtomicU64 = AtomicU64::new(0);
 
+/// Rejections since start by reason, in the order of [`RejectReason::CODES`].
+static REJECTED_BY_REASON: [AtomicU64; 12] = [const { AtomicU64::new(0) }; 12];
+
 /// Commands rejected since this process started.
 pub fn rejected_total() -> u64 {
     REJECTED.load(Ordering::Relaxed)
+}
+
+/// Commands rejected since this process started, by reason ([`RejectReason::code`]); every
+/// reason is named, 0 when it never happened.
+pub fn rejected_by_reason() -> BTreeMap<&'static str, u64> {
+    RejectReason::CODES
+        .iter()
+        .zip(&REJECTED_BY_REASON)
+        .map(|(code, n)| (*code, n.load(Ordering::Relaxed)))
+        .collect()
+}
+
+/// The counters of rejected commands as the headend sees them (in the `status` command's
+/// document and, through the health message, on the broker): `{"rejected_total",
+/// "rejected": {REASON: count}}`, since the process started.
+pub fn rejected_counters() -> Value {
+    json!({"rejected_total": rejected_total(), "rejected": rejected_by_reason()})
 }
 
 /// Runs the desk until `shutdown` says stop or the uplink closes `payloads`; commands still
@@ -97,6 +120,12 @@ pub async fn run_desk(
         match verdict {
             Err(rejection) => {
                 let total = REJECTED.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(i) = RejectReason::CODES
+                    .iter()
+                    .position(|c| *c == rejection.reason.code())
+                {
+                    REJECTED_BY_REASON[i].fetch_add(1, Ordering::Relaxed);
+                }
                 let reason = rejection.reason.to_string();
                 warn!(
                     id = rejection.id.as_deref().unwrap_or("-"),
@@ -235,16 +264,21 @@ impl Desk {
         }
     }
 
-    /// Re-publishes the sequenced messages of a seq range with their original `seq`, in
-    /// chunks with a pause between them. Data: `{"from_seq", "to_seq", "republished",
-    /// "missing"}` (`missing`: seqs in the range the store no longer holds, or never gave out).
+    /// Re-publishes what `range` selects with the original `seq` (and `kind_seq`), in
+    /// chunks with a pause between them.
+    ///
+    /// By seq, data: `{"from_seq", "to_seq", "republished", "missing"}` (`missing`: seqs in
+    /// the range the store no longer holds, or never gave out). By time, data: `{"from", "to",
+    /// "republished", "kinds": {KIND: count}}`.
     async fn recall(&self, range: RecallRange) -> Outcome {
-        let RecallRange::Seq { from, to } = range else {
-            return Err(
-                "recall by time (from/to, meters, kinds) is not supported yet; recall by \
-                 from_seq/to_seq"
-                    .into(),
-            );
+        let (from, to) = match range {
+            RecallRange::Seq { from, to } => (from, to),
+            RecallRange::Time {
+                from_ms,
+                to_ms,
+                meters,
+                kinds,
+            } => return self.recall_time(from_ms, to_ms, meters, kinds).await,
         };
         let count = to - from + 1;
         if count > RECALL_MAX {
@@ -258,6 +292,81 @@ impl Desk {
         .await
         .map_err(|e| e.to_string())?;
         let found = copies.len() as u64;
+        let republished = self.republish(&copies).await?;
+        Ok(Some(json!({
+            "from_seq": from,
+            "to_seq": to,
+            "republished": republished,
+            "missing": count - found,
+        })))
+    }
+
+    /// Recall by time: every kind asked (all but `command_result` when none is named), of
+    /// the meters asked where the kind is about a meter (readings, freezes, voltage days and
+    /// months, alarms of a meter); kinds about an area or the gateway are recalled whole.
+    async fn recall_time(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        meters: Meters,
+        kinds: Vec<String>,
+    ) -> Outcome {
+        let kinds: Vec<String> = if kinds.is_empty() {
+            KINDS
+                .iter()
+                .filter(|k| **k != "command_result")
+                .map(|k| k.to_string())
+                .collect()
+        } else {
+            kinds
+        };
+        let patterns: Vec<(String, String)> = kinds
+            .iter()
+            .flat_map(|kind| {
+                recall_patterns(&self.topics, kind, &meters)
+                    .into_iter()
+                    .map(move |p| (kind.clone(), p))
+            })
+            .collect();
+        let mut copies = with_store(&self.store, move |s| {
+            let mut all = Vec::new();
+            for (kind, pattern) in &patterns {
+                let left = (RECALL_MAX as usize + 1).saturating_sub(all.len());
+                all.extend(
+                    s.published_by_kind(kind, from_ms, to_ms, pattern, left)?
+                        .into_iter()
+                        .map(|p| (kind.clone(), p)),
+                );
+            }
+            Ok::<_, crate::store::StoreError>(all)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        if copies.len() as u64 > RECALL_MAX {
+            return Err(format!(
+                "the range holds more than {RECALL_MAX} messages; recall a shorter time range \
+                 or fewer meters or kinds"
+            ));
+        }
+        copies.sort_by_key(|(_, p)| p.seq);
+        copies.dedup_by_key(|(_, p)| p.seq);
+        let mut per_kind: BTreeMap<String, u64> = kinds.iter().map(|k| (k.clone(), 0)).collect();
+        for (kind, _) in &copies {
+            *per_kind.entry(kind.clone()).or_default() += 1;
+        }
+        let copies: Vec<Published> = copies.into_iter().map(|(_, p)| p).collect();
+        let republished = self.republish(&copies).await?;
+        Ok(Some(json!({
+            "from": rfc3339_ms(from_ms),
+            "to": rfc3339_ms(to_ms),
+            "republished": republished,
+            "kinds": per_kind,
+        })))
+    }
+
+    /// Puts recalled copies in the outbox as they were first published, in chunks with a
+    /// pause between them so that live data keeps flowing; how many went.
+    async fn republish(&self, copies: &[Published]) -> Result<usize, String> {
         let messages: Vec<_> = copies
             .iter()
             .filter_map(|c| recalled_message(&c.topic, &c.payload))
@@ -273,11 +382,44 @@ impl Desk {
             self.wake.notify_one();
             tokio::time::sleep(RECALL_PAUSE).await;
         }
-        Ok(Some(json!({
-            "from_seq": from,
-            "to_seq": to,
-            "republished": messages.len(),
-            "missing": count - found,
-        })))
+        Ok(messages.len())
     }
+}
+
+/// The topic GLOB patterns of `kind`'s messages about `meters`.
+fn recall_patterns(topics: &Topics, kind: &str, meters: &Meters) -> Vec<String> {
+    let ids: Vec<String> = match meters {
+        Meters::All => vec!["*".into()],
+        Meters::These(ids) => ids.iter().map(|m| glob_literal(m)).collect(),
+    };
+    let each = |topic: fn(&Topics, &str) -> String| ids.iter().map(|m| topic(topics, m)).collect();
+    match kind {
+        "reading" => each(Topics::reading),
+        "freeze" => each(Topics::freeze),
+        "voltage_day" => each(Topics::voltage),
+        "voltage_month" => each(Topics::voltage_month),
+        // A meter's alarms have the meter (or `meter.phase`) as their subject.
+        "alarm" => ids
+            .iter()
+            .flat_map(|m| {
+                let exact = topics.alarm("*", m);
+                if m == "*" {
+                    vec![exact]
+                } else {
+                    vec![topics.alarm("*", &format!("{m}.*")), exact]
+                }
+            })
+            .collect(),
+        _ => vec!["*".into()],
+    }
+}
+
+/// `text` as a GLOB that matches only itself.
+fn glob_literal(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '*' | '?' | '[' => format!("[{c}]"),
+            c => c.to_string(),
+        })
+        .collect()
 }

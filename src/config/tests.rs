@@ -353,7 +353,7 @@ fn unknown_section() {
             3,
             "unknown section `meters`; did you mean `[[meter]]`? the sections are: [gateway], \
              [mqtt], [store], [[bus]], [[meter]], [[area]], [loss], [alarms], [voltage_quality], \
-             [freeze], [collection], [[command_key]], [commands]"
+             [freeze], [curve], [collection], [[command_key]], [commands]"
         )]
     );
 }

@@ -562,20 +562,23 @@ pub fn curve_message(topics: &Topics, b: &CurveBlock) -> Message {
             })
         })
         .collect();
-    Message {
-        topic: topics.curve(&b.meter),
-        payload: json!({
-            "meter": b.meter,
-            "start": rfc3339_ms(b.start_ms),
-            "end": rfc3339_ms(b.end_ms),
-            "day": b.day,
-            "interval_min": b.interval_min,
-            "points": points,
-        }),
-        qos: 1,
-        retain: false,
-        sequenced: true,
-    }
+    of_kind(
+        Message {
+            topic: topics.curve(&b.meter),
+            payload: json!({
+                "meter": b.meter,
+                "start": rfc3339_ms(b.start_ms),
+                "end": rfc3339_ms(b.end_ms),
+                "day": b.day,
+                "interval_min": b.interval_min,
+                "points": points,
+            }),
+            qos: 1,
+            retain: false,
+            sequenced: true,
+        },
+        "curve",
+    )
 }
 
 /// The day's collection success on `{prefix}/{gateway}/collection`: QoS 1, sequenced, once a
@@ -753,6 +756,7 @@ pub const KINDS: &[&str] = &[
     "voltage_month",
     "voltage_area_month",
     "freeze",
+    "curve",
     "collection",
     "command_result",
 ];

@@ -406,7 +406,7 @@ fn curve_payload_bytes() {
     assert_eq!((m.qos, m.retain, m.sequenced), (1, false, true));
     assert_eq!(
         bytes(&m.payload),
-        r#"{"day":"2026-11-23","end":"2026-11-22T17:00:00.000Z","interval_min":15,"meter":"m1","points":[{"energy":{"energy_import_kwh":10.25},"instant":{"power_kw":1.5,"voltage_l1_v":229.96},"instant_ts":"2026-11-22T16:15:05.000Z","ts":"2026-11-22T16:15:00.000Z"}],"start":"2026-11-22T16:00:00.000Z"}"#
+        r#"{"day":"2026-11-23","end":"2026-11-22T17:00:00.000Z","interval_min":15,"kind_seq":"curve","meter":"m1","points":[{"energy":{"energy_import_kwh":10.25},"instant":{"power_kw":1.5,"voltage_l1_v":229.96},"instant_ts":"2026-11-22T16:15:05.000Z","ts":"2026-11-22T16:15:00.000Z"}],"start":"2026-11-22T16:00:00.000Z"}"#
     );
 }
 

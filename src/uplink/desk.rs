@@ -396,6 +396,7 @@ fn recall_patterns(topics: &Topics, kind: &str, meters: &Meters) -> Vec<String> 
     match kind {
         "reading" => each(Topics::reading),
         "freeze" => each(Topics::freeze),
+        "curve" => each(Topics::curve),
         "voltage_day" => each(Topics::voltage),
         "voltage_month" => each(Topics::voltage_month),
         // A meter's alarms have the meter (or `meter.phase`) as their subject.

@@ -497,6 +497,11 @@ impl FaultRng {
         FaultRng(seed | 1)
     }
 
+    /// A second generator, seeded from this one (for another task).
+    pub fn fork(&mut self) -> FaultRng {
+        FaultRng(self.next() | 1)
+    }
+
     pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;

@@ -15,7 +15,8 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 /// One problem (or warning) in a file, at a 1-based line and column (in characters).
-/// `Display` writes it `FILE:LINE:COL: message`.
+/// `Display` writes it `FILE:LINE:COL: message`, invisible characters [`shown`] escaped (also
+/// in a problem not made by a [`Report`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Problem {
     pub file: String,
@@ -29,7 +30,10 @@ impl std::fmt::Display for Problem {
         write!(
             f,
             "{}:{}:{}: {}",
-            self.file, self.line, self.col, self.message
+            shown(&self.file),
+            self.line,
+            self.col,
+            shown(&self.message)
         )
     }
 }
@@ -507,6 +511,17 @@ mod tests {
             r.problems[0].to_string(),
             "f.toml:1:1: unknown protocol `modbus\\u{200b}-tcp`"
         );
+    }
+
+    #[test]
+    fn a_problem_made_by_hand_is_shown_escaped_too() {
+        let p = Problem {
+            file: "f\u{200b}.toml".into(),
+            line: 1,
+            col: 1,
+            message: "cannot read \u{feff}".into(),
+        };
+        assert_eq!(p.to_string(), "f\\u{200b}.toml:1:1: cannot read \\u{feff}");
     }
 
     #[test]

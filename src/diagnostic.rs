@@ -4,6 +4,10 @@
 //! one table with their types, reports unknown keys with a "did you mean" (one [`nearest`], one
 //! [`edit_distance`]) and wrong types with what was found.
 //!
+//! Every message is passed through [`shown`] when it is recorded, so a value the user wrote
+//! with an invisible character (a zero-width space, a BOM, a control character) is shown
+//! escaped: `unknown protocol `modbus\u{200b}-tcp``.
+//!
 //! A leaf: it knows TOML and text positions, nothing of the gateway.
 
 use std::ops::Range;
@@ -11,7 +15,8 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 /// One problem (or warning) in a file, at a 1-based line and column (in characters).
-/// `Display` writes it `FILE:LINE:COL: message`.
+/// `Display` writes it `FILE:LINE:COL: message`, invisible characters [`shown`] escaped (also
+/// in a problem not made by a [`Report`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Problem {
     pub file: String,
@@ -25,7 +30,10 @@ impl std::fmt::Display for Problem {
         write!(
             f,
             "{}:{}:{}: {}",
-            self.file, self.line, self.col, self.message
+            shown(&self.file),
+            self.line,
+            self.col,
+            shown(&self.message)
         )
     }
 }
@@ -45,20 +53,67 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
+/// True for a character a reader of a message cannot see, or cannot tell from a space: control
+/// characters, format characters (zero-width spaces and joiners, bidi marks, the BOM, the soft
+/// hyphen), spaces other than the ASCII one, variation selectors.
+pub fn is_invisible(c: char) -> bool {
+    c.is_control()
+        || (c.is_whitespace() && c != ' ')
+        || matches!(c,
+            '\u{ad}' | '\u{34f}' | '\u{61c}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}'
+            | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}'
+            | '\u{ffa0}' | '\u{fff0}'..='\u{fffb}' | '\u{e0000}'..='\u{e007f}')
+}
+
+/// `text` with every [`is_invisible`] character written as a Rust escape (`\u{200b}`), so a
+/// message shows what was really written. Line breaks and tabs are escaped too: a problem is
+/// one line. Text without such characters is returned as is.
+pub fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(is_invisible) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if is_invisible(c) {
+            out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// At most `max` characters of `text`, with `…` and the full length when it was cut: for
+/// messages that quote a value the user may have made very long.
+pub fn cut(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((end, _)) => format!("{}… ({} characters)", &text[..end], text.chars().count()),
+    }
+}
+
 /// The problems and warnings found so far in one file, and what is needed to place them.
 /// A warning does not make the file invalid (an old key still accepted, say).
 pub struct Report<'s> {
     file: String,
     text: &'s str,
+    /// Byte offset of the start of each line, so that placing a problem costs a binary search
+    /// and one line's characters, not a scan of the file (a model file of 20,000 registers).
+    line_starts: Vec<usize>,
     pub problems: Vec<Problem>,
     pub warnings: Vec<Problem>,
 }
 
 impl<'s> Report<'s> {
     pub fn new(file: String, text: &'s str) -> Report<'s> {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
         Report {
             file,
             text,
+            line_starts,
             problems: Vec::new(),
             warnings: Vec::new(),
         }
@@ -70,7 +125,14 @@ impl<'s> Report<'s> {
 
     /// 1-based line and column (in characters) of a byte offset.
     pub fn position(&self, offset: usize) -> (usize, usize) {
-        line_col(self.text, offset)
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        // The last line starting at or before `offset`.
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let start = self.line_starts[line - 1];
+        (line, self.text[start..offset].chars().count() + 1)
     }
 
     /// 1-based line of a byte offset.
@@ -78,14 +140,15 @@ impl<'s> Report<'s> {
         self.position(offset).0
     }
 
-    /// The problem `message` at a byte offset of the file.
+    /// The problem `message` at a byte offset of the file, invisible characters [`shown`].
     pub fn problem(&self, offset: usize, message: impl Into<String>) -> Problem {
         let (line, col) = self.position(offset);
+        let message = message.into();
         Problem {
             file: self.file.clone(),
             line,
             col,
-            message: message.into(),
+            message: shown(&message).into_owned(),
         }
     }
 
@@ -417,6 +480,54 @@ mod tests {
         assert_eq!(line_col(text, 6), (2, 2));
         assert_eq!(line_col(text, 4), (2, 1), "inside the €");
         assert_eq!(line_col(text, 100), (3, 1));
+    }
+
+    #[test]
+    fn positions_agree_with_line_col_everywhere() {
+        let text = "a = 1\n\nb = \"é€\" x\r\n[t]\nz";
+        let r = Report::new("f".into(), text);
+        for offset in 0..=text.len() + 2 {
+            assert_eq!(
+                r.position(offset),
+                line_col(text, offset),
+                "offset {offset}"
+            );
+        }
+        let r = Report::new("f".into(), "");
+        assert_eq!(r.position(5), (1, 1));
+    }
+
+    #[test]
+    fn invisible_characters_are_shown_escaped() {
+        assert_eq!(shown("modbus-tcp"), "modbus-tcp");
+        assert_eq!(shown("modbus\u{200b}-tcp"), "modbus\\u{200b}-tcp");
+        assert_eq!(shown("\u{feff}gw1\t"), "\\u{feff}gw1\\u{9}");
+        assert_eq!(shown("a\u{a0}b"), "a\\u{a0}b");
+        // Visible text, in any script, is left alone.
+        assert_eq!(shown("台区 é €"), "台区 é €");
+        let mut r = Report::new("f.toml".into(), "x");
+        r.at(0, "unknown protocol `modbus\u{200b}-tcp`");
+        assert_eq!(
+            r.problems[0].to_string(),
+            "f.toml:1:1: unknown protocol `modbus\\u{200b}-tcp`"
+        );
+    }
+
+    #[test]
+    fn a_problem_made_by_hand_is_shown_escaped_too() {
+        let p = Problem {
+            file: "f\u{200b}.toml".into(),
+            line: 1,
+            col: 1,
+            message: "cannot read \u{feff}".into(),
+        };
+        assert_eq!(p.to_string(), "f\\u{200b}.toml:1:1: cannot read \\u{feff}");
+    }
+
+    #[test]
+    fn long_values_are_cut_in_messages() {
+        assert_eq!(cut("abc", 5), "abc");
+        assert_eq!(cut("abcdef", 3), "abc… (6 characters)");
     }
 
     #[test]

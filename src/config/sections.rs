@@ -74,7 +74,9 @@ const AREA_KEYS: &[&str] = &[
 
 /// Why `s` cannot be one level of an MQTT topic, if it cannot.
 pub(super) fn topic_level_problem(s: &str) -> Option<&'static str> {
-    if s.is_empty() {
+    if s.chars().count() > MAX_ID_CHARS {
+        Some("is longer than 64 characters (the limit of an id)")
+    } else if s.is_empty() {
         Some("is empty")
     } else if s.contains('/') {
         Some("contains `/`")
@@ -86,10 +88,18 @@ pub(super) fn topic_level_problem(s: &str) -> Option<&'static str> {
         Some("contains a space")
     } else if s.chars().any(char::is_control) {
         Some("contains a control character")
+    } else if s.chars().any(crate::diagnostic::is_invisible) {
+        Some("contains an invisible character")
+    } else if !s.chars().all(|c| c.is_alphanumeric() || "-_.".contains(c)) {
+        Some("contains a character other than a letter, a digit, `-`, `_` or `.`")
     } else {
         None
     }
 }
+
+/// The longest id (gateway, bus, meter, area): ids are MQTT topic levels, and a broker drops a
+/// client whose topics or client id grow without bound.
+pub(super) const MAX_ID_CHARS: usize = 64;
 
 /// Reads a string key that ends up in MQTT topics (gateway id, meter id, ...): it must be a
 /// valid topic level.
@@ -107,7 +117,7 @@ fn topic_level(
             format!(
                 "{what} `{}` {why}; it is used as an MQTT topic level, so use only letters, \
                  digits, `-`, `_` and `.`",
-                s.get_ref()
+                crate::diagnostic::cut(s.get_ref(), MAX_ID_CHARS)
             ),
         );
         return None;

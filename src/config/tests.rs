@@ -1802,3 +1802,186 @@ fn dlt645_bus_defaults_and_keys() {
         )]
     );
 }
+
+#[test]
+fn ids_have_a_length_limit_and_a_safe_charset() {
+    // A gateway id of a million characters: refused, and the message quotes only its start.
+    let long = "g".repeat(1_000_000);
+    let text = edit("id = \"tx-0412\"", &format!("id = \"{long}\""));
+    let got = problems(&text);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with(&format!("{FILE}:2:6: gateway id `{}…", "g".repeat(64))),
+        "{}",
+        &got[0][..200]
+    );
+    assert!(
+        got[0].contains("is longer than 64 characters"),
+        "{}",
+        &got[0][..300]
+    );
+    assert!(got[0].len() < 400, "the message repeats the whole id");
+    // 64 characters are fine; 65 are not, for every kind of id.
+    let ok = edit("id = \"m-001\"", &format!("id = \"{}\"", "m".repeat(64)));
+    assert!(parse(&ok).is_ok());
+    for (from, line) in [
+        ("id = \"m-001\"", 20),
+        ("name = \"rs485-1\"", 9),
+        ("id = \"tx-0412\"", 2),
+    ] {
+        let key = from.split(' ').next().unwrap();
+        let text = edit(from, &format!("{key} = \"{}\"", "x".repeat(65)));
+        let got = problems(&text);
+        assert!(
+            got.iter().any(|p| p.starts_with(&format!("{FILE}:{line}:"))
+                && p.contains("longer than 64 characters")),
+            "{got:?}"
+        );
+    }
+    // An area id too.
+    let area = format!(
+        "{BASE}\n[[area]]\nid = \"{}\"\nsupply = [\"m-supply\"]\ncustomers = [\"m-001\"]\n",
+        "a".repeat(65)
+    );
+    let got = problems(&area);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with(&format!("{FILE}:26:6: area id `")),
+        "{got:?}"
+    );
+    // Characters that are not safe in a topic level; letters of any script are.
+    let got = problems(&edit("id = \"m-001\"", "id = \"m:001\""));
+    assert_eq!(
+        got,
+        [at(
+            20,
+            6,
+            "meter id `m:001` contains a character other than a letter, a digit, `-`, `_` or \
+             `.`; it is used as an MQTT topic level, so use only letters, digits, `-`, `_` and `.`"
+        )]
+    );
+    assert!(parse(&edit("id = \"m-001\"", "id = \"台区-001\"")).is_ok());
+}
+
+#[test]
+fn invisible_characters_are_shown_escaped_in_every_message() {
+    // The protocol name with a zero-width space: the message shows it.
+    let got = problems(&edit(
+        "protocol = \"modbus-rtu\"",
+        "protocol = \"modbus\u{200b}-rtu\"",
+    ));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with(&format!(
+            "{FILE}:10:12: unknown protocol `modbus\\u{{200b}}-rtu`; did you mean `modbus-rtu`?"
+        )),
+        "{got:?}"
+    );
+    // A meter id with one; a bus name a meter refers to with a BOM; an unknown key with a
+    // non-breaking space.
+    let got = problems(&edit("id = \"m-001\"", "id = \"m-0\u{2060}01\""));
+    assert!(
+        got[0].contains("meter id `m-0\\u{2060}01` contains an invisible"),
+        "{got:?}"
+    );
+    let got = problems(&edit("bus = \"rs485-1\"", "bus = \"\u{feff}rs485-1\""));
+    assert!(
+        got[0].contains("bus `\\u{feff}rs485-1`, which is not defined"),
+        "{got:?}"
+    );
+    let got = problems(&edit("unit = 2", "unit\u{a0}= 2"));
+    assert!(
+        got.iter()
+            .all(|p| !p.chars().any(crate::diagnostic::is_invisible)),
+        "{got:?}"
+    );
+    // In a model file too.
+    let model = "[model]\nname = \"m\"\nphases = 1\nfunction = 3\ntype = \"u16\"\n\
+                 [[register]]\nquantity = \"power\u{200d}_kw\"\naddress = 0\n";
+    let e = ModelLibrary::parse_model(model, "m.toml").unwrap_err();
+    assert!(
+        e[0].to_string()
+            .starts_with("m.toml:7:12: unknown quantity \"power\\u{200d}_kw\""),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_single_phase_model_has_no_l2_or_l3_quantities() {
+    let model = "[model]\nname = \"m1\"\nphases = 1\nfunction = 4\ntype = \"f32\"\n\
+                 [[register]]\nquantity = \"voltage_l1_v\"\naddress = 0\n\
+                 [[register]]\nquantity = \"voltage_l3_v\"\naddress = 2\n\
+                 [[register]]\nquantity = \"current_n_a\"\naddress = 4\n";
+    let e = ModelLibrary::parse_model(model, "/site/models/m1.toml").unwrap_err();
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].to_string().starts_with(
+            "/site/models/m1.toml:10:12: quantity \"voltage_l3_v\" does not exist on a \
+             single-phase meter ([model] phases = 1)"
+        ),
+        "{e:?}"
+    );
+    // The same registers in a three-phase model are fine; so is every built-in model.
+    assert!(ModelLibrary::parse_model(&model.replace("phases = 1", "phases = 3"), "m").is_ok());
+    // Through the configuration: the problem names the model file.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("m1.toml"), model).unwrap();
+    let text = edit(
+        "data_dir = \"data\"",
+        &format!(
+            "data_dir = \"data\"\nmodels_dir = \"{}\"",
+            dir.path().display()
+        ),
+    );
+    let got = problems(&text);
+    let file = dir.path().join("m1.toml");
+    assert!(
+        got.iter().any(|p| p.starts_with(&format!(
+            "{}:10:12: quantity \"voltage_l3_v\"",
+            file.display()
+        ))),
+        "{got:?}"
+    );
+}
+
+/// A model file of `n` registers, each a u16 at its own address, quantities repeating.
+fn huge_model(n: usize) -> String {
+    let mut text =
+        String::from("[model]\nname = \"huge\"\nphases = 3\nfunction = 3\ntype = \"u16\"\n");
+    for i in 0..n {
+        let q = crate::model::QUANTITIES[i % crate::model::QUANTITIES.len()];
+        text += &format!("[[register]]\nquantity = \"{q}\"\naddress = {i}\n");
+    }
+    text
+}
+
+#[test]
+fn a_model_file_of_20001_registers_is_checked_through() {
+    // Every quantity after the first 26 is mapped twice: 19,975 problems, each at its line and
+    // naming the first mapping's line. (This took 29 s when the checks across registers
+    // compared every pair; see docs/benchmarks.md.)
+    let n = 20_001;
+    let q = crate::model::QUANTITIES.len();
+    let e = ModelLibrary::parse_model(&huge_model(n), "huge.toml").unwrap_err();
+    assert_eq!(e.len(), n - q);
+    assert_eq!(e[0].line, 6 + 3 * q + 1);
+    assert!(
+        e[0].message.contains("mapped twice (also at line 7)"),
+        "{}",
+        e[0]
+    );
+    let last = e.last().unwrap();
+    assert_eq!(last.line, 6 + 3 * (n - 1) + 1);
+    // Overlaps are still found among many registers: one u32 over two u16s.
+    let mut text = huge_model(q);
+    text += "[[register]]\nquantity = \"power_kw\"\naddress = 3\ntype = \"u32\"\n";
+    let e = ModelLibrary::parse_model(&text, "o.toml").unwrap_err();
+    assert_eq!(e.len(), 3, "one duplicate, two overlaps: {e:?}");
+    let overlaps: Vec<_> = e
+        .iter()
+        .filter(|p| p.message.contains("overlaps"))
+        .collect();
+    assert_eq!(overlaps.len(), 2, "{e:?}");
+    assert!(overlaps[0].message.contains("(line 17"), "{e:?}");
+    assert!(overlaps[1].message.contains("(line 20"), "{e:?}");
+}

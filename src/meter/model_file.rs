@@ -4,6 +4,7 @@
 //! The format is described for field engineers in `protocols/README.md`. Parsing keeps the
 //! TOML spans (`toml::de::DeTable`) so that every message points at the key or value at fault.
 
+use std::collections::HashMap;
 use std::ops::Range;
 
 use toml::Spanned;
@@ -84,6 +85,8 @@ pub fn parse(text: &str, source: &str) -> Result<ParsedModel, Vec<ModelError>> {
 
 /// Register settings `[model]` gives to every `[[register]]` that does not set them itself.
 struct RegisterDefaults {
+    /// The model's phases, when valid: a single-phase model has no L2/L3 quantities.
+    phases: Option<u8>,
     function: Option<u8>,
     data_type: Option<DataType>,
     word_order: WordOrder,
@@ -126,6 +129,7 @@ impl FileCheck<'_> {
             );
             // Still check the registers, with no defaults, to report their problems too.
             let defaults = RegisterDefaults {
+                phases: None,
                 function: None,
                 data_type: None,
                 word_order: WordOrder::Abcd,
@@ -217,6 +221,7 @@ impl FileCheck<'_> {
         let unit_switch_pause_ms = pause("unit_switch_pause_ms");
         let inter_frame_pause_ms = pause("inter_frame_pause_ms");
         let defaults = RegisterDefaults {
+            phases,
             function: table.get("function").and_then(|v| self.function(v)),
             data_type: table.get("type").and_then(|v| self.data_type(v)),
             word_order: table
@@ -333,6 +338,18 @@ impl FileCheck<'_> {
                 );
             }
         }
+        if let (Some((name, span)), Some(1)) = (&quantity, defaults.phases)
+            && !fits_single_phase(name)
+        {
+            self.error(
+                span.clone(),
+                format!(
+                    "quantity \"{name}\" does not exist on a single-phase meter ([model] phases = \
+                     1); a single-phase model maps L1 (or no phase) quantities only: remove this \
+                     register, or set `phases = 3` if the meter is three-phase"
+                ),
+            );
+        }
         let address = match self.integer(table, "address", "a zero-based register address") {
             None => {
                 let what = quantity
@@ -443,46 +460,56 @@ impl FileCheck<'_> {
     }
 
     /// Checks across registers: a quantity mapped twice, registers of one function overlapping.
-    /// Each problem is reported once, at the later of the two entries.
+    /// Each problem is reported once, at the later of the two entries. Linear in the number of
+    /// registers: the first entry of each quantity and the entries covering each register word
+    /// (a value spans at most 4 words) are looked up, not searched for.
     fn cross_check(&mut self, entries: &[RegisterEntry]) {
+        let mut first_of: HashMap<&str, usize> = HashMap::with_capacity(entries.len());
+        // (function, register address) → the entries covering that word, in file order.
+        let mut covering: HashMap<(u8, u32), Vec<usize>> = HashMap::with_capacity(entries.len());
         for (i, later) in entries.iter().enumerate() {
-            for earlier in &entries[..i] {
-                if earlier.def.quantity == later.def.quantity {
-                    let line = self.line_of(&earlier.quantity_span);
-                    self.error(
-                        later.quantity_span.clone(),
-                        format!(
-                            "quantity \"{}\" is mapped twice (also at line {line}); keep the \
-                             register the vendor documents for it and remove the other",
-                            later.def.quantity
-                        ),
-                    );
-                    break;
-                }
+            if let Some(&j) = first_of.get(later.def.quantity.as_str()) {
+                let line = self.line_of(&entries[j].quantity_span);
+                self.error(
+                    later.quantity_span.clone(),
+                    format!(
+                        "quantity \"{}\" is mapped twice (also at line {line}); keep the \
+                         register the vendor documents for it and remove the other",
+                        later.def.quantity
+                    ),
+                );
+            } else {
+                first_of.insert(later.def.quantity.as_str(), i);
             }
-            for earlier in &entries[..i] {
-                let (a, b) = (&earlier.def, &later.def);
-                if a.function != b.function {
-                    continue;
-                }
-                let a_end = u32::from(a.address) + u32::from(a.data_type.words());
-                let b_end = u32::from(b.address) + u32::from(b.data_type.words());
-                if u32::from(b.address) < a_end && u32::from(a.address) < b_end {
-                    let line = self.line_of(&earlier.address_span);
-                    self.error(
-                        later.address_span.clone(),
-                        format!(
-                            "\"{}\" (function {}, registers {}) overlaps \"{}\" (line {line}, \
-                             registers {}); two quantities cannot share a register: check both \
-                             addresses and data types against the vendor's table",
-                            b.quantity,
-                            b.function,
-                            register_range(b),
-                            a.quantity,
-                            register_range(a),
-                        ),
-                    );
-                }
+            let b = &later.def;
+            let words = u32::from(b.address)..u32::from(b.address) + u32::from(b.data_type.words());
+            let mut earlier: Vec<usize> = words
+                .clone()
+                .filter_map(|w| covering.get(&(b.function, w)))
+                .flatten()
+                .copied()
+                .collect();
+            earlier.sort_unstable();
+            earlier.dedup();
+            for j in earlier {
+                let a = &entries[j].def;
+                let line = self.line_of(&entries[j].address_span);
+                self.error(
+                    later.address_span.clone(),
+                    format!(
+                        "\"{}\" (function {}, registers {}) overlaps \"{}\" (line {line}, \
+                         registers {}); two quantities cannot share a register: check both \
+                         addresses and data types against the vendor's table",
+                        b.quantity,
+                        b.function,
+                        register_range(b),
+                        a.quantity,
+                        register_range(a),
+                    ),
+                );
+            }
+            for w in words {
+                covering.entry((b.function, w)).or_default().push(i);
             }
         }
     }
@@ -630,6 +657,14 @@ impl FileCheck<'_> {
 }
 
 /// The lowercase name of a data type as written in model files.
+/// True when a single-phase meter can measure `quantity`: anything but the L2 and L3 phase
+/// values and the line-to-line voltages.
+pub fn fits_single_phase(quantity: &str) -> bool {
+    !["_l2_", "_l3_", "_l12_", "_l23_", "_l31_"]
+        .iter()
+        .any(|part| quantity.contains(part))
+}
+
 fn type_name(t: DataType) -> &'static str {
     t.name()
 }

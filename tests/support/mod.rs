@@ -126,6 +126,24 @@ impl Mosquitto {
         }
     }
 
+    /// SIGSTOP: the process stops answering but its sockets stay open — a half-open link for
+    /// everyone connected.
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Mosquitto::pause`].
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, sig: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(child.id() as i32, sig) };
+        }
+    }
+
     /// Starts it again on the same port (killing it first if it still runs).
     pub fn restart(&mut self) {
         self.kill();
@@ -316,6 +334,11 @@ impl Gateway {
         let _ = self.child.wait();
     }
 
+    /// The exit status, if the process has ended by itself.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// SIGTERM and wait for the exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         // SAFETY: signalling our own child process.
@@ -452,4 +475,124 @@ model = "eastron-sdm120"
     let path = dir.join("gateway.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// A small seeded pseudo-random generator (xorshift64*) for fault tests: the seed is printed, and
+/// `AMR_FAULT_SEED` replays a run.
+pub struct FaultRng(u64);
+
+impl FaultRng {
+    /// From `AMR_FAULT_SEED` if set, else from the clock; prints the seed either way.
+    pub fn from_env(test: &str) -> FaultRng {
+        let seed = std::env::var("AMR_FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        eprintln!("{test}: seed {seed} (replay with AMR_FAULT_SEED={seed})");
+        FaultRng(seed | 1)
+    }
+
+    /// A second generator, seeded from this one (for another task).
+    pub fn fork(&mut self) -> FaultRng {
+        FaultRng(self.next() | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `lo..hi` (`hi > lo`).
+    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// What a subscriber saw of the sequenced messages: for each `seq`, the first message with it,
+/// and every `seq` that came again with other content.
+pub struct SeqLedger {
+    pub first: std::collections::BTreeMap<u64, Received>,
+    pub reused: Vec<(u64, Received, Received)>,
+    pub duplicates: usize,
+}
+
+impl SeqLedger {
+    pub fn of(received: &[Received]) -> SeqLedger {
+        let mut ledger = SeqLedger {
+            first: Default::default(),
+            reused: Vec::new(),
+            duplicates: 0,
+        };
+        for (topic, json) in received {
+            let Some(seq) = json.get("seq").and_then(|s| s.as_u64()) else {
+                continue;
+            };
+            match ledger.first.get(&seq) {
+                None => {
+                    ledger.first.insert(seq, (topic.clone(), json.clone()));
+                }
+                Some(seen) if seen.0 == *topic && seen.1 == *json => ledger.duplicates += 1,
+                Some(seen) => {
+                    ledger
+                        .reused
+                        .push((seq, seen.clone(), (topic.clone(), json.clone())))
+                }
+            }
+        }
+        ledger
+    }
+
+    /// The seqs of `1..=last` not seen, as ranges `(from, to)`.
+    pub fn missing(&self, last: u64) -> Vec<(u64, u64)> {
+        let mut gaps = Vec::new();
+        let mut expect = 1;
+        for &seq in self.first.keys().take_while(|s| **s <= last) {
+            if seq > expect {
+                gaps.push((expect, seq - 1));
+            }
+            expect = seq + 1;
+        }
+        if expect <= last {
+            gaps.push((expect, last));
+        }
+        gaps
+    }
+
+    pub fn max(&self) -> u64 {
+        self.first.keys().next_back().copied().unwrap_or(0)
+    }
+}
+
+/// The store after a run, opened once the gateway has stopped: its integrity check, its `seq`
+/// counter and the `seq` of every message still in the outbox (kept, so not lost).
+pub fn store_after(db: &std::path::Path) -> (String, u64, std::collections::BTreeSet<u64>) {
+    let cfg = amr_gateway::config::StoreConfig {
+        history_days: 35,
+        max_size_mb: 1024,
+    };
+    let store = amr_gateway::store::Store::open(db, &cfg).expect("the store opens");
+    let integrity = store.integrity_check().expect("integrity_check runs");
+    let last = store.last_seq().expect("the seq counter");
+    let pending = store
+        .pending(0, usize::MAX)
+        .expect("the outbox")
+        .iter()
+        .filter_map(|row| {
+            serde_json::from_slice::<serde_json::Value>(&row.payload)
+                .ok()
+                .and_then(|v| v["seq"].as_u64())
+        })
+        .collect();
+    (integrity, last, pending)
 }

@@ -265,7 +265,10 @@ pub fn boot_ms() -> i64 {
     if rc != 0 {
         return 0;
     }
-    ts.tv_sec as i64 * 1000 + ts.tv_nsec as i64 / 1_000_000
+    // time_t and c_long are 32 bits on some ARM boxes.
+    #[allow(clippy::unnecessary_cast)]
+    let ms = ts.tv_sec as i64 * 1000 + ts.tv_nsec as i64 / 1_000_000;
+    ms
 }
 
 /// Notices a wall clock that jumps: between two ticks the wall clock and the monotonic clock

@@ -338,7 +338,7 @@ fn unknown_key_without_a_near_one_lists_the_keys() {
             4,
             3,
             "unknown key `speed` in [gateway]; the keys of [gateway] are: id, data_dir, \
-             models_dir, log_level, timezone"
+             models_dir, log_level, timezone, log_format, require_synced_clock"
         )]
     );
 }
@@ -353,7 +353,7 @@ fn unknown_section() {
             3,
             "unknown section `meters`; did you mean `[[meter]]`? the sections are: [gateway], \
              [mqtt], [store], [[bus]], [[meter]], [[area]], [loss], [alarms], [voltage_quality], \
-             [freeze], [collection], [[command_key]], [commands]"
+             [freeze], [collection], [[command_key]], [commands], [health]"
         )]
     );
 }
@@ -1619,7 +1619,7 @@ outage_pct = 0
                 "unknown key `nonsense` in [alarms]; the keys of [alarms] are: history, \
                  meter_offline, voltage, phase_loss, current_unbalance, overload, \
                  reverse_energy, reading_down, running_fast, meter_stopped, line_loss, outage, \
-                 power_off, store_recovered, disk_full"
+                 power_off, store_recovered, disk_full, clock_unsynchronized"
             ),
             at(
                 55,
@@ -1768,4 +1768,31 @@ fn dlt645_bus_defaults_and_keys() {
              2400, 4800, 9600, 19200 (the meter's display or label shows its rate)"
         )]
     );
+}
+
+#[test]
+fn health_interval_log_format_and_require_synced_clock() {
+    let text = edit(
+        "data_dir = \"data\"\n",
+        "data_dir = \"data\"\nlog_format = \"json\"\nrequire_synced_clock = true\n",
+    );
+    let text = format!("{text}\n[health]\ninterval_s = 30\n");
+    let config = parse(&text).unwrap();
+    assert_eq!(
+        config.gateway.log_format,
+        Some(crate::logging::LogFormat::Json)
+    );
+    assert!(config.gateway.require_synced_clock);
+    assert_eq!(config.health.interval_s, 30);
+    let config = parse(BASE).unwrap();
+    assert_eq!(config.gateway.log_format, None);
+    assert!(!config.gateway.require_synced_clock);
+    assert_eq!(config.health.interval_s, 60);
+    let text = edit(
+        "data_dir = \"data\"\n",
+        "data_dir = \"data\"\nlog_format = \"xml\"\n",
+    );
+    let problems = problems(&text);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].ends_with("unknown log_format `xml`; use `plain` or `json`"));
 }

@@ -202,6 +202,26 @@ pub enum RejectReason {
     BadArguments { command: String, reason: String },
 }
 
+impl RejectReason {
+    /// The reason as a short name, for counters (the health message).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RejectReason::Malformed(_) => "malformed",
+            RejectReason::UnknownKey(_) => "unknown_key",
+            RejectReason::BadSignature(_) => "bad_signature",
+            RejectReason::OtherGateway(_) => "other_gateway",
+            RejectReason::UnknownCommand(_) => "unknown_command",
+            RejectReason::NotAllowed { .. } => "not_allowed",
+            RejectReason::OutsideClockWindow { .. } => "outside_clock_window",
+            RejectReason::Expired(_) => "expired",
+            RejectReason::TooLong { .. } => "too_long",
+            RejectReason::Replayed(_) => "replayed",
+            RejectReason::RateLimited { .. } => "rate_limited",
+            RejectReason::BadArguments { .. } => "bad_arguments",
+        }
+    }
+}
+
 /// A refused command: what could be read of it, and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejection {

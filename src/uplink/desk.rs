@@ -52,6 +52,21 @@ pub fn rejected_total() -> u64 {
     REJECTED.load(Ordering::Relaxed)
 }
 
+/// Rejections since start by reason ([`RejectReason::kind`](super::command::RejectReason::kind)),
+/// for the health message.
+static REJECTED_BY_REASON: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Commands rejected since this process started, by reason.
+pub fn rejected_by_reason() -> std::collections::BTreeMap<String, u64> {
+    REJECTED_BY_REASON
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect()
+}
+
 /// Runs the desk until `shutdown` says stop or the uplink closes `payloads`; commands still
 /// running are abandoned then (their audit record stays `accepted`).
 pub async fn run_desk(
@@ -97,6 +112,11 @@ pub async fn run_desk(
         match verdict {
             Err(rejection) => {
                 let total = REJECTED.fetch_add(1, Ordering::Relaxed) + 1;
+                *REJECTED_BY_REASON
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(rejection.reason.kind())
+                    .or_default() += 1;
                 let reason = rejection.reason.to_string();
                 warn!(
                     id = rejection.id.as_deref().unwrap_or("-"),

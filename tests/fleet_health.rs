@@ -1,0 +1,114 @@
+//! Fleet health end to end, against real parts: a real mosquitto, a real `amr-gateway run`
+//! process reading a simulated meter on a pseudo-terminal, killed and stopped with real
+//! signals.
+//!
+//! - The retained `amr/gw1/health` message appears with its fields: version, uptime, start
+//!   reason, CPU, memory, disk and its watermark, store, backlog, the bus (cycle, success,
+//!   meters online), the clock, the counters.
+//! - A gateway killed with SIGKILL starts again `after_crash`; one stopped with SIGTERM starts
+//!   again `normal`. A headend that subscribes late gets the retained one.
+
+mod support;
+
+use serde_json::Value;
+use std::time::Duration;
+use support::{Gateway, Mosquitto, Received, SimRuntime, Subscriber, log_tail};
+
+/// An upper bound for a slow shared machine, not a speed requirement.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn healths(received: &[Received]) -> Vec<&Value> {
+    received
+        .iter()
+        .filter(|(topic, _)| topic == "amr/gw1/health")
+        .map(|(_, v)| v)
+        .collect()
+}
+
+/// Waits for a health message that satisfies `ok`, from a fresh subscriber (so a retained one
+/// counts too).
+async fn health_where(
+    port: u16,
+    client: &str,
+    dir: &std::path::Path,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    let fleet = Subscriber::start(port, client, "amr/+/health").await;
+    let received = fleet
+        .wait_until(PATIENCE, |r| healths(r).iter().any(|h| ok(h)))
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "no such health message; got {:?}\n{}",
+                healths(&fleet.received()),
+                log_tail(dir, 30)
+            )
+        });
+    healths(&received)
+        .into_iter()
+        .rfind(|h| ok(h))
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retained_health_message_and_the_start_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let sims = SimRuntime::new();
+    let _sim = sims.start(support::ONE_METER_SIM, "health-sim", dir.path());
+    let config = support::one_meter_gateway_config_on(dir.path(), broker.port);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[health]\ninterval_s = 1\n");
+    std::fs::write(&config, text).unwrap();
+
+    let mut gw = Gateway::start(&config, "gateway-1.log");
+    let reading = |h: &Value| {
+        h["buses"]["rs485"]["meters_online"] == 1 && h["buses"]["rs485"]["polls"].as_u64() > Some(0)
+    };
+    let h = health_where(broker.port, "fleet-1", dir.path(), reading).await;
+    assert_eq!(h["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(h["start_reason"], "normal", "{h}");
+    assert!(h["uptime_s"].as_u64().is_some(), "{h}");
+    assert!(h["ts"].as_str().is_some(), "{h}");
+    assert!(h["interval_s"].as_u64().is_some(), "{h}");
+    assert!(h["cpu_pct"].as_f64().is_some_and(|c| c >= 0.0), "{h}");
+    assert!(h["rss_bytes"].as_u64().is_some_and(|b| b > 0), "{h}");
+    let disk = &h["disk"];
+    let (free, min) = (disk["free_bytes"].as_u64(), disk["free_min_bytes"].as_u64());
+    assert!(free.is_some() && min.is_some() && min <= free, "{h}");
+    assert!(disk["total_bytes"].as_u64() >= free, "{h}");
+    assert!(h["store_bytes"].as_u64().is_some_and(|b| b > 0), "{h}");
+    assert!(h["backlog"]["count"].as_u64().is_some(), "{h}");
+    assert!(h["backlog"].get("oldest_age_s").is_some(), "{h}");
+    let bus = &h["buses"]["rs485"];
+    assert_eq!(bus["meters_total"], 1, "{h}");
+    assert!(bus["success_pct"].as_f64().is_some_and(|p| p > 0.0), "{h}");
+    assert!(bus.get("cycle_s").is_some(), "{h}");
+    assert!(h["clock"]["synchronized"].is_boolean(), "{h}");
+    assert!(h["clock"]["source"].is_string(), "{h}");
+    // The machine's clock is later than the build date.
+    assert_eq!(h["clock"]["sane"], true, "{h}");
+    assert_eq!(h["commands_rejected"]["total"], 0, "{h}");
+    assert_eq!(h["readings_dropped"], 0, "{h}");
+    assert!(h["alarms_active"].as_u64().is_some(), "{h}");
+
+    // SIGKILL: the next start is after a crash (same boot), and says so in its health.
+    gw.kill();
+    let mut gw = Gateway::start(&config, "gateway-2.log");
+    let h = health_where(broker.port, "fleet-2", dir.path(), |h| {
+        h["start_reason"] == "after_crash"
+    })
+    .await;
+    assert!(h["uptime_s"].as_u64().is_some(), "{h}");
+
+    // SIGTERM: a clean stop; the next start is normal.
+    let status = gw.terminate();
+    assert!(status.success(), "{status:?}\n{}", log_tail(dir.path(), 30));
+    let _gw = Gateway::start(&config, "gateway-3.log");
+    let h = health_where(broker.port, "fleet-3", dir.path(), |h| {
+        h["start_reason"] == "normal"
+    })
+    .await;
+    assert_eq!(h["version"], env!("CARGO_PKG_VERSION"));
+}

@@ -132,7 +132,9 @@ fn a_store_from_a_newer_version_is_refused_with_a_clear_message_and_kept() {
         conn.pragma_update(None, "user_version", NEWEST + 1)
             .unwrap();
     }
-    let err = Store::open(&path, &settings()).err().expect("refused");
+    let Err(err) = Store::open(&path, &settings()) else {
+        panic!("a newer store was opened")
+    };
     let text = err.to_string();
     assert!(
         text.contains(&format!("schema version {} is newer", NEWEST + 1))
@@ -142,9 +144,9 @@ fn a_store_from_a_newer_version_is_refused_with_a_clear_message_and_kept() {
     );
     // The daemon's way of opening does not take it for damage: it is neither moved aside nor
     // replaced.
-    let err = Store::open_or_recover(&path, &settings())
-        .err()
-        .expect("refused");
+    let Err(err) = Store::open_or_recover(&path, &settings()) else {
+        panic!("a newer store was opened or replaced")
+    };
     assert!(err.to_string().contains("is newer"), "{err}");
     // Left where it was, as it was (opening may switch it to WAL, nothing more).
     let conn = rusqlite::Connection::open(&path).unwrap();

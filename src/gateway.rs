@@ -986,6 +986,64 @@ supply = ["s"]
 customers = []
 "#;
 
+    /// A clock before the build date: `clock_unsynchronized` raised and the readings marked
+    /// while it lasts; cleared, and the marks gone, once the clock is sane.
+    #[test]
+    fn an_unsane_clock_raises_its_alarm_and_marks_the_readings() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::load_str(CONFIG, &dir.path().join("amr.toml")).expect("config");
+        let store = Store::open(&dir.path().join("db"), &config.store).unwrap();
+        let topics = Topics::new("amr", "gw");
+        let (mut writer, _) =
+            Writer::start(&config.pipeline_settings(), topics, &store, 5_000).unwrap();
+        let sync = crate::clock::ClockSync {
+            synchronized: false,
+            source: crate::clock::SyncSource::Unknown,
+            est_error_us: None,
+        };
+        let mut watch = health::ClockWatch::new(false);
+        // A box without a real-time clock: 1970.
+        let (sane, details) = watch.check(5_000, 5_000, &sync).unwrap();
+        let batch = writer.clock(sane, details, 5_000);
+        let raised = batch
+            .messages
+            .iter()
+            .find(|m| m.topic == "amr/gw/alarm/clock_unsynchronized/gw")
+            .expect("alarm raised");
+        assert_eq!(raised.payload["state"], "raised", "{}", raised.payload);
+        let reading = |ts_ms| {
+            BusEvent::Reading(Reading {
+                meter: "s".into(),
+                ts_ms,
+                values: [("energy_import_kwh".to_string(), 1.0)].into(),
+            })
+        };
+        let payload = |fold: &Fold| {
+            fold.batch
+                .messages
+                .iter()
+                .find(|m| m.topic == "amr/gw/reading/s")
+                .expect("reading")
+                .payload
+                .clone()
+        };
+        let fold = writer.fold([reading(6_000)], 6_000);
+        assert_eq!(payload(&fold)["clock"], "unsynchronized");
+        // NTP sets the clock.
+        let now = crate::clock::BUILD_DATE_MS + 60_000;
+        let (sane, details) = watch.check(now, 7_000, &sync).unwrap();
+        assert!(sane);
+        let batch = writer.clock(sane, details, now);
+        let cleared = batch
+            .messages
+            .iter()
+            .find(|m| m.topic == "amr/gw/alarm/clock_unsynchronized/gw")
+            .expect("alarm cleared");
+        assert_eq!(cleared.payload["state"], "cleared", "{}", cleared.payload);
+        let fold = writer.fold([reading(now + 1_000)], now + 1_000);
+        assert!(payload(&fold).get("clock").is_none());
+    }
+
     /// The writer task stores what the buses send, keeps ticking while they are quiet, and
     /// saves the analytics' state when they stop.
     #[tokio::test]

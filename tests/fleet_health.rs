@@ -7,6 +7,7 @@
 //!   meters online), the clock, the counters.
 //! - A gateway killed with SIGKILL starts again `after_crash`; one stopped with SIGTERM starts
 //!   again `normal`. A headend that subscribes late gets the retained one.
+//! - `[gateway] log_format = "json"` makes every log line a JSON object.
 
 mod support;
 
@@ -105,10 +106,25 @@ async fn the_retained_health_message_and_the_start_reason() {
     // SIGTERM: a clean stop; the next start is normal.
     let status = gw.terminate();
     assert!(status.success(), "{status:?}\n{}", log_tail(dir.path(), 30));
+    // And the next one logs JSON lines, as the configuration asks.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replacen(
+        "data_dir = \"data\"\n",
+        "data_dir = \"data\"\nlog_format = \"json\"\n",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
     let _gw = Gateway::start(&config, "gateway-3.log");
     let h = health_where(broker.port, "fleet-3", dir.path(), |h| {
         h["start_reason"] == "normal"
     })
     .await;
     assert_eq!(h["version"], env!("CARGO_PKG_VERSION"));
+    let log = std::fs::read_to_string(dir.path().join("gateway-3.log")).unwrap();
+    assert!(log.lines().count() > 0);
+    for line in log.lines() {
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+    }
 }

@@ -128,3 +128,82 @@ async fn the_retained_health_message_and_the_start_reason() {
         assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
     }
 }
+
+/// `amr-gateway run` with libfaketime preloaded, its clock starting at 2020-01-01 (before the
+/// build date) and running on, as a box without a real-time clock or NTP would have it.
+/// `None` (the test passes with a note) where libfaketime is not installed (CI installs the
+/// `faketime` package: .ci/run). Preloaded into the gateway itself, not through the `faketime`
+/// wrapper, so that killing the process kills the gateway.
+fn start_in_2020(config: &std::path::Path, log_name: &str) -> Option<Gateway> {
+    let lib = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("faketime/libfaketimeMT.so.1"))
+        .find(|p| p.is_file());
+    let Some(lib) = lib else {
+        eprintln!("note: libfaketime is not installed here; skipping (CI installs it)");
+        return None;
+    };
+    Some(Gateway::start_with(
+        config,
+        log_name,
+        env!("CARGO_BIN_EXE_amr-gateway"),
+        &[
+            ("LD_PRELOAD", lib.to_str().unwrap()),
+            ("FAKETIME", "@2020-01-01 00:00:00"),
+        ],
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_before_the_build_date_marks_the_readings_and_raises_its_alarm() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let sims = SimRuntime::new();
+    let _sim = sims.start(support::ONE_METER_SIM, "clock-sim", dir.path());
+    let config = support::one_meter_gateway_config_on(dir.path(), broker.port);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[health]\ninterval_s = 1\n");
+    std::fs::write(&config, text).unwrap();
+    let headend = Subscriber::start(broker.port, "headend-clock", "amr/gw1/#").await;
+    let Some(_gw) = start_in_2020(&config, "gateway.log") else {
+        return;
+    };
+    let marked = |r: &Received| r.0 == "amr/gw1/reading/m1" && r.1["clock"] == "unsynchronized";
+    let alarm =
+        |r: &Received| r.0 == "amr/gw1/alarm/clock_unsynchronized/gw1" && r.1["state"] == "raised";
+    let insane = |r: &Received| r.0 == "amr/gw1/health" && r.1["clock"]["sane"] == false;
+    let received = headend
+        .wait_until(PATIENCE, |r| {
+            r.iter().any(marked) && r.iter().any(alarm) && r.iter().any(insane)
+        })
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "no marked reading, alarm and health; got {:?}\n{}",
+                headend.received().iter().map(|r| &r.0).collect::<Vec<_>>(),
+                log_tail(dir.path(), 30)
+            )
+        });
+    let reading = received.iter().find(|r| marked(r)).unwrap();
+    assert!(
+        reading.1["ts"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("2020-")),
+        "{}",
+        reading.1
+    );
+    let raised = received.iter().find(|r| alarm(r)).unwrap();
+    assert_eq!(raised.1["subject"], "gw1", "{}", raised.1);
+    assert!(
+        raised.1["details"]["clock"]
+            .as_str()
+            .or(raised.1["clock"].as_str())
+            .is_some_and(|t| t.starts_with("2020-")),
+        "{}",
+        raised.1
+    );
+    let log = std::fs::read_to_string(dir.path().join("gateway.log")).unwrap();
+    assert!(log.contains("the clock is not sane"), "{log}");
+}

@@ -6,6 +6,11 @@
 //! arguments, so tests can reason about time without sleeping. Timestamps are always UTC
 //! milliseconds; a local day or month is computed from them with the time-zone database
 //! ([`jiff`]), never by hand.
+//!
+//! It also says whether the wall clock can be trusted ([`sync_state`], [`ClockSync`]): whether
+//! the system clock is synchronised (systemd-timesyncd's flag file, else the kernel's NTP state)
+//! and whether it is at least the build date ([`BUILD_DATE_MS`]); and it notices a wall clock
+//! that jumps against the monotonic clock ([`JumpWatch`]).
 
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
@@ -140,6 +145,161 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The earliest time a sane wall clock can show: this release's build date, UTC ms. From
+/// `SOURCE_DATE_EPOCH` (seconds) when the build sets it (reproducible builds, the Debian
+/// package), else [`BUILD_DATE_FALLBACK`]. A box without a real-time clock boots in 1970 (or at
+/// its last shutdown), which is before it.
+pub const BUILD_DATE_MS: i64 = match option_env!("SOURCE_DATE_EPOCH") {
+    Some(s) => parse_epoch_s(s) * 1000,
+    None => BUILD_DATE_FALLBACK * 1000,
+};
+
+/// The build date used when `SOURCE_DATE_EPOCH` is not set: 2026-11-01T00:00:00Z. Move it
+/// forward at a release.
+pub const BUILD_DATE_FALLBACK: i64 = 1_793_491_200;
+
+/// Decimal seconds at compile time; the fallback for anything else.
+const fn parse_epoch_s(s: &str) -> i64 {
+    let b = s.as_bytes();
+    if b.is_empty() {
+        return BUILD_DATE_FALLBACK;
+    }
+    let mut i = 0;
+    let mut v: i64 = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_digit() {
+            return BUILD_DATE_FALLBACK;
+        }
+        v = v * 10 + (b[i] - b'0') as i64;
+        i += 1;
+    }
+    v
+}
+
+/// Where the synchronisation state came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncSource {
+    /// `/run/systemd/timesync/synchronized` exists: systemd-timesyncd synchronised the clock
+    /// since boot.
+    Timesyncd,
+    /// The kernel's NTP state (`adjtimex(2)`, read only): chrony, ntpd or timesyncd keep it.
+    Kernel,
+    /// Neither could be read (the flag file is absent and `adjtimex` is not allowed, e.g. by
+    /// the unit's `ProtectClock=`): taken as not synchronised.
+    Unknown,
+}
+
+impl SyncSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncSource::Timesyncd => "timesyncd",
+            SyncSource::Kernel => "kernel",
+            SyncSource::Unknown => "unknown",
+        }
+    }
+}
+
+/// Whether the system clock is synchronised, and by whose word. `synchronized` is what other
+/// parts ask (the DL/T 645 meter-clock check compares meters only against a synchronised
+/// gateway clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockSync {
+    pub synchronized: bool,
+    pub source: SyncSource,
+    /// The kernel's estimated error, microseconds (only from [`SyncSource::Kernel`]).
+    pub est_error_us: Option<i64>,
+}
+
+/// The flag file systemd-timesyncd creates once it has synchronised the clock.
+pub const TIMESYNCD_FLAG: &str = "/run/systemd/timesync/synchronized";
+
+/// The system clock's synchronisation state now: the timesyncd flag file, else the kernel's
+/// NTP state. Cheap (a `stat` and a system call); call it per tick, not per reading.
+pub fn sync_state() -> ClockSync {
+    if std::path::Path::new(TIMESYNCD_FLAG).exists() {
+        return ClockSync {
+            synchronized: true,
+            source: SyncSource::Timesyncd,
+            est_error_us: None,
+        };
+    }
+    kernel_sync_state().unwrap_or(ClockSync {
+        synchronized: false,
+        source: SyncSource::Unknown,
+        est_error_us: None,
+    })
+}
+
+/// The kernel's view (`adjtimex` with no modes: reads, never sets): synchronised unless it
+/// reports `TIME_ERROR` or the `STA_UNSYNC` status bit. `None` when the call is refused.
+fn kernel_sync_state() -> Option<ClockSync> {
+    // SAFETY: a zeroed timex with modes = 0 asks the kernel only to fill it in.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    let state = unsafe { libc::adjtimex(&mut tx) };
+    if state < 0 {
+        return None;
+    }
+    let synchronized = state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0;
+    Some(ClockSync {
+        synchronized,
+        source: SyncSource::Kernel,
+        est_error_us: Some(tx.esterror as i64),
+    })
+}
+
+/// Whether the wall clock can be trusted to stamp data: at least the build date, and
+/// synchronised when `require_synced` (`[gateway] require_synced_clock`).
+pub fn clock_is_sane(now_ms: i64, sync: &ClockSync, require_synced: bool) -> bool {
+    now_ms >= BUILD_DATE_MS && (sync.synchronized || !require_synced)
+}
+
+/// Milliseconds on the monotonic clock since the boot (`CLOCK_BOOTTIME`, which counts
+/// suspend too); never jumps with the wall clock.
+pub fn boot_ms() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    // time_t and c_long are 32 bits on some ARM boxes.
+    #[allow(clippy::unnecessary_cast)]
+    let ms = ts.tv_sec as i64 * 1000 + ts.tv_nsec as i64 / 1_000_000;
+    ms
+}
+
+/// Notices a wall clock that jumps: between two ticks the wall clock and the monotonic clock
+/// should advance alike; a difference above the tolerance is a jump (forwards: positive).
+#[derive(Debug, Clone)]
+pub struct JumpWatch {
+    last: Option<(i64, i64)>,
+    tolerance_ms: i64,
+}
+
+impl JumpWatch {
+    /// A watch reporting differences above `tolerance_ms`.
+    pub fn new(tolerance_ms: i64) -> JumpWatch {
+        JumpWatch {
+            last: None,
+            tolerance_ms,
+        }
+    }
+
+    /// Feeds a tick (wall ms, monotonic ms); returns the jump, ms, when the wall clock moved
+    /// more than the tolerance away from the monotonic one since the last tick.
+    pub fn tick(&mut self, wall_ms: i64, mono_ms: i64) -> Option<i64> {
+        let jump = self.last.and_then(|(w, m)| {
+            let d = (wall_ms - w) - (mono_ms - m);
+            (d.abs() > self.tolerance_ms).then_some(d)
+        });
+        self.last = Some((wall_ms, mono_ms));
+        jump
+    }
+}
+
 /// `2026-11-22T10:15:00.123Z` for a Unix time in milliseconds.
 pub fn rfc3339_ms(ts_ms: i64) -> String {
     let secs = ts_ms.div_euclid(1000);
@@ -268,6 +428,47 @@ mod tests {
         let t = parse_rfc3339("2026-11-22T10:00:00Z").unwrap();
         assert_eq!(utc.day_start_ms(t), day_start_ms(t));
         assert!(LocalTime::names().iter().any(|n| n == "Asia/Shanghai"));
+    }
+
+    #[test]
+    fn a_clock_before_the_build_date_is_not_sane() {
+        let synced = ClockSync {
+            synchronized: true,
+            source: SyncSource::Kernel,
+            est_error_us: None,
+        };
+        let unsynced = ClockSync {
+            synchronized: false,
+            source: SyncSource::Unknown,
+            est_error_us: None,
+        };
+        assert!(
+            !clock_is_sane(0, &synced, false),
+            "1970 is before the build"
+        );
+        assert!(!clock_is_sane(BUILD_DATE_MS - 1, &synced, false));
+        assert!(clock_is_sane(BUILD_DATE_MS, &unsynced, false));
+        assert!(!clock_is_sane(BUILD_DATE_MS, &unsynced, true));
+        assert!(clock_is_sane(BUILD_DATE_MS + 1, &synced, true));
+        assert_eq!(parse_epoch_s("1700000000"), 1_700_000_000);
+        assert_eq!(parse_epoch_s("x"), BUILD_DATE_FALLBACK);
+        assert_eq!(
+            rfc3339_ms(BUILD_DATE_FALLBACK * 1000),
+            "2026-11-01T00:00:00.000Z"
+        );
+        // Whatever this machine says, asking does not fail.
+        let _ = sync_state();
+        assert!(boot_ms() > 0);
+    }
+
+    #[test]
+    fn a_jump_is_the_wall_clock_moving_against_the_monotonic_one() {
+        let mut w = JumpWatch::new(5_000);
+        assert_eq!(w.tick(1_000_000, 10), None);
+        assert_eq!(w.tick(1_060_000, 60_010), None, "in step");
+        assert_eq!(w.tick(1_063_000, 120_010), Some(-57_000), "backwards");
+        assert_eq!(w.tick(5_000_000, 180_010), Some(3_877_000), "forwards");
+        assert_eq!(w.tick(5_060_004, 240_010), None, "within tolerance");
     }
 
     #[test]

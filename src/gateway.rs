@@ -20,7 +20,7 @@ use crate::pipeline::{Fold, Held, MAX_HELD_VALUES, Shed, Writer};
 use crate::shutdown::{Shutdown, Stop};
 use crate::store::{MetaKey, Reserve, SharedStore, Store, StoreLock};
 use crate::uplink::command::Authority;
-use crate::uplink::contract::Topics;
+use crate::uplink::contract::{StartReason, Topics};
 use crate::uplink::desk::run_desk;
 use crate::uplink::{UplinkState, run_with_commands};
 pub use commands::{
@@ -35,6 +35,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 mod commands;
+pub mod health;
 
 /// Most bus events folded into one store transaction.
 const MAX_BATCH: usize = 1000;
@@ -112,6 +113,26 @@ pub async fn run_with_hooks(
     }
     let mut store = store;
     store.set_meta(&MetaKey::DaemonVersion, env!("CARGO_PKG_VERSION"))?;
+    // Why this process started: the last one's clean-stop marker and boot (health message).
+    let boot = health::BootMark::now();
+    let start_reason = health::start_reason(
+        store.meta(&MetaKey::CleanStop)?.as_deref(),
+        store.meta(&MetaKey::Boot)?.as_deref(),
+        &boot,
+    );
+    match start_reason {
+        StartReason::Normal => {}
+        StartReason::AfterCrash => warn!(
+            "starting after a crash: the last run did not stop cleanly (same boot); nothing \
+             committed is lost, the meters are read again"
+        ),
+        StartReason::AfterPowerLoss => warn!(
+            "starting after a power loss or reboot: the last run did not stop cleanly; nothing \
+             committed is lost"
+        ),
+    }
+    store.set_meta(&MetaKey::CleanStop, health::RUNNING)?;
+    store.set_meta(&MetaKey::Boot, &boot.to_meta())?;
     let topics = Topics::new(&config.mqtt.topic_prefix, &config.gateway.id);
     let learned = store.learned()?;
     // The analytics continue from their snapshots; the start batch holds a power-off event
@@ -150,6 +171,7 @@ pub async fn run_with_hooks(
     let (uplink_stop, uplink_shutdown) = Stop::new();
     let takes_commands = !config.commands.keys.is_empty();
     let (command_tx, command_rx) = mpsc::channel(crate::uplink::publisher::COMMAND_QUEUE);
+    let (health_tx, health_rx) = watch::channel(Vec::new());
     let uplink = tokio::spawn(run_with_commands(
         config.mqtt.clone(),
         topics.clone(),
@@ -157,8 +179,10 @@ pub async fn run_with_hooks(
         wake.clone(),
         uplink_tx,
         takes_commands.then_some(command_tx),
+        (config.health.interval_s > 0).then_some(health_rx),
         uplink_shutdown.clone(),
     ));
+    let health_shutdown = uplink_shutdown.clone();
 
     // Buses. They stop on the outside signal or when another task failed.
     let (bus_stop, bus_shutdown) = Stop::new();
@@ -220,6 +244,33 @@ pub async fn run_with_hooks(
         .0
     });
     let summary = live.subscribe();
+    let tally = health::Tally::default();
+    let clock_watch = health::ClockWatch::new(config.gateway.require_synced_clock);
+    let health_task = (config.health.interval_s > 0).then(|| {
+        let gatherer = health::HealthGatherer::new(
+            start_reason,
+            &config.gateway.data_dir,
+            config.gateway.require_synced_clock,
+            config
+                .buses
+                .iter()
+                .map(|b| {
+                    let meters = config.meters.iter().filter(|m| m.bus == b.name);
+                    (b.name.clone(), meters.map(|m| m.id.clone()).collect())
+                })
+                .collect(),
+        );
+        tokio::spawn(run_health(
+            gatherer,
+            Duration::from_secs(config.health.interval_s),
+            tally.clone(),
+            live.subscribe(),
+            store.clone(),
+            db.clone(),
+            health_tx,
+            health_shutdown,
+        ))
+    });
     let mut writer = tokio::spawn(write_events(
         writer_state,
         store.clone(),
@@ -228,6 +279,8 @@ pub async fn run_with_hooks(
         uplink_rx,
         Some(live),
         liveness.register("the store writer"),
+        tally,
+        clock_watch,
     ));
     let mut uplink = uplink;
     // Up: a `config_apply` that restarted the gateway gets its result now (see
@@ -287,16 +340,71 @@ pub async fn run_with_hooks(
     if let Some(desk) = desk {
         let _ = desk.await;
     }
+    if let Some(task) = health_task {
+        let _ = task.await;
+    }
     if uplink_end.is_none()
         && let Err(e) = uplink.await
     {
         failures.push(task_failure("the uplink", e));
     }
     if failures.is_empty() {
+        // The next start is a normal one.
+        let marked =
+            crate::store::with_store(&store, |s| s.set_meta(&MetaKey::CleanStop, health::STOPPED))
+                .await;
+        if let Err(e) = marked {
+            warn!("cannot record the clean stop in the store: {e}");
+        }
         info!("gateway stopped");
         Ok(())
     } else {
         Err(RunError::Failed(failures.join("; ")))
+    }
+}
+
+/// Gathers the health figures every `every` (the first after at most 5 s, so a restart shows
+/// its start reason soon) and hands the payload to the publisher; refreshes the boot mark in
+/// the store (to tell a later crash from a power loss). Runs until `shutdown`.
+#[allow(clippy::too_many_arguments)]
+async fn run_health(
+    mut gatherer: health::HealthGatherer,
+    every: Duration,
+    tally: health::Tally,
+    live: watch::Receiver<GatewayState>,
+    store: SharedStore,
+    db: std::path::PathBuf,
+    out: watch::Sender<Vec<u8>>,
+    mut shutdown: Shutdown,
+) {
+    let first = tokio::time::Instant::now() + every.min(Duration::from_secs(5));
+    let mut tick = tokio::time::interval_at(first, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait() => return,
+        }
+        let state = live.borrow().clone();
+        let wal = db.with_extension("db-wal");
+        let store_bytes = [db.as_path(), wal.as_path()]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .reduce(|a, b| a + b);
+        let inputs = health::Inputs {
+            uplink: state.uplink,
+            store_bytes,
+            alarms_active: state.alarms_active,
+            commands_rejected: crate::uplink::desk::rejected_by_reason()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        };
+        let report = gatherer.gather(&tally.figures(), inputs, now_ms());
+        let _ = out.send(crate::uplink::contract::health_payload(&report));
+        let boot = health::BootMark::now().to_meta();
+        let _ = crate::store::with_store(&store, move |s| s.set_meta(&MetaKey::Boot, &boot)).await;
     }
 }
 
@@ -641,6 +749,7 @@ impl StoreWatch {
 /// messages, learned limits and the analytics' output. What the store refuses waits in memory
 /// (bounded, [`Held`]) and is stored oldest first when it has room again. Runs until every bus
 /// has stopped and the channel is drained, then saves the analytics' state one last time.
+#[allow(clippy::too_many_arguments)]
 async fn write_events(
     mut writer: Writer,
     store: SharedStore,
@@ -649,7 +758,10 @@ async fn write_events(
     uplink: watch::Receiver<UplinkState>,
     live: Option<watch::Sender<GatewayState>>,
     heartbeat: Heartbeat,
+    tally: health::Tally,
+    mut clock_watch: health::ClockWatch,
 ) -> Result<(), String> {
+    let mut last_clock_check: Option<tokio::time::Instant> = None;
     // The space kept in reserve lives next to the store (docs/reliability.md).
     let reserve = {
         let s = store.lock().unwrap_or_else(|p| p.into_inner());
@@ -677,6 +789,20 @@ async fn write_events(
             break;
         }
         failpoint("writer");
+        // The clock, at most once a second: a change of sanity goes in before the readings it
+        // applies to (they are marked from now on).
+        if last_clock_check.is_none_or(|t| t.elapsed() >= TICK) {
+            last_clock_check = Some(tokio::time::Instant::now());
+            let now = now_ms();
+            let sync = crate::clock::sync_state();
+            if let Some((sane, details)) = clock_watch.check(now, crate::clock::boot_ms(), &sync) {
+                watch.held.push(Fold {
+                    batch: writer.clock(sane, details, now),
+                    learned: Vec::new(),
+                });
+            }
+        }
+        tally.observe(&buf);
         let fold = writer.fold(buf.drain(..), now_ms());
         if !fold.batch.is_empty() || !fold.learned.is_empty() {
             watch.held.push(fold);
@@ -733,6 +859,7 @@ async fn write_events(
                 let _ = tokio::task::spawn_blocking(move || reserve.restore()).await;
             }
         }
+        tally.set_readings_dropped(watch.held.shed().readings);
         if let Some(live) = &live {
             let _ = live.send(GatewayState {
                 meters_total: writer.meters_total(),
@@ -881,6 +1008,64 @@ supply = ["s"]
 customers = []
 "#;
 
+    /// A clock before the build date: `clock_unsynchronized` raised and the readings marked
+    /// while it lasts; cleared, and the marks gone, once the clock is sane.
+    #[test]
+    fn an_unsane_clock_raises_its_alarm_and_marks_the_readings() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::load_str(CONFIG, &dir.path().join("amr.toml")).expect("config");
+        let store = Store::open(&dir.path().join("db"), &config.store).unwrap();
+        let topics = Topics::new("amr", "gw");
+        let (mut writer, _) =
+            Writer::start(&config.pipeline_settings(), topics, &store, 5_000).unwrap();
+        let sync = crate::clock::ClockSync {
+            synchronized: false,
+            source: crate::clock::SyncSource::Unknown,
+            est_error_us: None,
+        };
+        let mut watch = health::ClockWatch::new(false);
+        // A box without a real-time clock: 1970.
+        let (sane, details) = watch.check(5_000, 5_000, &sync).unwrap();
+        let batch = writer.clock(sane, details, 5_000);
+        let raised = batch
+            .messages
+            .iter()
+            .find(|m| m.topic == "amr/gw/alarm/clock_unsynchronized/gw")
+            .expect("alarm raised");
+        assert_eq!(raised.payload["state"], "raised", "{}", raised.payload);
+        let reading = |ts_ms| {
+            BusEvent::Reading(Reading {
+                meter: "s".into(),
+                ts_ms,
+                values: [("energy_import_kwh".to_string(), 1.0)].into(),
+            })
+        };
+        let payload = |fold: &Fold| {
+            fold.batch
+                .messages
+                .iter()
+                .find(|m| m.topic == "amr/gw/reading/s")
+                .expect("reading")
+                .payload
+                .clone()
+        };
+        let fold = writer.fold([reading(6_000)], 6_000);
+        assert_eq!(payload(&fold)["clock"], "unsynchronized");
+        // NTP sets the clock.
+        let now = crate::clock::BUILD_DATE_MS + 60_000;
+        let (sane, details) = watch.check(now, 7_000, &sync).unwrap();
+        assert!(sane);
+        let batch = writer.clock(sane, details, now);
+        let cleared = batch
+            .messages
+            .iter()
+            .find(|m| m.topic == "amr/gw/alarm/clock_unsynchronized/gw")
+            .expect("alarm cleared");
+        assert_eq!(cleared.payload["state"], "cleared", "{}", cleared.payload);
+        let fold = writer.fold([reading(now + 1_000)], now + 1_000);
+        assert!(payload(&fold).get("clock").is_none());
+    }
+
     /// The writer task stores what the buses send, keeps ticking while they are quiet, and
     /// saves the analytics' state when they stop.
     #[tokio::test]
@@ -906,6 +1091,8 @@ customers = []
             up_rx,
             Some(live_tx),
             Heartbeat::unwatched(),
+            health::Tally::default(),
+            health::ClockWatch::new(false),
         ));
         let values = [("energy_import_kwh".to_string(), 10.0)].into();
         tx.send(BusEvent::Reading(Reading {

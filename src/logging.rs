@@ -6,8 +6,9 @@
 //!   with its syslog priority, `<3>` error, `<4>` warning, `<6>` info, `<7>` debug and trace (the
 //!   sd-daemon convention, so `journalctl -p warning` works); no timestamp of our own (journald
 //!   stamps each line); one event a line (a newline inside a message is written as `\n`).
-//! - `AMR_LOG_FORMAT=json`: one JSON object a line (`timestamp`, `level`, `message`, the
-//!   event's fields, `target`), for log shippers; under journald with the priority prefix too.
+//! - `AMR_LOG_FORMAT=json` (or `[gateway] log_format = "json"` when the variable is not set):
+//!   one JSON object a line (`timestamp`, `level`, `message`, the event's fields, `target`), for
+//!   log shippers; under journald with the priority prefix too.
 //!
 //! `AMR_LOG` (a tracing filter such as `debug` or `amr_gateway::bus=debug`) overrides the level
 //! the configuration asks for.
@@ -63,11 +64,30 @@ pub enum LogFormat {
 }
 
 impl LogFormat {
+    /// The format named in the configuration (`[gateway] log_format`): `plain` (or `text`)
+    /// or `json`.
+    pub fn from_name(name: &str) -> Option<LogFormat> {
+        match name {
+            "plain" | "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+
+    /// The format to write: `AMR_LOG_FORMAT` when it is set (and not empty), else the
+    /// configured one, else text.
+    pub fn choose(env: Option<&OsStr>, configured: Option<LogFormat>) -> Result<LogFormat, String> {
+        match env {
+            Some(v) if !v.is_empty() => LogFormat::parse(Some(v)),
+            _ => Ok(configured.unwrap_or(LogFormat::Text)),
+        }
+    }
+
     /// The format named by `AMR_LOG_FORMAT` (unset or empty: text).
     pub fn parse(value: Option<&OsStr>) -> Result<LogFormat, String> {
         match value.map(|v| v.to_string_lossy()) {
             None => Ok(LogFormat::Text),
-            Some(v) if v.is_empty() || v == "text" => Ok(LogFormat::Text),
+            Some(v) if v.is_empty() || v == "text" || v == "plain" => Ok(LogFormat::Text),
             Some(v) if v == "json" => Ok(LogFormat::Json),
             Some(v) => Err(format!(
                 "unknown AMR_LOG_FORMAT `{v}`; use `text` or `json` (writing text)"
@@ -79,9 +99,16 @@ impl LogFormat {
 /// Sets up logging to stderr at `default_level` (unless `AMR_LOG` says otherwise), in the
 /// shape that fits where stderr goes (see the module doc).
 pub fn init(default_level: &str) {
+    init_with(default_level, None);
+}
+
+/// [`init`] with the configured format (`[gateway] log_format`), which `AMR_LOG_FORMAT`
+/// overrides.
+pub fn init_with(default_level: &str, configured: Option<LogFormat>) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AMR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let (format, problem) = match LogFormat::parse(std::env::var_os("AMR_LOG_FORMAT").as_deref()) {
+    let env = std::env::var_os("AMR_LOG_FORMAT");
+    let (format, problem) = match LogFormat::choose(env.as_deref(), configured) {
         Ok(f) => (f, None),
         Err(e) => (LogFormat::Text, Some(e)),
     };
@@ -231,5 +258,27 @@ mod tests {
             Ok(LogFormat::Json)
         );
         assert!(LogFormat::parse(Some(OsStr::new("xml"))).is_err());
+        assert_eq!(LogFormat::from_name("plain"), Some(LogFormat::Text));
+        assert_eq!(LogFormat::from_name("json"), Some(LogFormat::Json));
+        assert_eq!(LogFormat::from_name("xml"), None);
+    }
+
+    #[test]
+    fn the_environment_overrides_the_configured_format() {
+        let json = Some(LogFormat::Json);
+        assert_eq!(LogFormat::choose(None, json), Ok(LogFormat::Json));
+        assert_eq!(
+            LogFormat::choose(Some(OsStr::new("")), json),
+            Ok(LogFormat::Json)
+        );
+        assert_eq!(
+            LogFormat::choose(Some(OsStr::new("text")), json),
+            Ok(LogFormat::Text)
+        );
+        assert_eq!(
+            LogFormat::choose(Some(OsStr::new("json")), None),
+            Ok(LogFormat::Json)
+        );
+        assert_eq!(LogFormat::choose(None, None), Ok(LogFormat::Text));
     }
 }

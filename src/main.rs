@@ -457,7 +457,7 @@ fn run(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(cfg.gateway.log_level.name());
+    amr_gateway::logging::init_with(cfg.gateway.log_level.name(), cfg.gateway.log_format);
     for w in &cfg.warnings {
         tracing::warn!("{}:{}:{}: {}", w.file, w.line, w.col, w.message);
     }

@@ -355,6 +355,11 @@ pub(super) const ALARM_KINDS: &[Table] = &[
         title: "[alarms.disk_full]",
         keys: &[flag("enabled"), severity("severity")],
     },
+    Table {
+        name: "clock_unsynchronized",
+        title: "[alarms.clock_unsynchronized]",
+        keys: &[flag("enabled"), severity("severity")],
+    },
 ];
 
 /// A key that moved to the `[alarms.<kind>]` table of the one rule it sets.

@@ -32,6 +32,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("collection", "[collection]"),
     ("command_key", "[[command_key]]"),
     ("commands", "[commands]"),
+    ("health", "[health]"),
 ];
 
 /// Reads and validates the file at `path`, with the built-in meter models.
@@ -101,6 +102,10 @@ fn load_text(text: &str, path: &Path, base: ModelLibrary) -> Result<Config, Conf
     let store = match table(&mut report, root, "store") {
         Some((t, start)) => sections::store(&mut report, t, start),
         None => sections::default_store(),
+    };
+    let health = match table(&mut report, root, "health") {
+        Some((t, start)) => sections::health(&mut report, t, start),
+        None => HealthConfig::default(),
     };
     let buses: Vec<BusEntry> = tables(&mut report, root, "bus")
         .into_iter()
@@ -184,6 +189,7 @@ fn load_text(text: &str, path: &Path, base: ModelLibrary) -> Result<Config, Conf
             gateway: gateway.config,
             mqtt,
             store,
+            health,
             buses: buses.into_iter().map(|b| b.config).collect(),
             meters: meters.into_iter().map(|m| m.config).collect(),
             areas: areas.into_iter().map(|a| a.config).collect(),

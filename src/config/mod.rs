@@ -62,6 +62,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub mqtt: MqttConfig,
     pub store: StoreConfig,
+    /// `[health]`: the retained fleet-health message.
+    pub health: HealthConfig,
     pub buses: Vec<BusConfig>,
     pub meters: Vec<MeterConfig>,
     pub areas: Vec<AreaConfig>,
@@ -105,6 +107,24 @@ pub struct GatewayConfig {
     /// voltage-quality days, collection statistics, daily loss). Default: the system's zone
     /// (`TZ`, else `/etc/localtime`).
     pub timezone: crate::clock::LocalTime,
+    /// `log_format`: `plain` or `json` lines; `AMR_LOG_FORMAT` overrides it. `None`: plain.
+    pub log_format: Option<crate::logging::LogFormat>,
+    /// `require_synced_clock`: the clock counts as sane only once it is synchronised (NTP),
+    /// not merely later than the build date (default false).
+    pub require_synced_clock: bool,
+}
+
+/// `[health]` (optional section).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Seconds between two retained `health` messages (default 60; 0: none).
+    pub interval_s: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig { interval_s: 60 }
+    }
 }
 
 /// `[mqtt]`: the uplink's own settings type.

@@ -20,7 +20,16 @@ pub const STANDARD_BAUD_RATES: &[u32] = &[
     300, 600, 1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200, 230400,
 ];
 
-const GATEWAY_KEYS: &[&str] = &["id", "data_dir", "models_dir", "log_level", "timezone"];
+const GATEWAY_KEYS: &[&str] = &[
+    "id",
+    "data_dir",
+    "models_dir",
+    "log_level",
+    "timezone",
+    "log_format",
+    "require_synced_clock",
+];
+const HEALTH_KEYS: &[&str] = &["interval_s"];
 const MQTT_KEYS: &[&str] = &[
     "host",
     "port",
@@ -207,6 +216,24 @@ pub(super) fn gateway(
         },
         None => LocalTime::system(),
     };
+    let log_format = s.string(report, "log_format").and_then(|f| {
+        match crate::logging::LogFormat::from_name(f.get_ref()) {
+            Some(format) => Some(format),
+            None => {
+                report.at(
+                    f.span().start,
+                    format!(
+                        "unknown log_format `{}`; use `plain` or `json`",
+                        f.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    });
+    let require_synced_clock = s
+        .boolean(report, "require_synced_clock")
+        .is_some_and(Spanned::into_inner);
     GatewayEntry {
         models_dir: models_dir.as_ref().and(models_dir_span),
         config: GatewayConfig {
@@ -215,6 +242,8 @@ pub(super) fn gateway(
             models_dir,
             log_level,
             timezone,
+            log_format,
+            require_synced_clock,
         },
     }
 }
@@ -339,6 +368,15 @@ pub(super) fn store(report: &mut Report, table: &DeTable, start: usize) -> Store
 }
 
 /// The defaults of a `[store]` section that is left out.
+/// `[health]` (optional): how often the retained fleet-health message goes out.
+pub(super) fn health(report: &mut Report, table: &DeTable, start: usize) -> HealthConfig {
+    let s = Section::new(report, "[health]", table, start, HEALTH_KEYS);
+    let interval_s = s.integer_in(report, "interval_s", 0, 86400, " s");
+    HealthConfig {
+        interval_s: interval_s.map_or(60, |v| *v.get_ref() as u64),
+    }
+}
+
 pub(super) fn default_store() -> StoreConfig {
     StoreConfig {
         history_days: 35,

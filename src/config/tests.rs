@@ -338,7 +338,7 @@ fn unknown_key_without_a_near_one_lists_the_keys() {
             4,
             3,
             "unknown key `speed` in [gateway]; the keys of [gateway] are: id, data_dir, \
-             models_dir, log_level, timezone"
+             models_dir, log_level, timezone, log_format, require_synced_clock"
         )]
     );
 }
@@ -353,7 +353,7 @@ fn unknown_section() {
             3,
             "unknown section `meters`; did you mean `[[meter]]`? the sections are: [gateway], \
              [mqtt], [store], [[bus]], [[meter]], [[area]], [loss], [alarms], [voltage_quality], \
-             [freeze], [curve], [collection], [[command_key]], [commands]"
+             [freeze], [curve], [collection], [[command_key]], [commands], [health]"
         )]
     );
 }
@@ -1652,7 +1652,7 @@ outage_pct = 0
                 "unknown key `nonsense` in [alarms]; the keys of [alarms] are: history, \
                  meter_offline, voltage, phase_loss, current_unbalance, overload, \
                  reverse_energy, reading_down, running_fast, meter_stopped, line_loss, outage, \
-                 power_off, store_recovered, disk_full"
+                 power_off, store_recovered, disk_full, clock_unsynchronized"
             ),
             at(
                 55,
@@ -1984,4 +1984,31 @@ fn a_model_file_of_20001_registers_is_checked_through() {
     assert_eq!(overlaps.len(), 2, "{e:?}");
     assert!(overlaps[0].message.contains("(line 17"), "{e:?}");
     assert!(overlaps[1].message.contains("(line 20"), "{e:?}");
+}
+
+#[test]
+fn health_interval_log_format_and_require_synced_clock() {
+    let text = edit(
+        "data_dir = \"data\"\n",
+        "data_dir = \"data\"\nlog_format = \"json\"\nrequire_synced_clock = true\n",
+    );
+    let text = format!("{text}\n[health]\ninterval_s = 30\n");
+    let config = parse(&text).unwrap();
+    assert_eq!(
+        config.gateway.log_format,
+        Some(crate::logging::LogFormat::Json)
+    );
+    assert!(config.gateway.require_synced_clock);
+    assert_eq!(config.health.interval_s, 30);
+    let config = parse(BASE).unwrap();
+    assert_eq!(config.gateway.log_format, None);
+    assert!(!config.gateway.require_synced_clock);
+    assert_eq!(config.health.interval_s, 60);
+    let text = edit(
+        "data_dir = \"data\"\n",
+        "data_dir = \"data\"\nlog_format = \"xml\"\n",
+    );
+    let problems = problems(&text);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].ends_with("unknown log_format `xml`; use `plain` or `json`"));
 }

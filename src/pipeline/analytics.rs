@@ -177,6 +177,24 @@ impl Analytics {
         }
     }
 
+    /// The gateway's clock became sane (`sane`) or stopped being so: `clock_unsynchronized`
+    /// cleared or raised (`details`: the clock's figures).
+    pub fn on_clock(&mut self, sane: bool, details: Value, now_ms: i64, batch: &mut Batch) {
+        let gateway = self.alarms.gateway().to_string();
+        let kind = AlarmKind::ClockUnsynchronized;
+        let change = if sane {
+            self.alarms
+                .clear_external(kind, &gateway, 0.0, details, now_ms)
+        } else {
+            self.alarms
+                .raise_external(kind, &gateway, 1.0, 0.0, details, now_ms)
+        };
+        if let Some(c) = change {
+            push_alarm_event(&self.topics, &c, batch);
+            self.push_active_alarms(now_ms, batch);
+        }
+    }
+
     /// The store's filesystem became full (`full`) or has room again: `disk_full` raised or
     /// cleared (`details`: the condition's figures).
     pub fn on_disk_full(&mut self, full: bool, details: Value, now_ms: i64, batch: &mut Batch) {

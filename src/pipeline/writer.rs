@@ -4,7 +4,7 @@ use super::{Analytics, PipelineSettings};
 use crate::clock::rfc3339_ms;
 use crate::model::{BusEvent, Learned, MeterId};
 use crate::store::{Batch, MetaKey, MeterState, Recovery, Store, StoreError};
-use crate::uplink::contract::{Topics, meter_state_message};
+use crate::uplink::contract::{Topics, mark_clock_unsynchronized, meter_state_message};
 use std::collections::BTreeMap;
 
 /// The store writer's state: the analytics and what it knows of the meters. Pure: every
@@ -15,6 +15,8 @@ pub struct Writer {
     topics: Topics,
     analytics: Analytics,
     online: BTreeMap<String, bool>,
+    /// The clock is not sane: reading messages are marked `"clock": "unsynchronized"`.
+    clock_unsynchronized: bool,
 }
 
 /// What one step of the writer produced.
@@ -63,6 +65,7 @@ impl Writer {
             topics,
             analytics,
             online: BTreeMap::new(),
+            clock_unsynchronized: false,
         };
         Ok((writer, batch))
     }
@@ -75,7 +78,11 @@ impl Writer {
             match ev {
                 BusEvent::Reading(r) => {
                     let quality = self.analytics.on_reading(&r, batch);
-                    batch.messages.push(self.topics.reading_message(&r));
+                    let mut message = self.topics.reading_message(&r);
+                    if self.clock_unsynchronized {
+                        mark_clock_unsynchronized(&mut message);
+                    }
+                    batch.messages.push(message);
                     batch.readings.push(r);
                     batch.reading_quality.push(quality);
                 }
@@ -114,6 +121,16 @@ impl Writer {
         self.analytics
             .on_store_recovered(details, now_ms, &mut batch);
         self.analytics.snapshot_all(now_ms, &mut batch);
+        batch
+    }
+
+    /// The gateway's clock became sane or stopped being so: from now on reading messages are
+    /// marked (or no longer) and `clock_unsynchronized` is raised or cleared, in a batch of its
+    /// own (`details`: the clock's figures).
+    pub fn clock(&mut self, sane: bool, details: serde_json::Value, now_ms: i64) -> Batch {
+        self.clock_unsynchronized = !sane;
+        let mut batch = Batch::default();
+        self.analytics.on_clock(sane, details, now_ms, &mut batch);
         batch
     }
 

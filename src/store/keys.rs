@@ -194,6 +194,13 @@ pub enum MetaKey {
     LastAck,
     /// `gateway/version`: the version of the daemon that last started on this store.
     DaemonVersion,
+    /// `gateway/clean_stop`: `stopped` after a clean stop, `running` while a daemon runs: a
+    /// start that finds `running` follows a crash or a power loss.
+    CleanStop,
+    /// `gateway/boot`: the boot the running daemon is in, `BOOT_ID BOOT_MS` (the kernel's
+    /// boot id or `-` where it cannot be read, and the monotonic time since boot when last
+    /// written), to tell a crash from a power loss.
+    Boot,
 }
 
 /// The prefix of [`MetaKey::BlockLimit`] keys.
@@ -222,6 +229,8 @@ impl MetaKey {
             MetaKey::KindSeqFloor => "kind_seq_floor".into(),
             MetaKey::LastAck => "uplink/last_ack_ms".into(),
             MetaKey::DaemonVersion => "gateway/version".into(),
+            MetaKey::CleanStop => "gateway/clean_stop".into(),
+            MetaKey::Boot => "gateway/boot".into(),
         }
     }
 }

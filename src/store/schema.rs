@@ -4,6 +4,11 @@
 //! by appending a [`Migration`]; a file written by an older version is brought up to date on
 //! open, step by step, each step in its own transaction together with its `user_version`
 //! bump and its `schema_version` record. Never edit a step that has shipped: add another.
+//!
+//! Every released version has a fixture store (`tests/fixtures/stores/v{N}.sqlite`, written by
+//! `tests/fixtures/stores/make.py` with the SQL of the commit that shipped it);
+//! `tests/migrations.rs` opens each, checks its data survives, and fails when a step is added
+//! without its fixture.
 
 use super::StoreError;
 use rusqlite::{Connection, params};

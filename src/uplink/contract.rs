@@ -93,6 +93,10 @@ impl Topics {
     pub fn command_result(&self) -> String {
         format!("{}/command/result", self.base())
     }
+    /// The gateway's own health (retained, QoS 1, not sequenced): [`health_payload`].
+    pub fn health(&self) -> String {
+        format!("{}/health", self.base())
+    }
 
     /// The QoS 1 reading message of the contract (the store adds `seq`).
     pub fn reading_message(&self, r: &Reading) -> Message {
@@ -774,6 +778,158 @@ pub fn recalled_message(topic: &str, payload: &str) -> Option<Message> {
         }),
         _ => None,
     }
+}
+
+/// Marks a reading message stamped while the gateway's clock was not sane (before the build
+/// date, or not synchronised when that is required): `"clock": "unsynchronized"` in its
+/// payload. Additive: a reading stamped by a sane clock has no `clock` field.
+pub fn mark_clock_unsynchronized(message: &mut Message) {
+    if let Value::Object(payload) = &mut message.payload {
+        payload.insert("clock".into(), json!("unsynchronized"));
+    }
+}
+
+/// Why the gateway process started, as the health message says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartReason {
+    /// The previous run stopped cleanly (or this store is new).
+    Normal,
+    /// The previous run ended without a clean stop during the same boot: a crash, a kill, a
+    /// watchdog restart.
+    AfterCrash,
+    /// The previous run ended without a clean stop and the box has booted since: power loss
+    /// or a reboot that did not stop the service.
+    AfterPowerLoss,
+}
+
+impl StartReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartReason::Normal => "normal",
+            StartReason::AfterCrash => "after_crash",
+            StartReason::AfterPowerLoss => "after_power_loss",
+        }
+    }
+}
+
+/// One bus in the health message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BusHealth {
+    pub name: String,
+    /// Mean time between two readings of one meter of the bus over the interval (how long a
+    /// round over the bus takes); `None` without two readings of a meter.
+    pub cycle_s: Option<f64>,
+    /// Answered polls in percent of the polls over the interval; `None` without polls.
+    pub success_pct: Option<f64>,
+    /// Polls over the interval.
+    pub polls: u64,
+    pub meters_online: usize,
+    pub meters_total: usize,
+}
+
+/// The clock in the health message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClockHealth {
+    pub synchronized: bool,
+    /// `timesyncd`, `kernel` or `unknown` (see `clock::SyncSource`).
+    pub source: &'static str,
+    /// Sane: at least the build date (and synchronised when that is required).
+    pub sane: bool,
+}
+
+/// The gateway's own figures, published retained on `{prefix}/{gateway}/health`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthReport {
+    pub ts_ms: i64,
+    pub uptime_s: u64,
+    pub start_reason: StartReason,
+    /// Seconds the interval figures (CPU, success rates) cover.
+    pub interval_s: u64,
+    /// The process's CPU time over the interval in percent of one core.
+    pub cpu_pct: Option<f64>,
+    /// Resident memory.
+    pub rss_bytes: Option<u64>,
+    /// The data directory's filesystem: space free to the gateway now, its lowest since start,
+    /// and the filesystem's size.
+    pub disk_free_bytes: Option<u64>,
+    pub disk_free_min_bytes: Option<u64>,
+    pub disk_total_bytes: Option<u64>,
+    /// The store's files (database and WAL).
+    pub store_bytes: Option<u64>,
+    /// Messages in the outbox, and the age of the oldest.
+    pub backlog: u64,
+    pub backlog_oldest_age_s: Option<u64>,
+    pub buses: Vec<BusHealth>,
+    pub clock: ClockHealth,
+    /// Commands rejected since start, by reason (`bad_signature`, `replayed`, ...).
+    pub commands_rejected: std::collections::BTreeMap<String, u64>,
+    /// Readings dropped since start (shed from memory while the store refused them).
+    pub readings_dropped: u64,
+    pub alarms_active: usize,
+}
+
+/// The retained health payload:
+///
+/// `{"ts", "version", "uptime_s", "start_reason": "normal" | "after_crash" |
+/// "after_power_loss", "interval_s", "cpu_pct", "rss_bytes", "disk": {"free_bytes",
+/// "free_min_bytes", "total_bytes"}, "store_bytes", "backlog": {"count", "oldest_age_s"},
+/// "buses": {BUS: {"cycle_s", "success_pct", "polls", "meters_online", "meters_total"}},
+/// "clock": {"synchronized", "source", "sane"}, "commands_rejected": {"total", REASON: n},
+/// "readings_dropped", "alarms_active"}`. A figure that cannot be read is `null`. Not
+/// sequenced: each one replaces the last.
+pub fn health_payload(h: &HealthReport) -> Vec<u8> {
+    let buses: Map<String, Value> = h
+        .buses
+        .iter()
+        .map(|b| {
+            (
+                b.name.clone(),
+                json!({
+                    "cycle_s": b.cycle_s.map(json_number),
+                    "success_pct": b.success_pct.map(json_number),
+                    "polls": b.polls,
+                    "meters_online": b.meters_online,
+                    "meters_total": b.meters_total,
+                }),
+            )
+        })
+        .collect();
+    let mut rejected: Map<String, Value> = h
+        .commands_rejected
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    rejected.insert(
+        "total".into(),
+        json!(h.commands_rejected.values().sum::<u64>()),
+    );
+    json!({
+        "ts": rfc3339_ms(h.ts_ms),
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": h.uptime_s,
+        "start_reason": h.start_reason.as_str(),
+        "interval_s": h.interval_s,
+        "cpu_pct": h.cpu_pct.map(json_number),
+        "rss_bytes": h.rss_bytes,
+        "disk": {
+            "free_bytes": h.disk_free_bytes,
+            "free_min_bytes": h.disk_free_min_bytes,
+            "total_bytes": h.disk_total_bytes,
+        },
+        "store_bytes": h.store_bytes,
+        "backlog": {"count": h.backlog, "oldest_age_s": h.backlog_oldest_age_s},
+        "buses": buses,
+        "clock": {
+            "synchronized": h.clock.synchronized,
+            "source": h.clock.source,
+            "sane": h.clock.sane,
+        },
+        "commands_rejected": rejected,
+        "readings_dropped": h.readings_dropped,
+        "alarms_active": h.alarms_active,
+    })
+    .to_string()
+    .into_bytes()
 }
 
 #[cfg(test)]

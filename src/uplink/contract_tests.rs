@@ -559,3 +559,56 @@ fn command_result_payloads_byte_for_byte() {
         (false, Some(7))
     );
 }
+
+#[test]
+fn health_payload_bytes() {
+    let t = Topics::new("amr", "gw");
+    assert_eq!(t.health(), "amr/gw/health");
+    let h = HealthReport {
+        ts_ms: 0,
+        uptime_s: 3600,
+        start_reason: StartReason::AfterPowerLoss,
+        interval_s: 60,
+        cpu_pct: Some(1.234_567_89),
+        rss_bytes: Some(12_345_678),
+        disk_free_bytes: Some(1_000_000),
+        disk_free_min_bytes: Some(900_000),
+        disk_total_bytes: Some(8_000_000),
+        store_bytes: Some(65_536),
+        backlog: 3,
+        backlog_oldest_age_s: Some(42),
+        buses: vec![BusHealth {
+            name: "rs485-1".into(),
+            cycle_s: Some(15.5),
+            success_pct: Some(97.5),
+            polls: 40,
+            meters_online: 9,
+            meters_total: 10,
+        }],
+        clock: ClockHealth {
+            synchronized: true,
+            source: "timesyncd",
+            sane: true,
+        },
+        commands_rejected: [("bad_signature".to_string(), 2)].into(),
+        readings_dropped: 0,
+        alarms_active: 1,
+    };
+    assert_eq!(
+        String::from_utf8(health_payload(&h)).unwrap(),
+        format!(
+            r#"{{"alarms_active":1,"backlog":{{"count":3,"oldest_age_s":42}},"buses":{{"rs485-1":{{"cycle_s":15.5,"meters_online":9,"meters_total":10,"polls":40,"success_pct":97.5}}}},"clock":{{"sane":true,"source":"timesyncd","synchronized":true}},"commands_rejected":{{"bad_signature":2,"total":2}},"cpu_pct":1.234568,"disk":{{"free_bytes":1000000,"free_min_bytes":900000,"total_bytes":8000000}},"interval_s":60,"readings_dropped":0,"rss_bytes":12345678,"start_reason":"after_power_loss","store_bytes":65536,"ts":"1970-01-01T00:00:00.000Z","uptime_s":3600,"version":"{}"}}"#,
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+    let mut m = t.reading_message(&Reading {
+        meter: "m1".into(),
+        ts_ms: 0,
+        values: [("power_kw".to_string(), 1.5)].into(),
+    });
+    mark_clock_unsynchronized(&mut m);
+    assert_eq!(
+        m.payload.to_string(),
+        r#"{"clock":"unsynchronized","kind_seq":"reading","meter":"m1","ts":"1970-01-01T00:00:00.000Z","values":{"power_kw":1.5}}"#
+    );
+}

@@ -16,6 +16,10 @@
 //!
 //! The publisher never blocks the pollers: they write to the store and call
 //! `wake.notify_one()`; the publisher reads the store.
+//!
+//! Besides the outbox it publishes the gateway's health (retained, QoS 1, not sequenced and
+//! not stored: a snapshot, each one replacing the last): the latest payload on every
+//! connection and each new one as it comes.
 
 use crate::clock::now_ms;
 use crate::shutdown::Shutdown;
@@ -74,13 +78,15 @@ pub async fn run(
     state: watch::Sender<UplinkState>,
     shutdown: Shutdown,
 ) {
-    run_with_commands(cfg, topics, store, wake, state, None, shutdown).await;
+    run_with_commands(cfg, topics, store, wake, state, None, None, shutdown).await;
 }
 
 /// [`run`], also subscribed (QoS 1, on every connection) to `{prefix}/{gateway}/command`:
 /// each payload that arrives there goes to `commands` as it is, for the command desk to
 /// check (`super::desk`). When the desk is behind by [`COMMAND_QUEUE`] payloads, more are
-/// dropped with a warning: a flood never holds up the outbox.
+/// dropped with a warning: a flood never holds up the outbox. With `health`, each payload
+/// it carries goes out retained on `{prefix}/{gateway}/health` (an empty one is not sent).
+#[allow(clippy::too_many_arguments)]
 pub async fn run_with_commands(
     cfg: MqttSettings,
     topics: Topics,
@@ -88,8 +94,10 @@ pub async fn run_with_commands(
     wake: Arc<Notify>,
     state: watch::Sender<UplinkState>,
     commands: Option<mpsc::Sender<Vec<u8>>>,
+    health: Option<watch::Receiver<Vec<u8>>>,
     mut shutdown: Shutdown,
 ) {
+    let mut health = health;
     let mut backoff = Backoff::new(Duration::from_secs(cfg.reconnect_max_s.max(1)));
     let mut outage: Option<Outage> = None;
     refresh_backlog(&store, &state).await;
@@ -102,6 +110,7 @@ pub async fn run_with_commands(
         }
         let mut connection = Connection::new(&cfg, &topics, &store, &wake, &state, &mut ledger);
         connection.commands = commands.as_ref();
+        connection.health = health.as_mut();
         let end = connection.run(&mut shutdown).await;
         if connection.connected_once {
             backoff.reset();
@@ -188,6 +197,8 @@ struct Connection<'a> {
     acked: &'a mut AckLedger,
     /// Where command payloads go (subscribed only when set).
     commands: Option<&'a mpsc::Sender<Vec<u8>>>,
+    /// The latest health payload (published on connection and whenever it changes).
+    health: Option<&'a mut watch::Receiver<Vec<u8>>>,
 }
 
 impl<'a> Connection<'a> {
@@ -213,6 +224,7 @@ impl<'a> Connection<'a> {
             cursor: 0,
             acked,
             commands: None,
+            health: None,
         }
     }
 
@@ -253,6 +265,11 @@ impl<'a> Connection<'a> {
                 }
                 _ = self.wake.notified(), if self.connected_once => {
                     self.fill(&client).await;
+                }
+                Some(()) = health_changed(&mut self.health), if self.connected_once => {
+                    if let Err(reason) = self.publish_health(&client) {
+                        break ConnectionEnd::Failed(reason);
+                    }
                 }
                 _ = tick.tick() => {
                     self.flush_acks().await;
@@ -301,6 +318,7 @@ impl<'a> Connection<'a> {
                     )
                     .map_err(|e| format!("cannot publish status: {e}"))?;
                 self.requested.push_back(None);
+                self.publish_health(client)?;
                 self.fill(client).await;
             }
             Event::Incoming(Packet::Publish(p)) if p.topic == self.topics.command() => {
@@ -334,6 +352,22 @@ impl<'a> Connection<'a> {
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// The latest health payload, retained (nothing before the first one is gathered).
+    fn publish_health(&mut self, client: &AsyncClient) -> Result<(), String> {
+        let Some(health) = self.health.as_mut() else {
+            return Ok(());
+        };
+        let payload = health.borrow_and_update().clone();
+        if payload.is_empty() {
+            return Ok(());
+        }
+        client
+            .try_publish(self.topics.health(), QoS::AtLeastOnce, true, payload)
+            .map_err(|e| format!("cannot publish health: {e}"))?;
+        self.requested.push_back(None);
         Ok(())
     }
 
@@ -497,6 +531,18 @@ fn mqtt_options(cfg: &MqttSettings, topics: &Topics) -> Result<MqttOptions, Stri
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
     }
     Ok(options)
+}
+
+/// Resolves when a new health payload is there; never without a health channel (or once its
+/// sender is gone).
+async fn health_changed(health: &mut Option<&mut watch::Receiver<Vec<u8>>>) -> Option<()> {
+    match health {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(()),
+            Err(_) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
 }
 
 async fn refresh_backlog(store: &SharedStore, state: &watch::Sender<UplinkState>) {

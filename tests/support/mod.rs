@@ -312,12 +312,23 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn start(config: &std::path::Path, log_name: &str) -> Gateway {
+        Gateway::start_with(config, log_name, env!("CARGO_BIN_EXE_amr-gateway"), &[])
+    }
+
+    /// [`Gateway::start`] with extra environment variables (e.g. `LD_PRELOAD` of libfaketime).
+    pub fn start_with(
+        config: &std::path::Path,
+        log_name: &str,
+        program: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let log = std::fs::File::options()
             .create(true)
             .append(true)
             .open(config.parent().unwrap().join(log_name))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_amr-gateway"))
+        let child = Command::new(program)
+            .envs(env.iter().copied())
             .args(["run", "--config"])
             .arg(config)
             .env("AMR_LOG", "info")

@@ -521,6 +521,12 @@ impl AlarmEngine {
                 (s.store_recovered.enabled, s.store_recovered.severity, 0, 0)
             }
             AlarmKind::DiskFull => (s.disk_full.enabled, s.disk_full.severity, 0, 0),
+            AlarmKind::ClockUnsynchronized => (
+                s.clock_unsynchronized.enabled,
+                s.clock_unsynchronized.severity,
+                0,
+                0,
+            ),
         };
         enabled.then(|| Timing::new(severity, raise, clear))
     }
@@ -1154,9 +1160,10 @@ fn external_subject_kind(kind: AlarmKind) -> SubjectKind {
     match kind {
         AlarmKind::HighLoss | AlarmKind::NegativeLoss | AlarmKind::Overload => SubjectKind::Area,
         AlarmKind::AreaOutage => SubjectKind::Area,
-        AlarmKind::PowerOff | AlarmKind::StoreRecovered | AlarmKind::DiskFull => {
-            SubjectKind::Gateway
-        }
+        AlarmKind::PowerOff
+        | AlarmKind::StoreRecovered
+        | AlarmKind::DiskFull
+        | AlarmKind::ClockUnsynchronized => SubjectKind::Gateway,
         _ => SubjectKind::Meter,
     }
 }

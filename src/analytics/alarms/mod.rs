@@ -81,11 +81,14 @@ pub enum AlarmKind {
     StoreRecovered,
     /// The store's filesystem is full: readings wait in memory (bounded) until it has room.
     DiskFull,
+    /// The gateway's clock is not sane (before the build date, or not synchronised when
+    /// `require_synced_clock`): readings are stamped `"clock": "unsynchronized"`.
+    ClockUnsynchronized,
 }
 
 impl AlarmKind {
     /// Every kind, in catalogue order.
-    pub const ALL: [AlarmKind; 16] = [
+    pub const ALL: [AlarmKind; 17] = [
         AlarmKind::MeterOffline,
         AlarmKind::VoltageHigh,
         AlarmKind::VoltageLow,
@@ -102,6 +105,7 @@ impl AlarmKind {
         AlarmKind::PowerOff,
         AlarmKind::StoreRecovered,
         AlarmKind::DiskFull,
+        AlarmKind::ClockUnsynchronized,
     ];
 
     /// The name used in topics and payloads.
@@ -123,6 +127,7 @@ impl AlarmKind {
             AlarmKind::PowerOff => "power_off",
             AlarmKind::StoreRecovered => "store_recovered",
             AlarmKind::DiskFull => "disk_full",
+            AlarmKind::ClockUnsynchronized => "clock_unsynchronized",
         }
     }
 
@@ -148,7 +153,8 @@ impl AlarmKind {
             | AlarmKind::ReverseEnergy
             | AlarmKind::AreaOutage
             | AlarmKind::StoreRecovered
-            | AlarmKind::DiskFull => None,
+            | AlarmKind::DiskFull
+            | AlarmKind::ClockUnsynchronized => None,
         }
     }
 }

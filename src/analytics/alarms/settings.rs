@@ -43,6 +43,8 @@ pub struct AlarmSettings {
     pub store_recovered: StoreFaultSettings,
     /// `[alarms.disk_full]`: the store's filesystem is full.
     pub disk_full: StoreFaultSettings,
+    /// `[alarms.clock_unsynchronized]`: the gateway's clock is not sane.
+    pub clock_unsynchronized: StoreFaultSettings,
 }
 
 impl Default for AlarmSettings {
@@ -63,6 +65,7 @@ impl Default for AlarmSettings {
             power_off: Default::default(),
             store_recovered: Default::default(),
             disk_full: Default::default(),
+            clock_unsynchronized: Default::default(),
         }
     }
 }

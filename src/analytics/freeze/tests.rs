@@ -328,3 +328,58 @@ fn a_meters_own_freeze_is_taken_as_is() {
     assert_eq!(f[0].values["energy_import_kwh"], 42.0);
     assert_eq!(decisions(&events)[0].frozen, ["m1"]);
 }
+
+/// The gateway's wall clock jumps back an hour shortly before midnight and forwards again
+/// later: the reads' stamps pass midnight an hour late, and the stamps before it repeat an
+/// hour already stamped, while the register keeps advancing. The day is frozen once (a daily and a monthly freeze, one
+/// decision), from reads on both sides of its midnight, with a value the register really had
+/// around then — never a second freeze, never a negative span.
+#[test]
+fn a_clock_that_jumps_back_before_midnight_freezes_the_day_once() {
+    let h = 60 * MIN;
+    let t0 = parse_rfc3339("2026-11-30T22:00:00Z").unwrap();
+    let c = Curve {
+        t0,
+        base: 1000.0,
+        a: 3.0,
+        b: 0.4,
+    };
+    // The same register, stamped an hour early.
+    let early = Curve { t0: t0 - h, ..c };
+    let mut e = FreezeEngine::new(settings("UTC"), ["m1".to_string()]);
+    let mut events = run(&mut e, &[("m1", c)], t0, t0 + 100 * MIN, |_, _| false);
+    // True 23:40 .. 01:40, stamped 22:40 .. 00:40.
+    events.extend(run(
+        &mut e,
+        &[("m1", early)],
+        t0 + 40 * MIN,
+        t0 + 160 * MIN,
+        |_, _| false,
+    ));
+    // True time again from 01:40.
+    events.extend(run(
+        &mut e,
+        &[("m1", c)],
+        t0 + 220 * MIN,
+        t0 + 300 * MIN,
+        |_, _| false,
+    ));
+    let midnight = parse_rfc3339("2026-12-01T00:00:00Z").unwrap();
+    let f = freezes(&events);
+    assert_eq!(f.len(), 2, "{f:?}");
+    assert_eq!((f[0].kind, f[1].kind), (FreezeKind::Day, FreezeKind::Month));
+    for x in &f {
+        assert_eq!(x.ts_ms, midnight);
+        let v = x.values["energy_import_kwh"];
+        assert!(v.is_finite());
+        // What the register had when the (late) clock said midnight: true 01:00.
+        assert!(
+            v >= c.at(midnight - h) && v <= c.at(midnight + h) + 1e-3,
+            "{v} outside what the register had around midnight"
+        );
+        if let (Some(b), Some(a)) = (x.before_ms, x.after_ms) {
+            assert!(b <= midnight && midnight <= a, "{x:?}");
+        }
+    }
+    assert_eq!(decisions(&events).len(), 1);
+}

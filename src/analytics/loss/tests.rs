@@ -1341,3 +1341,57 @@ fn an_interval_with_no_meter_measured_has_no_loss_figure() {
     let msg = loss_message(&Topics::new("amr", "gw1"), measured[0]);
     assert!(msg.payload.get("no_loss_pct").is_none());
 }
+
+/// The gateway's wall clock jumps back an hour (an NTP correction of a clock that ran ahead)
+/// and later forwards again: the meters' registers keep advancing, their reads are stamped an
+/// hour early for a while. No interval is negative, none is closed twice, and the energy of the
+/// intervals never exceeds what really flowed: nothing is counted twice.
+#[test]
+fn a_clock_that_jumps_back_gives_no_negative_interval_and_counts_no_energy_twice() {
+    const H: i64 = 3_600_000;
+    let model = AreaModel::new(
+        Knobs {
+            seed: 11,
+            ..Knobs::default()
+        },
+        3.2,
+    );
+    let mut engine = LossEngine::new(vec![spec()], LossSettings::default());
+    let mut records = Vec::new();
+    let mut take = |events: Vec<LossEvent>| {
+        for e in events {
+            if let LossEvent::Record(r) = e {
+                records.push(r);
+            }
+        }
+    };
+    // Hour 1 at the true time; hour 2 stamped an hour early (the clock went back); hour 3 at
+    // the true time again (it went forwards).
+    for (from, shift) in [(T0, 0), (T0 + H, -H), (T0 + 2 * H, 0)] {
+        for mut r in model.readings(from, from + H) {
+            r.ts_ms += shift;
+            engine.on_reading(&r);
+            take(engine.on_tick(r.ts_ms));
+        }
+    }
+    take(engine.on_tick(T0 + 3 * H));
+    assert!(!records.is_empty());
+    let len = INTERVAL_S as i64 * 1000;
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r.end_ms - r.start_ms, len, "interval {i}");
+        assert!(r.supply_kwh >= 0.0 && r.sales_kwh >= 0.0, "{r:?}");
+        if i > 0 {
+            assert!(
+                r.start_ms >= records[i - 1].end_ms,
+                "interval {} closed again or overlapping",
+                rfc3339_ms(r.start_ms)
+            );
+        }
+    }
+    let counted: f64 = records.iter().map(|r| r.supply_kwh).sum();
+    let (flowed, _, _) = model.truth(T0, T0 + 3 * H);
+    assert!(
+        counted <= flowed * 1.01,
+        "counted {counted} kWh of supply, {flowed} kWh flowed"
+    );
+}

@@ -763,9 +763,12 @@ async fn write_events(
 ) -> Result<(), String> {
     let mut last_clock_check: Option<tokio::time::Instant> = None;
     // The space kept in reserve lives next to the store (docs/reliability.md).
-    let reserve = {
+    let (reserve, window) = {
         let s = store.lock().unwrap_or_else(|p| p.into_inner());
-        Reserve::new(s.path().parent().unwrap_or(std::path::Path::new(".")))
+        (
+            Reserve::new(s.path().parent().unwrap_or(std::path::Path::new("."))),
+            Duration::from_millis(s.settings().commit_window_ms),
+        )
     };
     let mut readings_stored = 0u64;
     let mut last_prune = tokio::time::Instant::now() - PRUNE_EVERY;
@@ -787,6 +790,20 @@ async fn write_events(
         };
         if !open {
             break;
+        }
+        // What arrives within `[store] commit_window_ms` of the first event goes in the same
+        // transaction: one commit (and one fsync) for many readings.
+        if !buf.is_empty() && !window.is_zero() {
+            let deadline = tokio::time::Instant::now() + window;
+            while buf.len() < MAX_BATCH {
+                let room = MAX_BATCH - buf.len();
+                let more = events.recv_many(&mut buf, room);
+                match tokio::time::timeout_at(deadline, more).await {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                }
+            }
+            tick.reset();
         }
         failpoint("writer");
         // The clock, at most once a second: a change of sanity goes in before the readings it

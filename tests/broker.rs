@@ -254,6 +254,7 @@ async fn the_gateway_uplink_publishes_through_it() {
     let store_cfg = StoreConfig {
         history_days: 35,
         max_size_mb: 1024,
+        commit_window_ms: 0,
     };
     let store = open_shared(&dir.path().join("amr.db"), &store_cfg).unwrap();
     let wake = Arc::new(Notify::new());

@@ -86,6 +86,7 @@ fn add_backlog(db: &Path, n: u64) -> u64 {
     let cfg = StoreConfig {
         history_days: 35,
         max_size_mb: 1024,
+        commit_window_ms: 0,
     };
     let mut store = Store::open(db, &cfg).unwrap();
     let messages = (0..n)

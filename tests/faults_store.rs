@@ -45,6 +45,7 @@ fn prepare_store(db: &Path) {
     let cfg = StoreConfig {
         history_days: 3650,
         max_size_mb: 1024,
+        commit_window_ms: 0,
     };
     let mut store = Store::open(db, &cfg).unwrap();
     store

@@ -12,12 +12,13 @@ use std::path::{Path, PathBuf};
 /// 2026-01-01T00:00:00Z, the fixtures' first reading.
 const T0: i64 = 1_767_225_600_000;
 /// The schema version the running code writes.
-const NEWEST: i64 = 5;
+const NEWEST: i64 = 6;
 
 fn settings() -> StoreSettings {
     StoreSettings {
         history_days: 3650,
         max_size_mb: 64,
+        commit_window_ms: 0,
     }
 }
 
@@ -58,6 +59,8 @@ fn every_released_schema_version_opens_migrates_and_keeps_its_data() {
         let pending = store.pending(0, 10).unwrap();
         assert_eq!(pending.len(), 2, "v{version}");
         assert_eq!(pending[0].topic, "amr/gw1/reading/m1");
+        let first = String::from_utf8_lossy(&pending[0].payload).to_string();
+        assert!(first.contains("\"seq\":1"), "v{version}: {first}");
         assert_eq!(store.backlog().unwrap(), (2, Some(T0)), "v{version}");
         assert_eq!(store.last_seq().unwrap(), 2, "v{version}");
         assert_eq!(

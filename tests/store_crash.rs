@@ -15,6 +15,7 @@ fn cfg() -> StoreConfig {
     StoreConfig {
         history_days: 35,
         max_size_mb: 1024,
+        commit_window_ms: 0,
     }
 }
 

@@ -220,6 +220,7 @@ async fn run_uplink(cfg: MqttConfig, done: impl Fn(&UplinkState, &str) -> bool) 
         &StoreConfig {
             history_days: 35,
             max_size_mb: 1024,
+            commit_window_ms: 0,
         },
     )
     .unwrap();

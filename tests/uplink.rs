@@ -63,6 +63,7 @@ fn start_uplink(port: u16, topics: &Topics) -> Uplink {
     let cfg = StoreConfig {
         history_days: 35,
         max_size_mb: 1024,
+        commit_window_ms: 0,
     };
     let store = open_shared(&dir.path().join("amr.db"), &cfg).unwrap();
     let wake = Arc::new(Notify::new());

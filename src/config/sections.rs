@@ -45,7 +45,7 @@ const MQTT_KEYS: &[&str] = &[
     "reconnect_max_s",
     "max_inflight",
 ];
-const STORE_KEYS: &[&str] = &["history_days", "max_size_mb"];
+const STORE_KEYS: &[&str] = &["history_days", "max_size_mb", "commit_window_ms"];
 const BUS_KEYS: &[&str] = &[
     "name",
     "protocol",
@@ -361,9 +361,12 @@ pub(super) fn store(report: &mut Report, table: &DeTable, start: usize) -> Store
     let s = Section::new(report, "[store]", table, start, STORE_KEYS);
     let history_days = s.integer_in(report, "history_days", 1, 3650, " days");
     let max_size_mb = s.integer_in(report, "max_size_mb", 1, 1 << 20, " MiB");
+    let commit_window_ms = s.integer_in(report, "commit_window_ms", 0, 10_000, " ms");
     StoreConfig {
         history_days: history_days.map_or(35, |v| *v.get_ref() as u32),
         max_size_mb: max_size_mb.map_or(1024, |v| *v.get_ref() as u64),
+        commit_window_ms: commit_window_ms
+            .map_or(crate::store::COMMIT_WINDOW_MS, |v| *v.get_ref() as u64),
     }
 }
 
@@ -381,6 +384,7 @@ pub(super) fn default_store() -> StoreConfig {
     StoreConfig {
         history_days: 35,
         max_size_mb: 1024,
+        commit_window_ms: crate::store::COMMIT_WINDOW_MS,
     }
 }
 

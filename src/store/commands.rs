@@ -202,7 +202,8 @@ impl Store {
         let n = self
             .conn
             .execute(
-                "DELETE FROM published WHERE created_ms < ?1 AND CASE \
+                "DELETE FROM published WHERE created_ms < ?1 \
+                 AND seq NOT IN (SELECT seq FROM outbox WHERE seq IS NOT NULL) AND CASE \
                  WHEN kind = 'freeze' AND json_extract(payload, '$.kind') = 'month' \
                      THEN created_ms < ?3 \
                  WHEN kind IN ('voltage_month', 'voltage_area_month') THEN created_ms < ?3 \
@@ -226,6 +227,7 @@ mod tests {
         let cfg = StoreSettings {
             history_days: 35,
             max_size_mb: 1024,
+            commit_window_ms: 0,
         };
         Store::open(&dir.join("amr.db"), &cfg).unwrap()
     }

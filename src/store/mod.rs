@@ -44,7 +44,14 @@ pub struct StoreSettings {
     /// Upper bound on the store's size in MiB (default 1024). When reached, the oldest history
     /// goes first, then the oldest unsent outbox rows, and the gateway logs what it dropped.
     pub max_size_mb: u64,
+    /// Readings that arrive within this many milliseconds are committed in one transaction
+    /// (default [`COMMIT_WINDOW_MS`]; 0: every bus event in its own). A power cut can cost at
+    /// most one window's readings.
+    pub commit_window_ms: u64,
 }
+
+/// The default `[store] commit_window_ms`.
+pub const COMMIT_WINDOW_MS: u64 = 1000;
 
 /// A message to publish, before the store gives it its place in the outbox.
 #[derive(Debug, Clone, PartialEq)]
@@ -215,6 +222,8 @@ pub struct Store {
     /// The last `kind_seq` this connection gave out per kind: with `last_seq_given`, the
     /// floor for a recovery while running.
     kind_seq_given: BTreeMap<String, u64>,
+    /// History layout ids by their names (a JSON array of sorted quantity names), as committed.
+    layouts: std::collections::HashMap<String, i64>,
     /// Set when a statement reported damage ("malformed", "not a database"): the writer
     /// moves the file aside at its next step (see [`Store::damage_seen`]).
     damage: std::cell::RefCell<Option<String>>,
@@ -273,8 +282,14 @@ impl Store {
             last_outbox_id: 0,
             last_seq_given,
             kind_seq_given: BTreeMap::new(),
+            layouts: std::collections::HashMap::new(),
             damage: std::cell::RefCell::new(None),
         })
+    }
+
+    /// The settings the store was opened with.
+    pub fn settings(&self) -> &StoreSettings {
+        &self.cfg
     }
 
     /// The database file.
@@ -307,16 +322,34 @@ impl Store {
         };
         // The per-kind counters this batch moved: kind -> last kind_seq given.
         let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
+        // Layouts this transaction added (names -> id), known to the cache once it commits.
+        let mut new_layouts: Vec<(String, i64)> = Vec::new();
         {
             let mut insert_reading = tx
                 .prepare_cached(
-                    "INSERT INTO history (meter, ts_ms, values_json, quality) VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT INTO history (meter, ts_ms, values_json, quality, layout, values_blob) \
+                     VALUES (?1, ?2, '', ?3, ?4, ?5)",
                 )
                 .map_err(sql)?;
             for (i, r) in batch.readings.iter().enumerate() {
                 let q = batch.reading_quality.get(i).copied().unwrap_or(0);
+                let names = layout_names(&r.values);
+                let known = self.layouts.get(&names).copied().or_else(|| {
+                    new_layouts
+                        .iter()
+                        .find(|(n, _)| *n == names)
+                        .map(|(_, id)| *id)
+                });
+                let layout = match known {
+                    Some(id) => id,
+                    None => {
+                        let id = layout_id(&tx, &names).map_err(sql)?;
+                        new_layouts.push((names, id));
+                        id
+                    }
+                };
                 insert_reading
-                    .execute(params![r.meter, r.ts_ms, values_json(&r.values), q])
+                    .execute(params![r.meter, r.ts_ms, q, layout, values_blob(&r.values)])
                     .map_err(sql)?;
             }
             let mut revise = tx
@@ -365,14 +398,21 @@ impl Store {
             }
             let mut seq = read_last_seq(&tx).map_err(sql)?;
             let first_seq = seq + 1;
-            let mut copies: Vec<(u64, String, i64)> = Vec::new();
             let mut insert_message = tx
                 .prepare_cached(
-                    "INSERT INTO outbox (topic, payload, qos, retain, created_ms) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO outbox (topic, payload, qos, retain, created_ms, seq) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(sql)?;
+            // A sequenced message is stored once, here; its outbox row names it by seq.
+            let mut insert_copy = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO published (seq, topic, payload, created_ms, kind, ts_ms) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(sql)?;
             for m in &batch.messages {
+                let mut stored_seq: Option<i64> = None;
                 let payload = if m.sequenced {
                     let serde_json::Value::Object(map) = &m.payload else {
                         return Err(StoreError::Other {
@@ -386,17 +426,27 @@ impl Store {
                     seq += 1;
                     let mut map = map.clone();
                     map.insert("seq".into(), seq.into());
-                    if let Some(serde_json::Value::String(kind)) = map.get(KIND_SEQ_FIELD) {
-                        let kind = kind.clone();
-                        let last = match kinds.get(&kind) {
+                    // The copy learns its kind and its time, so that `recall` can find it by
+                    // kind and time range (a message without a kind: by seq, at its creation).
+                    let (mut kind, mut ts) = (None, now_ms);
+                    if let Some(serde_json::Value::String(k)) = map.get(KIND_SEQ_FIELD) {
+                        let k = k.clone();
+                        let last = match kinds.get(&k) {
                             Some(last) => *last,
-                            None => read_kind_seq(&tx, &kind).map_err(sql)?,
+                            None => read_kind_seq(&tx, &k).map_err(sql)?,
                         };
-                        kinds.insert(kind.clone(), last + 1);
+                        kinds.insert(k.clone(), last + 1);
                         map.insert(KIND_SEQ_FIELD.into(), (last + 1).into());
-                        copies.push((seq, kind, message_time(&map).unwrap_or(now_ms)));
+                        ts = message_time(&map).unwrap_or(now_ms);
+                        kind = Some(k);
                     }
-                    serde_json::Value::Object(map).to_string()
+                    let text = serde_json::Value::Object(map).to_string();
+                    let at = i64::try_from(seq).unwrap_or(i64::MAX);
+                    insert_copy
+                        .execute(params![at, m.topic, text, now_ms, kind, ts])
+                        .map_err(sql)?;
+                    stored_seq = Some(at);
+                    String::new()
                 } else {
                     m.payload.to_string()
                 };
@@ -406,7 +456,8 @@ impl Store {
                         payload.as_bytes(),
                         m.qos,
                         m.retain,
-                        now_ms
+                        now_ms,
+                        stored_seq
                     ])
                     .map_err(sql)?;
                 report.outbox_ids.push(tx.last_insert_rowid());
@@ -428,18 +479,9 @@ impl Store {
                 )
                 .map_err(sql)?;
             }
-            // The recall copy (made by the outbox trigger) learns its kind and its time, so
-            // that `recall` can find it by kind and time range.
-            let mut label = tx
-                .prepare_cached("UPDATE published SET kind = ?2, ts_ms = ?3 WHERE seq = ?1")
-                .map_err(sql)?;
-            for (seq, kind, ts) in &copies {
-                label
-                    .execute(params![i64::try_from(*seq).unwrap_or(i64::MAX), kind, ts])
-                    .map_err(sql)?;
-            }
         }
         tx.commit().map_err(sql)?;
+        self.layouts.extend(new_layouts);
         if let Some(last) = report.outbox_ids.last() {
             self.last_outbox_id = self.last_outbox_id.max(*last);
         }
@@ -461,8 +503,10 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT id, topic, payload, qos, retain, created_ms FROM outbox \
-                 WHERE id > ?1 ORDER BY id LIMIT ?2",
+                "SELECT o.id, o.topic, CASE WHEN o.seq IS NULL THEN o.payload \
+                 ELSE coalesce(CAST(p.payload AS BLOB), o.payload) END, o.qos, o.retain, o.created_ms \
+                 FROM outbox o LEFT JOIN published p ON p.seq = o.seq \
+                 WHERE o.id > ?1 ORDER BY o.id LIMIT ?2",
             )
             .map_err(|e| self.err(e))?;
         stmt.query_map(params![after_id, limit], |r| {
@@ -530,8 +574,9 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT meter, ts_ms, values_json FROM history \
-                 WHERE meter = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 ORDER BY ts_ms, id",
+                "SELECT h.meter, h.ts_ms, h.values_json, l.names, h.values_blob FROM history h \
+                 LEFT JOIN history_layout l ON l.id = h.layout \
+                 WHERE h.meter = ?1 AND h.ts_ms >= ?2 AND h.ts_ms < ?3 ORDER BY h.ts_ms, h.id",
             )
             .map_err(|e| self.err(e))?;
         stmt.query_map(params![meter, from_ms, to_ms], reading_from_row)
@@ -562,14 +607,33 @@ impl Store {
     }
 
     /// A meter's most recent reading.
+    /// The history is indexed by time only: the last day is searched first, then the rest.
     pub fn latest_reading(&self, meter: &str) -> Result<Option<Reading>, StoreError> {
-        self.conn
+        let newest: Option<i64> = self
+            .conn
+            .query_row("SELECT max(ts_ms) FROM history", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        let Some(newest) = newest else {
+            return Ok(None);
+        };
+        let mut stmt = self
+            .conn
             .prepare_cached(
-                "SELECT meter, ts_ms, values_json FROM history WHERE meter = ?1 \
-                 ORDER BY ts_ms DESC, id DESC LIMIT 1",
+                "SELECT h.meter, h.ts_ms, h.values_json, l.names, h.values_blob FROM history h \
+                 LEFT JOIN history_layout l ON l.id = h.layout \
+                 WHERE h.meter = ?1 AND h.ts_ms >= ?2 ORDER BY h.ts_ms DESC, h.id DESC LIMIT 1",
             )
-            .and_then(|mut stmt| stmt.query_row([meter], reading_from_row).optional())
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        for from in [newest - 86_400_000, i64::MIN] {
+            let found = stmt
+                .query_row(params![meter, from], reading_from_row)
+                .optional()
+                .map_err(|e| self.err(e))?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
     }
 
     /// Remembers a meter's last state, so it can be republished after a restart.
@@ -842,12 +906,22 @@ impl Store {
             }
             // Then the recall copies of sequenced messages (already delivered, or still in
             // the outbox), oldest first.
-            let copies = count("published")?;
+            // (The copies of unsent messages are their only payload: they go with them.)
+            let copies: i64 = self
+                .conn
+                .query_row(
+                    "SELECT COUNT(*) FROM published WHERE seq NOT IN \
+                     (SELECT seq FROM outbox WHERE seq IS NOT NULL)",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(|e| self.err(e))?;
             if copies > 0 {
                 self.conn
                     .execute(
-                        "DELETE FROM published WHERE seq IN \
-                         (SELECT seq FROM published ORDER BY seq LIMIT ?1)",
+                        "DELETE FROM published WHERE seq IN (SELECT seq FROM published \
+                         WHERE seq NOT IN (SELECT seq FROM outbox WHERE seq IS NOT NULL) \
+                         ORDER BY seq LIMIT ?1)",
                         [chunk(copies)],
                     )
                     .map_err(|e| self.err(e))?;
@@ -1003,25 +1077,54 @@ fn status_json(state: &MeterState) -> String {
     serde_json::to_string(state).expect("a meter state serializes")
 }
 
-fn values_json(values: &BTreeMap<String, f64>) -> String {
-    let map: serde_json::Map<String, serde_json::Value> = values
-        .iter()
-        .map(|(k, v)| {
-            let n = serde_json::Number::from_f64(*v).map_or(serde_json::Value::Null, Into::into);
-            (k.clone(), n)
-        })
-        .collect();
-    serde_json::Value::Object(map).to_string()
+/// A reading's layout: its quantity names, sorted, as a JSON array.
+fn layout_names(values: &BTreeMap<String, f64>) -> String {
+    serde_json::to_string(&values.keys().collect::<Vec<_>>()).expect("names serialize")
 }
 
+/// The id of layout `names`, added when new.
+fn layout_id(conn: &Connection, names: &str) -> rusqlite::Result<i64> {
+    conn.execute(
+        "INSERT OR IGNORE INTO history_layout (names) VALUES (?1)",
+        [names],
+    )?;
+    conn.query_row(
+        "SELECT id FROM history_layout WHERE names = ?1",
+        [names],
+        |r| r.get(0),
+    )
+}
+
+/// A reading's values as little-endian f64 in the order of its layout (NaN kept as NaN).
+fn values_blob(values: &BTreeMap<String, f64>) -> Vec<u8> {
+    values.values().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// A history row (meter, ts_ms, values_json, layout names, values_blob) as a reading: the
+/// numbers by their layout, or (rows written before schema 6) the JSON text.
 fn reading_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Reading> {
-    let json: String = r.get(2)?;
-    let values = match serde_json::from_str::<serde_json::Value>(&json) {
-        Ok(serde_json::Value::Object(map)) => map
+    let names: Option<String> = r.get(3)?;
+    let blob: Option<Vec<u8>> = r.get(4)?;
+    let values = match (names, blob) {
+        (Some(names), Some(blob)) => serde_json::from_str::<Vec<String>>(&names)
+            .unwrap_or_default()
             .into_iter()
-            .map(|(k, v)| (k, v.as_f64().unwrap_or(f64::NAN)))
+            .zip(blob.chunks_exact(8))
+            .map(|(n, b)| {
+                let bytes: [u8; 8] = b.try_into().expect("chunks of 8");
+                (n, f64::from_le_bytes(bytes))
+            })
             .collect(),
-        _ => BTreeMap::new(),
+        _ => {
+            let json: String = r.get(2)?;
+            match serde_json::from_str::<serde_json::Value>(&json) {
+                Ok(serde_json::Value::Object(map)) => map
+                    .into_iter()
+                    .map(|(k, v)| (k, v.as_f64().unwrap_or(f64::NAN)))
+                    .collect(),
+                _ => BTreeMap::new(),
+            }
+        }
     };
     Ok(Reading {
         meter: r.get(0)?,

@@ -294,10 +294,21 @@ impl Salvage {
         let mut after = 0i64;
         let mut step = 1i64;
         for _ in 0..64 {
-            let Ok(mut stmt) = conn.prepare(
-                "SELECT id, topic, payload, qos, retain, created_ms FROM outbox \
-                 WHERE id > ?1 ORDER BY id",
-            ) else {
+            // From schema 6 a sequenced row's payload is its `published` copy.
+            let Ok(mut stmt) = conn
+                .prepare(
+                    "SELECT o.id, o.topic, CASE WHEN o.seq IS NULL THEN o.payload \
+                     ELSE CAST((SELECT payload FROM published p WHERE p.seq = o.seq) AS BLOB) \
+                     END, o.qos, o.retain, o.created_ms FROM outbox o \
+                     WHERE id > ?1 ORDER BY id",
+                )
+                .or_else(|_| {
+                    conn.prepare(
+                        "SELECT id, topic, payload, qos, retain, created_ms FROM outbox \
+                         WHERE id > ?1 ORDER BY id",
+                    )
+                })
+            else {
                 return;
             };
             let Ok(mut rows) = stmt.query([after]) else {
@@ -739,6 +750,7 @@ mod tests {
         StoreSettings {
             history_days: 35,
             max_size_mb: 1024,
+            commit_window_ms: 0,
         }
     }
 }

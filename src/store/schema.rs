@@ -169,6 +169,29 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         CREATE INDEX published_kind_ts ON published (kind, ts_ms);
     ",
     },
+    Migration {
+        version: 6,
+        description: "history: values as numbers by layout, no per-meter index; outbox refers to published by seq",
+        // A reading's values are kept as little-endian f64 in the order of its layout (the
+        // sorted quantity names as a JSON array, stored once in `history_layout`) instead of
+        // JSON text with names; rows written before keep their `values_json` (new rows have it
+        // empty). The (meter, ts) index wrote a page of its own for nearly every reading (one
+        // leaf per meter); by time alone the history is written at its end.
+        //
+        // A sequenced message is stored once: its payload in `published` (written by
+        // `Store::commit`), the outbox row naming it by `seq` with an empty payload. Rows
+        // written before keep their payload (and their copy by the trigger).
+        sql: "
+        CREATE TABLE history_layout (
+            id    INTEGER PRIMARY KEY,
+            names TEXT NOT NULL UNIQUE
+        );
+        ALTER TABLE history ADD COLUMN layout INTEGER;
+        ALTER TABLE history ADD COLUMN values_blob BLOB;
+        DROP INDEX history_meter_ts;
+        ALTER TABLE outbox ADD COLUMN seq INTEGER;
+    ",
+    },
 ];
 
 /// Brings the file to the newest schema this version knows. A brand-new file first gets

@@ -7,6 +7,7 @@ fn cfg() -> StoreSettings {
     StoreSettings {
         history_days: 35,
         max_size_mb: 1024,
+        commit_window_ms: 0,
     }
 }
 
@@ -279,6 +280,7 @@ fn prune_deletes_history_older_than_history_days() {
     let cfg = StoreSettings {
         history_days: 2,
         max_size_mb: 1024,
+        commit_window_ms: 0,
     };
     let mut store = Store::open(&dir.path().join("amr.db"), &cfg).unwrap();
     let day = 86_400_000;
@@ -309,6 +311,7 @@ fn prune_keeps_the_store_under_its_size_bound() {
     let cfg = StoreSettings {
         history_days: 36500,
         max_size_mb: 1,
+        commit_window_ms: 0,
     };
     let path = dir.path().join("amr.db");
     let mut store = Store::open(&path, &cfg).unwrap();
@@ -317,8 +320,8 @@ fn prune_keeps_the_store_under_its_size_bound() {
         .iter()
         .map(|q| (q.to_string(), 1234.567))
         .collect();
-    // ~3 MB of history, then ~100 kB of outbox.
-    for chunk in 0..30 {
+    // ~3 MB of history (values as numbers: about 300 bytes a reading), then the outbox.
+    for chunk in 0..100 {
         let readings = (0..100)
             .map(|i| Reading {
                 meter: "m1".into(),
@@ -350,13 +353,14 @@ fn prune_keeps_the_store_under_its_size_bound() {
     let left = store.history("m1", 0, i64::MAX).unwrap();
     assert!(!left.is_empty());
     // The newest history survived; the oldest went.
-    assert_eq!(left.last().unwrap().ts_ms, now - 1_000_000 + 29 * 100 + 99);
+    assert_eq!(left.last().unwrap().ts_ms, now - 1_000_000 + 99 * 100 + 99);
     assert_eq!(seqs(&store).len(), 500);
 
     // A bound smaller than the outbox alone: history goes entirely, then the oldest messages.
     let tiny = StoreSettings {
         history_days: 36500,
         max_size_mb: 1,
+        commit_window_ms: 0,
     };
     drop(store);
     let mut store = Store::open(&path, &tiny).unwrap();
@@ -421,6 +425,7 @@ fn over_its_bound_the_store_keeps_billing_data_longest() {
     let cfg = StoreSettings {
         history_days: 36500,
         max_size_mb: 1,
+        commit_window_ms: 0,
     };
     let mut store = Store::open(&dir.path().join("amr.db"), &cfg).unwrap();
     let now = 1_800_000_000_000;
@@ -443,7 +448,7 @@ fn over_its_bound_the_store_keeps_billing_data_longest() {
     records.extend((0..300).map(|n| record(RecordKind::FreezeDay, n)));
     store
         .commit(&Batch {
-            readings: (0..1000)
+            readings: (0..6000)
                 .map(|i| reading("m1", now - 5_000_000 + i, 1.0))
                 .collect(),
             messages,

@@ -52,10 +52,14 @@ pub struct UplinkState {
 }
 
 /// Rows fetched from the store per query.
-const FETCH_ROWS: usize = 256;
-/// Acknowledged row ids collected before one delete transaction (they are also flushed on
-/// every tick and when the connection ends).
-const ACK_BATCH: usize = 64;
+const FETCH_ROWS: usize = 1024;
+/// Acknowledged row ids collected before one delete transaction (they are also flushed every
+/// `ACK_EVERY` and when the connection ends): one transaction for many acks, so a draining
+/// backlog is not one fsync per message. A crash re-sends at most these (at least once).
+const ACK_BATCH: usize = 1024;
+/// How often acknowledged rows are deleted while few arrive (each delete is a transaction
+/// and an fsync: at one a second, steady state writes little).
+const ACK_EVERY: Duration = Duration::from_secs(1);
 /// How often acks are flushed and the summary refreshed while connected.
 const TICK: Duration = Duration::from_millis(200);
 /// First wait after a failed connection.
@@ -248,6 +252,7 @@ impl<'a> Connection<'a> {
         });
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_flush = tokio::time::Instant::now();
         let end = loop {
             tokio::select! {
                 event = events.recv() => {
@@ -272,7 +277,10 @@ impl<'a> Connection<'a> {
                     }
                 }
                 _ = tick.tick() => {
-                    self.flush_acks().await;
+                    if last_flush.elapsed() >= ACK_EVERY {
+                        last_flush = tokio::time::Instant::now();
+                        self.flush_acks().await;
+                    }
                     if self.connected_once {
                         self.fill(&client).await;
                     }

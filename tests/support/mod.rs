@@ -591,6 +591,7 @@ pub fn store_after(db: &std::path::Path) -> (String, u64, std::collections::BTre
     let cfg = amr_gateway::config::StoreConfig {
         history_days: 35,
         max_size_mb: 1024,
+        commit_window_ms: 0,
     };
     let store = amr_gateway::store::Store::open(db, &cfg).expect("the store opens");
     let integrity = store.integrity_check().expect("integrity_check runs");

@@ -413,12 +413,21 @@ async fn commands_end_to_end_rejections_replay_recall_and_flood() {
 
     // recall by time: the readings of m1 between the first and the third reading, with their
     // original seq and kind_seq, counted per kind.
-    let first_readings: Vec<(String, Value)> = headend
-        .received()
-        .into_iter()
-        .filter(|(t, _)| t == "amr/gw1/reading/m1")
-        .take(3)
-        .collect();
+    // (Distinct readings: the recall above re-sent some to every subscriber.)
+    let distinct = |r: &[(String, Value)]| -> Vec<(String, Value)> {
+        let mut seen = std::collections::BTreeSet::new();
+        r.iter()
+            .filter(|(t, j)| t == "amr/gw1/reading/m1" && seen.insert(j["seq"].as_u64()))
+            .take(3)
+            .cloned()
+            .collect()
+    };
+    let first_readings = distinct(
+        &headend
+            .wait_until(PATIENCE, |r| distinct(r).len() >= 3)
+            .await
+            .expect("three readings of m1"),
+    );
     let ts = |j: &Value| j["ts"].as_str().unwrap().to_string();
     let from_ts = ts(&first_readings[0].1);
     let to_ms = amr_gateway::clock::parse_rfc3339(&ts(&first_readings[2].1)).unwrap() + 1;

@@ -89,12 +89,12 @@ fn reading(meter: &str, i: usize, ts: i64, t0: i64) -> Reading {
 fn main() {
     let meters = env("METERS", 1000) as usize;
     let window = env("COMMIT_WINDOW_MS", default_window());
-    let ack_ms = env("ACK_MS", 200).max(1);
+    let ack_ms = env("ACK_MS", 1000).max(1);
     let (warmup, measure) = (env("WARMUP_MIN", 10), env("MEASURE_MIN", 10));
     let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
-    let mut text = format!(
+    let mut text = String::from(
         "[gateway]\nid = \"gw\"\ndata_dir = \"data\"\ntimezone = \"Asia/Shanghai\"\n\n\
-         [mqtt]\nhost = \"127.0.0.1\"\n"
+         [mqtt]\nhost = \"127.0.0.1\"\n",
     );
     if window != default_window() {
         writeln!(text, "\n[store]\ncommit_window_ms = {window}").unwrap();
@@ -232,10 +232,10 @@ fn main() {
 
 /// The configuration's default commit window.
 fn default_window() -> i64 {
-    0
+    amr_gateway::store::COMMIT_WINDOW_MS as i64
 }
 
 /// Acknowledged rows per delete transaction (the publisher's `ACK_BATCH`).
 fn ack_chunk() -> usize {
-    64
+    1024
 }

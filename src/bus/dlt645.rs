@@ -33,7 +33,11 @@ use super::health::OfflinePolicy;
 use super::{BusSettings, Endpoint, MeterSettings, Protocol};
 use crate::clock::now_ms;
 use crate::meter::{DiRead, DiValue, Dlt645Model};
-use crate::model::{Learned, MeterId, PollOutcome, Reading, is_quantity, scales_with_multiplier};
+use crate::model::{
+    Learned, MeterId, MeterItems, PollOutcome, Reading, is_quantity, scales_with_multiplier,
+};
+use super::TimeSync;
+use crate::protocol::dlt645::codec::MeterTime;
 use crate::protocol::dlt645::{Address, DataId, Dlt645Error, Dlt645Transport, Line, Parity};
 use crate::protocol::{self, SerialLine};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -72,6 +76,17 @@ impl Transport {
         match self {
             Transport::Serial(t) => t.read_address(timeout).await,
             Transport::Tcp(t) => t.read_address(timeout).await,
+        }
+    }
+
+    async fn broadcast_time(
+        &mut self,
+        time: &MeterTime,
+        timeout: Duration,
+    ) -> Result<(), Dlt645Error> {
+        match self {
+            Transport::Serial(t) => t.broadcast_time(time, timeout).await,
+            Transport::Tcp(t) => t.broadcast_time(time, timeout).await,
         }
     }
 }
@@ -217,6 +232,8 @@ pub struct Dlt645Driver {
     link: Dlt645Link,
     unsupported_attempts: u32,
     meters: Vec<MeterPlan>,
+    /// The zone the meters keep their clocks in.
+    time_sync: TimeSync,
 }
 
 impl Dlt645Driver {
@@ -289,6 +306,7 @@ impl Dlt645Driver {
             },
             unsupported_attempts: policy.unsupported_attempts,
             meters,
+            time_sync: bus.time_sync.clone(),
         })
     }
 
@@ -354,6 +372,92 @@ impl Driver for Dlt645Driver {
     fn switch_pause(&self, _previous: Option<usize>, _meter: usize) -> Duration {
         Duration::ZERO
     }
+
+    fn read_items(&mut self, meter: usize) -> DriverFuture<'_, Option<MeterItems>> {
+        let zone = self.time_sync.zone.clone();
+        Box::pin(read_items(&mut self.link, &self.meters[meter], zone))
+    }
+
+    fn time_sync(&mut self, now_ms: i64) -> DriverFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let secs = now_ms.div_euclid(1000);
+            let offset = super::time_sync::utc_offset_s(&self.time_sync.zone, now_ms);
+            let time = MeterTime::from_unix(secs, offset);
+            let frame = crate::protocol::dlt645::codec::FRAME_OVERHEAD + 6;
+            let timeout = self.link.timeout + self.link.line.frame_time(self.link.preamble + frame);
+            let transport = self.link.transport().map_err(|e| e.to_string())?;
+            transport
+                .broadcast_time(&time, timeout)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// Reads the meter's own items its model has (date and time, status word 1, the power-down
+/// and meter-cover-open counts), one identifier at a time; an item the meter does not give is
+/// left `None`. `None` when it gave none (silent, or no such items in its model).
+async fn read_items(
+    link: &mut Dlt645Link,
+    plan: &MeterPlan,
+    zone: crate::clock::LocalTime,
+) -> Option<MeterItems> {
+    let address = plan.address.as_ref().ok().copied()?;
+    let mut items = MeterItems {
+        ts_ms: now_ms(),
+        ..MeterItems::default()
+    };
+    let mut any = false;
+    let mut read = async |name: &str| -> Option<(DiValue, i64)> {
+        let entry = plan.model.entry_named(name)?;
+        let sent = now_ms();
+        let bytes = match link.read(&address, entry.di, entry.format.len()).await {
+            Ok(b) => b,
+            Err(e) => {
+                debug!(meter = %plan.id, address = %address, error = %e, "item {name} not read");
+                return None;
+            }
+        };
+        let at = (sent + now_ms()) / 2;
+        crate::meter::dlt645_model::decode_value(entry, &bytes)
+            .ok()
+            .map(|v| (v, at))
+    };
+    let date = read("meter_date").await;
+    let time = read("meter_time").await;
+    if let (
+        Some((DiValue::Date { year, month, day, .. }, _)),
+        Some((DiValue::Time { hour, minute, second }, at)),
+    ) = (&date, &time)
+    {
+        let meter = MeterTime {
+            year: *year,
+            month: *month,
+            day: *day,
+            hour: *hour,
+            minute: *minute,
+            second: *second,
+        };
+        let offset = super::time_sync::utc_offset_s(&zone, *at);
+        // The meter's clock counts whole seconds: compare with the gateway's at the middle of
+        // the exchange that read it.
+        let skew = meter.to_unix(offset) as f64 - *at as f64 / 1000.0 + 0.5;
+        items.clock_skew_s = Some((skew * 10.0).round() / 10.0);
+        any = true;
+    }
+    if let Some((DiValue::Bits(w), _)) = read("status_word_1").await {
+        items.status_word_1 = Some(w as u16);
+        any = true;
+    }
+    if let Some((DiValue::Number(n), _)) = read("power_down_count").await {
+        items.power_down_count = Some(n.max(0.0) as u64);
+        any = true;
+    }
+    if let Some((DiValue::Number(n), _)) = read("cover_open_count").await {
+        items.cover_open_count = Some(n.max(0.0) as u64);
+        any = true;
+    }
+    any.then_some(items)
 }
 
 /// The serial line of a bus as the DL/T 645 transport takes it.
@@ -635,6 +739,7 @@ mod tests {
             timeout: Line::even(baud).default_timeout(),
             poll_interval: Duration::from_secs(60),
             preamble: 4,
+            time_sync: Default::default(),
         }
     }
 

@@ -29,9 +29,29 @@ impl Config {
                         Some(m.settings(model))
                     })
                     .collect();
-                (b.settings(), meters)
+                let mut settings = b.settings();
+                if b.protocol == BusProtocol::Dlt645 {
+                    settings.time_sync = self.time_sync_of_buses();
+                }
+                (settings, meters)
             })
             .collect()
+    }
+
+    /// The clock side of a DL/T 645 bus from `[time_sync]` and `[gateway] timezone`.
+    pub fn time_sync_of_buses(&self) -> bus::TimeSync {
+        let t = &self.time_sync;
+        bus::TimeSync {
+            at_minute: t.at_minute,
+            zone: self.gateway.timezone.clone(),
+            clock_synchronised: match t.gateway_clock {
+                super::GatewayClock::Systemd => {
+                    Arc::new(bus::time_sync::timesyncd_synchronised)
+                }
+                super::GatewayClock::Trusted => Arc::new(|| true),
+            },
+            items_interval: Duration::from_secs(t.read_interval_s),
+        }
     }
 }
 
@@ -51,6 +71,7 @@ impl BusConfig {
             timeout: Duration::from_millis(self.timeout_ms),
             poll_interval: Duration::from_secs(self.poll_interval_s),
             preamble: self.preamble,
+            time_sync: Default::default(),
         }
     }
 

@@ -29,6 +29,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("voltage_quality", "[voltage_quality]"),
     ("freeze", "[freeze]"),
     ("collection", "[collection]"),
+    ("time_sync", "[time_sync]"),
     ("command_key", "[[command_key]]"),
     ("commands", "[commands]"),
 ];
@@ -146,6 +147,10 @@ fn load_text(text: &str, path: &Path, base: ModelLibrary) -> Result<Config, Conf
         Some((t, start)) => sections::collection(&mut report, t, start),
         None => Default::default(),
     };
+    let time_sync = match table(&mut report, root, "time_sync") {
+        Some((t, start)) => sections::time_sync(&mut report, t, start),
+        None => Default::default(),
+    };
     let found = table(&mut report, root, "alarms");
     let alarms = analytics::alarms(&mut report, found, carried);
     // One source for a rule two engines share.
@@ -187,6 +192,7 @@ fn load_text(text: &str, path: &Path, base: ModelLibrary) -> Result<Config, Conf
             voltage_quality,
             freeze,
             collection,
+            time_sync,
             models,
             commands,
             warnings: sorted(report.warnings, path),

@@ -850,6 +850,59 @@ pub(super) fn collection(
     settings
 }
 
+/// `[time_sync]`: `at = "HH:MM"` or `"off"` (never within five minutes of midnight, when the
+/// meters freeze their daily data), `gateway_clock = "systemd" | "trusted"`,
+/// `read_interval_s`.
+pub(super) fn time_sync(report: &mut Report, table: &DeTable, start: usize) -> super::TimeSyncConfig {
+    let s = Section::new(
+        report,
+        "[time_sync]",
+        table,
+        start,
+        &["at", "gateway_clock", "read_interval_s"],
+    );
+    let mut c = super::TimeSyncConfig::default();
+    if let Some(at) = s.string(report, "at") {
+        let text = at.get_ref().as_str();
+        match parse_hh_mm(text) {
+            _ if text == "off" => c.at_minute = None,
+            Some(secs) if crate::bus::time_sync::at_near_midnight((secs / 60) as u16) => report.at(
+                at.span().start,
+                format!(
+                    "[time_sync] at `{text}` is within five minutes of midnight, when the meters \
+                     freeze their daily data (and refuse a time sync); pick a time from 00:06 to \
+                     23:54, e.g. the default \"03:07\""
+                ),
+            ),
+            Some(secs) => c.at_minute = Some((secs / 60) as u16),
+            None => report.at(
+                at.span().start,
+                format!(
+                    "[time_sync] at `{text}` is not a local time; write e.g. `at = \"03:07\"`, \
+                     or `at = \"off\"` for no daily time sync"
+                ),
+            ),
+        }
+    }
+    if let Some(clock) = s.string(report, "gateway_clock") {
+        match clock.get_ref().as_str() {
+            "systemd" => c.gateway_clock = super::GatewayClock::Systemd,
+            "trusted" => c.gateway_clock = super::GatewayClock::Trusted,
+            other => report.at(
+                clock.span().start,
+                format!(
+                    "[time_sync] gateway_clock `{other}` is not known; use \"systemd\" (trust \
+                     the clock while systemd-timesyncd has it synchronised) or \"trusted\""
+                ),
+            ),
+        }
+    }
+    if let Some(v) = s.integer_in(report, "read_interval_s", 10, 86_400, " s") {
+        c.read_interval_s = *v.get_ref() as u64;
+    }
+    c
+}
+
 /// Seconds after midnight of `HH:MM`.
 fn parse_hh_mm(text: &str) -> Option<u64> {
     let (h, m) = text.split_once(':')?;

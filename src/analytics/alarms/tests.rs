@@ -29,6 +29,8 @@ fn status(meter: &str, bus: &str, ts_ms: i64, online: bool, last_ok_ms: i64) -> 
         meter: meter.to_string(),
         bus: bus.to_string(),
         unit: Some(1),
+        address: None,
+        items: None,
         health,
         change: crate::model::HealthChange::None,
         ts_ms,

@@ -114,6 +114,10 @@ pub struct MeterStatus {
     pub items: Option<MeterItems>,
 }
 
+/// Meters take a broadcast time sync only when their clock is within this many seconds of the
+/// time sent (DL/T 645-2007): a skew beyond it must be set on site.
+pub const BROADCAST_SYNC_LIMIT_S: f64 = 300.0;
+
 /// What a meter says about itself, as opposed to what it measures: its clock, its status
 /// word and its event counters (DL/T 645 meters; `None` for an item the meter did not give).
 /// Read by the bus every so often; judged by the alarm engine (clock_skew, meter_cover_open,

@@ -16,7 +16,7 @@ use std::time::Duration;
 /// No sync within this many seconds of local midnight (either side).
 pub const MIDNIGHT_GUARD_S: i64 = 300;
 /// Meters take a broadcast sync only within this many seconds of their own clock.
-pub const BROADCAST_LIMIT_S: f64 = 300.0;
+pub const BROADCAST_LIMIT_S: f64 = crate::model::BROADCAST_SYNC_LIMIT_S;
 /// The default local time of the daily sync, minutes after midnight: 03:07, between two
 /// 15-minute load-curve points and at least 5 minutes from each, so a correction of up to five
 /// minutes never moves a meter's clock across a curve capture (nor across midnight).

@@ -349,7 +349,6 @@ async fn simulate_reloads_faults_on_sighup() {
         timeout_ms: 500,
         poll_interval_s: 60,
         preamble: 4,
-        time_sync: Default::default(),
         line: 0,
     };
     let mut client = crate::protocol::modbus::ModbusClient::open(

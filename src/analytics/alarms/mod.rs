@@ -36,8 +36,8 @@ pub use lifecycle::ActiveAlarm;
 pub use settings::{
     AlarmSettings, CurrentUnbalanceSettings, LineLossAlarmSettings, MeterOfflineSettings,
     MeterStoppedSettings, OutageSettings, OverloadSettings, PhaseLossSettings, PowerOffSettings,
-    ReadingDownSettings, ReverseEnergySettings, RunningFastSettings, StoreFaultSettings,
-    VoltageLimitSettings,
+    ClockSkewSettings, MeterItemSettings, ReadingDownSettings, ReverseEnergySettings,
+    RunningFastSettings, StoreFaultSettings, VoltageLimitSettings,
 };
 
 use serde::{Deserialize, Serialize};
@@ -81,11 +81,21 @@ pub enum AlarmKind {
     StoreRecovered,
     /// The store's filesystem is full: readings wait in memory (bounded) until it has room.
     DiskFull,
+    /// A meter's clock off the gateway's beyond `[alarms.clock_skew] limit_s` (DL/T 645).
+    ClockSkew,
+    /// A meter's cover-open count went up (a theft sign; an event, one per increase).
+    MeterCoverOpen,
+    /// A meter's power-down count went up (an event, one per increase).
+    MeterPowerDown,
+    /// A meter's status word says its clock battery or its reading battery is low.
+    MeterBatteryLow,
+    /// A meter's status word says its clock has failed.
+    MeterClockFault,
 }
 
 impl AlarmKind {
     /// Every kind, in catalogue order.
-    pub const ALL: [AlarmKind; 16] = [
+    pub const ALL: [AlarmKind; 21] = [
         AlarmKind::MeterOffline,
         AlarmKind::VoltageHigh,
         AlarmKind::VoltageLow,
@@ -102,6 +112,11 @@ impl AlarmKind {
         AlarmKind::PowerOff,
         AlarmKind::StoreRecovered,
         AlarmKind::DiskFull,
+        AlarmKind::ClockSkew,
+        AlarmKind::MeterCoverOpen,
+        AlarmKind::MeterPowerDown,
+        AlarmKind::MeterBatteryLow,
+        AlarmKind::MeterClockFault,
     ];
 
     /// The name used in topics and payloads.
@@ -123,6 +138,11 @@ impl AlarmKind {
             AlarmKind::PowerOff => "power_off",
             AlarmKind::StoreRecovered => "store_recovered",
             AlarmKind::DiskFull => "disk_full",
+            AlarmKind::ClockSkew => "clock_skew",
+            AlarmKind::MeterCoverOpen => "meter_cover_open",
+            AlarmKind::MeterPowerDown => "meter_power_down",
+            AlarmKind::MeterBatteryLow => "meter_battery_low",
+            AlarmKind::MeterClockFault => "meter_clock_fault",
         }
     }
 
@@ -144,7 +164,13 @@ impl AlarmKind {
             AlarmKind::MeterStopped => Some(30),
             AlarmKind::HighLoss | AlarmKind::NegativeLoss => Some(22),
             AlarmKind::PowerOff => Some(14),
-            AlarmKind::Overload
+            // Q/GDW 1376.1: ERC 12 meter time out of tolerance, ERC 37 meter cover opened,
+            // ERC 33 meter run status word changed (the battery and clock-fault bits).
+            AlarmKind::ClockSkew => Some(12),
+            AlarmKind::MeterCoverOpen => Some(37),
+            AlarmKind::MeterBatteryLow | AlarmKind::MeterClockFault => Some(33),
+            AlarmKind::MeterPowerDown
+            | AlarmKind::Overload
             | AlarmKind::ReverseEnergy
             | AlarmKind::AreaOutage
             | AlarmKind::StoreRecovered

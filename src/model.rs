@@ -111,7 +111,7 @@ pub struct MeterStatus {
     pub ts_ms: i64,
     /// What the meter last said about itself (DL/T 645: clock, status word, event counters),
     /// when its driver reads such items.
-    pub items: Option<MeterItems>,
+    pub items: Option<Box<MeterItems>>,
 }
 
 /// Meters take a broadcast time sync only when their clock is within this many seconds of the

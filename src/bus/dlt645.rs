@@ -28,6 +28,7 @@
 //! and ends `Partial` (some reads answered) or `Exception` (none did). Silence, a bad checksum
 //! or a reply from another address ends the poll at once, as for Modbus.
 
+use super::TimeSync;
 use super::driver::{Driver, DriverFuture, Poll, ReadFailure};
 use super::health::OfflinePolicy;
 use super::{BusSettings, Endpoint, MeterSettings, Protocol};
@@ -36,7 +37,6 @@ use crate::meter::{DiRead, DiValue, Dlt645Model};
 use crate::model::{
     Learned, MeterId, MeterItems, PollOutcome, Reading, is_quantity, scales_with_multiplier,
 };
-use super::TimeSync;
 use crate::protocol::dlt645::codec::MeterTime;
 use crate::protocol::dlt645::{Address, DataId, Dlt645Error, Dlt645Transport, Line, Parity};
 use crate::protocol::{self, SerialLine};
@@ -426,8 +426,20 @@ async fn read_items(
     let date = read("meter_date").await;
     let time = read("meter_time").await;
     if let (
-        Some((DiValue::Date { year, month, day, .. }, _)),
-        Some((DiValue::Time { hour, minute, second }, at)),
+        Some((
+            DiValue::Date {
+                year, month, day, ..
+            },
+            _,
+        )),
+        Some((
+            DiValue::Time {
+                hour,
+                minute,
+                second,
+            },
+            at,
+        )),
     ) = (&date, &time)
     {
         let meter = MeterTime {

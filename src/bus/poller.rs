@@ -10,13 +10,13 @@ use super::budget::ProbeBudget;
 use super::driver::{Driver, driver_for};
 use super::health::OfflinePolicy;
 use super::on_demand::{OnDemand, ReadRequest};
+use super::time_sync::{SyncDecision, daily_sync};
 use super::{BusSettings, MeterSettings};
 use crate::clock::now_ms;
 use crate::liveness::Heartbeat;
 use crate::model::{
     BusEvent, HealthChange, Learned, MeterHealth, MeterId, MeterItems, MeterStatus,
 };
-use super::time_sync::{SyncDecision, daily_sync};
 use crate::shutdown::Shutdown;
 
 /// Longest a bus waits for its next poll without telling the watchdog it is alive.
@@ -53,7 +53,7 @@ impl MeterSlot {
             health: self.health.clone(),
             change,
             ts_ms,
-            items: self.items.clone(),
+            items: self.items.clone().map(Box::new),
         }
     }
 
@@ -377,8 +377,7 @@ async fn run_with(
         slot.polls_since_state += 1;
         // The meter's own items, every `read_interval_s` (and soon after a time sync).
         let mut items_read = false;
-        if open && !slot.health.is_offline() && poll.outcome.answered() && slot.items_due <= now_i
-        {
+        if open && !slot.health.is_offline() && poll.outcome.answered() && slot.items_due <= now_i {
             slot.items_due = now_i + bus.time_sync.items_interval;
             if let Some(items) = driver.read_items(idx).await {
                 if let Some(skew) = items.clock_skew_s {
@@ -388,9 +387,7 @@ async fn run_with(
                 items_read = true;
             }
         }
-        if change != HealthChange::None
-            || slot.polls_since_state >= STATE_EVERY_POLLS
-            || items_read
+        if change != HealthChange::None || slot.polls_since_state >= STATE_EVERY_POLLS || items_read
         {
             slot.polls_since_state = 0;
             let status = slot.status(&bus.name, change, now);

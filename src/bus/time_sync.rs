@@ -188,7 +188,10 @@ mod tests {
         );
         assert_eq!(daily_sync(at, &z, at_0307, None, true), SyncDecision::Now);
         // Later the same day (the gateway was off at 03:07): still due, once.
-        assert_eq!(daily_sync(at, &z, at_0307 + 600 * MIN, None, true), SyncDecision::Now);
+        assert_eq!(
+            daily_sync(at, &z, at_0307 + 600 * MIN, None, true),
+            SyncDecision::Now
+        );
         assert_eq!(
             daily_sync(at, &z, at_0307 + 600 * MIN, Some(at_0307), true),
             SyncDecision::Wait("already sent today")

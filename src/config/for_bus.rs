@@ -45,9 +45,7 @@ impl Config {
             at_minute: t.at_minute,
             zone: self.gateway.timezone.clone(),
             clock_synchronised: match t.gateway_clock {
-                super::GatewayClock::Systemd => {
-                    Arc::new(bus::time_sync::timesyncd_synchronised)
-                }
+                super::GatewayClock::Systemd => Arc::new(bus::time_sync::timesyncd_synchronised),
                 super::GatewayClock::Trusted => Arc::new(|| true),
             },
             items_interval: Duration::from_secs(t.read_interval_s),

@@ -853,7 +853,11 @@ pub(super) fn collection(
 /// `[time_sync]`: `at = "HH:MM"` or `"off"` (never within five minutes of midnight, when the
 /// meters freeze their daily data), `gateway_clock = "systemd" | "trusted"`,
 /// `read_interval_s`.
-pub(super) fn time_sync(report: &mut Report, table: &DeTable, start: usize) -> super::TimeSyncConfig {
+pub(super) fn time_sync(
+    report: &mut Report,
+    table: &DeTable,
+    start: usize,
+) -> super::TimeSyncConfig {
     let s = Section::new(
         report,
         "[time_sync]",

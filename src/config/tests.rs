@@ -353,7 +353,7 @@ fn unknown_section() {
             3,
             "unknown section `meters`; did you mean `[[meter]]`? the sections are: [gateway], \
              [mqtt], [store], [[bus]], [[meter]], [[area]], [loss], [alarms], [voltage_quality], \
-             [freeze], [collection], [[command_key]], [commands]"
+             [freeze], [collection], [time_sync], [[command_key]], [commands]"
         )]
     );
 }
@@ -1619,7 +1619,8 @@ outage_pct = 0
                 "unknown key `nonsense` in [alarms]; the keys of [alarms] are: history, \
                  meter_offline, voltage, phase_loss, current_unbalance, overload, \
                  reverse_energy, reading_down, running_fast, meter_stopped, line_loss, outage, \
-                 power_off, store_recovered, disk_full"
+                 power_off, store_recovered, disk_full, clock_skew, meter_cover_open, \
+                 meter_power_down, meter_battery_low, meter_clock_fault"
             ),
             at(
                 55,
@@ -1768,4 +1769,35 @@ fn dlt645_bus_defaults_and_keys() {
              2400, 4800, 9600, 19200 (the meter's display or label shows its rate)"
         )]
     );
+}
+
+#[test]
+fn time_sync_refuses_a_time_near_midnight_and_unknown_words() {
+    let text = format!(
+        "{BASE}\n[time_sync]\nat = \"23:57\"\ngateway_clock = \"ntp\"\nread_interval_s = 5\n"
+    );
+    let got = problems(&text);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        got[0].starts_with(
+            "/site/amr.toml:26:6: [time_sync] at `23:57` is within five minutes of midnight"
+        ),
+        "{got:?}"
+    );
+    assert!(
+        got[1].contains(":27:17: [time_sync] gateway_clock `ntp` is not known"),
+        "{got:?}"
+    );
+    assert!(got[2].contains(":28:19: `read_interval_s`"), "{got:?}");
+    for (at, ok) in [
+        ("00:05", false),
+        ("00:06", true),
+        ("23:54", true),
+        ("23:55", false),
+        ("3:07", false),
+        ("off", true),
+    ] {
+        let text = format!("{BASE}\n[time_sync]\nat = \"{at}\"\n");
+        assert_eq!(parse(&text).is_ok(), ok, "{at}");
+    }
 }

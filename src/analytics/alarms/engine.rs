@@ -23,9 +23,9 @@ use super::lifecycle::{ActiveAlarm, Level, Lifecycle, Limit, Observation, Timing
 use super::{Alarm, AlarmChange, AlarmKind, AlarmSettings, AlarmState, SubjectKind, Transition};
 use crate::analytics::register::{drop_kwh, largest_current_a, moved};
 use crate::clock::rfc3339_ms;
-use crate::model::{MeterItems, MeterStatus};
 use crate::model::Reading;
 use crate::model::json_number;
+use crate::model::{MeterItems, MeterStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -688,18 +688,30 @@ impl AlarmEngine {
             }
             AlarmKind::DiskFull => (s.disk_full.enabled, s.disk_full.severity, 0, 0),
             AlarmKind::ClockSkew => (s.clock_skew.enabled, s.clock_skew.severity, 0, 0),
-            AlarmKind::MeterCoverOpen => {
-                (s.meter_cover_open.enabled, s.meter_cover_open.severity, 0, 0)
-            }
-            AlarmKind::MeterPowerDown => {
-                (s.meter_power_down.enabled, s.meter_power_down.severity, 0, 0)
-            }
-            AlarmKind::MeterBatteryLow => {
-                (s.meter_battery_low.enabled, s.meter_battery_low.severity, 0, 0)
-            }
-            AlarmKind::MeterClockFault => {
-                (s.meter_clock_fault.enabled, s.meter_clock_fault.severity, 0, 0)
-            }
+            AlarmKind::MeterCoverOpen => (
+                s.meter_cover_open.enabled,
+                s.meter_cover_open.severity,
+                0,
+                0,
+            ),
+            AlarmKind::MeterPowerDown => (
+                s.meter_power_down.enabled,
+                s.meter_power_down.severity,
+                0,
+                0,
+            ),
+            AlarmKind::MeterBatteryLow => (
+                s.meter_battery_low.enabled,
+                s.meter_battery_low.severity,
+                0,
+                0,
+            ),
+            AlarmKind::MeterClockFault => (
+                s.meter_clock_fault.enabled,
+                s.meter_clock_fault.severity,
+                0,
+                0,
+            ),
         };
         enabled.then(|| Timing::new(severity, raise, clear))
     }

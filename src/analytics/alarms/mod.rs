@@ -34,10 +34,10 @@ mod tests;
 pub use engine::{AlarmEngine, AlarmSnapshot, AreaRef, MeterRef, RegisterMemory, Topology};
 pub use lifecycle::ActiveAlarm;
 pub use settings::{
-    AlarmSettings, CurrentUnbalanceSettings, LineLossAlarmSettings, MeterOfflineSettings,
-    MeterStoppedSettings, OutageSettings, OverloadSettings, PhaseLossSettings, PowerOffSettings,
-    ClockSkewSettings, MeterItemSettings, ReadingDownSettings, ReverseEnergySettings,
-    RunningFastSettings, StoreFaultSettings, VoltageLimitSettings,
+    AlarmSettings, ClockSkewSettings, CurrentUnbalanceSettings, LineLossAlarmSettings,
+    MeterItemSettings, MeterOfflineSettings, MeterStoppedSettings, OutageSettings,
+    OverloadSettings, PhaseLossSettings, PowerOffSettings, ReadingDownSettings,
+    ReverseEnergySettings, RunningFastSettings, StoreFaultSettings, VoltageLimitSettings,
 };
 
 use serde::{Deserialize, Serialize};

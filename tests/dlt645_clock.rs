@@ -197,3 +197,88 @@ async fn broadcast_sync_corrects_small_skews_and_meters_report_their_own_events(
     assert_eq!(alarms(&got, "meter_cover_open", "k3").len(), 1);
     assert!(alarms(&got, "meter_power_down", "k3").is_empty());
 }
+
+/// `amr-gateway command ... time_sync --json` as a process, with key `ops`.
+fn time_sync_command(port: u16, dir: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_amr-gateway"))
+        .args([
+            "command",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
+        .args(["--gateway", "gw1", "--key"])
+        .arg(dir.join("ops.key"))
+        .args([
+            "--key-id",
+            "ops",
+            "--json",
+            "--timeout-s",
+            "90",
+            "time_sync",
+        ])
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_headend_time_sync_command_reports_each_skew_before_and_after() {
+    let zone = LocalTime::named("Asia/Shanghai").unwrap();
+    let since_midnight_min = zone.since_midnight_ms(now_ms()) / 60_000;
+    if !(8..=1430).contains(&since_midnight_min) {
+        eprintln!("skipped: within minutes of midnight in Asia/Shanghai, when no sync is sent");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start();
+    let rt = SimRuntime::new();
+    let _sim = rt.start(&sim_text(), "dlt645-command-sim", dir.path());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_amr-gateway"))
+        .args(["keygen", "--out"])
+        .arg(dir.path().join("ops.key"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // No daily sync: only the command sends one.
+    let config = gateway_config(dir.path(), broker.port);
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("at = \"00:06\"", "at = \"off\"")
+        + "\n[[command_key]]\nid = \"ops\"\npublic_key_file = \"ops.key.pub\"\nallow = [\"time_sync\"]\n";
+    std::fs::write(&config, text).unwrap();
+    let headend = Subscriber::start(broker.port, "headend-sync", "amr/gw1/#").await;
+    let _gw = Gateway::start(&config, "gateway.log");
+    // Every meter's clock read once before the sync.
+    headend
+        .wait_until(PATIENCE, |r| METERS.iter().all(|m| skew(r, m.0).is_some()))
+        .await
+        .unwrap_or_else(|| panic!("clocks not read\n{}", log_tail(dir.path(), 40)));
+
+    let port = broker.port;
+    let p = dir.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || time_sync_command(port, &p))
+        .await
+        .unwrap();
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "no JSON result: {}\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            log_tail(dir.path(), 40)
+        )
+    });
+    assert_eq!(result["state"], "done", "{result}");
+    let meters = result["data"]["meters"].as_array().unwrap();
+    assert_eq!(meters.len(), METERS.len(), "{result}");
+    for (id, _, _, offset) in METERS {
+        let m = meters.iter().find(|m| m["meter"] == *id).unwrap();
+        let before = m["skew_before_s"].as_f64().unwrap();
+        let after = m["skew_after_s"].as_f64().unwrap();
+        assert!((before - *offset as f64).abs() <= 2.0, "{id}: {m}");
+        // Within five minutes: set right; beyond: refused by the meter, still off.
+        let want = if *offset <= 300 { 0.0 } else { *offset as f64 };
+        assert!((after - want).abs() <= 2.0, "{id}: {m}");
+        assert!(m["error"].is_null(), "{id}: {m}");
+    }
+}

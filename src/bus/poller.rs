@@ -10,7 +10,7 @@ use super::budget::ProbeBudget;
 use super::driver::{Driver, driver_for};
 use super::health::OfflinePolicy;
 use super::on_demand::{OnDemand, ReadRequest};
-use super::time_sync::{SyncDecision, daily_sync};
+use super::time_sync::{SyncDecision, daily_sync, may_sync};
 use super::{BusSettings, MeterSettings};
 use crate::clock::now_ms;
 use crate::liveness::Heartbeat;
@@ -259,6 +259,40 @@ async fn run_with(
                 }
             }
         }
+        // Time syncs the headend asked for (`time_sync`): now, unless refused.
+        for req in on_demand.take_syncs() {
+            let now = now_ms();
+            let refusal = match may_sync(&ts.zone, now, (ts.clock_synchronised)()) {
+                SyncDecision::Wait(why) => Some(format!("time sync refused: {why}")),
+                SyncDecision::Now => driver
+                    .time_sync(now)
+                    .await
+                    .err()
+                    .map(|e| format!("time sync not sent: {e}")),
+            };
+            match refusal {
+                Some(why) => {
+                    info!(bus = %bus.name, "{why}");
+                    on_demand.refuse(req, &ids, &why);
+                }
+                None => {
+                    info!(bus = %bus.name, "broadcast time sync sent (headend command); reading the meters' clocks");
+                    // The meters take one sync a day: this was today's.
+                    last_sync_ms = Some(now);
+                    let before: Vec<Option<f64>> = slots
+                        .iter()
+                        .map(|s| s.items.as_ref().and_then(|i| i.clock_skew_s))
+                        .collect();
+                    let now_i = Instant::now();
+                    for slot in &mut slots {
+                        slot.items_due = now_i;
+                    }
+                    for idx in on_demand.open_synced(req, &ids, before) {
+                        slots[idx].next_due = slots[idx].next_due.min(now_i);
+                    }
+                }
+            }
+        }
         // The meter that is due first (ties: configuration order).
         let idx = (0..slots.len()).min_by_key(|&i| slots[i].next_due).unwrap();
         let due = slots[idx].next_due;
@@ -356,7 +390,6 @@ async fn run_with(
                 slot.next_due = now_i;
             }
         }
-        on_demand.polled(idx, meter, poll.reading.as_ref(), poll.error.as_deref());
         if bus_silent && change == HealthChange::WentOnline {
             // A bus that went silent as a whole comes back as a whole: probe the others now,
             // not one backoff at a time.
@@ -369,11 +402,7 @@ async fn run_with(
             }
         }
         let slot = &mut slots[idx];
-        if let Some(r) = poll.reading
-            && events.send(BusEvent::Reading(r)).await.is_err()
-        {
-            break;
-        }
+        let reading = poll.reading;
         slot.polls_since_state += 1;
         // The meter's own items, every `read_interval_s` (and soon after a time sync).
         let mut items_read = false;
@@ -386,6 +415,21 @@ async fn run_with(
                 slot.items = Some(items);
                 items_read = true;
             }
+        }
+        let skew = items_read
+            .then(|| slot.items.as_ref().and_then(|i| i.clock_skew_s))
+            .flatten();
+        on_demand.polled(
+            idx,
+            &slot.settings.id,
+            reading.as_ref(),
+            poll.error.as_deref(),
+            skew,
+        );
+        if let Some(r) = reading
+            && events.send(BusEvent::Reading(r)).await.is_err()
+        {
+            break;
         }
         if change != HealthChange::None || slot.polls_since_state >= STATE_EVERY_POLLS || items_read
         {

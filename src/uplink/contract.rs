@@ -661,6 +661,24 @@ pub fn read_data(reads: &[(String, Option<Reading>, Option<String>)]) -> Value {
     json!({ "meters": meters })
 }
 
+/// The data of a `time_sync` result: `{"meters": [{"meter", "skew_before_s" (the clock skew,
+/// meter − gateway, s, as last read before the sync; null if never read), "skew_after_s" (as
+/// read after it; null when not read), "error" (null when read)}]}`.
+pub fn time_sync_data(rows: &[(String, Option<f64>, Option<f64>, Option<String>)]) -> Value {
+    let meters: Vec<Value> = rows
+        .iter()
+        .map(|(meter, before, after, error)| {
+            json!({
+                "meter": meter,
+                "skew_before_s": before.map(json_number),
+                "skew_after_s": after.map(json_number),
+                "error": error,
+            })
+        })
+        .collect();
+    json!({ "meters": meters })
+}
+
 /// The data of a `config_get` result: `{"file", "toml"}` — the configuration the gateway
 /// runs with, as it was read at start, secrets redacted.
 pub fn config_data(file: &str, toml: &str) -> Value {

@@ -661,10 +661,13 @@ pub fn read_data(reads: &[(String, Option<Reading>, Option<String>)]) -> Value {
     json!({ "meters": meters })
 }
 
+/// One meter of a `time_sync` result: (meter, skew before s, skew after s, error).
+pub type TimeSyncRow = (String, Option<f64>, Option<f64>, Option<String>);
+
 /// The data of a `time_sync` result: `{"meters": [{"meter", "skew_before_s" (the clock skew,
 /// meter − gateway, s, as last read before the sync; null if never read), "skew_after_s" (as
 /// read after it; null when not read), "error" (null when read)}]}`.
-pub fn time_sync_data(rows: &[(String, Option<f64>, Option<f64>, Option<String>)]) -> Value {
+pub fn time_sync_data(rows: &[TimeSyncRow]) -> Value {
     let meters: Vec<Value> = rows
         .iter()
         .map(|(meter, before, after, error)| {

@@ -56,7 +56,9 @@ impl Config {
 impl BusConfig {
     /// What the bus task needs of this bus.
     pub fn settings(&self) -> BusSettings {
-        let endpoint = if self.protocol.is_tcp() {
+        // A DL/T 645 bus with an `address` is behind a transparent serial server.
+        let dlt645_tcp = self.protocol == BusProtocol::Dlt645 && self.address.is_some();
+        let endpoint = if self.protocol.is_tcp() || dlt645_tcp {
             bus::Endpoint::Tcp(self.address.clone().unwrap_or_default())
         } else {
             bus::Endpoint::Serial(self.device.clone().unwrap_or_default())

@@ -380,8 +380,13 @@ pub(super) fn bus(report: &mut Report, table: &DeTable, start: usize, base: &Pat
 
     let mut device = None;
     let mut address = None;
+    // DL/T 645 through a transparent serial server: `address = "host:port"` instead of a
+    // `device`, the frames carried raw over TCP.
+    let dlt645_tcp = protocol == Some(BusProtocol::Dlt645)
+        && s.get("address").is_some()
+        && s.get("device").is_none();
     if let Some(protocol) = protocol {
-        if protocol.is_tcp() {
+        if protocol.is_tcp() || dlt645_tcp {
             address = tcp_address(report, &s, protocol);
             if let Some(v) = s.get("device") {
                 report.at(
@@ -402,7 +407,8 @@ pub(super) fn bus(report: &mut Report, table: &DeTable, start: usize, base: &Pat
                     v.span().start,
                     format!(
                         "`address` is for TCP buses, but {label} uses {} on a serial `device`; \
-                         remove it, or change `protocol` to modbus-tcp or modbus-rtu-over-tcp",
+                         remove it, or change `protocol` to modbus-tcp or modbus-rtu-over-tcp \
+                         (a DL/T 645 bus behind a serial server has `address` and no `device`)",
                         protocol.name()
                     ),
                 );

@@ -1801,3 +1801,34 @@ fn time_sync_refuses_a_time_near_midnight_and_unknown_words() {
         assert_eq!(parse(&text).is_ok(), ok, "{at}");
     }
 }
+
+#[test]
+fn a_dlt645_bus_behind_a_serial_server_has_an_address_and_no_device() {
+    let text = dlt645_base()
+        .replace("unit = 2\n", "address = \"000000000002\"\n")
+        .replace("device = \"/dev/ttyS1\"", "address = \"10.0.0.9:8899\"");
+    let config = parse(&text).unwrap();
+    let (bus, _) = &config.bus_settings()[0];
+    assert_eq!(
+        bus.endpoint,
+        crate::bus::Endpoint::Tcp("10.0.0.9:8899".into())
+    );
+    assert_eq!(bus.protocol, crate::bus::Protocol::Dlt645);
+    assert_eq!(
+        bus.time_sync.at_minute,
+        Some(crate::bus::time_sync::DEFAULT_AT_MINUTE)
+    );
+    // Both: the address is refused, at its position.
+    let both = dlt645_base()
+        .replace("unit = 2\n", "address = \"000000000002\"\n")
+        .replace(
+            "device = \"/dev/ttyS1\"",
+            "device = \"/dev/ttyS1\"\naddress = \"10.0.0.9:8899\"",
+        );
+    let got = problems(&both);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].contains("a DL/T 645 bus behind a serial server has `address` and no `device`"),
+        "{got:?}"
+    );
+}

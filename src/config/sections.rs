@@ -403,15 +403,20 @@ pub(super) fn bus(report: &mut Report, table: &DeTable, start: usize, base: &Pat
                 .required_string(report, "device", "device = \"/dev/ttyS1\"")
                 .map(|d| Spanned::new(d.span(), resolve(base, d.get_ref())));
             if let Some(v) = s.get("address") {
-                report.at(
-                    v.span().start,
+                let message = if protocol == BusProtocol::Dlt645 {
+                    format!(
+                        "{label} has both `device` and `address`; a DL/T 645 bus is either on a \
+                         serial `device` or behind a serial server at `address = \"host:port\"`: \
+                         remove one"
+                    )
+                } else {
                     format!(
                         "`address` is for TCP buses, but {label} uses {} on a serial `device`; \
-                         remove it, or change `protocol` to modbus-tcp or modbus-rtu-over-tcp \
-                         (a DL/T 645 bus behind a serial server has `address` and no `device`)",
+                         remove it, or change `protocol` to modbus-tcp or modbus-rtu-over-tcp",
                         protocol.name()
-                    ),
-                );
+                    )
+                };
+                report.at(v.span().start, message);
             }
         }
     }

@@ -1828,7 +1828,7 @@ fn a_dlt645_bus_behind_a_serial_server_has_an_address_and_no_device() {
     let got = problems(&both);
     assert_eq!(got.len(), 1, "{got:?}");
     assert!(
-        got[0].contains("a DL/T 645 bus behind a serial server has `address` and no `device`"),
+        got[0].contains("has both `device` and `address`; a DL/T 645 bus is either"),
         "{got:?}"
     );
 }

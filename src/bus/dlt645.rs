@@ -9,10 +9,12 @@
 //! for Modbus. Every request is preceded by the bus's `FE` preamble (`[[bus]] preamble`). The
 //! daemon, `read` and `scan` all read through this one path.
 //!
-//! What a poll reads: every identifier of the model that holds a published quantity (the
-//! meter's own items — clock, status words, event counters, prepaid balances — are not read
-//! by the daemon yet). A block identifier is read as one transaction; its value bytes hold its
-//! items one after the other.
+//! What a poll reads: every identifier of the model that holds a published quantity. A block
+//! identifier is read as one transaction; its value bytes hold its items one after the other.
+//! The meter's own items — date and time, status word 1, the power-down and cover-open counts
+//! — are read apart ([`Driver::read_items`], every `[time_sync] read_interval_s`), and the
+//! broadcast time sync (08H to `999999999999`, the local time of the bus's zone) is
+//! [`Driver::time_sync`]; prepaid balances are not read yet.
 //!
 //! How the plan learns what a meter accepts:
 //!
@@ -423,8 +425,21 @@ async fn read_items(
             .ok()
             .map(|v| (v, at))
     };
-    let date = read("meter_date").await;
+    let mut date = read("meter_date").await;
     let time = read("meter_time").await;
+    if let Some((
+        DiValue::Time {
+            hour: 0,
+            minute: 0,
+            second,
+        },
+        _,
+    )) = &time
+        && *second < 10
+    {
+        // Midnight may have passed between the two reads: the date of the time is the new one.
+        date = read("meter_date").await;
+    }
     if let (
         Some((
             DiValue::Date {
@@ -973,5 +988,52 @@ energy_start_kwh = 300.0
         assert_eq!(poll.requests, 1);
         let probe = driver.probe(2).await;
         assert_eq!(probe.outcome, PollOutcome::Ok);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn meter_items_and_the_broadcast_time_sync() {
+        use crate::sim::Fault;
+        let t = crate::sim::fixtures::start(SIM);
+        for (unit, offset) in [(1, 90), (2, -400), (3, 30)] {
+            let fault = Fault {
+                clock_offset_s: offset,
+                cover_open_count: 2,
+                status_word_1: 1 << 2,
+                ..Fault::default()
+            };
+            t.sim.set_fault("b", unit, fault).unwrap();
+        }
+        let mut bus = t.sim.bus_settings("b").unwrap();
+        bus.time_sync.zone = crate::clock::LocalTime::named("Asia/Shanghai").unwrap();
+        let meters = [
+            MeterSettings::dlt645("a", "000000000001", model("dlt645-2007")),
+            MeterSettings::dlt645("b", "202208310002", model("dlt645-2007")),
+            MeterSettings::dlt645("c", "000000001997", model("dlt645-1997")),
+        ];
+        let mut driver = Dlt645Driver::new(&bus, &meters, &[], &OfflinePolicy::default()).unwrap();
+        driver.open_link().await.unwrap();
+        let skew = |i: &MeterItems| i.clock_skew_s.unwrap();
+        let a = Driver::read_items(&mut driver, 0).await.unwrap();
+        assert!((skew(&a) - 90.0).abs() <= 1.5, "{a:?}");
+        assert_eq!(a.cover_open_count, Some(2));
+        assert_eq!(a.power_down_count, Some(0));
+        assert_eq!(a.clock_battery_low(), Some(true));
+        assert_eq!(a.clock_fault(), Some(false));
+        let c = Driver::read_items(&mut driver, 2).await.unwrap();
+        assert!((skew(&c) - 30.0).abs() <= 1.5, "1997: {c:?}");
+        assert_eq!(c.cover_open_count, None, "no such 1997 item");
+
+        Driver::time_sync(&mut driver, now_ms()).await.unwrap();
+        // Let the simulated meters take it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let a = Driver::read_items(&mut driver, 0).await.unwrap();
+        assert!(skew(&a).abs() <= 1.5, "synced: {a:?}");
+        let b = Driver::read_items(&mut driver, 1).await.unwrap();
+        assert!(
+            (skew(&b) + 400.0).abs() <= 1.5,
+            "beyond 5 minutes, refused: {b:?}"
+        );
+        let c = Driver::read_items(&mut driver, 2).await.unwrap();
+        assert!(skew(&c).abs() <= 1.5, "1997 synced: {c:?}");
     }
 }

@@ -68,6 +68,10 @@ impl MeterSlot {
     }
 }
 
+/// "Not in this run": when a bus without `items_interval` next reads its meters' items (unless
+/// a time sync asks).
+const NEVER: Duration = Duration::from_secs(10 * 365 * 86_400);
+
 /// A daily time sync held back by an unsynchronised gateway clock is tried again this often.
 const SYNC_RECHECK: Duration = Duration::from_secs(600);
 
@@ -158,7 +162,11 @@ async fn run_with(
                 health: MeterHealth::new(&policy),
                 polls_since_state: 0,
                 probe_now: false,
-                items_due: next_due,
+                items_due: if bus.time_sync.items_interval.is_some() {
+                    next_due
+                } else {
+                    start + NEVER
+                },
                 items: None,
             }
         })
@@ -407,7 +415,7 @@ async fn run_with(
         // The meter's own items, every `read_interval_s` (and soon after a time sync).
         let mut items_read = false;
         if open && !slot.health.is_offline() && poll.outcome.answered() && slot.items_due <= now_i {
-            slot.items_due = now_i + bus.time_sync.items_interval;
+            slot.items_due = now_i + bus.time_sync.items_interval.unwrap_or(NEVER);
             if let Some(items) = driver.read_items(idx).await {
                 if let Some(skew) = items.clock_skew_s {
                     debug!(bus = %bus.name, meter = %slot.settings.id, skew_s = skew, "meter clock read");

@@ -40,18 +40,19 @@ pub struct TimeSync {
     /// Whether the gateway's clock can be trusted right now.
     pub clock_synchronised: ClockCheck,
     /// How often each meter's clock, status word and event counters are read
-    /// (`[time_sync] read_interval_s`).
-    pub items_interval: Duration,
+    /// (`[time_sync] read_interval_s`); `None`: never (a bus outside the daemon: tools,
+    /// benchmarks).
+    pub items_interval: Option<Duration>,
 }
 
 impl Default for TimeSync {
-    /// Off, clocks read every 15 minutes, in UTC, the gateway clock never trusted.
+    /// Off: no sync, no clocks read, in UTC, the gateway clock never trusted.
     fn default() -> Self {
         TimeSync {
             at_minute: None,
             zone: LocalTime::utc(),
             clock_synchronised: Arc::new(|| false),
-            items_interval: DEFAULT_ITEMS_INTERVAL,
+            items_interval: None,
         }
     }
 }

@@ -48,7 +48,7 @@ impl Config {
                 super::GatewayClock::Systemd => Arc::new(bus::time_sync::timesyncd_synchronised),
                 super::GatewayClock::Trusted => Arc::new(|| true),
             },
-            items_interval: Duration::from_secs(t.read_interval_s),
+            items_interval: Some(Duration::from_secs(t.read_interval_s)),
         }
     }
 }

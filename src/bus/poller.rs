@@ -175,6 +175,8 @@ async fn run_with(
     let mut last_sync_ms: Option<i64> = None;
     // Not before: the gateway's clock was found unsynchronised.
     let mut sync_check_at = start;
+    // The local day the held-back sync was last warned about.
+    let mut sync_warned_day: Option<i64> = None;
     let mut budget = ProbeBudget::new(&policy, bus.timeout);
     let mut open = false;
     let mut open_backoff = Duration::from_secs(1);
@@ -247,8 +249,15 @@ async fn run_with(
             // Asked only when otherwise due: the check may read a file.
             match daily_sync(ts.at_minute, &ts.zone, now, None, (ts.clock_synchronised)()) {
                 SyncDecision::Wait(why) => {
-                    warn!(bus = %bus.name, "daily meter time sync not sent yet: {why}; \
-                        checking again in {} minutes", SYNC_RECHECK.as_secs() / 60);
+                    // Said once a day; the checks in between are quiet.
+                    let day = ts.zone.day_start_ms(now);
+                    if sync_warned_day != Some(day) {
+                        sync_warned_day = Some(day);
+                        warn!(bus = %bus.name, "daily meter time sync not sent yet: {why}; \
+                            checking again every {} minutes", SYNC_RECHECK.as_secs() / 60);
+                    } else {
+                        debug!(bus = %bus.name, "daily meter time sync still held back: {why}");
+                    }
                     sync_check_at = Instant::now() + SYNC_RECHECK;
                 }
                 SyncDecision::Now => {

@@ -134,6 +134,9 @@ struct SupplyState {
     load: Option<(i64, f64, f64)>,
 }
 
+/// A clock_skew alarm clears only this far inside its limit, seconds.
+const CLOCK_SKEW_HYSTERESIS_S: f64 = 10.0;
+
 const PHASES: [(&str, &str, &str); 3] = [
     ("l1", "voltage_l1_v", "current_l1_a"),
     ("l2", "voltage_l2_v", "current_l2_a"),
@@ -253,8 +256,11 @@ impl AlarmEngine {
         if let Some(skew) = items.clock_skew_s {
             let limit = self.settings.clock_skew.limit_s;
             let correctable = skew.abs() <= crate::model::BROADCAST_SYNC_LIMIT_S;
+            // A clock read to the second wobbles: cleared only 10 s inside the limit.
             let level = if skew.abs() > limit {
                 Level::Violated
+            } else if skew.abs() > limit - CLOCK_SKEW_HYSTERESIS_S {
+                Level::Band
             } else {
                 Level::Normal
             };

@@ -872,6 +872,9 @@ fn a_meter_clock_beyond_the_limit_is_named_with_what_to_do() {
         e.on_meter_status(&items_status("c2", T0 + MIN, skew(-610.0)))
             .is_empty()
     );
+    // Just inside the limit: within the hysteresis, still standing.
+    let band = e.on_meter_status(&items_status("c2", T0 + MIN + S, skew(295.0)));
+    assert!(band.is_empty(), "{band:?}");
     let cleared = e.on_meter_status(&items_status("c2", T0 + 2 * MIN, skew(1.0)));
     assert_eq!(
         transitions(&cleared),

@@ -197,6 +197,7 @@ pub async fn run_with_hooks(
         bus_desks.push(BusDesk {
             meters: meters.iter().map(|m| m.id.clone()).collect(),
             requests: requests_tx,
+            time_sync: bus.protocol == crate::bus::Protocol::Dlt645,
         });
         let task = buses.spawn(run_bus_serving(
             bus,

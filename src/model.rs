@@ -104,9 +104,54 @@ pub struct MeterStatus {
     pub meter: MeterId,
     pub bus: String,
     pub unit: Option<u8>,
+    /// DL/T 645 address (12 digits), for a meter that has one.
+    pub address: Option<String>,
     pub health: MeterHealth,
     pub change: HealthChange,
     pub ts_ms: i64,
+    /// What the meter last said about itself (DL/T 645: clock, status word, event counters),
+    /// when its driver reads such items.
+    pub items: Option<Box<MeterItems>>,
+}
+
+/// Meters take a broadcast time sync only when their clock is within this many seconds of the
+/// time sent (DL/T 645-2007): a skew beyond it must be set on site.
+pub const BROADCAST_SYNC_LIMIT_S: f64 = 300.0;
+
+/// What a meter says about itself, as opposed to what it measures: its clock, its status
+/// word and its event counters (DL/T 645 meters; `None` for an item the meter did not give).
+/// Read by the bus every so often; judged by the alarm engine (clock_skew, meter_cover_open,
+/// meter_power_down, meter_battery_low, meter_clock_fault) and published in the meter state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MeterItems {
+    /// When the items were read (the gateway's clock), ms since the epoch.
+    pub ts_ms: i64,
+    /// Meter clock minus gateway clock, seconds (positive: the meter is ahead).
+    pub clock_skew_s: Option<f64>,
+    /// DL/T 645-2007 `03110000`: power-down events, total count.
+    pub power_down_count: Option<u64>,
+    /// DL/T 645-2007 `03300D00`: meter-cover-open events, total count.
+    pub cover_open_count: Option<u64>,
+    /// DL/T 645 run status word 1 (`04000501`; 1997: `C020`).
+    pub status_word_1: Option<u16>,
+}
+
+impl MeterItems {
+    /// Status word 1, bit 2: the clock battery is low (DL/T 645-2007 A.6, 电表运行状态字1).
+    pub fn clock_battery_low(&self) -> Option<bool> {
+        self.status_word_1.map(|w| w & (1 << 2) != 0)
+    }
+
+    /// Status word 1, bit 3: the battery for reading while the power is off is low.
+    pub fn reading_battery_low(&self) -> Option<bool> {
+        self.status_word_1.map(|w| w & (1 << 3) != 0)
+    }
+
+    /// Status word 1, bit 15: clock fault (时钟故障; bits 8..15 were assigned by the 2013
+    /// amendment of DL/T 645-2007 for smart meters).
+    pub fn clock_fault(&self) -> Option<bool> {
+        self.status_word_1.map(|w| w & (1 << 15) != 0)
+    }
 }
 
 /// How a single poll of a meter ended.

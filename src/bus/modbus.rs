@@ -835,6 +835,7 @@ mod tests {
             timeout: Duration::from_millis(300),
             poll_interval: Duration::from_secs(60),
             preamble: 4,
+            time_sync: Default::default(),
         }
     }
 

@@ -428,8 +428,13 @@ pub(super) fn bus(report: &mut Report, table: &DeTable, start: usize, base: &Pat
 
     let mut device = None;
     let mut address = None;
+    // DL/T 645 through a transparent serial server: `address = "host:port"` instead of a
+    // `device`, the frames carried raw over TCP.
+    let dlt645_tcp = protocol == Some(BusProtocol::Dlt645)
+        && s.get("address").is_some()
+        && s.get("device").is_none();
     if let Some(protocol) = protocol {
-        if protocol.is_tcp() {
+        if protocol.is_tcp() || dlt645_tcp {
             address = tcp_address(report, &s, protocol);
             if let Some(v) = s.get("device") {
                 report.at(
@@ -446,14 +451,20 @@ pub(super) fn bus(report: &mut Report, table: &DeTable, start: usize, base: &Pat
                 .required_string(report, "device", "device = \"/dev/ttyS1\"")
                 .map(|d| Spanned::new(d.span(), resolve(base, d.get_ref())));
             if let Some(v) = s.get("address") {
-                report.at(
-                    v.span().start,
+                let message = if protocol == BusProtocol::Dlt645 {
+                    format!(
+                        "{label} has both `device` and `address`; a DL/T 645 bus is either on a \
+                         serial `device` or behind a serial server at `address = \"host:port\"`: \
+                         remove one"
+                    )
+                } else {
                     format!(
                         "`address` is for TCP buses, but {label} uses {} on a serial `device`; \
                          remove it, or change `protocol` to modbus-tcp or modbus-rtu-over-tcp",
                         protocol.name()
-                    ),
-                );
+                    )
+                };
+                report.at(v.span().start, message);
             }
         }
     }
@@ -896,6 +907,63 @@ pub(super) fn collection(
         }
     }
     settings
+}
+
+/// `[time_sync]`: `at = "HH:MM"` or `"off"` (never within five minutes of midnight, when the
+/// meters freeze their daily data), `gateway_clock = "systemd" | "trusted"`,
+/// `read_interval_s`.
+pub(super) fn time_sync(
+    report: &mut Report,
+    table: &DeTable,
+    start: usize,
+) -> super::TimeSyncConfig {
+    let s = Section::new(
+        report,
+        "[time_sync]",
+        table,
+        start,
+        &["at", "gateway_clock", "read_interval_s"],
+    );
+    let mut c = super::TimeSyncConfig::default();
+    if let Some(at) = s.string(report, "at") {
+        let text = at.get_ref().as_str();
+        match parse_hh_mm(text) {
+            _ if text == "off" => c.at_minute = None,
+            Some(secs) if crate::bus::time_sync::at_near_midnight((secs / 60) as u16) => report.at(
+                at.span().start,
+                format!(
+                    "[time_sync] at `{text}` is within five minutes of midnight, when the meters \
+                     freeze their daily data (and refuse a time sync); pick a time from 00:06 to \
+                     23:54, e.g. the default \"03:07\""
+                ),
+            ),
+            Some(secs) => c.at_minute = Some((secs / 60) as u16),
+            None => report.at(
+                at.span().start,
+                format!(
+                    "[time_sync] at `{text}` is not a local time; write e.g. `at = \"03:07\"`, \
+                     or `at = \"off\"` for no daily time sync"
+                ),
+            ),
+        }
+    }
+    if let Some(clock) = s.string(report, "gateway_clock") {
+        match clock.get_ref().as_str() {
+            "systemd" => c.gateway_clock = super::GatewayClock::Systemd,
+            "trusted" => c.gateway_clock = super::GatewayClock::Trusted,
+            other => report.at(
+                clock.span().start,
+                format!(
+                    "[time_sync] gateway_clock `{other}` is not known; use \"systemd\" (trust \
+                     the clock while systemd-timesyncd has it synchronised) or \"trusted\""
+                ),
+            ),
+        }
+    }
+    if let Some(v) = s.integer_in(report, "read_interval_s", 10, 86_400, " s") {
+        c.read_interval_s = *v.get_ref() as u64;
+    }
+    c
 }
 
 /// Seconds after midnight of `HH:MM`.

@@ -353,7 +353,8 @@ fn unknown_section() {
             3,
             "unknown section `meters`; did you mean `[[meter]]`? the sections are: [gateway], \
              [mqtt], [store], [[bus]], [[meter]], [[area]], [loss], [alarms], [voltage_quality], \
-             [freeze], [curve], [collection], [[command_key]], [commands], [health]"
+             [freeze], [curve], [collection], [time_sync], [[command_key]], [commands], \
+             [health]"
         )]
     );
 }
@@ -1652,7 +1653,8 @@ outage_pct = 0
                 "unknown key `nonsense` in [alarms]; the keys of [alarms] are: history, \
                  meter_offline, voltage, phase_loss, current_unbalance, overload, \
                  reverse_energy, reading_down, running_fast, meter_stopped, line_loss, outage, \
-                 power_off, store_recovered, disk_full, clock_unsynchronized"
+                 power_off, store_recovered, disk_full, clock_unsynchronized, clock_skew, \
+                 meter_cover_open, meter_power_down, meter_battery_low, meter_clock_fault"
             ),
             at(
                 55,
@@ -2011,4 +2013,66 @@ fn health_interval_log_format_and_require_synced_clock() {
     let problems = problems(&text);
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].ends_with("unknown log_format `xml`; use `plain` or `json`"));
+}
+
+#[test]
+fn time_sync_refuses_a_time_near_midnight_and_unknown_words() {
+    let text = format!(
+        "{BASE}\n[time_sync]\nat = \"23:57\"\ngateway_clock = \"ntp\"\nread_interval_s = 5\n"
+    );
+    let got = problems(&text);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        got[0].starts_with(
+            "/site/amr.toml:26:6: [time_sync] at `23:57` is within five minutes of midnight"
+        ),
+        "{got:?}"
+    );
+    assert!(
+        got[1].contains(":27:17: [time_sync] gateway_clock `ntp` is not known"),
+        "{got:?}"
+    );
+    assert!(got[2].contains(":28:19: `read_interval_s`"), "{got:?}");
+    for (at, ok) in [
+        ("00:05", false),
+        ("00:06", true),
+        ("23:54", true),
+        ("23:55", false),
+        ("3:07", false),
+        ("off", true),
+    ] {
+        let text = format!("{BASE}\n[time_sync]\nat = \"{at}\"\n");
+        assert_eq!(parse(&text).is_ok(), ok, "{at}");
+    }
+}
+
+#[test]
+fn a_dlt645_bus_behind_a_serial_server_has_an_address_and_no_device() {
+    let text = dlt645_base()
+        .replace("unit = 2\n", "address = \"000000000002\"\n")
+        .replace("device = \"/dev/ttyS1\"", "address = \"10.0.0.9:8899\"");
+    let config = parse(&text).unwrap();
+    let (bus, _) = &config.bus_settings()[0];
+    assert_eq!(
+        bus.endpoint,
+        crate::bus::Endpoint::Tcp("10.0.0.9:8899".into())
+    );
+    assert_eq!(bus.protocol, crate::bus::Protocol::Dlt645);
+    assert_eq!(
+        bus.time_sync.at_minute,
+        Some(crate::bus::time_sync::DEFAULT_AT_MINUTE)
+    );
+    // Both: the address is refused, at its position.
+    let both = dlt645_base()
+        .replace("unit = 2\n", "address = \"000000000002\"\n")
+        .replace(
+            "device = \"/dev/ttyS1\"",
+            "device = \"/dev/ttyS1\"\naddress = \"10.0.0.9:8899\"",
+        );
+    let got = problems(&both);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].contains("has both `device` and `address`; a DL/T 645 bus is either"),
+        "{got:?}"
+    );
 }

@@ -70,6 +70,7 @@ impl LinkArgs {
             timeout: Duration::from_millis(self.timeout_ms),
             poll_interval: Duration::from_secs(60),
             preamble: 4,
+            time_sync: Default::default(),
         })
     }
 }

@@ -54,6 +54,11 @@ pub fn collect(config: &Config) -> Result<Value, String> {
                 "timeouts": st.map(|s| s.timeouts),
                 "crc_errors": st.map(|s| s.crc_errors),
                 "last_error": st.and_then(|s| s.last_error.clone()),
+                "clock_skew_s": st
+                    .and_then(|s| s.items.as_ref())
+                    .and_then(|i| i.clock_skew_s)
+                    .map(json_number),
+                "cover_open_count": st.and_then(|s| s.items.as_ref()).and_then(|i| i.cover_open_count),
             }));
         }
         buses.push(json!({
@@ -271,6 +276,9 @@ pub fn table(st: &Value) -> String {
                 s(&m["timeouts"]),
                 s(&m["crc_errors"]),
             );
+            if let Some(skew) = m["clock_skew_s"].as_f64() {
+                out += &format!("  {:<w$} meter clock {skew:+.1} s off the gateway's\n", "");
+            }
             if let Some(e) = m["last_error"].as_str() {
                 out += &format!("  {:<w$} last error: {e}\n", "");
             }

@@ -22,6 +22,8 @@ pub struct SimMeter {
     seed: u64,
     /// Requests seen so far (numbers the draws of `miss_reads_pct`).
     requests: u64,
+    /// DL/T 645: how far the meter's clock is ahead of true time, ms.
+    pub clock_offset_ms: i64,
 }
 
 impl SimMeter {
@@ -34,12 +36,21 @@ impl SimMeter {
     ) -> SimMeter {
         SimMeter {
             model,
+            clock_offset_ms: fault.clock_offset_s * 1000,
             fault,
             index,
             area,
             seed,
             requests: 0,
         }
+    }
+
+    /// Replaces the meter's faults; a changed `clock_offset_s` sets its clock that far off.
+    pub fn set_fault(&mut self, fault: Fault) {
+        if fault.clock_offset_s != self.fault.clock_offset_s {
+            self.clock_offset_ms = fault.clock_offset_s * 1000;
+        }
+        self.fault = fault;
     }
 
     /// Counts a request; true when `miss_reads_pct` says this one goes unanswered.

@@ -265,6 +265,8 @@ fn meter_state_payload_bytes() {
         meter: "m1".into(),
         bus: "rs485".into(),
         unit: Some(7),
+        address: None,
+        items: None,
         health: MeterHealth {
             online: Some(true),
             polls: 3,

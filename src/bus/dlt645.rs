@@ -33,7 +33,7 @@ use super::health::OfflinePolicy;
 use super::{BusSettings, Endpoint, MeterSettings, Protocol};
 use crate::clock::now_ms;
 use crate::meter::{DiRead, DiValue, Dlt645Model};
-use crate::model::{Learned, MeterId, PollOutcome, Reading, is_quantity, scales_with_multiplier};
+use crate::model::{Learned, MeterId, PollOutcome, Ratios, Reading, is_quantity};
 use crate::protocol::dlt645::{Address, DataId, Dlt645Error, Dlt645Transport, Line, Parity};
 use crate::protocol::{self, SerialLine};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -144,7 +144,7 @@ struct MeterPlan {
     id: MeterId,
     /// The configured address, parsed; a bad one is reported on every poll.
     address: Result<Address, String>,
-    multiplier: f64,
+    ratios: Ratios,
     model: Arc<Dlt645Model>,
     /// Block identifiers the meter answered "no such data item".
     refused: BTreeSet<DataId>,
@@ -267,7 +267,7 @@ impl Dlt645Driver {
                 let mut plan = MeterPlan {
                     id: m.id.clone(),
                     address,
-                    multiplier: m.multiplier,
+                    ratios: m.ratios,
                     model: model.clone(),
                     refused,
                     refusals: BTreeMap::new(),
@@ -492,11 +492,7 @@ async fn poll_meter(
                         if entry.name == ENERGY {
                             energy_sent_ms = Some(sent_ms);
                         }
-                        let v = if scales_with_multiplier(&entry.name) {
-                            v * plan.multiplier
-                        } else {
-                            v
-                        };
+                        let v = plan.ratios.primary(&entry.name, v);
                         values.insert(entry.name.clone(), v);
                     }
                     continue;
@@ -767,7 +763,7 @@ energy_start_kwh = 300.0
         assert_eq!(bus.protocol, Protocol::Dlt645);
         let meters = [
             MeterSettings {
-                multiplier: 40.0,
+                ratios: Ratios::from_multiplier(40.0),
                 ..MeterSettings::dlt645("a", "000000000001", model("dlt645-2007"))
             },
             MeterSettings::dlt645("b", "202208310002", model("dlt645-2007")),
@@ -793,14 +789,14 @@ energy_start_kwh = 300.0
                 .count();
             assert_eq!(reading.values.len(), quantities, "meter {i}");
             for (q, v) in &reading.values {
-                let want = t.sim.value_now("b", unit, q).unwrap()
-                    * if scales_with_multiplier(q) { mult } else { 1.0 };
+                let ratios = Ratios::from_multiplier(mult);
+                let want = ratios.primary(q, t.sim.value_now("b", unit, q).unwrap());
                 let entry = meters[i].model.dlt645().unwrap().entry_named(q).unwrap();
                 let crate::meter::dlt645_model::ValueFormat::Bcd { decimals, .. } = entry.format
                 else {
                     unreachable!()
                 };
-                let scale = if scales_with_multiplier(q) { mult } else { 1.0 };
+                let scale = ratios.primary(q, 1.0);
                 let tolerance = (0.5 * 10f64.powi(-i32::from(decimals)) + 0.01) * scale;
                 assert!(
                     (v - want).abs() <= tolerance,

@@ -243,8 +243,10 @@ pub struct MeterConfig {
     pub address: Option<String>,
     /// Model name, as in `protocols/*.toml` (`[model] name`).
     pub model: String,
-    /// CT ratio × PT ratio (default 1).
+    /// CT ratio × PT ratio (default 1): `ratios.multiplier()`.
     pub multiplier: f64,
+    /// `ct_ratio` and `pt_ratio` (a `multiplier` alone: CT ratio = multiplier, PT ratio 1).
+    pub ratios: crate::model::Ratios,
     /// `"a"`, `"b"`, `"c"` or `"abc"` (default from the model).
     pub phase: Option<crate::model::Phase>,
     /// Overrides the bus's poll interval for this meter.

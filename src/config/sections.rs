@@ -57,6 +57,8 @@ const METER_KEYS: &[&str] = &[
     "address",
     "model",
     "multiplier",
+    "ct_ratio",
+    "pt_ratio",
     "phase",
     "poll_interval_s",
     "consumption_only",
@@ -646,6 +648,7 @@ pub(super) fn meter(report: &mut Report, table: &DeTable, start: usize) -> Meter
             None
         }
     });
+    let ratios = ratios(report, &s, multiplier);
     let phase = s.string(report, "phase").and_then(|p| {
         if let Some(phase) = crate::model::Phase::from_name(p.get_ref()) {
             Some(Spanned::new(p.span(), phase))
@@ -685,7 +688,8 @@ pub(super) fn meter(report: &mut Report, table: &DeTable, start: usize) -> Meter
             unit: unit.map(Spanned::into_inner),
             address: address.map(Spanned::into_inner),
             model: model.map(Spanned::into_inner).unwrap_or_default(),
-            multiplier: multiplier.unwrap_or(1.0),
+            multiplier: ratios.multiplier(),
+            ratios,
             phase: phase.map(Spanned::into_inner),
             poll_interval_s: poll_interval_s.map(|v| *v.get_ref() as u64),
             consumption_only: consumption_only.is_some_and(|b| *b.get_ref()),
@@ -794,6 +798,46 @@ pub(super) fn area(report: &mut Report, table: &DeTable, start: usize) -> AreaEn
             rated_kva,
             line: report.line(start),
         },
+    }
+}
+
+/// A meter's `ct_ratio` and `pt_ratio`, with `multiplier` (already read): `multiplier` alone is
+/// a low-voltage meter (PT ratio 1, CT ratio = multiplier); given with the ratios it must equal
+/// their product.
+fn ratios(report: &mut Report, s: &Section, multiplier: Option<f64>) -> crate::model::Ratios {
+    use crate::model::Ratios;
+    let ct = positive(report, s, "ct_ratio", "it is the CT ratio (60 for 300/5 A CTs)");
+    let pt = positive(
+        report,
+        s,
+        "pt_ratio",
+        "it is the PT ratio (100 for 10 kV/100 V; 1 for a low-voltage meter)",
+    );
+    match (ct, pt, multiplier) {
+        (None, None, m) => Ratios::from_multiplier(m.unwrap_or(1.0)),
+        (ct, pt, m) => {
+            let ratios = Ratios {
+                ct: ct.unwrap_or(1.0),
+                pt: pt.unwrap_or(1.0),
+            };
+            if let Some(m) = m
+                && (m - ratios.multiplier()).abs() > 1e-9 * m.max(1.0)
+                && let Some(v) = s.get("multiplier")
+            {
+                report.at(
+                    v.span().start,
+                    format!(
+                        "multiplier {m} disagrees with ct_ratio {} × pt_ratio {} = {}; the \
+                         multiplier is their product: give the ratios alone (or fix the one \
+                         that is wrong)",
+                        ratios.ct,
+                        ratios.pt,
+                        ratios.multiplier()
+                    ),
+                );
+            }
+            ratios
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use crate::analytics::freeze::{DailyLoss, FreezeRecord};
 use crate::analytics::loss::{LossRecord, LossVerdict, RollingLoss};
 use crate::analytics::voltage::{AreaMonth, DayRecord, MonthRecord};
 use crate::clock::rfc3339_ms;
-use crate::model::Reading;
+use crate::model::{Ratios, Reading};
 pub use crate::model::json_number;
 use crate::store::{Message, MeterState};
 use serde_json::{Map, Value, json};
@@ -385,8 +385,10 @@ pub fn voltage_day_message(topics: &Topics, d: &DayRecord) -> Message {
 /// Payload: `{"meter", "state": "online"|"offline"|"unknown", "ts", "bus", "unit", "model",
 /// "last_ok", "polls", "success_rate_pct" (one decimal), "latency_ms" (whole ms),
 /// "timeouts", "crc_errors", "wrong_unit", "exceptions", "consecutive_failures",
-/// "last_error"}`. QoS 1, retained, not sequenced.
-pub fn meter_state_message(topics: &Topics, s: &MeterState) -> Message {
+/// "last_error", "multiplier", "ct_ratio", "pt_ratio"}`: the ratios its readings were scaled
+/// by (every quantity of a reading is primary-side; `null` for a meter no longer configured).
+/// QoS 1, retained, not sequenced.
+pub fn meter_state_message(topics: &Topics, s: &MeterState, ratios: Option<Ratios>) -> Message {
     Message {
         topic: topics.meter_state(&s.meter),
         payload: json!({
@@ -406,6 +408,9 @@ pub fn meter_state_message(topics: &Topics, s: &MeterState) -> Message {
             "exceptions": s.exceptions,
             "consecutive_failures": s.consecutive_failures,
             "last_error": s.last_error,
+            "multiplier": ratios.map(|r| json_number(r.multiplier())),
+            "ct_ratio": ratios.map(|r| json_number(r.ct)),
+            "pt_ratio": ratios.map(|r| json_number(r.pt)),
         }),
         qos: 1,
         retain: true,

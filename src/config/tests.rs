@@ -56,6 +56,7 @@ fn library() -> ModelLibrary {
             unit_switch_pause_ms: 0,
             inter_frame_pause_ms: 0,
             registers: Vec::new(),
+            setup: None,
             source: format!("test:{name}"),
         });
     }

@@ -10,6 +10,7 @@ pub mod dlt645_model;
 mod library;
 mod model_file;
 mod plan;
+pub mod setup;
 
 pub use decode::{decode_block, encode_value};
 pub use dlt645_model::{DiEntry, DiRead, DiValue, Dlt645Model};
@@ -18,3 +19,4 @@ pub use library::{
 };
 pub use model_file::STANDARD_MAX_BLOCK;
 pub use plan::{ReadBlock, plan_blocks};
+pub use setup::Setup;

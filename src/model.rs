@@ -281,7 +281,10 @@ mod tests {
     #[test]
     fn primary_side_values_take_their_ratio() {
         // 10 kV / 100 V PTs and 300/5 A CTs: multiplier 6000.
-        let r = Ratios { ct: 60.0, pt: 100.0 };
+        let r = Ratios {
+            ct: 60.0,
+            pt: 100.0,
+        };
         assert_eq!(r.multiplier(), 6000.0);
         assert_eq!(r.primary("current_l1_a", 0.5), 30.0);
         assert_eq!(r.primary("current_n_a", 0.1), 6.0);

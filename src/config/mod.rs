@@ -28,7 +28,7 @@ mod tests;
 pub use analytics::SEVERITIES;
 pub use for_pipeline::{area_spec, topology};
 pub use load::{load, load_str, load_str_with};
-pub use sections::STANDARD_BAUD_RATES;
+pub use sections::{STANDARD_BAUD_RATES, baud_problem, bits_problem};
 
 use std::path::PathBuf;
 

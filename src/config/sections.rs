@@ -254,6 +254,19 @@ pub(super) fn mqtt(
             );
             None
         } else {
+            if !gateway_id.is_empty() && !c.get_ref().contains(gateway_id) {
+                report.warn(
+                    c.span().start,
+                    format!(
+                        "client_id `{}` does not contain the gateway id `{gateway_id}`: every \
+                         gateway needs its own client id, the same at every start (a broker \
+                         drops the older of two connections with one id, and two gateways \
+                         would take turns being offline); remove it to use \
+                         `amr-gateway-{gateway_id}`, or put the gateway id in it",
+                        c.get_ref()
+                    ),
+                );
+            }
             Some(c.into_inner())
         }
     });
@@ -418,32 +431,18 @@ pub(super) fn bus(report: &mut Report, table: &DeTable, start: usize, base: &Pat
         SerialSettings::MODBUS_DEFAULT
     };
     if let Some(b) = s.integer(report, "baud") {
-        if STANDARD_BAUD_RATES
-            .iter()
-            .any(|&r| r as i128 == *b.get_ref())
-        {
-            serial.baud = *b.get_ref() as u32;
-            let dlt645_rates = crate::protocol::dlt645::transport::BAUD_RATES;
-            if protocol == Some(BusProtocol::Dlt645) && !dlt645_rates.contains(&serial.baud) {
-                report.at(
-                    b.span().start,
-                    format!(
-                        "baud {} is not a DL/T 645 rate; {label} is dlt645: use one of 1200, \
-                         2400, 4800, 9600, 19200 (the meter's display or label shows its rate)",
-                        serial.baud
-                    ),
-                );
+        let dlt645 = (protocol == Some(BusProtocol::Dlt645)).then_some(label.as_str());
+        match baud_problem(*b.get_ref(), dlt645) {
+            None => serial.baud = *b.get_ref() as u32,
+            Some(problem) => {
+                if STANDARD_BAUD_RATES
+                    .iter()
+                    .any(|&r| r as i128 == *b.get_ref())
+                {
+                    serial.baud = *b.get_ref() as u32;
+                }
+                report.at(b.span().start, problem);
             }
-        } else {
-            let rates: Vec<String> = STANDARD_BAUD_RATES.iter().map(u32::to_string).collect();
-            report.at(
-                b.span().start,
-                format!(
-                    "baud {} is not a standard rate; use one of: {}",
-                    b.get_ref(),
-                    rates.join(", ")
-                ),
-            );
         }
     }
     if let Some(p) = s.string(report, "parity") {
@@ -458,21 +457,15 @@ pub(super) fn bus(report: &mut Report, table: &DeTable, start: usize, base: &Pat
         }
     }
     if let Some(d) = s.integer(report, "data_bits") {
-        match *d.get_ref() {
-            7 | 8 => serial.data_bits = *d.get_ref() as u8,
-            other => report.at(
-                d.span().start,
-                format!("data_bits {other} is not possible; use 7 or 8"),
-            ),
+        match bits_problem("data_bits", *d.get_ref()) {
+            None => serial.data_bits = *d.get_ref() as u8,
+            Some(problem) => report.at(d.span().start, problem),
         }
     }
     if let Some(d) = s.integer(report, "stop_bits") {
-        match *d.get_ref() {
-            1 | 2 => serial.stop_bits = *d.get_ref() as u8,
-            other => report.at(
-                d.span().start,
-                format!("stop_bits {other} is not possible; use 1 or 2"),
-            ),
+        match bits_problem("stop_bits", *d.get_ref()) {
+            None => serial.stop_bits = *d.get_ref() as u8,
+            Some(problem) => report.at(d.span().start, problem),
         }
     }
     let timeout_ms = s.integer_in(report, "timeout_ms", 1, 60000, " ms");
@@ -806,7 +799,12 @@ pub(super) fn area(report: &mut Report, table: &DeTable, start: usize) -> AreaEn
 /// their product.
 fn ratios(report: &mut Report, s: &Section, multiplier: Option<f64>) -> crate::model::Ratios {
     use crate::model::Ratios;
-    let ct = positive(report, s, "ct_ratio", "it is the CT ratio (60 for 300/5 A CTs)");
+    let ct = positive(
+        report,
+        s,
+        "ct_ratio",
+        "it is the CT ratio (60 for 300/5 A CTs)",
+    );
     let pt = positive(
         report,
         s,
@@ -839,6 +837,36 @@ fn ratios(report: &mut Report, s: &Section, multiplier: Option<f64>) -> crate::m
             ratios
         }
     }
+}
+
+/// Why `baud` cannot be a serial line's rate, if so: one of [`STANDARD_BAUD_RATES`], and on a
+/// DL/T 645 line (`dlt645`: how to name the line in the message) one of its rates. The rule of
+/// `[[bus]] baud`, which the field tools' `--baud` follows too.
+pub fn baud_problem(baud: i128, dlt645: Option<&str>) -> Option<String> {
+    if !STANDARD_BAUD_RATES.iter().any(|&r| r as i128 == baud) {
+        let rates: Vec<String> = STANDARD_BAUD_RATES.iter().map(u32::to_string).collect();
+        return Some(format!(
+            "baud {baud} is not a standard rate; use one of: {}",
+            rates.join(", ")
+        ));
+    }
+    let dlt645_rates = crate::protocol::dlt645::transport::BAUD_RATES;
+    match dlt645 {
+        Some(label) if !dlt645_rates.contains(&(baud as u32)) => Some(format!(
+            "baud {baud} is not a DL/T 645 rate; {label} is dlt645: use one of 1200, 2400, 4800, \
+             9600, 19200 (the meter's display or label shows its rate)"
+        )),
+        _ => None,
+    }
+}
+
+/// Why `n` cannot be a serial line's `data_bits` (7 or 8) or `stop_bits` (1 or 2), if so.
+pub fn bits_problem(key: &str, n: i128) -> Option<String> {
+    let (ok, allowed) = match key {
+        "data_bits" => (matches!(n, 7 | 8), "7 or 8"),
+        _ => (matches!(n, 1 | 2), "1 or 2"),
+    };
+    (!ok).then(|| format!("{key} {n} is not possible; use {allowed}"))
 }
 
 /// An optional number that must be finite and above 0; `what` says what it is.

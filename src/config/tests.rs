@@ -923,11 +923,41 @@ fn multiplier_must_be_positive_and_finite() {
 }
 
 #[test]
+fn a_client_id_without_the_gateway_id_is_warned_about() {
+    let with = |id: &str| {
+        let text = edit("[mqtt]\n", &format!("[mqtt]\nclient_id = \"{id}\"\n"));
+        let config = parse(&text).unwrap();
+        config
+            .warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(with("amr-tx-0412-main"), Vec::<String>::new());
+    let warnings = with("amr-gateway");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("client_id `amr-gateway` does not contain the gateway id `tx-0412`"),
+        "{warnings:?}"
+    );
+}
+
+#[test]
 fn ct_and_pt_ratios_make_the_multiplier() {
     use crate::model::Ratios;
-    let config = parse(&edit("unit = 1\n", "unit = 1\nct_ratio = 60\npt_ratio = 100\n")).unwrap();
+    let config = parse(&edit(
+        "unit = 1\n",
+        "unit = 1\nct_ratio = 60\npt_ratio = 100\n",
+    ))
+    .unwrap();
     let meter = config.meters.iter().find(|m| m.unit == Some(1)).unwrap();
-    assert_eq!(meter.ratios, Ratios { ct: 60.0, pt: 100.0 });
+    assert_eq!(
+        meter.ratios,
+        Ratios {
+            ct: 60.0,
+            pt: 100.0
+        }
+    );
     assert_eq!(meter.multiplier, 6000.0);
     // A multiplier alone is a low-voltage meter; given with the ratios it must agree.
     let config = parse(&edit("unit = 1\n", "unit = 1\nmultiplier = 60\n")).unwrap();

@@ -94,9 +94,11 @@ impl Setup {
     /// The write that sets the meter's baud rate to `baud`, or why it cannot.
     pub fn baud_write(&self, baud: u32) -> Result<Request, String> {
         let Some(register) = self.baud_register else {
-            return Err("its model file documents no baud rate register ([setup] baud_register); \
+            return Err(
+                "its model file documents no baud rate register ([setup] baud_register); \
                  set the rate on the meter's keys"
-                .into());
+                    .into(),
+            );
         };
         let Some(code) = self.baud_codes.get(&baud) else {
             let rates: Vec<String> = self.baud_codes.keys().map(u32::to_string).collect();
@@ -194,7 +196,9 @@ pub(super) fn parse(report: &mut Report, doc: &DeTable<'_>) -> Option<Option<Set
                         _ => None,
                     };
                     match (baud, code_value) {
-                        (Some(b), Some(c)) if BAUD_RATES.contains(&b) && (0..=0xFFFF).contains(&c) => {
+                        (Some(b), Some(c))
+                            if BAUD_RATES.contains(&b) && (0..=0xFFFF).contains(&c) =>
+                        {
                             baud_codes.insert(b, c as u16);
                         }
                         (Some(b), _) if !BAUD_RATES.contains(&b) => report.at(

@@ -87,13 +87,11 @@ impl Writer {
                     self.analytics.on_meter_status(&s);
                     let model = self.settings.models.get(&s.meter).map(String::as_str);
                     let state = MeterState::of(&s, model);
-                    batch
-                        .messages
-                        .push(meter_state_message(
-                            &self.topics,
-                            &state,
-                            self.settings.ratios.get(&s.meter).copied(),
-                        ));
+                    batch.messages.push(meter_state_message(
+                        &self.topics,
+                        &state,
+                        self.settings.ratios.get(&s.meter).copied(),
+                    ));
                     batch.meter_states.push(state);
                 }
                 BusEvent::Learned { meter, learned } => fold.learned.push((meter, learned)),

@@ -130,7 +130,10 @@ impl SimBus {
     fn other_reply(&self, unit: u8, function: u8, request: Result<Request, u8>) -> Option<Reply> {
         let (address, values) = match request {
             Ok(Request::WriteRegister { address, value }) => (address, vec![value]),
-            Ok(Request::WriteRegisters { address, ref values }) => (address, values.clone()),
+            Ok(Request::WriteRegisters {
+                address,
+                ref values,
+            }) => (address, values.clone()),
             Ok(_) => return self.refusal(unit, function, codec::ILLEGAL_FUNCTION),
             Err(code) => return self.refusal(unit, function, code),
         };

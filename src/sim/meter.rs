@@ -52,7 +52,8 @@ impl SimMeter {
     /// Whether the holding register at `address` is one the meter has: a word of a mapped
     /// holding register, or of a `[setup]` register of its model.
     fn has_holding(&self, address: u16) -> bool {
-        let within = |first: u16, words: u16| (first..first.saturating_add(words)).contains(&address);
+        let within =
+            |first: u16, words: u16| (first..first.saturating_add(words)).contains(&address);
         let mapped = self
             .model
             .registers

@@ -90,7 +90,9 @@ async fn pty_answers_only_its_units() {
         address: 0x0100,
         value: 7,
     };
-    line.write_all(&codec::rtu_request(1, &write)).await.unwrap();
+    line.write_all(&codec::rtu_request(1, &write))
+        .await
+        .unwrap();
     let got = collect(&mut line, Duration::from_millis(200)).await;
     assert_eq!(got, codec::rtu_request(1, &write));
     line.write_all(&codec::rtu_read_request(1, 3, 0x0100, 1))

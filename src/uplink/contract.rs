@@ -12,8 +12,8 @@ use crate::analytics::freeze::{DailyLoss, FreezeRecord};
 use crate::analytics::loss::{LossRecord, LossVerdict, RollingLoss};
 use crate::analytics::voltage::{AreaMonth, DayRecord, MonthRecord};
 use crate::clock::rfc3339_ms;
-use crate::model::{Ratios, Reading};
 pub use crate::model::json_number;
+use crate::model::{Ratios, Reading};
 use crate::store::{Message, MeterState};
 use serde_json::{Map, Value, json};
 

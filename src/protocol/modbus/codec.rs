@@ -156,7 +156,11 @@ pub fn rtu_exception_reply(unit: u8, function: u8, code: u8) -> Vec<u8> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// Functions 01/02 (bits) and 03/04 (registers): `count` of them from `address`.
-    Read { function: u8, address: u16, count: u16 },
+    Read {
+        function: u8,
+        address: u16,
+        count: u16,
+    },
     /// Function 05: one coil on (`FF00`) or off (`0000`).
     WriteCoil { address: u16, on: bool },
     /// Function 06: one holding register.
@@ -673,7 +677,9 @@ pub fn parse_request_pdu(pdu: &[u8]) -> Result<Request, u8> {
         Some(WRITE_REGISTERS) if pdu.len() >= 6 => {
             let count = word(3) as usize;
             let bytes = pdu[5] as usize;
-            if count == 0 || count > MAX_WRITE_COUNT as usize || bytes != 2 * count
+            if count == 0
+                || count > MAX_WRITE_COUNT as usize
+                || bytes != 2 * count
                 || pdu.len() != 6 + bytes
             {
                 return Err(ILLEGAL_DATA_VALUE);

@@ -476,7 +476,9 @@ impl TcpTransport {
             address,
             count,
         };
-        Ok(codec::words_of(&self.transact(unit, &request, timeout).await?))
+        Ok(codec::words_of(
+            &self.transact(unit, &request, timeout).await?,
+        ))
     }
 
     /// Sends `request` to `unit` and returns the data of its reply (after the byte count, for
@@ -586,7 +588,9 @@ impl RtuOverTcp {
             address,
             count,
         };
-        Ok(codec::words_of(&self.transact(unit, &request, timeout).await?))
+        Ok(codec::words_of(
+            &self.transact(unit, &request, timeout).await?,
+        ))
     }
 
     async fn transact(

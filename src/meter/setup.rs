@@ -244,3 +244,81 @@ pub(super) fn parse(report: &mut Report, doc: &DeTable<'_>) -> Option<Option<Set
         write_function,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{ModelLibrary, model_file};
+
+    const MODEL: &str = "[model]\nname = \"x\"\nphases = 1\nfunction = 4\ntype = \"f32\"\n\
+                         [[register]]\nquantity = \"voltage_l1_v\"\naddress = 0\n";
+
+    #[test]
+    fn eastron_models_write_a_float_unit_id_and_a_baud_code() {
+        let library = ModelLibrary::builtin();
+        let setup = library
+            .get("eastron-sdm120")
+            .unwrap()
+            .setup
+            .clone()
+            .unwrap();
+        assert_eq!(setup.unit_id_register, 0x0014);
+        let write = setup.unit_id_write(12);
+        assert_eq!(
+            write,
+            crate::protocol::modbus::codec::Request::WriteRegisters {
+                address: 0x0014,
+                values: vec![0x4140, 0x0000],
+            }
+        );
+        assert_eq!(setup.decode(&[0x4140, 0]), 12.0);
+        let baud = setup.baud_write(9600).unwrap();
+        assert_eq!(baud.pdu()[1..3], [0x00, 0x1C]);
+        assert!(
+            setup
+                .baud_write(19200)
+                .unwrap_err()
+                .contains("1200, 2400, 4800, 9600")
+        );
+        assert_eq!(setup.baud_of(2.0), Some(9600));
+        assert!(library.get("chint-dtsu666").unwrap().setup.is_none());
+    }
+
+    #[test]
+    fn a_bad_setup_section_is_reported_at_its_line() {
+        let text = format!(
+            "{MODEL}[setup]\nunit_id_register = 0x0014\nbaud_register = 0x001C\n\
+             baud_codes = {{ 9601 = 2 }}\nwrite_function = 6\ntype = \"f32\"\n"
+        );
+        let errors: Vec<String> = model_file::parse(&text, "m.toml")
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("m.toml:12:") && e.contains("9601")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("m.toml:13:") && e.contains("write_function 6")),
+            "{errors:?}"
+        );
+        let text = format!("{MODEL}[setup]\nbaud_register = 0x001C\n");
+        let errors = model_file::parse(&text, "m.toml").unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.message.contains("unit_id_register")),
+            "{errors:?}"
+        );
+        let ok = format!("{MODEL}[setup]\nunit_id_register = 2\nwrite_function = 6\n");
+        let parsed = model_file::parse(&ok, "m.toml").unwrap();
+        assert_eq!(
+            parsed.model.setup.unwrap().unit_id_write(7).pdu(),
+            [6, 0, 2, 0, 7]
+        );
+    }
+}

@@ -80,9 +80,9 @@ enum Command {
     /// Find the unit ids that answer on a bus and guess their models; each unit is printed as
     /// it is found. Exit 1 when nothing answered.
     ///
-    /// Default --timeout-ms here is 80: a unit that does not answer costs its deadline, 80 ms
+    /// Default --timeout-ms here is 70: a unit that does not answer costs its deadline, 70 ms
     /// plus 24 ms wire time of the 1-register probe at 9600 8N1, and as long again draining
-    /// the line for a late reply: 208 ms; 247 units × 208 ms = 51 s. Give a slow meter more
+    /// the line for a late reply: 187 ms; 247 units × 187 ms = 46 s. Give a slow meter more
     /// (--timeout-ms 300: about 2.5 min for 1-247).
     Scan {
         #[command(flatten)]
@@ -291,7 +291,7 @@ struct LinkOpts {
     #[arg(long, default_value_t = 1)]
     stop_bits: u8,
     /// How long a meter may take to answer, in ms; every request gets its wire time at --baud
-    /// on top (the daemon's deadline rule). Default 300, scan 80 (dlt645: the line's default,
+    /// on top (the daemon's deadline rule). Default 300, scan 70 (dlt645: the line's default,
     /// which counts the 500 ms a DL/T 645 meter may wait before replying).
     #[arg(long)]
     timeout_ms: Option<u64>,
@@ -942,7 +942,7 @@ fn scan_dlt645(
 
 fn scan(link: &LinkOpts, units: &str, dir: Option<&std::path::Path>, json: bool) -> ExitCode {
     init_logging("warn");
-    let link = match link.link_with_timeout(80) {
+    let link = match link.link_with_timeout(70) {
         Ok(l) => l,
         Err(e) => return fail("scan", &e),
     };

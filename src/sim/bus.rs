@@ -57,8 +57,11 @@ pub(crate) struct SimBus {
 }
 
 impl SimBus {
-    pub fn new(config: SimBusConfig, meters: BTreeMap<u8, SimMeter>) -> SimBus {
+    pub fn new(config: SimBusConfig, mut meters: BTreeMap<u8, SimMeter>) -> SimBus {
         let timing = RtuTiming::new(config.baud, config.bits_per_char());
+        for (unit, meter) in meters.iter_mut() {
+            meter.preset_setup(*unit, config.baud);
+        }
         SimBus {
             timing,
             meters: Mutex::new(meters),

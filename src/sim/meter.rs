@@ -49,6 +49,33 @@ impl SimMeter {
         }
     }
 
+    /// Fills the model's `[setup]` registers as a meter at `unit` on a line at `baud` reads
+    /// them (its unit id, and its baud rate's code when the model lists it).
+    pub fn preset_setup(&mut self, unit: u8, baud: u32) {
+        let Some(setup) = self.model.setup.clone() else {
+            return;
+        };
+        let mut put = |request: crate::protocol::modbus::codec::Request| {
+            if let crate::protocol::modbus::codec::Request::WriteRegisters { address, values } =
+                request
+            {
+                for (k, v) in values.into_iter().enumerate() {
+                    self.written.insert(address + k as u16, v);
+                }
+            } else if let crate::protocol::modbus::codec::Request::WriteRegister {
+                address,
+                value,
+            } = request
+            {
+                self.written.insert(address, value);
+            }
+        };
+        put(setup.unit_id_write(unit));
+        if let Ok(request) = setup.baud_write(baud) {
+            put(request);
+        }
+    }
+
     /// Whether the holding register at `address` is one the meter has: a word of a mapped
     /// holding register, or of a `[setup]` register of its model.
     fn has_holding(&self, address: u16) -> bool {

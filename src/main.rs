@@ -984,6 +984,12 @@ fn scan(link: &LinkOpts, units: &str, dir: Option<&std::path::Path>, json: bool)
                     println!("{}", amr_gateway::field::scan::json(&found, units.len()));
                 } else {
                     print!("{}", amr_gateway::field::scan::table(&found, units.len()));
+                    if found.is_empty() && link.is_modbus_tcp() {
+                        println!(
+                            "on Modbus TCP: this port may be a serial server in RTU-over-TCP \
+                             mode; try --protocol modbus-rtu-over-tcp"
+                        );
+                    }
                 }
                 // Nothing answered is a failed scan (a script must not take it for an empty
                 // bus that is fine).

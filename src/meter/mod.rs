@@ -1,5 +1,6 @@
 //! Meter models as data: the register maps in `protocols/*.toml`, loaded and validated, the
-//! planning of block reads, and the decoding of register words into quantities.
+//! planning of block reads, and the decoding of register words into quantities; and a model's
+//! `[setup]` (how a new meter's unit id and baud rate are written, [`setup`]).
 //!
 //! A model file names which registers hold which quantity, with function code, data type, word
 //! order and scale. The built-in library is compiled in from `protocols/`; a user adds a model by

@@ -603,6 +603,39 @@ fn register_write_is_confirmed_and_reads_back_and_a_refusal_is_explained() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("exception 0x01"), "{}", stderr(&out));
 
+    // Over Modbus TCP the same: the SDM630's baud rate code, written and read back.
+    let tcp = sim.tcp.as_str();
+    let out = run(&[
+        "register",
+        "write",
+        "--address",
+        tcp,
+        "--unit",
+        "3",
+        "--register",
+        "0x001C",
+        "--value",
+        "3",
+        "--type",
+        "f32",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("confirmed"), "{}", stdout(&out));
+    let out = run(&[
+        "register",
+        "read",
+        "--address",
+        tcp,
+        "--unit",
+        "3",
+        "--start",
+        "0x001C",
+        "--type",
+        "f32",
+        "--json",
+    ]);
+    assert_eq!(json_of(&out)["values"][0]["value"], 3.0);
+
     // Bad arguments: exit 2, naming the option.
     let out = run(&[
         "register",

@@ -936,4 +936,107 @@ mod tests {
         };
         assert_eq!(read_request_exception(&wrap), Some(2));
     }
+
+    #[test]
+    fn tool_requests_frame_and_parse_back() {
+        let requests = [
+            Request::Read {
+                function: READ_COILS,
+                address: 0x13,
+                count: 19,
+            },
+            Request::WriteCoil {
+                address: 0xAC,
+                on: true,
+            },
+            Request::WriteRegister {
+                address: 1,
+                value: 3,
+            },
+            Request::WriteRegisters {
+                address: 0x14,
+                values: vec![0x4140, 0],
+            },
+        ];
+        for r in &requests {
+            assert_eq!(r.check(), Ok(()));
+            let frame = rtu_request(7, r);
+            assert!(crc_ok(&frame));
+            assert_eq!(
+                parse_request_pdu(&frame[1..frame.len() - 2]).as_ref(),
+                Ok(r)
+            );
+        }
+        // The specification's example of function 05 (coil 173 on).
+        assert_eq!(requests[1].pdu(), [0x05, 0x00, 0xAC, 0xFF, 0x00]);
+        assert_eq!(requests[0].reply_shape(), ReplyShape::Counted(3));
+        assert_eq!(
+            requests[3].pdu(),
+            [0x10, 0x00, 0x14, 0x00, 0x02, 0x04, 0x41, 0x40, 0x00, 0x00]
+        );
+        assert!(
+            Request::Read {
+                function: 3,
+                address: 0,
+                count: 126
+            }
+            .check()
+            .is_err()
+        );
+        assert!(
+            Request::Read {
+                function: 7,
+                address: 0,
+                count: 1
+            }
+            .check()
+            .is_err()
+        );
+        assert_eq!(
+            parse_request_pdu(&[0x05, 0, 1, 0x12, 0x34]),
+            Err(ILLEGAL_DATA_VALUE)
+        );
+        assert_eq!(parse_request_pdu(&[0x11]), Err(ILLEGAL_FUNCTION));
+    }
+
+    #[test]
+    fn write_echo_and_bit_replies_are_found() {
+        let write = Request::WriteRegisters {
+            address: 0x14,
+            values: vec![0x4140, 0],
+        };
+        let echo = write.echo().unwrap();
+        let reply = rtu_echo_reply(7, WRITE_REGISTERS, echo);
+        // After the local echo of the longer request (an adapter that hears itself).
+        let mut buf = rtu_request(7, &write);
+        buf.extend_from_slice(&reply);
+        assert_eq!(
+            scan_rtu_frame(&buf, 7, WRITE_REGISTERS, ReplyShape::Echo),
+            RtuScan::Data {
+                data: echo.to_vec(),
+                end: buf.len()
+            }
+        );
+        // Coils: 19 bits in 3 bytes, first bit first.
+        let mut bits = vec![7, READ_COILS, 3, 0xCD, 0x6B, 0x05];
+        append_crc(&mut bits);
+        let RtuScan::Data { data, .. } =
+            scan_rtu_frame(&bits, 7, READ_COILS, ReplyShape::Counted(3))
+        else {
+            panic!("no reply found");
+        };
+        let got = unpack_bits(&data, 19);
+        assert_eq!(&got[..4], [true, false, true, true]);
+        assert!(got[16] && !got[17] && got[18]);
+        // Over TCP: an echo, an exception, a wrong shape.
+        assert_eq!(
+            parse_reply_pdu(&[0x06, 0, 1, 0, 3], WRITE_REGISTER, ReplyShape::Echo).unwrap(),
+            [0, 1, 0, 3]
+        );
+        assert!(matches!(
+            parse_reply_pdu(&[0x86, 2], WRITE_REGISTER, ReplyShape::Echo),
+            Err(super::super::ModbusError::Exception { code: 2 })
+        ));
+        assert!(parse_reply_pdu(&[0x06, 0, 1], WRITE_REGISTER, ReplyShape::Echo).is_err());
+    }
 }

@@ -160,6 +160,33 @@ fn unknown_model_lists_the_available_ones() {
 }
 
 #[test]
+fn a_multiplier_that_disagrees_with_the_ratios() {
+    assert_problem(
+        "multiplier = 40",
+        "multiplier = 40\nct_ratio = 60",
+        "25:14",
+        "multiplier 40 disagrees with ct_ratio 60 × pt_ratio 1 = 60",
+    );
+    let (code, err, _) =
+        check(&VALID.replacen("multiplier = 40", "ct_ratio = 40\npt_ratio = 1", 1));
+    assert_eq!(code, 0, "{err}");
+}
+
+/// A client id shared by gateways makes them fight over the broker connection: warned.
+#[test]
+fn a_client_id_without_the_gateway_id_is_warned_about() {
+    let text = VALID.replacen("[mqtt]\n", "[mqtt]\nclient_id = \"amr-gateway\"\n", 1);
+    let (code, err, path) = check(&text);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.lines().any(|l| l.starts_with(&format!(
+            "{path}:6:13: warning: client_id `amr-gateway` does not contain the gateway id `gw`"
+        ))),
+        "{err}"
+    );
+}
+
+#[test]
 fn impossible_serial_settings() {
     assert_problem("baud = 9600", "baud = 9601", "12:8", "not a standard rate");
     assert_problem(

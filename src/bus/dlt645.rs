@@ -36,9 +36,7 @@ use super::health::OfflinePolicy;
 use super::{BusSettings, Endpoint, MeterSettings, Protocol};
 use crate::clock::now_ms;
 use crate::meter::{DiRead, DiValue, Dlt645Model};
-use crate::model::{
-    Learned, MeterId, MeterItems, PollOutcome, Reading, is_quantity, scales_with_multiplier,
-};
+use crate::model::{Learned, MeterId, MeterItems, PollOutcome, Ratios, Reading, is_quantity};
 use crate::protocol::dlt645::codec::MeterTime;
 use crate::protocol::dlt645::{Address, DataId, Dlt645Error, Dlt645Transport, Line, Parity};
 use crate::protocol::{self, SerialLine};
@@ -161,7 +159,7 @@ struct MeterPlan {
     id: MeterId,
     /// The configured address, parsed; a bad one is reported on every poll.
     address: Result<Address, String>,
-    multiplier: f64,
+    ratios: Ratios,
     model: Arc<Dlt645Model>,
     /// Block identifiers the meter answered "no such data item".
     refused: BTreeSet<DataId>,
@@ -286,7 +284,7 @@ impl Dlt645Driver {
                 let mut plan = MeterPlan {
                     id: m.id.clone(),
                     address,
-                    multiplier: m.multiplier,
+                    ratios: m.ratios,
                     model: model.clone(),
                     refused,
                     refusals: BTreeMap::new(),
@@ -623,11 +621,7 @@ async fn poll_meter(
                         if entry.name == ENERGY {
                             energy_sent_ms = Some(sent_ms);
                         }
-                        let v = if scales_with_multiplier(&entry.name) {
-                            v * plan.multiplier
-                        } else {
-                            v
-                        };
+                        let v = plan.ratios.primary(&entry.name, v);
                         values.insert(entry.name.clone(), v);
                     }
                     continue;
@@ -899,7 +893,7 @@ energy_start_kwh = 300.0
         assert_eq!(bus.protocol, Protocol::Dlt645);
         let meters = [
             MeterSettings {
-                multiplier: 40.0,
+                ratios: Ratios::from_multiplier(40.0),
                 ..MeterSettings::dlt645("a", "000000000001", model("dlt645-2007"))
             },
             MeterSettings::dlt645("b", "202208310002", model("dlt645-2007")),
@@ -925,14 +919,14 @@ energy_start_kwh = 300.0
                 .count();
             assert_eq!(reading.values.len(), quantities, "meter {i}");
             for (q, v) in &reading.values {
-                let want = t.sim.value_now("b", unit, q).unwrap()
-                    * if scales_with_multiplier(q) { mult } else { 1.0 };
+                let ratios = Ratios::from_multiplier(mult);
+                let want = ratios.primary(q, t.sim.value_now("b", unit, q).unwrap());
                 let entry = meters[i].model.dlt645().unwrap().entry_named(q).unwrap();
                 let crate::meter::dlt645_model::ValueFormat::Bcd { decimals, .. } = entry.format
                 else {
                     unreachable!()
                 };
-                let scale = if scales_with_multiplier(q) { mult } else { 1.0 };
+                let scale = ratios.primary(q, 1.0);
                 let tolerance = (0.5 * 10f64.powi(-i32::from(decimals)) + 0.01) * scale;
                 assert!(
                     (v - want).abs() <= tolerance,

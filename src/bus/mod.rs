@@ -130,26 +130,27 @@ pub struct MeterSettings {
     /// DL/T 645 address (12 digits).
     pub address: Option<String>,
     pub model: ModelOf,
-    /// CT ratio × PT ratio: energies and powers are reported primary-side.
-    pub multiplier: f64,
+    /// The CT and PT ratios the meter sits behind: every quantity is reported primary-side
+    /// ([`crate::model::Ratios::primary`]).
+    pub ratios: crate::model::Ratios,
     /// The meter's own poll interval (else the bus's).
     pub poll_interval: Option<Duration>,
 }
 
 impl MeterSettings {
-    /// A meter at Modbus `unit` with `model`, multiplier 1, on the bus's interval.
+    /// A meter at Modbus `unit` with `model`, direct-connected, on the bus's interval.
     pub fn modbus(id: impl Into<MeterId>, unit: u8, model: Arc<MeterModel>) -> MeterSettings {
         MeterSettings {
             id: id.into(),
             unit: Some(unit),
             address: None,
             model: ModelOf::Modbus(model),
-            multiplier: 1.0,
+            ratios: crate::model::Ratios::DIRECT,
             poll_interval: None,
         }
     }
 
-    /// A DL/T 645 meter at `address` (12 digits) with `model`, multiplier 1, on the bus's
+    /// A DL/T 645 meter at `address` (12 digits) with `model`, direct-connected, on the bus's
     /// interval.
     pub fn dlt645(
         id: impl Into<MeterId>,
@@ -161,7 +162,7 @@ impl MeterSettings {
             unit: None,
             address: Some(address.into()),
             model: ModelOf::Dlt645(model),
-            multiplier: 1.0,
+            ratios: crate::model::Ratios::DIRECT,
             poll_interval: None,
         }
     }

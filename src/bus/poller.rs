@@ -375,12 +375,25 @@ async fn run_with(
             slot.health
                 .record(poll.outcome, poll.latency, now, poll.error.clone(), &policy);
         match change {
-            HealthChange::WentOffline => warn!(
-                bus = %bus.name, meter = %meter, at = %at,
-                error = poll.error.as_deref().unwrap_or(""),
-                "meter offline after {} failed polls; probing every {} s and longer",
-                slot.health.consecutive_failures, slot.health.probe_interval.as_secs()
-            ),
+            HealthChange::WentOffline => {
+                // When the first probe goes out: after the backoff, and not before the probe
+                // budget has room for it (the failed polls may have spent it).
+                let now_i = Instant::now();
+                let earliest = now_i + slot.health.probe_interval;
+                let probe_at = budget
+                    .next_probe_at(earliest, budget.probe_cost())
+                    .max(earliest);
+                let wait = probe_at - now_i;
+                warn!(
+                    bus = %bus.name, meter = %meter, at = %at,
+                    error = poll.error.as_deref().unwrap_or(""),
+                    "meter offline after {} failed polls; next probe in {} s (at {}), then \
+                     less and less often",
+                    slot.health.consecutive_failures,
+                    wait.as_secs_f64().ceil() as u64,
+                    crate::clock::rfc3339_ms(now + wait.as_millis() as i64)
+                )
+            }
             HealthChange::WentOnline => info!(
                 bus = %bus.name, meter = %meter, at = %at, "meter online"
             ),

@@ -98,7 +98,7 @@ impl MeterConfig {
             unit: self.unit,
             address: self.address.clone(),
             model,
-            multiplier: self.multiplier,
+            ratios: self.ratios,
             poll_interval: self.poll_interval_s.map(Duration::from_secs),
         }
     }
@@ -187,7 +187,10 @@ model = "eastron-sdm120"
         let ids: Vec<&str> = meters.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, ["b", "a"]);
         assert_eq!(meters[0].unit, Some(2));
-        assert_eq!(meters[0].multiplier, 40.0);
+        assert_eq!(
+            meters[0].ratios,
+            crate::model::Ratios::from_multiplier(40.0)
+        );
         assert_eq!(meters[0].poll_interval, Some(Duration::from_secs(10)));
         assert_eq!(meters[1].poll_interval, None);
         let (tcp, meters) = &buses[1];

@@ -28,7 +28,7 @@ mod tests;
 pub use analytics::SEVERITIES;
 pub use for_pipeline::{area_spec, topology};
 pub use load::{load, load_str, load_str_with};
-pub use sections::STANDARD_BAUD_RATES;
+pub use sections::{STANDARD_BAUD_RATES, baud_problem, bits_problem};
 
 use std::path::PathBuf;
 
@@ -301,8 +301,10 @@ pub struct MeterConfig {
     pub address: Option<String>,
     /// Model name, as in `protocols/*.toml` (`[model] name`).
     pub model: String,
-    /// CT ratio × PT ratio (default 1).
+    /// CT ratio × PT ratio (default 1): `ratios.multiplier()`.
     pub multiplier: f64,
+    /// `ct_ratio` and `pt_ratio` (a `multiplier` alone: CT ratio = multiplier, PT ratio 1).
+    pub ratios: crate::model::Ratios,
     /// `"a"`, `"b"`, `"c"` or `"abc"` (default from the model).
     pub phase: Option<crate::model::Phase>,
     /// Overrides the bus's poll interval for this meter.

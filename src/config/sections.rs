@@ -66,6 +66,8 @@ const METER_KEYS: &[&str] = &[
     "address",
     "model",
     "multiplier",
+    "ct_ratio",
+    "pt_ratio",
     "phase",
     "poll_interval_s",
     "consumption_only",
@@ -291,6 +293,19 @@ pub(super) fn mqtt(
             );
             None
         } else {
+            if !gateway_id.is_empty() && !c.get_ref().contains(gateway_id) {
+                report.warn(
+                    c.span().start,
+                    format!(
+                        "client_id `{}` does not contain the gateway id `{gateway_id}`: every \
+                         gateway needs its own client id, the same at every start (a broker \
+                         drops the older of two connections with one id, and two gateways \
+                         would take turns being offline); remove it to use \
+                         `amr-gateway-{gateway_id}`, or put the gateway id in it",
+                        c.get_ref()
+                    ),
+                );
+            }
             Some(c.into_inner())
         }
     });
@@ -475,32 +490,18 @@ pub(super) fn bus(report: &mut Report, table: &DeTable, start: usize, base: &Pat
         SerialSettings::MODBUS_DEFAULT
     };
     if let Some(b) = s.integer(report, "baud") {
-        if STANDARD_BAUD_RATES
-            .iter()
-            .any(|&r| r as i128 == *b.get_ref())
-        {
-            serial.baud = *b.get_ref() as u32;
-            let dlt645_rates = crate::protocol::dlt645::transport::BAUD_RATES;
-            if protocol == Some(BusProtocol::Dlt645) && !dlt645_rates.contains(&serial.baud) {
-                report.at(
-                    b.span().start,
-                    format!(
-                        "baud {} is not a DL/T 645 rate; {label} is dlt645: use one of 1200, \
-                         2400, 4800, 9600, 19200 (the meter's display or label shows its rate)",
-                        serial.baud
-                    ),
-                );
+        let dlt645 = (protocol == Some(BusProtocol::Dlt645)).then_some(label.as_str());
+        match baud_problem(*b.get_ref(), dlt645) {
+            None => serial.baud = *b.get_ref() as u32,
+            Some(problem) => {
+                if STANDARD_BAUD_RATES
+                    .iter()
+                    .any(|&r| r as i128 == *b.get_ref())
+                {
+                    serial.baud = *b.get_ref() as u32;
+                }
+                report.at(b.span().start, problem);
             }
-        } else {
-            let rates: Vec<String> = STANDARD_BAUD_RATES.iter().map(u32::to_string).collect();
-            report.at(
-                b.span().start,
-                format!(
-                    "baud {} is not a standard rate; use one of: {}",
-                    b.get_ref(),
-                    rates.join(", ")
-                ),
-            );
         }
     }
     if let Some(p) = s.string(report, "parity") {
@@ -515,21 +516,15 @@ pub(super) fn bus(report: &mut Report, table: &DeTable, start: usize, base: &Pat
         }
     }
     if let Some(d) = s.integer(report, "data_bits") {
-        match *d.get_ref() {
-            7 | 8 => serial.data_bits = *d.get_ref() as u8,
-            other => report.at(
-                d.span().start,
-                format!("data_bits {other} is not possible; use 7 or 8"),
-            ),
+        match bits_problem("data_bits", *d.get_ref()) {
+            None => serial.data_bits = *d.get_ref() as u8,
+            Some(problem) => report.at(d.span().start, problem),
         }
     }
     if let Some(d) = s.integer(report, "stop_bits") {
-        match *d.get_ref() {
-            1 | 2 => serial.stop_bits = *d.get_ref() as u8,
-            other => report.at(
-                d.span().start,
-                format!("stop_bits {other} is not possible; use 1 or 2"),
-            ),
+        match bits_problem("stop_bits", *d.get_ref()) {
+            None => serial.stop_bits = *d.get_ref() as u8,
+            Some(problem) => report.at(d.span().start, problem),
         }
     }
     let timeout_ms = s.integer_in(report, "timeout_ms", 1, 60000, " ms");
@@ -705,6 +700,7 @@ pub(super) fn meter(report: &mut Report, table: &DeTable, start: usize) -> Meter
             None
         }
     });
+    let ratios = ratios(report, &s, multiplier);
     let phase = s.string(report, "phase").and_then(|p| {
         if let Some(phase) = crate::model::Phase::from_name(p.get_ref()) {
             Some(Spanned::new(p.span(), phase))
@@ -744,7 +740,8 @@ pub(super) fn meter(report: &mut Report, table: &DeTable, start: usize) -> Meter
             unit: unit.map(Spanned::into_inner),
             address: address.map(Spanned::into_inner),
             model: model.map(Spanned::into_inner).unwrap_or_default(),
-            multiplier: multiplier.unwrap_or(1.0),
+            multiplier: ratios.multiplier(),
+            ratios,
             phase: phase.map(Spanned::into_inner),
             poll_interval_s: poll_interval_s.map(|v| *v.get_ref() as u64),
             consumption_only: consumption_only.is_some_and(|b| *b.get_ref()),
@@ -854,6 +851,81 @@ pub(super) fn area(report: &mut Report, table: &DeTable, start: usize) -> AreaEn
             line: report.line(start),
         },
     }
+}
+
+/// A meter's `ct_ratio` and `pt_ratio`, with `multiplier` (already read): `multiplier` alone is
+/// a low-voltage meter (PT ratio 1, CT ratio = multiplier); given with the ratios it must equal
+/// their product.
+fn ratios(report: &mut Report, s: &Section, multiplier: Option<f64>) -> crate::model::Ratios {
+    use crate::model::Ratios;
+    let ct = positive(
+        report,
+        s,
+        "ct_ratio",
+        "it is the CT ratio (60 for 300/5 A CTs)",
+    );
+    let pt = positive(
+        report,
+        s,
+        "pt_ratio",
+        "it is the PT ratio (100 for 10 kV/100 V; 1 for a low-voltage meter)",
+    );
+    match (ct, pt, multiplier) {
+        (None, None, m) => Ratios::from_multiplier(m.unwrap_or(1.0)),
+        (ct, pt, m) => {
+            let ratios = Ratios {
+                ct: ct.unwrap_or(1.0),
+                pt: pt.unwrap_or(1.0),
+            };
+            if let Some(m) = m
+                && (m - ratios.multiplier()).abs() > 1e-9 * m.max(1.0)
+                && let Some(v) = s.get("multiplier")
+            {
+                report.at(
+                    v.span().start,
+                    format!(
+                        "multiplier {m} disagrees with ct_ratio {} × pt_ratio {} = {}; the \
+                         multiplier is their product: give the ratios alone (or fix the one \
+                         that is wrong)",
+                        ratios.ct,
+                        ratios.pt,
+                        ratios.multiplier()
+                    ),
+                );
+            }
+            ratios
+        }
+    }
+}
+
+/// Why `baud` cannot be a serial line's rate, if so: one of [`STANDARD_BAUD_RATES`], and on a
+/// DL/T 645 line (`dlt645`: how to name the line in the message) one of its rates. The rule of
+/// `[[bus]] baud`, which the field tools' `--baud` follows too.
+pub fn baud_problem(baud: i128, dlt645: Option<&str>) -> Option<String> {
+    if !STANDARD_BAUD_RATES.iter().any(|&r| r as i128 == baud) {
+        let rates: Vec<String> = STANDARD_BAUD_RATES.iter().map(u32::to_string).collect();
+        return Some(format!(
+            "baud {baud} is not a standard rate; use one of: {}",
+            rates.join(", ")
+        ));
+    }
+    let dlt645_rates = crate::protocol::dlt645::transport::BAUD_RATES;
+    match dlt645 {
+        Some(label) if !dlt645_rates.contains(&(baud as u32)) => Some(format!(
+            "baud {baud} is not a DL/T 645 rate; {label} is dlt645: use one of 1200, 2400, 4800, \
+             9600, 19200 (the meter's display or label shows its rate)"
+        )),
+        _ => None,
+    }
+}
+
+/// Why `n` cannot be a serial line's `data_bits` (7 or 8) or `stop_bits` (1 or 2), if so.
+pub fn bits_problem(key: &str, n: i128) -> Option<String> {
+    let (ok, allowed) = match key {
+        "data_bits" => (matches!(n, 7 | 8), "7 or 8"),
+        _ => (matches!(n, 1 | 2), "1 or 2"),
+    };
+    (!ok).then(|| format!("{key} {n} is not possible; use {allowed}"))
 }
 
 /// An optional number that must be finite and above 0; `what` says what it is.

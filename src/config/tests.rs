@@ -56,6 +56,7 @@ fn library() -> ModelLibrary {
             unit_switch_pause_ms: 0,
             inter_frame_pause_ms: 0,
             registers: Vec::new(),
+            setup: None,
             source: format!("test:{name}"),
         });
     }
@@ -952,6 +953,71 @@ fn multiplier_must_be_positive_and_finite() {
     assert_eq!(
         problems(&text),
         [at(17, 14, "`multiplier` must be a number, found a string")]
+    );
+}
+
+#[test]
+fn a_client_id_without_the_gateway_id_is_warned_about() {
+    let with = |id: &str| {
+        let text = edit("[mqtt]\n", &format!("[mqtt]\nclient_id = \"{id}\"\n"));
+        let config = parse(&text).unwrap();
+        config
+            .warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(with("amr-tx-0412-main"), Vec::<String>::new());
+    let warnings = with("amr-gateway");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("client_id `amr-gateway` does not contain the gateway id `tx-0412`"),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn ct_and_pt_ratios_make_the_multiplier() {
+    use crate::model::Ratios;
+    let config = parse(&edit(
+        "unit = 1\n",
+        "unit = 1\nct_ratio = 60\npt_ratio = 100\n",
+    ))
+    .unwrap();
+    let meter = config.meters.iter().find(|m| m.unit == Some(1)).unwrap();
+    assert_eq!(
+        meter.ratios,
+        Ratios {
+            ct: 60.0,
+            pt: 100.0
+        }
+    );
+    assert_eq!(meter.multiplier, 6000.0);
+    // A multiplier alone is a low-voltage meter; given with the ratios it must agree.
+    let config = parse(&edit("unit = 1\n", "unit = 1\nmultiplier = 60\n")).unwrap();
+    let meter = config.meters.iter().find(|m| m.unit == Some(1)).unwrap();
+    assert_eq!(meter.ratios, Ratios::from_multiplier(60.0));
+    let agreeing = edit("unit = 1\n", "unit = 1\nmultiplier = 60\nct_ratio = 60\n");
+    assert!(parse(&agreeing).is_ok());
+    let text = edit("unit = 1\n", "unit = 1\nmultiplier = 80\nct_ratio = 60\n");
+    assert_eq!(
+        problems(&text),
+        [at(
+            17,
+            14,
+            "multiplier 80 disagrees with ct_ratio 60 × pt_ratio 1 = 60; the multiplier is \
+             their product: give the ratios alone (or fix the one that is wrong)"
+        )]
+    );
+    let text = edit("unit = 1\n", "unit = 1\nct_ratio = 0\n");
+    assert_eq!(
+        problems(&text),
+        [at(
+            17,
+            12,
+            "ct_ratio 0 is not possible; it is the CT ratio (60 for 300/5 A CTs): a positive \
+             number"
+        )]
     );
 }
 

@@ -57,7 +57,10 @@ impl Writer {
         let mut batch = analytics.start(|k| meta.get(k).cloned(), now_ms);
         for (meter, state) in store.meter_states()? {
             if settings.models.contains_key(&meter) {
-                batch.messages.push(meter_state_message(&topics, &state));
+                let ratios = settings.ratios.get(&meter).copied();
+                batch
+                    .messages
+                    .push(meter_state_message(&topics, &state, ratios));
             }
         }
         let writer = Writer {
@@ -92,9 +95,11 @@ impl Writer {
                     self.analytics.on_meter_status(&s);
                     let model = self.settings.models.get(&s.meter).map(String::as_str);
                     let state = MeterState::of(&s, model);
-                    batch
-                        .messages
-                        .push(meter_state_message(&self.topics, &state));
+                    batch.messages.push(meter_state_message(
+                        &self.topics,
+                        &state,
+                        self.settings.ratios.get(&s.meter).copied(),
+                    ));
                     batch.meter_states.push(state);
                 }
                 BusEvent::Learned { meter, learned } => fold.learned.push((meter, learned)),

@@ -447,6 +447,7 @@ pub fn start(config: SimConfig, library: &ModelLibrary) -> Result<SimHandle, Sim
                 unit_switch_pause_ms: 0,
                 inter_frame_pause_ms: 0,
                 registers: Vec::new(),
+                setup: None,
                 source: model.source.clone(),
             }));
             let address =

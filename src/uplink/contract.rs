@@ -13,8 +13,8 @@ use crate::analytics::freeze::{DailyLoss, FreezeRecord};
 use crate::analytics::loss::{LossRecord, LossVerdict, RollingLoss};
 use crate::analytics::voltage::{AreaMonth, DayRecord, MonthRecord};
 use crate::clock::rfc3339_ms;
-use crate::model::Reading;
 pub use crate::model::json_number;
+use crate::model::{Ratios, Reading};
 use crate::store::{Message, MeterState};
 use serde_json::{Map, Value, json};
 
@@ -406,11 +406,13 @@ pub fn voltage_day_message(topics: &Topics, d: &DayRecord) -> Message {
 /// Payload: `{"meter", "state": "online"|"offline"|"unknown", "ts", "bus", "unit", "model",
 /// "last_ok", "polls", "success_rate_pct" (one decimal), "latency_ms" (whole ms),
 /// "timeouts", "crc_errors", "wrong_unit", "exceptions", "consecutive_failures",
-/// "last_error"}`, and for a DL/T 645 meter also `"address"` and, once read, what the meter
-/// says about itself: `"clock_skew_s"` (meter clock − gateway clock, s), `"clock_read"` (when),
+/// "last_error", "multiplier", "ct_ratio", "pt_ratio"}`: the ratios its readings were scaled
+/// by (every quantity of a reading is primary-side; `null` for a meter no longer configured);
+/// for a DL/T 645 meter also `"address"` and, once read, what the meter says about itself:
+/// `"clock_skew_s"` (meter clock − gateway clock, s), `"clock_read"` (when),
 /// `"power_down_count"`, `"cover_open_count"`, `"status_word_1"` (4 hex digits). QoS 1,
 /// retained, not sequenced.
-pub fn meter_state_message(topics: &Topics, s: &MeterState) -> Message {
+pub fn meter_state_message(topics: &Topics, s: &MeterState, ratios: Option<Ratios>) -> Message {
     let mut payload = json!({
             "meter": s.meter,
             "state": s.state_name(),
@@ -428,6 +430,9 @@ pub fn meter_state_message(topics: &Topics, s: &MeterState) -> Message {
             "exceptions": s.exceptions,
             "consecutive_failures": s.consecutive_failures,
             "last_error": s.last_error,
+            "multiplier": ratios.map(|r| json_number(r.multiplier())),
+            "ct_ratio": ratios.map(|r| json_number(r.ct)),
+            "pt_ratio": ratios.map(|r| json_number(r.pt)),
     });
     if let Some(a) = &s.address {
         payload["address"] = json!(a);

@@ -181,6 +181,7 @@ fn mqtt(port: u16, tls: bool) -> MqttConfig {
         keep_alive_s: 30,
         reconnect_max_s: 2,
         max_inflight: 16,
+        cert_expiry_warn_days: 30,
     }
 }
 

@@ -1652,7 +1652,7 @@ outage_pct = 0
                 "unknown key `nonsense` in [alarms]; the keys of [alarms] are: history, \
                  meter_offline, voltage, phase_loss, current_unbalance, overload, \
                  reverse_energy, reading_down, running_fast, meter_stopped, line_loss, outage, \
-                 power_off, store_recovered, disk_full, clock_unsynchronized"
+                 power_off, store_recovered, disk_full, clock_unsynchronized, certificate_expiry"
             ),
             at(
                 55,

@@ -527,6 +527,12 @@ impl AlarmEngine {
                 0,
                 0,
             ),
+            AlarmKind::CertificateExpiry => (
+                s.certificate_expiry.enabled,
+                s.certificate_expiry.severity,
+                0,
+                0,
+            ),
         };
         enabled.then(|| Timing::new(severity, raise, clear))
     }
@@ -1163,7 +1169,8 @@ fn external_subject_kind(kind: AlarmKind) -> SubjectKind {
         AlarmKind::PowerOff
         | AlarmKind::StoreRecovered
         | AlarmKind::DiskFull
-        | AlarmKind::ClockUnsynchronized => SubjectKind::Gateway,
+        | AlarmKind::ClockUnsynchronized
+        | AlarmKind::CertificateExpiry => SubjectKind::Gateway,
         _ => SubjectKind::Meter,
     }
 }

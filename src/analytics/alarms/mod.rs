@@ -84,11 +84,15 @@ pub enum AlarmKind {
     /// The gateway's clock is not sane (before the build date, or not synchronised when
     /// `require_synced_clock`): readings are stamped `"clock": "unsynchronized"`.
     ClockUnsynchronized,
+    /// A certificate of the link to the headend (`[mqtt] client_cert_file`, or the CA in
+    /// `ca_file`) expires within `[mqtt] cert_expiry_warn_days`, or has expired: subject the
+    /// `[mqtt]` key, details the file, the certificate's subject, `not_after`, `days_left`.
+    CertificateExpiry,
 }
 
 impl AlarmKind {
     /// Every kind, in catalogue order.
-    pub const ALL: [AlarmKind; 17] = [
+    pub const ALL: [AlarmKind; 18] = [
         AlarmKind::MeterOffline,
         AlarmKind::VoltageHigh,
         AlarmKind::VoltageLow,
@@ -106,6 +110,7 @@ impl AlarmKind {
         AlarmKind::StoreRecovered,
         AlarmKind::DiskFull,
         AlarmKind::ClockUnsynchronized,
+        AlarmKind::CertificateExpiry,
     ];
 
     /// The name used in topics and payloads.
@@ -128,6 +133,7 @@ impl AlarmKind {
             AlarmKind::StoreRecovered => "store_recovered",
             AlarmKind::DiskFull => "disk_full",
             AlarmKind::ClockUnsynchronized => "clock_unsynchronized",
+            AlarmKind::CertificateExpiry => "certificate_expiry",
         }
     }
 
@@ -154,7 +160,8 @@ impl AlarmKind {
             | AlarmKind::AreaOutage
             | AlarmKind::StoreRecovered
             | AlarmKind::DiskFull
-            | AlarmKind::ClockUnsynchronized => None,
+            | AlarmKind::ClockUnsynchronized
+            | AlarmKind::CertificateExpiry => None,
         }
     }
 }

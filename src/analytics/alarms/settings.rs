@@ -45,6 +45,8 @@ pub struct AlarmSettings {
     pub disk_full: StoreFaultSettings,
     /// `[alarms.clock_unsynchronized]`: the gateway's clock is not sane.
     pub clock_unsynchronized: StoreFaultSettings,
+    /// `[alarms.certificate_expiry]`: a certificate of the MQTT link expires soon.
+    pub certificate_expiry: StoreFaultSettings,
 }
 
 impl Default for AlarmSettings {
@@ -66,6 +68,7 @@ impl Default for AlarmSettings {
             store_recovered: Default::default(),
             disk_full: Default::default(),
             clock_unsynchronized: Default::default(),
+            certificate_expiry: Default::default(),
         }
     }
 }

@@ -116,6 +116,7 @@ fn valid_file_gets_defaults() {
     assert_eq!(mqtt.keep_alive_s, 30);
     assert_eq!(mqtt.reconnect_max_s, 60);
     assert_eq!(mqtt.max_inflight, 64);
+    assert_eq!(mqtt.cert_expiry_warn_days, 30);
 
     assert_eq!(config.store.history_days, 35);
     assert_eq!(config.store.max_size_mb, 1024);
@@ -169,6 +170,7 @@ client_key_file = "certs/gw.key"
 keep_alive_s = 45
 reconnect_max_s = 120
 max_inflight = 16
+cert_expiry_warn_days = 45
 
 [store]
 history_days = 90
@@ -236,6 +238,7 @@ negative_loss_pct = -2
         (mqtt.keep_alive_s, mqtt.reconnect_max_s, mqtt.max_inflight),
         (45, 120, 16)
     );
+    assert_eq!(mqtt.cert_expiry_warn_days, 45);
     assert_eq!(config.store.history_days, 90);
     assert_eq!(config.store.max_size_mb, 256);
 

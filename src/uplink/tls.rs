@@ -125,9 +125,10 @@ pub fn explain(cfg: &MqttSettings, error: &rumqttc::ConnectionError) -> String {
     );
     // An expired certificate of ours: the handshake fails in one of several ways (an alert,
     // a reset, a refused chain); the file and its date are what the field engineer needs.
+    // (Not for a broker that is down: a refused TCP connection says nothing of certificates.)
     if cfg.tls
         && (rustls_error(error).is_some()
-            || has_io_error(error)
+            || cut_off(error)
             || matches!(error, rumqttc::ConnectionError::Tls(_)))
         && let Some(sentence) = expired_sentence(cfg, crate::clock::now_ms())
     {
@@ -192,6 +193,25 @@ fn has_io_error(error: &rumqttc::ConnectionError) -> bool {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = current {
         if e.is::<std::io::Error>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+/// True when the broker cut the connection (a reset, an early end): what a refused client
+/// certificate looks like after a TLS 1.3 handshake.
+fn cut_off(error: &rumqttc::ConnectionError) -> bool {
+    use std::io::ErrorKind as K;
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof | K::BrokenPipe
+            )
+        {
             return true;
         }
         current = e.source();

@@ -389,6 +389,11 @@ pub(super) const ALARM_KINDS: &[Table] = &[
         title: "[alarms.meter_clock_fault]",
         keys: &[flag("enabled"), severity("severity")],
     },
+    Table {
+        name: "certificate_expiry",
+        title: "[alarms.certificate_expiry]",
+        keys: &[flag("enabled"), severity("severity")],
+    },
 ];
 
 /// A key that moved to the `[alarms.<kind>]` table of the one rule it sets.

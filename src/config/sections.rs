@@ -44,6 +44,7 @@ const MQTT_KEYS: &[&str] = &[
     "keep_alive_s",
     "reconnect_max_s",
     "max_inflight",
+    "cert_expiry_warn_days",
 ];
 const STORE_KEYS: &[&str] = &["history_days", "max_size_mb"];
 const BUS_KEYS: &[&str] = &[
@@ -354,6 +355,7 @@ pub(super) fn mqtt(
     let keep_alive_s = s.integer_in(report, "keep_alive_s", 5, 65535, " s");
     let reconnect_max_s = s.integer_in(report, "reconnect_max_s", 1, 86400, " s");
     let max_inflight = s.integer_in(report, "max_inflight", 1, 65535, "");
+    let cert_expiry_warn_days = s.integer_in(report, "cert_expiry_warn_days", 1, 3650, " days");
     MqttConfig {
         host: host.map(Spanned::into_inner).unwrap_or_default(),
         port: port.map_or(if tls { 8883 } else { 1883 }, |p| *p.get_ref() as u16),
@@ -368,6 +370,7 @@ pub(super) fn mqtt(
         keep_alive_s: keep_alive_s.map_or(30, |v| *v.get_ref() as u64),
         reconnect_max_s: reconnect_max_s.map_or(60, |v| *v.get_ref() as u64),
         max_inflight: max_inflight.map_or(64, |v| *v.get_ref() as u16),
+        cert_expiry_warn_days: cert_expiry_warn_days.map_or(30, |v| *v.get_ref() as u32),
     }
 }
 

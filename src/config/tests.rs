@@ -117,6 +117,7 @@ fn valid_file_gets_defaults() {
     assert_eq!(mqtt.keep_alive_s, 30);
     assert_eq!(mqtt.reconnect_max_s, 60);
     assert_eq!(mqtt.max_inflight, 64);
+    assert_eq!(mqtt.cert_expiry_warn_days, 30);
 
     assert_eq!(config.store.history_days, 35);
     assert_eq!(config.store.max_size_mb, 1024);
@@ -170,6 +171,7 @@ client_key_file = "certs/gw.key"
 keep_alive_s = 45
 reconnect_max_s = 120
 max_inflight = 16
+cert_expiry_warn_days = 45
 
 [store]
 history_days = 90
@@ -237,6 +239,7 @@ negative_loss_pct = -2
         (mqtt.keep_alive_s, mqtt.reconnect_max_s, mqtt.max_inflight),
         (45, 120, 16)
     );
+    assert_eq!(mqtt.cert_expiry_warn_days, 45);
     assert_eq!(config.store.history_days, 90);
     assert_eq!(config.store.max_size_mb, 256);
 
@@ -1720,7 +1723,8 @@ outage_pct = 0
                  meter_offline, voltage, phase_loss, current_unbalance, overload, \
                  reverse_energy, reading_down, running_fast, meter_stopped, line_loss, outage, \
                  power_off, store_recovered, disk_full, clock_unsynchronized, clock_skew, \
-                 meter_cover_open, meter_power_down, meter_battery_low, meter_clock_fault"
+                 meter_cover_open, meter_power_down, meter_battery_low, meter_clock_fault, \
+                 certificate_expiry"
             ),
             at(
                 55,

@@ -97,9 +97,16 @@ impl Executor for GatewayExecutor {
                     let mut doc = tokio::task::spawn_blocking(move || hook(&config))
                         .await
                         .map_err(|e| format!("status failed: {e}"))??;
-                    // What only the running daemon knows: the commands it rejected.
+                    // What only the running daemon knows: the commands it rejected since it
+                    // started, next to what the store's audit says of the last 24 h.
                     if let Value::Object(map) = &mut doc {
-                        map.insert("commands".into(), crate::uplink::desk::rejected_counters());
+                        let counters = crate::uplink::desk::rejected_counters();
+                        match (map.get_mut("commands"), counters) {
+                            (Some(Value::Object(audit)), Value::Object(live)) => audit.extend(live),
+                            (_, counters) => {
+                                map.insert("commands".into(), counters);
+                            }
+                        }
                     }
                     Ok(Some(doc))
                 })

@@ -148,6 +148,22 @@ impl Writer {
         batch
     }
 
+    /// A certificate of the MQTT link expires soon (`days_left`) or no longer does:
+    /// `certificate_expiry` raised or cleared for `subject` (its `[mqtt]` key), in a batch of
+    /// its own.
+    pub fn certificate(
+        &mut self,
+        subject: &str,
+        days_left: Option<i64>,
+        details: serde_json::Value,
+        now_ms: i64,
+    ) -> Batch {
+        let mut batch = Batch::default();
+        self.analytics
+            .on_certificate(subject, days_left, details, now_ms, &mut batch);
+        batch
+    }
+
     /// The last batch before stopping: every snapshot and the heartbeat.
     pub fn finish(&mut self, now_ms: i64) -> Batch {
         let mut batch = Batch::default();

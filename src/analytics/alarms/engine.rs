@@ -724,6 +724,12 @@ impl AlarmEngine {
                 0,
                 0,
             ),
+            AlarmKind::CertificateExpiry => (
+                s.certificate_expiry.enabled,
+                s.certificate_expiry.severity,
+                0,
+                0,
+            ),
         };
         enabled.then(|| Timing::new(severity, raise, clear))
     }
@@ -1360,7 +1366,8 @@ fn external_subject_kind(kind: AlarmKind) -> SubjectKind {
         AlarmKind::PowerOff
         | AlarmKind::StoreRecovered
         | AlarmKind::DiskFull
-        | AlarmKind::ClockUnsynchronized => SubjectKind::Gateway,
+        | AlarmKind::ClockUnsynchronized
+        | AlarmKind::CertificateExpiry => SubjectKind::Gateway,
         _ => SubjectKind::Meter,
     }
 }

@@ -94,11 +94,15 @@ pub enum AlarmKind {
     MeterBatteryLow,
     /// A meter's status word says its clock has failed.
     MeterClockFault,
+    /// A certificate of the link to the headend (`[mqtt] client_cert_file`, or the CA in
+    /// `ca_file`) expires within `[mqtt] cert_expiry_warn_days`, or has expired: subject the
+    /// `[mqtt]` key, details the file, the certificate's subject, `not_after`, `days_left`.
+    CertificateExpiry,
 }
 
 impl AlarmKind {
     /// Every kind, in catalogue order.
-    pub const ALL: [AlarmKind; 22] = [
+    pub const ALL: [AlarmKind; 23] = [
         AlarmKind::MeterOffline,
         AlarmKind::VoltageHigh,
         AlarmKind::VoltageLow,
@@ -121,6 +125,7 @@ impl AlarmKind {
         AlarmKind::MeterPowerDown,
         AlarmKind::MeterBatteryLow,
         AlarmKind::MeterClockFault,
+        AlarmKind::CertificateExpiry,
     ];
 
     /// The name used in topics and payloads.
@@ -148,6 +153,7 @@ impl AlarmKind {
             AlarmKind::MeterPowerDown => "meter_power_down",
             AlarmKind::MeterBatteryLow => "meter_battery_low",
             AlarmKind::MeterClockFault => "meter_clock_fault",
+            AlarmKind::CertificateExpiry => "certificate_expiry",
         }
     }
 
@@ -180,7 +186,8 @@ impl AlarmKind {
             | AlarmKind::AreaOutage
             | AlarmKind::StoreRecovered
             | AlarmKind::DiskFull
-            | AlarmKind::ClockUnsynchronized => None,
+            | AlarmKind::ClockUnsynchronized
+            | AlarmKind::CertificateExpiry => None,
         }
     }
 }

@@ -55,6 +55,8 @@ pub struct AlarmSettings {
     pub meter_battery_low: MeterItemSettings,
     /// `[alarms.meter_clock_fault]`: a meter's clock failed.
     pub meter_clock_fault: MeterItemSettings,
+    /// `[alarms.certificate_expiry]`: a certificate of the MQTT link expires soon.
+    pub certificate_expiry: StoreFaultSettings,
 }
 
 impl Default for AlarmSettings {
@@ -81,6 +83,7 @@ impl Default for AlarmSettings {
             meter_power_down: MeterItemSettings::with(Severity::Info),
             meter_battery_low: MeterItemSettings::with(Severity::Minor),
             meter_clock_fault: MeterItemSettings::with(Severity::Major),
+            certificate_expiry: Default::default(),
         }
     }
 }

@@ -53,6 +53,19 @@ impl LocalTime {
             .map_err(|e| e.to_string())
     }
 
+    /// A zone of its own at a fixed offset from UTC, to the second, named `name`. Only for
+    /// `amr-gateway demo`, whose gateway lives in a zone where midnight comes a few seconds
+    /// after it starts, so that its days stay real days of 24 hours; `[gateway] timezone`
+    /// accepts IANA names only. An error for an offset beyond ±25:59:59.
+    pub fn fixed_offset(offset_s: i32, name: &str) -> Result<LocalTime, String> {
+        jiff::tz::Offset::from_seconds(offset_s)
+            .map(|offset| LocalTime {
+                zone: TimeZone::fixed(offset),
+                name: name.to_string(),
+            })
+            .map_err(|e| e.to_string())
+    }
+
     /// The system's zone: `TZ`, else `/etc/localtime`; UTC when neither names one.
     pub fn system() -> LocalTime {
         match TimeZone::try_system() {
@@ -428,6 +441,30 @@ mod tests {
         let t = parse_rfc3339("2026-11-22T10:00:00Z").unwrap();
         assert_eq!(utc.day_start_ms(t), day_start_ms(t));
         assert!(LocalTime::names().iter().any(|n| n == "Asia/Shanghai"));
+    }
+
+    #[test]
+    fn a_fixed_offset_to_the_second_moves_midnight() {
+        // Local = UTC + 5:17:42, so local midnight is 18:42:18 UTC the day before.
+        let z = LocalTime::fixed_offset(5 * 3600 + 17 * 60 + 42, "demo").unwrap();
+        assert_eq!(z.name(), "demo");
+        let t = parse_rfc3339("2026-11-22T18:42:17.999Z").unwrap();
+        assert_eq!(z.day(t), "2026-11-22");
+        assert_eq!(z.day(t + 1), "2026-11-23");
+        assert_eq!(
+            rfc3339_ms(z.day_start_ms(t + 1)),
+            "2026-11-22T18:42:18.000Z"
+        );
+        assert_eq!(z.next_day_start_ms(t) - z.day_start_ms(t), 86_400_000);
+        assert_eq!(z.since_midnight_ms(t + 1_001), 1_000);
+        let west = LocalTime::fixed_offset(-(23 * 3600 + 59), "west").unwrap();
+        // 18:42:18 UTC less 23:00:59 is 19:41:19 local, the day before.
+        assert_eq!(west.day(t + 1), "2026-11-21");
+        assert_eq!(
+            west.since_midnight_ms(t + 1),
+            (19 * 3600 + 41 * 60 + 19) * 1000
+        );
+        assert!(LocalTime::fixed_offset(26 * 3600, "too far").is_err());
     }
 
     #[test]

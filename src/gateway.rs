@@ -46,6 +46,9 @@ const QUICK_CHECK_EVERY: Duration = Duration::from_secs(900);
 /// How often the analytics are ticked when no bus event arrives (loss intervals close,
 /// alarm hold times elapse, days end).
 const TICK: Duration = Duration::from_secs(1);
+/// How often the certificates of the MQTT link are checked for `certificate_expiry` (also at
+/// every start, so after a SIGHUP reload).
+const CERTIFICATE_CHECK_EVERY: Duration = Duration::from_secs(86_400);
 
 /// Live figures of a running gateway (for the demo's summary and tests).
 #[derive(Debug, Clone, Default)]
@@ -197,6 +200,7 @@ pub async fn run_with_hooks(
         bus_desks.push(BusDesk {
             meters: meters.iter().map(|m| m.id.clone()).collect(),
             requests: requests_tx,
+            time_sync: bus.protocol == crate::bus::Protocol::Dlt645,
         });
         let task = buses.spawn(run_bus_serving(
             bus,
@@ -281,6 +285,7 @@ pub async fn run_with_hooks(
         liveness.register("the store writer"),
         tally,
         clock_watch,
+        CertificateWatch::new(&config.mqtt),
     ));
     let mut uplink = uplink;
     // Up: a `config_apply` that restarted the gateway gets its result now (see
@@ -760,6 +765,7 @@ async fn write_events(
     heartbeat: Heartbeat,
     tally: health::Tally,
     mut clock_watch: health::ClockWatch,
+    mut certificates: CertificateWatch,
 ) -> Result<(), String> {
     let mut last_clock_check: Option<tokio::time::Instant> = None;
     // The space kept in reserve lives next to the store (docs/reliability.md).
@@ -818,6 +824,12 @@ async fn write_events(
                     learned: Vec::new(),
                 });
             }
+        }
+        for batch in certificates.check(&mut writer, now_ms()) {
+            watch.held.push(Fold {
+                batch,
+                learned: Vec::new(),
+            });
         }
         tally.observe(&buf);
         let fold = writer.fold(buf.drain(..), now_ms());
@@ -909,6 +921,78 @@ async fn write_events(
         return Err(lost);
     }
     Ok(())
+}
+
+/// The certificates of the MQTT link (`[mqtt] client_cert_file` and the CA in `ca_file`),
+/// checked at start and then daily: `certificate_expiry` raised `cert_expiry_warn_days` before
+/// one expires (one warning line a day while it lasts), cleared once a renewed one is in place.
+struct CertificateWatch {
+    mqtt: crate::uplink::MqttSettings,
+    last: Option<tokio::time::Instant>,
+}
+
+impl CertificateWatch {
+    fn new(mqtt: &crate::uplink::MqttSettings) -> CertificateWatch {
+        CertificateWatch {
+            mqtt: mqtt.clone(),
+            last: None,
+        }
+    }
+
+    /// When a check is due (the first call, then daily): the batches raising or clearing the
+    /// alarm for each watched key (empty when nothing changed).
+    fn check(&mut self, writer: &mut Writer, now: i64) -> Vec<crate::store::Batch> {
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < CERTIFICATE_CHECK_EVERY)
+        {
+            return Vec::new();
+        }
+        self.last = Some(tokio::time::Instant::now());
+        let mut batches = Vec::new();
+        for (key, verdict) in crate::uplink::tls::expiry_checks(&self.mqtt, now) {
+            let batch = match verdict {
+                crate::uplink::tls::Expiry::Fine(details) => {
+                    writer.certificate(key, None, details, now)
+                }
+                crate::uplink::tls::Expiry::Expiring { days_left, details } => {
+                    let (file, subject, not_after) = (
+                        details["file"].as_str().unwrap_or_default().to_string(),
+                        details["certificate"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                        details["not_after"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
+                    if days_left > 0 {
+                        warn!(
+                            "[mqtt] {key} {file}: certificate {subject} expires {not_after} \
+                             ({days_left} days left); install a renewed one (alarm \
+                             certificate_expiry)"
+                        );
+                    } else {
+                        warn!(
+                            "[mqtt] {key} {file}: certificate {subject} EXPIRED {not_after}; \
+                             the broker will refuse the link until a renewed one is installed \
+                             (alarm certificate_expiry)"
+                        );
+                    }
+                    writer.certificate(key, Some(days_left), details, now)
+                }
+                crate::uplink::tls::Expiry::Unknown(why) => {
+                    debug!("certificate_expiry not judged: {why}");
+                    continue;
+                }
+            };
+            if !batch.is_empty() {
+                batches.push(batch);
+            }
+        }
+        batches
+    }
 }
 
 /// Stores what is held, oldest first, until the store refuses; handles the refusal (a
@@ -1110,6 +1194,7 @@ customers = []
             Heartbeat::unwatched(),
             health::Tally::default(),
             health::ClockWatch::new(false),
+            CertificateWatch::new(&config.mqtt),
         ));
         let values = [("energy_import_kwh".to_string(), 10.0)].into();
         tx.send(BusEvent::Reading(Reading {

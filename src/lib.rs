@@ -57,7 +57,7 @@
 //! - [`liveness`]: what systemd is told — READY, a status line, watchdog keep-alives only
 //!   while every task beats.
 //! - [`logging`]: how log lines look — plain, journald priorities, JSON lines.
-//! - [`field`]: the field tools `read`, `scan`, `status`.
+//! - [`field`]: the field tools `read`, `scan`, `register`, `setup`, `test`, `status`.
 //! - `broker` and `demo` (feature `embedded-broker`): a small MQTT broker and the demo.
 
 pub mod analytics;

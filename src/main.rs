@@ -1,5 +1,6 @@
 //! The `amr-gateway` command line: `run`, `check-config`, `demo`, `simulate`, the field
-//! tools `read`, `scan`, `status`, and the headend's `keygen` and `command`.
+//! tools `read`, `scan`, `register`, `setup`, `test`, `status`, and the headend's `keygen` and
+//! `command`.
 
 use amr_gateway::config;
 use amr_gateway::protocol::dlt645;
@@ -76,7 +77,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Find the unit ids that answer on a bus and guess their models.
+    /// Find the unit ids that answer on a bus and guess their models; each unit is printed as
+    /// it is found. Exit 1 when nothing answered.
+    ///
+    /// Default --timeout-ms here is 70: a unit that does not answer costs its deadline, 70 ms
+    /// plus 24 ms wire time of the 1-register probe at 9600 8N1, and as long again draining
+    /// the line for a late reply: 187 ms; 247 units × 187 ms = 46 s. Give a slow meter more
+    /// (--timeout-ms 300: about 2.5 min for 1-247).
     Scan {
         #[command(flatten)]
         link: LinkOpts,
@@ -89,6 +96,47 @@ enum Command {
         addresses: Option<PathBuf>,
         #[arg(long)]
         models_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Raw Modbus registers and coils, as mbpoll / modpoll: `register read`, `register write`.
+    Register {
+        #[command(subcommand)]
+        action: RegisterAction,
+    },
+    /// Give a new meter its unit id (and baud rate), for models whose file documents how
+    /// ([setup] in protocols/*.toml). New meters all answer at unit 1: wire one at a time.
+    ///
+    /// Exit codes: 0 done; 1 the meter refused or did not answer; 2 bad arguments.
+    Setup {
+        #[command(flatten)]
+        link: LinkOpts,
+        /// The meter's unit id now (factory default 1).
+        #[arg(long, default_value_t = 1)]
+        unit: u8,
+        /// The meter's model (see protocols/; models with a [setup] section).
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        models_dir: Option<PathBuf>,
+        /// The unit id to give it (1..247).
+        #[arg(long)]
+        new_unit: Option<u8>,
+        /// The baud rate to give it (one its model lists in [setup] baud_codes); written last.
+        #[arg(long)]
+        new_baud: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read every meter of a configuration once, through the daemon's drivers, and print a
+    /// table (meter, bus, unit or address, model, key values, time taken, result).
+    ///
+    /// Exit codes: 0 every meter answered; 1 some meter failed; 2 invalid configuration.
+    /// Stop the daemon first (it holds the serial ports).
+    Test {
+        /// The gateway's configuration file (TOML; see config/README.md).
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -157,6 +205,65 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum RegisterAction {
+    /// Read registers (functions 03 holding, 04 input) or bits (01 coils, 02 discrete
+    /// inputs). Exit 1 when the meter answered an exception or nothing.
+    Read {
+        #[command(flatten)]
+        link: LinkOpts,
+        /// Modbus unit id (1..247).
+        #[arg(long)]
+        unit: u8,
+        /// 3 (holding registers), 4 (input registers), 1 (coils), 2 (discrete inputs).
+        #[arg(long, default_value_t = 3)]
+        function: u8,
+        /// First register or bit, zero-based (40001 is 0), decimal or 0x hex.
+        #[arg(long)]
+        start: String,
+        /// How many values of --type (registers: 2 per u32/i32/f32), or bits.
+        #[arg(long, default_value_t = 1)]
+        count: u16,
+        /// u16, i16, u32, i32, f32 or hex.
+        #[arg(long = "type", default_value = "u16")]
+        value_type: String,
+        /// Of 32-bit values: big (high word first) or little.
+        #[arg(long, default_value = "big")]
+        word_order: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write one holding register (06; a 32-bit --type or --function 16: 16) or a coil (05);
+    /// the meter's echo confirms it. Exit 1 when the meter refused it or did not answer.
+    Write {
+        #[command(flatten)]
+        link: LinkOpts,
+        /// Modbus unit id (1..247).
+        #[arg(long)]
+        unit: u8,
+        /// Holding register, zero-based, decimal or 0x hex.
+        #[arg(long, conflicts_with = "coil")]
+        register: Option<String>,
+        /// Coil, zero-based (the value is on or off).
+        #[arg(long)]
+        coil: Option<String>,
+        /// The value: a number of --type, or on/off for a coil.
+        #[arg(long)]
+        value: String,
+        /// u16, i16, u32, i32, f32 or hex.
+        #[arg(long = "type", default_value = "u16")]
+        value_type: String,
+        /// Of 32-bit values: big (high word first) or little.
+        #[arg(long, default_value = "big")]
+        word_order: String,
+        /// 6 or 16 (default: 6 for one register, 16 for a 32-bit value).
+        #[arg(long)]
+        function: Option<u8>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// How a field tool reaches the meters.
 #[derive(clap::Args)]
 struct LinkOpts {
@@ -177,9 +284,15 @@ struct LinkOpts {
     /// none, even or odd; default none (dlt645: even).
     #[arg(long)]
     parity: Option<String>,
+    /// 7 or 8.
+    #[arg(long, default_value_t = 8)]
+    data_bits: u8,
+    /// 1 or 2.
+    #[arg(long, default_value_t = 1)]
+    stop_bits: u8,
     /// How long a meter may take to answer, in ms; every request gets its wire time at --baud
-    /// on top (the daemon's deadline rule). Default 300 (dlt645: the line's default, which
-    /// counts the 500 ms a DL/T 645 meter may wait before replying).
+    /// on top (the daemon's deadline rule). Default 300, scan 70 (dlt645: the line's default,
+    /// which counts the 500 ms a DL/T 645 meter may wait before replying).
     #[arg(long)]
     timeout_ms: Option<u64>,
 }
@@ -190,8 +303,24 @@ impl LinkOpts {
     }
 
     fn link(&self) -> Result<amr_gateway::field::LinkArgs, String> {
+        self.link_with_timeout(300)
+    }
+
+    /// The link, with `default_timeout_ms` unless --timeout-ms is given (Modbus). The line
+    /// settings follow `[[bus]]`'s rules (the configuration's own checks).
+    fn link_with_timeout(
+        &self,
+        default_timeout_ms: u64,
+    ) -> Result<amr_gateway::field::LinkArgs, String> {
         let dlt645 = self.is_dlt645();
         let baud = self.baud.unwrap_or(if dlt645 { 2400 } else { 9600 });
+        let line = dlt645.then_some("the line");
+        if let Some(problem) = config::baud_problem(i128::from(baud), line)
+            .or_else(|| config::bits_problem("data_bits", i128::from(self.data_bits)))
+            .or_else(|| config::bits_problem("stop_bits", i128::from(self.stop_bits)))
+        {
+            return Err(format!("--{}", problem.replacen('_', "-", 1)));
+        }
         let parity = match &self.parity {
             Some(p) => amr_gateway::field::parse_parity(p)?,
             None if dlt645 => amr_gateway::protocol::Parity::Even,
@@ -211,7 +340,7 @@ impl LinkOpts {
                 };
                 line.default_timeout().as_millis() as u64
             } else {
-                300
+                default_timeout_ms
             }
         });
         Ok(amr_gateway::field::LinkArgs {
@@ -221,6 +350,8 @@ impl LinkOpts {
             protocol: self.protocol.clone(),
             baud,
             parity,
+            data_bits: self.data_bits,
+            stop_bits: self.stop_bits,
             timeout_ms,
         })
     }
@@ -264,6 +395,24 @@ fn main() -> ExitCode {
             ..
         } => scan(&link, &units, models_dir.as_deref(), json),
         Command::Status { config, json } => status(&config, json),
+        Command::Register { action } => register(action),
+        Command::Setup {
+            link,
+            unit,
+            model,
+            models_dir,
+            new_unit,
+            new_baud,
+            json,
+        } => setup(
+            &link,
+            unit,
+            &model,
+            models_dir.as_deref(),
+            (new_unit, new_baud),
+            json,
+        ),
+        Command::Test { config, json } => test(&config, json),
         Command::Keygen { out } => keygen(&out),
         Command::Command {
             host,
@@ -850,7 +999,7 @@ fn scan_dlt645(
 
 fn scan(link: &LinkOpts, units: &str, dir: Option<&std::path::Path>, json: bool) -> ExitCode {
     init_logging("warn");
-    let link = match link.link() {
+    let link = match link.link_with_timeout(70) {
         Ok(l) => l,
         Err(e) => return fail("scan", &e),
     };
@@ -871,9 +1020,18 @@ fn scan(link: &LinkOpts, units: &str, dir: Option<&std::path::Path>, json: bool)
     );
     bar.set_message("0 found");
     runtime().block_on(async move {
+        let mut shown = 0;
         let result = amr_gateway::field::scan::scan(&link, &units, &lib, |_, found| {
             bar.inc(1);
-            bar.set_message(format!("{found} found"));
+            bar.set_message(format!("{} found", found.len()));
+            // Each unit as it is found, above the bar on a terminal; a line at a time (stdout
+            // is line-buffered) into a pipe or file.
+            if !json {
+                for f in &found[shown..] {
+                    bar.suspend(|| println!("found {}", amr_gateway::field::scan::row(f)));
+                }
+            }
+            shown = found.len();
         })
         .await;
         bar.finish_and_clear();
@@ -883,6 +1041,12 @@ fn scan(link: &LinkOpts, units: &str, dir: Option<&std::path::Path>, json: bool)
                     println!("{}", amr_gateway::field::scan::json(&found, units.len()));
                 } else {
                     print!("{}", amr_gateway::field::scan::table(&found, units.len()));
+                    if found.is_empty() && link.is_modbus_tcp() {
+                        println!(
+                            "on Modbus TCP: this port may be a serial server in RTU-over-TCP \
+                             mode; try --protocol modbus-rtu-over-tcp"
+                        );
+                    }
                 }
                 // Nothing answered is a failed scan (a script must not take it for an empty
                 // bus that is fine).
@@ -915,5 +1079,264 @@ fn status(path: &std::path::Path, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail("status", &e),
+    }
+}
+
+/// The library for a tool, or the exit code of its failure.
+fn tool_library(
+    tool: &str,
+    dir: Option<&std::path::Path>,
+) -> Result<amr_gateway::meter::ModelLibrary, ExitCode> {
+    library(dir).map_err(|e| fail(tool, &e))
+}
+
+fn register(action: RegisterAction) -> ExitCode {
+    use amr_gateway::field::register::{self, ReadArgs, ValueType, WordOrder};
+    use amr_gateway::protocol::modbus::codec::Request;
+    init_logging("warn");
+    let parse_common = |link: &LinkOpts, unit: u8, t: &str, order: &str| {
+        let link = link.link()?;
+        if !(1..=247).contains(&unit) {
+            return Err(format!("--unit {unit}: unit ids are 1..247"));
+        }
+        Ok((link, ValueType::parse(t)?, WordOrder::parse(order)?))
+    };
+    match action {
+        RegisterAction::Read {
+            link,
+            unit,
+            function,
+            start,
+            count,
+            value_type,
+            word_order,
+            json,
+        } => {
+            let (link, value_type, word_order) =
+                match parse_common(&link, unit, &value_type, &word_order) {
+                    Ok(x) => x,
+                    Err(e) => return fail("register read", &e),
+                };
+            let start = match amr_gateway::field::parse_address(&start) {
+                Ok(a) => a,
+                Err(e) => return fail("register read", &format!("--start: {e}")),
+            };
+            if !(1..=4).contains(&function) {
+                return fail(
+                    "register read",
+                    &format!(
+                        "--function {function}: reads are 1 (coils), 2 (discrete inputs), 3 (holding), 4 (input registers)"
+                    ),
+                );
+            }
+            let args = ReadArgs {
+                unit,
+                function,
+                start,
+                count,
+                value_type,
+                word_order,
+            };
+            match runtime().block_on(register::read(&link, &args)) {
+                Ok(r) => {
+                    if json {
+                        println!("{}", r.json());
+                    } else {
+                        print!("{}", r.table());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("amr-gateway register read: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        RegisterAction::Write {
+            link,
+            unit,
+            register,
+            coil,
+            value,
+            value_type,
+            word_order,
+            function,
+            json,
+        } => {
+            let (link, value_type, word_order) =
+                match parse_common(&link, unit, &value_type, &word_order) {
+                    Ok(x) => x,
+                    Err(e) => return fail("register write", &e),
+                };
+            let request = match (register, coil) {
+                (Some(r), None) => {
+                    let address = match amr_gateway::field::parse_address(&r) {
+                        Ok(a) => a,
+                        Err(e) => return fail("register write", &format!("--register: {e}")),
+                    };
+                    let words = match register::encode(&value, value_type, word_order) {
+                        Ok(w) => w,
+                        Err(e) => return fail("register write", &e),
+                    };
+                    match (function, words.len()) {
+                        (None | Some(6), 1) => Request::WriteRegister {
+                            address,
+                            value: words[0],
+                        },
+                        (None | Some(16), _) => Request::WriteRegisters {
+                            address,
+                            values: words,
+                        },
+                        (Some(6), _) => {
+                            return fail(
+                                "register write",
+                                "--function 6 writes one register; a 32-bit value takes --function 16",
+                            );
+                        }
+                        (Some(f), _) => {
+                            return fail(
+                                "register write",
+                                &format!(
+                                    "--function {f}: registers are written with 6 or 16 (a coil: --coil)"
+                                ),
+                            );
+                        }
+                    }
+                }
+                (None, Some(c)) => {
+                    let address = match amr_gateway::field::parse_address(&c) {
+                        Ok(a) => a,
+                        Err(e) => return fail("register write", &format!("--coil: {e}")),
+                    };
+                    let on = match value.to_ascii_lowercase().as_str() {
+                        "on" | "1" | "true" => true,
+                        "off" | "0" | "false" => false,
+                        _ => {
+                            return fail(
+                                "register write",
+                                &format!("--value {value}: a coil is on or off"),
+                            );
+                        }
+                    };
+                    Request::WriteCoil { address, on }
+                }
+                _ => {
+                    return fail(
+                        "register write",
+                        "give --register ADDR --value V, or --coil ADDR --value on|off",
+                    );
+                }
+            };
+            match runtime().block_on(register::write(&link, unit, &request)) {
+                Ok(r) => {
+                    if json {
+                        println!("{}", r.json());
+                    } else {
+                        print!("{}", r.table());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("amr-gateway register write: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn setup(
+    link: &LinkOpts,
+    unit: u8,
+    model: &str,
+    dir: Option<&std::path::Path>,
+    (new_unit, new_baud): (Option<u8>, Option<u32>),
+    json: bool,
+) -> ExitCode {
+    use amr_gateway::field::setup::{SetupArgs, run, setup_of};
+    init_logging("warn");
+    let link = match link.link() {
+        Ok(l) => l,
+        Err(e) => return fail("setup", &e),
+    };
+    if let Some(u) = [Some(unit), new_unit]
+        .into_iter()
+        .flatten()
+        .find(|u| !(1..=247).contains(u))
+    {
+        return fail("setup", &format!("unit id {u}: unit ids are 1..247"));
+    }
+    if new_unit.is_none() && new_baud.is_none() {
+        return fail("setup", "give --new-unit N and/or --new-baud RATE");
+    }
+    if let Some(b) = new_baud
+        && let Some(problem) = config::baud_problem(i128::from(b), None)
+    {
+        return fail("setup", &format!("--new-{problem}"));
+    }
+    let lib = match tool_library("setup", dir) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let Some(model) = lib.get(model) else {
+        return fail(
+            "setup",
+            &format!(
+                "unknown model `{model}`; available: {}",
+                lib.names().join(", ")
+            ),
+        );
+    };
+    let with_setup: Vec<&str> = lib
+        .models
+        .values()
+        .filter(|m| m.setup.is_some())
+        .map(|m| m.name.as_str())
+        .collect();
+    let setup = match setup_of(model, &with_setup) {
+        Ok(s) => s,
+        Err(e) => return fail("setup", &e),
+    };
+    let args = SetupArgs {
+        unit,
+        new_unit,
+        new_baud,
+    };
+    match runtime().block_on(run(&link, setup, &args)) {
+        Ok(r) => {
+            if json {
+                println!("{}", r.json());
+            } else {
+                print!("{}", r.text());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("amr-gateway setup: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn test(path: &std::path::Path, json: bool) -> ExitCode {
+    init_logging("warn");
+    let cfg = match config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}", problems_found(errors.0.len()));
+            return ExitCode::from(2);
+        }
+    };
+    let rows = runtime().block_on(amr_gateway::field::test::test(&cfg));
+    if json {
+        println!("{}", amr_gateway::field::test::json(&rows));
+    } else {
+        print!("{}", amr_gateway::field::test::table(&rows));
+    }
+    if rows.iter().all(|r| r.ok) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

@@ -52,10 +52,54 @@ pub fn is_energy(name: &str) -> bool {
     name.ends_with("_kwh") || name.ends_with("_kvarh")
 }
 
-/// True for quantities reported on the primary side, i.e. multiplied by the meter's
-/// multiplier (CT ratio × PT ratio): energies and powers.
+/// True for quantities multiplied by the meter's whole multiplier (CT ratio × PT ratio) to be
+/// primary-side: energies and powers. Currents and voltages take one ratio each
+/// ([`Ratios::primary`]).
 pub fn scales_with_multiplier(name: &str) -> bool {
     is_energy(name) || name.ends_with("_kw") || name.ends_with("_kvar") || name.ends_with("_kva")
+}
+
+/// The instrument transformers a meter sits behind, as the utility writes them on the meter
+/// card: the CT ratio (e.g. 60 for 300/5 A) and the PT ratio (e.g. 100 for 10 kV/100 V; 1 for a
+/// low-voltage meter). The multiplier (倍率) is their product. The one rule that turns what a
+/// meter registers (secondary side) into primary-side values is [`Ratios::primary`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ratios {
+    pub ct: f64,
+    pub pt: f64,
+}
+
+impl Ratios {
+    /// A direct-connected meter: nothing scaled.
+    pub const DIRECT: Ratios = Ratios { ct: 1.0, pt: 1.0 };
+
+    /// A low-voltage meter given by its multiplier alone: PT ratio 1, CT ratio = multiplier.
+    pub fn from_multiplier(multiplier: f64) -> Ratios {
+        Ratios {
+            ct: multiplier,
+            pt: 1.0,
+        }
+    }
+
+    /// CT ratio × PT ratio.
+    pub fn multiplier(self) -> f64 {
+        self.ct * self.pt
+    }
+
+    /// The primary-side value of `quantity` from what the meter registered: currents × CT
+    /// ratio, voltages × PT ratio, energies and powers × the multiplier; the rest (power
+    /// factor, frequency) as registered.
+    pub fn primary(self, quantity: &str, registered: f64) -> f64 {
+        if quantity.starts_with("current_") {
+            registered * self.ct
+        } else if quantity.starts_with("voltage_") {
+            registered * self.pt
+        } else if scales_with_multiplier(quantity) {
+            registered * self.multiplier()
+        } else {
+            registered
+        }
+    }
 }
 
 /// Which phase of the supply a meter is on (`[[meter]] phase`): a single-phase meter on L1, L2
@@ -104,9 +148,54 @@ pub struct MeterStatus {
     pub meter: MeterId,
     pub bus: String,
     pub unit: Option<u8>,
+    /// DL/T 645 address (12 digits), for a meter that has one.
+    pub address: Option<String>,
     pub health: MeterHealth,
     pub change: HealthChange,
     pub ts_ms: i64,
+    /// What the meter last said about itself (DL/T 645: clock, status word, event counters),
+    /// when its driver reads such items.
+    pub items: Option<Box<MeterItems>>,
+}
+
+/// Meters take a broadcast time sync only when their clock is within this many seconds of the
+/// time sent (DL/T 645-2007): a skew beyond it must be set on site.
+pub const BROADCAST_SYNC_LIMIT_S: f64 = 300.0;
+
+/// What a meter says about itself, as opposed to what it measures: its clock, its status
+/// word and its event counters (DL/T 645 meters; `None` for an item the meter did not give).
+/// Read by the bus every so often; judged by the alarm engine (clock_skew, meter_cover_open,
+/// meter_power_down, meter_battery_low, meter_clock_fault) and published in the meter state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MeterItems {
+    /// When the items were read (the gateway's clock), ms since the epoch.
+    pub ts_ms: i64,
+    /// Meter clock minus gateway clock, seconds (positive: the meter is ahead).
+    pub clock_skew_s: Option<f64>,
+    /// DL/T 645-2007 `03110000`: power-down events, total count.
+    pub power_down_count: Option<u64>,
+    /// DL/T 645-2007 `03300D00`: meter-cover-open events, total count.
+    pub cover_open_count: Option<u64>,
+    /// DL/T 645 run status word 1 (`04000501`; 1997: `C020`).
+    pub status_word_1: Option<u16>,
+}
+
+impl MeterItems {
+    /// Status word 1, bit 2: the clock battery is low (DL/T 645-2007 A.6, 电表运行状态字1).
+    pub fn clock_battery_low(&self) -> Option<bool> {
+        self.status_word_1.map(|w| w & (1 << 2) != 0)
+    }
+
+    /// Status word 1, bit 3: the battery for reading while the power is off is low.
+    pub fn reading_battery_low(&self) -> Option<bool> {
+        self.status_word_1.map(|w| w & (1 << 3) != 0)
+    }
+
+    /// Status word 1, bit 15: clock fault (时钟故障; bits 8..15 were assigned by the 2013
+    /// amendment of DL/T 645-2007 for smart meters).
+    pub fn clock_fault(&self) -> Option<bool> {
+        self.status_word_1.map(|w| w & (1 << 15) != 0)
+    }
 }
 
 /// How a single poll of a meter ended.
@@ -227,5 +316,33 @@ impl Learned {
             .iter()
             .map(|(meter, dis)| (meter.clone(), Learned::RefusedBlocks(dis.clone())))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn primary_side_values_take_their_ratio() {
+        // 10 kV / 100 V PTs and 300/5 A CTs: multiplier 6000.
+        let r = Ratios {
+            ct: 60.0,
+            pt: 100.0,
+        };
+        assert_eq!(r.multiplier(), 6000.0);
+        assert_eq!(r.primary("current_l1_a", 0.5), 30.0);
+        assert_eq!(r.primary("current_n_a", 0.1), 6.0);
+        assert_eq!(r.primary("voltage_l12_v", 100.0), 10_000.0);
+        assert_eq!(r.primary("power_kw", 0.05), 300.0);
+        assert_eq!(r.primary("energy_import_kwh", 1.0), 6000.0);
+        assert_eq!(r.primary("reactive_energy_export_kvarh", 1.0), 6000.0);
+        assert_eq!(r.primary("power_factor", 0.9), 0.9);
+        assert_eq!(r.primary("frequency_hz", 50.0), 50.0);
+        // A multiplier alone is a low-voltage meter behind CTs.
+        let lv = Ratios::from_multiplier(60.0);
+        assert_eq!(lv.primary("current_l1_a", 0.6), 36.0);
+        assert_eq!(lv.primary("voltage_l1_v", 230.0), 230.0);
+        assert_eq!(lv.primary("power_kw", 0.4), 24.0);
     }
 }

@@ -274,6 +274,7 @@ async fn the_gateway_uplink_publishes_through_it() {
         keep_alive_s: 30,
         reconnect_max_s: 4,
         max_inflight: 16,
+        cert_expiry_warn_days: 30,
     };
     let task = tokio::spawn(run(
         cfg,

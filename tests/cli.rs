@@ -1,5 +1,6 @@
 //! The command line as a user runs it: `check-config` with one mistake of each kind (exit code
-//! 2 and a `FILE:LINE:COL: message` line), and `demo` with a real `mosquitto_sub` on its port.
+//! 2 and a `FILE:LINE:COL: message` line), and `demo` with a real `mosquitto_sub` on its port
+//! and, in its first minutes, the day's freezes, load curve and collection report.
 
 mod support;
 
@@ -160,6 +161,33 @@ fn unknown_model_lists_the_available_ones() {
 }
 
 #[test]
+fn a_multiplier_that_disagrees_with_the_ratios() {
+    assert_problem(
+        "multiplier = 40",
+        "multiplier = 40\nct_ratio = 60",
+        "25:14",
+        "multiplier 40 disagrees with ct_ratio 60 × pt_ratio 1 = 60",
+    );
+    let (code, err, _) =
+        check(&VALID.replacen("multiplier = 40", "ct_ratio = 40\npt_ratio = 1", 1));
+    assert_eq!(code, 0, "{err}");
+}
+
+/// A client id shared by gateways makes them fight over the broker connection: warned.
+#[test]
+fn a_client_id_without_the_gateway_id_is_warned_about() {
+    let text = VALID.replacen("[mqtt]\n", "[mqtt]\nclient_id = \"amr-gateway\"\n", 1);
+    let (code, err, path) = check(&text);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.lines().any(|l| l.starts_with(&format!(
+            "{path}:6:13: warning: client_id `amr-gateway` does not contain the gateway id `gw`"
+        ))),
+        "{err}"
+    );
+}
+
+#[test]
 fn impossible_serial_settings() {
     assert_problem("baud = 9600", "baud = 9601", "12:8", "not a standard rate");
     assert_problem(
@@ -253,4 +281,104 @@ fn demo_publishes_readings_that_mosquitto_sub_receives() {
         .read_to_string(&mut summary)
         .unwrap();
     assert!(summary.contains("meters online"), "{summary}");
+    assert!(
+        summary.contains(
+            "--for 15 ends before the freeze (about 15 s in) and the collection report \
+             (about 75 s in): run with --for 90"
+        ),
+        "{summary}"
+    );
+}
+
+/// The utility's day within the demo: its gateway's midnight comes 15 s after the start, so
+/// every meter's daily freeze, the supply meter's load-curve blocks and, a minute after
+/// midnight, the day's collection report show in the live summary. Stopped with SIGINT as
+/// soon as the report is there (about 75 s).
+#[test]
+fn demo_shows_the_days_freezes_curve_and_collection_report() {
+    use std::io::BufRead;
+    let port = support::free_port();
+    let mut demo = bin()
+        .args(["demo", "--for", "150", "--mqtt-port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = demo.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(140);
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(line) => {
+                let report = line.contains("COLLECTION ");
+                lines.push(line);
+                if report {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(_) => break,
+        }
+    }
+    // SAFETY: a signal to the child we started.
+    unsafe { libc::kill(demo.id() as i32, libc::SIGINT) };
+    let status = demo.wait().unwrap();
+    lines.extend(rx.iter());
+    reader.join().unwrap();
+    let text = lines.join("\n");
+    assert!(
+        status.success(),
+        "demo should stop cleanly on SIGINT\n{text}"
+    );
+    assert!(
+        text.contains("midnight in 15 s") && text.contains("collection report at 00:01"),
+        "{text}"
+    );
+
+    // Every meter's daily freeze at the zone's midnight, from the reads around it.
+    let freezes: Vec<&String> = lines.iter().filter(|l| l.contains("FREEZE day")).collect();
+    for meter in ["supply", "shop", "h11", "h12", "h13", "h22", "h23", "h24"] {
+        let line = freezes
+            .iter()
+            .find(|l| l.contains(&format!(" 00:00:00 {meter}: ")))
+            .unwrap_or_else(|| panic!("no freeze of {meter}:\n{text}"));
+        assert!(line.contains("energy_import_kwh"), "{line}");
+        // Extrapolated only when a slow machine gave the meter no read before midnight.
+        assert!(
+            line.contains("(interpolated)") || line.contains("(extrapolated)"),
+            "{line}"
+        );
+    }
+    let day = freezes[0]
+        .split_whitespace()
+        .nth(2)
+        .expect("FREEZE day DATE");
+    // A one-minute load-curve block of the supply meter from midnight.
+    assert!(
+        text.contains("curve supply 00:00:00–00:01:00: 1 point(s), at 00:00:00"),
+        "{text}"
+    );
+    // The day's collection report after the freezes: every meter frozen.
+    let report = lines
+        .iter()
+        .position(|l| l.contains("COLLECTION "))
+        .unwrap_or_else(|| panic!("no collection report:\n{text}"));
+    let first_freeze = lines.iter().position(|l| l.contains("FREEZE day")).unwrap();
+    assert!(first_freeze < report, "{text}");
+    assert!(
+        lines[report].contains(&format!(
+            "COLLECTION {day}: 8 of 8 meters with a daily freeze (100.0 %), failed: none"
+        )),
+        "{text}"
+    );
+    assert!(lines[report].contains("areas T1 8/8"), "{text}");
 }

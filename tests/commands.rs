@@ -491,6 +491,32 @@ async fn commands_end_to_end_rejections_replay_recall_and_flood() {
     assert!(rejected["replayed"].as_u64().unwrap() >= 1, "{status}");
     assert!(rejected["bad_arguments"].as_u64().unwrap() >= 1, "{status}");
     assert_eq!(rejected["bad_signature"], 0, "{status}");
+    // Next to them, what the store's audit records say of the last 24 h.
+    assert!(
+        status["data"]["commands"]["rejected_24h"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+    // The separate `status` process counts the rejections from the audit records.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_amr-gateway"))
+        .args(["status", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let local: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let commands = &local["commands"];
+    assert!(commands["rejected_24h"].as_u64().unwrap() >= 2, "{local}");
+    assert!(
+        commands["by_state_24h"]["done"].as_u64().unwrap() >= 1,
+        "{local}"
+    );
+    assert_eq!(commands["last_rejected"]["command"], "recall", "{local}");
+    assert!(
+        commands["last_rejected"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("weather"),
+        "{local}"
+    );
 
     // A flood of 200 commands (more than the desk queues: some are dropped) does not stop
     // the polling.

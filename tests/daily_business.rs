@@ -499,3 +499,94 @@ fn store_sizing() {
         published / (METERS as f64 * days as f64) / 1e6
     );
 }
+
+/// A late freeze changes no report already sent: c2 is silent from 23:30 local over two
+/// midnights and both days' decisions, then answers. Its two freezes come late, but the two
+/// collection reports and the first day's daily loss (incomplete, c2 missing) are not issued
+/// again; the next day's daily loss, whose freezes are all there by its decision, is complete.
+#[test]
+fn a_late_freeze_issues_no_second_collection_report_or_daily_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let topics = Topics::new("amr", "gw");
+    let mut store = Store::open(&config.db_path(), &config.store).unwrap();
+    // Local midnights of 2026-11-23, -24 and -25 in Shanghai.
+    let m1 = parse_rfc3339("2026-11-22T16:00:00Z").unwrap();
+    let (m2, m3) = (m1 + 24 * HOUR, m1 + 48 * HOUR);
+    let t0 = m1 - HOUR;
+    let (mut writer, batch) =
+        Writer::start(&config.pipeline_settings(), topics.clone(), &store, t0).unwrap();
+    store.commit_at(&batch, t0).unwrap();
+    let silent = |ts: i64| ts >= m1 - 30 * MIN && ts < m2 + 2 * HOUR;
+
+    // Up to just before c2 answers: two reports, each with c2 failed, and one daily loss.
+    run(&mut writer, &mut store, t0, m2 + 2 * HOUR, t0, silent);
+    let c = sent(&store, "amr/gw/collection");
+    assert_eq!(c.len(), 2, "{c:?}");
+    for (r, day) in c.iter().zip(["2026-11-23", "2026-11-24"]) {
+        assert_eq!(r["day"], day);
+        assert_eq!(r["failed"], serde_json::json!(["c2"]), "{r}");
+    }
+    let l = sent(&store, "amr/gw/loss/T1/day");
+    assert_eq!(l.len(), 1, "{l:?}");
+    assert_eq!(l[0]["day"], "2026-11-23");
+    assert_eq!(l[0]["complete"], false);
+    assert_eq!(l[0]["missing"], serde_json::json!(["c2"]));
+    assert!(sent(&store, "amr/gw/freeze/c2").is_empty());
+    assert_eq!(writer.analytics().freeze().waiting("c2"), [m1, m2]);
+
+    // c2 answers: both freezes late, interpolated from the reads around each midnight.
+    run(
+        &mut writer,
+        &mut store,
+        m2 + 2 * HOUR,
+        m2 + 3 * HOUR,
+        t0,
+        silent,
+    );
+    let f = sent(&store, "amr/gw/freeze/c2");
+    assert_eq!(f.len(), 2, "{f:?}");
+    for (freeze, (b, day)) in f.iter().zip([(m1, "2026-11-23"), (m2, "2026-11-24")]) {
+        assert_eq!(freeze["day"], day);
+        assert_eq!(
+            (freeze["late"].as_bool(), freeze["source"].as_str()),
+            (Some(true), Some("interpolated"))
+        );
+        let v = freeze["values"]["energy_import_kwh"].as_f64().unwrap();
+        assert!((v - kwh("c2", b, t0)).abs() < 1e-3, "{freeze}");
+    }
+    assert_eq!(
+        sent(&store, "amr/gw/collection").len(),
+        2,
+        "no report again"
+    );
+    assert_eq!(
+        sent(&store, "amr/gw/loss/T1/day").len(),
+        1,
+        "no daily loss again"
+    );
+
+    // The next day's decision: c2 collected, and the day 2026-11-24 complete with its late
+    // freeze at the start.
+    run(
+        &mut writer,
+        &mut store,
+        m2 + 3 * HOUR,
+        m3 + HOUR,
+        t0,
+        |_| false,
+    );
+    let c = sent(&store, "amr/gw/collection");
+    assert_eq!(c.len(), 3, "{c:?}");
+    assert_eq!(c[2]["day"], "2026-11-25");
+    assert_eq!(c[2]["rate_pct"], 100.0);
+    let l = sent(&store, "amr/gw/loss/T1/day");
+    assert_eq!(l.len(), 2, "{l:?}");
+    assert_eq!(l[1]["day"], "2026-11-24");
+    assert_eq!(l[1]["complete"], true, "{}", l[1]);
+    assert!(
+        (l[1]["loss_pct"].as_f64().unwrap() - 100.0 / 12.0).abs() < 1e-3,
+        "{}",
+        l[1]
+    );
+}

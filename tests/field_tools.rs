@@ -1,6 +1,6 @@
 //! The field tools as a user runs them: `amr-gateway simulate` in one process, and `read`,
-//! `scan`, `status` (and `run`) as separate processes against its pty and TCP port, checking
-//! exit codes and what they print.
+//! `scan`, `register`, `setup`, `test`, `status` (and `run`) as separate processes against its
+//! pty and TCP ports, checking exit codes and what they print.
 
 mod support;
 
@@ -55,18 +55,21 @@ impl Drop for Process {
     }
 }
 
-/// `amr-gateway simulate` with an RS-485 bus on a pty (units 5: SDM120, 7: DTSU666) and a
-/// Modbus TCP bus (unit 3: SDM630).
+/// `amr-gateway simulate` with an RS-485 bus on a pty (units 5: SDM120, 7: DTSU666 behind
+/// 300/5 A CTs, its registers secondary-side), a Modbus TCP bus (unit 3: SDM630) and a serial
+/// server in RTU-over-TCP mode (unit 4: SDM120).
 struct Simulator {
     dir: tempfile::TempDir,
     link: PathBuf,
     tcp: String,
+    rtu_over_tcp: String,
     _process: Process,
 }
 
 fn simulate() -> Simulator {
     let dir = tempfile::tempdir().unwrap();
     let port = support::free_port();
+    let rtu_port = support::free_port();
     let file = dir.path().join("sim.toml");
     std::fs::write(
         &file,
@@ -94,11 +97,23 @@ bus = "rs485"
 unit = 7
 model = "chint-dtsu666"
 load_kw = 12.0
+multiplier = 60.0
 
 [[meter]]
 bus = "serial-server"
 unit = 3
 model = "eastron-sdm630"
+
+[[bus]]
+name = "rtu-server"
+listen = "127.0.0.1:{rtu_port}"
+protocol = "modbus-rtu-over-tcp"
+baud = 9600
+
+[[meter]]
+bus = "rtu-server"
+unit = 4
+model = "eastron-sdm120"
 "#
         ),
     )
@@ -119,9 +134,11 @@ model = "eastron-sdm630"
         std::thread::sleep(Duration::from_millis(50));
     }
     support::wait_for_listener(port, PATIENCE);
+    support::wait_for_listener(rtu_port, PATIENCE);
     Simulator {
         link,
         tcp: format!("127.0.0.1:{port}"),
+        rtu_over_tcp: format!("127.0.0.1:{rtu_port}"),
         dir,
         _process: process,
     }
@@ -246,7 +263,10 @@ fn scan_finds_exactly_the_simulated_units_and_guesses_their_models() {
     let out = run(&args);
     assert!(out.status.success(), "{}", stderr(&out));
     let table = stdout(&out);
-    assert!(table.starts_with("2 of 10 unit id(s) answered"), "{table}");
+    // Each unit as it was found, then the table.
+    assert!(table.starts_with("found    5  data"), "{table}");
+    assert!(table.contains("\nfound    7  data"), "{table}");
+    assert!(table.contains("\n2 of 10 unit id(s) answered"), "{table}");
     // At the wrong baud rate the meters hear garbage: nothing answers, and scan fails.
     let wrong: Vec<&str> = args
         .iter()
@@ -426,4 +446,573 @@ fn read_refuses_a_port_the_daemon_polls_and_status_shows_every_meter_after_it_st
     // The port is free again.
     let out = run(&read_args(&sim, &[]));
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn json_of(out: &Output) -> Value {
+    serde_json::from_str(&stdout(out))
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(out), stderr(out)))
+}
+
+#[test]
+fn register_read_shows_raw_words_and_typed_values() {
+    let sim = simulate();
+    let dev = link_str(&sim);
+    // Input register 30001 of the SDM120: voltage, f32.
+    let base = [
+        "register",
+        "read",
+        "--device",
+        dev,
+        "--unit",
+        "5",
+        "--function",
+        "4",
+        "--start",
+        "0",
+    ];
+    let out = run(&[&base[..], &["--type", "f32", "--count", "2", "--json"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json = json_of(&out);
+    assert_eq!(
+        (json["unit"].as_u64(), json["function"].as_u64()),
+        (Some(5), Some(4))
+    );
+    let values = json["values"].as_array().unwrap();
+    assert_eq!(values.len(), 2, "{json}");
+    let v = values[0]["value"].as_f64().unwrap();
+    assert!((v - 230.0).abs() < 0.5, "{json}");
+    assert_eq!(values[1]["address"], 2);
+    assert_eq!(values[0]["raw"].as_array().unwrap().len(), 2);
+
+    // The same two registers as raw hex, little word order making another float.
+    let out = run(&[&base[..], &["--type", "hex", "--count", "2"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(
+        table.starts_with("unit 5 · function 04 (input registers) · from 0 (0x0000)"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("0 (0x0000)") && l.contains("0x43")),
+        "{table}"
+    );
+
+    // Coils: the meter has none and says so (exception 01); exit 1.
+    let out = run(&[
+        "register",
+        "read",
+        "--device",
+        dev,
+        "--unit",
+        "5",
+        "--function",
+        "1",
+        "--start",
+        "0",
+        "--count",
+        "8",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stderr(&out).contains("exception 0x01"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not support this function"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A unit that is not there: the serial advice.
+    let out = run(&[
+        "register",
+        "read",
+        "--device",
+        dev,
+        "--unit",
+        "6",
+        "--start",
+        "0",
+        "--timeout-ms",
+        "100",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("check the unit id, the baud rate"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn register_write_is_confirmed_and_reads_back_and_a_refusal_is_explained() {
+    let sim = simulate();
+    let dev = link_str(&sim);
+    // The SDM120's baud rate code (holding 40029, f32): written with function 16.
+    let out = run(&[
+        "register",
+        "write",
+        "--device",
+        dev,
+        "--unit",
+        "5",
+        "--register",
+        "0x001C",
+        "--value",
+        "1",
+        "--type",
+        "f32",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json = json_of(&out);
+    assert_eq!(json["function"], 16);
+    assert_eq!(json["address"], 28);
+    assert_eq!(json["values"], serde_json::json!([0x3F80, 0]));
+    assert_eq!(json["confirmed"], true);
+    let out = run(&[
+        "register", "read", "--device", dev, "--unit", "5", "--start", "28", "--type", "f32",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json_of(&out)["values"][0]["value"], 1.0);
+
+    // One register with function 06; the meter has no such register: exception 02.
+    let out = run(&[
+        "register",
+        "write",
+        "--device",
+        dev,
+        "--unit",
+        "5",
+        "--register",
+        "300",
+        "--value",
+        "7",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("exception 0x02") && err.contains("no such register"),
+        "{err}"
+    );
+
+    // A coil (function 05): no coils on a meter, exception 01.
+    let out = run(&[
+        "register", "write", "--device", dev, "--unit", "5", "--coil", "0", "--value", "on",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("exception 0x01"), "{}", stderr(&out));
+
+    // Over Modbus TCP the same: the SDM630's baud rate code, written and read back.
+    let tcp = sim.tcp.as_str();
+    let out = run(&[
+        "register",
+        "write",
+        "--address",
+        tcp,
+        "--unit",
+        "3",
+        "--register",
+        "0x001C",
+        "--value",
+        "3",
+        "--type",
+        "f32",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("confirmed"), "{}", stdout(&out));
+    let out = run(&[
+        "register",
+        "read",
+        "--address",
+        tcp,
+        "--unit",
+        "3",
+        "--start",
+        "0x001C",
+        "--type",
+        "f32",
+        "--json",
+    ]);
+    assert_eq!(json_of(&out)["values"][0]["value"], 3.0);
+
+    // Bad arguments: exit 2, naming the option.
+    let out = run(&[
+        "register",
+        "write",
+        "--device",
+        dev,
+        "--unit",
+        "5",
+        "--register",
+        "1",
+        "--value",
+        "70000",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--value 70000 is not a u16 value"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&[
+        "register", "write", "--device", dev, "--unit", "5", "--coil", "1", "--value", "maybe",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn setup_gives_a_meter_a_new_unit_id_where_its_model_documents_how() {
+    let sim = simulate();
+    let dev = link_str(&sim);
+    let out = run(&[
+        "setup",
+        "--device",
+        dev,
+        "--unit",
+        "5",
+        "--model",
+        "eastron-sdm120",
+        "--new-unit",
+        "12",
+        "--new-baud",
+        "4800",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let json = json_of(&out);
+    assert_eq!(json["unit"], 12, "{json}");
+    assert_eq!(json["baud_written"], 4800, "{json}");
+    // The meter answers at its new unit id now, not at the old one.
+    let read = |unit: &str| {
+        run(&[
+            "read",
+            "--device",
+            dev,
+            "--unit",
+            unit,
+            "--model",
+            "eastron-sdm120",
+            "--timeout-ms",
+            "150",
+            "--json",
+        ])
+    };
+    assert!(read("12").status.success());
+    assert_eq!(read("5").status.code(), Some(1));
+    // The baud code the model lists for 4800 is in its register.
+    let out = run(&[
+        "register", "read", "--device", dev, "--unit", "12", "--start", "0x001C", "--type", "f32",
+        "--json",
+    ]);
+    assert_eq!(json_of(&out)["values"][0]["value"], 1.0);
+
+    // A model without [setup], and a rate the model does not take: refused before the bus.
+    let out = run(&[
+        "setup",
+        "--device",
+        dev,
+        "--unit",
+        "7",
+        "--model",
+        "chint-dtsu666",
+        "--new-unit",
+        "8",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("documents no way to set its unit id"), "{err}");
+    assert!(err.contains("eastron-sdm120"), "{err}");
+    let out = run(&[
+        "setup",
+        "--device",
+        dev,
+        "--unit",
+        "12",
+        "--model",
+        "eastron-sdm120",
+        "--new-baud",
+        "19200",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("baud 19200 is not one the model can be set to"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A configuration of the simulator's meters for `amr-gateway test`: the DTSU666 behind
+/// 300/5 A CTs (`ct_ratio = 60`), the SDM630 on Modbus TCP, and `extra` appended.
+fn test_config(sim: &Simulator, extra: &str) -> PathBuf {
+    let path = sim.dir.path().join("test.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[gateway]
+id = "tx-test"
+data_dir = "data"
+
+[mqtt]
+host = "127.0.0.1"
+
+[[bus]]
+name = "rs485"
+protocol = "modbus-rtu"
+device = "{link}"
+baud = 9600
+timeout_ms = 150
+
+[[bus]]
+name = "tcp"
+protocol = "modbus-tcp"
+address = "{tcp}"
+
+[[meter]]
+id = "c-05"
+bus = "rs485"
+unit = 5
+model = "eastron-sdm120"
+
+[[meter]]
+id = "supply"
+bus = "rs485"
+unit = 7
+model = "chint-dtsu666"
+ct_ratio = 60
+
+[[meter]]
+id = "m-03"
+bus = "tcp"
+unit = 3
+model = "eastron-sdm630"
+{extra}"#,
+            link = sim.link.display(),
+            tcp = sim.tcp
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn test_reads_every_meter_once_with_primary_side_currents() {
+    let sim = simulate();
+    let config = test_config(&sim, "");
+    let out = run(&["test", "--config", config.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let json = json_of(&out);
+    assert_eq!(
+        (json["answered"].as_u64(), json["failed"].as_u64()),
+        (Some(3), Some(0))
+    );
+    let meters = json["meters"].as_array().unwrap();
+    let ids: Vec<&str> = meters
+        .iter()
+        .map(|m| m["meter"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["c-05", "supply", "m-03"]);
+    // Behind 300/5 A CTs the meter registers secondary values; the reading is primary-side
+    // throughout: U × I × PF over the phases is the (primary) power.
+    let supply = &meters[1]["values"];
+    let pf = supply["power_factor"].as_f64().unwrap();
+    let p: f64 = (1..=3)
+        .map(|i| {
+            supply[format!("voltage_l{i}_v")].as_f64().unwrap()
+                * supply[format!("current_l{i}_a")].as_f64().unwrap()
+                * pf
+                / 1000.0
+        })
+        .sum();
+    let power = supply["power_kw"].as_f64().unwrap();
+    assert!((power - 12.0).abs() < 0.5, "{supply}");
+    assert!(
+        (p - power).abs() < power * 0.02,
+        "U·I·PF {p} kW vs {power} kW: {supply}"
+    );
+    let i1 = supply["current_l1_a"].as_f64().unwrap();
+    assert!(
+        i1 > 10.0,
+        "primary current, not the CT's secondary: {supply}"
+    );
+
+    // The table names every meter; a meter that does not answer fails the run (exit 1).
+    let config = test_config(
+        &sim,
+        "\n[[meter]]\nid = \"c-09\"\nbus = \"rs485\"\nunit = 9\nmodel = \"eastron-sdm120\"\n",
+    );
+    let out = run(&["test", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let table = stdout(&out);
+    assert!(table.starts_with("meter "), "{table}");
+    let row = |id: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("{id} ")))
+            .unwrap_or_else(|| panic!("no {id} in:\n{table}"))
+            .to_string()
+    };
+    assert!(
+        row("c-05").contains("unit 5") && row("c-05").trim_end().ends_with("ok"),
+        "{table}"
+    );
+    assert!(row("m-03").contains("eastron-sdm630"), "{table}");
+    assert!(row("c-09").contains("no reply"), "{table}");
+    assert!(table.contains("3 of 4 meter(s) answered"), "{table}");
+
+    // An invalid configuration: exit 2 with FILE:LINE:COL.
+    let config = test_config(
+        &sim,
+        "\n[[meter]]\nid = \"x\"\nbus = \"nope\"\nunit = 1\nmodel = \"eastron-sdm120\"\n",
+    );
+    let out = run(&["test", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("test.toml:"), "{}", stderr(&out));
+}
+
+#[test]
+fn scan_prints_each_unit_as_it_is_found_into_a_pipe() {
+    use std::io::BufRead;
+    let sim = simulate();
+    let mut child = bin()
+        .args([
+            "scan",
+            "--device",
+            link_str(&sim),
+            "--units",
+            "5-120",
+            "--timeout-ms",
+            "100",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut process = Process(child);
+    let mut lines = std::io::BufReader::new(out).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("found    5  data"), "{first}");
+    // The line came while the scan went on: units 8..120 were still to be tried.
+    assert!(
+        process.0.try_wait().unwrap().is_none(),
+        "the scan had already ended"
+    );
+    let _ = process.terminate();
+}
+
+#[test]
+fn tools_check_line_settings_like_check_config() {
+    let sim = simulate();
+    let dev = link_str(&sim);
+    let out = run(&[
+        "read",
+        "--device",
+        dev,
+        "--baud",
+        "9601",
+        "--unit",
+        "5",
+        "--model",
+        "eastron-sdm120",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--baud 9601 is not a standard rate; use one of: 300,"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["scan", "--device", dev, "--data-bits", "9"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--data-bits 9 is not possible; use 7 or 8"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&[
+        "register",
+        "read",
+        "--device",
+        dev,
+        "--unit",
+        "5",
+        "--start",
+        "0",
+        "--stop-bits",
+        "3",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--stop-bits 3 is not possible; use 1 or 2"),
+        "{}",
+        stderr(&out)
+    );
+    // 8N2 is a line the tools can open (the simulator's line is 8N1: it hears garbage).
+    let out = run(&[
+        "read",
+        "--device",
+        dev,
+        "--stop-bits",
+        "2",
+        "--unit",
+        "5",
+        "--model",
+        "eastron-sdm120",
+        "--timeout-ms",
+        "100",
+    ]);
+    assert_ne!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+fn modbus_tcp_to_an_rtu_over_tcp_port_suggests_the_protocol() {
+    let sim = simulate();
+    let read = |extra: &[&str]| {
+        run(&[
+            &[
+                "read",
+                "--address",
+                &sim.rtu_over_tcp,
+                "--unit",
+                "4",
+                "--model",
+                "eastron-sdm120",
+                "--timeout-ms",
+                "200",
+            ][..],
+            extra,
+        ]
+        .concat())
+    };
+    let out = read(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("RTU-over-TCP mode; try --protocol modbus-rtu-over-tcp"),
+        "{text}"
+    );
+    assert!(!text.contains("A/B swapped"), "{text}");
+    let out = read(&["--protocol", "modbus-rtu-over-tcp"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    let out = run(&[
+        "register",
+        "read",
+        "--address",
+        &sim.rtu_over_tcp,
+        "--unit",
+        "4",
+        "--function",
+        "4",
+        "--start",
+        "0",
+        "--timeout-ms",
+        "200",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("try --protocol modbus-rtu-over-tcp"),
+        "{}",
+        stderr(&out)
+    );
 }

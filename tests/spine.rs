@@ -139,17 +139,22 @@ async fn readings_reach_the_headend_with_the_simulators_values_in_seq_order() {
         assert_eq!(w[1], w[0] + 1, "seq out of order or missing: {seqs:?}");
     }
 
-    // Values: what the simulator serves, primary side (× multiplier for energy and power).
+    // Values: what the simulator serves, primary side (a multiplier alone is a low-voltage
+    // meter's CT ratio: × it for currents, energy and power; voltages as they are).
     for r in readings(&got) {
         let id = r["meter"].as_str().unwrap();
         let (_, unit, mult) = METERS.iter().find(|(m, _, _)| *m == id).unwrap();
         assert!(r["ts"].as_str().unwrap().ends_with('Z'), "{r}");
         let values = r["values"].as_object().unwrap();
-        for q in ["voltage_l1_v", "current_l1_a", "frequency_hz"] {
+        for (q, scale) in [
+            ("voltage_l1_v", 1.0),
+            ("current_l1_a", *mult),
+            ("frequency_hz", 1.0),
+        ] {
             let got = values[q].as_f64().unwrap();
-            let want = sim.value_now("rs485", *unit, q).unwrap();
+            let want = sim.value_now("rs485", *unit, q).unwrap() * scale;
             assert!(
-                (got - want).abs() < 0.01,
+                (got - want).abs() < 0.01 * scale,
                 "{id} {q}: gateway {got}, simulator {want}"
             );
         }
@@ -171,11 +176,21 @@ async fn readings_reach_the_headend_with_the_simulators_values_in_seq_order() {
             "{id} energy {e} outside [{start_e}, {now_e}]"
         );
     }
-    // Meter state is retained and says online.
+    // Meter state is retained and says online, with the ratios its readings were scaled by.
     assert!(
         got.iter()
             .any(|(t, j)| t == "amr/gw1/meter/supply/state" && j["state"] == "online"),
         "no online meter state"
+    );
+    let state = &got
+        .iter()
+        .find(|(t, _)| t == "amr/gw1/meter/supply/state")
+        .unwrap()
+        .1;
+    assert_eq!(
+        (&state["multiplier"], &state["ct_ratio"], &state["pt_ratio"]),
+        (&json!(40.0), &json!(40.0), &json!(1.0)),
+        "{state}"
     );
     assert!(
         gw.terminate().success(),

@@ -3,6 +3,11 @@
 //! refuses (with one sentence naming the file or the broker, then backoff) a broker whose
 //! certificate another CA signed, a listener that wants a client certificate it lacks, a plain
 //! client on the TLS port and a TLS client on a plain port.
+//!
+//! Certificates that run out: an expired client certificate is one error naming the file and
+//! its date (then backoff), and a gateway process raises `certificate_expiry` (on the broker,
+//! with the days left) for a certificate that expires soon, clears it once a renewed one is
+//! in place and SIGHUP reloads, and raises it for an expired one while the link is refused.
 
 mod support;
 
@@ -110,6 +115,100 @@ fn make_pki(dir: &Path) {
     let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
 }
 
+/// A client certificate for `name` signed by the test's CA (`make_pki` ran in `dir`), valid
+/// for `days` days from now.
+fn client_cert_for_days(dir: &Path, name: &str, days: u32) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            &days.to_string(),
+            "-extfile",
+            "gateway.ext",
+            "-out",
+            &format!("{name}.crt"),
+        ],
+    );
+}
+
+/// A client certificate `name` signed by the test's CA that was valid from 2020-01-01 to
+/// 2020-01-02 (OpenSSL 3.0's `x509` has no `-not_after`: `openssl ca` sets both dates).
+fn expired_client_cert(dir: &Path, name: &str) {
+    std::fs::create_dir_all(dir.join("ca-db")).unwrap();
+    std::fs::write(dir.join("ca-db/index.txt"), "").unwrap();
+    std::fs::write(dir.join("ca-db/serial"), "1000\n").unwrap();
+    std::fs::write(
+        dir.join("ca.cnf"),
+        "[ca]\ndefault_ca = c\n[c]\ndatabase = ca-db/index.txt\nnew_certs_dir = ca-db\n\
+         serial = ca-db/serial\ndefault_md = sha256\npolicy = p\nunique_subject = no\n\
+         [p]\ncommonName = supplied\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "ca",
+            "-batch",
+            "-notext",
+            "-config",
+            "ca.cnf",
+            "-cert",
+            "ca.crt",
+            "-keyfile",
+            "ca.key",
+            "-extfile",
+            "gateway.ext",
+            "-startdate",
+            "20200101000000Z",
+            "-enddate",
+            "20200102000000Z",
+            "-in",
+            &format!("{name}.csr"),
+            "-out",
+            &format!("{name}.crt"),
+        ],
+    );
+}
+
 /// mosquitto with three listeners: plain (for the test's subscriber), TLS, and TLS that
 /// requires a client certificate signed by the CA.
 struct TlsBroker {
@@ -181,6 +280,7 @@ fn mqtt(port: u16, tls: bool) -> MqttConfig {
         keep_alive_s: 30,
         reconnect_max_s: 2,
         max_inflight: 16,
+        cert_expiry_warn_days: 30,
     }
 }
 
@@ -421,4 +521,174 @@ async fn a_gateway_and_the_command_tool_over_mutual_tls() {
             .unwrap()
             >= 10.0
     );
+}
+
+/// An expired client certificate against a listener that requires one: one error naming the
+/// file and the date it expired, then backoff as for any outage.
+#[tokio::test]
+async fn an_expired_client_certificate_is_named_with_its_date() {
+    let broker = TlsBroker::start();
+    expired_client_cert(broker.dir.path(), "expired");
+    let mut cfg = mqtt(broker.mtls, true);
+    cfg.ca_file = Some(broker.file("ca.crt"));
+    cfg.client_cert_file = Some(broker.file("expired.crt"));
+    cfg.client_key_file = Some(broker.file("expired.key"));
+    let log = run_uplink(cfg, |_, log| log.contains("MQTT broker")).await;
+    let named = format!(
+        "client certificate {} (CN=expired) expired on 2020-01-02 00:00:00 UTC",
+        broker.file("expired.crt").display()
+    );
+    assert!(log.contains(&named), "{log}");
+    assert!(log.contains(&format!("127.0.0.1:{}", broker.mtls)), "{log}");
+    assert!(log.contains("retrying with backoff"), "{log}");
+    assert_eq!(
+        log.matches(&named).count(),
+        1,
+        "one error per outage: {log}"
+    );
+}
+
+/// Sends `sig` to a child process.
+fn signal(child: &std::process::Child, sig: i32) {
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+/// A gateway process over mTLS: a client certificate that expires in 10 days raises
+/// `certificate_expiry` on `{prefix}/{gateway}/alarm/...` with the days left; a renewed one
+/// put in place and SIGHUP clear it; an expired one (the broker refuses the link) raises it
+/// again, which `status --json` shows from the store, and the log names the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_expiry_is_raised_cleared_on_renewal_and_raised_for_an_expired_one() {
+    let broker = TlsBroker::start();
+    let pki = broker.dir.path();
+    client_cert_for_days(pki, "soon", 10);
+    expired_client_cert(pki, "old");
+    let dir = tempfile::tempdir().unwrap();
+    let sims = support::SimRuntime::new();
+    let _sim = sims.start(
+        "[[bus]]\nname = \"rs485\"\nlink = \"ttyRS485\"\nbaud = 19200\n\n[[meter]]\nbus = \"rs485\"\n\
+         unit = 1\nmodel = \"eastron-sdm120\"\nload_kw = 1.0\nenergy_start_kwh = 10.0\n",
+        "cert-sim",
+        dir.path(),
+    );
+    // The gateway's certificate and key as the site keeps them: replaced in place on renewal.
+    let (cert, key) = (dir.path().join("client.crt"), dir.path().join("client.key"));
+    let install = |name: &str| {
+        std::fs::copy(pki.join(format!("{name}.crt")), &cert).unwrap();
+        std::fs::copy(pki.join(format!("{name}.key")), &key).unwrap();
+    };
+    install("soon");
+    let config = dir.path().join("gateway.toml");
+    // 20 days: the test CA (30 days) is fine, the 10-day certificate is not.
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nid = \"gw1\"\ndata_dir = \"data\"\n\n[mqtt]\nhost = \"127.0.0.1\"\n\
+             port = {}\ntls = true\nca_file = \"{}\"\nclient_cert_file = \"client.crt\"\n\
+             client_key_file = \"client.key\"\ncert_expiry_warn_days = 20\n\n[[bus]]\n\
+             name = \"rs485\"\nprotocol = \"modbus-rtu\"\ndevice = \"ttyRS485\"\nbaud = 19200\n\
+             poll_interval_s = 2\n\n[[meter]]\nid = \"m1\"\nbus = \"rs485\"\nunit = 1\n\
+             model = \"eastron-sdm120\"\n",
+            broker.mtls,
+            broker.file("ca.crt").display(),
+        ),
+    )
+    .unwrap();
+    let headend = Subscriber::start(broker.plain, "headend-cert", "amr/gw1/#").await;
+    let exe = env!("CARGO_BIN_EXE_amr-gateway");
+    let log = std::fs::File::create(dir.path().join("gateway.log")).unwrap();
+    let mut child = Command::new(exe)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("AMR_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let topic = "amr/gw1/alarm/certificate_expiry/client_cert_file";
+    let event = |state: &'static str| {
+        move |r: &[support::Received]| r.iter().any(|m| m.0 == topic && m.1["state"] == state)
+    };
+    let received = headend.wait_until(PATIENCE, event("raised")).await;
+    let Some(received) = received else {
+        let _ = child.kill();
+        panic!(
+            "no certificate_expiry\n{}",
+            support::log_tail(dir.path(), 30)
+        );
+    };
+    let raised = &received
+        .iter()
+        .find(|m| m.0 == topic && m.1["state"] == "raised")
+        .unwrap()
+        .1;
+    // The details are fields of the alarm's payload.
+    let details = raised;
+    assert_eq!(details["days_left"], 10, "{raised}");
+    assert_eq!(raised["value"].as_f64(), Some(10.0), "{raised}");
+    assert_eq!(details["file"], cert.display().to_string(), "{raised}");
+    assert_eq!(details["certificate"], "CN=soon", "{raised}");
+    assert!(details["not_after"].as_str().is_some(), "{raised}");
+    // The CA (30 days) is not within the 20 days.
+    assert!(
+        !received.iter().any(
+            |m| m.0.starts_with("amr/gw1/alarm/certificate_expiry/ca_file")
+                && m.1["state"] == "raised"
+        ),
+        "{received:?}"
+    );
+    // Renewed (30 days) in place; SIGHUP reloads, the start check clears the alarm.
+    install("gateway");
+    signal(&child, libc::SIGHUP);
+    if headend
+        .wait_until(PATIENCE, event("cleared"))
+        .await
+        .is_none()
+    {
+        let _ = child.kill();
+        panic!("not cleared\n{}", support::log_tail(dir.path(), 30));
+    }
+    // Expired: the broker refuses the link; the alarm stands in the store, the log names it.
+    install("old");
+    signal(&child, libc::SIGHUP);
+    let status = || {
+        let out = Command::new(exe)
+            .args(["status", "--json", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let alarm = loop {
+        let st = status();
+        let found = st["alarms"].as_array().and_then(|a| {
+            a.iter()
+                .find(|a| a["kind"] == "certificate_expiry" && a["subject"] == "client_cert_file")
+                .cloned()
+        });
+        let logged = std::fs::read_to_string(dir.path().join("gateway.log")).unwrap();
+        if let Some(found) = found
+            && logged.contains("expired on 2020-01-02")
+        {
+            break (found, logged);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{st}\n{}", support::log_tail(dir.path(), 30));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let (alarm, logged) = alarm;
+    assert!(alarm["days_left"].as_i64().unwrap() < -300, "{alarm}");
+    assert!(
+        logged.contains(&format!(
+            "client certificate {} (CN=old) expired on 2020-01-02 00:00:00 UTC",
+            cert.display()
+        )),
+        "{logged}"
+    );
+    signal(&child, libc::SIGTERM);
+    let _ = child.wait();
 }

@@ -30,6 +30,7 @@ fn mqtt_config(port: u16) -> MqttConfig {
         keep_alive_s: 30,
         reconnect_max_s: 4,
         max_inflight: 64,
+        cert_expiry_warn_days: 30,
     }
 }
 

@@ -9,10 +9,12 @@
 //! for Modbus. Every request is preceded by the bus's `FE` preamble (`[[bus]] preamble`). The
 //! daemon, `read` and `scan` all read through this one path.
 //!
-//! What a poll reads: every identifier of the model that holds a published quantity (the
-//! meter's own items — clock, status words, event counters, prepaid balances — are not read
-//! by the daemon yet). A block identifier is read as one transaction; its value bytes hold its
-//! items one after the other.
+//! What a poll reads: every identifier of the model that holds a published quantity. A block
+//! identifier is read as one transaction; its value bytes hold its items one after the other.
+//! The meter's own items — date and time, status word 1, the power-down and cover-open counts
+//! — are read apart ([`Driver::read_items`], every `[time_sync] read_interval_s`), and the
+//! broadcast time sync (08H to `999999999999`, the local time of the bus's zone) is
+//! [`Driver::time_sync`]; prepaid balances are not read yet.
 //!
 //! How the plan learns what a meter accepts:
 //!
@@ -28,12 +30,14 @@
 //! and ends `Partial` (some reads answered) or `Exception` (none did). Silence, a bad checksum
 //! or a reply from another address ends the poll at once, as for Modbus.
 
+use super::TimeSync;
 use super::driver::{Driver, DriverFuture, Poll, ReadFailure};
 use super::health::OfflinePolicy;
 use super::{BusSettings, Endpoint, MeterSettings, Protocol};
 use crate::clock::now_ms;
 use crate::meter::{DiRead, DiValue, Dlt645Model};
-use crate::model::{Learned, MeterId, PollOutcome, Reading, is_quantity, scales_with_multiplier};
+use crate::model::{Learned, MeterId, MeterItems, PollOutcome, Ratios, Reading, is_quantity};
+use crate::protocol::dlt645::codec::MeterTime;
 use crate::protocol::dlt645::{Address, DataId, Dlt645Error, Dlt645Transport, Line, Parity};
 use crate::protocol::{self, SerialLine};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -72,6 +76,17 @@ impl Transport {
         match self {
             Transport::Serial(t) => t.read_address(timeout).await,
             Transport::Tcp(t) => t.read_address(timeout).await,
+        }
+    }
+
+    async fn broadcast_time(
+        &mut self,
+        time: &MeterTime,
+        timeout: Duration,
+    ) -> Result<(), Dlt645Error> {
+        match self {
+            Transport::Serial(t) => t.broadcast_time(time, timeout).await,
+            Transport::Tcp(t) => t.broadcast_time(time, timeout).await,
         }
     }
 }
@@ -144,7 +159,7 @@ struct MeterPlan {
     id: MeterId,
     /// The configured address, parsed; a bad one is reported on every poll.
     address: Result<Address, String>,
-    multiplier: f64,
+    ratios: Ratios,
     model: Arc<Dlt645Model>,
     /// Block identifiers the meter answered "no such data item".
     refused: BTreeSet<DataId>,
@@ -217,6 +232,8 @@ pub struct Dlt645Driver {
     link: Dlt645Link,
     unsupported_attempts: u32,
     meters: Vec<MeterPlan>,
+    /// The zone the meters keep their clocks in.
+    time_sync: TimeSync,
 }
 
 impl Dlt645Driver {
@@ -267,7 +284,7 @@ impl Dlt645Driver {
                 let mut plan = MeterPlan {
                     id: m.id.clone(),
                     address,
-                    multiplier: m.multiplier,
+                    ratios: m.ratios,
                     model: model.clone(),
                     refused,
                     refusals: BTreeMap::new(),
@@ -289,6 +306,7 @@ impl Dlt645Driver {
             },
             unsupported_attempts: policy.unsupported_attempts,
             meters,
+            time_sync: bus.time_sync.clone(),
         })
     }
 
@@ -354,6 +372,117 @@ impl Driver for Dlt645Driver {
     fn switch_pause(&self, _previous: Option<usize>, _meter: usize) -> Duration {
         Duration::ZERO
     }
+
+    fn read_items(&mut self, meter: usize) -> DriverFuture<'_, Option<MeterItems>> {
+        let zone = self.time_sync.zone.clone();
+        Box::pin(read_items(&mut self.link, &self.meters[meter], zone))
+    }
+
+    fn time_sync(&mut self, now_ms: i64) -> DriverFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let secs = now_ms.div_euclid(1000);
+            let offset = super::time_sync::utc_offset_s(&self.time_sync.zone, now_ms);
+            let time = MeterTime::from_unix(secs, offset);
+            let frame = crate::protocol::dlt645::codec::FRAME_OVERHEAD + 6;
+            let timeout = self.link.timeout + self.link.line.frame_time(self.link.preamble + frame);
+            let transport = self.link.transport().map_err(|e| e.to_string())?;
+            transport
+                .broadcast_time(&time, timeout)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// Reads the meter's own items its model has (date and time, status word 1, the power-down
+/// and meter-cover-open counts), one identifier at a time; an item the meter does not give is
+/// left `None`. `None` when it gave none (silent, or no such items in its model).
+async fn read_items(
+    link: &mut Dlt645Link,
+    plan: &MeterPlan,
+    zone: crate::clock::LocalTime,
+) -> Option<MeterItems> {
+    let address = plan.address.as_ref().ok().copied()?;
+    let mut items = MeterItems {
+        ts_ms: now_ms(),
+        ..MeterItems::default()
+    };
+    let mut any = false;
+    let mut read = async |name: &str| -> Option<(DiValue, i64)> {
+        let entry = plan.model.entry_named(name)?;
+        let sent = now_ms();
+        let bytes = match link.read(&address, entry.di, entry.format.len()).await {
+            Ok(b) => b,
+            Err(e) => {
+                debug!(meter = %plan.id, address = %address, error = %e, "item {name} not read");
+                return None;
+            }
+        };
+        let at = (sent + now_ms()) / 2;
+        crate::meter::dlt645_model::decode_value(entry, &bytes)
+            .ok()
+            .map(|v| (v, at))
+    };
+    let mut date = read("meter_date").await;
+    let time = read("meter_time").await;
+    if let Some((
+        DiValue::Time {
+            hour: 0,
+            minute: 0,
+            second,
+        },
+        _,
+    )) = &time
+        && *second < 10
+    {
+        // Midnight may have passed between the two reads: the date of the time is the new one.
+        date = read("meter_date").await;
+    }
+    if let (
+        Some((
+            DiValue::Date {
+                year, month, day, ..
+            },
+            _,
+        )),
+        Some((
+            DiValue::Time {
+                hour,
+                minute,
+                second,
+            },
+            at,
+        )),
+    ) = (&date, &time)
+    {
+        let meter = MeterTime {
+            year: *year,
+            month: *month,
+            day: *day,
+            hour: *hour,
+            minute: *minute,
+            second: *second,
+        };
+        let offset = super::time_sync::utc_offset_s(&zone, *at);
+        // The meter's clock counts whole seconds: compare with the gateway's at the middle of
+        // the exchange that read it.
+        let skew = meter.to_unix(offset) as f64 - *at as f64 / 1000.0 + 0.5;
+        items.clock_skew_s = Some((skew * 10.0).round() / 10.0);
+        any = true;
+    }
+    if let Some((DiValue::Bits(w), _)) = read("status_word_1").await {
+        items.status_word_1 = Some(w as u16);
+        any = true;
+    }
+    if let Some((DiValue::Number(n), _)) = read("power_down_count").await {
+        items.power_down_count = Some(n.max(0.0) as u64);
+        any = true;
+    }
+    if let Some((DiValue::Number(n), _)) = read("cover_open_count").await {
+        items.cover_open_count = Some(n.max(0.0) as u64);
+        any = true;
+    }
+    any.then_some(items)
 }
 
 /// The serial line of a bus as the DL/T 645 transport takes it.
@@ -492,11 +621,7 @@ async fn poll_meter(
                         if entry.name == ENERGY {
                             energy_sent_ms = Some(sent_ms);
                         }
-                        let v = if scales_with_multiplier(&entry.name) {
-                            v * plan.multiplier
-                        } else {
-                            v
-                        };
+                        let v = plan.ratios.primary(&entry.name, v);
                         values.insert(entry.name.clone(), v);
                     }
                     continue;
@@ -635,6 +760,7 @@ mod tests {
             timeout: Line::even(baud).default_timeout(),
             poll_interval: Duration::from_secs(60),
             preamble: 4,
+            time_sync: Default::default(),
         }
     }
 
@@ -767,7 +893,7 @@ energy_start_kwh = 300.0
         assert_eq!(bus.protocol, Protocol::Dlt645);
         let meters = [
             MeterSettings {
-                multiplier: 40.0,
+                ratios: Ratios::from_multiplier(40.0),
                 ..MeterSettings::dlt645("a", "000000000001", model("dlt645-2007"))
             },
             MeterSettings::dlt645("b", "202208310002", model("dlt645-2007")),
@@ -793,14 +919,14 @@ energy_start_kwh = 300.0
                 .count();
             assert_eq!(reading.values.len(), quantities, "meter {i}");
             for (q, v) in &reading.values {
-                let want = t.sim.value_now("b", unit, q).unwrap()
-                    * if scales_with_multiplier(q) { mult } else { 1.0 };
+                let ratios = Ratios::from_multiplier(mult);
+                let want = ratios.primary(q, t.sim.value_now("b", unit, q).unwrap());
                 let entry = meters[i].model.dlt645().unwrap().entry_named(q).unwrap();
                 let crate::meter::dlt645_model::ValueFormat::Bcd { decimals, .. } = entry.format
                 else {
                     unreachable!()
                 };
-                let scale = if scales_with_multiplier(q) { mult } else { 1.0 };
+                let scale = ratios.primary(q, 1.0);
                 let tolerance = (0.5 * 10f64.powi(-i32::from(decimals)) + 0.01) * scale;
                 assert!(
                     (v - want).abs() <= tolerance,
@@ -856,5 +982,52 @@ energy_start_kwh = 300.0
         assert_eq!(poll.requests, 1);
         let probe = driver.probe(2).await;
         assert_eq!(probe.outcome, PollOutcome::Ok);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn meter_items_and_the_broadcast_time_sync() {
+        use crate::sim::Fault;
+        let t = crate::sim::fixtures::start(SIM);
+        for (unit, offset) in [(1, 90), (2, -400), (3, 30)] {
+            let fault = Fault {
+                clock_offset_s: offset,
+                cover_open_count: 2,
+                status_word_1: 1 << 2,
+                ..Fault::default()
+            };
+            t.sim.set_fault("b", unit, fault).unwrap();
+        }
+        let mut bus = t.sim.bus_settings("b").unwrap();
+        bus.time_sync.zone = crate::clock::LocalTime::named("Asia/Shanghai").unwrap();
+        let meters = [
+            MeterSettings::dlt645("a", "000000000001", model("dlt645-2007")),
+            MeterSettings::dlt645("b", "202208310002", model("dlt645-2007")),
+            MeterSettings::dlt645("c", "000000001997", model("dlt645-1997")),
+        ];
+        let mut driver = Dlt645Driver::new(&bus, &meters, &[], &OfflinePolicy::default()).unwrap();
+        driver.open_link().await.unwrap();
+        let skew = |i: &MeterItems| i.clock_skew_s.unwrap();
+        let a = Driver::read_items(&mut driver, 0).await.unwrap();
+        assert!((skew(&a) - 90.0).abs() <= 1.5, "{a:?}");
+        assert_eq!(a.cover_open_count, Some(2));
+        assert_eq!(a.power_down_count, Some(0));
+        assert_eq!(a.clock_battery_low(), Some(true));
+        assert_eq!(a.clock_fault(), Some(false));
+        let c = Driver::read_items(&mut driver, 2).await.unwrap();
+        assert!((skew(&c) - 30.0).abs() <= 1.5, "1997: {c:?}");
+        assert_eq!(c.cover_open_count, None, "no such 1997 item");
+
+        Driver::time_sync(&mut driver, now_ms()).await.unwrap();
+        // Let the simulated meters take it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let a = Driver::read_items(&mut driver, 0).await.unwrap();
+        assert!(skew(&a).abs() <= 1.5, "synced: {a:?}");
+        let b = Driver::read_items(&mut driver, 1).await.unwrap();
+        assert!(
+            (skew(&b) + 400.0).abs() <= 1.5,
+            "beyond 5 minutes, refused: {b:?}"
+        );
+        let c = Driver::read_items(&mut driver, 2).await.unwrap();
+        assert!(skew(&c).abs() <= 1.5, "1997 synced: {c:?}");
     }
 }

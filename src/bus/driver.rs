@@ -15,7 +15,7 @@ use super::dlt645::Dlt645Driver;
 use super::health::OfflinePolicy;
 use super::modbus::ModbusDriver;
 use super::{BusSettings, MeterSettings, Protocol};
-use crate::model::{Learned, MeterId, PollOutcome, Reading};
+use crate::model::{Learned, MeterId, MeterItems, PollOutcome, Reading};
 
 use std::future::Future;
 use std::pin::Pin;
@@ -49,6 +49,21 @@ pub trait Driver: Send {
     /// The pause the bus makes before talking to `meter` after talking to `previous` (some
     /// meters need a quiet line after another address was talked to).
     fn switch_pause(&self, previous: Option<usize>, meter: usize) -> Duration;
+
+    /// Reads what `meter` says about itself — its clock, status word and event counters —
+    /// as [`MeterItems`] (the scheduler reads them every `[time_sync] read_interval_s` and
+    /// after a time sync). `None`: the protocol has no such items (the default) or the meter
+    /// gave none.
+    fn read_items(&mut self, _meter: usize) -> DriverFuture<'_, Option<MeterItems>> {
+        Box::pin(async { None })
+    }
+
+    /// Sends a broadcast time sync carrying the time `now_ms` to every meter of the bus (no
+    /// meter replies). The scheduler decides when ([`super::time_sync`]). The default: the
+    /// protocol has none.
+    fn time_sync(&mut self, _now_ms: i64) -> DriverFuture<'_, Result<(), String>> {
+        Box::pin(async { Err("this bus's protocol has no broadcast time sync".to_string()) })
+    }
 }
 
 /// A request of a poll that failed for good, in the words of the protocol: what was read

@@ -19,6 +19,7 @@
 //!   learning block limits and missing registers, the transaction deadline rule;
 //! - `dlt645`: the DL/T 645 (2007 and 1997) driver — data-identifier plans with block
 //!   identifiers, energy first, learning which blocks a meter refuses, the same deadline rule;
+//! - `time_sync`: the meters' clocks — the daily broadcast sync's schedule and guards;
 //! - `health`, `budget`, `lock`: meter health, the probe budget, exclusive use of a device.
 //!
 //! To add a protocol: write its codec and transport under `crate::protocol`, implement
@@ -38,6 +39,7 @@ mod lock;
 pub mod modbus;
 mod on_demand;
 mod poller;
+pub mod time_sync;
 
 pub use crate::model::{BusEvent, Learned};
 pub use crate::model::{HealthChange, MeterHealth, MeterStatus, PollOutcome};
@@ -49,6 +51,7 @@ pub use lock::{DeviceLock, DeviceLockError};
 pub use modbus::{ModbusDriver, plan_meter};
 pub use on_demand::{MeterRead, ReadRequest};
 pub use poller::{run_bus, run_bus_serving};
+pub use time_sync::TimeSync;
 
 use crate::meter::{Dlt645Model, MeterModel};
 use crate::model::MeterId;
@@ -113,6 +116,9 @@ pub struct BusSettings {
     /// DL/T 645: `FE` wake-up bytes sent before each request (`[[bus]] preamble`, default 4).
     /// Other protocols ignore it.
     pub preamble: usize,
+    /// The daily broadcast time sync and how often the meters' own items (clock, status word,
+    /// event counters) are read; drivers without such items ignore it.
+    pub time_sync: TimeSync,
 }
 
 /// What a bus task needs to know about one meter on it.
@@ -124,26 +130,27 @@ pub struct MeterSettings {
     /// DL/T 645 address (12 digits).
     pub address: Option<String>,
     pub model: ModelOf,
-    /// CT ratio × PT ratio: energies and powers are reported primary-side.
-    pub multiplier: f64,
+    /// The CT and PT ratios the meter sits behind: every quantity is reported primary-side
+    /// ([`crate::model::Ratios::primary`]).
+    pub ratios: crate::model::Ratios,
     /// The meter's own poll interval (else the bus's).
     pub poll_interval: Option<Duration>,
 }
 
 impl MeterSettings {
-    /// A meter at Modbus `unit` with `model`, multiplier 1, on the bus's interval.
+    /// A meter at Modbus `unit` with `model`, direct-connected, on the bus's interval.
     pub fn modbus(id: impl Into<MeterId>, unit: u8, model: Arc<MeterModel>) -> MeterSettings {
         MeterSettings {
             id: id.into(),
             unit: Some(unit),
             address: None,
             model: ModelOf::Modbus(model),
-            multiplier: 1.0,
+            ratios: crate::model::Ratios::DIRECT,
             poll_interval: None,
         }
     }
 
-    /// A DL/T 645 meter at `address` (12 digits) with `model`, multiplier 1, on the bus's
+    /// A DL/T 645 meter at `address` (12 digits) with `model`, direct-connected, on the bus's
     /// interval.
     pub fn dlt645(
         id: impl Into<MeterId>,
@@ -155,7 +162,7 @@ impl MeterSettings {
             unit: None,
             address: Some(address.into()),
             model: ModelOf::Dlt645(model),
-            multiplier: 1.0,
+            ratios: crate::model::Ratios::DIRECT,
             poll_interval: None,
         }
     }

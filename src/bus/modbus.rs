@@ -37,7 +37,7 @@ use super::{BusSettings, Endpoint as BusEndpoint, MeterSettings, Protocol};
 use crate::clock::now_ms;
 use crate::meter::{MeterModel, ReadBlock, decode_block, plan_blocks};
 use crate::model::Learned;
-use crate::model::{MeterId, PollOutcome, Reading, scales_with_multiplier};
+use crate::model::{MeterId, PollOutcome, Ratios, Reading};
 use crate::protocol::modbus::{Endpoint, Link, ModbusClient, ModbusError, RtuTiming};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -90,7 +90,7 @@ impl ModbusLink {
 struct MeterPlan {
     id: MeterId,
     unit: Option<u8>,
-    multiplier: f64,
+    ratios: Ratios,
     /// The model as configured.
     model: Arc<MeterModel>,
     /// The model without the registers this meter turned out not to have; planned and decoded.
@@ -161,7 +161,7 @@ impl ModbusDriver {
                 Ok(MeterPlan {
                     id: m.id.clone(),
                     unit: m.unit,
-                    multiplier: m.multiplier,
+                    ratios: m.ratios,
                     blocks: plan_meter(model, max_block),
                     active: (**model).clone(),
                     model: model.clone(),
@@ -551,11 +551,7 @@ impl MeterPlan {
         let mut energy = false;
         for (q, v) in decode_block(&self.active, block, words) {
             energy |= q == "energy_import_kwh";
-            let v = if scales_with_multiplier(&q) {
-                v * self.multiplier
-            } else {
-                v
-            };
+            let v = self.ratios.primary(&q, v);
             values.insert(q, v);
         }
         for &r in &block.registers {
@@ -835,6 +831,7 @@ mod tests {
             timeout: Duration::from_millis(300),
             poll_interval: Duration::from_secs(60),
             preamble: 4,
+            time_sync: Default::default(),
         }
     }
 

@@ -2,6 +2,11 @@
 //! the bus task makes them due now, so they are read between scheduled polls, one transaction
 //! at a time like every poll, and answers once each has been polled. The readings also go out
 //! as usual.
+//!
+//! A request may ask for a broadcast time sync first (the headend's `time_sync`): the bus task
+//! sends it now — unless its protocol has none, the gateway's clock is unsynchronised or local
+//! midnight is within five minutes, when every meter is answered with why — and then reads the
+//! meters' clocks: each answer carries the meter's clock skew before and after.
 
 use crate::model::{MeterId, Reading};
 use tokio::sync::{mpsc, oneshot};
@@ -12,6 +17,8 @@ pub struct ReadRequest {
     /// The meters (of this bus) to read; empty: every meter of the bus.
     pub meters: Vec<MeterId>,
     pub reply: oneshot::Sender<Vec<MeterRead>>,
+    /// Send a broadcast time sync first, then read the meters (and their clocks).
+    pub time_sync: bool,
 }
 
 /// What one on-demand read of a meter gave.
@@ -22,6 +29,10 @@ pub struct MeterRead {
     pub reading: Option<Reading>,
     /// Why there is no reading (or a partial one).
     pub error: Option<String>,
+    /// With a time sync: the meter's clock skew (s) as last read before it...
+    pub skew_before_s: Option<f64>,
+    /// ... and as read after it.
+    pub skew_after_s: Option<f64>,
 }
 
 /// The open requests of one bus task.
@@ -29,6 +40,8 @@ pub(super) struct OnDemand {
     requests: Option<mpsc::Receiver<ReadRequest>>,
     /// Requests received while the bus waited, not yet opened.
     arrived: Vec<ReadRequest>,
+    /// Requests that want a time sync first, not yet handled by the bus task.
+    syncs: Vec<ReadRequest>,
     open: Vec<Open>,
 }
 
@@ -36,6 +49,8 @@ struct Open {
     waiting: Vec<usize>,
     done: Vec<MeterRead>,
     reply: oneshot::Sender<Vec<MeterRead>>,
+    /// With a time sync: each waiting meter's skew before it.
+    before: Option<Vec<Option<f64>>>,
 }
 
 impl OnDemand {
@@ -43,6 +58,7 @@ impl OnDemand {
         OnDemand {
             requests,
             arrived: Vec::new(),
+            syncs: Vec::new(),
             open: Vec::new(),
         }
     }
@@ -56,6 +72,60 @@ impl OnDemand {
             new.push(req);
         }
         for req in new {
+            if req.time_sync {
+                self.syncs.push(req);
+                continue;
+            }
+            due.extend(self.open_request(req, ids, None));
+        }
+        due
+    }
+
+    /// The requests that want a time sync first: the bus task sends it (or refuses) and then
+    /// opens them ([`OnDemand::open_synced`]) or answers them ([`OnDemand::refuse`]).
+    pub(super) fn take_syncs(&mut self) -> Vec<ReadRequest> {
+        std::mem::take(&mut self.syncs)
+    }
+
+    /// Opens a request after its time sync went out; `before`: every slot's clock skew before
+    /// it. Returns the slots to make due now.
+    pub(super) fn open_synced(
+        &mut self,
+        req: ReadRequest,
+        ids: &[&str],
+        before: Vec<Option<f64>>,
+    ) -> Vec<usize> {
+        self.open_request(req, ids, Some(before))
+    }
+
+    /// Answers every meter of a request with `why` (its time sync was not sent).
+    pub(super) fn refuse(&mut self, req: ReadRequest, ids: &[&str], why: &str) {
+        let meters: Vec<MeterId> = if req.meters.is_empty() {
+            ids.iter().map(|s| s.to_string()).collect()
+        } else {
+            req.meters
+        };
+        let done = meters
+            .into_iter()
+            .map(|meter| MeterRead {
+                meter,
+                reading: None,
+                error: Some(why.to_string()),
+                skew_before_s: None,
+                skew_after_s: None,
+            })
+            .collect();
+        let _ = req.reply.send(done);
+    }
+
+    fn open_request(
+        &mut self,
+        req: ReadRequest,
+        ids: &[&str],
+        before: Option<Vec<Option<f64>>>,
+    ) -> Vec<usize> {
+        let mut due = Vec::new();
+        {
             let mut waiting = Vec::new();
             let mut done = Vec::new();
             if req.meters.is_empty() {
@@ -68,6 +138,8 @@ impl OnDemand {
                         meter: m.clone(),
                         reading: None,
                         error: Some("not a meter of this bus".into()),
+                        skew_before_s: None,
+                        skew_after_s: None,
                     }),
                 }
             }
@@ -76,6 +148,7 @@ impl OnDemand {
                 waiting,
                 done,
                 reply: req.reply,
+                before,
             });
         }
         due
@@ -104,13 +177,15 @@ impl OnDemand {
         }
     }
 
-    /// Meter `idx` was polled: answers every request that waited only for it.
+    /// Meter `idx` was polled (its clock then `skew_s`, when read): answers every request that
+    /// waited only for it.
     pub(super) fn polled(
         &mut self,
         idx: usize,
         meter: &str,
         reading: Option<&Reading>,
         error: Option<&str>,
+        skew_s: Option<f64>,
     ) {
         if self.open.is_empty() {
             return;
@@ -118,10 +193,13 @@ impl OnDemand {
         for open in &mut self.open {
             if let Some(pos) = open.waiting.iter().position(|&w| w == idx) {
                 open.waiting.swap_remove(pos);
+                let before = open.before.as_ref();
                 open.done.push(MeterRead {
                     meter: meter.to_string(),
                     reading: reading.cloned(),
                     error: error.map(str::to_string),
+                    skew_before_s: before.and_then(|b| b.get(idx).copied().flatten()),
+                    skew_after_s: before.and(skew_s),
                 });
             }
         }

@@ -10,10 +10,13 @@ use super::budget::ProbeBudget;
 use super::driver::{Driver, driver_for};
 use super::health::OfflinePolicy;
 use super::on_demand::{OnDemand, ReadRequest};
+use super::time_sync::{SyncDecision, daily_sync, may_sync};
 use super::{BusSettings, MeterSettings};
 use crate::clock::now_ms;
 use crate::liveness::Heartbeat;
-use crate::model::{BusEvent, HealthChange, Learned, MeterHealth, MeterId, MeterStatus};
+use crate::model::{
+    BusEvent, HealthChange, Learned, MeterHealth, MeterId, MeterItems, MeterStatus,
+};
 use crate::shutdown::Shutdown;
 
 /// Longest a bus waits for its next poll without telling the watchdog it is alive.
@@ -33,7 +36,44 @@ struct MeterSlot {
     /// Probe at the next turn without waiting for the probe budget: its bus (or its device)
     /// just came back, so it most likely answers.
     probe_now: bool,
+    /// When the meter's own items (clock, status word, counters) are next read.
+    items_due: Instant,
+    /// What the meter last said about itself.
+    items: Option<MeterItems>,
 }
+
+impl MeterSlot {
+    /// The meter's state as the bus reports it.
+    fn status(&self, bus: &str, change: HealthChange, ts_ms: i64) -> MeterStatus {
+        MeterStatus {
+            meter: self.settings.id.clone(),
+            bus: bus.to_string(),
+            unit: self.settings.unit,
+            address: self.settings.address.clone(),
+            health: self.health.clone(),
+            change,
+            ts_ms,
+            items: self.items.clone().map(Box::new),
+        }
+    }
+
+    /// How the meter is reached on its bus, for log lines: `address 000000000001` (DL/T 645)
+    /// or `unit 5` (Modbus).
+    fn at(&self) -> String {
+        match (&self.settings.address, self.settings.unit) {
+            (Some(a), _) => format!("address {a}"),
+            (None, Some(u)) => format!("unit {u}"),
+            (None, None) => "no address".to_string(),
+        }
+    }
+}
+
+/// "Not in this run": when a bus without `items_interval` next reads its meters' items (unless
+/// a time sync asks).
+const NEVER: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// A daily time sync held back by an unsynchronised gateway clock is tried again this often.
+const SYNC_RECHECK: Duration = Duration::from_secs(600);
 
 /// Meter state is re-sent after this many polls even without a change.
 const STATE_EVERY_POLLS: u32 = 10;
@@ -122,9 +162,21 @@ async fn run_with(
                 health: MeterHealth::new(&policy),
                 polls_since_state: 0,
                 probe_now: false,
+                items_due: if bus.time_sync.items_interval.is_some() {
+                    next_due
+                } else {
+                    start + NEVER
+                },
+                items: None,
             }
         })
         .collect();
+    // When the daily broadcast time sync was last sent.
+    let mut last_sync_ms: Option<i64> = None;
+    // Not before: the gateway's clock was found unsynchronised.
+    let mut sync_check_at = start;
+    // The local day the held-back sync was last warned about.
+    let mut sync_warned_day: Option<i64> = None;
     let mut budget = ProbeBudget::new(&policy, bus.timeout);
     let mut open = false;
     let mut open_backoff = Duration::from_secs(1);
@@ -187,6 +239,77 @@ async fn run_with(
                 }
             }
         }
+        // The daily broadcast time sync, between two transactions.
+        let now = now_ms();
+        let ts = &bus.time_sync;
+        if ts.at_minute.is_some()
+            && Instant::now() >= sync_check_at
+            && daily_sync(ts.at_minute, &ts.zone, now, last_sync_ms, true) == SyncDecision::Now
+        {
+            // Asked only when otherwise due: the check may read a file.
+            match daily_sync(ts.at_minute, &ts.zone, now, None, (ts.clock_synchronised)()) {
+                SyncDecision::Wait(why) => {
+                    // Said once a day; the checks in between are quiet.
+                    let day = ts.zone.day_start_ms(now);
+                    if sync_warned_day != Some(day) {
+                        sync_warned_day = Some(day);
+                        warn!(bus = %bus.name, "daily meter time sync not sent yet: {why}; \
+                            checking again every {} minutes", SYNC_RECHECK.as_secs() / 60);
+                    } else {
+                        debug!(bus = %bus.name, "daily meter time sync still held back: {why}");
+                    }
+                    sync_check_at = Instant::now() + SYNC_RECHECK;
+                }
+                SyncDecision::Now => {
+                    last_sync_ms = Some(now);
+                    match driver.time_sync(now).await {
+                        Ok(()) => {
+                            info!(bus = %bus.name, "broadcast time sync sent; reading the meters' clocks");
+                            // Meters that took it show it at their next poll.
+                            let soon = Instant::now() + Duration::from_secs(2);
+                            for slot in &mut slots {
+                                slot.items_due = soon;
+                            }
+                        }
+                        Err(e) => warn!(bus = %bus.name, error = %e, "broadcast time sync failed"),
+                    }
+                }
+            }
+        }
+        // Time syncs the headend asked for (`time_sync`): now, unless refused.
+        for req in on_demand.take_syncs() {
+            let now = now_ms();
+            let refusal = match may_sync(&ts.zone, now, (ts.clock_synchronised)()) {
+                SyncDecision::Wait(why) => Some(format!("time sync refused: {why}")),
+                SyncDecision::Now => driver
+                    .time_sync(now)
+                    .await
+                    .err()
+                    .map(|e| format!("time sync not sent: {e}")),
+            };
+            match refusal {
+                Some(why) => {
+                    info!(bus = %bus.name, "{why}");
+                    on_demand.refuse(req, &ids, &why);
+                }
+                None => {
+                    info!(bus = %bus.name, "broadcast time sync sent (headend command); reading the meters' clocks");
+                    // The meters take one sync a day: this was today's.
+                    last_sync_ms = Some(now);
+                    let before: Vec<Option<f64>> = slots
+                        .iter()
+                        .map(|s| s.items.as_ref().and_then(|i| i.clock_skew_s))
+                        .collect();
+                    let now_i = Instant::now();
+                    for slot in &mut slots {
+                        slot.items_due = now_i;
+                    }
+                    for idx in on_demand.open_synced(req, &ids, before) {
+                        slots[idx].next_due = slots[idx].next_due.min(now_i);
+                    }
+                }
+            }
+        }
         // The meter that is due first (ties: configuration order).
         let idx = (0..slots.len()).min_by_key(|&i| slots[i].next_due).unwrap();
         let due = slots[idx].next_due;
@@ -238,7 +361,7 @@ async fn run_with(
             budget.book(Instant::now(), poll.latency);
         }
         let meter = &slot.settings.id;
-        let unit = slot.settings.unit.unwrap_or(0);
+        let at = slot.at();
         for learned in poll.learned {
             let event = BusEvent::Learned {
                 meter: meter.clone(),
@@ -252,18 +375,31 @@ async fn run_with(
             slot.health
                 .record(poll.outcome, poll.latency, now, poll.error.clone(), &policy);
         match change {
-            HealthChange::WentOffline => warn!(
-                bus = %bus.name, meter = %meter, unit,
-                error = poll.error.as_deref().unwrap_or(""),
-                "meter offline after {} failed polls; probing every {} s and longer",
-                slot.health.consecutive_failures, slot.health.probe_interval.as_secs()
-            ),
+            HealthChange::WentOffline => {
+                // When the first probe goes out: after the backoff, and not before the probe
+                // budget has room for it (the failed polls may have spent it).
+                let now_i = Instant::now();
+                let earliest = now_i + slot.health.probe_interval;
+                let probe_at = budget
+                    .next_probe_at(earliest, budget.probe_cost())
+                    .max(earliest);
+                let wait = probe_at - now_i;
+                warn!(
+                    bus = %bus.name, meter = %meter, at = %at,
+                    error = poll.error.as_deref().unwrap_or(""),
+                    "meter offline after {} failed polls; next probe in {} s (at {}), then \
+                     less and less often",
+                    slot.health.consecutive_failures,
+                    wait.as_secs_f64().ceil() as u64,
+                    crate::clock::rfc3339_ms(now + wait.as_millis() as i64)
+                )
+            }
             HealthChange::WentOnline => info!(
-                bus = %bus.name, meter = %meter, unit, "meter online"
+                bus = %bus.name, meter = %meter, at = %at, "meter online"
             ),
             HealthChange::None => {
                 if let Some(e) = &poll.error {
-                    debug!(bus = %bus.name, meter = %meter, unit, error = %e, "poll failed");
+                    debug!(bus = %bus.name, meter = %meter, at = %at, error = %e, "poll failed");
                 }
             }
         }
@@ -284,7 +420,6 @@ async fn run_with(
                 slot.next_due = now_i;
             }
         }
-        on_demand.polled(idx, meter, poll.reading.as_ref(), poll.error.as_deref());
         if bus_silent && change == HealthChange::WentOnline {
             // A bus that went silent as a whole comes back as a whole: probe the others now,
             // not one backoff at a time.
@@ -297,22 +432,39 @@ async fn run_with(
             }
         }
         let slot = &mut slots[idx];
-        if let Some(r) = poll.reading
+        let reading = poll.reading;
+        slot.polls_since_state += 1;
+        // The meter's own items, every `read_interval_s` (and soon after a time sync).
+        let mut items_read = false;
+        if open && !slot.health.is_offline() && poll.outcome.answered() && slot.items_due <= now_i {
+            slot.items_due = now_i + bus.time_sync.items_interval.unwrap_or(NEVER);
+            if let Some(items) = driver.read_items(idx).await {
+                if let Some(skew) = items.clock_skew_s {
+                    debug!(bus = %bus.name, meter = %slot.settings.id, skew_s = skew, "meter clock read");
+                }
+                slot.items = Some(items);
+                items_read = true;
+            }
+        }
+        let skew = items_read
+            .then(|| slot.items.as_ref().and_then(|i| i.clock_skew_s))
+            .flatten();
+        on_demand.polled(
+            idx,
+            &slot.settings.id,
+            reading.as_ref(),
+            poll.error.as_deref(),
+            skew,
+        );
+        if let Some(r) = reading
             && events.send(BusEvent::Reading(r)).await.is_err()
         {
             break;
         }
-        slot.polls_since_state += 1;
-        if change != HealthChange::None || slot.polls_since_state >= STATE_EVERY_POLLS {
+        if change != HealthChange::None || slot.polls_since_state >= STATE_EVERY_POLLS || items_read
+        {
             slot.polls_since_state = 0;
-            let status = MeterStatus {
-                meter: slot.settings.id.clone(),
-                bus: bus.name.clone(),
-                unit: slot.settings.unit,
-                health: slot.health.clone(),
-                change,
-                ts_ms: now,
-            };
+            let status = slot.status(&bus.name, change, now);
             if events.send(BusEvent::MeterState(status)).await.is_err() {
                 break;
             }
@@ -340,14 +492,7 @@ async fn mark_link_lost(
         slot.polls_since_state += 1;
         if change != HealthChange::None || slot.polls_since_state >= STATE_EVERY_POLLS {
             slot.polls_since_state = 0;
-            let status = MeterStatus {
-                meter: slot.settings.id.clone(),
-                bus: bus.to_string(),
-                unit: slot.settings.unit,
-                health: slot.health.clone(),
-                change,
-                ts_ms: now,
-            };
+            let status = slot.status(bus, change, now);
             if events.send(BusEvent::MeterState(status)).await.is_err() {
                 return false;
             }
@@ -464,6 +609,7 @@ mod tests {
             timeout: Duration::from_millis(50),
             poll_interval: Duration::from_secs(1),
             preamble: 4,
+            time_sync: Default::default(),
         };
         let meters = vec![
             MeterSettings::modbus("a", 1, model.clone()),
@@ -579,6 +725,7 @@ mod tests {
             timeout: Duration::from_millis(50),
             poll_interval: Duration::from_secs(1),
             preamble: 4,
+            time_sync: Default::default(),
         };
         let meters: Vec<MeterSettings> = (0..4)
             .map(|i| MeterSettings::modbus(format!("m{i}"), i + 1, model.clone()))

@@ -360,6 +360,40 @@ pub(super) const ALARM_KINDS: &[Table] = &[
         title: "[alarms.clock_unsynchronized]",
         keys: &[flag("enabled"), severity("severity")],
     },
+    Table {
+        name: "clock_skew",
+        title: "[alarms.clock_skew]",
+        keys: &[
+            flag("enabled"),
+            severity("severity"),
+            above("limit_s", 0.0, 86_400.0, " s"),
+        ],
+    },
+    Table {
+        name: "meter_cover_open",
+        title: "[alarms.meter_cover_open]",
+        keys: &[flag("enabled"), severity("severity")],
+    },
+    Table {
+        name: "meter_power_down",
+        title: "[alarms.meter_power_down]",
+        keys: &[flag("enabled"), severity("severity")],
+    },
+    Table {
+        name: "meter_battery_low",
+        title: "[alarms.meter_battery_low]",
+        keys: &[flag("enabled"), severity("severity")],
+    },
+    Table {
+        name: "meter_clock_fault",
+        title: "[alarms.meter_clock_fault]",
+        keys: &[flag("enabled"), severity("severity")],
+    },
+    Table {
+        name: "certificate_expiry",
+        title: "[alarms.certificate_expiry]",
+        keys: &[flag("enabled"), severity("severity")],
+    },
 ];
 
 /// A key that moved to the `[alarms.<kind>]` table of the one rule it sets.

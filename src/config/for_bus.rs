@@ -29,16 +29,36 @@ impl Config {
                         Some(m.settings(model))
                     })
                     .collect();
-                (b.settings(), meters)
+                let mut settings = b.settings();
+                if b.protocol == BusProtocol::Dlt645 {
+                    settings.time_sync = self.time_sync_of_buses();
+                }
+                (settings, meters)
             })
             .collect()
+    }
+
+    /// The clock side of a DL/T 645 bus from `[time_sync]` and `[gateway] timezone`.
+    pub fn time_sync_of_buses(&self) -> bus::TimeSync {
+        let t = &self.time_sync;
+        bus::TimeSync {
+            at_minute: t.at_minute,
+            zone: self.gateway.timezone.clone(),
+            clock_synchronised: match t.gateway_clock {
+                super::GatewayClock::Systemd => Arc::new(bus::time_sync::timesyncd_synchronised),
+                super::GatewayClock::Trusted => Arc::new(|| true),
+            },
+            items_interval: Some(Duration::from_secs(t.read_interval_s)),
+        }
     }
 }
 
 impl BusConfig {
     /// What the bus task needs of this bus.
     pub fn settings(&self) -> BusSettings {
-        let endpoint = if self.protocol.is_tcp() {
+        // A DL/T 645 bus with an `address` is behind a transparent serial server.
+        let dlt645_tcp = self.protocol == BusProtocol::Dlt645 && self.address.is_some();
+        let endpoint = if self.protocol.is_tcp() || dlt645_tcp {
             bus::Endpoint::Tcp(self.address.clone().unwrap_or_default())
         } else {
             bus::Endpoint::Serial(self.device.clone().unwrap_or_default())
@@ -51,6 +71,7 @@ impl BusConfig {
             timeout: Duration::from_millis(self.timeout_ms),
             poll_interval: Duration::from_secs(self.poll_interval_s),
             preamble: self.preamble,
+            time_sync: Default::default(),
         }
     }
 
@@ -77,7 +98,7 @@ impl MeterConfig {
             unit: self.unit,
             address: self.address.clone(),
             model,
-            multiplier: self.multiplier,
+            ratios: self.ratios,
             poll_interval: self.poll_interval_s.map(Duration::from_secs),
         }
     }
@@ -166,7 +187,10 @@ model = "eastron-sdm120"
         let ids: Vec<&str> = meters.iter().map(|m| m.id.as_str()).collect();
         assert_eq!(ids, ["b", "a"]);
         assert_eq!(meters[0].unit, Some(2));
-        assert_eq!(meters[0].multiplier, 40.0);
+        assert_eq!(
+            meters[0].ratios,
+            crate::model::Ratios::from_multiplier(40.0)
+        );
         assert_eq!(meters[0].poll_interval, Some(Duration::from_secs(10)));
         assert_eq!(meters[1].poll_interval, None);
         let (tcp, meters) = &buses[1];

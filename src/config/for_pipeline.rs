@@ -32,6 +32,11 @@ impl Config {
                 .iter()
                 .map(|m| (m.id.clone(), m.model.clone()))
                 .collect(),
+            ratios: self
+                .meters
+                .iter()
+                .map(|m| (m.id.clone(), m.ratios))
+                .collect(),
             freeze: FreezeSettings {
                 zone: self.gateway.timezone.clone(),
                 decide_after_s: self.collection.report_at_s,

@@ -30,6 +30,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("freeze", "[freeze]"),
     ("curve", "[curve]"),
     ("collection", "[collection]"),
+    ("time_sync", "[time_sync]"),
     ("command_key", "[[command_key]]"),
     ("commands", "[commands]"),
     ("health", "[health]"),
@@ -156,6 +157,10 @@ fn load_text(text: &str, path: &Path, base: ModelLibrary) -> Result<Config, Conf
         Some((t, start)) => sections::collection(&mut report, t, start),
         None => Default::default(),
     };
+    let time_sync = match table(&mut report, root, "time_sync") {
+        Some((t, start)) => sections::time_sync(&mut report, t, start),
+        None => Default::default(),
+    };
     let found = table(&mut report, root, "alarms");
     let alarms = analytics::alarms(&mut report, found, carried);
     // One source for a rule two engines share.
@@ -199,6 +204,7 @@ fn load_text(text: &str, path: &Path, base: ModelLibrary) -> Result<Config, Conf
             freeze,
             curve,
             collection,
+            time_sync,
             models,
             commands,
             warnings: sorted(report.warnings, path),

@@ -28,7 +28,7 @@ mod tests;
 pub use analytics::SEVERITIES;
 pub use for_pipeline::{area_spec, topology};
 pub use load::{load, load_str, load_str_with};
-pub use sections::STANDARD_BAUD_RATES;
+pub use sections::{STANDARD_BAUD_RATES, baud_problem, bits_problem};
 
 use std::path::PathBuf;
 
@@ -83,6 +83,9 @@ pub struct Config {
     pub curve: crate::analytics::curve::CurveSettings,
     /// `[collection]`: when the day's collection report goes out.
     pub collection: crate::analytics::collection::CollectionSettings,
+    /// `[time_sync]`: the daily broadcast time sync of DL/T 645 buses and how often the
+    /// meters' clocks are read.
+    pub time_sync: TimeSyncConfig,
     /// The meter models available to this configuration (built-in plus `models_dir`).
     pub models: crate::meter::ModelLibrary,
     /// `[[command_key]]` and `[commands]`: the keys signed commands are checked against.
@@ -90,6 +93,39 @@ pub struct Config {
     /// What is valid but should change (an old key still accepted, naming its replacement),
     /// sorted by position: `check-config` prints them, `run` logs them.
     pub warnings: Vec<ConfigProblem>,
+}
+
+/// `[time_sync]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimeSyncConfig {
+    /// `at = "HH:MM"`: local time of the daily broadcast time sync, minutes after midnight
+    /// (default 03:07); `None` for `at = "off"`.
+    pub at_minute: Option<u16>,
+    /// `gateway_clock`: how the gateway knows its own clock is right before it sends a sync.
+    pub gateway_clock: GatewayClock,
+    /// `read_interval_s`: how often each meter's clock, status word and event counters are
+    /// read (default 900).
+    pub read_interval_s: u64,
+}
+
+impl Default for TimeSyncConfig {
+    fn default() -> Self {
+        TimeSyncConfig {
+            at_minute: Some(crate::bus::time_sync::DEFAULT_AT_MINUTE),
+            gateway_clock: GatewayClock::Systemd,
+            read_interval_s: crate::bus::time_sync::DEFAULT_ITEMS_INTERVAL.as_secs(),
+        }
+    }
+}
+
+/// `[time_sync] gateway_clock`: whether the gateway's clock may be trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayClock {
+    /// `"systemd"` (default): trusted while systemd-timesyncd says the clock is synchronised
+    /// (`/run/systemd/timesync/synchronized` exists).
+    Systemd,
+    /// `"trusted"`: always (a clock kept right by other means: GPS, chrony without timesyncd).
+    Trusted,
 }
 
 /// `[gateway]`
@@ -265,8 +301,10 @@ pub struct MeterConfig {
     pub address: Option<String>,
     /// Model name, as in `protocols/*.toml` (`[model] name`).
     pub model: String,
-    /// CT ratio × PT ratio (default 1).
+    /// CT ratio × PT ratio (default 1): `ratios.multiplier()`.
     pub multiplier: f64,
+    /// `ct_ratio` and `pt_ratio` (a `multiplier` alone: CT ratio = multiplier, PT ratio 1).
+    pub ratios: crate::model::Ratios,
     /// `"a"`, `"b"`, `"c"` or `"abc"` (default from the model).
     pub phase: Option<crate::model::Phase>,
     /// Overrides the bus's poll interval for this meter.

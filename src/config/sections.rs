@@ -44,6 +44,7 @@ const MQTT_KEYS: &[&str] = &[
     "keep_alive_s",
     "reconnect_max_s",
     "max_inflight",
+    "cert_expiry_warn_days",
 ];
 const STORE_KEYS: &[&str] = &["history_days", "max_size_mb", "commit_window_ms"];
 const BUS_KEYS: &[&str] = &[
@@ -66,6 +67,8 @@ const METER_KEYS: &[&str] = &[
     "address",
     "model",
     "multiplier",
+    "ct_ratio",
+    "pt_ratio",
     "phase",
     "poll_interval_s",
     "consumption_only",
@@ -291,6 +294,19 @@ pub(super) fn mqtt(
             );
             None
         } else {
+            if !gateway_id.is_empty() && !c.get_ref().contains(gateway_id) {
+                report.warn(
+                    c.span().start,
+                    format!(
+                        "client_id `{}` does not contain the gateway id `{gateway_id}`: every \
+                         gateway needs its own client id, the same at every start (a broker \
+                         drops the older of two connections with one id, and two gateways \
+                         would take turns being offline); remove it to use \
+                         `amr-gateway-{gateway_id}`, or put the gateway id in it",
+                        c.get_ref()
+                    ),
+                );
+            }
             Some(c.into_inner())
         }
     });
@@ -339,6 +355,7 @@ pub(super) fn mqtt(
     let keep_alive_s = s.integer_in(report, "keep_alive_s", 5, 65535, " s");
     let reconnect_max_s = s.integer_in(report, "reconnect_max_s", 1, 86400, " s");
     let max_inflight = s.integer_in(report, "max_inflight", 1, 65535, "");
+    let cert_expiry_warn_days = s.integer_in(report, "cert_expiry_warn_days", 1, 3650, " days");
     MqttConfig {
         host: host.map(Spanned::into_inner).unwrap_or_default(),
         port: port.map_or(if tls { 8883 } else { 1883 }, |p| *p.get_ref() as u16),
@@ -353,6 +370,7 @@ pub(super) fn mqtt(
         keep_alive_s: keep_alive_s.map_or(30, |v| *v.get_ref() as u64),
         reconnect_max_s: reconnect_max_s.map_or(60, |v| *v.get_ref() as u64),
         max_inflight: max_inflight.map_or(64, |v| *v.get_ref() as u16),
+        cert_expiry_warn_days: cert_expiry_warn_days.map_or(30, |v| *v.get_ref() as u32),
     }
 }
 
@@ -432,8 +450,13 @@ pub(super) fn bus(report: &mut Report, table: &DeTable, start: usize, base: &Pat
 
     let mut device = None;
     let mut address = None;
+    // DL/T 645 through a transparent serial server: `address = "host:port"` instead of a
+    // `device`, the frames carried raw over TCP.
+    let dlt645_tcp = protocol == Some(BusProtocol::Dlt645)
+        && s.get("address").is_some()
+        && s.get("device").is_none();
     if let Some(protocol) = protocol {
-        if protocol.is_tcp() {
+        if protocol.is_tcp() || dlt645_tcp {
             address = tcp_address(report, &s, protocol);
             if let Some(v) = s.get("device") {
                 report.at(
@@ -450,14 +473,20 @@ pub(super) fn bus(report: &mut Report, table: &DeTable, start: usize, base: &Pat
                 .required_string(report, "device", "device = \"/dev/ttyS1\"")
                 .map(|d| Spanned::new(d.span(), resolve(base, d.get_ref())));
             if let Some(v) = s.get("address") {
-                report.at(
-                    v.span().start,
+                let message = if protocol == BusProtocol::Dlt645 {
+                    format!(
+                        "{label} has both `device` and `address`; a DL/T 645 bus is either on a \
+                         serial `device` or behind a serial server at `address = \"host:port\"`: \
+                         remove one"
+                    )
+                } else {
                     format!(
                         "`address` is for TCP buses, but {label} uses {} on a serial `device`; \
                          remove it, or change `protocol` to modbus-tcp or modbus-rtu-over-tcp",
                         protocol.name()
-                    ),
-                );
+                    )
+                };
+                report.at(v.span().start, message);
             }
         }
     }
@@ -468,32 +497,18 @@ pub(super) fn bus(report: &mut Report, table: &DeTable, start: usize, base: &Pat
         SerialSettings::MODBUS_DEFAULT
     };
     if let Some(b) = s.integer(report, "baud") {
-        if STANDARD_BAUD_RATES
-            .iter()
-            .any(|&r| r as i128 == *b.get_ref())
-        {
-            serial.baud = *b.get_ref() as u32;
-            let dlt645_rates = crate::protocol::dlt645::transport::BAUD_RATES;
-            if protocol == Some(BusProtocol::Dlt645) && !dlt645_rates.contains(&serial.baud) {
-                report.at(
-                    b.span().start,
-                    format!(
-                        "baud {} is not a DL/T 645 rate; {label} is dlt645: use one of 1200, \
-                         2400, 4800, 9600, 19200 (the meter's display or label shows its rate)",
-                        serial.baud
-                    ),
-                );
+        let dlt645 = (protocol == Some(BusProtocol::Dlt645)).then_some(label.as_str());
+        match baud_problem(*b.get_ref(), dlt645) {
+            None => serial.baud = *b.get_ref() as u32,
+            Some(problem) => {
+                if STANDARD_BAUD_RATES
+                    .iter()
+                    .any(|&r| r as i128 == *b.get_ref())
+                {
+                    serial.baud = *b.get_ref() as u32;
+                }
+                report.at(b.span().start, problem);
             }
-        } else {
-            let rates: Vec<String> = STANDARD_BAUD_RATES.iter().map(u32::to_string).collect();
-            report.at(
-                b.span().start,
-                format!(
-                    "baud {} is not a standard rate; use one of: {}",
-                    b.get_ref(),
-                    rates.join(", ")
-                ),
-            );
         }
     }
     if let Some(p) = s.string(report, "parity") {
@@ -508,21 +523,15 @@ pub(super) fn bus(report: &mut Report, table: &DeTable, start: usize, base: &Pat
         }
     }
     if let Some(d) = s.integer(report, "data_bits") {
-        match *d.get_ref() {
-            7 | 8 => serial.data_bits = *d.get_ref() as u8,
-            other => report.at(
-                d.span().start,
-                format!("data_bits {other} is not possible; use 7 or 8"),
-            ),
+        match bits_problem("data_bits", *d.get_ref()) {
+            None => serial.data_bits = *d.get_ref() as u8,
+            Some(problem) => report.at(d.span().start, problem),
         }
     }
     if let Some(d) = s.integer(report, "stop_bits") {
-        match *d.get_ref() {
-            1 | 2 => serial.stop_bits = *d.get_ref() as u8,
-            other => report.at(
-                d.span().start,
-                format!("stop_bits {other} is not possible; use 1 or 2"),
-            ),
+        match bits_problem("stop_bits", *d.get_ref()) {
+            None => serial.stop_bits = *d.get_ref() as u8,
+            Some(problem) => report.at(d.span().start, problem),
         }
     }
     let timeout_ms = s.integer_in(report, "timeout_ms", 1, 60000, " ms");
@@ -698,6 +707,7 @@ pub(super) fn meter(report: &mut Report, table: &DeTable, start: usize) -> Meter
             None
         }
     });
+    let ratios = ratios(report, &s, multiplier);
     let phase = s.string(report, "phase").and_then(|p| {
         if let Some(phase) = crate::model::Phase::from_name(p.get_ref()) {
             Some(Spanned::new(p.span(), phase))
@@ -737,7 +747,8 @@ pub(super) fn meter(report: &mut Report, table: &DeTable, start: usize) -> Meter
             unit: unit.map(Spanned::into_inner),
             address: address.map(Spanned::into_inner),
             model: model.map(Spanned::into_inner).unwrap_or_default(),
-            multiplier: multiplier.unwrap_or(1.0),
+            multiplier: ratios.multiplier(),
+            ratios,
             phase: phase.map(Spanned::into_inner),
             poll_interval_s: poll_interval_s.map(|v| *v.get_ref() as u64),
             consumption_only: consumption_only.is_some_and(|b| *b.get_ref()),
@@ -849,6 +860,81 @@ pub(super) fn area(report: &mut Report, table: &DeTable, start: usize) -> AreaEn
     }
 }
 
+/// A meter's `ct_ratio` and `pt_ratio`, with `multiplier` (already read): `multiplier` alone is
+/// a low-voltage meter (PT ratio 1, CT ratio = multiplier); given with the ratios it must equal
+/// their product.
+fn ratios(report: &mut Report, s: &Section, multiplier: Option<f64>) -> crate::model::Ratios {
+    use crate::model::Ratios;
+    let ct = positive(
+        report,
+        s,
+        "ct_ratio",
+        "it is the CT ratio (60 for 300/5 A CTs)",
+    );
+    let pt = positive(
+        report,
+        s,
+        "pt_ratio",
+        "it is the PT ratio (100 for 10 kV/100 V; 1 for a low-voltage meter)",
+    );
+    match (ct, pt, multiplier) {
+        (None, None, m) => Ratios::from_multiplier(m.unwrap_or(1.0)),
+        (ct, pt, m) => {
+            let ratios = Ratios {
+                ct: ct.unwrap_or(1.0),
+                pt: pt.unwrap_or(1.0),
+            };
+            if let Some(m) = m
+                && (m - ratios.multiplier()).abs() > 1e-9 * m.max(1.0)
+                && let Some(v) = s.get("multiplier")
+            {
+                report.at(
+                    v.span().start,
+                    format!(
+                        "multiplier {m} disagrees with ct_ratio {} × pt_ratio {} = {}; the \
+                         multiplier is their product: give the ratios alone (or fix the one \
+                         that is wrong)",
+                        ratios.ct,
+                        ratios.pt,
+                        ratios.multiplier()
+                    ),
+                );
+            }
+            ratios
+        }
+    }
+}
+
+/// Why `baud` cannot be a serial line's rate, if so: one of [`STANDARD_BAUD_RATES`], and on a
+/// DL/T 645 line (`dlt645`: how to name the line in the message) one of its rates. The rule of
+/// `[[bus]] baud`, which the field tools' `--baud` follows too.
+pub fn baud_problem(baud: i128, dlt645: Option<&str>) -> Option<String> {
+    if !STANDARD_BAUD_RATES.iter().any(|&r| r as i128 == baud) {
+        let rates: Vec<String> = STANDARD_BAUD_RATES.iter().map(u32::to_string).collect();
+        return Some(format!(
+            "baud {baud} is not a standard rate; use one of: {}",
+            rates.join(", ")
+        ));
+    }
+    let dlt645_rates = crate::protocol::dlt645::transport::BAUD_RATES;
+    match dlt645 {
+        Some(label) if !dlt645_rates.contains(&(baud as u32)) => Some(format!(
+            "baud {baud} is not a DL/T 645 rate; {label} is dlt645: use one of 1200, 2400, 4800, \
+             9600, 19200 (the meter's display or label shows its rate)"
+        )),
+        _ => None,
+    }
+}
+
+/// Why `n` cannot be a serial line's `data_bits` (7 or 8) or `stop_bits` (1 or 2), if so.
+pub fn bits_problem(key: &str, n: i128) -> Option<String> {
+    let (ok, allowed) = match key {
+        "data_bits" => (matches!(n, 7 | 8), "7 or 8"),
+        _ => (matches!(n, 1 | 2), "1 or 2"),
+    };
+    (!ok).then(|| format!("{key} {n} is not possible; use {allowed}"))
+}
+
 /// An optional number that must be finite and above 0; `what` says what it is.
 fn positive(report: &mut Report, s: &Section, key: &str, what: &str) -> Option<f64> {
     let v = s.number(report, key)?;
@@ -900,6 +986,63 @@ pub(super) fn collection(
         }
     }
     settings
+}
+
+/// `[time_sync]`: `at = "HH:MM"` or `"off"` (never within five minutes of midnight, when the
+/// meters freeze their daily data), `gateway_clock = "systemd" | "trusted"`,
+/// `read_interval_s`.
+pub(super) fn time_sync(
+    report: &mut Report,
+    table: &DeTable,
+    start: usize,
+) -> super::TimeSyncConfig {
+    let s = Section::new(
+        report,
+        "[time_sync]",
+        table,
+        start,
+        &["at", "gateway_clock", "read_interval_s"],
+    );
+    let mut c = super::TimeSyncConfig::default();
+    if let Some(at) = s.string(report, "at") {
+        let text = at.get_ref().as_str();
+        match parse_hh_mm(text) {
+            _ if text == "off" => c.at_minute = None,
+            Some(secs) if crate::bus::time_sync::at_near_midnight((secs / 60) as u16) => report.at(
+                at.span().start,
+                format!(
+                    "[time_sync] at `{text}` is within five minutes of midnight, when the meters \
+                     freeze their daily data (and refuse a time sync); pick a time from 00:06 to \
+                     23:54, e.g. the default \"03:07\""
+                ),
+            ),
+            Some(secs) => c.at_minute = Some((secs / 60) as u16),
+            None => report.at(
+                at.span().start,
+                format!(
+                    "[time_sync] at `{text}` is not a local time; write e.g. `at = \"03:07\"`, \
+                     or `at = \"off\"` for no daily time sync"
+                ),
+            ),
+        }
+    }
+    if let Some(clock) = s.string(report, "gateway_clock") {
+        match clock.get_ref().as_str() {
+            "systemd" => c.gateway_clock = super::GatewayClock::Systemd,
+            "trusted" => c.gateway_clock = super::GatewayClock::Trusted,
+            other => report.at(
+                clock.span().start,
+                format!(
+                    "[time_sync] gateway_clock `{other}` is not known; use \"systemd\" (trust \
+                     the clock while systemd-timesyncd has it synchronised) or \"trusted\""
+                ),
+            ),
+        }
+    }
+    if let Some(v) = s.integer_in(report, "read_interval_s", 10, 86_400, " s") {
+        c.read_interval_s = *v.get_ref() as u64;
+    }
+    c
 }
 
 /// Seconds after midnight of `HH:MM`.

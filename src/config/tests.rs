@@ -56,6 +56,7 @@ fn library() -> ModelLibrary {
             unit_switch_pause_ms: 0,
             inter_frame_pause_ms: 0,
             registers: Vec::new(),
+            setup: None,
             source: format!("test:{name}"),
         });
     }
@@ -116,6 +117,7 @@ fn valid_file_gets_defaults() {
     assert_eq!(mqtt.keep_alive_s, 30);
     assert_eq!(mqtt.reconnect_max_s, 60);
     assert_eq!(mqtt.max_inflight, 64);
+    assert_eq!(mqtt.cert_expiry_warn_days, 30);
 
     assert_eq!(config.store.history_days, 35);
     assert_eq!(config.store.max_size_mb, 1024);
@@ -169,6 +171,7 @@ client_key_file = "certs/gw.key"
 keep_alive_s = 45
 reconnect_max_s = 120
 max_inflight = 16
+cert_expiry_warn_days = 45
 
 [store]
 history_days = 90
@@ -236,6 +239,7 @@ negative_loss_pct = -2
         (mqtt.keep_alive_s, mqtt.reconnect_max_s, mqtt.max_inflight),
         (45, 120, 16)
     );
+    assert_eq!(mqtt.cert_expiry_warn_days, 45);
     assert_eq!(config.store.history_days, 90);
     assert_eq!(config.store.max_size_mb, 256);
 
@@ -353,7 +357,8 @@ fn unknown_section() {
             3,
             "unknown section `meters`; did you mean `[[meter]]`? the sections are: [gateway], \
              [mqtt], [store], [[bus]], [[meter]], [[area]], [loss], [alarms], [voltage_quality], \
-             [freeze], [curve], [collection], [[command_key]], [commands], [health]"
+             [freeze], [curve], [collection], [time_sync], [[command_key]], [commands], \
+             [health]"
         )]
     );
 }
@@ -951,6 +956,71 @@ fn multiplier_must_be_positive_and_finite() {
     assert_eq!(
         problems(&text),
         [at(17, 14, "`multiplier` must be a number, found a string")]
+    );
+}
+
+#[test]
+fn a_client_id_without_the_gateway_id_is_warned_about() {
+    let with = |id: &str| {
+        let text = edit("[mqtt]\n", &format!("[mqtt]\nclient_id = \"{id}\"\n"));
+        let config = parse(&text).unwrap();
+        config
+            .warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(with("amr-tx-0412-main"), Vec::<String>::new());
+    let warnings = with("amr-gateway");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("client_id `amr-gateway` does not contain the gateway id `tx-0412`"),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn ct_and_pt_ratios_make_the_multiplier() {
+    use crate::model::Ratios;
+    let config = parse(&edit(
+        "unit = 1\n",
+        "unit = 1\nct_ratio = 60\npt_ratio = 100\n",
+    ))
+    .unwrap();
+    let meter = config.meters.iter().find(|m| m.unit == Some(1)).unwrap();
+    assert_eq!(
+        meter.ratios,
+        Ratios {
+            ct: 60.0,
+            pt: 100.0
+        }
+    );
+    assert_eq!(meter.multiplier, 6000.0);
+    // A multiplier alone is a low-voltage meter; given with the ratios it must agree.
+    let config = parse(&edit("unit = 1\n", "unit = 1\nmultiplier = 60\n")).unwrap();
+    let meter = config.meters.iter().find(|m| m.unit == Some(1)).unwrap();
+    assert_eq!(meter.ratios, Ratios::from_multiplier(60.0));
+    let agreeing = edit("unit = 1\n", "unit = 1\nmultiplier = 60\nct_ratio = 60\n");
+    assert!(parse(&agreeing).is_ok());
+    let text = edit("unit = 1\n", "unit = 1\nmultiplier = 80\nct_ratio = 60\n");
+    assert_eq!(
+        problems(&text),
+        [at(
+            17,
+            14,
+            "multiplier 80 disagrees with ct_ratio 60 × pt_ratio 1 = 60; the multiplier is \
+             their product: give the ratios alone (or fix the one that is wrong)"
+        )]
+    );
+    let text = edit("unit = 1\n", "unit = 1\nct_ratio = 0\n");
+    assert_eq!(
+        problems(&text),
+        [at(
+            17,
+            12,
+            "ct_ratio 0 is not possible; it is the CT ratio (60 for 300/5 A CTs): a positive \
+             number"
+        )]
     );
 }
 
@@ -1652,7 +1722,9 @@ outage_pct = 0
                 "unknown key `nonsense` in [alarms]; the keys of [alarms] are: history, \
                  meter_offline, voltage, phase_loss, current_unbalance, overload, \
                  reverse_energy, reading_down, running_fast, meter_stopped, line_loss, outage, \
-                 power_off, store_recovered, disk_full, clock_unsynchronized"
+                 power_off, store_recovered, disk_full, clock_unsynchronized, clock_skew, \
+                 meter_cover_open, meter_power_down, meter_battery_low, meter_clock_fault, \
+                 certificate_expiry"
             ),
             at(
                 55,
@@ -2011,4 +2083,66 @@ fn health_interval_log_format_and_require_synced_clock() {
     let problems = problems(&text);
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(problems[0].ends_with("unknown log_format `xml`; use `plain` or `json`"));
+}
+
+#[test]
+fn time_sync_refuses_a_time_near_midnight_and_unknown_words() {
+    let text = format!(
+        "{BASE}\n[time_sync]\nat = \"23:57\"\ngateway_clock = \"ntp\"\nread_interval_s = 5\n"
+    );
+    let got = problems(&text);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        got[0].starts_with(
+            "/site/amr.toml:26:6: [time_sync] at `23:57` is within five minutes of midnight"
+        ),
+        "{got:?}"
+    );
+    assert!(
+        got[1].contains(":27:17: [time_sync] gateway_clock `ntp` is not known"),
+        "{got:?}"
+    );
+    assert!(got[2].contains(":28:19: `read_interval_s`"), "{got:?}");
+    for (at, ok) in [
+        ("00:05", false),
+        ("00:06", true),
+        ("23:54", true),
+        ("23:55", false),
+        ("3:07", false),
+        ("off", true),
+    ] {
+        let text = format!("{BASE}\n[time_sync]\nat = \"{at}\"\n");
+        assert_eq!(parse(&text).is_ok(), ok, "{at}");
+    }
+}
+
+#[test]
+fn a_dlt645_bus_behind_a_serial_server_has_an_address_and_no_device() {
+    let text = dlt645_base()
+        .replace("unit = 2\n", "address = \"000000000002\"\n")
+        .replace("device = \"/dev/ttyS1\"", "address = \"10.0.0.9:8899\"");
+    let config = parse(&text).unwrap();
+    let (bus, _) = &config.bus_settings()[0];
+    assert_eq!(
+        bus.endpoint,
+        crate::bus::Endpoint::Tcp("10.0.0.9:8899".into())
+    );
+    assert_eq!(bus.protocol, crate::bus::Protocol::Dlt645);
+    assert_eq!(
+        bus.time_sync.at_minute,
+        Some(crate::bus::time_sync::DEFAULT_AT_MINUTE)
+    );
+    // Both: the address is refused, at its position.
+    let both = dlt645_base()
+        .replace("unit = 2\n", "address = \"000000000002\"\n")
+        .replace(
+            "device = \"/dev/ttyS1\"",
+            "device = \"/dev/ttyS1\"\naddress = \"10.0.0.9:8899\"",
+        );
+    let got = problems(&both);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].contains("has both `device` and `address`; a DL/T 645 bus is either"),
+        "{got:?}"
+    );
 }

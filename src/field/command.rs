@@ -173,6 +173,7 @@ fn options(broker: &BrokerArgs, id: &str) -> Result<MqttOptions, String> {
             keep_alive_s: 30,
             reconnect_max_s: 60,
             max_inflight: 16,
+            cert_expiry_warn_days: 30,
         };
         let config =
             crate::uplink::tls::client_config(&settings).map_err(|e| e.replace("[mqtt] ", "--"))?;

@@ -25,6 +25,9 @@ pub struct MeterRead {
     pub errors: Vec<String>,
     pub requests: usize,
     pub elapsed: Duration,
+    /// What to check when nothing valid came back, when the link calls for other advice than
+    /// the serial line's (a Modbus TCP port that may speak RTU over TCP).
+    pub advice: Option<String>,
 }
 
 /// Reads every quantity of `model` from `unit` once.
@@ -40,13 +43,24 @@ pub async fn read_meter(
     }
     let meter = MeterSettings::modbus("cli", unit, Arc::new(model.clone()));
     let driver = ModbusDriver::new(&bus, &[meter], &[], &OfflinePolicy::default())?;
-    poll_once(
+    let mut read = poll_once(
         Box::new(driver),
         &bus.endpoint,
         MeterRef::Unit(unit),
         &model.name,
     )
-    .await
+    .await?;
+    // A Modbus TCP request to a serial server in RTU-over-TCP mode gets silence (the meters
+    // see garbage) or an RTU frame, which is no MBAP frame.
+    let invalid = |e: &String| e.contains("no reply") || e.contains("malformed reply");
+    if link.is_modbus_tcp() && read.values.is_empty() && read.errors.iter().any(invalid) {
+        read.advice = Some(format!(
+            "{}: {}",
+            read.meter,
+            link.advice(read.errors.iter().find(|e| invalid(e)).expect("checked"))
+        ));
+    }
+    Ok(read)
 }
 
 /// Reads every quantity of the DL/T 645 `model` from the meter at `address` once.
@@ -91,6 +105,7 @@ async fn poll_once(
             .collect(),
         requests: poll.requests,
         elapsed: started.elapsed(),
+        advice: None,
     })
 }
 
@@ -139,7 +154,10 @@ impl MeterRead {
         for e in &self.errors {
             out += &format!("error: {e}\n");
         }
-        if self.values.is_empty() && self.errors.is_empty() {
+        if let Some(advice) = &self.advice {
+            out += advice;
+            out.push('\n');
+        } else if self.values.is_empty() && self.errors.is_empty() {
             out += "no values\n";
         } else if self.values.is_empty() && self.errors.iter().all(|e| e.contains("no reply")) {
             let which = match self.meter {

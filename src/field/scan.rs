@@ -69,7 +69,7 @@ pub async fn scan(
     link: &super::LinkArgs,
     units: &[u8],
     library: &ModelLibrary,
-    mut progress: impl FnMut(usize, usize),
+    mut progress: impl FnMut(usize, &[Found]),
 ) -> Result<Vec<Found>, String> {
     let bus = link.bus()?;
     if let Endpoint::Serial(dev) = &bus.endpoint {
@@ -107,7 +107,7 @@ pub async fn scan(
                 likely,
             });
         }
-        progress(i + 1, found.len());
+        progress(i + 1, &found);
     }
     Ok(found)
 }
@@ -187,20 +187,26 @@ pub fn table(found: &[Found], scanned: usize) -> String {
     }
     out += &format!("{:>4}  {:<14}  model guess\n", "unit", "answer");
     for f in found {
-        let guess = if f.models.is_empty() {
-            "unknown (no model of the library reads plausible values)".to_string()
-        } else if f.likely < f.models.len() {
-            format!(
-                "{} (less likely: {})",
-                f.models[..f.likely].join(" or "),
-                f.models[f.likely..].join(", ")
-            )
-        } else {
-            f.models.join(" or ")
-        };
-        out += &format!("{:>4}  {:<14}  {}\n", f.unit, f.answer, guess);
+        out += &row(f);
+        out.push('\n');
     }
     out
+}
+
+/// One found unit as the table shows it: unit, answer, model guess.
+pub fn row(f: &Found) -> String {
+    let guess = if f.models.is_empty() {
+        "unknown (no model of the library reads plausible values)".to_string()
+    } else if f.likely < f.models.len() {
+        format!(
+            "{} (less likely: {})",
+            f.models[..f.likely].join(" or "),
+            f.models[f.likely..].join(", ")
+        )
+    } else {
+        f.models.join(" or ")
+    };
+    format!("{:>4}  {:<14}  {}", f.unit, f.answer, guess)
 }
 
 pub fn json(found: &[Found], scanned: usize) -> serde_json::Value {

@@ -20,6 +20,9 @@ use crate::model::json_number;
 use crate::store::{MetaKey, MeterState, RecordKind, Store, StoreLock};
 use serde_json::{Value, json};
 
+/// How far back `status` counts the headend's commands (rejected ones especially).
+const COMMANDS_WINDOW_MS: i64 = 86_400_000;
+
 /// Everything `status` shows, as JSON (the table is rendered from it).
 pub fn collect(config: &Config) -> Result<Value, String> {
     let db = config.db_path();
@@ -54,6 +57,11 @@ pub fn collect(config: &Config) -> Result<Value, String> {
                 "timeouts": st.map(|s| s.timeouts),
                 "crc_errors": st.map(|s| s.crc_errors),
                 "last_error": st.and_then(|s| s.last_error.clone()),
+                "clock_skew_s": st
+                    .and_then(|s| s.items.as_ref())
+                    .and_then(|i| i.clock_skew_s)
+                    .map(json_number),
+                "cover_open_count": st.and_then(|s| s.items.as_ref()).and_then(|i| i.cover_open_count),
             }));
         }
         buses.push(json!({
@@ -119,6 +127,25 @@ pub fn collect(config: &Config) -> Result<Value, String> {
     let version = store
         .meta(&MetaKey::DaemonVersion)
         .map_err(|e| e.to_string())?;
+    // Commands from the headend over the last 24 h, from the audit records. The daemon's own
+    // counters (since it started, by reason) live in its memory: its `status` command adds
+    // them to this object (`rejected_total`, `rejected`).
+    let commands = store
+        .command_counts(now - COMMANDS_WINDOW_MS)
+        .map_err(|e| e.to_string())?;
+    let commands = json!({
+        "window_h": COMMANDS_WINDOW_MS / 3_600_000,
+        "rejected_24h": commands.by_state.get("rejected").copied().unwrap_or(0),
+        "by_state_24h": commands.by_state,
+        "rejected_by_key_24h": commands.rejected_by_key,
+        "last_rejected": commands.last_rejected.map(|r| json!({
+            "at": rfc3339_ms(r.received_ms),
+            "id": r.command_id,
+            "key": r.key_id,
+            "command": r.name,
+            "reason": r.reason,
+        })),
+    });
     let collection = store
         .records(RecordKind::Collection, None, 0, i64::MAX, 1)
         .map_err(|e| e.to_string())?
@@ -149,6 +176,7 @@ pub fn collect(config: &Config) -> Result<Value, String> {
         "alarm_events": alarm_events,
         "voltage_quality": voltage,
         "collection": collection,
+        "commands": commands,
     }))
 }
 
@@ -204,6 +232,15 @@ pub fn table(st: &Value) -> String {
             "daemon: NOT RUNNING (last heartbeat {}{version}): nothing is being read or sent; \
              the states below are as it last saw them\n",
             age(&daemon["heartbeat_age_s"])
+        );
+    }
+    if let Some(rejected) = st["commands"]["rejected_24h"].as_u64().filter(|n| *n > 0) {
+        let last = &st["commands"]["last_rejected"];
+        out += &format!(
+            "commands: {rejected} rejected in the last 24 h; last at {} (key {}): {}\n",
+            s(&last["at"]),
+            s(&last["key"]),
+            s(&last["reason"])
         );
     }
     let backlog = st["outbox"]["backlog"].as_u64().unwrap_or(0);
@@ -271,6 +308,9 @@ pub fn table(st: &Value) -> String {
                 s(&m["timeouts"]),
                 s(&m["crc_errors"]),
             );
+            if let Some(skew) = m["clock_skew_s"].as_f64() {
+                out += &format!("  {:<w$} meter clock {skew:+.1} s off the gateway's\n", "");
+            }
             if let Some(e) = m["last_error"].as_str() {
                 out += &format!("  {:<w$} last error: {e}\n", "");
             }

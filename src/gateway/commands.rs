@@ -1,8 +1,9 @@
 //! The commands the composition root runs for the command desk (`uplink::desk`): `ping`,
 //! `status` (the `status --json` document, through a hook the binary provides), `config_get`
 //! (the configuration as read at start, secrets redacted), `read` (meters read now by their
-//! bus tasks, between scheduled polls) and `config_apply`. `time_sync` and `relay` fail with
-//! "not supported yet".
+//! bus tasks, between scheduled polls), `time_sync` (a broadcast time sync of every DL/T 645
+//! bus now, through its bus task, then each meter's clock read: its skew before and after) and
+//! `config_apply`. `relay` fails with "not supported yet".
 //!
 //! `config_apply` goes through the files next to the configuration file `F`:
 //!
@@ -22,13 +23,14 @@
 //! The result travels through the outbox of whichever generation runs, so the headend gets it
 //! whatever happens in between (a kill during the restart included: the marker is on disk).
 
-use crate::bus::ReadRequest;
+use crate::bus::{MeterRead, ReadRequest};
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::store::{Batch, SharedStore, with_store};
 use crate::uplink::command::{Command, Meters};
 use crate::uplink::contract::{
     CommandResult, Topics, command_result_message, config_data, ping_data, read_data,
+    time_sync_data,
 };
 use crate::uplink::desk::{Executor, Outcome};
 use serde::{Deserialize, Serialize};
@@ -64,6 +66,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(90);
 pub(super) struct BusDesk {
     pub meters: Vec<String>,
     pub requests: mpsc::Sender<ReadRequest>,
+    /// The bus has a broadcast time sync (DL/T 645).
+    pub time_sync: bool,
 }
 
 /// The gateway's side of the commands.
@@ -93,9 +97,16 @@ impl Executor for GatewayExecutor {
                     let mut doc = tokio::task::spawn_blocking(move || hook(&config))
                         .await
                         .map_err(|e| format!("status failed: {e}"))??;
-                    // What only the running daemon knows: the commands it rejected.
+                    // What only the running daemon knows: the commands it rejected since it
+                    // started, next to what the store's audit says of the last 24 h.
                     if let Value::Object(map) = &mut doc {
-                        map.insert("commands".into(), crate::uplink::desk::rejected_counters());
+                        let counters = crate::uplink::desk::rejected_counters();
+                        match (map.get_mut("commands"), counters) {
+                            (Some(Value::Object(audit)), Value::Object(live)) => audit.extend(live),
+                            (_, counters) => {
+                                map.insert("commands".into(), counters);
+                            }
+                        }
                     }
                     Ok(Some(doc))
                 })
@@ -121,9 +132,17 @@ impl Executor for GatewayExecutor {
                     std::future::pending::<Outcome>().await
                 })
             }
+            Command::TimeSync => {
+                let asks: ReadPlan = self
+                    .buses
+                    .iter()
+                    .filter(|b| b.time_sync)
+                    .map(|b| (Vec::new(), b.requests.clone()))
+                    .collect();
+                Box::pin(async move { time_sync(asks).await })
+            }
             other => {
                 let name = match other {
-                    Command::TimeSync => "time_sync",
                     Command::Relay { .. } => "relay",
                     _ => "this command",
                 };
@@ -162,12 +181,50 @@ impl GatewayExecutor {
 }
 
 async fn read(asks: ReadPlan) -> Outcome {
+    let reads = ask(asks, false).await?;
+    let reads: Vec<_> = reads
+        .into_iter()
+        .map(|r| (r.meter, r.reading, r.error))
+        .collect();
+    Ok(Some(read_data(&reads)))
+}
+
+/// `time_sync`: every DL/T 645 bus sends its broadcast time sync now and reads its meters'
+/// clocks; fails when the gateway has no such bus or every bus refused.
+async fn time_sync(asks: ReadPlan) -> Outcome {
+    if asks.is_empty() {
+        return Err("no DL/T 645 bus: a broadcast time sync is for DL/T 645 meters".into());
+    }
+    let reads = ask(asks, true).await?;
+    let refused = |r: &MeterRead| {
+        r.error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("time sync "))
+    };
+    if let Some(r) = reads.first()
+        && reads.iter().all(refused)
+    {
+        return Err(r.error.clone().unwrap_or_default());
+    }
+    let rows: Vec<_> = reads
+        .into_iter()
+        .map(|r| (r.meter, r.skew_before_s, r.skew_after_s, r.error))
+        .collect();
+    Ok(Some(time_sync_data(&rows)))
+}
+
+/// Asks each bus of `asks` (a time sync first with `time_sync`) and waits for the answers.
+async fn ask(asks: ReadPlan, time_sync: bool) -> Result<Vec<MeterRead>, String> {
     let mut replies = Vec::new();
     for (meters, bus) in asks {
         let (reply, answer) = oneshot::channel();
-        bus.send(ReadRequest { meters, reply })
-            .await
-            .map_err(|_| "a bus task has stopped".to_string())?;
+        bus.send(ReadRequest {
+            meters,
+            reply,
+            time_sync,
+        })
+        .await
+        .map_err(|_| "a bus task has stopped".to_string())?;
         replies.push(answer);
     }
     let mut reads = Vec::new();
@@ -181,9 +238,9 @@ async fn read(asks: ReadPlan) -> Outcome {
                 )
             })?
             .map_err(|_| "a bus task stopped before it answered".to_string())?;
-        reads.extend(got.into_iter().map(|r| (r.meter, r.reading, r.error)));
+        reads.extend(got);
     }
-    Ok(Some(read_data(&reads)))
+    Ok(reads)
 }
 
 /// `F` with `suffix` appended to its file name.

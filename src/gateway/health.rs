@@ -475,6 +475,8 @@ mod tests {
             meter: meter.into(),
             bus: "b".into(),
             unit: Some(1),
+            address: None,
+            items: None,
             health: MeterHealth {
                 online: Some(online),
                 consecutive_failures: 0,

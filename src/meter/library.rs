@@ -135,6 +135,8 @@ pub struct MeterModel {
     /// Pause between two frames to this meter.
     pub inter_frame_pause_ms: u64,
     pub registers: Vec<RegisterDef>,
+    /// How a new meter's unit id and baud rate are set (`[setup]`), when the model documents it.
+    pub setup: Option<super::setup::Setup>,
     /// File the model came from (`builtin:protocols/x.toml` for compiled-in ones).
     pub source: String,
 }

@@ -17,7 +17,7 @@ use crate::model::{QUANTITIES, is_quantity};
 /// The largest block the Modbus standard allows for functions 03 and 04.
 pub const STANDARD_MAX_BLOCK: u16 = 125;
 
-const TOP_KEYS: &[&str] = &["model", "register"];
+const TOP_KEYS: &[&str] = &["model", "register", "setup"];
 const MODEL_KEYS: &[&str] = &[
     "name",
     "vendor",
@@ -230,6 +230,7 @@ impl FileCheck<'_> {
                 .unwrap_or(WordOrder::Abcd),
         };
         let registers = self.registers(doc, &defaults, model_key.span());
+        let setup = super::setup::parse(&mut self.report, doc);
 
         Some(ParsedModel {
             model: MeterModel {
@@ -242,6 +243,7 @@ impl FileCheck<'_> {
                 unit_switch_pause_ms: unit_switch_pause_ms?,
                 inter_frame_pause_ms: inter_frame_pause_ms?,
                 registers: registers?,
+                setup: setup?,
                 source: self.source.to_string(),
             },
             name_at,

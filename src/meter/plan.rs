@@ -83,6 +83,7 @@ mod tests {
             unit_switch_pause_ms: 0,
             inter_frame_pause_ms: 0,
             registers,
+            setup: None,
             source: "test".into(),
         }
     }

@@ -195,6 +195,33 @@ impl Analytics {
         }
     }
 
+    /// A certificate of the MQTT link (`subject`: its `[mqtt]` key) expires within the warning
+    /// time (`days_left`: Some) or no longer does: `certificate_expiry` raised or cleared.
+    pub fn on_certificate(
+        &mut self,
+        subject: &str,
+        days_left: Option<i64>,
+        details: Value,
+        now_ms: i64,
+        batch: &mut Batch,
+    ) {
+        let kind = AlarmKind::CertificateExpiry;
+        let change = match days_left {
+            Some(days) => {
+                let warn = details["warn_days"].as_f64().unwrap_or(0.0);
+                self.alarms
+                    .raise_external(kind, subject, days as f64, warn, details, now_ms)
+            }
+            None => self
+                .alarms
+                .clear_external(kind, subject, 0.0, details, now_ms),
+        };
+        if let Some(c) = change {
+            push_alarm_event(&self.topics, &c, batch);
+            self.push_active_alarms(now_ms, batch);
+        }
+    }
+
     /// The store's filesystem became full (`full`) or has room again: `disk_full` raised or
     /// cleared (`details`: the condition's figures).
     pub fn on_disk_full(&mut self, full: bool, details: Value, now_ms: i64, batch: &mut Batch) {

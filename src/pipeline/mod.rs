@@ -42,6 +42,8 @@ pub struct PipelineSettings {
     pub voltage: VoltageQualitySettings,
     /// The configured model of every meter, by meter id (also: which meters are configured).
     pub models: BTreeMap<String, String>,
+    /// The CT and PT ratios of every meter, by meter id (carried in its state message).
+    pub ratios: BTreeMap<String, crate::model::Ratios>,
     /// Daily and monthly freezes of every configured meter (its zone and decision time).
     pub freeze: FreezeSettings,
     /// Load curves of every configured meter (its zone).

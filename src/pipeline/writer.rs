@@ -57,7 +57,10 @@ impl Writer {
         let mut batch = analytics.start(|k| meta.get(k).cloned(), now_ms);
         for (meter, state) in store.meter_states()? {
             if settings.models.contains_key(&meter) {
-                batch.messages.push(meter_state_message(&topics, &state));
+                let ratios = settings.ratios.get(&meter).copied();
+                batch
+                    .messages
+                    .push(meter_state_message(&topics, &state, ratios));
             }
         }
         let writer = Writer {
@@ -92,9 +95,11 @@ impl Writer {
                     self.analytics.on_meter_status(&s);
                     let model = self.settings.models.get(&s.meter).map(String::as_str);
                     let state = MeterState::of(&s, model);
-                    batch
-                        .messages
-                        .push(meter_state_message(&self.topics, &state));
+                    batch.messages.push(meter_state_message(
+                        &self.topics,
+                        &state,
+                        self.settings.ratios.get(&s.meter).copied(),
+                    ));
                     batch.meter_states.push(state);
                 }
                 BusEvent::Learned { meter, learned } => fold.learned.push((meter, learned)),
@@ -140,6 +145,22 @@ impl Writer {
         let mut batch = Batch::default();
         self.analytics
             .on_disk_full(full, details, now_ms, &mut batch);
+        batch
+    }
+
+    /// A certificate of the MQTT link expires soon (`days_left`) or no longer does:
+    /// `certificate_expiry` raised or cleared for `subject` (its `[mqtt]` key), in a batch of
+    /// its own.
+    pub fn certificate(
+        &mut self,
+        subject: &str,
+        days_left: Option<i64>,
+        details: serde_json::Value,
+        now_ms: i64,
+    ) -> Batch {
+        let mut batch = Batch::default();
+        self.analytics
+            .on_certificate(subject, days_left, details, now_ms, &mut batch);
         batch
     }
 

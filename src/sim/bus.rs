@@ -6,7 +6,7 @@
 use super::config::{Fault, SimBusConfig, SimProtocol};
 use super::meter::SimMeter;
 use crate::protocol::modbus::RtuTiming;
-use crate::protocol::modbus::codec::{self, ReadRequest};
+use crate::protocol::modbus::codec::{self, ReadRequest, Request};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -26,8 +26,16 @@ pub(crate) enum LineControl {
 struct Reply {
     unit: u8,
     function: u8,
-    body: Result<Vec<u16>, u8>,
+    body: Result<Body, u8>,
     fault: Fault,
+}
+
+/// What a reply carries when it is no exception.
+enum Body {
+    /// Registers read.
+    Words(Vec<u16>),
+    /// The echo of a write.
+    Echo([u8; 4]),
 }
 
 /// Framed bytes to write after `delay` (counted from the request's arrival).
@@ -49,8 +57,11 @@ pub(crate) struct SimBus {
 }
 
 impl SimBus {
-    pub fn new(config: SimBusConfig, meters: BTreeMap<u8, SimMeter>) -> SimBus {
+    pub fn new(config: SimBusConfig, mut meters: BTreeMap<u8, SimMeter>) -> SimBus {
         let timing = RtuTiming::new(config.baud, config.bits_per_char());
+        for (unit, meter) in meters.iter_mut() {
+            meter.preset_setup(*unit, config.baud);
+        }
         SimBus {
             timing,
             meters: Mutex::new(meters),
@@ -96,7 +107,12 @@ impl SimBus {
             }
             Err(codec::ILLEGAL_DATA_VALUE)
         } else {
-            Ok(meter.registers(request.function, request.address, request.count, now))
+            Ok(Body::Words(meter.registers(
+                request.function,
+                request.address,
+                request.count,
+                now,
+            )))
         };
         Some(Reply {
             unit: if fault.reply_unit != 0 {
@@ -105,6 +121,47 @@ impl SimBus {
                 request.unit
             },
             function: request.function,
+            body,
+            fault,
+        })
+    }
+
+    /// The reply of the addressed meter to a request other than a register read: a write of
+    /// holding registers it has is kept (and a new unit id in its `[setup]` register moves the
+    /// meter there once it answered from the old one); coils and discrete inputs it has none
+    /// of (exception 01). `None` for silence.
+    fn other_reply(&self, unit: u8, function: u8, request: Result<Request, u8>) -> Option<Reply> {
+        let (address, values) = match request {
+            Ok(Request::WriteRegister { address, value }) => (address, vec![value]),
+            Ok(Request::WriteRegisters {
+                address,
+                ref values,
+            }) => (address, values.clone()),
+            Ok(_) => return self.refusal(unit, function, codec::ILLEGAL_FUNCTION),
+            Err(code) => return self.refusal(unit, function, code),
+        };
+        let request = request.expect("a write, matched above");
+        let mut meters = self.meters();
+        let meter = meters.get_mut(&unit)?;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let fault = meter.fault.clone();
+        if fault.no_reply || self.silent.load(Ordering::Relaxed) || meter.misses_request() {
+            return None;
+        }
+        let body = match meter.write(address, &values) {
+            Ok(()) => Ok(Body::Echo(request.echo().expect("a write has an echo"))),
+            Err(code) => Err(code),
+        };
+        if let Some(new) = meter.written_unit_id()
+            && new != unit
+            && !meters.contains_key(&new)
+            && let Some(moved) = meters.remove(&unit)
+        {
+            meters.insert(new, moved);
+        }
+        Some(Reply {
+            unit,
+            function,
             body,
             fault,
         })
@@ -152,7 +209,8 @@ impl SimBus {
     fn frame_rtu(&self, reply: Reply) -> Answer {
         let mut bytes = line_noise(reply.fault.garbage_before, reply.unit);
         let mut frame = match &reply.body {
-            Ok(words) => codec::rtu_read_reply(reply.unit, reply.function, words),
+            Ok(Body::Words(words)) => codec::rtu_read_reply(reply.unit, reply.function, words),
+            Ok(Body::Echo(echo)) => codec::rtu_echo_reply(reply.unit, reply.function, *echo),
             Err(code) => codec::rtu_exception_reply(reply.unit, reply.function, *code),
         };
         if reply.fault.bad_crc {
@@ -172,9 +230,12 @@ impl SimBus {
         self.reply(request).map(|r| self.frame_rtu(r))
     }
 
-    /// The answer to a well-formed RTU frame of another function; `None` for silence.
-    pub fn answer_rtu_unsupported(&self, unit: u8, function: u8) -> Option<Answer> {
-        self.refusal(unit, function, codec::ILLEGAL_FUNCTION)
+    /// The answer to a well-formed RTU frame (`frame`, CRC included) of a function other
+    /// than a register read: a write, or a refusal; `None` for silence.
+    pub fn answer_rtu_other(&self, frame: &[u8]) -> Option<Answer> {
+        let (unit, function) = codec::rtu_other_function(frame)?;
+        let request = codec::parse_request_pdu(&frame[1..frame.len() - 2]);
+        self.other_reply(unit, function, request)
             .map(|r| self.frame_rtu(r))
     }
 
@@ -183,10 +244,18 @@ impl SimBus {
     pub fn answer_tcp(&self, transaction: u16, unit: u8, pdu: &[u8]) -> Option<Answer> {
         let reply = match codec::parse_read_request_pdu(unit, pdu) {
             Ok(request) => self.reply(&request)?,
-            Err(code) => self.refusal(unit, pdu.first().copied()? & 0x7F, code)?,
+            Err(_) => {
+                let function = pdu.first().copied()? & 0x7F;
+                self.other_reply(unit, function, codec::parse_request_pdu(pdu))?
+            }
         };
         let bytes = match &reply.body {
-            Ok(words) => codec::tcp_read_reply(transaction, reply.unit, reply.function, words),
+            Ok(Body::Words(words)) => {
+                codec::tcp_read_reply(transaction, reply.unit, reply.function, words)
+            }
+            Ok(Body::Echo(echo)) => {
+                codec::tcp_echo_reply(transaction, reply.unit, reply.function, *echo)
+            }
             Err(code) => codec::tcp_exception_reply(transaction, reply.unit, reply.function, *code),
         };
         Some(Answer {

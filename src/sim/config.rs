@@ -464,6 +464,17 @@ pub struct Fault {
     /// DL/T 645: answer block identifiers (`0001FF00`, ...) with the abnormal reply "no such
     /// data item", as meters (and outside stacks) that are read item by item do.
     pub refuse_blocks: bool,
+    /// DL/T 645: the meter's clock runs this many seconds ahead of true time (negative:
+    /// behind), from when the fault is set; a broadcast time sync (08H) sets it right when it
+    /// is within ±300 s, as meters do, and leaves it otherwise.
+    pub clock_offset_s: i64,
+    /// DL/T 645: run status word 1 (`04000501`, 1997 `C020`): bit 2 clock battery low, bit 3
+    /// reading battery low, bit 15 clock fault.
+    pub status_word_1: u16,
+    /// DL/T 645: the power-down event count (`03110000`).
+    pub power_down_count: u32,
+    /// DL/T 645: the meter-cover-open event count (`03300D00`).
+    pub cover_open_count: u32,
 }
 
 fn default_protocol() -> SimProtocol {

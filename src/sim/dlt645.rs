@@ -7,10 +7,13 @@
 //! What a meter does: 11H / 01H reads of a single or block identifier of its model (abnormal
 //! reply "no such data item" for one it lacks, and for every block with `refuse_blocks`);
 //! 13H read address to the wildcard (answered when the bus has one meter; several meters
-//! collide into noise); 08H broadcast time sync (counted, no reply); other functions to its
+//! collide into noise); 08H broadcast time sync (no reply; a meter whose clock is within ±5
+//! minutes of the time sent takes it); other functions to its
 //! address get the abnormal reply "other error". Faults: no reply, late reply, bad checksum,
 //! reply from another address, noise before the reply, `FF` after it, an abnormal reply with a
-//! given ERR byte for every read, missed reads, a silent bus.
+//! given ERR byte for every read, missed reads, a silent bus. The meter's own items come from
+//! its faults too: a clock off by `clock_offset_s`, `status_word_1`, the power-down and
+//! meter-cover-open counts.
 
 use super::bus::{Answer, LineControl, SimBus};
 use super::config::Fault;
@@ -29,6 +32,8 @@ use tokio::task::JoinSet;
 
 /// Offset of the meters' clocks from UTC: China Standard Time.
 const METER_UTC_OFFSET_S: i64 = 8 * 3600;
+/// A meter takes a broadcast time sync only within this much of its own clock (±5 min).
+const TIME_SYNC_LIMIT_MS: i64 = 300_000;
 /// Bytes kept of an unfinished request before the oldest are dropped (line noise).
 const RX_LIMIT: usize = 1024;
 
@@ -140,9 +145,19 @@ fn answer(
     let function = request.function();
     if request.address.is_broadcast() {
         if function == codec::TIME_SYNC {
-            // Every meter takes the time; none replies.
-            for _ in meters.values() {
+            // Every meter within ±5 minutes takes the time; none replies.
+            let sent = codec::parse_time_sync_data(&request.data);
+            let mut all = bus.meters();
+            for meter in meters.values() {
                 bus.count_request();
+                if let (Some(t), Some(m)) = (sent, all.get_mut(&meter.unit)) {
+                    let true_ms = crate::clock::now_ms();
+                    let meter_ms = true_ms + m.clock_offset_ms;
+                    let sent_ms = t.to_unix(METER_UTC_OFFSET_S) * 1000;
+                    if (sent_ms - meter_ms).abs() <= TIME_SYNC_LIMIT_MS {
+                        m.clock_offset_ms = sent_ms - true_ms;
+                    }
+                }
             }
         }
         return None;
@@ -229,10 +244,18 @@ fn read_reply(
     let Some(sim) = all.get(&meter.unit) else {
         return codec::abnormal_reply(address, function, codec::ERR_OTHER);
     };
-    let wall = crate::clock::now_ms().div_euclid(1000);
+    let wall = (crate::clock::now_ms() + sim.clock_offset_ms).div_euclid(1000);
     let clock = codec::MeterTime::from_unix(wall, METER_UTC_OFFSET_S);
     let number = |q: &str| sim.value(q, now).unwrap_or(0.0);
-    let value_of = |e: &DiEntry| item_value(e, &number, &clock, wall + METER_UTC_OFFSET_S);
+    let value_of = |e: &DiEntry| {
+        match e.name.as_str() {
+            "status_word_1" => return DiValue::Bits(u32::from(fault.status_word_1)),
+            "power_down_count" => return DiValue::Number(f64::from(fault.power_down_count)),
+            "cover_open_count" => return DiValue::Number(f64::from(fault.cover_open_count)),
+            _ => {}
+        }
+        item_value(e, &number, &clock, wall + METER_UTC_OFFSET_S)
+    };
     match model.encode(di, value_of) {
         Some(value) if value.len() + di.len() <= codec::MAX_READ_REPLY_DATA => {
             codec::read_reply(address, di, &value, false)

@@ -47,6 +47,7 @@ pub fn model() -> MeterModel {
             f32_in("energy_import_t1_kwh", 78, 1.0),
             energy_u32,
         ],
+        setup: None,
         source: "test".into(),
     }
 }

@@ -1,10 +1,14 @@
 //! One simulated meter as the bus sees it: its model, faults, missed reads, and the register
-//! image a read returns, with values taken from its installation in the [`Area`].
+//! image a read returns, with values taken from its installation in the [`Area`]; and the
+//! holding registers written to it (a write to a register it has is kept and read back, a new
+//! unit id in its `[setup]` register moves it).
 
 use super::area::{Area, MeterView};
 use super::config::Fault;
 use super::profile;
 use crate::meter::{MeterModel, encode_value};
+use crate::protocol::modbus::codec::{ILLEGAL_DATA_ADDRESS, READ_HOLDING};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,6 +26,10 @@ pub struct SimMeter {
     seed: u64,
     /// Requests seen so far (numbers the draws of `miss_reads_pct`).
     requests: u64,
+    /// DL/T 645: how far the meter's clock is ahead of true time, ms.
+    pub clock_offset_ms: i64,
+    /// Holding registers written, by address: they read back as written.
+    written: BTreeMap<u16, u16>,
 }
 
 impl SimMeter {
@@ -34,12 +42,92 @@ impl SimMeter {
     ) -> SimMeter {
         SimMeter {
             model,
+            clock_offset_ms: fault.clock_offset_s * 1000,
             fault,
             index,
             area,
             seed,
             requests: 0,
+            written: BTreeMap::new(),
         }
+    }
+
+    /// Replaces the meter's faults; a changed `clock_offset_s` sets its clock that far off.
+    pub fn set_fault(&mut self, fault: Fault) {
+        if fault.clock_offset_s != self.fault.clock_offset_s {
+            self.clock_offset_ms = fault.clock_offset_s * 1000;
+        }
+        self.fault = fault;
+    }
+
+    /// Fills the model's `[setup]` registers as a meter at `unit` on a line at `baud` reads
+    /// them (its unit id, and its baud rate's code when the model lists it).
+    pub fn preset_setup(&mut self, unit: u8, baud: u32) {
+        let Some(setup) = self.model.setup.clone() else {
+            return;
+        };
+        let mut put = |request: crate::protocol::modbus::codec::Request| {
+            if let crate::protocol::modbus::codec::Request::WriteRegisters { address, values } =
+                request
+            {
+                for (k, v) in values.into_iter().enumerate() {
+                    self.written.insert(address + k as u16, v);
+                }
+            } else if let crate::protocol::modbus::codec::Request::WriteRegister {
+                address,
+                value,
+            } = request
+            {
+                self.written.insert(address, value);
+            }
+        };
+        put(setup.unit_id_write(unit));
+        if let Ok(request) = setup.baud_write(baud) {
+            put(request);
+        }
+    }
+
+    /// Whether the holding register at `address` is one the meter has: a word of a mapped
+    /// holding register, or of a `[setup]` register of its model.
+    fn has_holding(&self, address: u16) -> bool {
+        let within =
+            |first: u16, words: u16| (first..first.saturating_add(words)).contains(&address);
+        let mapped = self
+            .model
+            .registers
+            .iter()
+            .any(|d| d.function == READ_HOLDING && within(d.address, d.data_type.words()));
+        let setup = self.model.setup.as_ref().is_some_and(|s| {
+            within(s.unit_id_register, s.words())
+                || s.baud_register.is_some_and(|b| within(b, s.words()))
+        });
+        mapped || setup
+    }
+
+    /// Writes `values` to the holding registers from `address`: all kept, or exception 02 when
+    /// any of them is not a register the meter has (nothing is written then).
+    pub fn write(&mut self, address: u16, values: &[u16]) -> Result<(), u8> {
+        let addresses = (0..values.len()).map(|k| address as usize + k);
+        if addresses
+            .clone()
+            .any(|a| a > 0xFFFF || !self.has_holding(a as u16))
+        {
+            return Err(ILLEGAL_DATA_ADDRESS);
+        }
+        for (a, v) in addresses.zip(values) {
+            self.written.insert(a as u16, *v);
+        }
+        Ok(())
+    }
+
+    /// The unit id written to the model's `[setup]` unit id register, when it is a valid one.
+    pub fn written_unit_id(&self) -> Option<u8> {
+        let setup = self.model.setup.as_ref()?;
+        let words: Vec<u16> = (0..setup.words())
+            .map(|k| self.written.get(&(setup.unit_id_register + k)).copied())
+            .collect::<Option<_>>()?;
+        let unit = setup.decode(&words);
+        (unit.fract() == 0.0 && (1.0..=247.0).contains(&unit)).then_some(unit as u8)
     }
 
     /// Counts a request; true when `miss_reads_pct` says this one goes unanswered.
@@ -79,6 +167,13 @@ impl SimMeter {
                 let at = first + k;
                 if (start..end).contains(&at) {
                     words[at - start] = w;
+                }
+            }
+        }
+        if function == READ_HOLDING {
+            for (&at, &w) in self.written.range(address..) {
+                if (at as usize) < end {
+                    words[at as usize - start] = w;
                 }
             }
         }

@@ -172,7 +172,12 @@ impl SimHandle {
 
     /// Replaces the faults of meter `unit` on `bus`; takes effect from its next request.
     pub fn set_fault(&self, bus: &str, unit: u8, fault: Fault) -> Result<(), SimError> {
-        self.with_meter(bus, unit, |m| m.fault = fault)
+        self.with_meter(bus, unit, |m| m.set_fault(fault))
+    }
+
+    /// DL/T 645: how far the meter's clock is ahead of true time now, seconds.
+    pub fn clock_offset_s(&self, bus: &str, unit: u8) -> Result<f64, SimError> {
+        self.with_meter(bus, unit, |m| m.clock_offset_ms as f64 / 1000.0)
     }
 
     /// The current faults of meter `unit` on `bus`.
@@ -341,6 +346,7 @@ impl SimHandle {
             timeout: std::time::Duration::from_millis(b.config.gateway_timeout_ms),
             poll_interval: std::time::Duration::from_secs(60),
             preamble: 4,
+            time_sync: Default::default(),
         })
     }
 
@@ -378,7 +384,7 @@ impl SimHandle {
             self.set_bus_silent(&b.name, b.silent)?;
         }
         for m in &config.meters {
-            self.with_meter(&m.bus, m.unit, |meter| meter.fault = m.fault.clone())?;
+            self.with_meter(&m.bus, m.unit, |meter| meter.set_fault(m.fault.clone()))?;
             if self.conditions(&m.bus, m.unit)? != m.conditions {
                 self.set_conditions(&m.bus, m.unit, m.conditions.clone())?;
             }
@@ -441,6 +447,7 @@ pub fn start(config: SimConfig, library: &ModelLibrary) -> Result<SimHandle, Sim
                 unit_switch_pause_ms: 0,
                 inter_frame_pause_ms: 0,
                 registers: Vec::new(),
+                setup: None,
                 source: model.source.clone(),
             }));
             let address =

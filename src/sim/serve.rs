@@ -37,8 +37,9 @@ pub(crate) enum OnDisconnect {
 }
 
 /// Serves RTU on a line until the reader ends (or a disconnect, for TCP connections).
-/// Requests are found at any offset; a silence of t3.5 ends a frame, and a well-formed frame
-/// of another function then gets exception 01 from its meter.
+/// Read requests are found at any offset; a silence of t3.5 ends a frame, and a well-formed
+/// frame of another function is then answered by its meter (a write of its holding registers)
+/// or refused with an exception.
 ///
 /// `line_matches`, on a serial line, tells whether the gateway's end is set to the bus's own
 /// baud rate and framing right now: bytes received while it is not are what a UART at other
@@ -91,10 +92,8 @@ where
                 }
             }
             _ = tokio::time::sleep(gap), if waiting => {
-                if let Some((unit, function)) = codec::rtu_other_function(&buf) {
-                    if let Some(answer) = bus.answer_rtu_unsupported(unit, function) {
-                        schedule(&mut replies, &writer, answer);
-                    }
+                if let Some(answer) = bus.answer_rtu_other(&buf) {
+                    schedule(&mut replies, &writer, answer);
                 }
                 buf.clear();
             }

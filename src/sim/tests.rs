@@ -79,12 +79,34 @@ async fn pty_answers_only_its_units() {
             .is_empty()
     );
 
-    // A write (function 06) gets exception 01 from its meter.
+    // A write (function 06) of a register the meter does not have gets exception 02; of a
+    // holding register it has, its echo, and the register reads back as written. Coils: 01.
     let mut write = vec![1, 6, 0, 1, 0, 3];
     codec::append_crc(&mut write);
     line.write_all(&write).await.unwrap();
     let got = collect(&mut line, Duration::from_millis(200)).await;
-    assert_eq!(got, codec::rtu_exception_reply(1, 6, 1));
+    assert_eq!(got, codec::rtu_exception_reply(1, 6, 2));
+    let write = codec::Request::WriteRegister {
+        address: 0x0100,
+        value: 7,
+    };
+    line.write_all(&codec::rtu_request(1, &write))
+        .await
+        .unwrap();
+    let got = collect(&mut line, Duration::from_millis(200)).await;
+    assert_eq!(got, codec::rtu_request(1, &write));
+    line.write_all(&codec::rtu_read_request(1, 3, 0x0100, 1))
+        .await
+        .unwrap();
+    let got = collect(&mut line, Duration::from_millis(200)).await;
+    assert_eq!(got, codec::rtu_read_reply(1, 3, &[7]));
+    let coil = codec::Request::WriteCoil {
+        address: 0,
+        on: true,
+    };
+    line.write_all(&codec::rtu_request(1, &coil)).await.unwrap();
+    let got = collect(&mut line, Duration::from_millis(200)).await;
+    assert_eq!(got, codec::rtu_exception_reply(1, 5, 1));
 
     // Too many registers: exception 03.
     line.write_all(&codec::rtu_read_request(3, 3, 0, 126))
@@ -175,13 +197,13 @@ async fn modbus_tcp_server_answers_frames() {
     }
     // Another function: exception 01. Another unit: silence.
     let mut req = codec::tcp_read_request(43, 5, 4, 0, 2);
-    req[7] = 0x10;
+    req[7] = 0x11;
     s.write_all(&req).await.unwrap();
     s.write_all(&codec::tcp_read_request(44, 6, 4, 0, 2))
         .await
         .unwrap();
     let got = collect(&mut s, Duration::from_millis(200)).await;
-    assert_eq!(got, codec::tcp_exception_reply(43, 5, 0x10, 1));
+    assert_eq!(got, codec::tcp_exception_reply(43, 5, 0x11, 1));
     assert_eq!(t.sim.connections("t"), 1);
 }
 

@@ -19,6 +19,18 @@ pub struct CommandAudit {
     pub received_ms: i64,
 }
 
+/// The audit records received since a moment, counted (for `status`, which runs in another
+/// process than the daemon's in-memory rejection counters).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CommandCounts {
+    /// Records by their state now: `rejected`, `accepted` (still running), `done`, `failed`.
+    pub by_state: std::collections::BTreeMap<String, u64>,
+    /// Rejected records by key id (`-` when the command named none or was unreadable).
+    pub rejected_by_key: std::collections::BTreeMap<String, u64>,
+    /// The latest rejection.
+    pub last_rejected: Option<CommandAudit>,
+}
+
 /// A sequenced message as it was first published.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Published {
@@ -103,6 +115,56 @@ impl Store {
             )
             .map(|_| ())
             .map_err(|e| self.err(e))
+    }
+
+    /// The audit records received at or after `since_ms`, counted by state and (rejections)
+    /// by key, with the latest rejection.
+    pub fn command_counts(&self, since_ms: i64) -> Result<CommandCounts, StoreError> {
+        let mut counts = CommandCounts::default();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT state, coalesce(key_id, '-'), count(*) FROM command_audit \
+                 WHERE received_ms >= ?1 GROUP BY 1, 2",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([since_ms], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.err(e))?;
+        for (state, key, n) in rows {
+            let n = u64::try_from(n).unwrap_or(0);
+            if state == "rejected" {
+                *counts.rejected_by_key.entry(key).or_default() += n;
+            }
+            *counts.by_state.entry(state).or_default() += n;
+        }
+        counts.last_rejected = self
+            .conn
+            .query_row(
+                "SELECT command_id, key_id, name, state, reason, received_ms FROM command_audit \
+                 WHERE state = 'rejected' AND received_ms >= ?1 ORDER BY id DESC LIMIT 1",
+                [since_ms],
+                |r| {
+                    Ok(CommandAudit {
+                        command_id: r.get(0)?,
+                        key_id: r.get(1)?,
+                        name: r.get(2)?,
+                        state: r.get(3)?,
+                        reason: r.get(4)?,
+                        received_ms: r.get(5)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(counts)
     }
 
     /// The audit records, newest first, at most `limit`.
@@ -343,5 +405,49 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&copies[1].payload).unwrap();
         assert_eq!(v["seq"], 2);
         assert_eq!(v["n"], 3);
+    }
+
+    #[test]
+    fn audit_records_are_counted_by_state_and_rejections_by_key_since_a_moment() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path());
+        let audit =
+            |ms, key: Option<&str>, state: &str, reason: Option<&str>| super::CommandAudit {
+                command_id: Some(format!("c-{ms}")),
+                key_id: key.map(Into::into),
+                name: Some("ping".into()),
+                state: state.into(),
+                reason: reason.map(Into::into),
+                received_ms: ms,
+            };
+        s.record_command(&audit(10, Some("ops"), "rejected", Some("too old")))
+            .unwrap();
+        s.record_command(&audit(100, None, "rejected", Some("malformed command: x")))
+            .unwrap();
+        s.record_command(&audit(110, Some("ops"), "rejected", Some("replayed")))
+            .unwrap();
+        let row = s
+            .record_command(&audit(120, Some("ops"), "accepted", None))
+            .unwrap();
+        s.update_command(row, "done", None, 121).unwrap();
+        s.record_command(&audit(130, Some("ops"), "accepted", None))
+            .unwrap();
+        let c = s.command_counts(100).unwrap();
+        let n = |k: &str| c.by_state.get(k).copied().unwrap_or(0);
+        assert_eq!(
+            (n("rejected"), n("done"), n("accepted"), n("failed")),
+            (2, 1, 1, 0)
+        );
+        assert_eq!(c.rejected_by_key.get("-"), Some(&1));
+        assert_eq!(c.rejected_by_key.get("ops"), Some(&1));
+        let last = c.last_rejected.unwrap();
+        assert_eq!(
+            (last.received_ms, last.reason.as_deref()),
+            (110, Some("replayed"))
+        );
+        assert_eq!(
+            s.command_counts(1000).unwrap(),
+            super::CommandCounts::default()
+        );
     }
 }

@@ -28,6 +28,24 @@ pub struct MeterState {
     /// Mean reply latency of successful polls, ms.
     pub latency_ms: Option<f64>,
     pub last_error: Option<String>,
+    /// DL/T 645 address (12 digits), when the meter has one.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// What the meter last said about itself (DL/T 645: clock, status word, counters).
+    #[serde(default)]
+    pub items: Option<ItemsState>,
+}
+
+/// A meter's own items as the store keeps them (see [`crate::model::MeterItems`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemsState {
+    /// When they were read, ms since the epoch.
+    pub ts_ms: i64,
+    /// Meter clock minus gateway clock, s.
+    pub clock_skew_s: Option<f64>,
+    pub power_down_count: Option<u64>,
+    pub cover_open_count: Option<u64>,
+    pub status_word_1: Option<u16>,
 }
 
 impl MeterState {
@@ -51,6 +69,14 @@ impl MeterState {
             consecutive_failures: h.consecutive_failures,
             latency_ms: h.latency_ms,
             last_error: h.last_error.clone(),
+            address: status.address.clone(),
+            items: status.items.as_ref().map(|i| ItemsState {
+                ts_ms: i.ts_ms,
+                clock_skew_s: i.clock_skew_s,
+                power_down_count: i.power_down_count,
+                cover_open_count: i.cover_open_count,
+                status_word_1: i.status_word_1,
+            }),
         }
     }
 

@@ -24,7 +24,7 @@ mod tests;
 pub use commands::{CommandAudit, Published};
 pub use keys::{MetaKey, RecordKind, is_billing_topic};
 pub use lock::{LOCK_FILE, StoreLock, StoreLockError};
-pub use meter_state::MeterState;
+pub use meter_state::{ItemsState, MeterState};
 pub use recovery::{Recovery, SeqSource, check_data_dir};
 pub use reserve::{RESERVE_FILE, Reserve, filesystem_space};
 pub use shared::{SharedStore, open_shared, with_store};

@@ -228,6 +228,8 @@ fn meter_state(meter: &str) -> MeterState {
         consecutive_failures: 0,
         latency_ms: Some(41.6),
         last_error: None,
+        address: None,
+        items: None,
     }
 }
 

@@ -13,8 +13,8 @@ use crate::analytics::freeze::{DailyLoss, FreezeRecord};
 use crate::analytics::loss::{LossRecord, LossVerdict, RollingLoss};
 use crate::analytics::voltage::{AreaMonth, DayRecord, MonthRecord};
 use crate::clock::rfc3339_ms;
-use crate::model::Reading;
 pub use crate::model::json_number;
+use crate::model::{Ratios, Reading};
 use crate::store::{Message, MeterState};
 use serde_json::{Map, Value, json};
 
@@ -406,11 +406,14 @@ pub fn voltage_day_message(topics: &Topics, d: &DayRecord) -> Message {
 /// Payload: `{"meter", "state": "online"|"offline"|"unknown", "ts", "bus", "unit", "model",
 /// "last_ok", "polls", "success_rate_pct" (one decimal), "latency_ms" (whole ms),
 /// "timeouts", "crc_errors", "wrong_unit", "exceptions", "consecutive_failures",
-/// "last_error"}`. QoS 1, retained, not sequenced.
-pub fn meter_state_message(topics: &Topics, s: &MeterState) -> Message {
-    Message {
-        topic: topics.meter_state(&s.meter),
-        payload: json!({
+/// "last_error", "multiplier", "ct_ratio", "pt_ratio"}`: the ratios its readings were scaled
+/// by (every quantity of a reading is primary-side; `null` for a meter no longer configured);
+/// for a DL/T 645 meter also `"address"` and, once read, what the meter says about itself:
+/// `"clock_skew_s"` (meter clock − gateway clock, s), `"clock_read"` (when),
+/// `"power_down_count"`, `"cover_open_count"`, `"status_word_1"` (4 hex digits). QoS 1,
+/// retained, not sequenced.
+pub fn meter_state_message(topics: &Topics, s: &MeterState, ratios: Option<Ratios>) -> Message {
+    let mut payload = json!({
             "meter": s.meter,
             "state": s.state_name(),
             "ts": rfc3339_ms(s.ts_ms),
@@ -427,7 +430,23 @@ pub fn meter_state_message(topics: &Topics, s: &MeterState) -> Message {
             "exceptions": s.exceptions,
             "consecutive_failures": s.consecutive_failures,
             "last_error": s.last_error,
-        }),
+            "multiplier": ratios.map(|r| json_number(r.multiplier())),
+            "ct_ratio": ratios.map(|r| json_number(r.ct)),
+            "pt_ratio": ratios.map(|r| json_number(r.pt)),
+    });
+    if let Some(a) = &s.address {
+        payload["address"] = json!(a);
+    }
+    if let Some(i) = &s.items {
+        payload["clock_skew_s"] = json!(i.clock_skew_s.map(json_number));
+        payload["clock_read"] = json!(rfc3339_ms(i.ts_ms));
+        payload["power_down_count"] = json!(i.power_down_count);
+        payload["cover_open_count"] = json!(i.cover_open_count);
+        payload["status_word_1"] = json!(i.status_word_1.map(|w| format!("{w:04X}")));
+    }
+    Message {
+        topic: topics.meter_state(&s.meter),
+        payload,
         qos: 1,
         retain: true,
         sequenced: false,
@@ -725,6 +744,27 @@ pub fn read_data(reads: &[(String, Option<Reading>, Option<String>)]) -> Value {
                 "meter": meter,
                 "ts": reading.as_ref().map(|r| rfc3339_ms(r.ts_ms)),
                 "values": values,
+                "error": error,
+            })
+        })
+        .collect();
+    json!({ "meters": meters })
+}
+
+/// One meter of a `time_sync` result: (meter, skew before s, skew after s, error).
+pub type TimeSyncRow = (String, Option<f64>, Option<f64>, Option<String>);
+
+/// The data of a `time_sync` result: `{"meters": [{"meter", "skew_before_s" (the clock skew,
+/// meter − gateway, s, as last read before the sync; null if never read), "skew_after_s" (as
+/// read after it; null when not read), "error" (null when read)}]}`.
+pub fn time_sync_data(rows: &[TimeSyncRow]) -> Value {
+    let meters: Vec<Value> = rows
+        .iter()
+        .map(|(meter, before, after, error)| {
+            json!({
+                "meter": meter,
+                "skew_before_s": before.map(json_number),
+                "skew_after_s": after.map(json_number),
                 "error": error,
             })
         })

@@ -265,6 +265,8 @@ fn meter_state_payload_bytes() {
         meter: "m1".into(),
         bus: "rs485".into(),
         unit: Some(7),
+        address: None,
+        items: None,
         health: MeterHealth {
             online: Some(true),
             polls: 3,
@@ -278,19 +280,24 @@ fn meter_state_payload_bytes() {
         change: HealthChange::WentOnline,
         ts_ms: T,
     };
-    let m = meter_state_message(&topics(), &MeterState::of(&s, Some("chint-dtsu666")));
+    let ratios = Some(crate::model::Ratios { ct: 60.0, pt: 1.0 });
+    let m = meter_state_message(
+        &topics(),
+        &MeterState::of(&s, Some("chint-dtsu666")),
+        ratios,
+    );
     assert_eq!(m.topic, "amr/gw1/meter/m1/state");
     assert_eq!((m.qos, m.retain, m.sequenced), (1, true, false));
     assert_eq!(
         bytes(&m.payload),
-        r#"{"bus":"rs485","consecutive_failures":0,"crc_errors":0,"exceptions":0,"last_error":"timeout","last_ok":"2026-11-18T11:06:39.123Z","latency_ms":42.0,"meter":"m1","model":"chint-dtsu666","polls":3,"state":"online","success_rate_pct":66.7,"timeouts":1,"ts":"2026-11-18T11:06:40.123Z","unit":7,"wrong_unit":0}"#
+        r#"{"bus":"rs485","consecutive_failures":0,"crc_errors":0,"ct_ratio":60.0,"exceptions":0,"last_error":"timeout","last_ok":"2026-11-18T11:06:39.123Z","latency_ms":42.0,"meter":"m1","model":"chint-dtsu666","multiplier":60.0,"polls":3,"pt_ratio":1.0,"state":"online","success_rate_pct":66.7,"timeouts":1,"ts":"2026-11-18T11:06:40.123Z","unit":7,"wrong_unit":0}"#
     );
     let mut fresh = s.clone();
     fresh.unit = None;
     fresh.health = unpolled();
     assert_eq!(
-        bytes(&meter_state_message(&topics(), &MeterState::of(&fresh, None)).payload),
-        r#"{"bus":"rs485","consecutive_failures":0,"crc_errors":0,"exceptions":0,"last_error":null,"last_ok":null,"latency_ms":null,"meter":"m1","model":null,"polls":0,"state":"unknown","success_rate_pct":0.0,"timeouts":0,"ts":"2026-11-18T11:06:40.123Z","unit":null,"wrong_unit":0}"#
+        bytes(&meter_state_message(&topics(), &MeterState::of(&fresh, None), None).payload),
+        r#"{"bus":"rs485","consecutive_failures":0,"crc_errors":0,"ct_ratio":null,"exceptions":0,"last_error":null,"last_ok":null,"latency_ms":null,"meter":"m1","model":null,"multiplier":null,"polls":0,"pt_ratio":null,"state":"unknown","success_rate_pct":0.0,"timeouts":0,"ts":"2026-11-18T11:06:40.123Z","unit":null,"wrong_unit":0}"#
     );
 }
 

@@ -23,4 +23,7 @@ pub struct MqttSettings {
     pub reconnect_max_s: u64,
     /// Messages published but not yet acknowledged at once (default 64).
     pub max_inflight: u16,
+    /// Days before a certificate of `client_cert_file` or `ca_file` expires that the
+    /// `certificate_expiry` alarm is raised (default 30).
+    pub cert_expiry_warn_days: u32,
 }

@@ -15,14 +15,17 @@
 //! | high_loss, negative_loss | area | [`AlarmEngine::raise_external`] | as given |
 //! | area_outage | area or bus | supply voltages; all meters of a bus offline | V / outage V; meters offline / meters |
 //! | power_off | gateway | [`AlarmEngine::on_start`] | s down / min s |
+//! | clock_skew | meter | meter items: clock | \|skew\| s / limit s |
+//! | meter_cover_open, meter_power_down | meter | meter items: event counts (an event per increase) | count / previous count |
+//! | meter_battery_low, meter_clock_fault | meter | meter items: status word 1 bits 2, 3 / 15 | 1 / 0 |
 
 use super::lifecycle::{ActiveAlarm, Level, Lifecycle, Limit, Observation, Timing};
 use super::{Alarm, AlarmChange, AlarmKind, AlarmSettings, AlarmState, SubjectKind, Transition};
 use crate::analytics::register::{drop_kwh, largest_current_a, moved};
 use crate::clock::rfc3339_ms;
-use crate::model::MeterStatus;
 use crate::model::Reading;
 use crate::model::json_number;
+use crate::model::{MeterItems, MeterStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -91,6 +94,12 @@ pub struct RegisterMemory {
     pub export_mark_kwh: Option<f64>,
     /// When the export register last advanced (or was first seen).
     pub export_advanced_ms: Option<i64>,
+    /// The meter's cover-open count last seen (DL/T 645 meters).
+    #[serde(default)]
+    pub cover_open_count: Option<u64>,
+    /// The meter's power-down count last seen.
+    #[serde(default)]
+    pub power_down_count: Option<u64>,
 }
 
 /// Everything the engine must keep across a restart: the standing alarms (so they are not
@@ -124,6 +133,9 @@ struct SupplyState {
     /// (ts ms, kVA, kW)
     load: Option<(i64, f64, f64)>,
 }
+
+/// A clock_skew alarm clears only this far inside its limit, seconds.
+const CLOCK_SKEW_HYSTERESIS_S: f64 = 10.0;
 
 const PHASES: [(&str, &str, &str); 3] = [
     ("l1", "voltage_l1_v", "current_l1_a"),
@@ -202,8 +214,12 @@ impl AlarmEngine {
     /// Takes a meter's health from its bus: offline / online, then re-judges presence
     /// (meter_offline and silent buses) at the status time.
     pub fn on_meter_status(&mut self, s: &MeterStatus) -> Vec<AlarmChange> {
+        let mut out = Vec::new();
+        if let Some(items) = &s.items {
+            self.judge_items(&s.meter, items, &mut out);
+        }
         let Some(online) = s.health.online else {
-            return Vec::new();
+            return out;
         };
         let p = self
             .presence
@@ -227,7 +243,163 @@ impl AlarmEngine {
         p.last_ok_ms = s.health.last_ok_ms.or(p.last_ok_ms);
         p.consecutive_failures = s.health.consecutive_failures;
         p.last_error = s.health.last_error.clone();
-        self.judge_presence(s.ts_ms)
+        out.extend(self.judge_presence(s.ts_ms));
+        out
+    }
+
+    /// What a meter says about itself: its clock (clock_skew), its event counters (an event
+    /// per increase: meter_cover_open, meter_power_down) and its status word's bits
+    /// (meter_battery_low, meter_clock_fault). Items already judged (the same `ts_ms`, repeated
+    /// with later states) change nothing.
+    fn judge_items(&mut self, meter: &str, items: &MeterItems, out: &mut Vec<AlarmChange>) {
+        let ts = items.ts_ms;
+        if let Some(skew) = items.clock_skew_s {
+            let limit = self.settings.clock_skew.limit_s;
+            let correctable = skew.abs() <= crate::model::BROADCAST_SYNC_LIMIT_S;
+            // A clock read to the second wobbles: cleared only 10 s inside the limit.
+            let level = if skew.abs() > limit {
+                Level::Violated
+            } else if skew.abs() > limit - CLOCK_SKEW_HYSTERESIS_S {
+                Level::Band
+            } else {
+                Level::Normal
+            };
+            let action = if correctable {
+                "the daily broadcast time sync corrects it"
+            } else {
+                "broadcast time sync cannot correct it; set the clock on site"
+            };
+            let obs = Observation::new(
+                AlarmKind::ClockSkew,
+                meter,
+                SubjectKind::Meter,
+                ts,
+                level,
+                skew.abs(),
+                limit,
+            )
+            .details(json!({
+                "meter": meter,
+                "skew_s": json_number(skew),
+                "correctable": correctable,
+                "action": action,
+            }));
+            self.observe(out, obs);
+        }
+        for (kind, bit) in [
+            (
+                AlarmKind::MeterBatteryLow,
+                match (items.clock_battery_low(), items.reading_battery_low()) {
+                    (None, None) => None,
+                    (c, r) => Some((c.unwrap_or(false), r.unwrap_or(false))),
+                },
+            ),
+            (
+                AlarmKind::MeterClockFault,
+                items.clock_fault().map(|f| (f, false)),
+            ),
+        ] {
+            let Some((a, b)) = bit else { continue };
+            let set = a || b;
+            let mut details = json!({
+                "meter": meter,
+                "status_word_1": format!("{:04X}", items.status_word_1.unwrap_or(0)),
+            });
+            if kind == AlarmKind::MeterBatteryLow {
+                details["clock_battery_low"] = json!(a);
+                details["reading_battery_low"] = json!(b);
+            }
+            let level = if set { Level::Violated } else { Level::Normal };
+            let obs = Observation::new(
+                kind,
+                meter,
+                SubjectKind::Meter,
+                ts,
+                level,
+                f64::from(u8::from(set)),
+                0.0,
+            )
+            .details(details);
+            self.observe(out, obs);
+        }
+        let mut mem = self.registers.remove(meter).unwrap_or_default();
+        for (kind, now, before) in [
+            (
+                AlarmKind::MeterCoverOpen,
+                items.cover_open_count,
+                &mut mem.cover_open_count,
+            ),
+            (
+                AlarmKind::MeterPowerDown,
+                items.power_down_count,
+                &mut mem.power_down_count,
+            ),
+        ] {
+            let Some(now) = now else { continue };
+            let previous = before.replace(now);
+            if let Some(prev) = previous
+                && now > prev
+            {
+                let details = json!({
+                    "meter": meter,
+                    "previous_count": prev,
+                    "count": now,
+                    "increase": now - prev,
+                });
+                out.extend(self.event(kind, meter, now as f64, prev as f64, details, ts));
+            }
+        }
+        self.registers.insert(meter.to_string(), mem);
+    }
+
+    /// An event about `meter`: raised and cleared at once, so the headend sees one complete
+    /// event; it never stands among the active alarms.
+    fn event(
+        &mut self,
+        kind: AlarmKind,
+        meter: &str,
+        value: f64,
+        threshold: f64,
+        details: Value,
+        ts_ms: i64,
+    ) -> Vec<AlarmChange> {
+        let Some(timing) = self.timing(kind) else {
+            return Vec::new();
+        };
+        let raised = Alarm {
+            id: format!("{}/{meter}", kind.as_str()),
+            kind,
+            subject: meter.to_string(),
+            subject_kind: SubjectKind::Meter,
+            severity: timing.severity,
+            state: AlarmState::Active,
+            raised_ms: ts_ms,
+            cleared_ms: None,
+            value,
+            threshold,
+            details,
+        };
+        let cleared = Alarm {
+            state: AlarmState::Cleared,
+            cleared_ms: Some(ts_ms),
+            ..raised.clone()
+        };
+        let changes = vec![
+            AlarmChange {
+                alarm: raised,
+                transition: Transition::Raised,
+                ts_ms,
+            },
+            AlarmChange {
+                alarm: cleared,
+                transition: Transition::Cleared,
+                ts_ms,
+            },
+        ];
+        for c in &changes {
+            self.lifecycle.remember(c.clone());
+        }
+        changes
     }
 
     /// Advances the hold timers of conditions that persist without new readings (meters
@@ -524,6 +696,37 @@ impl AlarmEngine {
             AlarmKind::ClockUnsynchronized => (
                 s.clock_unsynchronized.enabled,
                 s.clock_unsynchronized.severity,
+                0,
+                0,
+            ),
+            AlarmKind::ClockSkew => (s.clock_skew.enabled, s.clock_skew.severity, 0, 0),
+            AlarmKind::MeterCoverOpen => (
+                s.meter_cover_open.enabled,
+                s.meter_cover_open.severity,
+                0,
+                0,
+            ),
+            AlarmKind::MeterPowerDown => (
+                s.meter_power_down.enabled,
+                s.meter_power_down.severity,
+                0,
+                0,
+            ),
+            AlarmKind::MeterBatteryLow => (
+                s.meter_battery_low.enabled,
+                s.meter_battery_low.severity,
+                0,
+                0,
+            ),
+            AlarmKind::MeterClockFault => (
+                s.meter_clock_fault.enabled,
+                s.meter_clock_fault.severity,
+                0,
+                0,
+            ),
+            AlarmKind::CertificateExpiry => (
+                s.certificate_expiry.enabled,
+                s.certificate_expiry.severity,
                 0,
                 0,
             ),
@@ -1163,7 +1366,8 @@ fn external_subject_kind(kind: AlarmKind) -> SubjectKind {
         AlarmKind::PowerOff
         | AlarmKind::StoreRecovered
         | AlarmKind::DiskFull
-        | AlarmKind::ClockUnsynchronized => SubjectKind::Gateway,
+        | AlarmKind::ClockUnsynchronized
+        | AlarmKind::CertificateExpiry => SubjectKind::Gateway,
         _ => SubjectKind::Meter,
     }
 }

@@ -34,10 +34,10 @@ mod tests;
 pub use engine::{AlarmEngine, AlarmSnapshot, AreaRef, MeterRef, RegisterMemory, Topology};
 pub use lifecycle::ActiveAlarm;
 pub use settings::{
-    AlarmSettings, CurrentUnbalanceSettings, LineLossAlarmSettings, MeterOfflineSettings,
-    MeterStoppedSettings, OutageSettings, OverloadSettings, PhaseLossSettings, PowerOffSettings,
-    ReadingDownSettings, ReverseEnergySettings, RunningFastSettings, StoreFaultSettings,
-    VoltageLimitSettings,
+    AlarmSettings, ClockSkewSettings, CurrentUnbalanceSettings, LineLossAlarmSettings,
+    MeterItemSettings, MeterOfflineSettings, MeterStoppedSettings, OutageSettings,
+    OverloadSettings, PhaseLossSettings, PowerOffSettings, ReadingDownSettings,
+    ReverseEnergySettings, RunningFastSettings, StoreFaultSettings, VoltageLimitSettings,
 };
 
 use serde::{Deserialize, Serialize};
@@ -84,11 +84,25 @@ pub enum AlarmKind {
     /// The gateway's clock is not sane (before the build date, or not synchronised when
     /// `require_synced_clock`): readings are stamped `"clock": "unsynchronized"`.
     ClockUnsynchronized,
+    /// A meter's clock off the gateway's beyond `[alarms.clock_skew] limit_s` (DL/T 645).
+    ClockSkew,
+    /// A meter's cover-open count went up (a theft sign; an event, one per increase).
+    MeterCoverOpen,
+    /// A meter's power-down count went up (an event, one per increase).
+    MeterPowerDown,
+    /// A meter's status word says its clock battery or its reading battery is low.
+    MeterBatteryLow,
+    /// A meter's status word says its clock has failed.
+    MeterClockFault,
+    /// A certificate of the link to the headend (`[mqtt] client_cert_file`, or the CA in
+    /// `ca_file`) expires within `[mqtt] cert_expiry_warn_days`, or has expired: subject the
+    /// `[mqtt]` key, details the file, the certificate's subject, `not_after`, `days_left`.
+    CertificateExpiry,
 }
 
 impl AlarmKind {
     /// Every kind, in catalogue order.
-    pub const ALL: [AlarmKind; 17] = [
+    pub const ALL: [AlarmKind; 23] = [
         AlarmKind::MeterOffline,
         AlarmKind::VoltageHigh,
         AlarmKind::VoltageLow,
@@ -106,6 +120,12 @@ impl AlarmKind {
         AlarmKind::StoreRecovered,
         AlarmKind::DiskFull,
         AlarmKind::ClockUnsynchronized,
+        AlarmKind::ClockSkew,
+        AlarmKind::MeterCoverOpen,
+        AlarmKind::MeterPowerDown,
+        AlarmKind::MeterBatteryLow,
+        AlarmKind::MeterClockFault,
+        AlarmKind::CertificateExpiry,
     ];
 
     /// The name used in topics and payloads.
@@ -128,6 +148,12 @@ impl AlarmKind {
             AlarmKind::StoreRecovered => "store_recovered",
             AlarmKind::DiskFull => "disk_full",
             AlarmKind::ClockUnsynchronized => "clock_unsynchronized",
+            AlarmKind::ClockSkew => "clock_skew",
+            AlarmKind::MeterCoverOpen => "meter_cover_open",
+            AlarmKind::MeterPowerDown => "meter_power_down",
+            AlarmKind::MeterBatteryLow => "meter_battery_low",
+            AlarmKind::MeterClockFault => "meter_clock_fault",
+            AlarmKind::CertificateExpiry => "certificate_expiry",
         }
     }
 
@@ -149,12 +175,19 @@ impl AlarmKind {
             AlarmKind::MeterStopped => Some(30),
             AlarmKind::HighLoss | AlarmKind::NegativeLoss => Some(22),
             AlarmKind::PowerOff => Some(14),
-            AlarmKind::Overload
+            // Q/GDW 1376.1: ERC 12 meter time out of tolerance, ERC 37 meter cover opened,
+            // ERC 33 meter run status word changed (the battery and clock-fault bits).
+            AlarmKind::ClockSkew => Some(12),
+            AlarmKind::MeterCoverOpen => Some(37),
+            AlarmKind::MeterBatteryLow | AlarmKind::MeterClockFault => Some(33),
+            AlarmKind::MeterPowerDown
+            | AlarmKind::Overload
             | AlarmKind::ReverseEnergy
             | AlarmKind::AreaOutage
             | AlarmKind::StoreRecovered
             | AlarmKind::DiskFull
-            | AlarmKind::ClockUnsynchronized => None,
+            | AlarmKind::ClockUnsynchronized
+            | AlarmKind::CertificateExpiry => None,
         }
     }
 }

@@ -45,6 +45,18 @@ pub struct AlarmSettings {
     pub disk_full: StoreFaultSettings,
     /// `[alarms.clock_unsynchronized]`: the gateway's clock is not sane.
     pub clock_unsynchronized: StoreFaultSettings,
+    /// `[alarms.clock_skew]`: a meter's clock off the gateway's.
+    pub clock_skew: ClockSkewSettings,
+    /// `[alarms.meter_cover_open]`: a meter's cover-open count went up.
+    pub meter_cover_open: MeterItemSettings,
+    /// `[alarms.meter_power_down]`: a meter's power-down count went up.
+    pub meter_power_down: MeterItemSettings,
+    /// `[alarms.meter_battery_low]`: a meter's clock or reading battery low.
+    pub meter_battery_low: MeterItemSettings,
+    /// `[alarms.meter_clock_fault]`: a meter's clock failed.
+    pub meter_clock_fault: MeterItemSettings,
+    /// `[alarms.certificate_expiry]`: a certificate of the MQTT link expires soon.
+    pub certificate_expiry: StoreFaultSettings,
 }
 
 impl Default for AlarmSettings {
@@ -66,7 +78,66 @@ impl Default for AlarmSettings {
             store_recovered: Default::default(),
             disk_full: Default::default(),
             clock_unsynchronized: Default::default(),
+            clock_skew: Default::default(),
+            meter_cover_open: MeterItemSettings::with(Severity::Major),
+            meter_power_down: MeterItemSettings::with(Severity::Info),
+            meter_battery_low: MeterItemSettings::with(Severity::Minor),
+            meter_clock_fault: MeterItemSettings::with(Severity::Major),
+            certificate_expiry: Default::default(),
         }
+    }
+}
+
+/// `[alarms.clock_skew]` — ERC 12, a meter's clock off the gateway's (DL/T 645 meters, whose
+/// date and time the bus reads every `[time_sync] read_interval_s`). Raised and cleared as the
+/// reads show it: no hold time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClockSkewSettings {
+    /// Default true.
+    pub enabled: bool,
+    /// Default minor.
+    pub severity: Severity,
+    /// Default 300: the 5 minutes of Q/GDW's meter clock-error event, which is also the most a
+    /// broadcast time sync can correct (meters refuse one further off).
+    pub limit_s: f64,
+}
+
+impl Default for ClockSkewSettings {
+    fn default() -> Self {
+        ClockSkewSettings {
+            enabled: true,
+            severity: Severity::Minor,
+            limit_s: 300.0,
+        }
+    }
+}
+
+/// `[alarms.meter_cover_open]`, `[alarms.meter_power_down]`, `[alarms.meter_battery_low]`,
+/// `[alarms.meter_clock_fault]` — what a meter reports about itself: its event counters (an
+/// event per increase, raised and cleared at once) and its status word's bits (raised while
+/// set, cleared when the meter clears them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MeterItemSettings {
+    /// Default true.
+    pub enabled: bool,
+    /// Defaults: cover open major, power down info, battery low minor, clock fault major.
+    pub severity: Severity,
+}
+
+impl MeterItemSettings {
+    pub fn with(severity: Severity) -> MeterItemSettings {
+        MeterItemSettings {
+            enabled: true,
+            severity,
+        }
+    }
+}
+
+impl Default for MeterItemSettings {
+    fn default() -> Self {
+        MeterItemSettings::with(Severity::Minor)
     }
 }
 

@@ -29,6 +29,8 @@ fn status(meter: &str, bus: &str, ts_ms: i64, online: bool, last_ok_ms: i64) -> 
         meter: meter.to_string(),
         bus: bus.to_string(),
         unit: Some(1),
+        address: None,
+        items: None,
         health,
         change: crate::model::HealthChange::None,
         ts_ms,
@@ -835,4 +837,120 @@ fn disabled_kinds_stay_silent_and_settings_read_from_toml() {
     for k in AlarmKind::ALL {
         assert_eq!(AlarmKind::from_name(k.as_str()), Some(k));
     }
+}
+
+fn items_status(meter: &str, ts_ms: i64, items: crate::model::MeterItems) -> MeterStatus {
+    MeterStatus {
+        items: Some(Box::new(crate::model::MeterItems { ts_ms, ..items })),
+        ..status(meter, "b2", ts_ms, true, ts_ms)
+    }
+}
+
+#[test]
+fn a_meter_clock_beyond_the_limit_is_named_with_what_to_do() {
+    let mut e = engine();
+    let skew = |s: f64| crate::model::MeterItems {
+        clock_skew_s: Some(s),
+        ..Default::default()
+    };
+    assert!(
+        e.on_meter_status(&items_status("c1", T0, skew(120.0)))
+            .is_empty()
+    );
+    let raised = e.on_meter_status(&items_status("c2", T0, skew(-610.0)));
+    let raised = of_kind(&raised, AlarmKind::ClockSkew);
+    assert_eq!(raised.len(), 1);
+    let a = &raised[0].alarm;
+    assert_eq!(
+        (a.subject.as_str(), a.value, a.threshold),
+        ("c2", 610.0, 300.0)
+    );
+    assert_eq!(a.details["correctable"], false);
+    assert_eq!(AlarmKind::ClockSkew.erc(), Some(12));
+    // The same read repeated with later states: nothing new; set right on site: cleared.
+    assert!(
+        e.on_meter_status(&items_status("c2", T0 + MIN, skew(-610.0)))
+            .is_empty()
+    );
+    // Just inside the limit: within the hysteresis, still standing.
+    let band = e.on_meter_status(&items_status("c2", T0 + MIN + S, skew(295.0)));
+    assert!(band.is_empty(), "{band:?}");
+    let cleared = e.on_meter_status(&items_status("c2", T0 + 2 * MIN, skew(1.0)));
+    assert_eq!(
+        transitions(&cleared),
+        [(AlarmKind::ClockSkew, "c2".to_string(), Transition::Cleared)]
+    );
+}
+
+#[test]
+fn a_cover_open_increase_is_one_event_and_the_count_survives_a_restart() {
+    let mut e = engine();
+    let counts = |open: u64, down: u64, word: u16| crate::model::MeterItems {
+        cover_open_count: Some(open),
+        power_down_count: Some(down),
+        status_word_1: Some(word),
+        ..Default::default()
+    };
+    // The first count seen is the baseline.
+    assert!(
+        e.on_meter_status(&items_status("c1", T0, counts(3, 7, 0)))
+            .is_empty()
+    );
+    let got = e.on_meter_status(&items_status("c1", T0 + MIN, counts(4, 7, 0)));
+    assert_eq!(
+        transitions(&got),
+        [
+            (
+                AlarmKind::MeterCoverOpen,
+                "c1".to_string(),
+                Transition::Raised
+            ),
+            (
+                AlarmKind::MeterCoverOpen,
+                "c1".to_string(),
+                Transition::Cleared
+            ),
+        ]
+    );
+    assert_eq!(got[0].alarm.details["previous_count"], 3);
+    assert!(e.active().is_empty());
+    assert!(
+        e.on_meter_status(&items_status("c1", T0 + 2 * MIN, counts(4, 7, 0)))
+            .is_empty()
+    );
+    // Across a restart: an increase while the gateway was down is still seen.
+    let mut e2 = engine();
+    e2.restore(e.snapshot(), T0 + 3 * MIN);
+    let got = e2.on_meter_status(&items_status(
+        "c1",
+        T0 + 4 * MIN,
+        counts(4, 9, 1 << 15 | 1 << 3),
+    ));
+    assert_eq!(
+        transitions(&got),
+        [
+            (
+                AlarmKind::MeterBatteryLow,
+                "c1".to_string(),
+                Transition::Raised
+            ),
+            (
+                AlarmKind::MeterClockFault,
+                "c1".to_string(),
+                Transition::Raised
+            ),
+            (
+                AlarmKind::MeterPowerDown,
+                "c1".to_string(),
+                Transition::Raised
+            ),
+            (
+                AlarmKind::MeterPowerDown,
+                "c1".to_string(),
+                Transition::Cleared
+            ),
+        ]
+    );
+    assert_eq!(got[0].alarm.details["reading_battery_low"], true);
+    assert_eq!(got[0].alarm.details["clock_battery_low"], false);
 }

@@ -1,5 +1,7 @@
 //! Modbus frames as bytes: CRC-16, RTU and TCP (MBAP) framing of function 03/04 requests,
-//! replies and exceptions, for both the client and the simulator's server side.
+//! replies and exceptions, for both the client and the simulator's server side; and the
+//! requests of the field tools ([`Request`]: reads of coils and discrete inputs 01/02, writes of
+//! a coil 05, a register 06 and several registers 16).
 //!
 //! Everything here is a pure function on byte slices; the transports in
 //! [`super::transport`] decide *when* to call them. The RTU reply scanner,
@@ -14,6 +16,21 @@ pub const MAX_READ_COUNT: u16 = 125;
 pub const READ_HOLDING: u8 = 0x03;
 /// Function code: read input registers.
 pub const READ_INPUT: u8 = 0x04;
+
+/// Function code: read coils.
+pub const READ_COILS: u8 = 0x01;
+/// Function code: read discrete inputs.
+pub const READ_DISCRETE: u8 = 0x02;
+/// Function code: write single coil.
+pub const WRITE_COIL: u8 = 0x05;
+/// Function code: write single register.
+pub const WRITE_REGISTER: u8 = 0x06;
+/// Function code: write multiple registers.
+pub const WRITE_REGISTERS: u8 = 0x10;
+/// Largest bit count one read of coils or discrete inputs may ask for (6.1 / 6.2).
+pub const MAX_READ_BITS: u16 = 2000;
+/// Largest register count one write of multiple registers may carry (6.12).
+pub const MAX_WRITE_COUNT: u16 = 123;
 
 /// Exception code 01: the function is not supported.
 pub const ILLEGAL_FUNCTION: u8 = 0x01;
@@ -134,11 +151,172 @@ pub fn rtu_exception_reply(unit: u8, function: u8, code: u8) -> Vec<u8> {
     f
 }
 
+/// Any request the client sends: the daemon's register reads and the field tools' reads of
+/// bits and writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Functions 01/02 (bits) and 03/04 (registers): `count` of them from `address`.
+    Read {
+        function: u8,
+        address: u16,
+        count: u16,
+    },
+    /// Function 05: one coil on (`FF00`) or off (`0000`).
+    WriteCoil { address: u16, on: bool },
+    /// Function 06: one holding register.
+    WriteRegister { address: u16, value: u16 },
+    /// Function 16: consecutive holding registers from `address`.
+    WriteRegisters { address: u16, values: Vec<u16> },
+}
+
+/// The shape of a reply's data after its function code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyShape {
+    /// A byte count, then that many bytes (functions 01..04).
+    Counted(u8),
+    /// Four bytes echoing the request's address and value or count (05, 06, 16).
+    Echo,
+}
+
+impl ReplyShape {
+    /// Length of the RTU reply frame (unit, function, data, CRC).
+    pub fn rtu_len(self) -> usize {
+        match self {
+            ReplyShape::Counted(n) => 5 + n as usize,
+            ReplyShape::Echo => 8,
+        }
+    }
+}
+
+impl Request {
+    pub fn function(&self) -> u8 {
+        match self {
+            Request::Read { function, .. } => *function,
+            Request::WriteCoil { .. } => WRITE_COIL,
+            Request::WriteRegister { .. } => WRITE_REGISTER,
+            Request::WriteRegisters { .. } => WRITE_REGISTERS,
+        }
+    }
+
+    /// Why the request cannot be sent (an unknown function, a count out of range), if so.
+    pub fn check(&self) -> Result<(), String> {
+        let in_range = |what: &str, n: u16, max: u16| {
+            if n == 0 || n > max {
+                Err(format!("{what} count {n} outside 1..={max}"))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Request::Read {
+                function: READ_HOLDING | READ_INPUT,
+                count,
+                ..
+            } => in_range("register", *count, MAX_READ_COUNT),
+            Request::Read {
+                function: READ_COILS | READ_DISCRETE,
+                count,
+                ..
+            } => in_range("bit", *count, MAX_READ_BITS),
+            Request::Read { function, .. } => Err(format!(
+                "function {function:#04x}; reads are 01, 02, 03 and 04"
+            )),
+            Request::WriteRegisters { values, .. } => {
+                in_range("register", values.len() as u16, MAX_WRITE_COUNT)
+            }
+            Request::WriteCoil { .. } | Request::WriteRegister { .. } => Ok(()),
+        }
+    }
+
+    /// The PDU: function code and data.
+    pub fn pdu(&self) -> Vec<u8> {
+        let be = |v: u16| v.to_be_bytes();
+        match self {
+            Request::Read {
+                function,
+                address,
+                count,
+            } => read_request_pdu(*function, *address, *count).to_vec(),
+            Request::WriteCoil { address, on } => {
+                let [ah, al] = be(*address);
+                vec![WRITE_COIL, ah, al, if *on { 0xFF } else { 0 }, 0]
+            }
+            Request::WriteRegister { address, value } => {
+                let ([ah, al], [vh, vl]) = (be(*address), be(*value));
+                vec![WRITE_REGISTER, ah, al, vh, vl]
+            }
+            Request::WriteRegisters { address, values } => {
+                let ([ah, al], [ch, cl]) = (be(*address), be(values.len() as u16));
+                let mut p = vec![WRITE_REGISTERS, ah, al, ch, cl, (2 * values.len()) as u8];
+                for v in values {
+                    p.extend_from_slice(&be(*v));
+                }
+                p
+            }
+        }
+    }
+
+    /// What the reply's data looks like.
+    pub fn reply_shape(&self) -> ReplyShape {
+        match self {
+            Request::Read {
+                function: READ_COILS | READ_DISCRETE,
+                count,
+                ..
+            } => ReplyShape::Counted(count.div_ceil(8) as u8),
+            Request::Read { count, .. } => ReplyShape::Counted((2 * *count) as u8),
+            _ => ReplyShape::Echo,
+        }
+    }
+
+    /// The data a correct reply to a write carries: the request's address and value (05, 06)
+    /// or address and count (16). `None` for reads.
+    pub fn echo(&self) -> Option<[u8; 4]> {
+        let p = self.pdu();
+        match self {
+            Request::Read { .. } => None,
+            _ => Some([p[1], p[2], p[3], p[4]]),
+        }
+    }
+}
+
+/// The RTU frame of any request.
+pub fn rtu_request(unit: u8, request: &Request) -> Vec<u8> {
+    let mut f = vec![unit];
+    f.extend_from_slice(&request.pdu());
+    append_crc(&mut f);
+    f
+}
+
+/// The Modbus TCP frame of any request.
+pub fn tcp_request(transaction: u16, unit: u8, request: &Request) -> Vec<u8> {
+    let pdu = request.pdu();
+    let mut f = mbap(transaction, unit, pdu.len());
+    f.extend_from_slice(&pdu);
+    f
+}
+
+/// The bits of a read-coils / read-discrete-inputs reply's data, first bit first.
+pub fn unpack_bits(data: &[u8], count: u16) -> Vec<bool> {
+    (0..count as usize)
+        .map(|i| data.get(i / 8).is_some_and(|b| b >> (i % 8) & 1 == 1))
+        .collect()
+}
+
+/// Registers from the big-endian bytes of a reply's data.
+pub fn words_of(data: &[u8]) -> Vec<u16> {
+    data.chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))
+        .collect()
+}
+
 /// What [`scan_rtu_reply`] found in the bytes received so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RtuScan {
     /// The expected reply: the registers, and the offset just past the frame.
     Reply { words: Vec<u16>, end: usize },
+    /// The expected reply of [`scan_rtu_frame`]: its data, and the offset just past the frame.
+    Data { data: Vec<u8>, end: usize },
     /// A valid exception reply from the expected unit to the expected function.
     Exception { code: u8, end: usize },
     /// No valid reply yet, and more bytes may still complete one (also when everything so far
@@ -164,8 +342,20 @@ pub enum RtuScan {
 /// Bytes that look like no frame at all are noise: [`RtuScan::NeedMore`]. An echo of the request
 /// is skipped like noise (its third byte is an address byte, not `2 × count`).
 pub fn scan_rtu_reply(buf: &[u8], unit: u8, function: u8, count: u16) -> RtuScan {
-    let byte_count = (2 * count as usize) as u8;
-    let reply_len = rtu_reply_len(count);
+    match scan_rtu_frame(buf, unit, function, ReplyShape::Counted((2 * count) as u8)) {
+        RtuScan::Data { data, end } => RtuScan::Reply {
+            words: words_of(&data),
+            end,
+        },
+        other => other,
+    }
+}
+
+/// [`scan_rtu_reply`] for a reply of any shape: [`RtuScan::Data`] carries its data (after the
+/// byte count, for a counted reply). For an echo-shaped reply (writes) a frame with a bad CRC
+/// is skipped like noise: it may be the echo of a longer request (function 16).
+pub fn scan_rtu_frame(buf: &[u8], unit: u8, function: u8, shape: ReplyShape) -> RtuScan {
+    let reply_len = shape.rtu_len();
     let mut incomplete = false;
     let mut rejection: Option<RtuScan> = None;
     for i in 0..buf.len() {
@@ -204,7 +394,11 @@ pub fn scan_rtu_reply(buf: &[u8], unit: u8, function: u8, count: u16) -> RtuScan
             incomplete |= u == unit;
             continue;
         };
-        if bc == byte_count {
+        let (fits, data_at) = match shape {
+            ReplyShape::Counted(n) => (bc == n, 3),
+            ReplyShape::Echo => (true, 2),
+        };
+        if fits {
             if rest.len() < reply_len {
                 incomplete |= u == unit;
                 continue;
@@ -212,20 +406,18 @@ pub fn scan_rtu_reply(buf: &[u8], unit: u8, function: u8, count: u16) -> RtuScan
             let frame = &rest[..reply_len];
             if u == unit {
                 if crc_ok(frame) {
-                    let words = frame[3..3 + 2 * count as usize]
-                        .chunks(2)
-                        .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                        .collect();
-                    return RtuScan::Reply {
-                        words,
+                    return RtuScan::Data {
+                        data: frame[data_at..reply_len - 2].to_vec(),
                         end: i + reply_len,
                     };
                 }
-                rejection.get_or_insert(RtuScan::BadCrc);
+                if shape != ReplyShape::Echo {
+                    rejection.get_or_insert(RtuScan::BadCrc);
+                }
             } else if (1..=247).contains(&u) && crc_ok(frame) {
                 rejection.get_or_insert(RtuScan::OtherUnit { unit: u });
             }
-        } else if u == unit && bc % 2 == 0 && bc > 0 {
+        } else if u == unit && bc > 0 && (bc % 2 == 0 || matches!(function, 1 | 2)) {
             // Our unit and function with another length: a meter that returned fewer or more
             // registers than asked for (or noise that looks like it).
             let len = 5 + bc as usize;
@@ -407,6 +599,39 @@ pub fn parse_read_reply_pdu(pdu: &[u8], function: u8, count: u16) -> ReadOutcome
     }
 }
 
+/// Interprets the PDU of a Modbus TCP reply of `shape` to `function`: the data (after the byte
+/// count, for a counted reply), an exception, or why it is not a reply.
+pub fn parse_reply_pdu(
+    pdu: &[u8],
+    function: u8,
+    shape: ReplyShape,
+) -> Result<Vec<u8>, super::ModbusError> {
+    use super::ModbusError::{Exception, Malformed};
+    match (pdu, shape) {
+        ([f, code], _) if *f == function | 0x80 => Err(Exception { code: *code }),
+        ([f, bc, data @ ..], ReplyShape::Counted(n)) if *f == function => {
+            if *bc != n || data.len() != n as usize {
+                return Err(Malformed(format!(
+                    "byte count {bc} with {} data bytes, expected {n}",
+                    data.len()
+                )));
+            }
+            Ok(data.to_vec())
+        }
+        ([f, data @ ..], ReplyShape::Echo) if *f == function && data.len() == 4 => {
+            Ok(data.to_vec())
+        }
+        ([f, ..], _) if *f == function => Err(Malformed(format!(
+            "{} data bytes, expected 4",
+            pdu.len() - 1
+        ))),
+        ([f, ..], _) => Err(Malformed(format!(
+            "function {f:#04x} in reply, expected {function:#04x}"
+        ))),
+        ([], _) => Err(Malformed("empty PDU".into())),
+    }
+}
+
 /// Interprets the PDU of a request received by a Modbus TCP server: a read request, or the
 /// exception code to answer with.
 pub fn parse_read_request_pdu(unit: u8, pdu: &[u8]) -> Result<ReadRequest, u8> {
@@ -420,6 +645,72 @@ pub fn parse_read_request_pdu(unit: u8, pdu: &[u8]) -> Result<ReadRequest, u8> {
         [READ_HOLDING | READ_INPUT, ..] => Err(ILLEGAL_DATA_VALUE),
         _ => Err(ILLEGAL_FUNCTION),
     }
+}
+
+/// Interprets the PDU of any request a server receives (functions 01..06 and 16): the request,
+/// or the exception to answer with (01 for another function, 03 for a malformed one).
+pub fn parse_request_pdu(pdu: &[u8]) -> Result<Request, u8> {
+    let word = |i: usize| u16::from_be_bytes([pdu[i], pdu[i + 1]]);
+    match pdu.first().copied() {
+        Some(f @ (READ_COILS | READ_DISCRETE | READ_HOLDING | READ_INPUT)) if pdu.len() == 5 => {
+            Ok(Request::Read {
+                function: f,
+                address: word(1),
+                count: word(3),
+            })
+        }
+        Some(WRITE_COIL) if pdu.len() == 5 => match word(3) {
+            0xFF00 => Ok(Request::WriteCoil {
+                address: word(1),
+                on: true,
+            }),
+            0x0000 => Ok(Request::WriteCoil {
+                address: word(1),
+                on: false,
+            }),
+            _ => Err(ILLEGAL_DATA_VALUE),
+        },
+        Some(WRITE_REGISTER) if pdu.len() == 5 => Ok(Request::WriteRegister {
+            address: word(1),
+            value: word(3),
+        }),
+        Some(WRITE_REGISTERS) if pdu.len() >= 6 => {
+            let count = word(3) as usize;
+            let bytes = pdu[5] as usize;
+            if count == 0
+                || count > MAX_WRITE_COUNT as usize
+                || bytes != 2 * count
+                || pdu.len() != 6 + bytes
+            {
+                return Err(ILLEGAL_DATA_VALUE);
+            }
+            Ok(Request::WriteRegisters {
+                address: word(1),
+                values: (0..count).map(|k| word(6 + 2 * k)).collect(),
+            })
+        }
+        Some(
+            READ_COILS | READ_DISCRETE | READ_HOLDING | READ_INPUT | WRITE_COIL | WRITE_REGISTER
+            | WRITE_REGISTERS,
+        ) => Err(ILLEGAL_DATA_VALUE),
+        _ => Err(ILLEGAL_FUNCTION),
+    }
+}
+
+/// The RTU frame of a reply to a write (server side): the function and the four echoed bytes.
+pub fn rtu_echo_reply(unit: u8, function: u8, echo: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![unit, function];
+    f.extend_from_slice(&echo);
+    append_crc(&mut f);
+    f
+}
+
+/// The Modbus TCP frame of a reply to a write (server side).
+pub fn tcp_echo_reply(transaction: u16, unit: u8, function: u8, echo: [u8; 4]) -> Vec<u8> {
+    let mut f = mbap(transaction, unit, 5);
+    f.push(function);
+    f.extend_from_slice(&echo);
+    f
 }
 
 /// The exception a server owes a read request whose shape is unacceptable, if any: count
@@ -644,5 +935,108 @@ mod tests {
             ..r
         };
         assert_eq!(read_request_exception(&wrap), Some(2));
+    }
+
+    #[test]
+    fn tool_requests_frame_and_parse_back() {
+        let requests = [
+            Request::Read {
+                function: READ_COILS,
+                address: 0x13,
+                count: 19,
+            },
+            Request::WriteCoil {
+                address: 0xAC,
+                on: true,
+            },
+            Request::WriteRegister {
+                address: 1,
+                value: 3,
+            },
+            Request::WriteRegisters {
+                address: 0x14,
+                values: vec![0x4140, 0],
+            },
+        ];
+        for r in &requests {
+            assert_eq!(r.check(), Ok(()));
+            let frame = rtu_request(7, r);
+            assert!(crc_ok(&frame));
+            assert_eq!(
+                parse_request_pdu(&frame[1..frame.len() - 2]).as_ref(),
+                Ok(r)
+            );
+        }
+        // The specification's example of function 05 (coil 173 on).
+        assert_eq!(requests[1].pdu(), [0x05, 0x00, 0xAC, 0xFF, 0x00]);
+        assert_eq!(requests[0].reply_shape(), ReplyShape::Counted(3));
+        assert_eq!(
+            requests[3].pdu(),
+            [0x10, 0x00, 0x14, 0x00, 0x02, 0x04, 0x41, 0x40, 0x00, 0x00]
+        );
+        assert!(
+            Request::Read {
+                function: 3,
+                address: 0,
+                count: 126
+            }
+            .check()
+            .is_err()
+        );
+        assert!(
+            Request::Read {
+                function: 7,
+                address: 0,
+                count: 1
+            }
+            .check()
+            .is_err()
+        );
+        assert_eq!(
+            parse_request_pdu(&[0x05, 0, 1, 0x12, 0x34]),
+            Err(ILLEGAL_DATA_VALUE)
+        );
+        assert_eq!(parse_request_pdu(&[0x11]), Err(ILLEGAL_FUNCTION));
+    }
+
+    #[test]
+    fn write_echo_and_bit_replies_are_found() {
+        let write = Request::WriteRegisters {
+            address: 0x14,
+            values: vec![0x4140, 0],
+        };
+        let echo = write.echo().unwrap();
+        let reply = rtu_echo_reply(7, WRITE_REGISTERS, echo);
+        // After the local echo of the longer request (an adapter that hears itself).
+        let mut buf = rtu_request(7, &write);
+        buf.extend_from_slice(&reply);
+        assert_eq!(
+            scan_rtu_frame(&buf, 7, WRITE_REGISTERS, ReplyShape::Echo),
+            RtuScan::Data {
+                data: echo.to_vec(),
+                end: buf.len()
+            }
+        );
+        // Coils: 19 bits in 3 bytes, first bit first.
+        let mut bits = vec![7, READ_COILS, 3, 0xCD, 0x6B, 0x05];
+        append_crc(&mut bits);
+        let RtuScan::Data { data, .. } =
+            scan_rtu_frame(&bits, 7, READ_COILS, ReplyShape::Counted(3))
+        else {
+            panic!("no reply found");
+        };
+        let got = unpack_bits(&data, 19);
+        assert_eq!(&got[..4], [true, false, true, true]);
+        assert!(got[16] && !got[17] && got[18]);
+        // Over TCP: an echo, an exception, a wrong shape.
+        assert_eq!(
+            parse_reply_pdu(&[0x06, 0, 1, 0, 3], WRITE_REGISTER, ReplyShape::Echo).unwrap(),
+            [0, 1, 0, 3]
+        );
+        assert!(matches!(
+            parse_reply_pdu(&[0x86, 2], WRITE_REGISTER, ReplyShape::Echo),
+            Err(super::super::ModbusError::Exception { code: 2 })
+        ));
+        assert!(parse_reply_pdu(&[0x06, 0, 1], WRITE_REGISTER, ReplyShape::Echo).is_err());
     }
 }

@@ -24,7 +24,7 @@
 //! Logging is the caller's job; every failure is a typed [`ModbusError`].
 
 use super::ModbusError;
-use super::codec::{self, RtuScan};
+use super::codec::{self, Request, RtuScan};
 use super::link::{Endpoint, Link};
 use crate::protocol::line::{Parity, SerialLine};
 use std::io;
@@ -103,6 +103,13 @@ impl RtuTiming {
     /// each followed by t3.5. Excludes the meter's turnaround.
     pub fn read_wire_time(&self, count: u16) -> Duration {
         let chars = (codec::RTU_REQUEST_LEN + codec::rtu_reply_len(count)) as f64;
+        Duration::from_secs_f64(chars * self.char_secs() + 2.0 * self.gap_secs())
+    }
+
+    /// Wire time of one transaction of `request`: the request and its reply, each followed by
+    /// t3.5. Excludes the meter's turnaround.
+    pub fn wire_time(&self, request: &Request) -> Duration {
+        let chars = (codec::rtu_request(0, request).len() + request.reply_shape().rtu_len()) as f64;
         Duration::from_secs_f64(chars * self.char_secs() + 2.0 * self.gap_secs())
     }
 
@@ -195,6 +202,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuTransport<S> {
         timeout: Duration,
     ) -> Result<Vec<u16>, ModbusError> {
         check_read(function, count)?;
+        let request = Request::Read {
+            function,
+            address,
+            count,
+        };
+        let data = self.transact(unit, &request, timeout).await?;
+        Ok(codec::words_of(&data))
+    }
+
+    /// Sends `request` to `unit` and returns the data of its reply (after the byte count, for
+    /// a read), within `timeout`.
+    pub async fn transact(
+        &mut self,
+        unit: u8,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ModbusError> {
+        request.check().map_err(ModbusError::InvalidRequest)?;
+        let (function, shape) = (request.function(), request.reply_shape());
         // The standard's silence before every frame: t3.5 after the line last carried a byte,
         // so a meter never takes our request for the tail of the previous frame.
         if let Some(active) = self.line_active_at {
@@ -202,7 +228,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuTransport<S> {
         }
         let deadline = Instant::now() + timeout;
         self.discard_pending().await?;
-        let request = codec::rtu_read_request(unit, function, address, count);
+        let request = codec::rtu_request(unit, request);
         match timeout_at(deadline, async {
             self.stream.write_all(&request).await?;
             self.stream.flush().await
@@ -237,8 +263,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuTransport<S> {
                     }
                     last_rx = Instant::now();
                     self.line_active_at = Some(last_rx);
-                    rejection = match codec::scan_rtu_reply(&self.rx, unit, function, count) {
-                        RtuScan::Reply { words, .. } => return Ok(words),
+                    rejection = match codec::scan_rtu_frame(&self.rx, unit, function, shape) {
+                        RtuScan::Reply { words, .. } => {
+                            return Ok(words.iter().flat_map(|w| w.to_be_bytes()).collect());
+                        }
+                        RtuScan::Data { data, .. } => return Ok(data),
                         RtuScan::Exception { code, .. } => {
                             return Err(ModbusError::Exception { code });
                         }
@@ -248,7 +277,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RtuTransport<S> {
                             Some(ModbusError::WrongUnit { expected: unit, got })
                         }
                         RtuScan::WrongLength { byte_count } => Some(ModbusError::Malformed(
-                            format!("byte count {byte_count}, expected {}", 2 * count),
+                            format!("byte count {byte_count}, expected {}", shape.rtu_len() - 5),
                         )),
                     };
                 }
@@ -442,10 +471,27 @@ impl TcpTransport {
         timeout: Duration,
     ) -> Result<Vec<u16>, ModbusError> {
         check_read(function, count)?;
+        let request = Request::Read {
+            function,
+            address,
+            count,
+        };
+        Ok(codec::words_of(
+            &self.transact(unit, &request, timeout).await?,
+        ))
+    }
+
+    /// Sends `request` to `unit` and returns the data of its reply (after the byte count, for
+    /// a read), within `timeout`.
+    pub async fn transact(
+        &mut self,
+        unit: u8,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ModbusError> {
+        request.check().map_err(ModbusError::InvalidRequest)?;
         let deadline = Instant::now() + timeout;
-        let result = self
-            .transact(unit, function, address, count, timeout, deadline)
-            .await;
+        let result = self.exchange(unit, request, timeout, deadline).await;
         if matches!(
             result,
             Err(ModbusError::Timeout(_) | ModbusError::Io(_) | ModbusError::Malformed(_))
@@ -455,15 +501,14 @@ impl TcpTransport {
         result
     }
 
-    async fn transact(
+    async fn exchange(
         &mut self,
         unit: u8,
-        function: u8,
-        address: u16,
-        count: u16,
+        request: &Request,
         timeout: Duration,
         deadline: Instant,
-    ) -> Result<Vec<u16>, ModbusError> {
+    ) -> Result<Vec<u8>, ModbusError> {
+        let (function, shape) = (request.function(), request.reply_shape());
         let timed_out = || ModbusError::Timeout(timeout.as_millis() as u64);
         if let Some(s) = &self.stream {
             if crate::protocol::line::discard_socket_input(s.as_raw_fd()).is_err() {
@@ -477,7 +522,7 @@ impl TcpTransport {
         let stream = self.stream.as_mut().expect("connected above");
         self.transaction = self.transaction.wrapping_add(1);
         let tid = self.transaction;
-        let request = codec::tcp_read_request(tid, unit, function, address, count);
+        let request = codec::tcp_request(tid, unit, request);
         match timeout_at(deadline, stream.write_all(&request)).await {
             Ok(r) => r?,
             Err(_) => return Err(timed_out()),
@@ -498,11 +543,7 @@ impl TcpTransport {
                         got: frame.unit,
                     });
                 }
-                return match codec::parse_read_reply_pdu(&frame.pdu, function, count) {
-                    codec::ReadOutcome::Words(w) => Ok(w),
-                    codec::ReadOutcome::Exception(code) => Err(ModbusError::Exception { code }),
-                    codec::ReadOutcome::Malformed(m) => Err(ModbusError::Malformed(m)),
-                };
+                return codec::parse_reply_pdu(&frame.pdu, function, shape);
             }
             match timeout_at(deadline, stream.read(&mut chunk)).await {
                 Ok(Ok(0)) => return Err(closed("the connection")),
@@ -541,6 +582,23 @@ impl RtuOverTcp {
         count: u16,
         timeout: Duration,
     ) -> Result<Vec<u16>, ModbusError> {
+        check_read(function, count)?;
+        let request = Request::Read {
+            function,
+            address,
+            count,
+        };
+        Ok(codec::words_of(
+            &self.transact(unit, &request, timeout).await?,
+        ))
+    }
+
+    async fn transact(
+        &mut self,
+        unit: u8,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ModbusError> {
         let deadline = Instant::now() + timeout;
         // A connection the server closed since the last request is noticed here, before
         // anything is sent, and re-opened once.
@@ -549,9 +607,7 @@ impl RtuOverTcp {
             let t = self.transport.as_mut().expect("connected above");
             t.set_drain_window(Some(self.drain_window.unwrap_or(timeout)));
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let result = t
-                .read_registers(unit, function, address, count, remaining)
-                .await;
+            let result = t.transact(unit, request, remaining).await;
             match result {
                 Err(ModbusError::Timeout(_)) => {
                     return Err(ModbusError::Timeout(timeout.as_millis() as u64));
@@ -661,6 +717,25 @@ impl ModbusClient {
                 t.read_registers(unit, function, address, count, timeout)
                     .await
             }
+        }
+    }
+}
+
+impl ModbusClient {
+    /// Sends any `request` (a read of bits or registers, a write) to `unit` and returns its
+    /// reply's data: the bytes after the byte count for a read, the four echoed bytes for a
+    /// write. The field tools' transaction; the daemon reads with [`Self::read_registers`].
+    pub async fn transact(
+        &mut self,
+        unit: u8,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ModbusError> {
+        match &mut self.link {
+            Connection::Serial(t) => t.transact(unit, request, timeout).await,
+            Connection::Stream(t) => t.transact(unit, request, timeout).await,
+            Connection::RtuOverTcp(r) => r.transact(unit, request, timeout).await,
+            Connection::Tcp(t) => t.transact(unit, request, timeout).await,
         }
     }
 }

@@ -148,11 +148,27 @@ fn main() {
     let mut stored = 0u64;
     let mut start: Option<(u64, i64, u64)> = None;
     let mut k = 0i64;
+    // Bytes of `meta` values (engine snapshots, heartbeat, rolling loss...) handed to the
+    // store, per key, from the start of the measurement.
+    let meta_bytes: std::cell::RefCell<BTreeMap<String, u64>> = Default::default();
+    let measuring = std::cell::Cell::new(false);
     let commit = |store: &mut Store, writer: &mut Writer, events: &mut Vec<BusEvent>, now: i64| {
         let fold = writer.fold(events.drain(..), now);
         let n = fold.batch.readings.len() as u64;
         if fold.batch.is_empty() {
             return (0, Vec::new());
+        }
+        if measuring.get() {
+            let mut m = meta_bytes.borrow_mut();
+            for (key, value) in &fold.batch.meta {
+                let key = key.to_string();
+                // One meter's part of an engine's snapshot counts for its engine.
+                let name = match key.split_once("/meter/") {
+                    Some((engine, _)) => format!("{engine} (by meter)"),
+                    None => key,
+                };
+                *m.entry(name).or_default() += value.len() as u64;
+            }
         }
         let report = store.commit_at(&fold.batch, now).unwrap();
         (n, report.outbox_ids)
@@ -202,6 +218,7 @@ fn main() {
         }
         if start.is_none() && t >= measure_from {
             start = Some((write_bytes(), cpu_us(), stored));
+            measuring.set(true);
         }
         events.push(BusEvent::Reading(reading(&ids[i], i, t, t0)));
         if window == 0 {
@@ -228,6 +245,18 @@ fn main() {
         cpu as f64 / readings.max(1) as f64,
         db as f64 / 1e6
     );
+    let per = |b: u64| b as f64 / readings.max(1) as f64;
+    let meta = meta_bytes.into_inner();
+    let total: u64 = meta.values().sum();
+    print!(
+        "  meta values handed to the store: {:.0} bytes per reading (",
+        per(total)
+    );
+    let parts: Vec<String> = meta
+        .iter()
+        .map(|(k, b)| format!("{k} {:.0}", per(*b)))
+        .collect();
+    println!("{})", parts.join(", "));
 }
 
 /// The configuration's default commit window.

@@ -14,7 +14,10 @@
 //! The meter's own items — date and time, status word 1, the power-down and cover-open counts
 //! — are read apart ([`Driver::read_items`], every `[time_sync] read_interval_s`), and the
 //! broadcast time sync (08H to `999999999999`, the local time of the bus's zone) is
-//! [`Driver::time_sync`]; prepaid balances are not read yet.
+//! [`Driver::time_sync`]; prepaid balances are not read yet. A relay order (费控) is
+//! [`Driver::relay`]: the remote-control request 1CH to the meter's address with its password
+//! and operator code, valid for [`RELAY_ORDER_VALID_S`], then status word 3 (`04000503`) read
+//! back for the relay's state.
 //!
 //! How the plan learns what a meter accepts:
 //!
@@ -37,8 +40,11 @@ use super::{BusSettings, Endpoint, MeterSettings, Protocol};
 use crate::clock::now_ms;
 use crate::meter::{DiRead, DiValue, Dlt645Model};
 use crate::model::{Learned, MeterId, MeterItems, PollOutcome, Ratios, Reading, is_quantity};
-use crate::protocol::dlt645::codec::MeterTime;
-use crate::protocol::dlt645::{Address, DataId, Dlt645Error, Dlt645Transport, Line, Parity};
+use super::on_demand::{RelayAction, RelayOrder, RelayOutcome};
+use crate::protocol::dlt645::codec::{self, ControlOrder, MeterTime, RelayStatus};
+use crate::protocol::dlt645::{
+    Address, DataId, Dlt645Error, Dlt645Transport, Line, Parity, Version,
+};
 use crate::protocol::{self, SerialLine};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
@@ -48,6 +54,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_serial::SerialStream;
 use tracing::{debug, warn};
+
+/// How long a relay order stays valid after it is sent (its N3..N8), s: a meter that takes
+/// it late (a slow serial server) still acts, one that finds it stale refuses it.
+pub const RELAY_ORDER_VALID_S: i64 = 300;
 
 /// The quantity a reading's timestamp follows: when the read holding it was sent.
 const ENERGY: &str = "energy_import_kwh";
@@ -88,6 +98,20 @@ impl Transport {
             Transport::Serial(t) => t.broadcast_time(time, timeout).await,
             Transport::Tcp(t) => t.broadcast_time(time, timeout).await,
         }
+    }
+
+    async fn transact(
+        &mut self,
+        address: &Address,
+        request: &[u8],
+        function: u8,
+        timeout: Duration,
+    ) -> Result<(), Dlt645Error> {
+        match self {
+            Transport::Serial(t) => t.transact(address, request, function, timeout).await,
+            Transport::Tcp(t) => t.transact(address, request, function, timeout).await,
+        }
+        .map(|_| ())
     }
 }
 
@@ -378,6 +402,20 @@ impl Driver for Dlt645Driver {
         Box::pin(read_items(&mut self.link, &self.meters[meter], zone))
     }
 
+    fn relay(
+        &mut self,
+        meter: usize,
+        order: &RelayOrder,
+        now_ms: i64,
+    ) -> DriverFuture<'_, Result<RelayOutcome, String>> {
+        let order = order.clone();
+        Box::pin(async move {
+            let offset = super::time_sync::utc_offset_s(&self.time_sync.zone, now_ms);
+            let until = MeterTime::from_unix(now_ms.div_euclid(1000) + RELAY_ORDER_VALID_S, offset);
+            relay(&mut self.link, &self.meters[meter], &order, &until).await
+        })
+    }
+
     fn time_sync(&mut self, now_ms: i64) -> DriverFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let secs = now_ms.div_euclid(1000);
@@ -392,6 +430,87 @@ impl Driver for Dlt645Driver {
                 .map_err(|e| e.to_string())
         })
     }
+}
+
+/// Sends `order` to the meter of `plan` (1CH, valid until `until`) and reads status word 3
+/// back. `Err` when the meter did not answer the order (its relay state is then unknown).
+async fn relay(
+    link: &mut Dlt645Link,
+    plan: &MeterPlan,
+    order: &RelayOrder,
+    until: &MeterTime,
+) -> Result<RelayOutcome, String> {
+    let address = plan.address.clone()?;
+    let who = format!("meter {} ({address})", plan.id);
+    if plan.model.version != Version::V2007 {
+        return Err(format!(
+            "{who} speaks DL/T 645-1997; relay control (control code 1CH) needs a DL/T 645-2007 \
+             meter"
+        ));
+    }
+    let code = match order.action {
+        RelayAction::Trip => ControlOrder::Trip,
+        RelayAction::Close => ControlOrder::CloseAllowed,
+        RelayAction::Alarm => ControlOrder::Alarm,
+        RelayAction::AlarmOff => ControlOrder::AlarmOff,
+        RelayAction::KeepPower => ControlOrder::KeepPower,
+        RelayAction::KeepPowerOff => ControlOrder::KeepPowerOff,
+    };
+    let request = codec::remote_control_request(&address, order.password, order.operator, code, until);
+    // The request (16 data bytes) and a reply of at most one ERR byte.
+    let timeout = link.timeout
+        + link.line.frame_time(
+            link.preamble + request.len() + codec::DEFAULT_PREAMBLE_LEN + codec::FRAME_OVERHEAD + 1,
+        );
+    let sent = link
+        .transport()
+        .map_err(|e| e.to_string())?
+        .transact(&address, &request, codec::REMOTE_CONTROL_2007, timeout)
+        .await;
+    let (accepted, reply) = match sent {
+        Ok(()) => (true, "ok".to_string()),
+        Err(Dlt645Error::Abnormal { err, .. }) => (
+            false,
+            format!(
+                "refused (ERR {err:#04x}: {})",
+                codec::error_meaning(Version::V2007, err)
+            ),
+        ),
+        Err(e) => {
+            return Err(format!(
+                "{who}: no answer to the relay order {}: {e}; whether it acted is unknown, \
+                 read its state again",
+                order.action.name()
+            ));
+        }
+    };
+    let mut outcome = RelayOutcome {
+        accepted,
+        reply,
+        relay: None,
+        alarm: None,
+        keep_power: None,
+        command_open: None,
+        read_back_error: None,
+    };
+    let di = DataId::V2007(codec::STATUS_WORD_3);
+    match link.read(&address, di, 2).await {
+        Ok(bytes) if bytes.len() == 2 => {
+            let status = RelayStatus::from_word(u16::from_le_bytes([bytes[0], bytes[1]]));
+            outcome.relay = Some(if status.open { "open" } else { "closed" });
+            outcome.alarm = Some(status.alarm);
+            outcome.keep_power = Some(status.keep_power);
+            outcome.command_open = Some(status.command_open);
+        }
+        Ok(bytes) => {
+            outcome.read_back_error = Some(format!(
+                "status word 3 ({di}) with {} bytes, expected 2",
+                bytes.len()
+            ))
+        }
+        Err(e) => outcome.read_back_error = Some(format!("status word 3 ({di}) not read: {e}")),
+    }
+    Ok(outcome)
 }
 
 /// Reads the meter's own items its model has (date and time, status word 1, the power-down

@@ -14,6 +14,7 @@
 use super::dlt645::Dlt645Driver;
 use super::health::OfflinePolicy;
 use super::modbus::ModbusDriver;
+use super::on_demand::{RelayOrder, RelayOutcome};
 use super::{BusSettings, MeterSettings, Protocol};
 use crate::model::{Learned, MeterId, MeterItems, PollOutcome, Reading};
 
@@ -63,6 +64,18 @@ pub trait Driver: Send {
     /// protocol has none.
     fn time_sync(&mut self, _now_ms: i64) -> DriverFuture<'_, Result<(), String>> {
         Box::pin(async { Err("this bus's protocol has no broadcast time sync".to_string()) })
+    }
+
+    /// Gives `meter` the relay `order` (trip, close, alarm, keep power) and reads back the
+    /// relay's state; `now_ms` dates the order's validity. The default: the protocol has no
+    /// remote control.
+    fn relay(
+        &mut self,
+        _meter: usize,
+        _order: &RelayOrder,
+        _now_ms: i64,
+    ) -> DriverFuture<'_, Result<RelayOutcome, String>> {
+        Box::pin(async { Err("relay control needs a DL/T 645 meter".to_string()) })
     }
 }
 

@@ -310,6 +310,8 @@ async fn run_with(
                 }
             }
         }
+        // Relay orders the headend gave (`relay`): now, between two transactions.
+        on_demand.serve_relays(driver.as_mut(), &ids).await;
         // The meter that is due first (ties: configuration order).
         let idx = (0..slots.len()).min_by_key(|&i| slots[i].next_due).unwrap();
         let due = slots[idx].next_due;

@@ -1149,4 +1149,82 @@ energy_start_kwh = 300.0
         let c = Driver::read_items(&mut driver, 2).await.unwrap();
         assert!(skew(&c).abs() <= 1.5, "1997 synced: {c:?}");
     }
+
+    #[tokio::test]
+    async fn relay_orders_trip_keep_power_and_a_wrong_password() {
+        use crate::bus::{RelayAction, RelayOrder};
+        use crate::protocol::dlt645::codec::{parse_operator, parse_password};
+        let t = crate::sim::fixtures::start(SIM);
+        let mut bus = t.sim.bus_settings("b").unwrap();
+        bus.time_sync.zone = crate::clock::LocalTime::named("Asia/Shanghai").unwrap();
+        let meters = [
+            MeterSettings::dlt645("a", "000000000001", model("dlt645-2007")),
+            MeterSettings::dlt645("b", "202208310002", model("dlt645-2007")),
+            MeterSettings::dlt645("c", "000000001997", model("dlt645-1997")),
+        ];
+        let mut driver = Dlt645Driver::new(&bus, &meters, &[], &OfflinePolicy::default()).unwrap();
+        driver.open_link().await.unwrap();
+        let order = |action, password: &str| RelayOrder {
+            action,
+            password: parse_password(password).unwrap(),
+            operator: parse_operator("00000000").unwrap(),
+        };
+        let right = "02123456";
+
+        // Trip: the meter takes it, status word 3 shows the relay open.
+        let o = Driver::relay(&mut driver, 0, &order(RelayAction::Trip, right), now_ms())
+            .await
+            .unwrap();
+        assert!(o.accepted, "{o:?}");
+        assert_eq!(o.reply, "ok");
+        assert_eq!(o.relay, Some("open"), "{o:?}");
+        assert_eq!(o.command_open, Some(true));
+        assert!(t.sim.relay_state("b", 1).unwrap().open);
+        // The other meter is untouched.
+        assert!(!t.sim.relay_state("b", 2).unwrap().open);
+
+        // Close, then keep power: a trip is refused and the relay stays closed.
+        let o = Driver::relay(&mut driver, 0, &order(RelayAction::Close, right), now_ms())
+            .await
+            .unwrap();
+        assert_eq!((o.accepted, o.relay), (true, Some("closed")), "{o:?}");
+        let o = Driver::relay(&mut driver, 0, &order(RelayAction::KeepPower, right), now_ms())
+            .await
+            .unwrap();
+        assert_eq!(o.keep_power, Some(true), "{o:?}");
+        let o = Driver::relay(&mut driver, 0, &order(RelayAction::Trip, right), now_ms())
+            .await
+            .unwrap();
+        assert!(!o.accepted, "{o:?}");
+        assert!(o.reply.contains("other error"), "{o:?}");
+        assert_eq!(o.relay, Some("closed"));
+        assert!(!t.sim.relay_state("b", 1).unwrap().open);
+
+        // Alarm on shows in bit 7.
+        let o = Driver::relay(&mut driver, 1, &order(RelayAction::Alarm, right), now_ms())
+            .await
+            .unwrap();
+        assert_eq!(o.alarm, Some(true), "{o:?}");
+
+        // A wrong password: refused in words, nothing changes.
+        let o = Driver::relay(&mut driver, 1, &order(RelayAction::Trip, "02999999"), now_ms())
+            .await
+            .unwrap();
+        assert!(!o.accepted);
+        assert!(o.reply.contains("password error / unauthorised"), "{o:?}");
+        assert_eq!(o.relay, Some("closed"));
+
+        // An order whose validity ended (sent as if an hour ago) is refused by the meter.
+        let late = now_ms() - 3_600_000;
+        let o = Driver::relay(&mut driver, 1, &order(RelayAction::Trip, right), late)
+            .await
+            .unwrap();
+        assert!(!o.accepted, "{o:?}");
+
+        // A 1997 meter has no remote control.
+        let e = Driver::relay(&mut driver, 2, &order(RelayAction::Trip, right), now_ms())
+            .await
+            .unwrap_err();
+        assert!(e.contains("DL/T 645-2007"), "{e}");
+    }
 }

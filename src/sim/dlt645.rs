@@ -8,8 +8,12 @@
 //! reply "no such data item" for one it lacks, and for every block with `refuse_blocks`);
 //! 13H read address to the wildcard (answered when the bus has one meter; several meters
 //! collide into noise); 08H broadcast time sync (no reply; a meter whose clock is within ±5
-//! minutes of the time sent takes it); other functions to its
-//! address get the abnormal reply "other error". Faults: no reply, late reply, bad checksum,
+//! minutes of the time sent takes it); 1CH remote control on a 2007 meter (its password is
+//! `relay_password`, default `02123456`; a wrong one gets "password error / unauthorised", an
+//! order past its validity end or a trip while keep-power is on gets "other error"; trip opens
+//! the relay, close-allowed closes it at once, alarm and keep-power set their state), shown in
+//! status word 3 (bit 4 relay open, bit 6 command open, bit 7 alarm, bit 12 keep power); other
+//! functions to its address get the abnormal reply "other error". Faults: no reply, late reply, bad checksum,
 //! reply from another address, noise before the reply, `FF` after it, an abnormal reply with a
 //! given ERR byte for every read, missed reads, a silent bus. The meter's own items come from
 //! its faults too: a clock off by `clock_offset_s`, `status_word_1`, the power-down and
@@ -200,6 +204,9 @@ fn answer(
                 Some(di) => read_reply(bus, meter, &address, di, &fault, now),
             }
         }
+        codec::REMOTE_CONTROL_2007 if version == Version::V2007 => {
+            remote_control(bus, meter, &address, request, &fault)
+        }
         // A 1997 meter does not understand 2007 reads and stays silent (and the reverse).
         codec::READ_1997 | codec::READ_2007 => return None,
         f => codec::abnormal_reply(&address, f, codec::ERR_OTHER),
@@ -250,6 +257,7 @@ fn read_reply(
     let value_of = |e: &DiEntry| {
         match e.name.as_str() {
             "status_word_1" => return DiValue::Bits(u32::from(fault.status_word_1)),
+            "status_word_3" => return DiValue::Bits(u32::from(sim.relay.word())),
             "power_down_count" => return DiValue::Number(f64::from(fault.power_down_count)),
             "cover_open_count" => return DiValue::Number(f64::from(fault.cover_open_count)),
             _ => {}
@@ -263,6 +271,59 @@ fn read_reply(
         Some(_) => codec::abnormal_reply(address, function, codec::ERR_OTHER),
         None => codec::abnormal_reply(address, function, codec::ERR_NO_SUCH_DATA_ITEM),
     }
+}
+
+/// The reply of `meter` to a remote control (1CH): the order taken (9CH) or refused (DCH).
+fn remote_control(
+    bus: &SimBus,
+    meter: &Dlt645Meter,
+    address: &Address,
+    request: &Frame,
+    fault: &Fault,
+) -> Vec<u8> {
+    let f = codec::REMOTE_CONTROL_2007;
+    let Some(rc) = codec::parse_remote_control_data(&request.data) else {
+        return codec::abnormal_reply(address, f, codec::ERR_OTHER);
+    };
+    let want = if fault.relay_password.is_empty() {
+        "02123456"
+    } else {
+        fault.relay_password.as_str()
+    };
+    if codec::parse_password(want) != Some(rc.password) {
+        return codec::abnormal_reply(address, f, codec::ERR_PASSWORD);
+    }
+    let mut all = bus.meters();
+    let Some(sim) = all.get_mut(&meter.unit) else {
+        return codec::abnormal_reply(address, f, codec::ERR_OTHER);
+    };
+    let meter_s = (crate::clock::now_ms() + sim.clock_offset_ms).div_euclid(1000);
+    let stale = rc
+        .valid_until
+        .is_none_or(|t| t.to_unix(METER_UTC_OFFSET_S) < meter_s);
+    if stale {
+        return codec::abnormal_reply(address, f, codec::ERR_OTHER);
+    }
+    let relay = &mut sim.relay;
+    match codec::ControlOrder::from_code(rc.order) {
+        Some(codec::ControlOrder::Trip) if relay.keep_power => {
+            return codec::abnormal_reply(address, f, codec::ERR_OTHER);
+        }
+        Some(codec::ControlOrder::Trip) => {
+            relay.open = true;
+            relay.command_open = true;
+        }
+        Some(codec::ControlOrder::CloseAllowed) => {
+            relay.open = false;
+            relay.command_open = false;
+        }
+        Some(codec::ControlOrder::Alarm) => relay.alarm = true,
+        Some(codec::ControlOrder::AlarmOff) => relay.alarm = false,
+        Some(codec::ControlOrder::KeepPower) => relay.keep_power = true,
+        Some(codec::ControlOrder::KeepPowerOff) => relay.keep_power = false,
+        None => return codec::abnormal_reply(address, f, codec::ERR_OTHER),
+    }
+    codec::remote_control_reply(address)
 }
 
 /// The value a simulated meter reports for `entry`: its contract quantities from the area

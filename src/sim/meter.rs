@@ -30,6 +30,9 @@ pub struct SimMeter {
     pub clock_offset_ms: i64,
     /// Holding registers written, by address: they read back as written.
     written: BTreeMap<u16, u16>,
+    /// DL/T 645: the relay, alarm and keep-power state remote control (1CH) sets; status word 3
+    /// shows it.
+    pub relay: crate::protocol::dlt645::codec::RelayStatus,
 }
 
 impl SimMeter {
@@ -49,6 +52,7 @@ impl SimMeter {
             seed,
             requests: 0,
             written: BTreeMap::new(),
+            relay: Default::default(),
         }
     }
 

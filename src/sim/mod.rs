@@ -180,6 +180,15 @@ impl SimHandle {
         self.with_meter(bus, unit, |m| m.clock_offset_ms as f64 / 1000.0)
     }
 
+    /// DL/T 645: the relay state of meter `unit` on `bus` (what remote control set).
+    pub fn relay_state(
+        &self,
+        bus: &str,
+        unit: u8,
+    ) -> Result<crate::protocol::dlt645::codec::RelayStatus, SimError> {
+        self.with_meter(bus, unit, |m| m.relay)
+    }
+
     /// The current faults of meter `unit` on `bus`.
     pub fn fault(&self, bus: &str, unit: u8) -> Result<Fault, SimError> {
         self.with_meter(bus, unit, |m| m.fault.clone())

@@ -33,6 +33,12 @@ pub struct RelayCredentials {
     pub operator: [u8; 4],
 }
 
+impl std::fmt::Debug for RelayCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RelayCredentials(<redacted>)")
+    }
+}
+
 /// The relay secrets of the gateway's meters.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct RelaySecrets {

@@ -36,11 +36,11 @@
 use super::TimeSync;
 use super::driver::{Driver, DriverFuture, Poll, ReadFailure};
 use super::health::OfflinePolicy;
+use super::on_demand::{RelayAction, RelayOrder, RelayOutcome};
 use super::{BusSettings, Endpoint, MeterSettings, Protocol};
 use crate::clock::now_ms;
 use crate::meter::{DiRead, DiValue, Dlt645Model};
 use crate::model::{Learned, MeterId, MeterItems, PollOutcome, Ratios, Reading, is_quantity};
-use super::on_demand::{RelayAction, RelayOrder, RelayOutcome};
 use crate::protocol::dlt645::codec::{self, ControlOrder, MeterTime, RelayStatus};
 use crate::protocol::dlt645::{
     Address, DataId, Dlt645Error, Dlt645Transport, Line, Parity, Version,
@@ -456,7 +456,8 @@ async fn relay(
         RelayAction::KeepPower => ControlOrder::KeepPower,
         RelayAction::KeepPowerOff => ControlOrder::KeepPowerOff,
     };
-    let request = codec::remote_control_request(&address, order.password, order.operator, code, until);
+    let request =
+        codec::remote_control_request(&address, order.password, order.operator, code, until);
     // The request (16 data bytes) and a reply of at most one ERR byte.
     let timeout = link.timeout
         + link.line.frame_time(
@@ -1188,9 +1189,14 @@ energy_start_kwh = 300.0
             .await
             .unwrap();
         assert_eq!((o.accepted, o.relay), (true, Some("closed")), "{o:?}");
-        let o = Driver::relay(&mut driver, 0, &order(RelayAction::KeepPower, right), now_ms())
-            .await
-            .unwrap();
+        let o = Driver::relay(
+            &mut driver,
+            0,
+            &order(RelayAction::KeepPower, right),
+            now_ms(),
+        )
+        .await
+        .unwrap();
         assert_eq!(o.keep_power, Some(true), "{o:?}");
         let o = Driver::relay(&mut driver, 0, &order(RelayAction::Trip, right), now_ms())
             .await
@@ -1207,9 +1213,14 @@ energy_start_kwh = 300.0
         assert_eq!(o.alarm, Some(true), "{o:?}");
 
         // A wrong password: refused in words, nothing changes.
-        let o = Driver::relay(&mut driver, 1, &order(RelayAction::Trip, "02999999"), now_ms())
-            .await
-            .unwrap();
+        let o = Driver::relay(
+            &mut driver,
+            1,
+            &order(RelayAction::Trip, "02999999"),
+            now_ms(),
+        )
+        .await
+        .unwrap();
         assert!(!o.accepted);
         assert!(o.reply.contains("password error / unauthorised"), "{o:?}");
         assert_eq!(o.relay, Some("closed"));

@@ -100,8 +100,13 @@ pub(super) fn policy(
     if let Some(v) = s.integer_in(report, "per_key_per_minute", 1, 10_000, "") {
         policy.per_key_per_minute = *v.get_ref() as u32;
     }
-    let secrets = path_key(report, &s, "relay_secrets_file", base)
-        .map(|p| (p, s.get("relay_secrets_file").map_or(start, |v| v.span().start)));
+    let secrets = path_key(report, &s, "relay_secrets_file", base).map(|p| {
+        (
+            p,
+            s.get("relay_secrets_file")
+                .map_or(start, |v| v.span().start),
+        )
+    });
     (policy, secrets)
 }
 

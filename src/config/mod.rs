@@ -18,10 +18,10 @@
 mod analytics;
 mod checks;
 mod commands;
-mod relay_secrets;
 mod for_bus;
 mod for_pipeline;
 mod load;
+mod relay_secrets;
 mod sections;
 #[cfg(test)]
 mod tests;

@@ -98,10 +98,7 @@ pub(super) fn load(
         Err(e) => {
             report.at(
                 at,
-                format!(
-                    "relay_secrets_file {}: cannot read it: {e}",
-                    path.display()
-                ),
+                format!("relay_secrets_file {}: cannot read it: {e}", path.display()),
             );
             return secrets;
         }
@@ -160,10 +157,7 @@ fn read_entries(report: &mut Report, text: &str, meters: &[String], secrets: &mu
             if !meters.iter().any(|m| m == id.get_ref().as_ref()) {
                 report.at(
                     id.span().start,
-                    format!(
-                        "{title}: no meter `{}` in the configuration",
-                        id.get_ref()
-                    ),
+                    format!("{title}: no meter `{}` in the configuration", id.get_ref()),
                 );
                 continue;
             }
@@ -197,8 +191,22 @@ fn entry(
         return None;
     };
     report.unknown_keys(table, title, ENTRY_KEYS);
-    let password = string(report, table, value.span().start, title, "password", "02123456");
-    let operator = string(report, table, value.span().start, title, "operator", "00000000");
+    let password = string(
+        report,
+        table,
+        value.span().start,
+        title,
+        "password",
+        "02123456",
+    );
+    let operator = string(
+        report,
+        table,
+        value.span().start,
+        title,
+        "operator",
+        "00000000",
+    );
     let password = password.and_then(|p| {
         parse_password(p.get_ref()).or_else(|| {
             report.at(

@@ -2180,11 +2180,25 @@ fn relay_secrets_file_is_read_checked_and_placed() {
     );
 
     // No default: a meter without its own entry has no secrets, said plainly.
-    write("[meter.m-supply]\npassword = \"02123456\"\noperator = \"00000000\"\n", 0o600);
-    let e = parse(&config_text).unwrap().relay_secrets.for_meter("x").unwrap_err();
-    assert!(e.contains("no relay secrets for meter `x`") && e.contains("[meter.x]"), "{e}");
+    write(
+        "[meter.m-supply]\npassword = \"02123456\"\noperator = \"00000000\"\n",
+        0o600,
+    );
+    let e = parse(&config_text)
+        .unwrap()
+        .relay_secrets
+        .for_meter("x")
+        .unwrap_err();
+    assert!(
+        e.contains("no relay secrets for meter `x`") && e.contains("[meter.x]"),
+        "{e}"
+    );
     // No file configured at all.
-    let e = parse(BASE).unwrap().relay_secrets.for_meter("x").unwrap_err();
+    let e = parse(BASE)
+        .unwrap()
+        .relay_secrets
+        .for_meter("x")
+        .unwrap_err();
     assert!(e.contains("relay_secrets_file"), "{e}");
 
     // Mistakes in the secrets file are placed in it.
@@ -2200,20 +2214,34 @@ fn relay_secrets_file_is_read_checked_and_placed() {
         )),
         "{text}"
     );
-    assert!(text.contains(&format!("{f}:3:12: [default] operator must be a string")), "{text}");
     assert!(
-        text.contains(&format!("{f}:5:8: [meter.nope]: no meter `nope` in the configuration")),
+        text.contains(&format!("{f}:3:12: [default] operator must be a string")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{f}:5:8: [meter.nope]: no meter `nope` in the configuration"
+        )),
         "{text}"
     );
 
     // Readable by others: refused at the key in the configuration.
-    write("[default]\npassword = \"02123456\"\noperator = \"00000000\"\n", 0o644);
+    write(
+        "[default]\npassword = \"02123456\"\noperator = \"00000000\"\n",
+        0o644,
+    );
     let text = parse(&config_text).unwrap_err().to_string();
-    assert!(text.contains("has mode 0644") && text.contains("chmod 600"), "{text}");
+    assert!(
+        text.contains("has mode 0644") && text.contains("chmod 600"),
+        "{text}"
+    );
     assert!(text.contains(&format!("{FILE}:")), "{text}");
 
     // Missing file.
     std::fs::remove_file(&secrets).unwrap();
     let text = parse(&config_text).unwrap_err().to_string();
-    assert!(text.contains("relay_secrets_file") && text.contains("cannot read it"), "{text}");
+    assert!(
+        text.contains("relay_secrets_file") && text.contains("cannot read it"),
+        "{text}"
+    );
 }

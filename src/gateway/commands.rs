@@ -246,9 +246,7 @@ async fn time_sync(asks: ReadPlan) -> Outcome {
 
 /// `relay`: the order goes to the meter's bus task; `done` with the meter's reply and the
 /// relay state read back, `failed` when the meter refused or did not answer.
-async fn relay(
-    (meter, order, bus): (String, RelayOrder, mpsc::Sender<ReadRequest>),
-) -> Outcome {
+async fn relay((meter, order, bus): (String, RelayOrder, mpsc::Sender<ReadRequest>)) -> Outcome {
     let action = order.action.name();
     let (reply, answer) = oneshot::channel();
     bus.send(ReadRequest {
@@ -268,10 +266,7 @@ async fn relay(
             )
         })?
         .map_err(|_| "the bus task stopped before it answered".to_string())?;
-    let read = got
-        .into_iter()
-        .next()
-        .ok_or("the bus gave no answer")?;
+    let read = got.into_iter().next().ok_or("the bus gave no answer")?;
     let outcome = match (read.relay, read.error) {
         (Some(o), _) => o,
         (None, e) => {

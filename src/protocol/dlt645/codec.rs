@@ -1271,7 +1271,9 @@ mod tests {
         // Password 02 56 34 12, operator 00 00 00 00, N1 1A, N2 00, 05 04 15 29 11 26: +33H.
         assert_eq!(
             f,
-            hex("68 01 00 00 00 00 00 68 1C 10 35 89 67 45 33 33 33 33 4D 33 38 37 48 5C 44 59 63 16")
+            hex(
+                "68 01 00 00 00 00 00 68 1C 10 35 89 67 45 33 33 33 33 4D 33 38 37 48 5C 44 59 63 16"
+            )
         );
         // The meter's side reads it back.
         let RequestScan::Request { frame, .. } = scan_request(&f) else {
@@ -1322,7 +1324,10 @@ mod tests {
         assert_eq!(refused, hex("68 01 00 00 00 00 00 68 DC 01 37 E5 16"));
         match scan_reply(&refused, &a, REMOTE_CONTROL_2007) {
             ReplyScan::Abnormal { err, .. } => {
-                assert_eq!(error_meaning(Version::V2007, err), "password error / unauthorised")
+                assert_eq!(
+                    error_meaning(Version::V2007, err),
+                    "password error / unauthorised"
+                )
             }
             o => panic!("{o:?}"),
         }

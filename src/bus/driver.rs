@@ -150,3 +150,34 @@ pub fn driver_for(
         Protocol::Dlt645 => Ok(Box::new(Dlt645Driver::new(bus, meters, learned, policy)?)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::{Endpoint, RelayAction};
+    use crate::protocol::SerialLine;
+
+    #[tokio::test]
+    async fn a_modbus_bus_has_no_relay_control() {
+        let bus = BusSettings {
+            name: "b".into(),
+            protocol: Protocol::ModbusRtu,
+            endpoint: Endpoint::Serial("/dev/ttyS9".into()),
+            line: SerialLine::MODBUS_DEFAULT,
+            timeout: Duration::from_millis(300),
+            poll_interval: Duration::from_secs(60),
+            preamble: 4,
+            time_sync: Default::default(),
+        };
+        let mut driver = driver_for(&bus, &[], &[], &OfflinePolicy::default()).unwrap();
+        let order = RelayOrder {
+            action: RelayAction::Trip,
+            password: [2, 0x56, 0x34, 0x12],
+            operator: [0; 4],
+        };
+        let e = driver.relay(0, &order, 0).await.unwrap_err();
+        assert_eq!(e, "relay control needs a DL/T 645 meter");
+        // The order's secrets never show in a debug print.
+        assert_eq!(format!("{order:?}"), "RelayOrder { action: Trip, .. }");
+    }
+}

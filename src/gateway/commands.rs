@@ -70,7 +70,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(90);
 pub(super) struct BusDesk {
     pub meters: Vec<String>,
     pub requests: mpsc::Sender<ReadRequest>,
-    /// The bus has a broadcast time sync (DL/T 645).
+    /// The bus has a broadcast time sync and remote control (DL/T 645).
     pub time_sync: bool,
 }
 
@@ -167,6 +167,12 @@ impl GatewayExecutor {
             .iter()
             .find(|b| b.meters.iter().any(|m| m == meter))
             .ok_or_else(|| format!("unknown meter `{meter}`"))?;
+        if !bus.time_sync {
+            // Said before the secrets are looked up: no password helps a Modbus meter.
+            return Err(format!(
+                "relay control needs a DL/T 645 meter; meter `{meter}` is on a Modbus bus"
+            ));
+        }
         let secrets = self.config.relay_secrets.for_meter(meter)?;
         let action = match action {
             A::Trip => RelayAction::Trip,

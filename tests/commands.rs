@@ -238,7 +238,7 @@ async fn commands_end_to_end_rejections_replay_recall_and_flood() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(result_of(&out)["state"], "failed");
 
-    // relay: no relay secrets file in this configuration
+    // relay: m1 is a Modbus meter (refused before any secrets are looked up)
     let out = run("ops", "ops", "relay", &["meter=m1", "action=trip"])
         .await
         .unwrap();
@@ -248,7 +248,7 @@ async fn commands_end_to_end_rejections_replay_recall_and_flood() {
         relay["reason"]
             .as_str()
             .unwrap()
-            .contains("relay_secrets_file"),
+            .contains("relay control needs a DL/T 645 meter"),
         "{relay}"
     );
 

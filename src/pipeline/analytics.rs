@@ -23,7 +23,14 @@
 //!   day before from the freezes ([`RecordKind::LossDay`] and its message);
 //! - [`MetaKey::LossRolling`] when the rolling figure moved;
 //! - snapshots at least every [`SNAPSHOT_EVERY_MS`], and whenever their engine emitted
-//!   something (so a record is never emitted twice across a restart);
+//!   something (so a record is never emitted twice across a restart) — never for readings
+//!   taken alone: with a thousand meters the engines' state is megabytes, and writing it at
+//!   every fold cost ~1.8 MB of disk writes per reading (docs/benchmarks.md (h)). After a
+//!   crash the engines continue from their last snapshot, at most [`SNAPSHOT_EVERY_MS`] old:
+//!   the readings taken since are in the history but not in the engines, which bridge them as
+//!   a short silence (a curve point is interpolated between the reads either side of it, a
+//!   loss interval and a freeze take the next read) — no record is lost or sent twice, since
+//!   a batch carrying an engine's output always carries its snapshot;
 //! - the heartbeat [`MetaKey::LastAlive`] in every batch, from which the next start tells a
 //!   power off.
 //!
@@ -98,8 +105,11 @@ pub struct Analytics {
     loss_changed: bool,
     voltage_changed: bool,
     freeze_changed: bool,
-    /// The curve engine took a reading or sent a block since its snapshot was written.
+    /// The curve engine sent a block since its snapshot was written.
     curve_changed: bool,
+    /// A hash of each per-meter snapshot part ([`MetaKey::EngineMeter`]) as last written, so
+    /// a snapshot writes only the meters whose part changed.
+    written: BTreeMap<MetaKey, u64>,
 }
 
 impl Analytics {
@@ -122,6 +132,7 @@ impl Analytics {
             voltage_changed: false,
             freeze_changed: false,
             curve_changed: false,
+            written: BTreeMap::new(),
         }
     }
 
@@ -256,8 +267,8 @@ impl Analytics {
         self.voltage.on_reading(r);
         if verdict.quality.code() == 0 {
             self.freeze.on_reading(r);
+            // No snapshot for a reading alone (see [`SNAPSHOT_EVERY_MS`]): only for a block.
             self.curve.on_reading(r);
-            self.curve_changed = true;
         }
         verdict.quality.code()
     }
@@ -284,6 +295,7 @@ impl Analytics {
         for b in self.curve.on_tick(now_ms) {
             let m = curve_message(&self.topics, &b);
             push_kept(batch, RecordKind::Curve, &b.meter, b.start_ms, m);
+            self.curve_changed = true;
         }
         self.write_rolling(batch);
 
@@ -302,14 +314,10 @@ impl Analytics {
             self.snapshot_all(now_ms, batch);
         } else {
             if self.loss_changed {
-                batch
-                    .meta
-                    .push((MetaKey::LossEngine, self.loss_state_json()));
+                self.push_snapshot(MetaKey::LossEngine, batch);
             }
             if !changes.is_empty() {
-                batch
-                    .meta
-                    .push((MetaKey::AlarmEngine, json_of(&self.alarms.snapshot())));
+                self.push_snapshot(MetaKey::AlarmEngine, batch);
             }
             if self.voltage_changed {
                 batch
@@ -317,14 +325,10 @@ impl Analytics {
                     .push((MetaKey::VoltageEngine, json_of(&self.voltage.snapshot())));
             }
             if self.freeze_changed {
-                batch
-                    .meta
-                    .push((MetaKey::FreezeEngine, json_of(&self.freeze.snapshot())));
+                self.push_snapshot(MetaKey::FreezeEngine, batch);
             }
             if self.curve_changed {
-                batch
-                    .meta
-                    .push((MetaKey::CurveEngine, json_of(&self.curve.snapshot())));
+                self.push_snapshot(MetaKey::CurveEngine, batch);
             }
             if !batch.is_empty() {
                 batch.meta.push((MetaKey::LastAlive, now_ms.to_string()));
@@ -338,21 +342,13 @@ impl Analytics {
 
     /// Adds every snapshot and the heartbeat to `batch` (also at shutdown).
     pub fn snapshot_all(&mut self, now_ms: i64, batch: &mut Batch) {
-        batch
-            .meta
-            .push((MetaKey::LossEngine, self.loss_state_json()));
-        batch
-            .meta
-            .push((MetaKey::AlarmEngine, json_of(&self.alarms.snapshot())));
+        self.push_snapshot(MetaKey::LossEngine, batch);
+        self.push_snapshot(MetaKey::AlarmEngine, batch);
         batch
             .meta
             .push((MetaKey::VoltageEngine, json_of(&self.voltage.snapshot())));
-        batch
-            .meta
-            .push((MetaKey::FreezeEngine, json_of(&self.freeze.snapshot())));
-        batch
-            .meta
-            .push((MetaKey::CurveEngine, json_of(&self.curve.snapshot())));
+        self.push_snapshot(MetaKey::FreezeEngine, batch);
+        self.push_snapshot(MetaKey::CurveEngine, batch);
         batch.meta.push((MetaKey::LastAlive, now_ms.to_string()));
         self.last_snapshot_ms = Some(now_ms);
     }
@@ -529,6 +525,44 @@ impl Analytics {
         }
     }
 
+    /// Adds the snapshot of the engine of `key` to `batch`: under `key` without its per-meter
+    /// parts (see [`meter_parts`]), and under [`MetaKey::EngineMeter`] each meter's part that
+    /// changed since it was last written.
+    fn push_snapshot(&mut self, key: MetaKey, batch: &mut Batch) {
+        let json = match key {
+            MetaKey::LossEngine => self.loss_state_json(),
+            MetaKey::AlarmEngine => json_of(&self.alarms.snapshot()),
+            MetaKey::FreezeEngine => json_of(&self.freeze.snapshot()),
+            MetaKey::CurveEngine => json_of(&self.curve.snapshot()),
+            _ => unreachable!("not an engine split by meter: {key}"),
+        };
+        let Some(pointer) = meter_parts(&key) else {
+            batch.meta.push((key, json));
+            return;
+        };
+        let mut value: Value = serde_json::from_str(&json).expect("snapshots are JSON");
+        if let Some(Value::Object(parts)) = value.pointer_mut(pointer) {
+            for (meter, part) in std::mem::take(parts) {
+                let text = part.to_string();
+                let mut h = std::hash::DefaultHasher::new();
+                std::hash::Hash::hash(&text, &mut h);
+                let h = std::hash::Hasher::finish(&h);
+                let part_key = MetaKey::EngineMeter(Box::new(key.clone()), meter);
+                if self.written.get(&part_key) != Some(&h) {
+                    self.written.insert(part_key.clone(), h);
+                    batch.meta.push((part_key, text));
+                }
+            }
+        }
+        batch.meta.push((key, value.to_string()));
+    }
+
+    /// Forgets which per-meter snapshot parts were written: the next snapshot writes them all
+    /// (the store was replaced).
+    pub fn forget_written(&mut self) {
+        self.written.clear();
+    }
+
     fn loss_state_json(&self) -> String {
         json_of(&LossState {
             engine: self.loss.snapshot(),
@@ -563,6 +597,49 @@ fn push_kept(batch: &mut Batch, kind: RecordKind, subject: &str, ts_ms: i64, m: 
         body: m.payload.clone(),
     });
     batch.messages.push(m);
+}
+
+/// Where, in the snapshot JSON of an engine's `key`, its per-meter parts are (an object by
+/// meter id), for the engines whose state grows with the number of meters. Each part is kept
+/// under its own [`MetaKey::EngineMeter`] and written only when it changed: with a thousand
+/// meters the whole state is megabytes, while a meter's part changes once per reading.
+pub fn meter_parts(key: &MetaKey) -> Option<&'static str> {
+    match key {
+        MetaKey::LossEngine => Some("/engine/meters"),
+        MetaKey::AlarmEngine => Some("/registers"),
+        MetaKey::FreezeEngine => Some("/meters"),
+        MetaKey::CurveEngine => Some("/meters"),
+        _ => None,
+    }
+}
+
+/// The whole snapshot of the engine of `key` from its own value `base` and its per-meter
+/// `parts` (a snapshot written whole, before the parts existed, is read as it is; a part that
+/// cannot be read is left out and logged: that meter starts afresh).
+pub fn join_meter_parts(key: &MetaKey, base: &str, parts: Vec<(String, String)>) -> String {
+    let Some(pointer) = meter_parts(key) else {
+        return base.to_string();
+    };
+    if parts.is_empty() {
+        return base.to_string();
+    }
+    let Ok(mut value) = serde_json::from_str::<Value>(base) else {
+        return base.to_string();
+    };
+    if let Some(Value::Object(map)) = value.pointer_mut(pointer) {
+        for (meter, text) in parts {
+            match serde_json::from_str(&text) {
+                Ok(part) => {
+                    map.insert(meter, part);
+                }
+                Err(e) => {
+                    warn!(key = %key, meter = %meter, error = %e,
+                        "cannot read a meter's saved analytics state; that meter starts afresh");
+                }
+            }
+        }
+    }
+    value.to_string()
 }
 
 fn json_of<T: Serialize>(v: &T) -> String {

@@ -51,6 +51,12 @@ impl Writer {
             MetaKey::LastAlive,
         ] {
             if let Some(v) = store.meta(&key)? {
+                let v = match super::analytics::meter_parts(&key) {
+                    Some(_) => {
+                        super::analytics::join_meter_parts(&key, &v, store.engine_meters(&key)?)
+                    }
+                    None => v,
+                };
                 meta.insert(key, v);
             }
         }
@@ -125,6 +131,7 @@ impl Writer {
         });
         self.analytics
             .on_store_recovered(details, now_ms, &mut batch);
+        self.analytics.forget_written();
         self.analytics.snapshot_all(now_ms, &mut batch);
         batch
     }

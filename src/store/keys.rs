@@ -197,6 +197,10 @@ pub enum MetaKey {
     /// `gateway/clean_stop`: `stopped` after a clean stop, `running` while a daemon runs: a
     /// start that finds `running` follows a crash or a power loss.
     CleanStop,
+    /// `{engine}/meter/{meter}`: one meter's part of an engine's snapshot (`engine`: the
+    /// engine's key, e.g. `analytics/curve`), written only when that part changed; the
+    /// engine's own key holds the rest.
+    EngineMeter(Box<MetaKey>, String),
     /// `gateway/boot`: the boot the running daemon is in, `BOOT_ID BOOT_MS` (the kernel's
     /// boot id or `-` where it cannot be read, and the monotonic time since boot when last
     /// written), to tell a crash from a power loss.
@@ -231,6 +235,7 @@ impl MetaKey {
             MetaKey::DaemonVersion => "gateway/version".into(),
             MetaKey::CleanStop => "gateway/clean_stop".into(),
             MetaKey::Boot => "gateway/boot".into(),
+            MetaKey::EngineMeter(engine, meter) => format!("{}/meter/{meter}", engine.key()),
         }
     }
 }

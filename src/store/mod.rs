@@ -703,6 +703,11 @@ impl Store {
             .collect())
     }
 
+    /// The per-meter parts of an engine's snapshot ([`MetaKey::EngineMeter`]), by meter id.
+    pub fn engine_meters(&self, engine: &MetaKey) -> Result<Vec<(String, String)>, StoreError> {
+        self.meta_by_meter(&format!("{}/meter/", engine.key()))
+    }
+
     /// A value of the `meta` table.
     pub fn meta(&self, key: &MetaKey) -> Result<Option<String>, StoreError> {
         self.conn

@@ -455,3 +455,63 @@ fn status_shows_what_the_writer_stored() {
     assert!(table.contains("active alarms: 1"), "{table}");
     assert!(table.contains("raised   high_loss"), "{table}");
 }
+
+/// The engines' state as JSON, to compare before and after a restart.
+fn engines_json(writer: &Writer) -> [Value; 3] {
+    let a = writer.analytics();
+    [
+        serde_json::to_value(a.loss().snapshot()).unwrap(),
+        serde_json::to_value(a.freeze().snapshot()).unwrap(),
+        serde_json::to_value(a.curve().snapshot()).unwrap(),
+    ]
+}
+
+#[test]
+fn snapshots_keep_each_meters_part_apart_and_write_only_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let (mut writer, _) = start(&mut store, T0);
+    for k in 0..8 {
+        step(
+            &mut writer,
+            &mut store,
+            area_reads(k, 0.01),
+            T0 + 2_000 + k * STEP_MS,
+        );
+    }
+
+    // Each meter's part under its own key; the engine's own key holds the rest.
+    let parts = store.engine_meters(&MetaKey::CurveEngine).unwrap();
+    let meters: Vec<&str> = parts.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(meters, ["c1", "c2", "s"]);
+    let base: Value =
+        serde_json::from_str(&store.meta(&MetaKey::CurveEngine).unwrap().unwrap()).unwrap();
+    assert_eq!(base["meters"], serde_json::json!({}), "{base}");
+    assert_eq!(store.engine_meters(&MetaKey::LossEngine).unwrap().len(), 3);
+
+    // Every part written (as at a stop), then the next due snapshot writes the part of the
+    // one meter that read since, not the others'.
+    let stop = T0 + 2_000 + 8 * STEP_MS;
+    let batch = writer.finish(stop);
+    store.commit_at(&batch, stop).unwrap();
+    let now = stop + 10_000;
+    let fold = writer.fold([reading("c1", now - 1_000, 500.09)], now);
+    let written: Vec<String> = fold
+        .batch
+        .meta
+        .iter()
+        .filter_map(|(k, _)| match k {
+            MetaKey::EngineMeter(_, meter) => Some(meter.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(!written.is_empty());
+    assert!(written.iter().all(|m| m == "c1"), "{written:?}");
+    store.commit_at(&fold.batch, now).unwrap();
+
+    // A restart (no clean stop) continues from the parts joined again, exactly.
+    let before = engines_json(&writer);
+    drop(writer);
+    let (writer, _) = start(&mut store, now + 1_000);
+    assert_eq!(engines_json(&writer), before);
+}

@@ -542,6 +542,20 @@ impl Analytics {
         };
         let mut value: Value = serde_json::from_str(&json).expect("snapshots are JSON");
         if let Some(Value::Object(parts)) = value.pointer_mut(pointer) {
+            // A part written before whose meter the engine no longer holds: a tombstone, so
+            // that a restart does not bring it back.
+            let gone: Vec<MetaKey> = self
+                .written
+                .keys()
+                .filter(|k| {
+                    matches!(k, MetaKey::EngineMeter(e, m) if **e == key && !parts.contains_key(m))
+                })
+                .cloned()
+                .collect();
+            for k in gone {
+                self.written.remove(&k);
+                batch.meta.push((k, "null".into()));
+            }
             for (meter, part) in std::mem::take(parts) {
                 let text = part.to_string();
                 let mut h = std::hash::DefaultHasher::new();
@@ -561,6 +575,14 @@ impl Analytics {
     /// (the store was replaced).
     pub fn forget_written(&mut self) {
         self.written.clear();
+    }
+
+    /// The per-meter snapshot parts the store holds (read at start): the next snapshot
+    /// rewrites them, or marks gone those of meters the engine no longer holds.
+    pub fn saved_parts(&mut self, keys: impl IntoIterator<Item = MetaKey>) {
+        for k in keys {
+            self.written.entry(k).or_insert(0);
+        }
     }
 
     fn loss_state_json(&self) -> String {
@@ -629,6 +651,7 @@ pub fn join_meter_parts(key: &MetaKey, base: &str, parts: Vec<(String, String)>)
     if let Some(Value::Object(map)) = value.pointer_mut(pointer) {
         for (meter, text) in parts {
             match serde_json::from_str(&text) {
+                Ok(Value::Null) => {} // a meter the engine no longer held
                 Ok(part) => {
                     map.insert(meter, part);
                 }

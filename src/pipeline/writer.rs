@@ -42,6 +42,7 @@ impl Writer {
     ) -> Result<(Writer, Batch), StoreError> {
         let mut analytics = Analytics::new(settings, topics.clone());
         let mut meta = BTreeMap::new();
+        let mut saved_parts = Vec::new();
         for key in [
             MetaKey::LossEngine,
             MetaKey::AlarmEngine,
@@ -53,13 +54,18 @@ impl Writer {
             if let Some(v) = store.meta(&key)? {
                 let v = match super::analytics::meter_parts(&key) {
                     Some(_) => {
-                        super::analytics::join_meter_parts(&key, &v, store.engine_meters(&key)?)
+                        let parts = store.engine_meters(&key)?;
+                        saved_parts.extend(parts.iter().map(|(meter, _)| {
+                            MetaKey::EngineMeter(Box::new(key.clone()), meter.clone())
+                        }));
+                        super::analytics::join_meter_parts(&key, &v, parts)
                     }
                     None => v,
                 };
                 meta.insert(key, v);
             }
         }
+        analytics.saved_parts(saved_parts);
         let mut batch = analytics.start(|k| meta.get(k).cloned(), now_ms);
         for (meter, state) in store.meter_states()? {
             if settings.models.contains_key(&meter) {

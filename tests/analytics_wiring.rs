@@ -457,9 +457,10 @@ fn status_shows_what_the_writer_stored() {
 }
 
 /// The engines' state as JSON, to compare before and after a restart.
-fn engines_json(writer: &Writer) -> [Value; 3] {
+fn engines_json(writer: &Writer) -> [Value; 4] {
     let a = writer.analytics();
     [
+        serde_json::to_value(a.voltage().snapshot()).unwrap(),
         serde_json::to_value(a.loss().snapshot()).unwrap(),
         serde_json::to_value(a.freeze().snapshot()).unwrap(),
         serde_json::to_value(a.curve().snapshot()).unwrap(),
@@ -488,6 +489,10 @@ fn snapshots_keep_each_meters_part_apart_and_write_only_what_changed() {
         serde_json::from_str(&store.meta(&MetaKey::CurveEngine).unwrap().unwrap()).unwrap();
     assert_eq!(base["meters"], serde_json::json!({}), "{base}");
     assert_eq!(store.engine_meters(&MetaKey::LossEngine).unwrap().len(), 3);
+    assert_eq!(
+        store.engine_meters(&MetaKey::VoltageEngine).unwrap().len(),
+        3
+    );
 
     // Every part written (as at a stop), then the next due snapshot writes the part of the
     // one meter that read since, not the others'.

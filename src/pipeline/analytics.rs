@@ -25,7 +25,9 @@
 //! - snapshots at least every [`SNAPSHOT_EVERY_MS`], and whenever their engine emitted
 //!   something (so a record is never emitted twice across a restart) — never for readings
 //!   taken alone: with a thousand meters the engines' state is megabytes, and writing it at
-//!   every fold cost ~1.8 MB of disk writes per reading (docs/benchmarks.md (h)). After a
+//!   every fold cost ~1 MB of disk writes per reading (docs/benchmarks.md (h)). Each
+//!   meter's part of a snapshot ([`meter_parts`]) has a key of its own
+//!   ([`MetaKey::EngineMeter`]) and is written only when it changed. After a
 //!   crash the engines continue from their last snapshot, at most [`SNAPSHOT_EVERY_MS`] old:
 //!   the readings taken since are in the history but not in the engines, which bridge them as
 //!   a short silence (a curve point is interpolated between the reads either side of it, a
@@ -320,9 +322,7 @@ impl Analytics {
                 self.push_snapshot(MetaKey::AlarmEngine, batch);
             }
             if self.voltage_changed {
-                batch
-                    .meta
-                    .push((MetaKey::VoltageEngine, json_of(&self.voltage.snapshot())));
+                self.push_snapshot(MetaKey::VoltageEngine, batch);
             }
             if self.freeze_changed {
                 self.push_snapshot(MetaKey::FreezeEngine, batch);
@@ -344,9 +344,7 @@ impl Analytics {
     pub fn snapshot_all(&mut self, now_ms: i64, batch: &mut Batch) {
         self.push_snapshot(MetaKey::LossEngine, batch);
         self.push_snapshot(MetaKey::AlarmEngine, batch);
-        batch
-            .meta
-            .push((MetaKey::VoltageEngine, json_of(&self.voltage.snapshot())));
+        self.push_snapshot(MetaKey::VoltageEngine, batch);
         self.push_snapshot(MetaKey::FreezeEngine, batch);
         self.push_snapshot(MetaKey::CurveEngine, batch);
         batch.meta.push((MetaKey::LastAlive, now_ms.to_string()));
@@ -534,14 +532,11 @@ impl Analytics {
             MetaKey::AlarmEngine => json_of(&self.alarms.snapshot()),
             MetaKey::FreezeEngine => json_of(&self.freeze.snapshot()),
             MetaKey::CurveEngine => json_of(&self.curve.snapshot()),
+            MetaKey::VoltageEngine => json_of(&self.voltage.snapshot()),
             _ => unreachable!("not an engine split by meter: {key}"),
         };
-        let Some(pointer) = meter_parts(&key) else {
-            batch.meta.push((key, json));
-            return;
-        };
         let mut value: Value = serde_json::from_str(&json).expect("snapshots are JSON");
-        if let Some(Value::Object(parts)) = value.pointer_mut(pointer) {
+        if let Some(parts) = take_parts(&key, &mut value) {
             // A part written before whose meter the engine no longer holds: a tombstone, so
             // that a restart does not bring it back.
             let gone: Vec<MetaKey> = self
@@ -556,7 +551,7 @@ impl Analytics {
                 self.written.remove(&k);
                 batch.meta.push((k, "null".into()));
             }
-            for (meter, part) in std::mem::take(parts) {
+            for (meter, part) in parts {
                 let text = part.to_string();
                 let mut h = std::hash::DefaultHasher::new();
                 std::hash::Hash::hash(&text, &mut h);
@@ -622,7 +617,7 @@ fn push_kept(batch: &mut Batch, kind: RecordKind, subject: &str, ts_ms: i64, m: 
 }
 
 /// Where, in the snapshot JSON of an engine's `key`, its per-meter parts are (an object by
-/// meter id), for the engines whose state grows with the number of meters. Each part is kept
+/// meter id, or a list whose items name their `meter`), for the engines whose state grows with the number of meters. Each part is kept
 /// under its own [`MetaKey::EngineMeter`] and written only when it changed: with a thousand
 /// meters the whole state is megabytes, while a meter's part changes once per reading.
 pub fn meter_parts(key: &MetaKey) -> Option<&'static str> {
@@ -631,6 +626,30 @@ pub fn meter_parts(key: &MetaKey) -> Option<&'static str> {
         MetaKey::AlarmEngine => Some("/registers"),
         MetaKey::FreezeEngine => Some("/meters"),
         MetaKey::CurveEngine => Some("/meters"),
+        // A list of series, each naming its meter: a meter's part is the list of its own.
+        MetaKey::VoltageEngine => Some("/series"),
+        _ => None,
+    }
+}
+
+/// Takes the per-meter parts out of the snapshot `value` of the engine of `key`, by meter id.
+fn take_parts(key: &MetaKey, value: &mut Value) -> Option<serde_json::Map<String, Value>> {
+    match value.pointer_mut(meter_parts(key)?)? {
+        Value::Object(parts) => Some(std::mem::take(parts)),
+        Value::Array(items) => {
+            let mut parts = serde_json::Map::new();
+            for item in std::mem::take(items) {
+                let meter = item["meter"].as_str().unwrap_or_default().to_string();
+                match parts
+                    .entry(meter)
+                    .or_insert_with(|| Value::Array(Vec::new()))
+                {
+                    Value::Array(list) => list.push(item),
+                    _ => unreachable!("parts of a list are lists"),
+                }
+            }
+            Some(parts)
+        }
         _ => None,
     }
 }
@@ -648,17 +667,23 @@ pub fn join_meter_parts(key: &MetaKey, base: &str, parts: Vec<(String, String)>)
     let Ok(mut value) = serde_json::from_str::<Value>(base) else {
         return base.to_string();
     };
-    if let Some(Value::Object(map)) = value.pointer_mut(pointer) {
-        for (meter, text) in parts {
-            match serde_json::from_str(&text) {
-                Ok(Value::Null) => {} // a meter the engine no longer held
-                Ok(part) => {
-                    map.insert(meter, part);
-                }
-                Err(e) => {
-                    warn!(key = %key, meter = %meter, error = %e,
-                        "cannot read a meter's saved analytics state; that meter starts afresh");
-                }
+    let Some(whole) = value.pointer_mut(pointer) else {
+        return base.to_string();
+    };
+    for (meter, text) in parts {
+        match (serde_json::from_str(&text), &mut *whole) {
+            (Ok(Value::Null), _) => {} // a meter the engine no longer held
+            (Ok(Value::Array(items)), Value::Array(list)) => list.extend(items),
+            (Ok(part), Value::Object(map)) => {
+                map.insert(meter, part);
+            }
+            (Ok(_), _) => {
+                warn!(key = %key, meter = %meter,
+                    "a meter's saved analytics state does not fit its engine's; that meter starts afresh");
+            }
+            (Err(e), _) => {
+                warn!(key = %key, meter = %meter, error = %e,
+                    "cannot read a meter's saved analytics state; that meter starts afresh");
             }
         }
     }

@@ -1024,8 +1024,12 @@ fn voltage_quality_from_store(config: &Path) -> VoltageFromStore {
             .expect("a voltage snapshot"),
     )
     .unwrap();
-    let series = snapshot
-        .series
+    // Each meter's series are kept under a key of their own (`analytics/voltage/meter/{id}`).
+    let mut all = snapshot.series;
+    for (_, part) in store.engine_meters(&MetaKey::VoltageEngine).unwrap() {
+        all.extend(serde_json::from_str::<Vec<_>>(&part).unwrap_or_default());
+    }
+    let series = all
         .iter()
         .find(|s| s.meter == "vq" && s.phase == "l1")
         .expect("vq l1 in the snapshot");

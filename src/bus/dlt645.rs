@@ -1414,4 +1414,117 @@ energy_start_kwh = 300.0
             .unwrap_err();
         assert!(e.contains("DL/T 645-2007"), "{e}");
     }
+
+    /// The clock offset (s) that puts a simulated meter whose clock is now `offset_s` ahead
+    /// two seconds before its next midnight (its clock keeps China Standard Time).
+    fn before_next_midnight(offset_s: i64) -> i64 {
+        let local = now_ms().div_euclid(1000) + 8 * 3600;
+        let meter = local + offset_s;
+        (meter.div_euclid(86_400) + 1) * 86_400 - 2 - local
+    }
+
+    /// Polls until the simulated meter's clock has passed the midnight it was set before.
+    async fn past_midnight(driver: &mut Dlt645Driver) {
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        // A request lets the meter notice its midnight (answered or not).
+        let _ = driver.poll_meter(0, true).await;
+    }
+
+    /// The freeze read back equals the simulator's truth; once per midnight; after a meter
+    /// was silent over two midnights both freezes are read back when it answers, oldest
+    /// first; a 1997 meter is never asked, and a meter answering "no such data item" once is
+    /// not asked again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn daily_freezes_read_back_equal_the_meters_own_and_missed_days_are_re_read() {
+        use crate::sim::Fault;
+        let t = crate::sim::fixtures::start(SIM);
+        let shanghai = crate::clock::LocalTime::named("Asia/Shanghai").unwrap();
+        let mut bus = t.sim.bus_settings("b").unwrap();
+        bus.time_sync.zone = shanghai.clone();
+        let meters = [
+            MeterSettings {
+                ratios: Ratios::from_multiplier(40.0),
+                ..MeterSettings::dlt645("a", "000000000001", model("dlt645-2007"))
+            },
+            MeterSettings::dlt645("b", "202208310002", model("dlt645-2007")),
+            MeterSettings::dlt645("c", "000000001997", model("dlt645-1997")),
+        ];
+        let mut driver = Dlt645Driver::new(&bus, &meters, &[], &OfflinePolicy::default()).unwrap();
+        driver.open_link().await.unwrap();
+        let mut fault = Fault {
+            clock_offset_s: before_next_midnight(0),
+            ..Fault::default()
+        };
+        t.sim.set_fault("b", 1, fault.clone()).unwrap();
+        assert_eq!(driver.poll_meter(0, true).await.outcome, PollOutcome::Ok);
+        past_midnight(&mut driver).await;
+
+        let truth = |n: usize| t.sim.daily_freezes("b", 1).unwrap()[n].clone();
+        let check = |got: &FrozenDay, want: &crate::sim::SimFreeze| {
+            let ts = want.time.to_unix(8 * 3600) * 1000;
+            assert_eq!(got.ts_ms, ts, "{got:?} vs {want:?}");
+            assert_eq!(shanghai.since_midnight_ms(got.ts_ms), 0);
+            let names = [
+                "energy_import_kwh",
+                "energy_import_t1_kwh",
+                "energy_import_t2_kwh",
+                "energy_import_t3_kwh",
+                "energy_import_t4_kwh",
+            ];
+            for (q, v) in names.iter().zip(want.import) {
+                assert!(
+                    (got.values[*q] - 40.0 * v).abs() <= 40.0 * 0.0051,
+                    "{q}: {got:?}"
+                );
+            }
+            let export = got.values["energy_export_kwh"];
+            assert!((export - 40.0 * want.export[0]).abs() <= 40.0 * 0.0051);
+        };
+
+        // A gateway time 00:06 local: the freeze of the midnight just passed.
+        let day = 86_400_000;
+        let now = shanghai.day_start_ms(now_ms()) + 6 * 60_000;
+        let got = driver.read_freezes(0, now).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(t.sim.daily_freezes("b", 1).unwrap().len(), 1);
+        check(&got[0], &truth(0));
+        // Once per midnight: no request at all the second time.
+        let requests = t.sim.requests("b");
+        assert!(driver.read_freezes(0, now + 3_600_000).await.is_empty());
+        assert_eq!(t.sim.requests("b"), requests);
+
+        // Silent over two of its midnights.
+        fault.no_reply = true;
+        for _ in 0..2 {
+            fault.clock_offset_s = before_next_midnight(fault.clock_offset_s);
+            t.sim.set_fault("b", 1, fault.clone()).unwrap();
+            past_midnight(&mut driver).await;
+        }
+        assert_eq!(t.sim.daily_freezes("b", 1).unwrap().len(), 3);
+        assert!(driver.read_freezes(0, now + day).await.is_empty());
+        // It answers again: both missed freezes, oldest first.
+        fault.no_reply = false;
+        t.sim.set_fault("b", 1, fault.clone()).unwrap();
+        let got = driver.read_freezes(0, now + day).await;
+        assert_eq!(got.len(), 2, "{got:?}");
+        check(&got[0], &truth(1));
+        check(&got[1], &truth(2));
+        assert_eq!(got[1].ts_ms - got[0].ts_ms, day);
+
+        // The 1997 meter is never asked.
+        let requests = t.sim.requests("b");
+        assert!(driver.read_freezes(2, now).await.is_empty());
+        assert_eq!(t.sim.requests("b"), requests);
+        // A meter that has no daily freeze says so once and is not asked again.
+        let refuses = Fault {
+            exception: codec::ERR_NO_SUCH_DATA_ITEM,
+            ..Fault::default()
+        };
+        t.sim.set_fault("b", 2, refuses).unwrap();
+        assert!(driver.read_freezes(1, now).await.is_empty());
+        t.sim.set_fault("b", 2, Fault::default()).unwrap();
+        let requests = t.sim.requests("b");
+        assert!(driver.read_freezes(1, now + day).await.is_empty());
+        assert_eq!(t.sim.requests("b"), requests);
+    }
 }

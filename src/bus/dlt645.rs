@@ -695,7 +695,7 @@ async fn read_freezes(
     };
     let read_time = async |link: &mut Dlt645Link, n: u8| {
         let di = FreezeItem::Time.di(n);
-        link.read(&address, di, FreezeItem::Time.len())
+        link.read(&address, di, FreezeItem::Time.value_len())
             .await
             .map(|bytes| frozen::decode_time(&bytes))
     };
@@ -734,7 +734,7 @@ async fn read_freezes(
     let mut out = Vec::new();
     for (n, ts) in wanted.into_iter().rev() {
         let energy = async |link: &mut Dlt645Link, item: FreezeItem| {
-            link.read(&address, item.di(n), item.len())
+            link.read(&address, item.di(n), item.value_len())
                 .await
                 .map(|bytes| frozen::decode_energy(&bytes))
         };

@@ -347,7 +347,7 @@ fn read_reply(
     if let Some((item, n)) = FreezeItem::of(di) {
         let day = sim.daily_freezes.nth_last(n);
         let value = match (item, day) {
-            (_, None) => vec![0; item.len()],
+            (_, None) => vec![0; item.value_len()],
             (FreezeItem::Time, Some(d)) => frozen::encode_time(&d.time),
             (FreezeItem::Import, Some(d)) => frozen::encode_energy(&d.import),
             (FreezeItem::Export, Some(d)) => frozen::encode_energy(&d.export),

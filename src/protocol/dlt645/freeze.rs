@@ -47,7 +47,7 @@ impl FreezeItem {
     }
 
     /// Bytes of its value.
-    pub fn len(self) -> usize {
+    pub fn value_len(self) -> usize {
         match self {
             FreezeItem::Time => TIME_LEN,
             FreezeItem::Import | FreezeItem::Export => ENERGY_LEN,

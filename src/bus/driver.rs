@@ -66,6 +66,15 @@ pub trait Driver: Send {
         Box::pin(async { Err("this bus's protocol has no broadcast time sync".to_string()) })
     }
 
+    /// The daily freezes `meter` itself recorded (DL/T 645-2007 日冻结) that are due at
+    /// `now_ms`: once after each local midnight the last one, and after a silence every one
+    /// missed since the last read (up to the meter's history), oldest first. The scheduler
+    /// asks after every answered poll; the driver decides from `now_ms` whether it is time.
+    /// The default: the protocol keeps no freezes.
+    fn read_freezes(&mut self, _meter: usize, _now_ms: i64) -> DriverFuture<'_, Vec<FrozenDay>> {
+        Box::pin(async { Vec::new() })
+    }
+
     /// Gives `meter` the relay `order` (trip, close, alarm, keep power) and reads back the
     /// relay's state; `now_ms` dates the order's validity. The default: the protocol has no
     /// remote control.
@@ -77,6 +86,14 @@ pub trait Driver: Send {
     ) -> DriverFuture<'_, Result<RelayOutcome, String>> {
         Box::pin(async { Err("relay control needs a DL/T 645 meter".to_string()) })
     }
+}
+
+/// A daily freeze read from a meter's own frozen data: its time (the meter's clock read in
+/// the bus's zone, UTC ms) and its energy registers, primary-side, by quantity name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrozenDay {
+    pub ts_ms: i64,
+    pub values: std::collections::BTreeMap<String, f64>,
 }
 
 /// A request of a poll that failed for good, in the words of the protocol: what was read

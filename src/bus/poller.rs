@@ -448,6 +448,19 @@ async fn run_with(
                 items_read = true;
             }
         }
+        // The meter's own daily freezes, once after each local midnight (the driver decides).
+        if open && !slot.health.is_offline() && poll.outcome.answered() {
+            for f in driver.read_freezes(idx, now_ms()).await {
+                let (meter, ts_ms, values) = (slot.settings.id.clone(), f.ts_ms, f.values);
+                let _ = events
+                    .send(BusEvent::MeterFreeze {
+                        meter,
+                        ts_ms,
+                        values,
+                    })
+                    .await;
+            }
+        }
         let skew = items_read
             .then(|| slot.items.as_ref().and_then(|i| i.clock_skew_s))
             .flatten();

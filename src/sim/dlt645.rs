@@ -18,13 +18,23 @@
 //! given ERR byte for every read, missed reads, a silent bus. The meter's own items come from
 //! its faults too: a clock off by `clock_offset_s`, `status_word_1`, the power-down and
 //! meter-cover-open counts.
+//!
+//! Daily freezes (日冻结, 2007 meters): at every midnight of its own clock (China Standard
+//! Time, as every simulated meter's clock) a meter records its energy registers as they were
+//! at that moment, and keeps the last 62, answering `050600nn` (the n-th last freeze's time),
+//! `050601nn` / `050602nn` (its forward / reverse energy, total + tariffs 1..4); a freeze it
+//! does not have yet reads as zeros. The midnights are noticed at the meter's next request
+//! (answered or not): the registers are taken at the moment its clock passed midnight, or at
+//! its previous request when its clock was set across midnight in between.
 
 use super::bus::{Answer, LineControl, SimBus};
 use super::config::Fault;
 use super::serve::{SharedWriter, schedule};
 use crate::meter::{DiEntry, DiValue, Dlt645Model};
 use crate::protocol::dlt645::codec::{self, Address, DataId, Frame, RequestScan, Version};
+use crate::protocol::dlt645::freeze::{self as frozen, FREEZE_DAYS, FreezeItem};
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -40,6 +50,65 @@ const METER_UTC_OFFSET_S: i64 = 8 * 3600;
 const TIME_SYNC_LIMIT_MS: i64 = 300_000;
 /// Bytes kept of an unfinished request before the oldest are dropped (line noise).
 const RX_LIMIT: usize = 1024;
+
+/// One daily freeze a simulated meter recorded: its time (the meter's clock) and its forward
+/// and reverse active energy, total + tariffs 1..4, kWh (as registered, before ratios).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimFreeze {
+    pub time: codec::MeterTime,
+    pub import: [f64; 5],
+    pub export: [f64; 5],
+}
+
+/// The daily freezes of a meter, and when it last looked at its clock.
+#[derive(Debug, Default)]
+pub struct FreezeHistory {
+    /// Oldest first, at most 62.
+    pub days: VecDeque<SimFreeze>,
+    /// (true time, the meter's local time) at its last request, ms.
+    seen: Option<(i64, i64)>,
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+impl FreezeHistory {
+    /// Records the freezes of the midnights the meter's clock passed since its last request;
+    /// `energy(ms_ago)` gives its registers that long before now.
+    fn advance(
+        &mut self,
+        true_ms: i64,
+        clock_offset_ms: i64,
+        energy: impl Fn(i64) -> ([f64; 5], [f64; 5]),
+    ) {
+        let local = true_ms + clock_offset_ms + METER_UTC_OFFSET_S * 1000;
+        if let Some((seen_true, seen_local)) = self.seen {
+            let mut midnight = seen_local.div_euclid(DAY_MS) * DAY_MS + DAY_MS;
+            while midnight <= local {
+                // Passed `local - midnight` ago, but not before the last request.
+                let ago = (local - midnight).min(true_ms - seen_true).max(0);
+                let (import, export) = energy(ago);
+                self.days.push_back(SimFreeze {
+                    time: codec::MeterTime::from_unix(midnight / 1000, 0),
+                    import,
+                    export,
+                });
+                if self.days.len() > usize::from(FREEZE_DAYS) {
+                    self.days.pop_front();
+                }
+                midnight += DAY_MS;
+            }
+        }
+        self.seen = Some((true_ms, local));
+    }
+
+    /// The `n`-th last freeze (1 = the last).
+    fn nth_last(&self, n: u8) -> Option<&SimFreeze> {
+        self.days
+            .len()
+            .checked_sub(usize::from(n))
+            .map(|i| &self.days[i])
+    }
+}
 
 /// A DL/T 645 meter of a bus: its handle among the bus's meters and its model.
 pub(crate) struct Dlt645Meter {
@@ -176,6 +245,28 @@ fn answer(
     let fault = {
         let mut all = bus.meters();
         let m = all.get_mut(&meter.unit)?;
+        if meter.model.version == Version::V2007 {
+            let offset = m.clock_offset_ms;
+            let mut history = std::mem::take(&mut m.daily_freezes);
+            let energy = |ago: i64| {
+                let at = now
+                    .checked_sub(Duration::from_millis(ago as u64))
+                    .unwrap_or(now);
+                let q = |name: &str| m.value(name, at).unwrap_or(0.0);
+                let import = [
+                    q("energy_import_kwh"),
+                    q("energy_import_t1_kwh"),
+                    q("energy_import_t2_kwh"),
+                    q("energy_import_t3_kwh"),
+                    q("energy_import_t4_kwh"),
+                ];
+                let e = q("energy_export_kwh");
+                let export = [e, e * 0.4, e * 0.3, e * 0.2, e * 0.1];
+                (import, export)
+            };
+            history.advance(crate::clock::now_ms(), offset, energy);
+            m.daily_freezes = history;
+        }
         let fault = m.fault.clone();
         if fault.no_reply || bus.silent.load(Ordering::Relaxed) || m.misses_request() {
             return None;
@@ -253,6 +344,16 @@ fn read_reply(
     };
     let wall = (crate::clock::now_ms() + sim.clock_offset_ms).div_euclid(1000);
     let clock = codec::MeterTime::from_unix(wall, METER_UTC_OFFSET_S);
+    if let Some((item, n)) = FreezeItem::of(di) {
+        let day = sim.daily_freezes.nth_last(n);
+        let value = match (item, day) {
+            (_, None) => vec![0; item.value_len()],
+            (FreezeItem::Time, Some(d)) => frozen::encode_time(&d.time),
+            (FreezeItem::Import, Some(d)) => frozen::encode_energy(&d.import),
+            (FreezeItem::Export, Some(d)) => frozen::encode_energy(&d.export),
+        };
+        return codec::read_reply(address, di, &value, false);
+    }
     let number = |q: &str| sim.value(q, now).unwrap_or(0.0);
     let value_of = |e: &DiEntry| {
         match e.name.as_str() {

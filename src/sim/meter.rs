@@ -33,6 +33,8 @@ pub struct SimMeter {
     /// DL/T 645: the relay, alarm and keep-power state remote control (1CH) sets; status word 3
     /// shows it.
     pub relay: crate::protocol::dlt645::codec::RelayStatus,
+    /// DL/T 645-2007: the daily freezes the meter recorded at its clock's midnights.
+    pub daily_freezes: super::dlt645::FreezeHistory,
 }
 
 impl SimMeter {
@@ -53,6 +55,7 @@ impl SimMeter {
             requests: 0,
             written: BTreeMap::new(),
             relay: Default::default(),
+            daily_freezes: Default::default(),
         }
     }
 

@@ -55,6 +55,7 @@ pub use config::{
     Fault, MeterConditions, Phase, Profile, Role, SimAreaConfig, SimBusConfig, SimConfig,
     SimMeterConfig, SimParity, SimProtocol,
 };
+pub use dlt645::SimFreeze;
 pub use truth::{TruthRecord, read_truth};
 
 use crate::bus::{self as gateway_bus, BusSettings, Protocol};
@@ -168,6 +169,14 @@ impl SimHandle {
         let mut meters = b.meters();
         let m = meters.get_mut(&unit).ok_or_else(missing)?;
         Ok(f(m))
+    }
+
+    /// The daily freezes DL/T 645-2007 meter `unit` on `bus` recorded so far (its clock's
+    /// midnights, China Standard Time), oldest first: the truth its `0506xxxx` answers carry.
+    pub fn daily_freezes(&self, bus: &str, unit: u8) -> Result<Vec<SimFreeze>, SimError> {
+        self.with_meter(bus, unit, |m| {
+            m.daily_freezes.days.iter().cloned().collect()
+        })
     }
 
     /// Replaces the faults of meter `unit` on `bus`; takes effect from its next request.

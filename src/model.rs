@@ -285,6 +285,15 @@ pub enum BusEvent {
     /// that it rejects blocks larger than [`Learned::BlockLimit`]; for DL/T 645, which block
     /// identifiers it refuses, [`Learned::RefusedBlocks`]).
     Learned { meter: MeterId, learned: Learned },
+    /// A daily freeze the meter itself recorded (DL/T 645-2007 日冻结), read back from it:
+    /// `ts_ms` is the freeze's own time (the meter's clock, read in the bus's zone), `values`
+    /// its energy registers by quantity name (`energy_import_kwh`, `energy_import_t1_kwh`,
+    /// ..., `energy_export_kwh`, ...).
+    MeterFreeze {
+        meter: MeterId,
+        ts_ms: i64,
+        values: BTreeMap<String, f64>,
+    },
 }
 
 /// Something learned about a meter that outlives a poll: reported as

@@ -3,7 +3,8 @@
 //! (`amr-gateway keygen`, `amr-gateway command`) as processes.
 //!
 //! - `ping`, `status`, `config_get` and `read` (the meter's values in the result) are done;
-//!   `relay` fails as not supported yet.
+//!   `relay` without a relay secrets file fails and says what to configure (the relay itself:
+//!   tests/dlt645_relay.rs).
 //! - Each rejection reason: bad signature (a key the gateway does not hold, under a known id),
 //!   unknown key, not allowed for the key, expired (and too long), replayed — also after a
 //!   gateway restart — each a `rejected` result and an audit record, nothing executed.
@@ -237,7 +238,7 @@ async fn commands_end_to_end_rejections_replay_recall_and_flood() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(result_of(&out)["state"], "failed");
 
-    // relay: not supported yet
+    // relay: m1 is a Modbus meter (refused before any secrets are looked up)
     let out = run("ops", "ops", "relay", &["meter=m1", "action=trip"])
         .await
         .unwrap();
@@ -247,7 +248,8 @@ async fn commands_end_to_end_rejections_replay_recall_and_flood() {
         relay["reason"]
             .as_str()
             .unwrap()
-            .contains("not supported yet")
+            .contains("relay control needs a DL/T 645 meter"),
+        "{relay}"
     );
 
     // Rejections, each with its reason.

@@ -186,7 +186,7 @@ async fn garbage_between_frames_loses_only_failed_polls_and_no_value_is_corrupt(
                 meter,
                 learned: Learned::BlockLimit(n),
             } if n < max_block[meter.as_str()] => narrowed.push((meter, n)),
-            BusEvent::Learned { .. } => {}
+            BusEvent::Learned { .. } | BusEvent::MeterFreeze { .. } => {}
         }
     }
     stop.send(true).unwrap();

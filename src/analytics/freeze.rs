@@ -18,9 +18,11 @@
 //! - otherwise the meter has no freeze for the day; the decision lists it as missing (the
 //!   collection report). A meter with a read before midnight keeps waiting, up to
 //!   [`KEEP_PENDING_DAYS`], for a read after it (the late freeze above).
-//! - **meter** — a freeze read from the meter's own frozen data (DL/T 645), when a protocol
-//!   provides one ([`FreezeEngine::on_meter_freeze`]); it takes precedence over an
-//!   interpolation not yet taken.
+//! - **meter** — a freeze read from the meter's own frozen data (DL/T 645-2007, read by the
+//!   bus driver a few minutes after midnight), when a protocol provides one
+//!   ([`FreezeEngine::on_meter_freeze`]); it takes precedence over an interpolation not yet
+//!   taken. Once a meter has given one, its interpolation for a midnight waits for the
+//!   meter's own freeze until the day's decision, and is taken then only if that did not come.
 //!
 //! The freeze of midnight `B` is named by the local date at `B` (`day`, the register values *at
 //! the start of* that day; the energy of a day is the next day's freeze minus its own) and, for
@@ -192,6 +194,10 @@ struct Pending {
     before: Option<(Snap, Option<Snap>)>,
     /// The first reads after midnight (at most two), when there was none before.
     after: Vec<Snap>,
+    /// For a meter that keeps its own freezes: the interpolation waiting for the meter's
+    /// freeze until the day's decision (values, before_ms, after_ms).
+    #[serde(default)]
+    held: Option<Taken>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -202,6 +208,10 @@ struct MeterTrack {
     pending: BTreeMap<i64, Pending>,
     /// The freezes taken, by midnight: source and values (the last few, for the daily loss).
     frozen: BTreeMap<i64, (FreezeSource, BTreeMap<String, f64>)>,
+    /// The meter keeps its own daily freezes (one came, [`FreezeEngine::on_meter_freeze`]):
+    /// its interpolation waits for them until the day's decision.
+    #[serde(default)]
+    own: bool,
 }
 
 /// The days between their midnight and their decision.
@@ -271,6 +281,7 @@ impl FreezeEngine {
                     Pending {
                         before,
                         after: Vec::new(),
+                        held: None,
                     },
                 );
             }
@@ -313,6 +324,7 @@ impl FreezeEngine {
             values,
         };
         let mut taken = Vec::new();
+        let own = track.own;
         for (&b, p) in track.pending.iter_mut() {
             if r.ts_ms <= b {
                 // A read before midnight that reached the engine after midnight was opened.
@@ -324,6 +336,13 @@ impl FreezeEngine {
             match &p.before {
                 Some((before, _)) => {
                     let values = interpolate(before, &snap, b);
+                    if own && !decided.contains(&b) {
+                        // The meter's own freeze of `b` is read a few minutes after it.
+                        if p.held.is_none() {
+                            p.held = Some((values, Some(before.ts_ms), Some(r.ts_ms)));
+                        }
+                        continue;
+                    }
                     taken.push((b, values, Some(before.ts_ms)));
                 }
                 None if p.after.len() < 2 => p.after.push(snap.clone()),
@@ -358,6 +377,7 @@ impl FreezeEngine {
         let Some(track) = self.state.meters.get_mut(meter) else {
             return;
         };
+        track.own = true;
         if track.frozen.contains_key(&ts_ms) {
             return;
         }
@@ -395,6 +415,26 @@ impl FreezeEngine {
             let mut missing = Vec::new();
             for (meter, track) in self.state.meters.iter_mut() {
                 if track.frozen.contains_key(&b) {
+                    frozen.push(meter.clone());
+                    continue;
+                }
+                if let Some((values, before_ms, after_ms)) =
+                    track.pending.get(&b).and_then(|p| p.held.clone())
+                {
+                    // The meter's own freeze did not come: the interpolation it waited for.
+                    track.pending.remove(&b);
+                    push_freezes(
+                        &mut self.ready,
+                        &zone,
+                        meter,
+                        b,
+                        values.clone(),
+                        FreezeSource::Interpolated,
+                        before_ms,
+                        after_ms,
+                        false,
+                    );
+                    track.frozen.insert(b, (FreezeSource::Interpolated, values));
                     frozen.push(meter.clone());
                     continue;
                 }

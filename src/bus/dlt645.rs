@@ -14,7 +14,10 @@
 //! The meter's own items — date and time, status word 1, the power-down and cover-open counts
 //! — are read apart ([`Driver::read_items`], every `[time_sync] read_interval_s`), and the
 //! broadcast time sync (08H to `999999999999`, the local time of the bus's zone) is
-//! [`Driver::time_sync`]; prepaid balances are not read yet.
+//! [`Driver::time_sync`]; prepaid balances are not read yet. A relay order (费控) is
+//! [`Driver::relay`]: the remote-control request 1CH to the meter's address with its password
+//! and operator code, valid for [`RELAY_ORDER_VALID_S`], then status word 3 (`04000503`) read
+//! back for the relay's state.
 //!
 //! How the plan learns what a meter accepts:
 //!
@@ -26,19 +29,36 @@
 //!   single-phase meter asked for phase B): the meter does not have it; it is no longer read,
 //!   with a warning naming meter, address and identifier.
 //!
+//! The meter's own daily freezes (日冻结, DL/T 645-2007 only: [`crate::protocol::dlt645::freeze`])
+//! are read by [`Driver::read_freezes`] once after each local midnight of the bus's zone, at
+//! least [`FREEZE_READ_AFTER_MS`] after it (the meters freeze at their own 00:00): the last
+//! freeze's time and its forward and reverse energy blocks. The freeze time is the meter's
+//! clock read in the bus's zone; one within [`FREEZE_SNAP_MS`] of a local midnight counts as
+//! that midnight, any other is reported as it is. Re-reading (补抄): the driver remembers the
+//! newest freeze it got from each meter; when the meter's last freeze is more than one day
+//! newer (it was silent over midnights, or the gateway missed its read), the freezes in
+//! between are read back too, up to the 62 a meter keeps, oldest first. After a restart the
+//! driver starts from the last freeze only. A meter that answers the freeze time "no such data
+//! item" keeps no freezes and is not asked again; DL/T 645-1997 meters have no daily freeze in
+//! this form and are never asked (their freezes are interpolated from the reads).
+//!
 //! An abnormal reply is the meter's answer (it is alive): the poll goes on with the next read,
 //! and ends `Partial` (some reads answered) or `Exception` (none did). Silence, a bad checksum
 //! or a reply from another address ends the poll at once, as for Modbus.
 
 use super::TimeSync;
-use super::driver::{Driver, DriverFuture, Poll, ReadFailure};
+use super::driver::{Driver, DriverFuture, FrozenDay, Poll, ReadFailure};
 use super::health::OfflinePolicy;
+use super::on_demand::{RelayAction, RelayOrder, RelayOutcome};
 use super::{BusSettings, Endpoint, MeterSettings, Protocol};
 use crate::clock::now_ms;
 use crate::meter::{DiRead, DiValue, Dlt645Model};
 use crate::model::{Learned, MeterId, MeterItems, PollOutcome, Ratios, Reading, is_quantity};
-use crate::protocol::dlt645::codec::MeterTime;
-use crate::protocol::dlt645::{Address, DataId, Dlt645Error, Dlt645Transport, Line, Parity};
+use crate::protocol::dlt645::codec::{self, ControlOrder, MeterTime, RelayStatus};
+use crate::protocol::dlt645::freeze::{self as frozen, FREEZE_DAYS, FreezeItem};
+use crate::protocol::dlt645::{
+    Address, DataId, Dlt645Error, Dlt645Transport, Line, Parity, Version,
+};
 use crate::protocol::{self, SerialLine};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
@@ -48,6 +68,16 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_serial::SerialStream;
 use tracing::{debug, warn};
+
+/// How long a relay order stays valid after it is sent (its N3..N8), s: a meter that takes
+/// it late (a slow serial server) still acts, one that finds it stale refuses it.
+pub const RELAY_ORDER_VALID_S: i64 = 300;
+
+/// How long after a local midnight the meters' daily freezes are read: after the meters' own
+/// freeze moment (00:00 by their clocks, which may be a little off).
+pub const FREEZE_READ_AFTER_MS: i64 = 5 * 60_000;
+/// A freeze time this close to a local midnight is taken as that midnight.
+pub const FREEZE_SNAP_MS: i64 = 5 * 60_000;
 
 /// The quantity a reading's timestamp follows: when the read holding it was sent.
 const ENERGY: &str = "energy_import_kwh";
@@ -88,6 +118,20 @@ impl Transport {
             Transport::Serial(t) => t.broadcast_time(time, timeout).await,
             Transport::Tcp(t) => t.broadcast_time(time, timeout).await,
         }
+    }
+
+    async fn transact(
+        &mut self,
+        address: &Address,
+        request: &[u8],
+        function: u8,
+        timeout: Duration,
+    ) -> Result<(), Dlt645Error> {
+        match self {
+            Transport::Serial(t) => t.transact(address, request, function, timeout).await,
+            Transport::Tcp(t) => t.transact(address, request, function, timeout).await,
+        }
+        .map(|_| ())
     }
 }
 
@@ -168,6 +212,19 @@ struct MeterPlan {
     /// Single identifiers no longer read.
     skipped: BTreeSet<DataId>,
     reads: Vec<DiRead>,
+    /// What the driver knows of the meter's own daily freezes.
+    freeze: FreezeTrack,
+}
+
+/// The daily freezes read from one meter.
+#[derive(Debug, Default)]
+struct FreezeTrack {
+    /// The meter answered "no such data item" for the freeze time: it is not asked again.
+    refused: bool,
+    /// Time of the newest freeze got from it (UTC ms).
+    last_ms: Option<i64>,
+    /// The local midnight after which its freezes were last read.
+    read_after: Option<i64>,
 }
 
 impl MeterPlan {
@@ -290,6 +347,7 @@ impl Dlt645Driver {
                     refusals: BTreeMap::new(),
                     skipped: BTreeSet::new(),
                     reads: Vec::new(),
+                    freeze: FreezeTrack::default(),
                 };
                 plan.replan();
                 Ok(plan)
@@ -378,6 +436,28 @@ impl Driver for Dlt645Driver {
         Box::pin(read_items(&mut self.link, &self.meters[meter], zone))
     }
 
+    fn relay(
+        &mut self,
+        meter: usize,
+        order: &RelayOrder,
+        now_ms: i64,
+    ) -> DriverFuture<'_, Result<RelayOutcome, String>> {
+        let order = order.clone();
+        Box::pin(async move {
+            let offset = super::time_sync::utc_offset_s(&self.time_sync.zone, now_ms);
+            let until = MeterTime::from_unix(now_ms.div_euclid(1000) + RELAY_ORDER_VALID_S, offset);
+            relay(&mut self.link, &self.meters[meter], &order, &until).await
+        })
+    }
+
+    fn read_freezes(&mut self, meter: usize, now_ms: i64) -> DriverFuture<'_, Vec<FrozenDay>> {
+        let zone = self.time_sync.zone.clone();
+        let bus = self.bus.clone();
+        Box::pin(async move {
+            read_freezes(&mut self.link, &mut self.meters[meter], &bus, &zone, now_ms).await
+        })
+    }
+
     fn time_sync(&mut self, now_ms: i64) -> DriverFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let secs = now_ms.div_euclid(1000);
@@ -392,6 +472,88 @@ impl Driver for Dlt645Driver {
                 .map_err(|e| e.to_string())
         })
     }
+}
+
+/// Sends `order` to the meter of `plan` (1CH, valid until `until`) and reads status word 3
+/// back. `Err` when the meter did not answer the order (its relay state is then unknown).
+async fn relay(
+    link: &mut Dlt645Link,
+    plan: &MeterPlan,
+    order: &RelayOrder,
+    until: &MeterTime,
+) -> Result<RelayOutcome, String> {
+    let address = plan.address.clone()?;
+    let who = format!("meter {} ({address})", plan.id);
+    if plan.model.version != Version::V2007 {
+        return Err(format!(
+            "{who} speaks DL/T 645-1997; relay control (control code 1CH) needs a DL/T 645-2007 \
+             meter"
+        ));
+    }
+    let code = match order.action {
+        RelayAction::Trip => ControlOrder::Trip,
+        RelayAction::Close => ControlOrder::CloseAllowed,
+        RelayAction::Alarm => ControlOrder::Alarm,
+        RelayAction::AlarmOff => ControlOrder::AlarmOff,
+        RelayAction::KeepPower => ControlOrder::KeepPower,
+        RelayAction::KeepPowerOff => ControlOrder::KeepPowerOff,
+    };
+    let request =
+        codec::remote_control_request(&address, order.password, order.operator, code, until);
+    // The request (16 data bytes) and a reply of at most one ERR byte.
+    let timeout = link.timeout
+        + link.line.frame_time(
+            link.preamble + request.len() + codec::DEFAULT_PREAMBLE_LEN + codec::FRAME_OVERHEAD + 1,
+        );
+    let sent = link
+        .transport()
+        .map_err(|e| e.to_string())?
+        .transact(&address, &request, codec::REMOTE_CONTROL_2007, timeout)
+        .await;
+    let (accepted, reply) = match sent {
+        Ok(()) => (true, "ok".to_string()),
+        Err(Dlt645Error::Abnormal { err, .. }) => (
+            false,
+            format!(
+                "refused (ERR {err:#04x}: {})",
+                codec::error_meaning(Version::V2007, err)
+            ),
+        ),
+        Err(e) => {
+            return Err(format!(
+                "{who}: no answer to the relay order {}: {e}; whether it acted is unknown, \
+                 read its state again",
+                order.action.name()
+            ));
+        }
+    };
+    let mut outcome = RelayOutcome {
+        accepted,
+        reply,
+        relay: None,
+        alarm: None,
+        keep_power: None,
+        command_open: None,
+        read_back_error: None,
+    };
+    let di = DataId::V2007(codec::STATUS_WORD_3);
+    match link.read(&address, di, 2).await {
+        Ok(bytes) if bytes.len() == 2 => {
+            let status = RelayStatus::from_word(u16::from_le_bytes([bytes[0], bytes[1]]));
+            outcome.relay = Some(if status.open { "open" } else { "closed" });
+            outcome.alarm = Some(status.alarm);
+            outcome.keep_power = Some(status.keep_power);
+            outcome.command_open = Some(status.command_open);
+        }
+        Ok(bytes) => {
+            outcome.read_back_error = Some(format!(
+                "status word 3 ({di}) with {} bytes, expected 2",
+                bytes.len()
+            ))
+        }
+        Err(e) => outcome.read_back_error = Some(format!("status word 3 ({di}) not read: {e}")),
+    }
+    Ok(outcome)
 }
 
 /// Reads the meter's own items its model has (date and time, status word 1, the power-down
@@ -483,6 +645,140 @@ async fn read_items(
         any = true;
     }
     any.then_some(items)
+}
+
+/// The local midnight whose freezes are due at `now_ms`: today's from
+/// [`FREEZE_READ_AFTER_MS`] after it, yesterday's before.
+fn freeze_due(zone: &crate::clock::LocalTime, now_ms: i64) -> i64 {
+    let today = zone.day_start_ms(now_ms);
+    if now_ms - today >= FREEZE_READ_AFTER_MS {
+        today
+    } else {
+        zone.day_start_ms(today - 1)
+    }
+}
+
+/// A meter's calendar time read in `zone`, UTC ms; within [`FREEZE_SNAP_MS`] of a local
+/// midnight, that midnight.
+fn freeze_ts_ms(zone: &crate::clock::LocalTime, t: &MeterTime) -> i64 {
+    let naive_ms = t.to_unix(0) * 1000;
+    let first = super::time_sync::utc_offset_s(zone, naive_ms);
+    let offset = super::time_sync::utc_offset_s(zone, naive_ms - first * 1000);
+    let ts = t.to_unix(offset) * 1000;
+    let midnight = zone.day_start_ms(ts + FREEZE_SNAP_MS);
+    if (ts - midnight).abs() <= FREEZE_SNAP_MS {
+        midnight
+    } else {
+        ts
+    }
+}
+
+/// Reads the meter's daily freezes due at `now_ms` (see the module doc): none when they were
+/// read after the due midnight already, the meter keeps none, or it is silent (then they are
+/// read when it answers again).
+async fn read_freezes(
+    link: &mut Dlt645Link,
+    plan: &mut MeterPlan,
+    bus: &str,
+    zone: &crate::clock::LocalTime,
+    now_ms: i64,
+) -> Vec<FrozenDay> {
+    let due = freeze_due(zone, now_ms);
+    if plan.model.version != Version::V2007
+        || plan.freeze.refused
+        || plan.freeze.read_after == Some(due)
+    {
+        return Vec::new();
+    }
+    let Ok(address) = plan.address.clone() else {
+        return Vec::new();
+    };
+    let read_time = async |link: &mut Dlt645Link, n: u8| {
+        let di = FreezeItem::Time.di(n);
+        link.read(&address, di, FreezeItem::Time.value_len())
+            .await
+            .map(|bytes| frozen::decode_time(&bytes))
+    };
+    // The freezes newer than the last one got, newest first: (history index, time).
+    let mut wanted: Vec<(u8, i64)> = Vec::new();
+    for n in 1..=FREEZE_DAYS {
+        let t = match read_time(link, n).await {
+            Ok(Some(t)) => t,
+            // Never frozen yet (a new meter answers zeros), or no such old freeze.
+            Ok(None) => break,
+            Err(e) if n == 1 && e.no_such_data_item() => {
+                warn!(bus = %bus, meter = %plan.id, address = %address,
+                    "the meter has no daily freeze (05060001: no such data item); its freezes                      are interpolated from the reads");
+                plan.freeze.refused = true;
+                return Vec::new();
+            }
+            Err(e) if n == 1 => {
+                debug!(bus = %bus, meter = %plan.id, error = %e, "daily freeze not read");
+                return Vec::new();
+            }
+            // No such old freeze.
+            Err(e) if e.meter_answered() => break,
+            // Silent half-way: all of them when it answers again.
+            Err(_) => return Vec::new(),
+        };
+        let ts = freeze_ts_ms(zone, &t);
+        if plan.freeze.last_ms.is_some_and(|last| ts <= last) {
+            break;
+        }
+        wanted.push((n, ts));
+        if plan.freeze.last_ms.is_none() {
+            // Nothing got before (a start): the last freeze only.
+            break;
+        }
+    }
+    let mut out = Vec::new();
+    for (n, ts) in wanted.into_iter().rev() {
+        let energy = async |link: &mut Dlt645Link, item: FreezeItem| {
+            link.read(&address, item.di(n), item.value_len())
+                .await
+                .map(|bytes| frozen::decode_energy(&bytes))
+        };
+        let import = match energy(link, FreezeItem::Import).await {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                warn!(bus = %bus, meter = %plan.id, address = %address,
+                    "daily freeze {}: the energy block is not BCD; skipped", FreezeItem::Import.di(n));
+                continue;
+            }
+            Err(e) => {
+                debug!(bus = %bus, meter = %plan.id, error = %e, "daily freeze energy not read");
+                return out;
+            }
+        };
+        let names = [
+            "energy_import_kwh",
+            "energy_import_t1_kwh",
+            "energy_import_t2_kwh",
+            "energy_import_t3_kwh",
+            "energy_import_t4_kwh",
+        ];
+        let mut values: BTreeMap<String, f64> = names
+            .iter()
+            .zip(import)
+            .map(|(q, v)| (q.to_string(), plan.ratios.primary(q, v)))
+            .collect();
+        match energy(link, FreezeItem::Export).await {
+            Ok(Some(e)) => {
+                let q = "energy_export_kwh";
+                values.insert(q.to_string(), plan.ratios.primary(q, e[0]));
+            }
+            Ok(None) => {}
+            Err(e) if e.meter_answered() => {}
+            Err(e) => {
+                debug!(bus = %bus, meter = %plan.id, error = %e, "daily freeze energy not read");
+                return out;
+            }
+        }
+        plan.freeze.last_ms = Some(ts);
+        out.push(FrozenDay { ts_ms: ts, values });
+    }
+    plan.freeze.read_after = Some(due);
+    out
 }
 
 /// The serial line of a bus as the DL/T 645 transport takes it.
@@ -1029,5 +1325,206 @@ energy_start_kwh = 300.0
         );
         let c = Driver::read_items(&mut driver, 2).await.unwrap();
         assert!(skew(&c).abs() <= 1.5, "1997 synced: {c:?}");
+    }
+
+    #[tokio::test]
+    async fn relay_orders_trip_keep_power_and_a_wrong_password() {
+        use crate::bus::{RelayAction, RelayOrder};
+        use crate::protocol::dlt645::codec::{parse_operator, parse_password};
+        let t = crate::sim::fixtures::start(SIM);
+        let mut bus = t.sim.bus_settings("b").unwrap();
+        bus.time_sync.zone = crate::clock::LocalTime::named("Asia/Shanghai").unwrap();
+        let meters = [
+            MeterSettings::dlt645("a", "000000000001", model("dlt645-2007")),
+            MeterSettings::dlt645("b", "202208310002", model("dlt645-2007")),
+            MeterSettings::dlt645("c", "000000001997", model("dlt645-1997")),
+        ];
+        let mut driver = Dlt645Driver::new(&bus, &meters, &[], &OfflinePolicy::default()).unwrap();
+        driver.open_link().await.unwrap();
+        let order = |action, password: &str| RelayOrder {
+            action,
+            password: parse_password(password).unwrap(),
+            operator: parse_operator("00000000").unwrap(),
+        };
+        let right = "02123456";
+
+        // Trip: the meter takes it, status word 3 shows the relay open.
+        let o = Driver::relay(&mut driver, 0, &order(RelayAction::Trip, right), now_ms())
+            .await
+            .unwrap();
+        assert!(o.accepted, "{o:?}");
+        assert_eq!(o.reply, "ok");
+        assert_eq!(o.relay, Some("open"), "{o:?}");
+        assert_eq!(o.command_open, Some(true));
+        assert!(t.sim.relay_state("b", 1).unwrap().open);
+        // The other meter is untouched.
+        assert!(!t.sim.relay_state("b", 2).unwrap().open);
+
+        // Close, then keep power: a trip is refused and the relay stays closed.
+        let o = Driver::relay(&mut driver, 0, &order(RelayAction::Close, right), now_ms())
+            .await
+            .unwrap();
+        assert_eq!((o.accepted, o.relay), (true, Some("closed")), "{o:?}");
+        let o = Driver::relay(
+            &mut driver,
+            0,
+            &order(RelayAction::KeepPower, right),
+            now_ms(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(o.keep_power, Some(true), "{o:?}");
+        let o = Driver::relay(&mut driver, 0, &order(RelayAction::Trip, right), now_ms())
+            .await
+            .unwrap();
+        assert!(!o.accepted, "{o:?}");
+        assert!(o.reply.contains("other error"), "{o:?}");
+        assert_eq!(o.relay, Some("closed"));
+        assert!(!t.sim.relay_state("b", 1).unwrap().open);
+
+        // Alarm on shows in bit 7.
+        let o = Driver::relay(&mut driver, 1, &order(RelayAction::Alarm, right), now_ms())
+            .await
+            .unwrap();
+        assert_eq!(o.alarm, Some(true), "{o:?}");
+
+        // A wrong password: refused in words, nothing changes.
+        let o = Driver::relay(
+            &mut driver,
+            1,
+            &order(RelayAction::Trip, "02999999"),
+            now_ms(),
+        )
+        .await
+        .unwrap();
+        assert!(!o.accepted);
+        assert!(o.reply.contains("password error / unauthorised"), "{o:?}");
+        assert_eq!(o.relay, Some("closed"));
+
+        // An order whose validity ended (sent as if an hour ago) is refused by the meter.
+        let late = now_ms() - 3_600_000;
+        let o = Driver::relay(&mut driver, 1, &order(RelayAction::Trip, right), late)
+            .await
+            .unwrap();
+        assert!(!o.accepted, "{o:?}");
+
+        // A 1997 meter has no remote control.
+        let e = Driver::relay(&mut driver, 2, &order(RelayAction::Trip, right), now_ms())
+            .await
+            .unwrap_err();
+        assert!(e.contains("DL/T 645-2007"), "{e}");
+    }
+
+    /// The clock offset (s) that puts a simulated meter whose clock is now `offset_s` ahead
+    /// two seconds before its next midnight (its clock keeps China Standard Time).
+    fn before_next_midnight(offset_s: i64) -> i64 {
+        let local = now_ms().div_euclid(1000) + 8 * 3600;
+        let meter = local + offset_s;
+        (meter.div_euclid(86_400) + 1) * 86_400 - 2 - local
+    }
+
+    /// Polls until the simulated meter's clock has passed the midnight it was set before.
+    async fn past_midnight(driver: &mut Dlt645Driver) {
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        // A request lets the meter notice its midnight (answered or not).
+        let _ = driver.poll_meter(0, true).await;
+    }
+
+    /// The freeze read back equals the simulator's truth; once per midnight; after a meter
+    /// was silent over two midnights both freezes are read back when it answers, oldest
+    /// first; a 1997 meter is never asked, and a meter answering "no such data item" once is
+    /// not asked again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn daily_freezes_read_back_equal_the_meters_own_and_missed_days_are_re_read() {
+        use crate::sim::Fault;
+        let t = crate::sim::fixtures::start(SIM);
+        let shanghai = crate::clock::LocalTime::named("Asia/Shanghai").unwrap();
+        let mut bus = t.sim.bus_settings("b").unwrap();
+        bus.time_sync.zone = shanghai.clone();
+        let meters = [
+            MeterSettings {
+                ratios: Ratios::from_multiplier(40.0),
+                ..MeterSettings::dlt645("a", "000000000001", model("dlt645-2007"))
+            },
+            MeterSettings::dlt645("b", "202208310002", model("dlt645-2007")),
+            MeterSettings::dlt645("c", "000000001997", model("dlt645-1997")),
+        ];
+        let mut driver = Dlt645Driver::new(&bus, &meters, &[], &OfflinePolicy::default()).unwrap();
+        driver.open_link().await.unwrap();
+        let mut fault = Fault {
+            clock_offset_s: before_next_midnight(0),
+            ..Fault::default()
+        };
+        t.sim.set_fault("b", 1, fault.clone()).unwrap();
+        assert_eq!(driver.poll_meter(0, true).await.outcome, PollOutcome::Ok);
+        past_midnight(&mut driver).await;
+
+        let truth = |n: usize| t.sim.daily_freezes("b", 1).unwrap()[n].clone();
+        let check = |got: &FrozenDay, want: &crate::sim::SimFreeze| {
+            let ts = want.time.to_unix(8 * 3600) * 1000;
+            assert_eq!(got.ts_ms, ts, "{got:?} vs {want:?}");
+            assert_eq!(shanghai.since_midnight_ms(got.ts_ms), 0);
+            let names = [
+                "energy_import_kwh",
+                "energy_import_t1_kwh",
+                "energy_import_t2_kwh",
+                "energy_import_t3_kwh",
+                "energy_import_t4_kwh",
+            ];
+            for (q, v) in names.iter().zip(want.import) {
+                assert!(
+                    (got.values[*q] - 40.0 * v).abs() <= 40.0 * 0.0051,
+                    "{q}: {got:?}"
+                );
+            }
+            let export = got.values["energy_export_kwh"];
+            assert!((export - 40.0 * want.export[0]).abs() <= 40.0 * 0.0051);
+        };
+
+        // A gateway time 00:06 local: the freeze of the midnight just passed.
+        let day = 86_400_000;
+        let now = shanghai.day_start_ms(now_ms()) + 6 * 60_000;
+        let got = driver.read_freezes(0, now).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(t.sim.daily_freezes("b", 1).unwrap().len(), 1);
+        check(&got[0], &truth(0));
+        // Once per midnight: no request at all the second time.
+        let requests = t.sim.requests("b");
+        assert!(driver.read_freezes(0, now + 3_600_000).await.is_empty());
+        assert_eq!(t.sim.requests("b"), requests);
+
+        // Silent over two of its midnights.
+        fault.no_reply = true;
+        for _ in 0..2 {
+            fault.clock_offset_s = before_next_midnight(fault.clock_offset_s);
+            t.sim.set_fault("b", 1, fault.clone()).unwrap();
+            past_midnight(&mut driver).await;
+        }
+        assert_eq!(t.sim.daily_freezes("b", 1).unwrap().len(), 3);
+        assert!(driver.read_freezes(0, now + day).await.is_empty());
+        // It answers again: both missed freezes, oldest first.
+        fault.no_reply = false;
+        t.sim.set_fault("b", 1, fault.clone()).unwrap();
+        let got = driver.read_freezes(0, now + day).await;
+        assert_eq!(got.len(), 2, "{got:?}");
+        check(&got[0], &truth(1));
+        check(&got[1], &truth(2));
+        assert_eq!(got[1].ts_ms - got[0].ts_ms, day);
+
+        // The 1997 meter is never asked.
+        let requests = t.sim.requests("b");
+        assert!(driver.read_freezes(2, now).await.is_empty());
+        assert_eq!(t.sim.requests("b"), requests);
+        // A meter that has no daily freeze says so once and is not asked again.
+        let refuses = Fault {
+            exception: codec::ERR_NO_SUCH_DATA_ITEM,
+            ..Fault::default()
+        };
+        t.sim.set_fault("b", 2, refuses).unwrap();
+        assert!(driver.read_freezes(1, now).await.is_empty());
+        t.sim.set_fault("b", 2, Fault::default()).unwrap();
+        let requests = t.sim.requests("b");
+        assert!(driver.read_freezes(1, now + day).await.is_empty());
+        assert_eq!(t.sim.requests("b"), requests);
     }
 }

@@ -14,6 +14,7 @@
 use super::dlt645::Dlt645Driver;
 use super::health::OfflinePolicy;
 use super::modbus::ModbusDriver;
+use super::on_demand::{RelayOrder, RelayOutcome};
 use super::{BusSettings, MeterSettings, Protocol};
 use crate::model::{Learned, MeterId, MeterItems, PollOutcome, Reading};
 
@@ -64,6 +65,35 @@ pub trait Driver: Send {
     fn time_sync(&mut self, _now_ms: i64) -> DriverFuture<'_, Result<(), String>> {
         Box::pin(async { Err("this bus's protocol has no broadcast time sync".to_string()) })
     }
+
+    /// The daily freezes `meter` itself recorded (DL/T 645-2007 日冻结) that are due at
+    /// `now_ms`: once after each local midnight the last one, and after a silence every one
+    /// missed since the last read (up to the meter's history), oldest first. The scheduler
+    /// asks after every answered poll; the driver decides from `now_ms` whether it is time.
+    /// The default: the protocol keeps no freezes.
+    fn read_freezes(&mut self, _meter: usize, _now_ms: i64) -> DriverFuture<'_, Vec<FrozenDay>> {
+        Box::pin(async { Vec::new() })
+    }
+
+    /// Gives `meter` the relay `order` (trip, close, alarm, keep power) and reads back the
+    /// relay's state; `now_ms` dates the order's validity. The default: the protocol has no
+    /// remote control.
+    fn relay(
+        &mut self,
+        _meter: usize,
+        _order: &RelayOrder,
+        _now_ms: i64,
+    ) -> DriverFuture<'_, Result<RelayOutcome, String>> {
+        Box::pin(async { Err("relay control needs a DL/T 645 meter".to_string()) })
+    }
+}
+
+/// A daily freeze read from a meter's own frozen data: its time (the meter's clock read in
+/// the bus's zone, UTC ms) and its energy registers, primary-side, by quantity name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrozenDay {
+    pub ts_ms: i64,
+    pub values: std::collections::BTreeMap<String, f64>,
 }
 
 /// A request of a poll that failed for good, in the words of the protocol: what was read
@@ -135,5 +165,36 @@ pub fn driver_for(
             Ok(Box::new(ModbusDriver::new(bus, meters, learned, policy)?))
         }
         Protocol::Dlt645 => Ok(Box::new(Dlt645Driver::new(bus, meters, learned, policy)?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::{Endpoint, RelayAction};
+    use crate::protocol::SerialLine;
+
+    #[tokio::test]
+    async fn a_modbus_bus_has_no_relay_control() {
+        let bus = BusSettings {
+            name: "b".into(),
+            protocol: Protocol::ModbusRtu,
+            endpoint: Endpoint::Serial("/dev/ttyS9".into()),
+            line: SerialLine::MODBUS_DEFAULT,
+            timeout: Duration::from_millis(300),
+            poll_interval: Duration::from_secs(60),
+            preamble: 4,
+            time_sync: Default::default(),
+        };
+        let mut driver = driver_for(&bus, &[], &[], &OfflinePolicy::default()).unwrap();
+        let order = RelayOrder {
+            action: RelayAction::Trip,
+            password: [2, 0x56, 0x34, 0x12],
+            operator: [0; 4],
+        };
+        let e = driver.relay(0, &order, 0).await.unwrap_err();
+        assert_eq!(e, "relay control needs a DL/T 645 meter");
+        // The order's secrets never show in a debug print.
+        assert_eq!(format!("{order:?}"), "RelayOrder { action: Trip, .. }");
     }
 }

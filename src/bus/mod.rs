@@ -45,11 +45,11 @@ pub use crate::model::{BusEvent, Learned};
 pub use crate::model::{HealthChange, MeterHealth, MeterStatus, PollOutcome};
 pub use budget::ProbeBudget;
 pub use dlt645::Dlt645Driver;
-pub use driver::{Driver, DriverFuture, Poll, ReadFailure, driver_for};
+pub use driver::{Driver, DriverFuture, FrozenDay, Poll, ReadFailure, driver_for};
 pub use health::OfflinePolicy;
 pub use lock::{DeviceLock, DeviceLockError};
 pub use modbus::{ModbusDriver, plan_meter};
-pub use on_demand::{MeterRead, ReadRequest};
+pub use on_demand::{MeterRead, ReadRequest, RelayAction, RelayOrder, RelayOutcome};
 pub use poller::{run_bus, run_bus_serving};
 pub use time_sync::TimeSync;
 

@@ -7,7 +7,13 @@
 //! sends it now — unless its protocol has none, the gateway's clock is unsynchronised or local
 //! midnight is within five minutes, when every meter is answered with why — and then reads the
 //! meters' clocks: each answer carries the meter's clock skew before and after.
+//!
+//! A request may carry a relay order instead (the headend's `relay`, 费控): the bus task gives
+//! it to its driver between two transactions ([`OnDemand::serve_relays`]); the answer carries
+//! the meter's reply and the relay state read back. The order carries the meter's password and
+//! operator code, taken from the secrets file by the gateway, never from the command.
 
+use super::driver::Driver;
 use crate::model::{MeterId, Reading};
 use tokio::sync::{mpsc, oneshot};
 
@@ -19,6 +25,71 @@ pub struct ReadRequest {
     pub reply: oneshot::Sender<Vec<MeterRead>>,
     /// Send a broadcast time sync first, then read the meters (and their clocks).
     pub time_sync: bool,
+    /// A relay order for the one meter of `meters`, instead of a read.
+    pub relay: Option<RelayOrder>,
+}
+
+/// What the headend asks of a meter's relay (protocol-agnostic names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayAction {
+    Trip,
+    Close,
+    Alarm,
+    AlarmOff,
+    KeepPower,
+    KeepPowerOff,
+}
+
+impl RelayAction {
+    /// The name the command uses (`trip`, `close`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            RelayAction::Trip => "trip",
+            RelayAction::Close => "close",
+            RelayAction::Alarm => "alarm",
+            RelayAction::AlarmOff => "alarm_off",
+            RelayAction::KeepPower => "keep_power",
+            RelayAction::KeepPowerOff => "keep_power_off",
+        }
+    }
+}
+
+/// A relay order with the meter's secrets (as the wire carries them).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RelayOrder {
+    pub action: RelayAction,
+    /// Level and password, wire order (DL/T 645: PA P0 P1 P2).
+    pub password: [u8; 4],
+    /// Operator code, wire order (C0..C3).
+    pub operator: [u8; 4],
+}
+
+impl std::fmt::Debug for RelayOrder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secrets never reach a log line.
+        f.debug_struct("RelayOrder")
+            .field("action", &self.action)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a relay order gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayOutcome {
+    /// The meter took the order.
+    pub accepted: bool,
+    /// The meter's reply in words: `ok`, or why it refused (its ERR bits).
+    pub reply: String,
+    /// The relay state read back: `closed` or `open`; `None` when it could not be read.
+    pub relay: Option<&'static str>,
+    /// The pre-trip alarm, as read back.
+    pub alarm: Option<bool>,
+    /// Keep power, as read back.
+    pub keep_power: Option<bool>,
+    /// The last order was to open the relay, as read back.
+    pub command_open: Option<bool>,
+    /// Why the state could not be read back.
+    pub read_back_error: Option<String>,
 }
 
 /// What one on-demand read of a meter gave.
@@ -33,6 +104,8 @@ pub struct MeterRead {
     pub skew_before_s: Option<f64>,
     /// ... and as read after it.
     pub skew_after_s: Option<f64>,
+    /// With a relay order: what it gave (`error` says why there is none).
+    pub relay: Option<RelayOutcome>,
 }
 
 /// The open requests of one bus task.
@@ -42,6 +115,8 @@ pub(super) struct OnDemand {
     arrived: Vec<ReadRequest>,
     /// Requests that want a time sync first, not yet handled by the bus task.
     syncs: Vec<ReadRequest>,
+    /// Relay orders, not yet given to the driver.
+    relays: Vec<ReadRequest>,
     open: Vec<Open>,
 }
 
@@ -59,6 +134,7 @@ impl OnDemand {
             requests,
             arrived: Vec::new(),
             syncs: Vec::new(),
+            relays: Vec::new(),
             open: Vec::new(),
         }
     }
@@ -72,6 +148,10 @@ impl OnDemand {
             new.push(req);
         }
         for req in new {
+            if req.relay.is_some() {
+                self.relays.push(req);
+                continue;
+            }
             if req.time_sync {
                 self.syncs.push(req);
                 continue;
@@ -98,6 +178,36 @@ impl OnDemand {
         self.open_request(req, ids, Some(before))
     }
 
+    /// Gives each relay order that arrived to `driver`, one at a time, and answers it.
+    pub(super) async fn serve_relays(&mut self, driver: &mut dyn Driver, ids: &[&str]) {
+        for req in std::mem::take(&mut self.relays) {
+            let Some(order) = req.relay.clone() else {
+                continue;
+            };
+            let meter = req.meters.first().cloned().unwrap_or_default();
+            let outcome = match ids.iter().position(|id| *id == meter) {
+                None => Err("not a meter of this bus".to_string()),
+                Some(idx) => {
+                    tracing::info!(meter = %meter, action = order.action.name(),
+                        "relay order (headend command)");
+                    driver.relay(idx, &order, crate::clock::now_ms()).await
+                }
+            };
+            let (relay, error) = match outcome {
+                Ok(o) => (Some(o), None),
+                Err(e) => (None, Some(e)),
+            };
+            let _ = req.reply.send(vec![MeterRead {
+                meter,
+                reading: None,
+                error,
+                skew_before_s: None,
+                skew_after_s: None,
+                relay,
+            }]);
+        }
+    }
+
     /// Answers every meter of a request with `why` (its time sync was not sent).
     pub(super) fn refuse(&mut self, req: ReadRequest, ids: &[&str], why: &str) {
         let meters: Vec<MeterId> = if req.meters.is_empty() {
@@ -113,6 +223,7 @@ impl OnDemand {
                 error: Some(why.to_string()),
                 skew_before_s: None,
                 skew_after_s: None,
+                relay: None,
             })
             .collect();
         let _ = req.reply.send(done);
@@ -140,6 +251,7 @@ impl OnDemand {
                         error: Some("not a meter of this bus".into()),
                         skew_before_s: None,
                         skew_after_s: None,
+                        relay: None,
                     }),
                 }
             }
@@ -200,6 +312,7 @@ impl OnDemand {
                     error: error.map(str::to_string),
                     skew_before_s: before.and_then(|b| b.get(idx).copied().flatten()),
                     skew_after_s: before.and(skew_s),
+                    relay: None,
                 });
             }
         }

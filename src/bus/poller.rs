@@ -310,6 +310,8 @@ async fn run_with(
                 }
             }
         }
+        // Relay orders the headend gave (`relay`): now, between two transactions.
+        on_demand.serve_relays(driver.as_mut(), &ids).await;
         // The meter that is due first (ties: configuration order).
         let idx = (0..slots.len()).min_by_key(|&i| slots[i].next_due).unwrap();
         let due = slots[idx].next_due;
@@ -444,6 +446,19 @@ async fn run_with(
                 }
                 slot.items = Some(items);
                 items_read = true;
+            }
+        }
+        // The meter's own daily freezes, once after each local midnight (the driver decides).
+        if open && !slot.health.is_offline() && poll.outcome.answered() {
+            for f in driver.read_freezes(idx, now_ms()).await {
+                let (meter, ts_ms, values) = (slot.settings.id.clone(), f.ts_ms, f.values);
+                let _ = events
+                    .send(BusEvent::MeterFreeze {
+                        meter,
+                        ts_ms,
+                        values,
+                    })
+                    .await;
             }
         }
         let skew = items_read

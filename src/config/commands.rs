@@ -10,7 +10,12 @@ use std::path::Path;
 use toml::de::DeTable;
 
 const COMMAND_KEY_KEYS: &[&str] = &["id", "public_key_file", "allow"];
-const COMMANDS_KEYS: &[&str] = &["clock_window_s", "max_lifetime_s", "per_key_per_minute"];
+const COMMANDS_KEYS: &[&str] = &[
+    "clock_window_s",
+    "max_lifetime_s",
+    "per_key_per_minute",
+    "relay_secrets_file",
+];
 
 /// One `[[command_key]]`; `None` when it has a problem (reported).
 pub(super) fn command_key(
@@ -74,14 +79,16 @@ pub(super) fn command_key(
 }
 
 /// `[commands]` applied to a policy holding `keys`; the defaults when the section is absent.
+/// Also the relay secrets file it names, with the offset of its key.
 pub(super) fn policy(
     report: &mut Report,
     table: Option<(&DeTable, usize)>,
     keys: Vec<CommandKey>,
-) -> CommandPolicy {
+    base: &Path,
+) -> (CommandPolicy, Option<(std::path::PathBuf, usize)>) {
     let mut policy = CommandPolicy::new(keys);
     let Some((table, start)) = table else {
-        return policy;
+        return (policy, None);
     };
     let s = Section::new(report, "[commands]", table, start, COMMANDS_KEYS);
     if let Some(v) = s.integer_in(report, "clock_window_s", 1, 86_400, " s") {
@@ -93,7 +100,14 @@ pub(super) fn policy(
     if let Some(v) = s.integer_in(report, "per_key_per_minute", 1, 10_000, "") {
         policy.per_key_per_minute = *v.get_ref() as u32;
     }
-    policy
+    let secrets = path_key(report, &s, "relay_secrets_file", base).map(|p| {
+        (
+            p,
+            s.get("relay_secrets_file")
+                .map_or(start, |v| v.span().start),
+        )
+    });
+    (policy, secrets)
 }
 
 /// Two `[[command_key]]` with one id: reported at the second.

@@ -130,11 +130,19 @@ fn load_text(text: &str, path: &Path, base: ModelLibrary) -> Result<Config, Conf
             .collect();
     super::commands::check_ids(&mut report, &command_keys);
     let commands_table = table(&mut report, root, "commands");
-    let commands = super::commands::policy(
+    let (commands, secrets_file) = super::commands::policy(
         &mut report,
         commands_table,
         command_keys.into_iter().map(|(_, k)| k).collect(),
+        dir,
     );
+    let relay_secrets = match secrets_file {
+        Some((file, at)) => {
+            let ids: Vec<String> = meters.iter().map(|m| m.config.id.clone()).collect();
+            super::relay_secrets::load(&mut report, file, at, &ids)
+        }
+        None => Default::default(),
+    };
 
     let (mut loss, mut carried) = match table(&mut report, root, "loss") {
         Some((t, start)) => analytics::loss(&mut report, t, start),
@@ -207,6 +215,7 @@ fn load_text(text: &str, path: &Path, base: ModelLibrary) -> Result<Config, Conf
             time_sync,
             models,
             commands,
+            relay_secrets,
             warnings: sorted(report.warnings, path),
         }),
         _ => Err(finish(report)),

@@ -21,6 +21,7 @@ mod commands;
 mod for_bus;
 mod for_pipeline;
 mod load;
+mod relay_secrets;
 mod sections;
 #[cfg(test)]
 mod tests;
@@ -28,6 +29,7 @@ mod tests;
 pub use analytics::SEVERITIES;
 pub use for_pipeline::{area_spec, topology};
 pub use load::{load, load_str, load_str_with};
+pub use relay_secrets::{RelayCredentials, RelaySecrets};
 pub use sections::{STANDARD_BAUD_RATES, baud_problem, bits_problem};
 
 use std::path::PathBuf;
@@ -90,6 +92,8 @@ pub struct Config {
     pub models: crate::meter::ModelLibrary,
     /// `[[command_key]]` and `[commands]`: the keys signed commands are checked against.
     pub commands: crate::uplink::command::CommandPolicy,
+    /// `[commands] relay_secrets_file`: the meters' relay passwords and operator codes.
+    pub relay_secrets: RelaySecrets,
     /// What is valid but should change (an old key still accepted, naming its replacement),
     /// sorted by position: `check-config` prints them, `run` logs them.
     pub warnings: Vec<ConfigProblem>,

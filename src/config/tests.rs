@@ -2146,3 +2146,102 @@ fn a_dlt645_bus_behind_a_serial_server_has_an_address_and_no_device() {
         "{got:?}"
     );
 }
+
+#[test]
+fn relay_secrets_file_is_read_checked_and_placed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("relay-secrets.toml");
+    let write = |text: &str, mode: u32| {
+        std::fs::write(&secrets, text).unwrap();
+        std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let config_text = format!(
+        "{BASE}\n[commands]\nrelay_secrets_file = \"{}\"\n",
+        secrets.display()
+    );
+    write(
+        "[default]\npassword = \"02123456\"\noperator = \"00000000\"\n\n[meter.m-supply]\npassword = \"04000001\"\noperator = \"12345678\"\n",
+        0o600,
+    );
+    let config = parse(&config_text).unwrap();
+    let s = &config.relay_secrets;
+    let own = s.for_meter("m-supply").unwrap();
+    assert_eq!(own.password, [0x04, 0x01, 0x00, 0x00]);
+    assert_eq!(own.operator, [0x78, 0x56, 0x34, 0x12]);
+    let other = s.for_meter("anyone").unwrap();
+    assert_eq!(other.password, [0x02, 0x56, 0x34, 0x12]);
+    // The secrets never show in a debug print.
+    let shown = format!("{config:?}");
+    assert!(shown.contains("relay_secrets: RelaySecrets {"), "{shown}");
+    assert!(
+        !shown.contains("[2, 86, 52, 18]") && !shown.contains("[120, 86, 52, 18]"),
+        "{shown}"
+    );
+
+    // No default: a meter without its own entry has no secrets, said plainly.
+    write(
+        "[meter.m-supply]\npassword = \"02123456\"\noperator = \"00000000\"\n",
+        0o600,
+    );
+    let e = parse(&config_text)
+        .unwrap()
+        .relay_secrets
+        .for_meter("x")
+        .unwrap_err();
+    assert!(
+        e.contains("no relay secrets for meter `x`") && e.contains("[meter.x]"),
+        "{e}"
+    );
+    // No file configured at all.
+    let e = parse(BASE)
+        .unwrap()
+        .relay_secrets
+        .for_meter("x")
+        .unwrap_err();
+    assert!(e.contains("relay_secrets_file"), "{e}");
+
+    // Mistakes in the secrets file are placed in it.
+    write(
+        "[default]\npassword = \"0212345\"\noperator = 0\n\n[meter.nope]\npassword = \"02123456\"\noperator = \"00000000\"\n",
+        0o600,
+    );
+    let text = parse(&config_text).unwrap_err().to_string();
+    let f = secrets.display().to_string();
+    assert!(
+        text.contains(&format!(
+            "{f}:2:12: [default] password must be 8 hex digits"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{f}:3:12: [default] operator must be a string")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{f}:5:8: [meter.nope]: no meter `nope` in the configuration"
+        )),
+        "{text}"
+    );
+
+    // Readable by others: refused at the key in the configuration.
+    write(
+        "[default]\npassword = \"02123456\"\noperator = \"00000000\"\n",
+        0o644,
+    );
+    let text = parse(&config_text).unwrap_err().to_string();
+    assert!(
+        text.contains("has mode 0644") && text.contains("chmod 600"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{FILE}:")), "{text}");
+
+    // Missing file.
+    std::fs::remove_file(&secrets).unwrap();
+    let text = parse(&config_text).unwrap_err().to_string();
+    assert!(
+        text.contains("relay_secrets_file") && text.contains("cannot read it"),
+        "{text}"
+    );
+}

@@ -3,7 +3,11 @@
 //! (the configuration as read at start, secrets redacted), `read` (meters read now by their
 //! bus tasks, between scheduled polls), `time_sync` (a broadcast time sync of every DL/T 645
 //! bus now, through its bus task, then each meter's clock read: its skew before and after) and
-//! `config_apply`. `relay` fails with "not supported yet".
+//! `config_apply`. `relay` (费控: trip, close, alarm on/off, keep power on/off) gives the order
+//! to the bus task of the meter's bus with the meter's password and operator code from
+//! `[commands] relay_secrets_file`; the result carries the meter's reply and the relay state
+//! read back from its status word 3. A meter that refuses (wrong password, keep-power blocks a
+//! trip) makes the command `failed` with the meter's reason and the state read back.
 //!
 //! `config_apply` goes through the files next to the configuration file `F`:
 //!
@@ -23,7 +27,7 @@
 //! The result travels through the outbox of whichever generation runs, so the headend gets it
 //! whatever happens in between (a kill during the restart included: the marker is on disk).
 
-use crate::bus::{MeterRead, ReadRequest};
+use crate::bus::{MeterRead, ReadRequest, RelayAction, RelayOrder};
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::store::{Batch, SharedStore, with_store};
@@ -66,7 +70,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(90);
 pub(super) struct BusDesk {
     pub meters: Vec<String>,
     pub requests: mpsc::Sender<ReadRequest>,
-    /// The bus has a broadcast time sync (DL/T 645).
+    /// The bus has a broadcast time sync and remote control (DL/T 645).
     pub time_sync: bool,
 }
 
@@ -141,18 +145,51 @@ impl Executor for GatewayExecutor {
                     .collect();
                 Box::pin(async move { time_sync(asks).await })
             }
-            other => {
-                let name = match other {
-                    Command::Relay { .. } => "relay",
-                    _ => "this command",
-                };
-                Box::pin(async move { Err(format!("{name} is not supported yet")) })
+            Command::Relay { meter, action } => {
+                let asked = self.plan_relay(&meter, action);
+                Box::pin(async move { relay(asked?).await })
             }
+            _ => Box::pin(async move { Err("this command is not supported yet".to_string()) }),
         }
     }
 }
 
 impl GatewayExecutor {
+    /// The bus of `meter` and the order with its secrets.
+    fn plan_relay(
+        &self,
+        meter: &str,
+        action: crate::uplink::command::RelayAction,
+    ) -> Result<(String, RelayOrder, mpsc::Sender<ReadRequest>), String> {
+        use crate::uplink::command::RelayAction as A;
+        let bus = self
+            .buses
+            .iter()
+            .find(|b| b.meters.iter().any(|m| m == meter))
+            .ok_or_else(|| format!("unknown meter `{meter}`"))?;
+        if !bus.time_sync {
+            // Said before the secrets are looked up: no password helps a Modbus meter.
+            return Err(format!(
+                "relay control needs a DL/T 645 meter; meter `{meter}` is on a Modbus bus"
+            ));
+        }
+        let secrets = self.config.relay_secrets.for_meter(meter)?;
+        let action = match action {
+            A::Trip => RelayAction::Trip,
+            A::Close => RelayAction::Close,
+            A::Alarm => RelayAction::Alarm,
+            A::AlarmOff => RelayAction::AlarmOff,
+            A::KeepPower => RelayAction::KeepPower,
+            A::KeepPowerOff => RelayAction::KeepPowerOff,
+        };
+        let order = RelayOrder {
+            action,
+            password: secrets.password,
+            operator: secrets.operator,
+        };
+        Ok((meter.to_string(), order, bus.requests.clone()))
+    }
+
     /// Which bus reads which meters; every id must be a configured meter.
     fn plan_read(&self, meters: &Meters) -> Result<ReadPlan, String> {
         if let Meters::These(ids) = meters
@@ -213,6 +250,63 @@ async fn time_sync(asks: ReadPlan) -> Outcome {
     Ok(Some(time_sync_data(&rows)))
 }
 
+/// `relay`: the order goes to the meter's bus task; `done` with the meter's reply and the
+/// relay state read back, `failed` when the meter refused or did not answer.
+async fn relay((meter, order, bus): (String, RelayOrder, mpsc::Sender<ReadRequest>)) -> Outcome {
+    let action = order.action.name();
+    let (reply, answer) = oneshot::channel();
+    bus.send(ReadRequest {
+        meters: vec![meter.clone()],
+        reply,
+        time_sync: false,
+        relay: Some(order),
+    })
+    .await
+    .map_err(|_| "the meter's bus task has stopped".to_string())?;
+    let got = tokio::time::timeout(READ_TIMEOUT, answer)
+        .await
+        .map_err(|_| {
+            format!(
+                "the bus did not answer within {} s; whether the meter acted is unknown",
+                READ_TIMEOUT.as_secs()
+            )
+        })?
+        .map_err(|_| "the bus task stopped before it answered".to_string())?;
+    let read = got.into_iter().next().ok_or("the bus gave no answer")?;
+    let outcome = match (read.relay, read.error) {
+        (Some(o), _) => o,
+        (None, e) => {
+            return Err(format!(
+                "relay {action} for meter `{meter}`: {}",
+                e.unwrap_or_else(|| "no answer".into())
+            ));
+        }
+    };
+    let state = outcome.relay.unwrap_or("unknown");
+    if !outcome.accepted {
+        return Err(format!(
+            "meter `{meter}` refused relay {action}: {}; relay: {state}{}",
+            outcome.reply,
+            if outcome.keep_power == Some(true) {
+                ", keep_power on"
+            } else {
+                ""
+            }
+        ));
+    }
+    tracing::info!(meter = %meter, action, relay = state, "relay order done");
+    Ok(Some(json!({
+        "meter": meter,
+        "action": action,
+        "reply": outcome.reply,
+        "relay": outcome.relay,
+        "alarm": outcome.alarm,
+        "keep_power": outcome.keep_power,
+        "command_open": outcome.command_open,
+        "read_back_error": outcome.read_back_error,
+    })))
+}
+
 /// Asks each bus of `asks` (a time sync first with `time_sync`) and waits for the answers.
 async fn ask(asks: ReadPlan, time_sync: bool) -> Result<Vec<MeterRead>, String> {
     let mut replies = Vec::new();
@@ -222,6 +316,7 @@ async fn ask(asks: ReadPlan, time_sync: bool) -> Result<Vec<MeterRead>, String> 
             meters,
             reply,
             time_sync,
+            relay: None,
         })
         .await
         .map_err(|_| "a bus task has stopped".to_string())?;

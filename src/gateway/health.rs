@@ -133,7 +133,7 @@ impl Tally {
                     m.polls = s.health.polls;
                     m.successes = s.health.successes;
                 }
-                BusEvent::Learned { .. } => {}
+                BusEvent::Learned { .. } | BusEvent::MeterFreeze { .. } => {}
             }
         }
     }

@@ -275,6 +275,13 @@ impl Analytics {
         verdict.quality.code()
     }
 
+    /// Takes a daily freeze the meter itself recorded (DL/T 645 日冻结, `source` `meter`);
+    /// published with the next tick's freezes.
+    pub fn on_meter_freeze(&mut self, meter: &str, ts_ms: i64, values: BTreeMap<String, f64>) {
+        self.freeze.on_meter_freeze(meter, ts_ms, values);
+        self.freeze_changed = true;
+    }
+
     /// Takes a meter's health from its bus (meter_offline, silent buses).
     pub fn on_meter_status(&mut self, s: &MeterStatus) {
         let changes = self.alarms.on_meter_status(s);

@@ -115,6 +115,11 @@ impl Writer {
                     batch.meter_states.push(state);
                 }
                 BusEvent::Learned { meter, learned } => fold.learned.push((meter, learned)),
+                BusEvent::MeterFreeze {
+                    meter,
+                    ts_ms,
+                    values,
+                } => self.analytics.on_meter_freeze(&meter, ts_ms, values),
             }
         }
         self.analytics.on_tick(now_ms, batch);

@@ -475,6 +475,10 @@ pub struct Fault {
     pub power_down_count: u32,
     /// DL/T 645: the meter-cover-open event count (`03300D00`).
     pub cover_open_count: u32,
+    /// DL/T 645-2007: the password a remote control (1CH, relay) must carry, 8 hex digits,
+    /// level first; "" is `02123456` (level 02, password 123456). Any other password gets
+    /// the abnormal reply "password error / unauthorised".
+    pub relay_password: String,
 }
 
 fn default_protocol() -> SimProtocol {

@@ -8,19 +8,33 @@
 //! reply "no such data item" for one it lacks, and for every block with `refuse_blocks`);
 //! 13H read address to the wildcard (answered when the bus has one meter; several meters
 //! collide into noise); 08H broadcast time sync (no reply; a meter whose clock is within ±5
-//! minutes of the time sent takes it); other functions to its
-//! address get the abnormal reply "other error". Faults: no reply, late reply, bad checksum,
+//! minutes of the time sent takes it); 1CH remote control on a 2007 meter (its password is
+//! `relay_password`, default `02123456`; a wrong one gets "password error / unauthorised", an
+//! order past its validity end or a trip while keep-power is on gets "other error"; trip opens
+//! the relay, close-allowed closes it at once, alarm and keep-power set their state), shown in
+//! status word 3 (bit 4 relay open, bit 6 command open, bit 7 alarm, bit 12 keep power); other
+//! functions to its address get the abnormal reply "other error". Faults: no reply, late reply, bad checksum,
 //! reply from another address, noise before the reply, `FF` after it, an abnormal reply with a
 //! given ERR byte for every read, missed reads, a silent bus. The meter's own items come from
 //! its faults too: a clock off by `clock_offset_s`, `status_word_1`, the power-down and
 //! meter-cover-open counts.
+//!
+//! Daily freezes (日冻结, 2007 meters): at every midnight of its own clock (China Standard
+//! Time, as every simulated meter's clock) a meter records its energy registers as they were
+//! at that moment, and keeps the last 62, answering `050600nn` (the n-th last freeze's time),
+//! `050601nn` / `050602nn` (its forward / reverse energy, total + tariffs 1..4); a freeze it
+//! does not have yet reads as zeros. The midnights are noticed at the meter's next request
+//! (answered or not): the registers are taken at the moment its clock passed midnight, or at
+//! its previous request when its clock was set across midnight in between.
 
 use super::bus::{Answer, LineControl, SimBus};
 use super::config::Fault;
 use super::serve::{SharedWriter, schedule};
 use crate::meter::{DiEntry, DiValue, Dlt645Model};
 use crate::protocol::dlt645::codec::{self, Address, DataId, Frame, RequestScan, Version};
+use crate::protocol::dlt645::freeze::{self as frozen, FREEZE_DAYS, FreezeItem};
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -36,6 +50,65 @@ const METER_UTC_OFFSET_S: i64 = 8 * 3600;
 const TIME_SYNC_LIMIT_MS: i64 = 300_000;
 /// Bytes kept of an unfinished request before the oldest are dropped (line noise).
 const RX_LIMIT: usize = 1024;
+
+/// One daily freeze a simulated meter recorded: its time (the meter's clock) and its forward
+/// and reverse active energy, total + tariffs 1..4, kWh (as registered, before ratios).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimFreeze {
+    pub time: codec::MeterTime,
+    pub import: [f64; 5],
+    pub export: [f64; 5],
+}
+
+/// The daily freezes of a meter, and when it last looked at its clock.
+#[derive(Debug, Default)]
+pub struct FreezeHistory {
+    /// Oldest first, at most 62.
+    pub days: VecDeque<SimFreeze>,
+    /// (true time, the meter's local time) at its last request, ms.
+    seen: Option<(i64, i64)>,
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+impl FreezeHistory {
+    /// Records the freezes of the midnights the meter's clock passed since its last request;
+    /// `energy(ms_ago)` gives its registers that long before now.
+    fn advance(
+        &mut self,
+        true_ms: i64,
+        clock_offset_ms: i64,
+        energy: impl Fn(i64) -> ([f64; 5], [f64; 5]),
+    ) {
+        let local = true_ms + clock_offset_ms + METER_UTC_OFFSET_S * 1000;
+        if let Some((seen_true, seen_local)) = self.seen {
+            let mut midnight = seen_local.div_euclid(DAY_MS) * DAY_MS + DAY_MS;
+            while midnight <= local {
+                // Passed `local - midnight` ago, but not before the last request.
+                let ago = (local - midnight).min(true_ms - seen_true).max(0);
+                let (import, export) = energy(ago);
+                self.days.push_back(SimFreeze {
+                    time: codec::MeterTime::from_unix(midnight / 1000, 0),
+                    import,
+                    export,
+                });
+                if self.days.len() > usize::from(FREEZE_DAYS) {
+                    self.days.pop_front();
+                }
+                midnight += DAY_MS;
+            }
+        }
+        self.seen = Some((true_ms, local));
+    }
+
+    /// The `n`-th last freeze (1 = the last).
+    fn nth_last(&self, n: u8) -> Option<&SimFreeze> {
+        self.days
+            .len()
+            .checked_sub(usize::from(n))
+            .map(|i| &self.days[i])
+    }
+}
 
 /// A DL/T 645 meter of a bus: its handle among the bus's meters and its model.
 pub(crate) struct Dlt645Meter {
@@ -172,6 +245,28 @@ fn answer(
     let fault = {
         let mut all = bus.meters();
         let m = all.get_mut(&meter.unit)?;
+        if meter.model.version == Version::V2007 {
+            let offset = m.clock_offset_ms;
+            let mut history = std::mem::take(&mut m.daily_freezes);
+            let energy = |ago: i64| {
+                let at = now
+                    .checked_sub(Duration::from_millis(ago as u64))
+                    .unwrap_or(now);
+                let q = |name: &str| m.value(name, at).unwrap_or(0.0);
+                let import = [
+                    q("energy_import_kwh"),
+                    q("energy_import_t1_kwh"),
+                    q("energy_import_t2_kwh"),
+                    q("energy_import_t3_kwh"),
+                    q("energy_import_t4_kwh"),
+                ];
+                let e = q("energy_export_kwh");
+                let export = [e, e * 0.4, e * 0.3, e * 0.2, e * 0.1];
+                (import, export)
+            };
+            history.advance(crate::clock::now_ms(), offset, energy);
+            m.daily_freezes = history;
+        }
         let fault = m.fault.clone();
         if fault.no_reply || bus.silent.load(Ordering::Relaxed) || m.misses_request() {
             return None;
@@ -199,6 +294,9 @@ fn answer(
                 None => codec::abnormal_reply(&address, f, codec::ERR_OTHER),
                 Some(di) => read_reply(bus, meter, &address, di, &fault, now),
             }
+        }
+        codec::REMOTE_CONTROL_2007 if version == Version::V2007 => {
+            remote_control(bus, meter, &address, request, &fault)
         }
         // A 1997 meter does not understand 2007 reads and stays silent (and the reverse).
         codec::READ_1997 | codec::READ_2007 => return None,
@@ -246,10 +344,21 @@ fn read_reply(
     };
     let wall = (crate::clock::now_ms() + sim.clock_offset_ms).div_euclid(1000);
     let clock = codec::MeterTime::from_unix(wall, METER_UTC_OFFSET_S);
+    if let Some((item, n)) = FreezeItem::of(di) {
+        let day = sim.daily_freezes.nth_last(n);
+        let value = match (item, day) {
+            (_, None) => vec![0; item.value_len()],
+            (FreezeItem::Time, Some(d)) => frozen::encode_time(&d.time),
+            (FreezeItem::Import, Some(d)) => frozen::encode_energy(&d.import),
+            (FreezeItem::Export, Some(d)) => frozen::encode_energy(&d.export),
+        };
+        return codec::read_reply(address, di, &value, false);
+    }
     let number = |q: &str| sim.value(q, now).unwrap_or(0.0);
     let value_of = |e: &DiEntry| {
         match e.name.as_str() {
             "status_word_1" => return DiValue::Bits(u32::from(fault.status_word_1)),
+            "status_word_3" => return DiValue::Bits(u32::from(sim.relay.word())),
             "power_down_count" => return DiValue::Number(f64::from(fault.power_down_count)),
             "cover_open_count" => return DiValue::Number(f64::from(fault.cover_open_count)),
             _ => {}
@@ -263,6 +372,59 @@ fn read_reply(
         Some(_) => codec::abnormal_reply(address, function, codec::ERR_OTHER),
         None => codec::abnormal_reply(address, function, codec::ERR_NO_SUCH_DATA_ITEM),
     }
+}
+
+/// The reply of `meter` to a remote control (1CH): the order taken (9CH) or refused (DCH).
+fn remote_control(
+    bus: &SimBus,
+    meter: &Dlt645Meter,
+    address: &Address,
+    request: &Frame,
+    fault: &Fault,
+) -> Vec<u8> {
+    let f = codec::REMOTE_CONTROL_2007;
+    let Some(rc) = codec::parse_remote_control_data(&request.data) else {
+        return codec::abnormal_reply(address, f, codec::ERR_OTHER);
+    };
+    let want = if fault.relay_password.is_empty() {
+        "02123456"
+    } else {
+        fault.relay_password.as_str()
+    };
+    if codec::parse_password(want) != Some(rc.password) {
+        return codec::abnormal_reply(address, f, codec::ERR_PASSWORD);
+    }
+    let mut all = bus.meters();
+    let Some(sim) = all.get_mut(&meter.unit) else {
+        return codec::abnormal_reply(address, f, codec::ERR_OTHER);
+    };
+    let meter_s = (crate::clock::now_ms() + sim.clock_offset_ms).div_euclid(1000);
+    let stale = rc
+        .valid_until
+        .is_none_or(|t| t.to_unix(METER_UTC_OFFSET_S) < meter_s);
+    if stale {
+        return codec::abnormal_reply(address, f, codec::ERR_OTHER);
+    }
+    let relay = &mut sim.relay;
+    match codec::ControlOrder::from_code(rc.order) {
+        Some(codec::ControlOrder::Trip) if relay.keep_power => {
+            return codec::abnormal_reply(address, f, codec::ERR_OTHER);
+        }
+        Some(codec::ControlOrder::Trip) => {
+            relay.open = true;
+            relay.command_open = true;
+        }
+        Some(codec::ControlOrder::CloseAllowed) => {
+            relay.open = false;
+            relay.command_open = false;
+        }
+        Some(codec::ControlOrder::Alarm) => relay.alarm = true,
+        Some(codec::ControlOrder::AlarmOff) => relay.alarm = false,
+        Some(codec::ControlOrder::KeepPower) => relay.keep_power = true,
+        Some(codec::ControlOrder::KeepPowerOff) => relay.keep_power = false,
+        None => return codec::abnormal_reply(address, f, codec::ERR_OTHER),
+    }
+    codec::remote_control_reply(address)
 }
 
 /// The value a simulated meter reports for `entry`: its contract quantities from the area

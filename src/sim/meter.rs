@@ -30,6 +30,11 @@ pub struct SimMeter {
     pub clock_offset_ms: i64,
     /// Holding registers written, by address: they read back as written.
     written: BTreeMap<u16, u16>,
+    /// DL/T 645: the relay, alarm and keep-power state remote control (1CH) sets; status word 3
+    /// shows it.
+    pub relay: crate::protocol::dlt645::codec::RelayStatus,
+    /// DL/T 645-2007: the daily freezes the meter recorded at its clock's midnights.
+    pub daily_freezes: super::dlt645::FreezeHistory,
 }
 
 impl SimMeter {
@@ -49,6 +54,8 @@ impl SimMeter {
             seed,
             requests: 0,
             written: BTreeMap::new(),
+            relay: Default::default(),
+            daily_freezes: Default::default(),
         }
     }
 

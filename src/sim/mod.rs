@@ -55,6 +55,7 @@ pub use config::{
     Fault, MeterConditions, Phase, Profile, Role, SimAreaConfig, SimBusConfig, SimConfig,
     SimMeterConfig, SimParity, SimProtocol,
 };
+pub use dlt645::SimFreeze;
 pub use truth::{TruthRecord, read_truth};
 
 use crate::bus::{self as gateway_bus, BusSettings, Protocol};
@@ -170,6 +171,14 @@ impl SimHandle {
         Ok(f(m))
     }
 
+    /// The daily freezes DL/T 645-2007 meter `unit` on `bus` recorded so far (its clock's
+    /// midnights, China Standard Time), oldest first: the truth its `0506xxxx` answers carry.
+    pub fn daily_freezes(&self, bus: &str, unit: u8) -> Result<Vec<SimFreeze>, SimError> {
+        self.with_meter(bus, unit, |m| {
+            m.daily_freezes.days.iter().cloned().collect()
+        })
+    }
+
     /// Replaces the faults of meter `unit` on `bus`; takes effect from its next request.
     pub fn set_fault(&self, bus: &str, unit: u8, fault: Fault) -> Result<(), SimError> {
         self.with_meter(bus, unit, |m| m.set_fault(fault))
@@ -178,6 +187,15 @@ impl SimHandle {
     /// DL/T 645: how far the meter's clock is ahead of true time now, seconds.
     pub fn clock_offset_s(&self, bus: &str, unit: u8) -> Result<f64, SimError> {
         self.with_meter(bus, unit, |m| m.clock_offset_ms as f64 / 1000.0)
+    }
+
+    /// DL/T 645: the relay state of meter `unit` on `bus` (what remote control set).
+    pub fn relay_state(
+        &self,
+        bus: &str,
+        unit: u8,
+    ) -> Result<crate::protocol::dlt645::codec::RelayStatus, SimError> {
+        self.with_meter(bus, unit, |m| m.relay)
     }
 
     /// The current faults of meter `unit` on `bus`.

@@ -383,3 +383,59 @@ fn a_clock_that_jumps_back_before_midnight_freezes_the_day_once() {
     }
     assert_eq!(decisions(&events).len(), 1);
 }
+
+/// A meter that keeps its own freezes (one came): the next midnight's interpolation waits for
+/// the meter's freeze, read a few minutes after midnight, which is taken as the freeze; a day
+/// whose own freeze never comes is interpolated at the decision, as any other meter's.
+#[test]
+fn a_meter_with_its_own_freezes_waits_for_them_then_falls_back_to_interpolation() {
+    let day = 24 * 60 * MIN;
+    let m0 = parse_rfc3339("2026-11-22T16:00:00Z").unwrap();
+    let c = Curve {
+        t0: m0 - day,
+        base: 1000.0,
+        a: 2.0,
+        b: 0.01,
+    };
+    let mut e = FreezeEngine::new(settings("Asia/Shanghai"), ["m1".to_string()]);
+    let own = |v: f64| {
+        [("energy_import_kwh".to_string(), v)]
+            .into_iter()
+            .collect::<BTreeMap<_, _>>()
+    };
+    let mut events = run(&mut e, &[("m1", c)], m0 - 10 * MIN, m0 + 5 * MIN, |_, _| {
+        false
+    });
+    // The first day: interpolated at once (the engine does not know the meter keeps freezes).
+    assert_eq!(freezes(&events)[0].source, FreezeSource::Interpolated);
+    e.on_meter_freeze("m1", m0, own(1.0));
+    // The second midnight: reads on both sides, then the meter's own freeze at 00:05.
+    let m1 = m0 + day;
+    events = run(&mut e, &[("m1", c)], m1 - 10 * MIN, m1 + 5 * MIN, |_, _| {
+        false
+    });
+    assert!(freezes(&events).is_empty(), "{events:?}");
+    e.on_meter_freeze("m1", m1, own(c.at(m1)));
+    events = run(&mut e, &[("m1", c)], m1 + 5 * MIN, m1 + 62 * MIN, |_, _| {
+        false
+    });
+    let f = freezes(&events);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].source, FreezeSource::Meter);
+    assert_eq!(f[0].ts_ms, m1);
+    assert_eq!(decisions(&events)[0].frozen, ["m1"]);
+    // The third midnight: the meter's freeze never comes; interpolated at the decision.
+    let m2 = m1 + day;
+    events = run(
+        &mut e,
+        &[("m1", c)],
+        m2 - 10 * MIN,
+        m2 + 62 * MIN,
+        |_, _| false,
+    );
+    let f = freezes(&events);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].source, FreezeSource::Interpolated);
+    assert!((f[0].values["energy_import_kwh"] - c.at(m2)).abs() < 0.01);
+    assert_eq!(decisions(&events)[0].frozen, ["m1"]);
+}

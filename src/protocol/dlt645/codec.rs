@@ -1,8 +1,9 @@
 //! DL/T 645 frames as bytes, for both editions (2007 and 1997): addresses, data identifiers,
 //! the frame `68 A0..A5 68 C L DATA CS 16` with its `FE` wake-up preamble, the 0x33 data
 //! offset and the checksum, read / follow-up / read-address / broadcast time-sync requests and
-//! their replies, abnormal replies with their ERR byte in words, and BCD values with decimals
-//! and sign.
+//! their replies, abnormal replies with their ERR byte in words, the 2007 remote-control
+//! request (1CH: relay trip / close, alarm, keep power) with status word 3 that shows its
+//! effect, and BCD values with decimals and sign.
 //!
 //! Everything here is a pure function on byte slices; [`super::transport`] decides *when* to
 //! call them. [`scan_reply`] is the heart of the client's framing: it finds the expected reply
@@ -46,6 +47,12 @@ pub const READ_ADDRESS_2007: u8 = 0x13;
 pub const TIME_SYNC: u8 = 0x08;
 /// 1997 function 01H: read data (DATA = DI, 2 bytes).
 pub const READ_1997: u8 = 0x01;
+/// 2007 function 1CH: remote control (费控) — relay trip / close allowed, alarm, keep power.
+/// DATA = password (4) + operator code (4) + N1 order + N2 reserved + validity end (6).
+/// Normal reply 9CH without data, abnormal DCH + ERR.
+pub const REMOTE_CONTROL_2007: u8 = 0x1C;
+/// 2007 run status word 3 (`04000503`, 2 bytes, bit field): the relay's state.
+pub const STATUS_WORD_3: u32 = 0x0400_0503;
 
 /// The edition of the standard a meter speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -480,6 +487,183 @@ pub fn parse_time_sync_data(data: &[u8]) -> Option<MeterTime> {
         && (1..=31).contains(&t.day)
         && (1..=12).contains(&t.month);
     valid.then_some(t)
+}
+
+/// The order N1 of a remote-control request (1CH).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlOrder {
+    /// 1AH 跳闸: open the relay (the customer's supply is cut).
+    Trip,
+    /// 1BH 合闸允许: the relay may close (the customer, or the meter, closes it).
+    CloseAllowed,
+    /// 2AH 报警: the pre-trip alarm on.
+    Alarm,
+    /// 2BH 报警解除: the alarm off.
+    AlarmOff,
+    /// 3AH 保电: keep power — every trip is refused until keep-power is off.
+    KeepPower,
+    /// 3BH 保电解除: keep power off.
+    KeepPowerOff,
+}
+
+impl ControlOrder {
+    /// The N1 byte.
+    pub fn code(self) -> u8 {
+        match self {
+            ControlOrder::Trip => 0x1A,
+            ControlOrder::CloseAllowed => 0x1B,
+            ControlOrder::Alarm => 0x2A,
+            ControlOrder::AlarmOff => 0x2B,
+            ControlOrder::KeepPower => 0x3A,
+            ControlOrder::KeepPowerOff => 0x3B,
+        }
+    }
+
+    /// The order of an N1 byte; `None` for a byte the standard does not define.
+    pub fn from_code(code: u8) -> Option<ControlOrder> {
+        Some(match code {
+            0x1A => ControlOrder::Trip,
+            0x1B => ControlOrder::CloseAllowed,
+            0x2A => ControlOrder::Alarm,
+            0x2B => ControlOrder::AlarmOff,
+            0x3A => ControlOrder::KeepPower,
+            0x3B => ControlOrder::KeepPowerOff,
+            _ => return None,
+        })
+    }
+}
+
+/// What a remote-control request (1CH) carries, as a meter reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteControl {
+    /// PA (the password's level) then P0..P2 (low byte first), as on the wire.
+    pub password: [u8; 4],
+    /// C0..C3, low byte first.
+    pub operator: [u8; 4],
+    /// N1 as sent (see [`ControlOrder::from_code`]).
+    pub order: u8,
+    /// N3..N8: until when the order is valid; `None` when the bytes are not a valid time.
+    pub valid_until: Option<MeterTime>,
+}
+
+/// The 16 DATA bytes of a remote-control request (before the 0x33 offset): password,
+/// operator code, N1, N2 = 00, validity end `ss mm hh DD MM YY`.
+pub fn remote_control_data(
+    password: [u8; 4],
+    operator: [u8; 4],
+    order: ControlOrder,
+    valid_until: &MeterTime,
+) -> [u8; 16] {
+    let mut d = [0u8; 16];
+    d[..4].copy_from_slice(&password);
+    d[4..8].copy_from_slice(&operator);
+    d[8] = order.code();
+    d[9] = 0x00;
+    d[10..].copy_from_slice(&time_sync_data(valid_until));
+    d
+}
+
+/// The remote-control request (1CH) to `address`.
+pub fn remote_control_request(
+    address: &Address,
+    password: [u8; 4],
+    operator: [u8; 4],
+    order: ControlOrder,
+    valid_until: &MeterTime,
+) -> Vec<u8> {
+    encode_frame(
+        address,
+        REMOTE_CONTROL_2007,
+        &remote_control_data(password, operator, order, valid_until),
+    )
+}
+
+/// The remote control a 1CH DATA carries (meter side); `None` unless it is 16 bytes.
+pub fn parse_remote_control_data(data: &[u8]) -> Option<RemoteControl> {
+    if data.len() != 16 {
+        return None;
+    }
+    Some(RemoteControl {
+        password: data[..4].try_into().ok()?,
+        operator: data[4..8].try_into().ok()?,
+        order: data[8],
+        valid_until: parse_time_sync_data(&data[10..16]),
+    })
+}
+
+/// The normal reply to a remote control (9CH, no data).
+pub fn remote_control_reply(address: &Address) -> Vec<u8> {
+    encode_frame(address, REMOTE_CONTROL_2007 | REPLY, &[])
+}
+
+/// A password as written in a secrets file, `"02123456"`: 8 hex digits, the level PA first,
+/// then the password P2 P1 P0 as read; returned as the wire order PA P0 P1 P2.
+pub fn parse_password(text: &str) -> Option<[u8; 4]> {
+    let b = hex4(text)?;
+    Some([b[0], b[3], b[2], b[1]])
+}
+
+/// An operator code as written, `"00000000"`: 8 hex digits C3..C0 as read; returned low byte
+/// first (C0..C3).
+pub fn parse_operator(text: &str) -> Option<[u8; 4]> {
+    let b = hex4(text)?;
+    Some([b[3], b[2], b[1], b[0]])
+}
+
+/// 8 hex digits as 4 bytes, most significant first.
+fn hex4(text: &str) -> Option<[u8; 4]> {
+    if text.len() != 8 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; 4];
+    for (k, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&text[2 * k..2 * k + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Status word 3 bit 4: the relay is open (断; 0 closed, 通).
+pub const SW3_RELAY_OPEN: u16 = 1 << 4;
+/// Status word 3 bit 6: the relay command state (1: the last order was to open).
+pub const SW3_RELAY_COMMAND_OPEN: u16 = 1 << 6;
+/// Status word 3 bit 7: the pre-trip alarm is on.
+pub const SW3_PRE_TRIP_ALARM: u16 = 1 << 7;
+/// Status word 3 bit 12: keep power (保电) is on. UNVERIFIED: not in the project's reference;
+/// meters after the 2013 amendment show it here.
+pub const SW3_KEEP_POWER: u16 = 1 << 12;
+
+/// The relay's state as status word 3 shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RelayStatus {
+    /// Bit 4: the relay is open (the supply is cut).
+    pub open: bool,
+    /// Bit 6: the last order was to open it.
+    pub command_open: bool,
+    /// Bit 7: the pre-trip alarm.
+    pub alarm: bool,
+    /// Bit 12: keep power (UNVERIFIED bit).
+    pub keep_power: bool,
+}
+
+impl RelayStatus {
+    /// The state a status word 3 shows.
+    pub fn from_word(word: u16) -> RelayStatus {
+        RelayStatus {
+            open: word & SW3_RELAY_OPEN != 0,
+            command_open: word & SW3_RELAY_COMMAND_OPEN != 0,
+            alarm: word & SW3_PRE_TRIP_ALARM != 0,
+            keep_power: word & SW3_KEEP_POWER != 0,
+        }
+    }
+
+    /// The bits of status word 3 this state sets (meter side).
+    pub fn word(&self) -> u16 {
+        let bit = |on: bool, b: u16| if on { b } else { 0 };
+        bit(self.open, SW3_RELAY_OPEN)
+            | bit(self.command_open, SW3_RELAY_COMMAND_OPEN)
+            | bit(self.alarm, SW3_PRE_TRIP_ALARM)
+            | bit(self.keep_power, SW3_KEEP_POWER)
+    }
 }
 
 /// A normal read reply (server side): 91H / 81H (with D5 when `more` frames follow), DATA =
@@ -1067,6 +1251,105 @@ mod tests {
         let cst = MeterTime::from_unix(secs, 8 * 3600);
         assert_eq!((cst.day, cst.hour), (29, 23));
         assert_eq!(MeterTime::from_unix(951_782_400, 0).day, 29); // 2000-02-29
+    }
+
+    #[test]
+    fn remote_control_trip_vector() {
+        let a = Address::parse("000000000001").unwrap();
+        let until = MeterTime {
+            year: 2026,
+            month: 11,
+            day: 29,
+            hour: 15,
+            minute: 4,
+            second: 5,
+        };
+        let password = parse_password("02123456").unwrap();
+        assert_eq!(password, [0x02, 0x56, 0x34, 0x12]);
+        let operator = parse_operator("00000000").unwrap();
+        let f = remote_control_request(&a, password, operator, ControlOrder::Trip, &until);
+        // Password 02 56 34 12, operator 00 00 00 00, N1 1A, N2 00, 05 04 15 29 11 26: +33H.
+        assert_eq!(
+            f,
+            hex(
+                "68 01 00 00 00 00 00 68 1C 10 35 89 67 45 33 33 33 33 4D 33 38 37 48 5C 44 59 63 16"
+            )
+        );
+        // The meter's side reads it back.
+        let RequestScan::Request { frame, .. } = scan_request(&f) else {
+            panic!("no request")
+        };
+        assert_eq!(frame.function(), REMOTE_CONTROL_2007);
+        let rc = parse_remote_control_data(&frame.data).unwrap();
+        assert_eq!(rc.password, password);
+        assert_eq!(rc.operator, [0; 4]);
+        assert_eq!(ControlOrder::from_code(rc.order), Some(ControlOrder::Trip));
+        assert_eq!(rc.valid_until, Some(until));
+        assert_eq!(parse_remote_control_data(&frame.data[..15]), None);
+        // Operator code low byte first.
+        assert_eq!(parse_operator("12345678"), Some([0x78, 0x56, 0x34, 0x12]));
+        for bad in ["0212345", "021234567", "0212345G", ""] {
+            assert_eq!(parse_password(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn remote_control_orders_and_replies() {
+        let codes: Vec<u8> = [
+            ControlOrder::Trip,
+            ControlOrder::CloseAllowed,
+            ControlOrder::Alarm,
+            ControlOrder::AlarmOff,
+            ControlOrder::KeepPower,
+            ControlOrder::KeepPowerOff,
+        ]
+        .iter()
+        .map(|o| o.code())
+        .collect();
+        assert_eq!(codes, vec![0x1A, 0x1B, 0x2A, 0x2B, 0x3A, 0x3B]);
+        for c in codes {
+            assert_eq!(ControlOrder::from_code(c).unwrap().code(), c);
+        }
+        assert_eq!(ControlOrder::from_code(0x1C), None);
+        let a = Address::parse("000000000001").unwrap();
+        // Normal reply 9CH without data.
+        let ok = remote_control_reply(&a);
+        assert_eq!(ok, hex("68 01 00 00 00 00 00 68 9C 00 6D 16"));
+        assert!(matches!(
+            scan_reply(&ok, &a, REMOTE_CONTROL_2007),
+            ReplyScan::Reply { .. }
+        ));
+        // Abnormal DCH with ERR bit 2: the password is wrong.
+        let refused = abnormal_reply(&a, REMOTE_CONTROL_2007, ERR_PASSWORD);
+        assert_eq!(refused, hex("68 01 00 00 00 00 00 68 DC 01 37 E5 16"));
+        match scan_reply(&refused, &a, REMOTE_CONTROL_2007) {
+            ReplyScan::Abnormal { err, .. } => {
+                assert_eq!(
+                    error_meaning(Version::V2007, err),
+                    "password error / unauthorised"
+                )
+            }
+            o => panic!("{o:?}"),
+        }
+    }
+
+    #[test]
+    fn status_word_3_relay_bits() {
+        assert_eq!(STATUS_WORD_3, 0x0400_0503);
+        let s = RelayStatus::from_word(0x0010);
+        assert!(s.open && !s.command_open && !s.alarm && !s.keep_power);
+        let all = RelayStatus::from_word(0x10D0);
+        assert_eq!(
+            all,
+            RelayStatus {
+                open: true,
+                command_open: true,
+                alarm: true,
+                keep_power: true
+            }
+        );
+        assert_eq!(all.word(), 0x10D0);
+        assert_eq!(RelayStatus::from_word(0x0F2F), RelayStatus::default());
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! guarantee run the transport against the simulator's DL/T 645 meters on real ptys.
 
 pub mod codec;
+pub mod freeze;
 pub mod transport;
 
 #[cfg(test)]

@@ -853,21 +853,24 @@ fn read(
     }
     runtime().block_on(async move {
         match amr_gateway::field::read::read_meter(&link, unit, &model).await {
-            Ok(r) => {
-                if json {
-                    println!("{}", r.json());
-                } else {
-                    print!("{}", r.table());
-                }
-                if r.values.is_empty() {
-                    ExitCode::FAILURE
-                } else {
-                    ExitCode::SUCCESS
-                }
-            }
+            Ok(r) => print_meter_read(&r, json),
             Err(e) => fail("read", &e),
         }
     })
+}
+
+/// Prints one meter's read as a table or JSON; exit 1 when it gave no value.
+fn print_meter_read(r: &amr_gateway::field::read::MeterRead, json: bool) -> ExitCode {
+    if json {
+        println!("{}", r.json());
+    } else {
+        print!("{}", r.table());
+    }
+    if r.values.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// `read --protocol dlt645 --address ADDR`: one poll of a DL/T 645 meter through its driver.
@@ -916,18 +919,7 @@ fn read_dlt645(
     };
     runtime().block_on(async move {
         match amr_gateway::field::read::read_dlt645_meter(&link, &address, &model).await {
-            Ok(r) => {
-                if json {
-                    println!("{}", r.json());
-                } else {
-                    print!("{}", r.table());
-                }
-                if r.values.is_empty() {
-                    ExitCode::FAILURE
-                } else {
-                    ExitCode::SUCCESS
-                }
-            }
+            Ok(r) => print_meter_read(&r, json),
             Err(e) => fail("read", &e),
         }
     })

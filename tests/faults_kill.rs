@@ -2,7 +2,7 @@
 //! four simulated meters on a real pseudo-terminal and publishing to a real mosquitto, killed
 //! again and again (10 times here, 50 in the `--ignored` long run) at moments drawn from a
 //! seeded generator (the seed is printed; `AMR_FAULT_SEED=N` replays a run). The kills fall
-//! while a backlog of 20,000 stored messages drains, while readings flow, while the broker is
+//! while a backlog of 60,000 stored messages drains, while readings flow, while the broker is
 //! down and while the backlog of that outage drains. A subscriber (QoS 1, persistent session)
 //! checks every `seq` at the end: none missing (each one received, or still in the outbox),
 //! none reused with other content; the store passes `PRAGMA integrity_check`.
@@ -20,7 +20,7 @@ const PATIENCE: Duration = Duration::from_secs(120);
 
 /// Messages waiting in the outbox before the first start, and added again during the broker
 /// outage (hours of an outage, stored).
-const BACKLOG: u64 = 20_000;
+const BACKLOG: u64 = 60_000;
 
 const SIM: &str = r#"
 [[bus]]
@@ -148,7 +148,8 @@ async fn sigkill_at_random_moments(kills: usize, test: &str) {
         let wait = if broker_down {
             rng.between(2_000, 5_000)
         } else if k < 3 || (k >= outage_at + 2 && k < outage_at + 5) {
-            rng.between(50, 1_000)
+            // A drain of the backlog takes a few seconds at most: kill early in it.
+            rng.between(50, 600)
         } else {
             rng.between(50, 3_000)
         };

@@ -24,7 +24,8 @@
 //! `GATEWAYS` (300), `METERS` per gateway (4), `POLL_S` (5), `CONSUMERS` (4), `SIMULATORS`
 //! (simulator processes serving the buses, 4), `HEALTH_S` (`[health] interval_s`, 60),
 //! `WARMUP_S` (30), `MEASURE_S` (60), `OUTAGE_S` (60; 0: none), `START_MS` (pause between two
-//! gateway starts, 20).
+//! gateway starts, 20), `RECONNECT_MAX_S` (the gateways' `[mqtt] reconnect_max_s`; default
+//! theirs, 60), `GATEWAY_LOG` (their `AMR_LOG`, default `warn`).
 //! Results go in docs/benchmarks.md (k).
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -246,20 +247,34 @@ fn start_simulator(
     (proc, addresses)
 }
 
+/// What every gateway of the fleet has alike.
+#[derive(Clone, Copy)]
+struct GatewayShape {
+    meters: u64,
+    poll_s: u64,
+    health_s: u64,
+    reconnect_max_s: Option<u64>,
+}
+
 fn write_gateway_config(
     dir: &Path,
     gw: &str,
     port: u16,
     address: &str,
-    meters: u64,
-    poll_s: u64,
-    health_s: u64,
+    shape: GatewayShape,
 ) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
+    let GatewayShape {
+        meters,
+        poll_s,
+        health_s,
+        reconnect_max_s,
+    } = shape;
+    let reconnect = reconnect_max_s.map_or(String::new(), |s| format!("reconnect_max_s = {s}\n"));
     let mut text = format!(
         "[gateway]\nid = \"{gw}\"\ndata_dir = \"data\"\nlog_level = \"warn\"\n\
          timezone = \"Asia/Shanghai\"\n\n\
-         [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\ntopic_prefix = \"{PREFIX}\"\n\n\
+         [mqtt]\nhost = \"127.0.0.1\"\nport = {port}\ntopic_prefix = \"{PREFIX}\"\n{reconnect}\n\
          [health]\ninterval_s = {health_s}\n\n\
          [[bus]]\nname = \"tcp\"\nprotocol = \"modbus-tcp\"\naddress = \"{address}\"\n\
          poll_interval_s = {poll_s}\n"
@@ -450,13 +465,25 @@ fn main() {
     let warmup = Duration::from_secs(env("WARMUP_S", 30));
     let measure = Duration::from_secs(env("MEASURE_S", 60));
     let start_gap = Duration::from_millis(env("START_MS", 20));
+    let shape = GatewayShape {
+        meters,
+        poll_s,
+        health_s,
+        reconnect_max_s: std::env::var("RECONNECT_MAX_S")
+            .ok()
+            .and_then(|v| v.parse().ok()),
+    };
     let nofile = raise_nofile();
     let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
     let root = dir.path();
     println!(
         "(k) a fleet on one broker: {n} gateways x {meters} eastron-sdm120 over Modbus TCP, \
          poll every {poll_s} s, health every {health_s} s; {consumers} consumers in \
-         $share/{GROUP}; {sims} simulator processes; open files limit {nofile}; in {}",
+         $share/{GROUP}; {sims} simulator processes; open files limit {nofile}; \
+         reconnect_max_s {}; in {}",
+        shape
+            .reconnect_max_s
+            .map_or("default".to_string(), |s| s.to_string()),
         root.display()
     );
 
@@ -496,8 +523,7 @@ fn main() {
     let mut gateways: Vec<(String, PathBuf, Proc)> = Vec::new();
     for gw in &ids {
         let gdir = root.join(gw);
-        let config =
-            write_gateway_config(&gdir, gw, port, &addresses[gw], meters, poll_s, health_s);
+        let config = write_gateway_config(&gdir, gw, port, &addresses[gw], shape);
         let child = Command::new(BINARY)
             .args(["run", "--config"])
             .arg(&config)

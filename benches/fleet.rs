@@ -15,8 +15,11 @@
 //! latency of readings (the reading's `ts` to its arrival), the resident memory of each
 //! gateway (`/proc/PID/status`, sampled, mean and max) and the CPU of the gateways, mosquitto,
 //! the simulators and the consumers. Then the broker is stopped for `OUTAGE_S` and started
-//! again: how long until every gateway has reconnected and its backlog has reached the
-//! consumers without a gap, at what rate. It then stops every gateway with SIGTERM, opens each
+//! again: how long until every gateway has reconnected and the backlogs have reached the
+//! consumers (the rate back to the live one), at what rate; holes left in a gateway's `seq`
+//! (messages the broker acknowledged before any consumer had subscribed again) are repaired
+//! with signed `recall` commands (`amr-gateway command`; every gateway's `[[command_key]]`
+//! allows the bench's key to recall). It then stops every gateway with SIGTERM, opens each
 //! one's store and checks that every `seq` up to its last one arrived (or is still kept in its
 //! outbox: not lost).
 //!

@@ -851,24 +851,17 @@ fn main() {
         last.insert(gw.clone(), (store.last_seq().unwrap(), kept));
     }
     // Wait (bounded) until every published seq has reached a consumer.
+    // A seq still in the outbox is kept, not lost: it counts as present.
     let missing_of = |ledger: &Ledger| {
         let mut missing: BTreeMap<String, Vec<(u64, u64)>> = BTreeMap::new();
         for (gw, (last_seq, kept)) in &last {
-            let seen = ledger.gateways.get(gw);
-            let mut from = None;
-            for seq in 1..=*last_seq {
-                let ok = kept.contains(&seq) || seen.is_some_and(|g| g.seqs.contains(&seq));
-                match (ok, from) {
-                    (false, None) => from = Some(seq),
-                    (true, Some(f)) => {
-                        missing.entry(gw.clone()).or_default().push((f, seq - 1));
-                        from = None;
-                    }
-                    _ => {}
-                }
+            let mut present = kept.clone();
+            if let Some(g) = ledger.gateways.get(gw) {
+                present.extend(&g.seqs);
             }
-            if let Some(f) = from {
-                missing.entry(gw.clone()).or_default().push((f, *last_seq));
+            let gw_gaps = gaps(Some(&present), *last_seq);
+            if !gw_gaps.is_empty() {
+                missing.insert(gw.clone(), gw_gaps);
             }
         }
         missing

@@ -219,6 +219,9 @@ struct Connection<'a> {
     /// The last read came back short: the outbox holds nothing newer until the writer wakes
     /// us (or the next tick).
     drained: bool,
+    /// The writer woke us while a read was running: that read may have missed the new rows,
+    /// so the outbox is read again after it whatever it found.
+    woken: bool,
     /// The running outbox read, if any.
     fetching: Option<JoinHandle<Result<Vec<OutboxRow>, StoreError>>>,
     /// The running acknowledgement job, if any.
@@ -255,6 +258,7 @@ impl<'a> Connection<'a> {
             fetched: VecDeque::new(),
             fetched_to: 0,
             drained: false,
+            woken: false,
             fetching: None,
             flushing: None,
             backlog_counted: None,
@@ -317,6 +321,7 @@ impl<'a> Connection<'a> {
                 }
                 _ = self.wake.notified(), if self.connected_once => {
                     self.drained = false;
+                    self.woken = self.fetching.is_some();
                     self.fill(&client);
                 }
                 Some(()) = health_changed(&mut self.health), if self.connected_once => {
@@ -484,7 +489,8 @@ impl<'a> Connection<'a> {
     fn on_fetched(&mut self, rows: Result<Vec<OutboxRow>, StoreError>) {
         match rows {
             Ok(rows) => {
-                self.drained = rows.len() < FETCH_ROWS;
+                self.drained = rows.len() < FETCH_ROWS && !self.woken;
+                self.woken = false;
                 let Some(last) = rows.last().map(|r| r.id) else {
                     return;
                 };

@@ -6,10 +6,12 @@
 //!
 //! 1. connect with a last will (retained `status` = offline);
 //! 2. on CONNACK publish the retained `status` = online, then outbox rows oldest first, at most
-//!    `max_inflight` unacknowledged at once;
+//!    `max_inflight` unacknowledged at once, read from the store ahead of need by a job on the
+//!    blocking pool (the session never waits for the store);
 //! 3. map each PUBACK to its outbox row — rumqttc reports `Outgoing::Publish(pkid)` in the order
 //!    the publish requests were made on that client, so a FIFO of row ids per connection gives
-//!    the pkid → row mapping — and delete acknowledged rows from the store in batches;
+//!    the pkid → row mapping — and delete acknowledged rows from the store in batches, each
+//!    a job on the blocking pool while publishing goes on;
 //! 4. when the connection fails, drop the client, wait (exponential backoff from 1 s with
 //!    jitter, up to `reconnect_max_s`) and start again at 1: every row still in the outbox is
 //!    re-sent from the oldest.
@@ -58,7 +60,8 @@ pub struct UplinkState {
 const FETCH_ROWS: usize = 1024;
 /// Acknowledged row ids collected before one delete transaction (they are also flushed every
 /// `ACK_EVERY` and when the connection ends): one transaction for many acks, so a draining
-/// backlog is not one fsync per message. A crash re-sends at most these (at least once).
+/// backlog is not one fsync per message. A crash re-sends at most these (at least once), and
+/// while draining also those acknowledged during the running delete (they join the next one).
 const ACK_BATCH: usize = 1024;
 /// How often acknowledged rows are deleted while few arrive (each delete is a transaction
 /// and an fsync: at one a second, steady state writes little).

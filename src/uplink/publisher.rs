@@ -6,10 +6,12 @@
 //!
 //! 1. connect with a last will (retained `status` = offline);
 //! 2. on CONNACK publish the retained `status` = online, then outbox rows oldest first, at most
-//!    `max_inflight` unacknowledged at once;
+//!    `max_inflight` unacknowledged at once, read from the store ahead of need by a job on the
+//!    blocking pool (the session never waits for the store);
 //! 3. map each PUBACK to its outbox row — rumqttc reports `Outgoing::Publish(pkid)` in the order
 //!    the publish requests were made on that client, so a FIFO of row ids per connection gives
-//!    the pkid → row mapping — and delete acknowledged rows from the store in batches;
+//!    the pkid → row mapping — and delete acknowledged rows from the store in batches, each
+//!    a job on the blocking pool while publishing goes on;
 //! 4. when the connection fails, drop the client, wait (exponential backoff from 1 s with
 //!    jitter, up to `reconnect_max_s`) and start again at 1: every row still in the outbox is
 //!    re-sent from the oldest.
@@ -23,17 +25,18 @@
 
 use crate::clock::now_ms;
 use crate::shutdown::Shutdown;
-use crate::store::{OutboxRow, SharedStore, with_store};
+use crate::store::{OutboxRow, SharedStore, StoreError, with_store};
 use crate::uplink::MqttSettings;
 use crate::uplink::contract::Topics;
 use crate::uplink::tls;
 use rumqttc::{
     AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
 };
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 /// What the uplink is doing, for the demo's live summary and `status`.
@@ -51,17 +54,23 @@ pub struct UplinkState {
     pub oldest_backlog_ms: Option<i64>,
 }
 
-/// Rows fetched from the store per query.
+/// Rows fetched from the store per query. The next query starts (on the blocking pool, while
+/// publishing goes on) once fewer than half are left, so at most `2 * FETCH_ROWS` rows are in
+/// memory whatever the backlog.
 const FETCH_ROWS: usize = 1024;
 /// Acknowledged row ids collected before one delete transaction (they are also flushed every
 /// `ACK_EVERY` and when the connection ends): one transaction for many acks, so a draining
-/// backlog is not one fsync per message. A crash re-sends at most these (at least once).
+/// backlog is not one fsync per message. A crash re-sends at most these (at least once), and
+/// while draining also those acknowledged during the running delete (they join the next one).
 const ACK_BATCH: usize = 1024;
 /// How often acknowledged rows are deleted while few arrive (each delete is a transaction
 /// and an fsync: at one a second, steady state writes little).
 const ACK_EVERY: Duration = Duration::from_secs(1);
 /// How often acks are flushed and the summary refreshed while connected.
 const TICK: Duration = Duration::from_millis(200);
+/// How often the backlog (a count over the whole outbox: tens of milliseconds for a week of
+/// backlog) is refreshed for the summary while draining.
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 /// First wait after a failed connection.
 const BACKOFF_START: Duration = Duration::from_secs(1);
 /// Command payloads waiting for the desk before more are dropped.
@@ -178,7 +187,20 @@ enum ConnectionEnd {
     Failed(String),
 }
 
+/// What an acknowledgement job hands back: the row ids it tried to delete, how that went, and
+/// the backlog counted after it (when one was due).
+type AckOutcome = (
+    Vec<i64>,
+    Result<usize, StoreError>,
+    Option<(u64, Option<i64>)>,
+);
+
 /// One connection attempt and, if it succeeds, the session on it.
+///
+/// Store work never holds up the session: the next rows are read, and acknowledged rows
+/// deleted, by jobs on the blocking pool (at most one of each at a time) while publishing and
+/// PUBACKs go on. Memory stays bounded whatever the backlog: at most `2 * FETCH_ROWS` fetched
+/// rows, `max_inflight` unacknowledged ones, and the acknowledged ids of about one ack batch.
 struct Connection<'a> {
     cfg: &'a MqttSettings,
     topics: &'a Topics,
@@ -193,10 +215,22 @@ struct Connection<'a> {
     awaiting_ack: HashMap<u16, Option<i64>>,
     /// Rows handed to the client and not yet acknowledged.
     in_flight: usize,
-    /// Rows fetched from the store and not yet published.
+    /// Rows fetched from the store and not yet published, oldest first.
     fetched: VecDeque<OutboxRow>,
-    /// The highest row id fetched on this connection.
-    cursor: i64,
+    /// The highest row id fetched on this connection: the next read starts after it.
+    fetched_to: i64,
+    /// The last read came back short: the outbox holds nothing newer until the writer wakes
+    /// us (or the next tick).
+    drained: bool,
+    /// The writer woke us while a read was running: that read may have missed the new rows,
+    /// so the outbox is read again after it whatever it found.
+    woken: bool,
+    /// The running outbox read, if any.
+    fetching: Option<JoinHandle<Result<Vec<OutboxRow>, StoreError>>>,
+    /// The running acknowledgement job, if any.
+    flushing: Option<JoinHandle<AckOutcome>>,
+    /// When the backlog was last counted.
+    backlog_counted: Option<tokio::time::Instant>,
     /// Acknowledged rows not yet deleted from the store (kept across connections).
     acked: &'a mut AckLedger,
     /// Where command payloads go (subscribed only when set).
@@ -225,7 +259,12 @@ impl<'a> Connection<'a> {
             awaiting_ack: HashMap::new(),
             in_flight: 0,
             fetched: VecDeque::new(),
-            cursor: 0,
+            fetched_to: 0,
+            drained: false,
+            woken: false,
+            fetching: None,
+            flushing: None,
+            backlog_counted: None,
             acked,
             commands: None,
             health: None,
@@ -261,15 +300,32 @@ impl<'a> Connection<'a> {
                     };
                     match event {
                         Ok(event) => {
-                            if let Err(reason) = self.on_event(&client, event).await {
+                            if let Err(reason) = self.on_event(&client, event) {
                                 break ConnectionEnd::Failed(reason);
                             }
                         }
                         Err(e) => break ConnectionEnd::Failed(tls::explain(self.cfg, &e)),
                     }
                 }
+                rows = finished(&mut self.fetching) => {
+                    self.fetching = None;
+                    match rows {
+                        Ok(rows) => self.on_fetched(rows),
+                        Err(e) => {
+                            warn!("reading the outbox failed: {e}");
+                            self.drained = true;
+                        }
+                    }
+                    self.fill(&client);
+                }
+                outcome = finished(&mut self.flushing) => {
+                    self.flushing = None;
+                    self.on_flushed(outcome);
+                }
                 _ = self.wake.notified(), if self.connected_once => {
-                    self.fill(&client).await;
+                    self.drained = false;
+                    self.woken = self.fetching.is_some();
+                    self.fill(&client);
                 }
                 Some(()) = health_changed(&mut self.health), if self.connected_once => {
                     if let Err(reason) = self.publish_health(&client) {
@@ -279,10 +335,11 @@ impl<'a> Connection<'a> {
                 _ = tick.tick() => {
                     if last_flush.elapsed() >= ACK_EVERY {
                         last_flush = tokio::time::Instant::now();
-                        self.flush_acks().await;
+                        self.start_flush();
                     }
                     if self.connected_once {
-                        self.fill(&client).await;
+                        self.drained = false;
+                        self.fill(&client);
                     }
                 }
                 _ = shutdown.wait() => {
@@ -293,12 +350,14 @@ impl<'a> Connection<'a> {
                 }
             }
         };
-        self.flush_acks().await;
         poller.abort();
+        // A read still running is of no use any more; the acknowledgements all go to the store.
+        self.fetching = None;
+        self.flush_acks().await;
         end
     }
 
-    async fn on_event(&mut self, client: &AsyncClient, event: Event) -> Result<(), String> {
+    fn on_event(&mut self, client: &AsyncClient, event: Event) -> Result<(), String> {
         match event {
             Event::Incoming(Packet::ConnAck(ack)) => {
                 if ack.code != rumqttc::ConnectReturnCode::Success {
@@ -327,7 +386,7 @@ impl<'a> Connection<'a> {
                     .map_err(|e| format!("cannot publish status: {e}"))?;
                 self.requested.push_back(None);
                 self.publish_health(client)?;
-                self.fill(client).await;
+                self.fill(client);
             }
             Event::Incoming(Packet::Publish(p)) if p.topic == self.topics.command() => {
                 if let Some(commands) = self.commands
@@ -346,7 +405,8 @@ impl<'a> Connection<'a> {
                 if pkid == 0 {
                     // QoS 0: written is all there will ever be.
                     if let Some(id) = row {
-                        self.on_acked(id).await;
+                        self.on_acked(id);
+                        self.fill(client);
                     }
                 } else {
                     self.awaiting_ack.insert(pkid, row);
@@ -354,8 +414,8 @@ impl<'a> Connection<'a> {
             }
             Event::Incoming(Packet::PubAck(ack)) => {
                 if let Some(Some(id)) = self.awaiting_ack.remove(&ack.pkid) {
-                    self.on_acked(id).await;
-                    self.fill(client).await;
+                    self.on_acked(id);
+                    self.fill(client);
                 }
             }
             _ => {}
@@ -379,92 +439,177 @@ impl<'a> Connection<'a> {
         Ok(())
     }
 
-    async fn on_acked(&mut self, id: i64) {
+    fn on_acked(&mut self, id: i64) {
         self.in_flight = self.in_flight.saturating_sub(1);
         self.acked.ids.push(id);
-        if self.acked.ids.len() >= ACK_BATCH {
-            self.flush_acks().await;
+        if self.acked.ids.len() >= ACK_BATCH && self.acked.failing_since_ms.is_none() {
+            self.start_flush();
         }
     }
 
-    /// Publishes rows until `max_inflight` are unacknowledged or the outbox is drained.
-    async fn fill(&mut self, client: &AsyncClient) {
+    /// Publishes fetched rows until `max_inflight` are unacknowledged or none are left, and
+    /// starts the next outbox read when fewer than half a read's worth are left.
+    fn fill(&mut self, client: &AsyncClient) {
         let max_inflight = usize::from(self.cfg.max_inflight.max(1));
         while self.in_flight < max_inflight {
-            if self.fetched.is_empty() {
-                let after = self.cursor;
-                match with_store(self.store, move |s| s.pending(after, FETCH_ROWS)).await {
-                    Ok(rows) if rows.is_empty() => return,
-                    Ok(rows) => {
-                        // Rows delivered but not yet deleted are not sent again.
-                        let last = rows.last().map_or(after, |r| r.id);
-                        let delivered: std::collections::HashSet<i64> =
-                            self.acked.ids.iter().copied().collect();
-                        self.fetched
-                            .extend(rows.into_iter().filter(|r| !delivered.contains(&r.id)));
-                        if self.fetched.is_empty() {
-                            self.cursor = last;
-                            continue;
-                        }
-                    }
-                    Err(e) => {
-                        warn!("cannot read the outbox: {e}");
-                        return;
-                    }
-                }
-            }
             let Some(row) = self.fetched.pop_front() else {
-                return;
+                break;
             };
             let qos = match row.qos {
                 0 => QoS::AtMostOnce,
                 _ => QoS::AtLeastOnce,
             };
-            if let Err(e) = client.try_publish(row.topic, qos, row.retain, row.payload) {
-                // Cannot happen while in_flight bounds the channel; retry on the next tick.
+            let id = row.id;
+            if let Err(e) =
+                client.try_publish(row.topic.clone(), qos, row.retain, row.payload.clone())
+            {
+                // Cannot happen while in_flight bounds the channel; retried on the next call.
                 debug!("publish request refused: {e}");
-                self.cursor = row.id - 1;
-                self.fetched.clear();
-                return;
+                self.fetched.push_front(row);
+                break;
             }
-            self.cursor = row.id;
-            self.requested.push_back(Some(row.id));
+            self.requested.push_back(Some(id));
             self.in_flight += 1;
             self.state.send_modify(|s| s.published += 1);
         }
+        self.start_fetch();
     }
 
-    /// Deletes acknowledged rows from the outbox and refreshes the summary.
-    async fn flush_acks(&mut self) {
-        if !self.acked.ids.is_empty() {
-            let ids = std::mem::take(&mut self.acked.ids);
-            let count = ids.len() as u64;
-            let tried = ids.clone();
-            match with_store(self.store, move |s| s.ack(&ids)).await {
-                Ok(_) => {
-                    self.state.send_modify(|s| s.acked += count);
-                    if let Some(since) = self.acked.failing_since_ms.take() {
-                        info!(
-                            "recorded the acknowledgements held since {} s ago; their messages \
-                             are not sent again",
-                            (now_ms() - since) / 1000
-                        );
-                    }
+    /// Starts reading the rows after `fetched_to`, unless a read is running, enough rows are
+    /// waiting, or the outbox had nothing newer at the last read.
+    fn start_fetch(&mut self) {
+        if self.fetching.is_some() || self.drained || self.fetched.len() >= FETCH_ROWS / 2 {
+            return;
+        }
+        let store = Arc::clone(self.store);
+        let after = self.fetched_to;
+        self.fetching = Some(tokio::spawn(async move {
+            with_store(&store, move |s| s.pending(after, FETCH_ROWS)).await
+        }));
+    }
+
+    /// Takes in the rows a read found; rows delivered but not yet deleted are not sent again.
+    fn on_fetched(&mut self, rows: Result<Vec<OutboxRow>, StoreError>) {
+        match rows {
+            Ok(rows) => {
+                self.drained = rows.len() < FETCH_ROWS && !self.woken;
+                self.woken = false;
+                let Some(last) = rows.last().map(|r| r.id) else {
+                    return;
+                };
+                // A read started before a reconnect's reset may end after it: never go back.
+                if last <= self.fetched_to {
+                    return;
                 }
-                // Kept and retried: a delivered message must not be re-sent as backlog.
-                Err(e) => {
-                    self.acked.ids = tried;
-                    if self.acked.failing_since_ms.is_none() {
-                        self.acked.failing_since_ms = Some(now_ms());
-                        warn!(
-                            "cannot delete acknowledged rows from the outbox ({e}); keeping the \
-                             acknowledgements in memory and retrying"
-                        );
-                    }
+                let delivered: HashSet<i64> = self.acked.ids.iter().copied().collect();
+                let after = self.fetched_to;
+                self.fetched.extend(
+                    rows.into_iter()
+                        .filter(|r| r.id > after && !delivered.contains(&r.id)),
+                );
+                self.fetched_to = last;
+            }
+            Err(e) => {
+                warn!("cannot read the outbox: {e}");
+                self.drained = true;
+            }
+        }
+    }
+
+    /// Starts deleting the acknowledged rows (and counting the backlog, once a
+    /// `BACKLOG_EVERY`) unless a deletion is running already.
+    fn start_flush(&mut self) {
+        if self.flushing.is_some() {
+            return;
+        }
+        let count_backlog = self
+            .backlog_counted
+            .is_none_or(|at| at.elapsed() >= BACKLOG_EVERY);
+        if self.acked.ids.is_empty() && !count_backlog {
+            return;
+        }
+        if count_backlog {
+            self.backlog_counted = Some(tokio::time::Instant::now());
+        }
+        let ids = std::mem::take(&mut self.acked.ids);
+        let store = Arc::clone(self.store);
+        self.flushing = Some(tokio::spawn(async move {
+            with_store(&store, move |s| {
+                let deleted = s.ack(&ids);
+                let backlog = if count_backlog {
+                    s.backlog().ok()
+                } else {
+                    None
+                };
+                (ids, deleted, backlog)
+            })
+            .await
+        }));
+    }
+
+    /// Records how an acknowledgement job went; starts the next one if a batch is waiting.
+    fn on_flushed(&mut self, outcome: Result<AckOutcome, String>) {
+        let (ids, deleted, backlog) = match outcome {
+            Ok(outcome) => outcome,
+            // The job panicked: its rows stay in the outbox and are sent again (at least once).
+            Err(e) => {
+                warn!("deleting acknowledged rows failed: {e}");
+                return;
+            }
+        };
+        match deleted {
+            Ok(_) => {
+                let count = ids.len() as u64;
+                self.state.send_modify(|s| s.acked += count);
+                if let Some(since) = self.acked.failing_since_ms.take() {
+                    info!(
+                        "recorded the acknowledgements held since {} s ago; their messages \
+                         are not sent again",
+                        (now_ms() - since) / 1000
+                    );
+                }
+            }
+            // Kept and retried: a delivered message must not be re-sent as backlog.
+            Err(e) => {
+                let mut ids = ids;
+                ids.append(&mut self.acked.ids);
+                self.acked.ids = ids;
+                if self.acked.failing_since_ms.is_none() {
+                    self.acked.failing_since_ms = Some(now_ms());
+                    warn!(
+                        "cannot delete acknowledged rows from the outbox ({e}); keeping the \
+                         acknowledgements in memory and retrying"
+                    );
                 }
             }
         }
-        refresh_backlog(self.store, self.state).await;
+        if let Some((count, oldest)) = backlog {
+            self.state.send_modify(|s| {
+                s.backlog = count;
+                s.oldest_backlog_ms = oldest;
+            });
+        }
+        if self.acked.ids.len() >= ACK_BATCH && self.acked.failing_since_ms.is_none() {
+            self.start_flush();
+        }
+    }
+
+    /// Waits for the running acknowledgement job, then deletes the rest and counts the backlog.
+    async fn flush_acks(&mut self) {
+        let mut last_started = false;
+        loop {
+            if let Some(job) = self.flushing.take() {
+                let outcome = job.await.map_err(|e| e.to_string());
+                self.on_flushed(outcome);
+                continue;
+            }
+            if last_started {
+                return;
+            }
+            self.backlog_counted = None;
+            self.start_flush();
+            last_started = true;
+        }
     }
 
     /// Retained offline status, then DISCONNECT; waits a little for both to go out.
@@ -539,6 +684,15 @@ fn mqtt_options(cfg: &MqttSettings, topics: &Topics) -> Result<MqttOptions, Stri
         options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
     }
     Ok(options)
+}
+
+/// The result of a running store job; never without one. A job that panicked gives its panic
+/// as text.
+async fn finished<T>(job: &mut Option<JoinHandle<T>>) -> Result<T, String> {
+    match job {
+        Some(handle) => handle.await.map_err(|e| e.to_string()),
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves when a new health payload is there; never without a health channel (or once its

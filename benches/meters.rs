@@ -665,6 +665,9 @@ fn heap(minutes: i64) {
     let h0 = live();
     let config = load_str(&text, &path).expect("the bench's configuration");
     let h_config = live() - h0;
+    let plans = config.bus_settings();
+    let h_plans = weigh(&plans);
+    drop(plans);
     let mut store = Store::open(&config.db_path(), &config.store).unwrap();
     let t0 = amr_gateway::clock::parse_rfc3339("2026-11-22T16:00:00Z").unwrap();
     let h1 = live();
@@ -702,9 +705,10 @@ fn heap(minutes: i64) {
         "heap (in-process, counting allocator), {METERS} meters, after {minutes} min of readings:"
     );
     println!(
-        "  configuration {:.1} MB; Writer at start {:.1} MB; engines now: loss {:.1} MB, alarms \
+        "  configuration {:.1} MB; buses and meter plans {:.1} MB; Writer at start {:.1} MB; engines now: loss {:.1} MB, alarms \
          {:.1} MB, voltage {:.1} MB, freeze {:.1} MB, curve {:.1} MB",
         mb(h_config),
+        mb(h_plans),
         mb(h_start),
         mb(weigh(a.loss())),
         mb(weigh(a.alarms())),

@@ -22,19 +22,21 @@
 //!   report ([`RecordKind::Collection`] and its message) and each area's daily loss over the
 //!   day before from the freezes ([`RecordKind::LossDay`] and its message);
 //! - [`MetaKey::LossRolling`] when the rolling figure moved;
-//! - snapshots at least every [`SNAPSHOT_EVERY_MS`], and whenever their engine emitted
-//!   something (so a record is never emitted twice across a restart) — never for readings
-//!   taken alone: with a thousand meters the engines' state is megabytes, and writing it at
-//!   every fold cost ~1 MB of disk writes per reading (docs/benchmarks.md (h)). Each
-//!   meter's part of a snapshot ([`meter_parts`]) has a key of its own
-//!   ([`MetaKey::EngineMeter`]) and is written only when it changed. After a
-//!   crash the engines continue from their last snapshot, at most [`SNAPSHOT_EVERY_MS`] old:
-//!   the readings taken since are in the history but not in the engines, which bridge them as
-//!   a short silence (a curve point is interpolated between the reads either side of it, a
-//!   loss interval and a freeze take the next read) — no record is lost or sent twice, since
-//!   a batch carrying an engine's output always carries its snapshot;
-//! - the heartbeat [`MetaKey::LastAlive`] in every batch, from which the next start tells a
-//!   power off.
+//! - an engine's snapshot whenever it emitted something (so a record is never emitted twice
+//!   across a restart: a batch carrying an engine's output always carries its snapshot), at
+//!   least every [`PARTS_EVERY_MS`] (15 minutes) otherwise, and at a clean stop — never for
+//!   readings taken alone: with a thousand meters the engines' state is megabytes, and even
+//!   each meter's changed part written every 10 s cost most of the bytes a reading wrote
+//!   (docs/benchmarks.md (h)). Each meter's part of a snapshot ([`meter_parts`]) has a key of
+//!   its own ([`MetaKey::EngineMeter`]) and is written only when it changed. After a crash
+//!   the engines continue from their last snapshot, at most [`PARTS_EVERY_MS`] old (in
+//!   practice one loss interval or curve block for those engines, which emit at each): the
+//!   readings taken since are in the history but not in the engines, which bridge them as a
+//!   silence of the meters — a curve point is interpolated between the reads either side of
+//!   it, a loss interval and a freeze take the next read (the registers are cumulative, so
+//!   no energy is lost), a voltage day counts up to 15 fewer monitored minutes per phase;
+//! - the heartbeat [`MetaKey::LastAlive`] in every batch and at least every
+//!   [`SNAPSHOT_EVERY_MS`], from which the next start tells a power off.
 //!
 //! Every message is rendered by the uplink's contract ([`crate::uplink::contract`]). Like the
 //! engines, it never reads the clock: every call takes the time.
@@ -62,9 +64,17 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use tracing::warn;
 
-/// How often, at the latest, the snapshots and the heartbeat are written (ms). Keep it well
-/// below `[alarms.power_off] min_down_s`.
+/// How often, at the latest, the heartbeat ([`MetaKey::LastAlive`]) is written (ms). Keep it
+/// well below `[alarms.power_off] min_down_s`.
 pub const SNAPSHOT_EVERY_MS: i64 = 10_000;
+
+/// How often, at the latest, an engine's snapshot is written when it emitted nothing (ms): the
+/// most state a crash can cost an engine. Writing each meter's changed part at every reading
+/// (every 10 s, as before) cost about 4.3 KB of rows and most of the pages a reading wrote
+/// (docs/benchmarks.md (h)); an engine that emits (a loss interval, a curve block, a freeze, a
+/// day, an alarm) writes its snapshot in that batch anyway, so with the default 15-minute loss
+/// intervals and curve blocks this interval bounds only the voltage and freeze engines.
+pub const PARTS_EVERY_MS: i64 = 900_000;
 
 /// A loss verdict as last decided by the loss engine, re-observed on every tick so the
 /// `[alarms.line_loss]` hold times apply (the engine reports a verdict only when it changes).
@@ -103,7 +113,10 @@ pub struct Analytics {
     rolling: BTreeMap<String, RollingLoss>,
     /// Alarm events decided since the last tick, published at the tick.
     changes: Vec<AlarmChange>,
-    last_snapshot_ms: Option<i64>,
+    /// When the heartbeat was last written.
+    last_alive_ms: Option<i64>,
+    /// When each engine's snapshot was last written (see [`PARTS_EVERY_MS`]).
+    snapshot_ms: BTreeMap<MetaKey, i64>,
     loss_changed: bool,
     voltage_changed: bool,
     freeze_changed: bool,
@@ -129,7 +142,8 @@ impl Analytics {
             verdicts: Vec::new(),
             rolling: BTreeMap::new(),
             changes: Vec::new(),
-            last_snapshot_ms: None,
+            last_alive_ms: None,
+            snapshot_ms: BTreeMap::new(),
             loss_changed: false,
             voltage_changed: false,
             freeze_changed: false,
@@ -187,6 +201,7 @@ impl Analytics {
         }
         if !changes.is_empty() {
             self.push_active_alarms(now_ms, batch);
+            self.push_snapshot(MetaKey::AlarmEngine, now_ms, batch);
         }
     }
 
@@ -205,6 +220,7 @@ impl Analytics {
         if let Some(c) = change {
             push_alarm_event(&self.topics, &c, batch);
             self.push_active_alarms(now_ms, batch);
+            self.push_snapshot(MetaKey::AlarmEngine, now_ms, batch);
         }
     }
 
@@ -232,6 +248,7 @@ impl Analytics {
         if let Some(c) = change {
             push_alarm_event(&self.topics, &c, batch);
             self.push_active_alarms(now_ms, batch);
+            self.push_snapshot(MetaKey::AlarmEngine, now_ms, batch);
         }
     }
 
@@ -249,6 +266,7 @@ impl Analytics {
         if let Some(c) = change {
             push_alarm_event(&self.topics, &c, batch);
             self.push_active_alarms(now_ms, batch);
+            self.push_snapshot(MetaKey::AlarmEngine, now_ms, batch);
         }
     }
 
@@ -316,30 +334,28 @@ impl Analytics {
             self.push_active_alarms(now_ms, batch);
         }
 
-        let due = self
-            .last_snapshot_ms
+        let alarms_changed = !changes.is_empty();
+        for (key, changed) in [
+            (MetaKey::LossEngine, self.loss_changed),
+            (MetaKey::AlarmEngine, alarms_changed),
+            (MetaKey::VoltageEngine, self.voltage_changed),
+            (MetaKey::FreezeEngine, self.freeze_changed),
+            (MetaKey::CurveEngine, self.curve_changed),
+        ] {
+            let due = self
+                .snapshot_ms
+                .get(&key)
+                .is_none_or(|t| now_ms - t >= PARTS_EVERY_MS);
+            if changed || due {
+                self.push_snapshot(key, now_ms, batch);
+            }
+        }
+        let alive_due = self
+            .last_alive_ms
             .is_none_or(|t| now_ms - t >= SNAPSHOT_EVERY_MS);
-        if due {
-            self.snapshot_all(now_ms, batch);
-        } else {
-            if self.loss_changed {
-                self.push_snapshot(MetaKey::LossEngine, batch);
-            }
-            if !changes.is_empty() {
-                self.push_snapshot(MetaKey::AlarmEngine, batch);
-            }
-            if self.voltage_changed {
-                self.push_snapshot(MetaKey::VoltageEngine, batch);
-            }
-            if self.freeze_changed {
-                self.push_snapshot(MetaKey::FreezeEngine, batch);
-            }
-            if self.curve_changed {
-                self.push_snapshot(MetaKey::CurveEngine, batch);
-            }
-            if !batch.is_empty() {
-                batch.meta.push((MetaKey::LastAlive, now_ms.to_string()));
-            }
+        if alive_due || !batch.is_empty() {
+            batch.meta.push((MetaKey::LastAlive, now_ms.to_string()));
+            self.last_alive_ms = Some(now_ms);
         }
         self.loss_changed = false;
         self.voltage_changed = false;
@@ -349,13 +365,13 @@ impl Analytics {
 
     /// Adds every snapshot and the heartbeat to `batch` (also at shutdown).
     pub fn snapshot_all(&mut self, now_ms: i64, batch: &mut Batch) {
-        self.push_snapshot(MetaKey::LossEngine, batch);
-        self.push_snapshot(MetaKey::AlarmEngine, batch);
-        self.push_snapshot(MetaKey::VoltageEngine, batch);
-        self.push_snapshot(MetaKey::FreezeEngine, batch);
-        self.push_snapshot(MetaKey::CurveEngine, batch);
+        self.push_snapshot(MetaKey::LossEngine, now_ms, batch);
+        self.push_snapshot(MetaKey::AlarmEngine, now_ms, batch);
+        self.push_snapshot(MetaKey::VoltageEngine, now_ms, batch);
+        self.push_snapshot(MetaKey::FreezeEngine, now_ms, batch);
+        self.push_snapshot(MetaKey::CurveEngine, now_ms, batch);
         batch.meta.push((MetaKey::LastAlive, now_ms.to_string()));
-        self.last_snapshot_ms = Some(now_ms);
+        self.last_alive_ms = Some(now_ms);
     }
 
     /// The rolling loss of every area that has one, in configuration order.
@@ -533,7 +549,8 @@ impl Analytics {
     /// Adds the snapshot of the engine of `key` to `batch`: under `key` without its per-meter
     /// parts (see [`meter_parts`]), and under [`MetaKey::EngineMeter`] each meter's part that
     /// changed since it was last written.
-    fn push_snapshot(&mut self, key: MetaKey, batch: &mut Batch) {
+    fn push_snapshot(&mut self, key: MetaKey, now_ms: i64, batch: &mut Batch) {
+        self.snapshot_ms.insert(key.clone(), now_ms);
         let json = match key {
             MetaKey::LossEngine => self.loss_state_json(),
             MetaKey::AlarmEngine => json_of(&self.alarms.snapshot()),

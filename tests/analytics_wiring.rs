@@ -481,6 +481,12 @@ fn snapshots_keep_each_meters_part_apart_and_write_only_what_changed() {
         );
     }
 
+    // Between snapshots (every PARTS_EVERY_MS, or when an engine emits) readings write no
+    // part; a stop writes every part.
+    let stop = T0 + 2_000 + 8 * STEP_MS;
+    let batch = writer.finish(stop);
+    store.commit_at(&batch, stop).unwrap();
+
     // Each meter's part under its own key; the engine's own key holds the rest.
     let parts = store.engine_meters(&MetaKey::CurveEngine).unwrap();
     let meters: Vec<&str> = parts.iter().map(|(m, _)| m.as_str()).collect();
@@ -494,12 +500,14 @@ fn snapshots_keep_each_meters_part_apart_and_write_only_what_changed() {
         3
     );
 
-    // Every part written (as at a stop), then the next due snapshot writes the part of the
-    // one meter that read since, not the others'.
-    let stop = T0 + 2_000 + 8 * STEP_MS;
-    let batch = writer.finish(stop);
-    store.commit_at(&batch, stop).unwrap();
-    let now = stop + 10_000;
+    // The next due snapshot writes the part of the one meter that read since, not the
+    // others'.
+    // (A tick just before lets the engines emit what closed in the meantime: an engine that
+    // emits writes its snapshot, and the loss intervals of every meter closed.)
+    let now = stop + amr_gateway::pipeline::PARTS_EVERY_MS;
+    let before_due = writer.fold([], now - 1_000);
+    store.commit_at(&before_due.batch, now - 1_000).unwrap();
+    let loss_then = engines_json(&writer)[1].clone();
     let fold = writer.fold([reading("c1", now - 1_000, 500.09)], now);
     let written: Vec<String> = fold
         .batch
@@ -514,9 +522,17 @@ fn snapshots_keep_each_meters_part_apart_and_write_only_what_changed() {
     assert!(written.iter().all(|m| m == "c1"), "{written:?}");
     store.commit_at(&fold.batch, now).unwrap();
 
-    // A restart (no clean stop) continues from the parts joined again, exactly.
+    // A restart (no clean stop) continues from the parts joined again, exactly: the engines
+    // written at `now` as they were then, the loss engine (which neither emitted nor was due
+    // at `now`) as at its last snapshot, a second before — c1's last reading is a silence to it.
     let before = engines_json(&writer);
     drop(writer);
     let (writer, _) = start(&mut store, now + 1_000);
-    assert_eq!(engines_json(&writer), before);
+    let after = engines_json(&writer);
+    assert_eq!(after[1], loss_then);
+    assert_ne!(before[1], loss_then);
+    assert_eq!(
+        [&after[0], &after[2], &after[3]],
+        [&before[0], &before[2], &before[3]]
+    );
 }

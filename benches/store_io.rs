@@ -233,6 +233,11 @@ fn main() {
     let (w0, c0, s0) = start.unwrap();
     let (bytes, cpu, readings) = (write_bytes() - w0, cpu_us() - c0, stored - s0);
     let db = std::fs::metadata(config.db_path()).map_or(0, |m| m.len());
+    // KEEP_DB=path: a copy of the store, to see what it holds (sqlite3).
+    if let Ok(keep) = std::env::var("KEEP_DB") {
+        drop(store);
+        std::fs::copy(config.db_path(), &keep).expect("KEEP_DB");
+    }
     println!(
         "store_io: {meters} meters, 1 reading/min each, commit_window_ms {window}, acks every \
          {ack_ms} ms; {measure} min measured after {warmup} min"

@@ -24,17 +24,17 @@
 //! - [`MetaKey::LossRolling`] when the rolling figure moved;
 //! - an engine's snapshot whenever it emitted something (so a record is never emitted twice
 //!   across a restart: a batch carrying an engine's output always carries its snapshot), at
-//!   least every [`PARTS_EVERY_MS`] (15 minutes) otherwise, and at a clean stop — never for
+//!   least every [`PARTS_EVERY_MS`] (an hour) otherwise, and at a clean stop — never for
 //!   readings taken alone: with a thousand meters the engines' state is megabytes, and even
 //!   each meter's changed part written every 10 s cost most of the bytes a reading wrote
 //!   (docs/benchmarks.md (h)). Each meter's part of a snapshot ([`meter_parts`]) has a key of
 //!   its own ([`MetaKey::EngineMeter`]) and is written only when it changed. After a crash
-//!   the engines continue from their last snapshot, at most [`PARTS_EVERY_MS`] old (in
-//!   practice one loss interval or curve block for those engines, which emit at each): the
+//!   the engines continue from their last snapshot, at most [`PARTS_EVERY_MS`] old (the loss
+//!   engine at most one interval, since it saves at each): the
 //!   readings taken since are in the history but not in the engines, which bridge them as a
 //!   silence of the meters — a curve point is interpolated between the reads either side of
 //!   it, a loss interval and a freeze take the next read (the registers are cumulative, so
-//!   no energy is lost), a voltage day counts up to 15 fewer monitored minutes per phase;
+//!   no energy is lost), a voltage day counts up to 60 fewer monitored minutes per phase;
 //! - the heartbeat [`MetaKey::LastAlive`] in every batch and at least every
 //!   [`SNAPSHOT_EVERY_MS`], from which the next start tells a power off.
 //!
@@ -70,11 +70,12 @@ pub const SNAPSHOT_EVERY_MS: i64 = 10_000;
 
 /// How often, at the latest, an engine's snapshot is written when it emitted nothing (ms): the
 /// most state a crash can cost an engine. Writing each meter's changed part at every reading
-/// (every 10 s, as before) cost about 4.3 KB of rows and most of the pages a reading wrote
-/// (docs/benchmarks.md (h)); an engine that emits (a loss interval, a curve block, a freeze, a
-/// day, an alarm) writes its snapshot in that batch anyway, so with the default 15-minute loss
-/// intervals and curve blocks this interval bounds only the voltage and freeze engines.
-pub const PARTS_EVERY_MS: i64 = 900_000;
+/// (every 10 s, as before) cost most of the bytes a reading wrote; an engine that emits (a
+/// loss interval, a curve block, a freeze, a day, an alarm) writes its snapshot in that batch
+/// anyway, so with the defaults this bounds the voltage, freeze and alarm engines, and the
+/// curve's (blocks of 60 min). One hour rather than 15 minutes: 1.7 KB rather than 2.3 KB
+/// written per reading at 1000 meters (docs/benchmarks.md (h)).
+pub const PARTS_EVERY_MS: i64 = 3_600_000;
 
 /// A loss verdict as last decided by the loss engine, re-observed on every tick so the
 /// `[alarms.line_loss]` hold times apply (the engine reports a verdict only when it changes).

@@ -53,7 +53,7 @@ pub struct StoreSettings {
 }
 
 /// The default `[store] commit_window_ms`.
-pub const COMMIT_WINDOW_MS: u64 = 1000;
+pub const COMMIT_WINDOW_MS: u64 = 5000;
 
 /// A message to publish, before the store gives it its place in the outbox.
 #[derive(Debug, Clone, PartialEq)]
@@ -242,6 +242,13 @@ impl std::fmt::Debug for Store {
 
 /// How long a statement waits for a lock held by another connection (e.g. `amr-gateway status`
 /// reading the same file) before failing.
+/// The page size of a new store's file. Every commit writes each page it touches whole into
+/// the WAL (and again into the file at the checkpoint), however little changed in it: with a
+/// commit every few seconds the pages touched besides the new rows (index and table ends,
+/// `meta`, the outbox) cost more than the rows, and a smaller page makes each of them cheaper
+/// (docs/benchmarks.md (h)). A file made before keeps its page size.
+const PAGE_SIZE: i64 = 1024;
+
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Store {
@@ -261,6 +268,14 @@ impl Store {
         let sql = |source| StoreError::from_sqlite(&name, source);
         let mut conn = Connection::open(path).map_err(sql)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
+        // A brand-new file gets small pages (only before WAL mode is on: see PAGE_SIZE).
+        let fresh: i64 = conn
+            .pragma_query_value(None, "page_count", |r| r.get(0))
+            .map_err(sql)?;
+        if fresh == 0 {
+            conn.pragma_update(None, "page_size", PAGE_SIZE)
+                .map_err(sql)?;
+        }
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
             .map_err(sql)?;

@@ -18,7 +18,10 @@
 //!
 //! Run with `cargo bench --bench store_io` (environment: `METERS`, default 1000;
 //! `COMMIT_WINDOW_MS`, default the configuration's default; `ACK_MS`, default the publisher's
-//! flush cadence; `WARMUP_MIN` 10; `MEASURE_MIN` 10). Results go in docs/benchmarks.md (h).
+//! flush cadence; `WARMUP_MIN` 10; `MEASURE_MIN` 10; `KEEP_DB`, a path to copy the store to at
+//! the end). The engines save their state at each loss interval (15 min), curve block (60 min)
+//! and at least hourly, so a steady-state figure needs whole hours (`WARMUP_MIN=16
+//! MEASURE_MIN=60`). Results go in docs/benchmarks.md (h).
 
 use amr_gateway::bus::BusEvent;
 use amr_gateway::config::load_str;

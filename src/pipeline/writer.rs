@@ -220,7 +220,7 @@ mod tests {
             meter: "m1".into(),
             ts_ms: 1_764_000_000_123,
             values: [
-                ("energy_import_kwh".to_string(), 1234.567_890_123),
+                ("energy_import_kwh".to_string(), 1_234.567_890_123),
                 ("voltage_l1_v".to_string(), 229.7),
                 ("current_l1_a".to_string(), f64::NAN),
                 ("power_factor".to_string(), -0.000_000_4),

@@ -15,6 +15,7 @@ mod keys;
 mod lock;
 mod meter_state;
 mod reading_message;
+mod reading_values;
 mod recovery;
 mod reserve;
 mod schema;
@@ -1205,9 +1206,10 @@ fn layout_id(conn: &Connection, names: &str) -> rusqlite::Result<i64> {
     )
 }
 
-/// A reading's values as little-endian f64 in the order of its layout (NaN kept as NaN).
+/// A reading's values in the order of its layout, each in its shortest exact form
+/// ([`reading_values`]; NaN kept as NaN).
 fn values_blob(values: &BTreeMap<String, f64>) -> Vec<u8> {
-    values.values().flat_map(|v| v.to_le_bytes()).collect()
+    reading_values::encode(&values.values().copied().collect::<Vec<_>>())
 }
 
 /// A history row (meter, ts_ms, values_json, layout names, values_blob) as a reading: the
@@ -1221,15 +1223,11 @@ fn reading_from_columns(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Re
     let names: Option<String> = r.get(at + 3)?;
     let blob: Option<Vec<u8>> = r.get(at + 4)?;
     let values = match (names, blob) {
-        (Some(names), Some(blob)) => serde_json::from_str::<Vec<String>>(&names)
-            .unwrap_or_default()
-            .into_iter()
-            .zip(blob.chunks_exact(8))
-            .map(|(n, b)| {
-                let bytes: [u8; 8] = b.try_into().expect("chunks of 8");
-                (n, f64::from_le_bytes(bytes))
-            })
-            .collect(),
+        (Some(names), Some(blob)) => {
+            let names = serde_json::from_str::<Vec<String>>(&names).unwrap_or_default();
+            let values = reading_values::decode(&blob, names.len());
+            names.into_iter().zip(values).collect()
+        }
         _ => {
             let json: String = r.get(at + 2)?;
             match serde_json::from_str::<serde_json::Value>(&json) {

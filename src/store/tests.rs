@@ -320,9 +320,10 @@ fn prune_keeps_the_store_under_its_size_bound() {
     let now = 1_800_000_000_000;
     let values: BTreeMap<String, f64> = crate::model::QUANTITIES
         .iter()
-        .map(|q| (q.to_string(), 1234.567))
+        .map(|q| (q.to_string(), 1234.567_f64.sqrt()))
         .collect();
-    // ~3 MB of history (values as numbers: about 300 bytes a reading), then the outbox.
+    // ~3 MB of history (values with no shorter form than their f64: about 300 bytes a
+    // reading), then the outbox.
     for chunk in 0..100 {
         let readings = (0..100)
             .map(|i| Reading {

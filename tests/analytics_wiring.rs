@@ -536,3 +536,68 @@ fn snapshots_keep_each_meters_part_apart_and_write_only_what_changed() {
         [&before[0], &before[2], &before[3]]
     );
 }
+
+#[test]
+fn a_curve_block_goes_out_with_its_meters_part_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let (mut writer, _) = start(&mut store, T0);
+    // Every meter reads each minute up to 08:44 (the hour's block closes at its 08:45 point).
+    let read_all = |k: i64| {
+        let ts = T0 + 1_000 + k * 60_000;
+        vec![
+            reading("s", ts, 1000.0 + 0.2 * k as f64),
+            reading("c1", ts, 500.0 + 0.1 * k as f64),
+            reading("c2", ts, 300.0 + 0.1 * k as f64),
+        ]
+    };
+    for k in 0..45 {
+        step(
+            &mut writer,
+            &mut store,
+            read_all(k),
+            T0 + 2_000 + k * 60_000,
+        );
+    }
+    let curve_of = |batch: &amr_gateway::store::Batch| -> (Vec<String>, Vec<String>) {
+        let sent = batch
+            .records
+            .iter()
+            .filter(|r| r.kind == RecordKind::Curve)
+            .map(|r| r.subject.clone())
+            .collect();
+        let parts = batch
+            .meta
+            .iter()
+            .filter_map(|(k, _)| match k {
+                MetaKey::EngineMeter(engine, meter) if **engine == MetaKey::CurveEngine => {
+                    Some(meter.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        (sent, parts)
+    };
+    // c1 reads past the point: its block goes out, with its part — not the others' parts,
+    // which changed too (their points so far) but whose blocks did not go out.
+    let now = T0 + 46 * 60_000 + 2_000;
+    let fold = writer.fold([reading("c1", now - 1_000, 504.6)], now);
+    let (sent, parts) = curve_of(&fold.batch);
+    assert_eq!(sent, ["c1"]);
+    assert_eq!(parts, ["c1"]);
+    store.commit_at(&fold.batch, now).unwrap();
+
+    // A crash: c1's block is not sent again; the others' go out when they read past the point.
+    drop(writer);
+    let (mut writer, _) = start(&mut store, now + 1_000);
+    let later = now + 60_000;
+    let fold = writer.fold(
+        [
+            reading("c1", later - 1_000, 504.7),
+            reading("c2", later - 1_000, 304.7),
+        ],
+        later,
+    );
+    let (sent, _) = curve_of(&fold.batch);
+    assert!(!sent.contains(&"c1".to_string()), "{sent:?}");
+}

@@ -61,7 +61,7 @@ use crate::uplink::contract::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use tracing::warn;
 
 /// How often, at the latest, the heartbeat ([`MetaKey::LastAlive`]) is written (ms). Keep it
@@ -121,11 +121,14 @@ pub struct Analytics {
     loss_changed: bool,
     voltage_changed: bool,
     freeze_changed: bool,
-    /// The curve engine sent a block since its snapshot was written.
-    curve_changed: bool,
+    /// The meters whose curve block was sent since the curve snapshot was written: the parts
+    /// that must go with the block (the other meters' parts may wait, see [`Analytics::push_parts`]).
+    curve_sent: BTreeSet<String>,
     /// A hash of each per-meter snapshot part ([`MetaKey::EngineMeter`]) as last written, so
     /// a snapshot writes only the meters whose part changed.
     written: BTreeMap<MetaKey, u64>,
+    /// When each per-meter part was last written.
+    written_ms: BTreeMap<MetaKey, i64>,
 }
 
 impl Analytics {
@@ -148,8 +151,9 @@ impl Analytics {
             loss_changed: false,
             voltage_changed: false,
             freeze_changed: false,
-            curve_changed: false,
+            curve_sent: BTreeSet::new(),
             written: BTreeMap::new(),
+            written_ms: BTreeMap::new(),
         }
     }
 
@@ -323,7 +327,7 @@ impl Analytics {
         for b in self.curve.on_tick(now_ms) {
             let m = curve_message(&self.topics, &b);
             push_kept(batch, RecordKind::Curve, &b.meter, b.start_ms, m);
-            self.curve_changed = true;
+            self.curve_sent.insert(b.meter.clone());
         }
         self.write_rolling(batch);
 
@@ -341,13 +345,17 @@ impl Analytics {
             (MetaKey::AlarmEngine, alarms_changed),
             (MetaKey::VoltageEngine, self.voltage_changed),
             (MetaKey::FreezeEngine, self.freeze_changed),
-            (MetaKey::CurveEngine, self.curve_changed),
+            (MetaKey::CurveEngine, !self.curve_sent.is_empty()),
         ] {
             let due = self
                 .snapshot_ms
                 .get(&key)
                 .is_none_or(|t| now_ms - t >= PARTS_EVERY_MS);
-            if changed || due {
+            if changed && key == MetaKey::CurveEngine {
+                // Only the parts of the meters whose block went out must go with it.
+                let sent = std::mem::take(&mut self.curve_sent);
+                self.push_parts(key, now_ms, Some(&sent), batch);
+            } else if changed || due {
                 self.push_snapshot(key, now_ms, batch);
             }
         }
@@ -361,7 +369,7 @@ impl Analytics {
         self.loss_changed = false;
         self.voltage_changed = false;
         self.freeze_changed = false;
-        self.curve_changed = false;
+        self.curve_sent.clear();
     }
 
     /// Adds every snapshot and the heartbeat to `batch` (also at shutdown).
@@ -551,6 +559,25 @@ impl Analytics {
     /// parts (see [`meter_parts`]), and under [`MetaKey::EngineMeter`] each meter's part that
     /// changed since it was last written.
     fn push_snapshot(&mut self, key: MetaKey, now_ms: i64, batch: &mut Batch) {
+        self.push_parts(key, now_ms, None, batch);
+    }
+
+    /// [`Analytics::push_snapshot`], writing of the changed per-meter parts only those of the
+    /// meters in `only` (when given) and those last written twice [`PARTS_EVERY_MS`] ago or
+    /// more. The curve engine, when blocks went out, writes the parts of the meters they came
+    /// from in the same batch (so a restart does not send them again); another meter's part
+    /// may stay as it was (its readings since are a silence after a crash, as for any part).
+    /// With hourly blocks every meter's part is so written with its own block, about hourly,
+    /// instead of every part at every meter's block (1000 parts of three points each, most
+    /// of the curve's bytes); an engine that sent nothing for [`PARTS_EVERY_MS`] writes all.
+    /// Each meter's part must not depend on another's: the curve engine's do not.
+    fn push_parts(
+        &mut self,
+        key: MetaKey,
+        now_ms: i64,
+        only: Option<&BTreeSet<String>>,
+        batch: &mut Batch,
+    ) {
         self.snapshot_ms.insert(key.clone(), now_ms);
         let json = match key {
             MetaKey::LossEngine => self.loss_state_json(),
@@ -577,13 +604,24 @@ impl Analytics {
                 batch.meta.push((k, "null".into()));
             }
             for (meter, part) in parts {
+                let part_key = MetaKey::EngineMeter(Box::new(key.clone()), meter.clone());
+                let wanted = only.is_none_or(|only| {
+                    only.contains(&meter)
+                        || self
+                            .written_ms
+                            .get(&part_key)
+                            .is_none_or(|t| now_ms - t >= 2 * PARTS_EVERY_MS)
+                });
+                if !wanted {
+                    continue;
+                }
                 let text = part.to_string();
                 let mut h = std::hash::DefaultHasher::new();
                 std::hash::Hash::hash(&text, &mut h);
                 let h = std::hash::Hasher::finish(&h);
-                let part_key = MetaKey::EngineMeter(Box::new(key.clone()), meter);
                 if self.written.get(&part_key) != Some(&h) {
                     self.written.insert(part_key.clone(), h);
+                    self.written_ms.insert(part_key.clone(), now_ms);
                     batch.meta.push((part_key, text));
                 }
             }
@@ -595,6 +633,7 @@ impl Analytics {
     /// (the store was replaced).
     pub fn forget_written(&mut self) {
         self.written.clear();
+        self.written_ms.clear();
     }
 
     /// The per-meter snapshot parts the store holds (read at start): the next snapshot

@@ -54,7 +54,7 @@ pub struct StoreSettings {
 }
 
 /// The default `[store] commit_window_ms`.
-pub const COMMIT_WINDOW_MS: u64 = 5000;
+pub const COMMIT_WINDOW_MS: u64 = 10_000;
 
 /// A message to publish, before the store gives it its place in the outbox.
 #[derive(Debug, Clone, PartialEq)]

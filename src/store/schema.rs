@@ -201,7 +201,9 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         // sent or recalled (`Store::pending`, `recall`) — the `published` copy (about 700
         // bytes of JSON a reading) is gone. The index covers only the rows that have a seq
         // and grows at its end like the seqs, so a commit touches one of its pages. Readings
-        // and copies written before keep their `published` copy.
+        // and copies written before keep their `published` copy. (No step for the compact
+        // values of `values_blob`, `store::reading_values`: a blob shorter than 8 bytes a value
+        // is compact, one of exactly 8 bytes a value plain f64 as step 6 wrote it.)
         sql: "
         ALTER TABLE history ADD COLUMN seq INTEGER;
         ALTER TABLE history ADD COLUMN kind_seq INTEGER;

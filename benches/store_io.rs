@@ -18,10 +18,14 @@
 //!
 //! Run with `cargo bench --bench store_io` (environment: `METERS`, default 1000;
 //! `COMMIT_WINDOW_MS`, default the configuration's default; `ACK_MS`, default the publisher's
-//! flush cadence; `WARMUP_MIN` 10; `MEASURE_MIN` 10). Results go in docs/benchmarks.md (h).
+//! flush cadence; `WARMUP_MIN` 10; `MEASURE_MIN` 10; `KEEP_DB`, a path to copy the store to at
+//! the end). The engines save their state at each loss interval (15 min), curve block (60 min)
+//! and at least hourly, so a steady-state figure needs whole hours (`WARMUP_MIN=16
+//! MEASURE_MIN=60`). Results go in docs/benchmarks.md (h).
 
 use amr_gateway::bus::BusEvent;
 use amr_gateway::config::load_str;
+use amr_gateway::meter::{DataType, MeterModel, ModelLibrary};
 use amr_gateway::model::{QUANTITIES, Reading};
 use amr_gateway::pipeline::Writer;
 use amr_gateway::store::Store;
@@ -58,7 +62,18 @@ fn cpu_us() -> i64 {
     us(ru.ru_utime) + us(ru.ru_stime)
 }
 
-fn reading(meter: &str, i: usize, ts: i64, t0: i64) -> Reading {
+/// `v` as an SDM630-like meter delivers it: an f32 register times the model's scale (W → kW
+/// 0.001), as the Modbus driver decodes it; quantities the model has no register for are
+/// rounded through f32 too.
+fn as_read(model: &MeterModel, quantity: &str, v: f64) -> f64 {
+    let scale = model.register(quantity).map_or(1.0, |def| {
+        assert_eq!(def.data_type, DataType::F32, "{quantity}");
+        def.scale
+    });
+    ((v / scale) as f32) as f64 * scale
+}
+
+fn reading(model: &MeterModel, meter: &str, i: usize, ts: i64, t0: i64) -> Reading {
     let h = (ts - t0) as f64 / 3_600_000.0;
     let kw = if i == 0 {
         550.0
@@ -76,7 +91,7 @@ fn reading(meter: &str, i: usize, ts: i64, t0: i64) -> Reading {
                 "power_factor" => 0.97,
                 _ => kw / 3.0 + (ts % 5) as f64 * 0.01,
             };
-            (q.to_string(), v)
+            (q.to_string(), as_read(model, q, v))
         })
         .collect();
     Reading {
@@ -91,6 +106,8 @@ fn main() {
     let window = env("COMMIT_WINDOW_MS", default_window());
     let ack_ms = env("ACK_MS", 1000).max(1);
     let (warmup, measure) = (env("WARMUP_MIN", 10), env("MEASURE_MIN", 10));
+    let library = ModelLibrary::builtin();
+    let model = library.get("eastron-sdm630").expect("the SDM630 model");
     let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
     let mut text = String::from(
         "[gateway]\nid = \"gw\"\ndata_dir = \"data\"\ntimezone = \"Asia/Shanghai\"\n\n\
@@ -220,7 +237,7 @@ fn main() {
             start = Some((write_bytes(), cpu_us(), stored));
             measuring.set(true);
         }
-        events.push(BusEvent::Reading(reading(&ids[i], i, t, t0)));
+        events.push(BusEvent::Reading(reading(model, &ids[i], i, t, t0)));
         if window == 0 {
             let (n, ids) = commit(&mut store, &mut writer, &mut events, t);
             stored += n;
@@ -233,6 +250,11 @@ fn main() {
     let (w0, c0, s0) = start.unwrap();
     let (bytes, cpu, readings) = (write_bytes() - w0, cpu_us() - c0, stored - s0);
     let db = std::fs::metadata(config.db_path()).map_or(0, |m| m.len());
+    // KEEP_DB=path: a copy of the store, to see what it holds (sqlite3).
+    if let Ok(keep) = std::env::var("KEEP_DB") {
+        drop(store);
+        std::fs::copy(config.db_path(), &keep).expect("KEEP_DB");
+    }
     println!(
         "store_io: {meters} meters, 1 reading/min each, commit_window_ms {window}, acks every \
          {ack_ms} ms; {measure} min measured after {warmup} min"

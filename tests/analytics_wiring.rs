@@ -481,6 +481,12 @@ fn snapshots_keep_each_meters_part_apart_and_write_only_what_changed() {
         );
     }
 
+    // Between snapshots (every PARTS_EVERY_MS, or when an engine emits) readings write no
+    // part; a stop writes every part.
+    let stop = T0 + 2_000 + 8 * STEP_MS;
+    let batch = writer.finish(stop);
+    store.commit_at(&batch, stop).unwrap();
+
     // Each meter's part under its own key; the engine's own key holds the rest.
     let parts = store.engine_meters(&MetaKey::CurveEngine).unwrap();
     let meters: Vec<&str> = parts.iter().map(|(m, _)| m.as_str()).collect();
@@ -494,12 +500,14 @@ fn snapshots_keep_each_meters_part_apart_and_write_only_what_changed() {
         3
     );
 
-    // Every part written (as at a stop), then the next due snapshot writes the part of the
-    // one meter that read since, not the others'.
-    let stop = T0 + 2_000 + 8 * STEP_MS;
-    let batch = writer.finish(stop);
-    store.commit_at(&batch, stop).unwrap();
-    let now = stop + 10_000;
+    // The next due snapshot writes the part of the one meter that read since, not the
+    // others'.
+    // (A tick just before lets the engines emit what closed in the meantime: an engine that
+    // emits writes its snapshot, and the loss intervals of every meter closed.)
+    let now = stop + amr_gateway::pipeline::PARTS_EVERY_MS;
+    let before_due = writer.fold([], now - 1_000);
+    store.commit_at(&before_due.batch, now - 1_000).unwrap();
+    let loss_then = engines_json(&writer)[1].clone();
     let fold = writer.fold([reading("c1", now - 1_000, 500.09)], now);
     let written: Vec<String> = fold
         .batch
@@ -514,9 +522,82 @@ fn snapshots_keep_each_meters_part_apart_and_write_only_what_changed() {
     assert!(written.iter().all(|m| m == "c1"), "{written:?}");
     store.commit_at(&fold.batch, now).unwrap();
 
-    // A restart (no clean stop) continues from the parts joined again, exactly.
+    // A restart (no clean stop) continues from the parts joined again, exactly: the engines
+    // written at `now` as they were then, the loss engine (which neither emitted nor was due
+    // at `now`) as at its last snapshot, a second before — c1's last reading is a silence to it.
     let before = engines_json(&writer);
     drop(writer);
     let (writer, _) = start(&mut store, now + 1_000);
-    assert_eq!(engines_json(&writer), before);
+    let after = engines_json(&writer);
+    assert_eq!(after[1], loss_then);
+    assert_ne!(before[1], loss_then);
+    assert_eq!(
+        [&after[0], &after[2], &after[3]],
+        [&before[0], &before[2], &before[3]]
+    );
+}
+
+#[test]
+fn a_curve_block_goes_out_with_its_meters_part_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let (mut writer, _) = start(&mut store, T0);
+    // Every meter reads each minute up to 08:44 (the hour's block closes at its 08:45 point).
+    let read_all = |k: i64| {
+        let ts = T0 + 1_000 + k * 60_000;
+        vec![
+            reading("s", ts, 1000.0 + 0.2 * k as f64),
+            reading("c1", ts, 500.0 + 0.1 * k as f64),
+            reading("c2", ts, 300.0 + 0.1 * k as f64),
+        ]
+    };
+    for k in 0..45 {
+        step(
+            &mut writer,
+            &mut store,
+            read_all(k),
+            T0 + 2_000 + k * 60_000,
+        );
+    }
+    let curve_of = |batch: &amr_gateway::store::Batch| -> (Vec<String>, Vec<String>) {
+        let sent = batch
+            .records
+            .iter()
+            .filter(|r| r.kind == RecordKind::Curve)
+            .map(|r| r.subject.clone())
+            .collect();
+        let parts = batch
+            .meta
+            .iter()
+            .filter_map(|(k, _)| match k {
+                MetaKey::EngineMeter(engine, meter) if **engine == MetaKey::CurveEngine => {
+                    Some(meter.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        (sent, parts)
+    };
+    // c1 reads past the point: its block goes out, with its part — not the others' parts,
+    // which changed too (their points so far) but whose blocks did not go out.
+    let now = T0 + 46 * 60_000 + 2_000;
+    let fold = writer.fold([reading("c1", now - 1_000, 504.6)], now);
+    let (sent, parts) = curve_of(&fold.batch);
+    assert_eq!(sent, ["c1"]);
+    assert_eq!(parts, ["c1"]);
+    store.commit_at(&fold.batch, now).unwrap();
+
+    // A crash: c1's block is not sent again; the others' go out when they read past the point.
+    drop(writer);
+    let (mut writer, _) = start(&mut store, now + 1_000);
+    let later = now + 60_000;
+    let fold = writer.fold(
+        [
+            reading("c1", later - 1_000, 504.7),
+            reading("c2", later - 1_000, 304.7),
+        ],
+        later,
+    );
+    let (sent, _) = curve_of(&fold.batch);
+    assert!(!sent.contains(&"c1".to_string()), "{sent:?}");
 }

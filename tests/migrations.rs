@@ -6,13 +6,14 @@
 //! schema SQL of the commit that shipped each version and filled with rows shaped as that
 //! version wrote them (`tests/fixtures/stores/make.py`). A new schema version adds its fixture.
 
-use amr_gateway::store::{MetaKey, RecordKind, Store, StoreSettings};
+use amr_gateway::model::Reading;
+use amr_gateway::store::{Batch, Message, MetaKey, RecordKind, Store, StoreSettings};
 use std::path::{Path, PathBuf};
 
 /// 2026-01-01T00:00:00Z, the fixtures' first reading.
 const T0: i64 = 1_767_225_600_000;
 /// The schema version the running code writes.
-const NEWEST: i64 = 6;
+const NEWEST: i64 = 7;
 
 fn settings() -> StoreSettings {
     StoreSettings {
@@ -168,4 +169,66 @@ fn a_store_from_a_newer_version_is_refused_with_a_clear_message_and_kept() {
         "{names:?}"
     );
     assert_eq!(user_version(&path), NEWEST + 1);
+}
+
+/// Schema 7 stores a reading's message as its history row. A v6 store's unsent readings (with
+/// their `published` copies) are sent byte for byte as they were, and the readings stored
+/// after the upgrade are sent and recalled from their rows, numbered on from the old ones.
+#[test]
+fn a_v6_store_with_unsent_readings_still_sends_them_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = copy_of(6, dir.path());
+    let old: Vec<Vec<u8>> = {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT CAST(payload AS BLOB) FROM published ORDER BY seq")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(old.len(), 2);
+    let mut store = Store::open(&path, &settings()).unwrap();
+    let reading = Reading {
+        meter: "m1".into(),
+        ts_ms: T0 + 120_000,
+        values: [("energy_import_kwh".to_string(), 1234.7)].into(),
+    };
+    let mut payload = amr_gateway::store::reading_payload(&reading);
+    payload.insert("kind_seq".into(), "reading".into());
+    store
+        .commit(&Batch {
+            readings: vec![reading],
+            messages: vec![Message {
+                topic: "amr/gw1/reading/m1".into(),
+                payload: serde_json::Value::Object(payload),
+                qos: 1,
+                retain: false,
+                sequenced: true,
+            }],
+            ..Batch::default()
+        })
+        .unwrap();
+    let pending = store.pending(0, 10).unwrap();
+    assert_eq!(pending.len(), 3);
+    assert_eq!(pending[0].payload, old[0]);
+    assert_eq!(pending[1].payload, old[1]);
+    let new: serde_json::Value = serde_json::from_slice(&pending[2].payload).unwrap();
+    assert_eq!(new["seq"], 3);
+    assert_eq!(new["kind_seq"], 1);
+    assert_eq!(new["values"]["energy_import_kwh"], 1234.7);
+    assert_eq!(pending[2].topic, "amr/gw1/reading/m1");
+    let recalled = store.published(1, 3, 10).unwrap();
+    assert_eq!(recalled.len(), 3);
+    assert_eq!(
+        recalled[2].payload.as_bytes(),
+        pending[2].payload.as_slice()
+    );
+    assert_eq!(recalled[2].topic, "amr/gw1/reading/m1");
+    // Sent: acknowledged, the rows go, the readings stay in the history.
+    let ids: Vec<i64> = pending.iter().map(|r| r.id).collect();
+    store.ack(&ids).unwrap();
+    assert_eq!(store.backlog().unwrap().0, 0);
+    assert_eq!(store.history("m1", T0, T0 + 180_000).unwrap().len(), 3);
 }

@@ -22,19 +22,21 @@
 //!   report ([`RecordKind::Collection`] and its message) and each area's daily loss over the
 //!   day before from the freezes ([`RecordKind::LossDay`] and its message);
 //! - [`MetaKey::LossRolling`] when the rolling figure moved;
-//! - snapshots at least every [`SNAPSHOT_EVERY_MS`], and whenever their engine emitted
-//!   something (so a record is never emitted twice across a restart) — never for readings
-//!   taken alone: with a thousand meters the engines' state is megabytes, and writing it at
-//!   every fold cost ~1 MB of disk writes per reading (docs/benchmarks.md (h)). Each
-//!   meter's part of a snapshot ([`meter_parts`]) has a key of its own
-//!   ([`MetaKey::EngineMeter`]) and is written only when it changed. After a
-//!   crash the engines continue from their last snapshot, at most [`SNAPSHOT_EVERY_MS`] old:
-//!   the readings taken since are in the history but not in the engines, which bridge them as
-//!   a short silence (a curve point is interpolated between the reads either side of it, a
-//!   loss interval and a freeze take the next read) — no record is lost or sent twice, since
-//!   a batch carrying an engine's output always carries its snapshot;
-//! - the heartbeat [`MetaKey::LastAlive`] in every batch, from which the next start tells a
-//!   power off.
+//! - an engine's snapshot whenever it emitted something (so a record is never emitted twice
+//!   across a restart: a batch carrying an engine's output always carries its snapshot), at
+//!   least every [`PARTS_EVERY_MS`] (an hour) otherwise, and at a clean stop — never for
+//!   readings taken alone: with a thousand meters the engines' state is megabytes, and even
+//!   each meter's changed part written every 10 s cost most of the bytes a reading wrote
+//!   (docs/benchmarks.md (h)). Each meter's part of a snapshot ([`meter_parts`]) has a key of
+//!   its own ([`MetaKey::EngineMeter`]) and is written only when it changed. After a crash
+//!   the engines continue from their last snapshot, at most [`PARTS_EVERY_MS`] old (the loss
+//!   engine at most one interval, since it saves at each): the
+//!   readings taken since are in the history but not in the engines, which bridge them as a
+//!   silence of the meters — a curve point is interpolated between the reads either side of
+//!   it, a loss interval and a freeze take the next read (the registers are cumulative, so
+//!   no energy is lost), a voltage day counts up to 60 fewer monitored minutes per phase;
+//! - the heartbeat [`MetaKey::LastAlive`] in every batch and at least every
+//!   [`SNAPSHOT_EVERY_MS`], from which the next start tells a power off.
 //!
 //! Every message is rendered by the uplink's contract ([`crate::uplink::contract`]). Like the
 //! engines, it never reads the clock: every call takes the time.
@@ -59,12 +61,21 @@ use crate::uplink::contract::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use tracing::warn;
 
-/// How often, at the latest, the snapshots and the heartbeat are written (ms). Keep it well
-/// below `[alarms.power_off] min_down_s`.
+/// How often, at the latest, the heartbeat ([`MetaKey::LastAlive`]) is written (ms). Keep it
+/// well below `[alarms.power_off] min_down_s`.
 pub const SNAPSHOT_EVERY_MS: i64 = 10_000;
+
+/// How often, at the latest, an engine's snapshot is written when it emitted nothing (ms): the
+/// most state a crash can cost an engine. Writing each meter's changed part at every reading
+/// (every 10 s, as before) cost most of the bytes a reading wrote; an engine that emits (a
+/// loss interval, a curve block, a freeze, a day, an alarm) writes its snapshot in that batch
+/// anyway, so with the defaults this bounds the voltage, freeze and alarm engines, and the
+/// curve's (blocks of 60 min). One hour rather than 15 minutes: 1.7 KB rather than 2.3 KB
+/// written per reading at 1000 meters (docs/benchmarks.md (h)).
+pub const PARTS_EVERY_MS: i64 = 3_600_000;
 
 /// A loss verdict as last decided by the loss engine, re-observed on every tick so the
 /// `[alarms.line_loss]` hold times apply (the engine reports a verdict only when it changes).
@@ -103,15 +114,21 @@ pub struct Analytics {
     rolling: BTreeMap<String, RollingLoss>,
     /// Alarm events decided since the last tick, published at the tick.
     changes: Vec<AlarmChange>,
-    last_snapshot_ms: Option<i64>,
+    /// When the heartbeat was last written.
+    last_alive_ms: Option<i64>,
+    /// When each engine's snapshot was last written (see [`PARTS_EVERY_MS`]).
+    snapshot_ms: BTreeMap<MetaKey, i64>,
     loss_changed: bool,
     voltage_changed: bool,
     freeze_changed: bool,
-    /// The curve engine sent a block since its snapshot was written.
-    curve_changed: bool,
+    /// The meters whose curve block was sent since the curve snapshot was written: the parts
+    /// that must go with the block (the other meters' parts may wait, see [`Analytics::push_parts`]).
+    curve_sent: BTreeSet<String>,
     /// A hash of each per-meter snapshot part ([`MetaKey::EngineMeter`]) as last written, so
     /// a snapshot writes only the meters whose part changed.
     written: BTreeMap<MetaKey, u64>,
+    /// When each per-meter part was last written.
+    written_ms: BTreeMap<MetaKey, i64>,
 }
 
 impl Analytics {
@@ -129,12 +146,14 @@ impl Analytics {
             verdicts: Vec::new(),
             rolling: BTreeMap::new(),
             changes: Vec::new(),
-            last_snapshot_ms: None,
+            last_alive_ms: None,
+            snapshot_ms: BTreeMap::new(),
             loss_changed: false,
             voltage_changed: false,
             freeze_changed: false,
-            curve_changed: false,
+            curve_sent: BTreeSet::new(),
             written: BTreeMap::new(),
+            written_ms: BTreeMap::new(),
         }
     }
 
@@ -187,6 +206,7 @@ impl Analytics {
         }
         if !changes.is_empty() {
             self.push_active_alarms(now_ms, batch);
+            self.push_snapshot(MetaKey::AlarmEngine, now_ms, batch);
         }
     }
 
@@ -205,6 +225,7 @@ impl Analytics {
         if let Some(c) = change {
             push_alarm_event(&self.topics, &c, batch);
             self.push_active_alarms(now_ms, batch);
+            self.push_snapshot(MetaKey::AlarmEngine, now_ms, batch);
         }
     }
 
@@ -232,6 +253,7 @@ impl Analytics {
         if let Some(c) = change {
             push_alarm_event(&self.topics, &c, batch);
             self.push_active_alarms(now_ms, batch);
+            self.push_snapshot(MetaKey::AlarmEngine, now_ms, batch);
         }
     }
 
@@ -249,6 +271,7 @@ impl Analytics {
         if let Some(c) = change {
             push_alarm_event(&self.topics, &c, batch);
             self.push_active_alarms(now_ms, batch);
+            self.push_snapshot(MetaKey::AlarmEngine, now_ms, batch);
         }
     }
 
@@ -304,7 +327,7 @@ impl Analytics {
         for b in self.curve.on_tick(now_ms) {
             let m = curve_message(&self.topics, &b);
             push_kept(batch, RecordKind::Curve, &b.meter, b.start_ms, m);
-            self.curve_changed = true;
+            self.curve_sent.insert(b.meter.clone());
         }
         self.write_rolling(batch);
 
@@ -316,46 +339,48 @@ impl Analytics {
             self.push_active_alarms(now_ms, batch);
         }
 
-        let due = self
-            .last_snapshot_ms
+        let alarms_changed = !changes.is_empty();
+        for (key, changed) in [
+            (MetaKey::LossEngine, self.loss_changed),
+            (MetaKey::AlarmEngine, alarms_changed),
+            (MetaKey::VoltageEngine, self.voltage_changed),
+            (MetaKey::FreezeEngine, self.freeze_changed),
+            (MetaKey::CurveEngine, !self.curve_sent.is_empty()),
+        ] {
+            let due = self
+                .snapshot_ms
+                .get(&key)
+                .is_none_or(|t| now_ms - t >= PARTS_EVERY_MS);
+            if changed && key == MetaKey::CurveEngine {
+                // Only the parts of the meters whose block went out must go with it.
+                let sent = std::mem::take(&mut self.curve_sent);
+                self.push_parts(key, now_ms, Some(&sent), batch);
+            } else if changed || due {
+                self.push_snapshot(key, now_ms, batch);
+            }
+        }
+        let alive_due = self
+            .last_alive_ms
             .is_none_or(|t| now_ms - t >= SNAPSHOT_EVERY_MS);
-        if due {
-            self.snapshot_all(now_ms, batch);
-        } else {
-            if self.loss_changed {
-                self.push_snapshot(MetaKey::LossEngine, batch);
-            }
-            if !changes.is_empty() {
-                self.push_snapshot(MetaKey::AlarmEngine, batch);
-            }
-            if self.voltage_changed {
-                self.push_snapshot(MetaKey::VoltageEngine, batch);
-            }
-            if self.freeze_changed {
-                self.push_snapshot(MetaKey::FreezeEngine, batch);
-            }
-            if self.curve_changed {
-                self.push_snapshot(MetaKey::CurveEngine, batch);
-            }
-            if !batch.is_empty() {
-                batch.meta.push((MetaKey::LastAlive, now_ms.to_string()));
-            }
+        if alive_due || !batch.is_empty() {
+            batch.meta.push((MetaKey::LastAlive, now_ms.to_string()));
+            self.last_alive_ms = Some(now_ms);
         }
         self.loss_changed = false;
         self.voltage_changed = false;
         self.freeze_changed = false;
-        self.curve_changed = false;
+        self.curve_sent.clear();
     }
 
     /// Adds every snapshot and the heartbeat to `batch` (also at shutdown).
     pub fn snapshot_all(&mut self, now_ms: i64, batch: &mut Batch) {
-        self.push_snapshot(MetaKey::LossEngine, batch);
-        self.push_snapshot(MetaKey::AlarmEngine, batch);
-        self.push_snapshot(MetaKey::VoltageEngine, batch);
-        self.push_snapshot(MetaKey::FreezeEngine, batch);
-        self.push_snapshot(MetaKey::CurveEngine, batch);
+        self.push_snapshot(MetaKey::LossEngine, now_ms, batch);
+        self.push_snapshot(MetaKey::AlarmEngine, now_ms, batch);
+        self.push_snapshot(MetaKey::VoltageEngine, now_ms, batch);
+        self.push_snapshot(MetaKey::FreezeEngine, now_ms, batch);
+        self.push_snapshot(MetaKey::CurveEngine, now_ms, batch);
         batch.meta.push((MetaKey::LastAlive, now_ms.to_string()));
-        self.last_snapshot_ms = Some(now_ms);
+        self.last_alive_ms = Some(now_ms);
     }
 
     /// The rolling loss of every area that has one, in configuration order.
@@ -533,7 +558,27 @@ impl Analytics {
     /// Adds the snapshot of the engine of `key` to `batch`: under `key` without its per-meter
     /// parts (see [`meter_parts`]), and under [`MetaKey::EngineMeter`] each meter's part that
     /// changed since it was last written.
-    fn push_snapshot(&mut self, key: MetaKey, batch: &mut Batch) {
+    fn push_snapshot(&mut self, key: MetaKey, now_ms: i64, batch: &mut Batch) {
+        self.push_parts(key, now_ms, None, batch);
+    }
+
+    /// [`Analytics::push_snapshot`], writing of the changed per-meter parts only those of the
+    /// meters in `only` (when given) and those last written twice [`PARTS_EVERY_MS`] ago or
+    /// more. The curve engine, when blocks went out, writes the parts of the meters they came
+    /// from in the same batch (so a restart does not send them again); another meter's part
+    /// may stay as it was (its readings since are a silence after a crash, as for any part).
+    /// With hourly blocks every meter's part is so written with its own block, about hourly,
+    /// instead of every part at every meter's block (1000 parts of three points each, most
+    /// of the curve's bytes); an engine that sent nothing for [`PARTS_EVERY_MS`] writes all.
+    /// Each meter's part must not depend on another's: the curve engine's do not.
+    fn push_parts(
+        &mut self,
+        key: MetaKey,
+        now_ms: i64,
+        only: Option<&BTreeSet<String>>,
+        batch: &mut Batch,
+    ) {
+        self.snapshot_ms.insert(key.clone(), now_ms);
         let json = match key {
             MetaKey::LossEngine => self.loss_state_json(),
             MetaKey::AlarmEngine => json_of(&self.alarms.snapshot()),
@@ -559,13 +604,24 @@ impl Analytics {
                 batch.meta.push((k, "null".into()));
             }
             for (meter, part) in parts {
+                let part_key = MetaKey::EngineMeter(Box::new(key.clone()), meter.clone());
+                let wanted = only.is_none_or(|only| {
+                    only.contains(&meter)
+                        || self
+                            .written_ms
+                            .get(&part_key)
+                            .is_none_or(|t| now_ms - t >= 2 * PARTS_EVERY_MS)
+                });
+                if !wanted {
+                    continue;
+                }
                 let text = part.to_string();
                 let mut h = std::hash::DefaultHasher::new();
                 std::hash::Hash::hash(&text, &mut h);
                 let h = std::hash::Hasher::finish(&h);
-                let part_key = MetaKey::EngineMeter(Box::new(key.clone()), meter);
                 if self.written.get(&part_key) != Some(&h) {
                     self.written.insert(part_key.clone(), h);
+                    self.written_ms.insert(part_key.clone(), now_ms);
                     batch.meta.push((part_key, text));
                 }
             }
@@ -577,6 +633,7 @@ impl Analytics {
     /// (the store was replaced).
     pub fn forget_written(&mut self) {
         self.written.clear();
+        self.written_ms.clear();
     }
 
     /// The per-meter snapshot parts the store holds (read at start): the next snapshot

@@ -18,7 +18,7 @@ mod analytics;
 mod held;
 mod writer;
 
-pub use analytics::{Analytics, SNAPSHOT_EVERY_MS};
+pub use analytics::{Analytics, PARTS_EVERY_MS, SNAPSHOT_EVERY_MS};
 pub use held::{Held, MAX_HELD_VALUES, Shed};
 pub use writer::{Fold, Writer};
 

@@ -204,3 +204,36 @@ impl Writer {
         self.online.values().filter(|v| **v).count()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::model::Reading;
+    use crate::store::{KIND_SEQ_FIELD, READING_KIND, reading_payload};
+    use crate::uplink::contract::{Topics, mark_clock_unsynchronized};
+    use serde_json::json;
+
+    /// The store renders a reading's message again from its history row (schema 7): it must
+    /// be the contract's payload, field for field and number for number.
+    #[test]
+    fn the_store_renders_a_reading_as_the_contract_does() {
+        let r = Reading {
+            meter: "m1".into(),
+            ts_ms: 1_764_000_000_123,
+            values: [
+                ("energy_import_kwh".to_string(), 1_234.567_890_123),
+                ("voltage_l1_v".to_string(), 229.7),
+                ("current_l1_a".to_string(), f64::NAN),
+                ("power_factor".to_string(), -0.000_000_4),
+            ]
+            .into(),
+        };
+        let mut message = Topics::new("amr", "gw").reading_message(&r);
+        let mut expected = reading_payload(&r);
+        expected.insert(KIND_SEQ_FIELD.into(), json!(READING_KIND));
+        assert_eq!(message.payload, serde_json::Value::Object(expected.clone()));
+        assert_eq!(message.topic, "amr/gw/reading/m1");
+        mark_clock_unsynchronized(&mut message);
+        expected.insert("clock".into(), json!("unsynchronized"));
+        assert_eq!(message.payload, serde_json::Value::Object(expected));
+    }
+}

@@ -1,7 +1,8 @@
 //! What the store keeps for commands from the headend: the ids of authentic commands already
 //! seen (replay is refused across restarts), an audit record of every command, accepted or not,
 //! with its state as it moves on, and the copy of every sequenced message by its original
-//! `seq` that `recall` re-publishes (filled by a trigger on the outbox, see `schema`).
+//! `seq` that `recall` re-publishes: a `published` copy, or for a reading (schema 7) its
+//! history row, from which the message is rendered again as it was.
 
 use super::{RecordKind, Store, StoreError};
 use rusqlite::{OptionalExtension, params};
@@ -205,11 +206,52 @@ impl Store {
             )
             .map_err(|e| self.err(e))?;
         let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        stmt.query_map(params![clamp(from), clamp(to), clamp(limit as u64)], |r| {
+        let copies = stmt
+            .query_map(params![clamp(from), clamp(to), clamp(limit as u64)], |r| {
+                Ok(Published {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    topic: r.get(1)?,
+                    payload: r.get(2)?,
+                })
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.err(e))?;
+        let readings = self.reading_messages(
+            "h.seq BETWEEN ?1 AND ?2 ORDER BY h.seq LIMIT ?3",
+            params![clamp(from), clamp(to), clamp(limit as u64)],
+        )?;
+        Ok(merge_by_seq(copies, readings, limit))
+    }
+
+    /// The messages of the readings (schema 7: stored as their history rows) that the
+    /// condition `filter` on `history h` selects, rendered as they were published.
+    fn reading_messages(
+        &self,
+        filter: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<Published>, StoreError> {
+        let Some(base) = self.reading_topic.clone() else {
+            return Ok(Vec::new()); // No reading was ever stored as its history row.
+        };
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT h.seq, h.meter, h.ts_ms, h.values_json, l.names, h.values_blob, \
+                 h.kind_seq, h.clock_unsynchronized FROM history h \
+                 LEFT JOIN history_layout l ON l.id = h.layout \
+                 WHERE h.seq IS NOT NULL AND {filter}"
+            ))
+            .map_err(|e| self.err(e))?;
+        stmt.query_map(args, |r| {
+            let seq = r.get::<_, i64>(0)?.max(0) as u64;
+            let reading = super::reading_from_columns(r, 1)?;
+            let kind_seq = r.get::<_, Option<i64>>(6)?.unwrap_or(0).max(0) as u64;
+            let clock = r.get::<_, Option<i64>>(7)?.is_some_and(|c| c != 0);
+            let payload = super::reading_message::render(&reading, seq, kind_seq, clock);
             Ok(Published {
-                seq: r.get::<_, i64>(0)? as u64,
-                topic: r.get(1)?,
-                payload: r.get(2)?,
+                seq,
+                topic: super::reading_message::reading_topic(&base, &reading.meter),
+                payload: String::from_utf8(payload).expect("JSON is UTF-8"),
             })
         })
         .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
@@ -234,16 +276,27 @@ impl Store {
                  AND ts_ms < ?3 AND topic GLOB ?4 ORDER BY seq LIMIT ?5",
             )
             .map_err(|e| self.err(e))?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        stmt.query_map(params![kind, from_ms, to_ms, topic, limit], |r| {
-            Ok(Published {
-                seq: r.get::<_, i64>(0)? as u64,
-                topic: r.get(1)?,
-                payload: r.get(2)?,
+        let max = i64::try_from(limit).unwrap_or(i64::MAX);
+        let copies = stmt
+            .query_map(params![kind, from_ms, to_ms, topic, max], |r| {
+                Ok(Published {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    topic: r.get(1)?,
+                    payload: r.get(2)?,
+                })
             })
-        })
-        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| self.err(e))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.err(e))?;
+        if kind != super::READING_KIND {
+            return Ok(copies);
+        }
+        let base = self.reading_topic.clone().unwrap_or_default();
+        let readings = self.reading_messages(
+            "h.ts_ms >= ?1 AND h.ts_ms < ?2 AND (?3 || '/reading/' || h.meter) GLOB ?4 \
+             ORDER BY h.seq LIMIT ?5",
+            params![from_ms, to_ms, base, topic, max],
+        )?;
+        Ok(merge_by_seq(copies, readings, limit))
     }
 
     /// Deletes the recall copies and the seen command ids from before `cutoff_ms` (the
@@ -279,6 +332,15 @@ impl Store {
             .map_err(|e| self.err(e))?;
         Ok(n)
     }
+}
+
+/// Two lists ordered by seq as one, at most `limit` long.
+fn merge_by_seq(mut a: Vec<Published>, b: Vec<Published>, limit: usize) -> Vec<Published> {
+    a.extend(b);
+    a.sort_by_key(|p| p.seq);
+    a.dedup_by_key(|p| p.seq);
+    a.truncate(limit);
+    a
 }
 
 #[cfg(test)]

@@ -205,6 +205,9 @@ pub enum MetaKey {
     /// boot id or `-` where it cannot be read, and the monotonic time since boot when last
     /// written), to tell a crash from a power loss.
     Boot,
+    /// `uplink/reading_topic`: the topic base (`{prefix}/{gateway}`) of the reading messages
+    /// stored as history rows (schema 7), from which they are rendered again.
+    ReadingTopic,
 }
 
 /// The prefix of [`MetaKey::BlockLimit`] keys.
@@ -235,6 +238,7 @@ impl MetaKey {
             MetaKey::DaemonVersion => "gateway/version".into(),
             MetaKey::CleanStop => "gateway/clean_stop".into(),
             MetaKey::Boot => "gateway/boot".into(),
+            MetaKey::ReadingTopic => "uplink/reading_topic".into(),
             MetaKey::EngineMeter(engine, meter) => format!("{}/meter/{meter}", engine.key()),
         }
     }

@@ -14,6 +14,8 @@ mod commands;
 mod keys;
 mod lock;
 mod meter_state;
+mod reading_message;
+mod reading_values;
 mod recovery;
 mod reserve;
 mod schema;
@@ -25,6 +27,7 @@ pub use commands::{CommandAudit, Published};
 pub use keys::{MetaKey, RecordKind, is_billing_topic};
 pub use lock::{LOCK_FILE, StoreLock, StoreLockError};
 pub use meter_state::{ItemsState, MeterState};
+pub use reading_message::{READING_KIND, reading_payload};
 pub use recovery::{Recovery, SeqSource, check_data_dir};
 pub use reserve::{RESERVE_FILE, Reserve, filesystem_space};
 pub use shared::{SharedStore, open_shared, with_store};
@@ -51,7 +54,7 @@ pub struct StoreSettings {
 }
 
 /// The default `[store] commit_window_ms`.
-pub const COMMIT_WINDOW_MS: u64 = 1000;
+pub const COMMIT_WINDOW_MS: u64 = 10_000;
 
 /// A message to publish, before the store gives it its place in the outbox.
 #[derive(Debug, Clone, PartialEq)]
@@ -224,6 +227,9 @@ pub struct Store {
     kind_seq_given: BTreeMap<String, u64>,
     /// History layout ids by their names (a JSON array of sorted quantity names), as committed.
     layouts: std::collections::HashMap<String, i64>,
+    /// The topic base of reading messages stored as history rows ([`MetaKey::ReadingTopic`]),
+    /// as committed.
+    reading_topic: Option<String>,
     /// Set when a statement reported damage ("malformed", "not a database"): the writer
     /// moves the file aside at its next step (see [`Store::damage_seen`]).
     damage: std::cell::RefCell<Option<String>>,
@@ -237,6 +243,13 @@ impl std::fmt::Debug for Store {
 
 /// How long a statement waits for a lock held by another connection (e.g. `amr-gateway status`
 /// reading the same file) before failing.
+/// The page size of a new store's file. Every commit writes each page it touches whole into
+/// the WAL (and again into the file at the checkpoint), however little changed in it: with a
+/// commit every few seconds the pages touched besides the new rows (index and table ends,
+/// `meta`, the outbox) cost more than the rows, and a smaller page makes each of them cheaper
+/// (docs/benchmarks.md (h)). A file made before keeps its page size.
+const PAGE_SIZE: i64 = 1024;
+
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Store {
@@ -256,6 +269,14 @@ impl Store {
         let sql = |source| StoreError::from_sqlite(&name, source);
         let mut conn = Connection::open(path).map_err(sql)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sql)?;
+        // A brand-new file gets small pages (only before WAL mode is on: see PAGE_SIZE).
+        let fresh: i64 = conn
+            .pragma_query_value(None, "page_count", |r| r.get(0))
+            .map_err(sql)?;
+        if fresh == 0 {
+            conn.pragma_update(None, "page_size", PAGE_SIZE)
+                .map_err(sql)?;
+        }
         let mode: String = conn
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
             .map_err(sql)?;
@@ -275,6 +296,7 @@ impl Store {
             .map_err(sql)?;
         schema::migrate(&mut conn).map_err(|e| e.with_path(&name))?;
         let last_seq_given = read_last_seq(&conn).ok();
+        let reading_topic = read_meta(&conn, &MetaKey::ReadingTopic).ok().flatten();
         Ok(Store {
             conn,
             path: path.to_path_buf(),
@@ -283,6 +305,7 @@ impl Store {
             last_seq_given,
             kind_seq_given: BTreeMap::new(),
             layouts: std::collections::HashMap::new(),
+            reading_topic,
             damage: std::cell::RefCell::new(None),
         })
     }
@@ -324,6 +347,15 @@ impl Store {
         let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
         // Layouts this transaction added (names -> id), known to the cache once it commits.
         let mut new_layouts: Vec<(String, i64)> = Vec::new();
+        // The history row of each reading, and which readings' messages are still to come.
+        let mut reading_rows: Vec<i64> = Vec::with_capacity(batch.readings.len());
+        let mut unsent: std::collections::HashMap<&str, Vec<usize>> =
+            std::collections::HashMap::new();
+        for (i, r) in batch.readings.iter().enumerate() {
+            unsent.entry(r.meter.as_str()).or_default().push(i);
+        }
+        // The reading topic base this batch named, when it is not the one in `meta`.
+        let mut new_reading_topic: Option<String> = None;
         {
             let mut insert_reading = tx
                 .prepare_cached(
@@ -351,6 +383,7 @@ impl Store {
                 insert_reading
                     .execute(params![r.meter, r.ts_ms, q, layout, values_blob(&r.values)])
                     .map_err(sql)?;
+                reading_rows.push(tx.last_insert_rowid());
             }
             let mut revise = tx
                 .prepare_cached("UPDATE history SET quality = ?3 WHERE meter = ?1 AND ts_ms = ?2")
@@ -411,6 +444,12 @@ impl Store {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(sql)?;
+            let mut mark_reading = tx
+                .prepare_cached(
+                    "UPDATE history SET seq = ?2, kind_seq = ?3, clock_unsynchronized = ?4 \
+                     WHERE id = ?1",
+                )
+                .map_err(sql)?;
             for m in &batch.messages {
                 let mut stored_seq: Option<i64> = None;
                 let payload = if m.sequenced {
@@ -440,11 +479,39 @@ impl Store {
                         ts = message_time(&map).unwrap_or(now_ms);
                         kind = Some(k);
                     }
-                    let text = serde_json::Value::Object(map).to_string();
                     let at = i64::try_from(seq).unwrap_or(i64::MAX);
-                    insert_copy
-                        .execute(params![at, m.topic, text, now_ms, kind, ts])
-                        .map_err(sql)?;
+                    // A reading's message is stored once, as its history row; any other
+                    // message as its `published` copy.
+                    let of_reading = match kind.as_deref() {
+                        Some(READING_KIND) => message_of_reading(&batch.readings, &mut unsent, m),
+                        _ => None,
+                    };
+                    if let Some((i, base, clock)) = of_reading {
+                        mark_reading
+                            .execute(params![
+                                reading_rows[i],
+                                at,
+                                i64::try_from(kinds.get(READING_KIND).copied().unwrap_or(0))
+                                    .unwrap_or(i64::MAX),
+                                clock.then_some(1)
+                            ])
+                            .map_err(sql)?;
+                        let known = new_reading_topic.as_ref().or(self.reading_topic.as_ref());
+                        if known != Some(&base) {
+                            tx.execute(
+                                "INSERT INTO meta (key, value) VALUES (?1, ?2) \
+                                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                                params![MetaKey::ReadingTopic.key(), base],
+                            )
+                            .map_err(sql)?;
+                            new_reading_topic = Some(base);
+                        }
+                    } else {
+                        let text = serde_json::Value::Object(map).to_string();
+                        insert_copy
+                            .execute(params![at, m.topic, text, now_ms, kind, ts])
+                            .map_err(sql)?;
+                    }
                     stored_seq = Some(at);
                     String::new()
                 } else {
@@ -482,6 +549,9 @@ impl Store {
         }
         tx.commit().map_err(sql)?;
         self.layouts.extend(new_layouts);
+        if new_reading_topic.is_some() {
+            self.reading_topic = new_reading_topic;
+        }
         if let Some(last) = report.outbox_ids.last() {
             self.last_outbox_id = self.last_outbox_id.max(*last);
         }
@@ -502,22 +572,24 @@ impl Store {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut stmt = self
             .conn
-            .prepare_cached(
-                "SELECT o.id, o.topic, CASE WHEN o.seq IS NULL THEN o.payload \
-                 ELSE coalesce(CAST(p.payload AS BLOB), o.payload) END, o.qos, o.retain, o.created_ms \
-                 FROM outbox o LEFT JOIN published p ON p.seq = o.seq \
-                 WHERE o.id > ?1 ORDER BY o.id LIMIT ?2",
-            )
+            .prepare_cached(&format!(
+                "{OUTBOX_ROWS} WHERE o.id > ?1 ORDER BY o.id LIMIT ?2"
+            ))
             .map_err(|e| self.err(e))?;
+        // A row whose payload is gone is published empty, as before schema 7 (a lost copy).
         stmt.query_map(params![after_id, limit], |r| {
-            Ok(OutboxRow {
-                id: r.get(0)?,
-                topic: r.get(1)?,
-                payload: r.get(2)?,
-                qos: r.get(3)?,
-                retain: r.get(4)?,
-                created_ms: r.get(5)?,
-            })
+            let row = outbox_row(r)?;
+            match row {
+                Some(row) => Ok(row),
+                None => Ok(OutboxRow {
+                    id: r.get(0)?,
+                    topic: r.get(1)?,
+                    payload: Vec::new(),
+                    qos: r.get(5)?,
+                    retain: r.get(6)?,
+                    created_ms: r.get(7)?,
+                }),
+            }
         })
         .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
         .map_err(|e| self.err(e))
@@ -862,7 +934,10 @@ impl Store {
         let cutoff = now_ms - i64::from(self.cfg.history_days) * 86_400_000;
         report.expired_readings = self
             .conn
-            .execute("DELETE FROM history WHERE ts_ms < ?1", [cutoff])
+            .execute(
+                &format!("DELETE FROM history WHERE ts_ms < ?1 AND {HISTORY_UNREFERENCED}"),
+                [cutoff],
+            )
             .map_err(|e| self.err(e))?;
         for kind in RecordKind::ALL {
             // Billing records (freezes, collection, daily loss) outlive a short history bound.
@@ -897,13 +972,17 @@ impl Store {
                 let excess = (used - max_bytes) as f64 / used as f64;
                 ((rows as f64 * excess).ceil() as i64 + 1).max(64).min(rows)
             };
-            let history_rows = count("history")?;
+            // (The rows of unsent readings are their messages' only payload: they stay
+            // until their messages are sent or dropped.)
+            let history_rows = count(&format!("history WHERE {HISTORY_UNREFERENCED}"))?;
             if history_rows > 0 {
                 report.evicted_readings += self
                     .conn
                     .execute(
-                        "DELETE FROM history WHERE id IN \
-                         (SELECT id FROM history ORDER BY ts_ms, id LIMIT ?1)",
+                        &format!(
+                            "DELETE FROM history WHERE id IN (SELECT id FROM history \
+                             WHERE {HISTORY_UNREFERENCED} ORDER BY ts_ms, id LIMIT ?1)"
+                        ),
                         [chunk(history_rows)],
                     )
                     .map_err(|e| self.err(e))?;
@@ -1045,6 +1124,26 @@ impl StoreError {
 /// increases by one for every message of that kind and never goes back, like `seq`.
 pub const KIND_SEQ_FIELD: &str = "kind_seq";
 
+/// Which of `readings` (whose indices by meter are `unsent`) sequenced message `m` is the
+/// message of, exactly (see [`reading_message`]): its index (taken out of `unsent`), the
+/// topic base and whether the message is marked `"clock": "unsynchronized"`.
+fn message_of_reading(
+    readings: &[Reading],
+    unsent: &mut std::collections::HashMap<&str, Vec<usize>>,
+    m: &Message,
+) -> Option<(usize, String, bool)> {
+    let serde_json::Value::Object(payload) = &m.payload else {
+        return None;
+    };
+    let meter = payload.get("meter")?.as_str()?;
+    let candidates = unsent.get_mut(meter)?;
+    let (at, found) = candidates.iter().enumerate().find_map(|(at, i)| {
+        reading_message::is_message_of(&readings[*i], &m.topic, payload).map(|f| (at, (*i, f)))
+    })?;
+    candidates.remove(at);
+    Some((found.0, found.1.0, found.1.1))
+}
+
 /// The last `kind_seq` given out for `kind` (never below the recovery floor).
 fn read_kind_seq(conn: &Connection, kind: &str) -> rusqlite::Result<u64> {
     let read = |key: String| -> rusqlite::Result<u64> {
@@ -1065,6 +1164,13 @@ fn message_time(payload: &serde_json::Map<String, serde_json::Value>) -> Option<
             .as_str()
             .and_then(crate::clock::parse_rfc3339)
     })
+}
+
+fn read_meta(conn: &Connection, key: &MetaKey) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key.key()], |r| {
+        r.get(0)
+    })
+    .optional()
 }
 
 fn read_last_seq(conn: &Connection) -> rusqlite::Result<u64> {
@@ -1100,28 +1206,30 @@ fn layout_id(conn: &Connection, names: &str) -> rusqlite::Result<i64> {
     )
 }
 
-/// A reading's values as little-endian f64 in the order of its layout (NaN kept as NaN).
+/// A reading's values in the order of its layout, each in its shortest exact form
+/// ([`reading_values`]; NaN kept as NaN).
 fn values_blob(values: &BTreeMap<String, f64>) -> Vec<u8> {
-    values.values().flat_map(|v| v.to_le_bytes()).collect()
+    reading_values::encode(&values.values().copied().collect::<Vec<_>>())
 }
 
 /// A history row (meter, ts_ms, values_json, layout names, values_blob) as a reading: the
 /// numbers by their layout, or (rows written before schema 6) the JSON text.
 fn reading_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Reading> {
-    let names: Option<String> = r.get(3)?;
-    let blob: Option<Vec<u8>> = r.get(4)?;
+    reading_from_columns(r, 0)
+}
+
+/// [`reading_from_row`] with the five columns from index `at`.
+fn reading_from_columns(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Reading> {
+    let names: Option<String> = r.get(at + 3)?;
+    let blob: Option<Vec<u8>> = r.get(at + 4)?;
     let values = match (names, blob) {
-        (Some(names), Some(blob)) => serde_json::from_str::<Vec<String>>(&names)
-            .unwrap_or_default()
-            .into_iter()
-            .zip(blob.chunks_exact(8))
-            .map(|(n, b)| {
-                let bytes: [u8; 8] = b.try_into().expect("chunks of 8");
-                (n, f64::from_le_bytes(bytes))
-            })
-            .collect(),
+        (Some(names), Some(blob)) => {
+            let names = serde_json::from_str::<Vec<String>>(&names).unwrap_or_default();
+            let values = reading_values::decode(&blob, names.len());
+            names.into_iter().zip(values).collect()
+        }
         _ => {
-            let json: String = r.get(2)?;
+            let json: String = r.get(at + 2)?;
             match serde_json::from_str::<serde_json::Value>(&json) {
                 Ok(serde_json::Value::Object(map)) => map
                     .into_iter()
@@ -1132,8 +1240,58 @@ fn reading_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Reading> {
         }
     };
     Ok(Reading {
-        meter: r.get(0)?,
-        ts_ms: r.get(1)?,
+        meter: r.get(at)?,
+        ts_ms: r.get(at + 1)?,
         values,
     })
+}
+
+/// The history rows no outbox row refers to (an unsent reading's row is its message).
+const HISTORY_UNREFERENCED: &str =
+    "(seq IS NULL OR seq NOT IN (SELECT seq FROM outbox WHERE seq IS NOT NULL))";
+
+/// The outbox rows with what their payload is kept as: their own payload, their `published`
+/// copy (schema 6) or their reading's history row (schema 7); read by [`outbox_row`].
+pub(crate) const OUTBOX_ROWS: &str = "SELECT o.id, o.topic, o.seq, o.payload, \
+     CAST(p.payload AS BLOB), o.qos, o.retain, o.created_ms, \
+     h.meter, h.ts_ms, h.values_json, l.names, h.values_blob, h.kind_seq, h.clock_unsynchronized \
+     FROM outbox o LEFT JOIN published p ON p.seq = o.seq \
+     LEFT JOIN history h ON h.seq = o.seq AND p.seq IS NULL \
+     LEFT JOIN history_layout l ON l.id = h.layout";
+
+/// A row of [`OUTBOX_ROWS`] ready to publish; `None` when its payload is gone (its copy or
+/// its history row was lost).
+pub(crate) fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<OutboxRow>> {
+    let seq: Option<i64> = r.get(2)?;
+    let own: Vec<u8> = r.get::<_, Option<Vec<u8>>>(3)?.unwrap_or_default();
+    let copy: Option<Vec<u8>> = r.get(4)?;
+    let payload = match (seq, copy) {
+        (None, _) => Some(own),
+        (Some(_), Some(copy)) => Some(copy),
+        (Some(seq), None) => match r.get::<_, Option<String>>(8)? {
+            Some(_) => {
+                let reading = reading_from_columns(r, 8)?;
+                let kind_seq: Option<i64> = r.get(13)?;
+                let clock: Option<i64> = r.get(14)?;
+                Some(reading_message::render(
+                    &reading,
+                    seq.max(0) as u64,
+                    kind_seq.unwrap_or(0).max(0) as u64,
+                    clock.is_some_and(|c| c != 0),
+                ))
+            }
+            None => (!own.is_empty()).then_some(own),
+        },
+    };
+    let Some(payload) = payload else {
+        return Ok(None);
+    };
+    Ok(Some(OutboxRow {
+        id: r.get(0)?,
+        topic: r.get(1)?,
+        payload,
+        qos: r.get(5)?,
+        retain: r.get(6)?,
+        created_ms: r.get(7)?,
+    }))
 }

@@ -280,6 +280,19 @@ impl Salvage {
         .into_iter()
         .map(|(k, v)| (k, v.unwrap_or(0).max(0) as u64))
         .collect();
+        // From schema 7 the readings' numbers are on their history rows.
+        if let Ok((Some(seq), kind_seq)) = conn.query_row(
+            "SELECT max(seq), max(kind_seq) FROM history WHERE seq IS NOT NULL",
+            [],
+            |r| Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?)),
+        ) {
+            s.max_seq_found = s.max_seq_found.max(seq.max(0) as u64);
+            let found = s
+                .kind_seq_found
+                .entry(super::READING_KIND.to_string())
+                .or_default();
+            *found = (*found).max(kind_seq.unwrap_or(0).max(0) as u64);
+        }
         s.meter_status = collect(
             &conn,
             "SELECT meter, status_json, updated_ms FROM meter_status",
@@ -294,14 +307,21 @@ impl Salvage {
         let mut after = 0i64;
         let mut step = 1i64;
         for _ in 0..64 {
-            // From schema 6 a sequenced row's payload is its `published` copy.
+            // From schema 7 a reading's payload is rendered from its history row; from schema
+            // 6 any other sequenced row's payload is its `published` copy.
+            let v7 = format!("{} WHERE o.id > ?1 ORDER BY o.id", super::OUTBOX_ROWS);
+            let mut rendered = true;
             let Ok(mut stmt) = conn
-                .prepare(
-                    "SELECT o.id, o.topic, CASE WHEN o.seq IS NULL THEN o.payload \
+                .prepare(&v7)
+                .or_else(|_| {
+                    rendered = false;
+                    conn.prepare(
+                        "SELECT o.id, o.topic, CASE WHEN o.seq IS NULL THEN o.payload \
                      ELSE CAST((SELECT payload FROM published p WHERE p.seq = o.seq) AS BLOB) \
                      END, o.qos, o.retain, o.created_ms FROM outbox o \
                      WHERE id > ?1 ORDER BY id",
-                )
+                    )
+                })
                 .or_else(|_| {
                     conn.prepare(
                         "SELECT id, topic, payload, qos, retain, created_ms FROM outbox \
@@ -319,6 +339,9 @@ impl Salvage {
                 match rows.next() {
                     Ok(Some(r)) => {
                         let row = (|| {
+                            if rendered {
+                                return super::outbox_row(r)?.ok_or(rusqlite::Error::InvalidQuery);
+                            }
                             Ok::<_, rusqlite::Error>(OutboxRow {
                                 id: r.get(0)?,
                                 topic: r.get(1)?,

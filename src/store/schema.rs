@@ -192,6 +192,25 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         ALTER TABLE outbox ADD COLUMN seq INTEGER;
     ",
     },
+    Migration {
+        version: 7,
+        description: "history: a reading's seq, kind_seq and clock mark; its message has no published copy",
+        // A reading is stored once: its history row carries what its message added (`seq`,
+        // `kind_seq`, the `"clock": "unsynchronized"` mark), the outbox row names it by seq
+        // with an empty payload, and the message is rendered again from the row when it is
+        // sent or recalled (`Store::pending`, `recall`) — the `published` copy (about 700
+        // bytes of JSON a reading) is gone. The index covers only the rows that have a seq
+        // and grows at its end like the seqs, so a commit touches one of its pages. Readings
+        // and copies written before keep their `published` copy. (No step for the compact
+        // values of `values_blob`, `store::reading_values`: a blob shorter than 8 bytes a value
+        // is compact, one of exactly 8 bytes a value plain f64 as step 6 wrote it.)
+        sql: "
+        ALTER TABLE history ADD COLUMN seq INTEGER;
+        ALTER TABLE history ADD COLUMN kind_seq INTEGER;
+        ALTER TABLE history ADD COLUMN clock_unsynchronized INTEGER;
+        CREATE INDEX history_seq ON history (seq) WHERE seq IS NOT NULL;
+    ",
+    },
 ];
 
 /// Brings the file to the newest schema this version knows. A brand-new file first gets

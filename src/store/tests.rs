@@ -320,9 +320,10 @@ fn prune_keeps_the_store_under_its_size_bound() {
     let now = 1_800_000_000_000;
     let values: BTreeMap<String, f64> = crate::model::QUANTITIES
         .iter()
-        .map(|q| (q.to_string(), 1234.567))
+        .map(|q| (q.to_string(), 1234.567_f64.sqrt()))
         .collect();
-    // ~3 MB of history (values as numbers: about 300 bytes a reading), then the outbox.
+    // ~3 MB of history (values with no shorter form than their f64: about 300 bytes a
+    // reading), then the outbox.
     for chunk in 0..100 {
         let readings = (0..100)
             .map(|i| Reading {
@@ -487,4 +488,112 @@ fn over_its_bound_the_store_keeps_billing_data_longest() {
         .unwrap();
     assert_eq!(freezes.len(), 300);
     assert_eq!(store.integrity_check().unwrap(), "ok");
+}
+
+/// The message of `r` as the contract renders it (`Topics::reading_message`; the pipeline's
+/// tests check the two agree), optionally marked as the writer marks it.
+fn reading_message_of(r: &Reading, clock_unsynchronized: bool) -> Message {
+    let mut payload = reading_payload(r);
+    payload.insert(KIND_SEQ_FIELD.into(), json!(READING_KIND));
+    if clock_unsynchronized {
+        payload.insert("clock".into(), json!("unsynchronized"));
+    }
+    Message {
+        topic: format!("amr/gw/reading/{}", r.meter),
+        payload: serde_json::Value::Object(payload),
+        qos: 1,
+        retain: false,
+        sequenced: true,
+    }
+}
+
+#[test]
+fn a_reading_is_stored_once_and_sent_and_recalled_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("amr.db");
+    let mut r1 = reading("m1", 1_764_000_000_000, 1.5);
+    r1.values.insert("voltage_l1_v".into(), 229.123_456_789);
+    r1.values.insert("current_l1_a".into(), f64::NAN);
+    let r2 = reading("m2", 1_764_000_001_000, 7.25);
+    // Another sequenced message first, so that seq and kind_seq differ.
+    let other = Message {
+        topic: "amr/gw/loss/T1".into(),
+        payload: json!({"area": "T1", "kind_seq": "loss", "end": "2025-11-24T16:00:00Z"}),
+        qos: 1,
+        retain: false,
+        sequenced: true,
+    };
+    // A message that names a reading but says something else keeps its copy.
+    let mut altered = reading_message_of(&r2, false);
+    altered.payload["values"]["energy_import_kwh"] = json!(7.0);
+    let batch = Batch {
+        readings: vec![r1.clone(), r2.clone()],
+        messages: vec![
+            other,
+            reading_message_of(&r1, false),
+            reading_message_of(&r2, true),
+            altered,
+        ],
+        ..Default::default()
+    };
+    // What was published before schema 7: the payload numbered by the store.
+    let numbered = |m: &Message, seq: u64, kind_seq: u64| {
+        let mut p = m.payload.clone();
+        p["seq"] = json!(seq);
+        p["kind_seq"] = json!(kind_seq);
+        p.to_string().into_bytes()
+    };
+    let expected = [
+        numbered(&reading_message_of(&r1, false), 2, 1),
+        numbered(&reading_message_of(&r2, true), 3, 2),
+        numbered(&batch.messages[3], 4, 3),
+    ];
+    {
+        let mut store = Store::open(&path, &cfg()).unwrap();
+        store.commit(&batch).unwrap();
+        let copies: i64 = store
+            .conn
+            .query_row("SELECT COUNT(*) FROM published", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            copies, 2,
+            "only the loss message and the altered one are copied"
+        );
+        let rows = store.pending(0, usize::MAX).unwrap();
+        assert_eq!(rows.len(), 4);
+        for (row, want) in rows[1..].iter().zip(&expected) {
+            assert_eq!(
+                String::from_utf8_lossy(&row.payload),
+                String::from_utf8_lossy(want)
+            );
+        }
+        assert_eq!(rows[1].topic, "amr/gw/reading/m1");
+    }
+    // Reopened: recall by seq and by kind and time render the same bytes and topics.
+    let store = Store::open(&path, &cfg()).unwrap();
+    let by_seq = store.published(2, 4, 10).unwrap();
+    assert_eq!(by_seq.iter().map(|p| p.seq).collect::<Vec<_>>(), [2, 3, 4]);
+    for (p, want) in by_seq.iter().zip(&expected) {
+        assert_eq!(p.payload.as_bytes(), want.as_slice());
+    }
+    assert_eq!(by_seq[0].topic, "amr/gw/reading/m1");
+    let by_kind = store
+        .published_by_kind(READING_KIND, 0, i64::MAX, "amr/gw/reading/m2", 10)
+        .unwrap();
+    assert_eq!(by_kind.iter().map(|p| p.seq).collect::<Vec<_>>(), [3, 4]);
+    assert_eq!(by_kind[0].payload.as_bytes(), expected[1].as_slice());
+    assert_eq!(
+        store.published(1, 4, 2).unwrap().len(),
+        2,
+        "the limit holds"
+    );
+    // An unsent reading's row outlives the history bound until it is sent.
+    let mut store = store;
+    store.prune(i64::MAX / 2).unwrap();
+    let rows = store.pending(0, usize::MAX).unwrap();
+    assert_eq!(rows[1].payload, expected[0]);
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    store.ack(&ids).unwrap();
+    store.prune(i64::MAX / 2).unwrap();
+    assert!(store.history("m1", 0, i64::MAX).unwrap().is_empty());
 }

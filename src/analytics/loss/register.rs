@@ -25,16 +25,47 @@ use crate::analytics::register::{NOISE_KWH, drop_kwh};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
-/// One accepted read on the energy axis.
+/// One accepted read on the energy axis. In a snapshot `[ts_ms, kwh, kw]` (a meter's loss
+/// part holds a dozen of them per register, rewritten every interval: the names cost a third
+/// of the bytes); snapshots written before with named fields still read.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(into = "PointForm", from = "PointForm")]
 pub struct Point {
     pub ts_ms: i64,
     /// Axis value, kWh (primary side).
     pub kwh: f64,
     /// The meter's power in this register's direction at the read, kW, when it reports one;
     /// shapes the interpolation (see [`RegisterTrack::value_at`]).
-    #[serde(default)]
     pub kw: Option<f64>,
+}
+
+/// How a [`Point`] is written (`Compact`) or was written before (`Named`).
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum PointForm {
+    Compact(i64, f64, Option<f64>),
+    Named {
+        ts_ms: i64,
+        kwh: f64,
+        #[serde(default)]
+        kw: Option<f64>,
+    },
+}
+
+impl From<Point> for PointForm {
+    fn from(p: Point) -> PointForm {
+        PointForm::Compact(p.ts_ms, p.kwh, p.kw)
+    }
+}
+
+impl From<PointForm> for Point {
+    fn from(f: PointForm) -> Point {
+        match f {
+            PointForm::Compact(ts_ms, kwh, kw) | PointForm::Named { ts_ms, kwh, kw } => {
+                Point { ts_ms, kwh, kw }
+            }
+        }
+    }
 }
 
 /// The limits a new read is judged against (already scaled by the meter's multiplier).

@@ -1395,3 +1395,24 @@ fn a_clock_that_jumps_back_gives_no_negative_interval_and_counts_no_energy_twice
         "counted {counted} kWh of supply, {flowed} kWh flowed"
     );
 }
+
+#[test]
+fn a_snapshot_point_is_compact_and_the_named_form_still_reads() {
+    use super::register::Point;
+    let p = Point {
+        ts_ms: T0,
+        kwh: 1005.25,
+        kw: Some(0.5),
+    };
+    let text = serde_json::to_string(&p).unwrap();
+    assert_eq!(text, format!("[{T0},1005.25,0.5]"));
+    assert_eq!(serde_json::from_str::<Point>(&text).unwrap(), p);
+    let none = Point { kw: None, ..p };
+    let text = serde_json::to_string(&none).unwrap();
+    assert_eq!(serde_json::from_str::<Point>(&text).unwrap(), none);
+    // As snapshots before wrote it (kw missing in the oldest).
+    let named = format!(r#"{{"kw":0.5,"kwh":1005.25,"ts_ms":{T0}}}"#);
+    assert_eq!(serde_json::from_str::<Point>(&named).unwrap(), p);
+    let oldest = format!(r#"{{"kwh":1005.25,"ts_ms":{T0}}}"#);
+    assert_eq!(serde_json::from_str::<Point>(&oldest).unwrap(), none);
+}

@@ -1,8 +1,9 @@
 //! What the store keeps for commands from the headend: the ids of authentic commands already
 //! seen (replay is refused across restarts), an audit record of every command, accepted or not,
 //! with its state as it moves on, and the copy of every sequenced message by its original
-//! `seq` that `recall` re-publishes: a `published` copy, or for a reading (schema 7) its
-//! history row, from which the message is rendered again as it was.
+//! `seq` that `recall` re-publishes: a `published` copy, or (schema 7) for a reading its
+//! history row and for a kept message its record row, from which the message is rendered
+//! again as it was.
 
 use super::{RecordKind, Store, StoreError};
 use rusqlite::{OptionalExtension, params};
@@ -220,7 +221,52 @@ impl Store {
             "h.seq BETWEEN ?1 AND ?2 ORDER BY h.seq LIMIT ?3",
             params![clamp(from), clamp(to), clamp(limit as u64)],
         )?;
-        Ok(merge_by_seq(copies, readings, limit))
+        let kept = self.record_messages(
+            "seq BETWEEN ?1 AND ?2 ORDER BY seq LIMIT ?3",
+            params![clamp(from), clamp(to), clamp(limit as u64)],
+        )?;
+        Ok(merge_by_seq(
+            merge_by_seq(copies, readings, limit),
+            kept,
+            limit,
+        ))
+    }
+
+    /// The kept messages (schema 7: stored as their record rows) that the condition `filter`
+    /// on `record` selects, rendered as they were published.
+    fn record_messages(
+        &self,
+        filter: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<Published>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT seq, kind_seq, topic, body_json FROM record \
+                 WHERE seq IS NOT NULL AND {filter}"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(args, |r| {
+                Ok((
+                    r.get::<_, i64>(0)?.max(0) as u64,
+                    r.get::<_, Option<i64>>(1)?.unwrap_or(0).max(0) as u64,
+                    r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.err(e))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(seq, kind_seq, topic, body)| {
+                Some(Published {
+                    seq,
+                    topic,
+                    payload: super::record_message::render(&body, seq, kind_seq)?,
+                })
+            })
+            .collect())
     }
 
     /// The messages of the readings (schema 7: stored as their history rows) that the
@@ -288,7 +334,43 @@ impl Store {
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|e| self.err(e))?;
         if kind != super::READING_KIND {
-            return Ok(copies);
+            // Kept messages stored as their records: their kind and time are in the body
+            // (the time as `Store::commit` gave it to the copies). A record's own time is its
+            // message's or the start of the interval the message covers (a month at most), so
+            // the records' time index narrows the search first.
+            const MARGIN_MS: i64 = 40 * 86_400_000;
+            let mut stmt = self
+                .conn
+                .prepare_cached(
+                    "SELECT seq, body_json FROM record WHERE ts_ms >= ?3 AND ts_ms < ?4 \
+                     AND seq IS NOT NULL AND json_extract(body_json, '$.kind_seq') = ?1 \
+                     AND topic GLOB ?2 ORDER BY seq",
+                )
+                .map_err(|e| self.err(e))?;
+            let window = (
+                from_ms.saturating_sub(MARGIN_MS),
+                to_ms.saturating_add(MARGIN_MS),
+            );
+            let seqs: Vec<(i64, String)> = stmt
+                .query_map(params![kind, topic, window.0, window.1], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| self.err(e))?;
+            let mut kept = Vec::new();
+            for (seq, body) in seqs {
+                let Ok(serde_json::Value::Object(map)) = serde_json::from_str(&body) else {
+                    continue;
+                };
+                let ts = super::message_time(&map);
+                if ts.is_some_and(|t| t >= from_ms && t < to_ms) {
+                    kept.extend(self.record_messages("seq = ?1", [seq])?);
+                    if kept.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            return Ok(merge_by_seq(copies, kept, limit));
         }
         let base = self.reading_topic.clone().unwrap_or_default();
         let readings = self.reading_messages(

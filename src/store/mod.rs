@@ -16,6 +16,7 @@ mod lock;
 mod meter_state;
 mod reading_message;
 mod reading_values;
+mod record_message;
 mod recovery;
 mod reserve;
 mod schema;
@@ -354,6 +355,9 @@ impl Store {
         for (i, r) in batch.readings.iter().enumerate() {
             unsent.entry(r.meter.as_str()).or_default().push(i);
         }
+        // The record rows of this batch by body text, whose messages are still to come.
+        let mut record_rows: std::collections::HashMap<String, Vec<i64>> =
+            std::collections::HashMap::new();
         // The reading topic base this batch named, when it is not the one in `meta`.
         let mut new_reading_topic: Option<String> = None;
         {
@@ -399,14 +403,14 @@ impl Store {
                 )
                 .map_err(sql)?;
             for r in &batch.records {
+                let body = r.body.to_string();
                 insert_record
-                    .execute(params![
-                        r.kind.as_str(),
-                        r.subject,
-                        r.ts_ms,
-                        r.body.to_string()
-                    ])
+                    .execute(params![r.kind.as_str(), r.subject, r.ts_ms, body])
                     .map_err(sql)?;
+                record_rows
+                    .entry(body)
+                    .or_default()
+                    .push(tx.last_insert_rowid());
             }
             let mut set_meta = tx
                 .prepare_cached(
@@ -448,6 +452,11 @@ impl Store {
                 .prepare_cached(
                     "UPDATE history SET seq = ?2, kind_seq = ?3, clock_unsynchronized = ?4 \
                      WHERE id = ?1",
+                )
+                .map_err(sql)?;
+            let mut mark_record = tx
+                .prepare_cached(
+                    "UPDATE record SET seq = ?2, kind_seq = ?3, topic = ?4 WHERE id = ?1",
                 )
                 .map_err(sql)?;
             for m in &batch.messages {
@@ -507,10 +516,36 @@ impl Store {
                             new_reading_topic = Some(base);
                         }
                     } else {
+                        // A kept message is stored once, as its record row, when rendering
+                        // the record gives back exactly this payload.
                         let text = serde_json::Value::Object(map).to_string();
-                        insert_copy
-                            .execute(params![at, m.topic, text, now_ms, kind, ts])
-                            .map_err(sql)?;
+                        let kind_seq = kind.as_ref().and_then(|k| kinds.get(k)).copied();
+                        let record = match kind_seq {
+                            Some(ks) if !record_rows.is_empty() => {
+                                let body = m.payload.to_string();
+                                let found = record_rows.get_mut(&body).and_then(|ids| {
+                                    (record_message::render(&body, seq, ks).as_ref() == Some(&text))
+                                        .then(|| ids.pop())
+                                        .flatten()
+                                });
+                                found.map(|id| (id, ks))
+                            }
+                            _ => None,
+                        };
+                        if let Some((id, ks)) = record {
+                            mark_record
+                                .execute(params![
+                                    id,
+                                    at,
+                                    i64::try_from(ks).unwrap_or(i64::MAX),
+                                    m.topic
+                                ])
+                                .map_err(sql)?;
+                        } else {
+                            insert_copy
+                                .execute(params![at, m.topic, text, now_ms, kind, ts])
+                                .map_err(sql)?;
+                        }
                     }
                     stored_seq = Some(at);
                     String::new()
@@ -947,7 +982,10 @@ impl Store {
             };
             self.conn
                 .execute(
-                    "DELETE FROM record WHERE kind = ?1 AND ts_ms < ?2",
+                    &format!(
+                        "DELETE FROM record WHERE kind = ?1 AND ts_ms < ?2 \
+                         AND {RECORD_UNREFERENCED}"
+                    ),
                     params![kind.as_str(), keep_from],
                 )
                 .map_err(|e| self.err(e))?;
@@ -1021,11 +1059,16 @@ impl Store {
             // Then the records kept for recall and `status`: real-time kinds first, billing
             // kinds last (curves before the small freezes and loss figures), oldest first.
             let mut deleted = 0;
+            // (The records of unsent kept messages are their messages' only payload: they
+            // stay until their messages are sent or dropped.)
             for kind in RecordKind::BY_PRUNE_ORDER {
                 let rows: i64 = self
                     .conn
                     .query_row(
-                        "SELECT COUNT(*) FROM record WHERE kind = ?1",
+                        &format!(
+                            "SELECT COUNT(*) FROM record WHERE kind = ?1 \
+                             AND {RECORD_UNREFERENCED}"
+                        ),
                         [kind.as_str()],
                         |r| r.get(0),
                     )
@@ -1034,8 +1077,11 @@ impl Store {
                     deleted = self
                         .conn
                         .execute(
-                            "DELETE FROM record WHERE id IN (SELECT id FROM record \
-                             WHERE kind = ?1 ORDER BY ts_ms, id LIMIT ?2)",
+                            &format!(
+                                "DELETE FROM record WHERE id IN (SELECT id FROM record \
+                                 WHERE kind = ?1 AND {RECORD_UNREFERENCED} \
+                                 ORDER BY ts_ms, id LIMIT ?2)"
+                            ),
                             params![kind.as_str(), chunk(rows)],
                         )
                         .map_err(|e| self.err(e))?;
@@ -1250,14 +1296,20 @@ fn reading_from_columns(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Re
 const HISTORY_UNREFERENCED: &str =
     "(seq IS NULL OR seq NOT IN (SELECT seq FROM outbox WHERE seq IS NOT NULL))";
 
+/// The record rows no outbox row refers to (an unsent kept message's record is its message).
+const RECORD_UNREFERENCED: &str = HISTORY_UNREFERENCED;
+
 /// The outbox rows with what their payload is kept as: their own payload, their `published`
-/// copy (schema 6) or their reading's history row (schema 7); read by [`outbox_row`].
+/// copy (schema 6), their reading's history row or their kept message's record row (schema
+/// 7); read by [`outbox_row`].
 pub(crate) const OUTBOX_ROWS: &str = "SELECT o.id, o.topic, o.seq, o.payload, \
      CAST(p.payload AS BLOB), o.qos, o.retain, o.created_ms, \
-     h.meter, h.ts_ms, h.values_json, l.names, h.values_blob, h.kind_seq, h.clock_unsynchronized \
+     h.meter, h.ts_ms, h.values_json, l.names, h.values_blob, h.kind_seq, h.clock_unsynchronized, \
+     rc.body_json, rc.kind_seq \
      FROM outbox o LEFT JOIN published p ON p.seq = o.seq \
      LEFT JOIN history h ON h.seq = o.seq AND p.seq IS NULL \
-     LEFT JOIN history_layout l ON l.id = h.layout";
+     LEFT JOIN history_layout l ON l.id = h.layout \
+     LEFT JOIN record rc ON rc.seq = o.seq AND p.seq IS NULL AND h.seq IS NULL";
 
 /// A row of [`OUTBOX_ROWS`] ready to publish; `None` when its payload is gone (its copy or
 /// its history row was lost).
@@ -1280,7 +1332,18 @@ pub(crate) fn outbox_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<Outbo
                     clock.is_some_and(|c| c != 0),
                 ))
             }
-            None => (!own.is_empty()).then_some(own),
+            None => match r.get::<_, Option<String>>(15)? {
+                Some(body) => {
+                    let kind_seq: Option<i64> = r.get(16)?;
+                    record_message::render(
+                        &body,
+                        seq.max(0) as u64,
+                        kind_seq.unwrap_or(0).max(0) as u64,
+                    )
+                    .map(String::into_bytes)
+                }
+                None => (!own.is_empty()).then_some(own),
+            },
         },
     };
     let Some(payload) = payload else {

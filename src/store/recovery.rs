@@ -293,6 +293,21 @@ impl Salvage {
                 .or_default();
             *found = (*found).max(kind_seq.unwrap_or(0).max(0) as u64);
         }
+        // From schema 7 the kept messages' numbers are on their record rows, their kind in
+        // the body.
+        let kept: Vec<(Option<String>, Option<i64>, Option<i64>)> = collect(
+            &conn,
+            "SELECT json_extract(body_json, '$.kind_seq'), max(seq), max(kind_seq) \
+             FROM record WHERE seq IS NOT NULL AND json_valid(body_json) GROUP BY 1",
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        );
+        for (kind, seq, kind_seq) in kept {
+            s.max_seq_found = s.max_seq_found.max(seq.unwrap_or(0).max(0) as u64);
+            if let Some(kind) = kind {
+                let found = s.kind_seq_found.entry(kind).or_default();
+                *found = (*found).max(kind_seq.unwrap_or(0).max(0) as u64);
+            }
+        }
         s.meter_status = collect(
             &conn,
             "SELECT meter, status_json, updated_ms FROM meter_status",
@@ -307,8 +322,9 @@ impl Salvage {
         let mut after = 0i64;
         let mut step = 1i64;
         for _ in 0..64 {
-            // From schema 7 a reading's payload is rendered from its history row; from schema
-            // 6 any other sequenced row's payload is its `published` copy.
+            // From schema 7 a reading's payload is rendered from its history row and a kept
+            // message's from its record row; from schema 6 any other sequenced row's payload
+            // is its `published` copy.
             let v7 = format!("{} WHERE o.id > ?1 ORDER BY o.id", super::OUTBOX_ROWS);
             let mut rendered = true;
             let Ok(mut stmt) = conn

@@ -194,7 +194,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 7,
-        description: "history: a reading's seq, kind_seq and clock mark; its message has no published copy",
+        description: "history: a reading's seq, kind_seq and clock mark; record: a kept message's seq, kind_seq and topic; neither has a published copy",
         // A reading is stored once: its history row carries what its message added (`seq`,
         // `kind_seq`, the `"clock": "unsynchronized"` mark), the outbox row names it by seq
         // with an empty payload, and the message is rendered again from the row when it is
@@ -204,11 +204,20 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         // and copies written before keep their `published` copy. (No step for the compact
         // values of `values_blob`, `store::reading_values`: a blob shorter than 8 bytes a value
         // is compact, one of exactly 8 bytes a value plain f64 as step 6 wrote it.)
+        //
+        // A kept message (curve, loss, freeze, voltage day/month, collection, daily loss,
+        // alarm) is stored once the same way, as its `record` row: its body is the payload
+        // before numbering, the row carries the message's `seq`, `kind_seq` and topic
+        // (`store::record_message`).
         sql: "
         ALTER TABLE history ADD COLUMN seq INTEGER;
         ALTER TABLE history ADD COLUMN kind_seq INTEGER;
         ALTER TABLE history ADD COLUMN clock_unsynchronized INTEGER;
         CREATE INDEX history_seq ON history (seq) WHERE seq IS NOT NULL;
+        ALTER TABLE record ADD COLUMN seq INTEGER;
+        ALTER TABLE record ADD COLUMN kind_seq INTEGER;
+        ALTER TABLE record ADD COLUMN topic TEXT;
+        CREATE INDEX record_seq ON record (seq) WHERE seq IS NOT NULL;
     ",
     },
 ];

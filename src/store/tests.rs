@@ -597,3 +597,173 @@ fn a_reading_is_stored_once_and_sent_and_recalled_as_it_was() {
     store.prune(i64::MAX / 2).unwrap();
     assert!(store.history("m1", 0, i64::MAX).unwrap().is_empty());
 }
+
+/// A kept message and its record as the analytics commit them (body = the payload before
+/// numbering).
+fn kept(
+    kind: RecordKind,
+    subject: &str,
+    ts_ms: i64,
+    topic: &str,
+    payload: serde_json::Value,
+) -> (Record, Message) {
+    let record = Record {
+        kind,
+        subject: subject.into(),
+        ts_ms,
+        body: payload.clone(),
+    };
+    let message = Message {
+        topic: topic.into(),
+        payload,
+        qos: 1,
+        retain: false,
+        sequenced: true,
+    };
+    (record, message)
+}
+
+#[test]
+fn a_curve_message_is_stored_once_and_sent_and_recalled_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("amr.db");
+    let start = 1_764_000_000_000;
+    let (curve, curve_msg) = kept(
+        RecordKind::Curve,
+        "m1",
+        start,
+        "amr/gw/curve/m1",
+        json!({
+            "meter": "m1", "kind_seq": "curve",
+            "start": "2025-11-24T16:00:00.000Z", "end": "2025-11-24T17:00:00.000Z",
+            "points": [{"t": 0, "voltage_l1_v": 229.123_456_789, "p_kw": -0.1}, {"t": 900, "p_kw": 1e-7}],
+        }),
+    );
+    // A record whose message says something else keeps its copy.
+    let (loss, mut loss_msg) = kept(
+        RecordKind::Loss,
+        "T1",
+        start,
+        "amr/gw/loss/T1",
+        json!({"area": "T1", "kind_seq": "loss", "end": "2025-11-24T16:15:00.000Z", "loss_pct": 3.5}),
+    );
+    loss_msg.payload["loss_pct"] = json!(3.25);
+    let reading_msg = message(9);
+    let batch = Batch {
+        records: vec![loss, curve],
+        messages: vec![reading_msg, curve_msg.clone(), loss_msg.clone()],
+        ..Default::default()
+    };
+    let numbered = |m: &Message, seq: u64, kind_seq: u64| {
+        let mut p = m.payload.clone();
+        p["seq"] = json!(seq);
+        p["kind_seq"] = json!(kind_seq);
+        p.to_string()
+    };
+    let curve_text = numbered(&curve_msg, 2, 1);
+    let loss_text = numbered(&loss_msg, 3, 1);
+    {
+        let mut store = Store::open(&path, &cfg()).unwrap();
+        store.commit(&batch).unwrap();
+        let copied: Vec<i64> = store
+            .conn
+            .prepare("SELECT seq FROM published ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(copied, [1, 3], "the curve has no published copy");
+        let on_record: (i64, i64, String) = store
+            .conn
+            .query_row(
+                "SELECT seq, kind_seq, topic FROM record WHERE kind = 'curve'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(on_record, (2, 1, "amr/gw/curve/m1".to_string()));
+        let rows = store.pending(0, usize::MAX).unwrap();
+        assert_eq!(rows.len(), 3);
+        assert_eq!(String::from_utf8_lossy(&rows[1].payload), curve_text);
+        assert_eq!(rows[1].topic, "amr/gw/curve/m1");
+        assert_eq!(String::from_utf8_lossy(&rows[2].payload), loss_text);
+        // An unsent curve's record outlives the history bound until it is sent.
+        store.prune(i64::MAX / 2).unwrap();
+        let rows = store.pending(0, usize::MAX).unwrap();
+        assert_eq!(String::from_utf8_lossy(&rows[1].payload), curve_text);
+        assert_eq!(
+            store
+                .records(RecordKind::Curve, None, 0, i64::MAX, 10)
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+    // Reopened and sent: recall by seq and by kind and time render the same bytes and topic.
+    let mut store = Store::open(&path, &cfg()).unwrap();
+    let ids: Vec<i64> = store
+        .pending(0, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    store.ack(&ids).unwrap();
+    let by_seq = store.published(2, 3, 10).unwrap();
+    assert_eq!(by_seq.iter().map(|p| p.seq).collect::<Vec<_>>(), [2, 3]);
+    assert_eq!(by_seq[0].payload, curve_text);
+    assert_eq!(by_seq[0].topic, "amr/gw/curve/m1");
+    assert_eq!(by_seq[1].payload, loss_text);
+    let end = crate::clock::parse_rfc3339("2025-11-24T17:00:00.000Z").unwrap();
+    let by_time = store
+        .published_by_kind("curve", end, end + 1, "amr/gw/curve/*", 10)
+        .unwrap();
+    assert_eq!(by_time.len(), 1);
+    assert_eq!(
+        (by_time[0].seq, by_time[0].payload.as_str()),
+        (2, curve_text.as_str())
+    );
+    assert!(
+        store
+            .published_by_kind("curve", end + 1, end + 2, "*", 10)
+            .unwrap()
+            .is_empty(),
+        "by the message's time (the block's end)"
+    );
+    // A store recovered goes on from the numbers on the records, even when their counter
+    // in `meta` is lost.
+    drop(store);
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute(
+            "DELETE FROM meta WHERE key = ?1",
+            [MetaKey::KindSeq("curve".into()).key()],
+        )
+        .unwrap();
+    let mut store = Store::open(&path, &cfg()).unwrap();
+    store.recover("test").unwrap();
+    let (curve2, curve2_msg) = kept(
+        RecordKind::Curve,
+        "m1",
+        start + 3_600_000,
+        "amr/gw/curve/m1",
+        json!({"meter": "m1", "kind_seq": "curve", "end": "2025-11-24T18:00:00.000Z"}),
+    );
+    store
+        .commit(&Batch {
+            records: vec![curve2],
+            messages: vec![curve2_msg.clone()],
+            ..Default::default()
+        })
+        .unwrap();
+    let rows = store.pending(0, usize::MAX).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&rows.last().unwrap().payload),
+        numbered(&curve2_msg, 4, 2)
+    );
+    // Sent, a curve's record goes with the history.
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    store.ack(&ids).unwrap();
+    store.prune(i64::MAX / 2).unwrap();
+    assert!(store.published(1, 10, 10).unwrap().is_empty());
+}

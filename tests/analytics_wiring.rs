@@ -514,27 +514,35 @@ fn snapshots_keep_each_meters_part_apart_and_write_only_what_changed() {
         .meta
         .iter()
         .filter_map(|(k, _)| match k {
+            MetaKey::EngineMeter(e, _) if **e == MetaKey::LossEngine => None,
             MetaKey::EngineMeter(_, meter) => Some(meter.clone()),
             _ => None,
         })
         .collect();
     assert!(!written.is_empty());
     assert!(written.iter().all(|m| m == "c1"), "{written:?}");
+    // The loss engine wrote only its rest with the intervals it closed a second before; its
+    // meters' parts, last written at the stop, are due now and go out whole (each changed).
+    assert_ne!(engines_json(&writer)[1], loss_then);
+    let loss_parts: Vec<&str> = fold
+        .batch
+        .meta
+        .iter()
+        .filter_map(|(k, _)| match k {
+            MetaKey::EngineMeter(e, meter) if **e == MetaKey::LossEngine => Some(meter.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(loss_parts, ["c1", "c2", "s"]);
     store.commit_at(&fold.batch, now).unwrap();
 
-    // A restart (no clean stop) continues from the parts joined again, exactly: the engines
-    // written at `now` as they were then, the loss engine (which neither emitted nor was due
-    // at `now`) as at its last snapshot, a second before — c1's last reading is a silence to it.
+    // A restart (no clean stop) continues from the parts joined again, exactly: every engine
+    // as written at `now`.
     let before = engines_json(&writer);
     drop(writer);
     let (writer, _) = start(&mut store, now + 1_000);
     let after = engines_json(&writer);
-    assert_eq!(after[1], loss_then);
-    assert_ne!(before[1], loss_then);
-    assert_eq!(
-        [&after[0], &after[2], &after[3]],
-        [&before[0], &before[2], &before[3]]
-    );
+    assert_eq!(after, before);
 }
 
 #[test]
@@ -600,4 +608,108 @@ fn a_curve_block_goes_out_with_its_meters_part_only() {
     );
     let (sent, _) = curve_of(&fold.batch);
     assert!(!sent.contains(&"c1".to_string()), "{sent:?}");
+}
+
+#[test]
+fn a_crash_with_stale_loss_parts_emits_no_interval_twice_and_bridges_the_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let (mut writer, _) = start(&mut store, T0);
+    // A minute of reads, then a clean stop and a start: every meter's loss part is written,
+    // holding reads up to 08:00:56.
+    for k in 0..12 {
+        step(
+            &mut writer,
+            &mut store,
+            area_reads(k, 0.009),
+            T0 + 1_500 + k * STEP_MS,
+        );
+    }
+    let stop = T0 + 1_500 + 11 * STEP_MS;
+    let batch = writer.finish(stop);
+    store.commit_at(&batch, stop).unwrap();
+    drop(writer);
+    let (mut writer, _) = start(&mut store, stop);
+
+    // Three more minutes: the intervals from 08:01 and 08:02 close, each in a batch with the
+    // loss engine's rest but none of its per-meter parts (those are written hourly).
+    let loss_part =
+        |k: &MetaKey| matches!(k, MetaKey::EngineMeter(e, _) if **e == MetaKey::LossEngine);
+    let mut emitted = 0;
+    for k in 12..48 {
+        let now = T0 + 1_500 + k * STEP_MS;
+        let fold = writer.fold(area_reads(k, 0.009), now);
+        if fold
+            .batch
+            .records
+            .iter()
+            .any(|r| r.kind == RecordKind::Loss)
+        {
+            emitted += 1;
+            assert!(
+                fold.batch
+                    .meta
+                    .iter()
+                    .any(|(k, _)| *k == MetaKey::LossEngine)
+            );
+            assert!(!fold.batch.meta.iter().any(|(k, _)| loss_part(k)));
+        }
+        store.commit_at(&fold.batch, now).unwrap();
+    }
+    assert_eq!(emitted, 2);
+    let before: Vec<i64> = store
+        .records(RecordKind::Loss, Some("T1"), 0, i64::MAX, 100)
+        .unwrap()
+        .iter()
+        .map(|r| r.ts_ms)
+        .collect();
+    assert_eq!(before, [T0 + 120_000, T0 + 180_000]);
+
+    // A crash at 08:03:56 and a start at 08:05: the engine's rest says 08:03 is next, its
+    // meters' reads end at 08:00:56 (the reads since are a silence to it).
+    drop(writer);
+    let (mut writer, _) = start(&mut store, T0 + 300_000);
+    for k in 60..108 {
+        step(
+            &mut writer,
+            &mut store,
+            area_reads(k, 0.009),
+            T0 + 1_500 + k * STEP_MS,
+        );
+    }
+    let records = store
+        .records(RecordKind::Loss, Some("T1"), 0, i64::MAX, 100)
+        .unwrap();
+    let ends: Vec<i64> = records.iter().map(|r| r.ts_ms).collect();
+    let mut unique = ends.clone();
+    unique.dedup();
+    assert_eq!(ends, unique, "no interval emitted twice: {ends:?}");
+    assert_eq!(
+        &ends[..4],
+        [T0 + 120_000, T0 + 180_000, T0 + 240_000, T0 + 300_000],
+        "the next interval after the restart is the one after the last emitted"
+    );
+    for r in &records {
+        let b = &r.body;
+        let supply = b["supply_kwh"].as_f64().unwrap();
+        // The registers are cumulative: bridged intervals get the energy between the reads
+        // either side of the silence, neither negative nor counted twice.
+        assert!((supply - 0.24).abs() < 1e-6, "{b}");
+        assert!(b["sales_kwh"].as_f64().unwrap() >= 0.0, "{b}");
+        if (T0 + 240_000..=T0 + 360_000).contains(&r.ts_ms) {
+            // Bracketed only across the silence (longer than max_read_gap_s): estimates.
+            assert_eq!(b["complete"], false, "{b}");
+            assert_eq!(b["coverage_pct"].as_f64(), Some(0.0), "{b}");
+        } else {
+            assert_eq!(b["complete"], true, "{b}");
+            assert!((b["loss_pct"].as_f64().unwrap() - 5.0).abs() < 1e-6, "{b}");
+        }
+    }
+    assert!(records.len() >= 7, "{ends:?}");
+    // The loss messages match the records: one each.
+    let losses = outbox(&store)
+        .iter()
+        .filter(|r| r.topic == "amr/gw/loss/T1")
+        .count();
+    assert_eq!(losses, records.len());
 }

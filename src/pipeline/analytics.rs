@@ -129,6 +129,8 @@ pub struct Analytics {
     written: BTreeMap<MetaKey, u64>,
     /// When each per-meter part was last written.
     written_ms: BTreeMap<MetaKey, i64>,
+    /// When each engine last wrote all its changed per-meter parts (see [`PARTS_EVERY_MS`]).
+    parts_ms: BTreeMap<MetaKey, i64>,
 }
 
 impl Analytics {
@@ -154,6 +156,7 @@ impl Analytics {
             curve_sent: BTreeSet::new(),
             written: BTreeMap::new(),
             written_ms: BTreeMap::new(),
+            parts_ms: BTreeMap::new(),
         }
     }
 
@@ -351,11 +354,20 @@ impl Analytics {
                 .snapshot_ms
                 .get(&key)
                 .is_none_or(|t| now_ms - t >= PARTS_EVERY_MS);
+            let parts_due = self
+                .parts_ms
+                .get(&key)
+                .is_none_or(|t| now_ms - t >= PARTS_EVERY_MS);
             if changed && key == MetaKey::CurveEngine {
                 // Only the parts of the meters whose block went out must go with it.
                 let sent = std::mem::take(&mut self.curve_sent);
                 self.push_parts(key, now_ms, Some(&sent), batch);
-            } else if changed || due {
+            } else if changed && key == MetaKey::LossEngine && !parts_due {
+                // A closed interval needs only the engine's rest (which interval is next,
+                // the verdicts, the suspect window) in its batch, so that it is never emitted
+                // twice; the meters' reads are written hourly (see the module documentation).
+                self.push_parts(key, now_ms, Some(&BTreeSet::new()), batch);
+            } else if changed || due || (key == MetaKey::LossEngine && parts_due) {
                 self.push_snapshot(key, now_ms, batch);
             }
         }
@@ -579,6 +591,9 @@ impl Analytics {
         batch: &mut Batch,
     ) {
         self.snapshot_ms.insert(key.clone(), now_ms);
+        if only.is_none() {
+            self.parts_ms.insert(key.clone(), now_ms);
+        }
         let json = match key {
             MetaKey::LossEngine => self.loss_state_json(),
             MetaKey::AlarmEngine => json_of(&self.alarms.snapshot()),

@@ -365,9 +365,12 @@ impl Analytics {
             } else if changed && key == MetaKey::LossEngine && !parts_due {
                 // A closed interval needs only the engine's rest (which interval is next,
                 // the verdicts, the suspect window) in its batch, so that it is never emitted
-                // twice; the meters' reads are written hourly (see the module documentation).
+                // twice; the meters' reads go with the first interval closed an hour or more
+                // after they last did — just after a close the engine has pruned the reads
+                // the closed interval needed, so the parts are at their smallest (see the
+                // module documentation).
                 self.push_parts(key, now_ms, Some(&BTreeSet::new()), batch);
-            } else if changed || due || (key == MetaKey::LossEngine && parts_due) {
+            } else if changed || due {
                 self.push_snapshot(key, now_ms, batch);
             }
         }

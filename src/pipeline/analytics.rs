@@ -29,8 +29,14 @@
 //!   each meter's changed part written every 10 s cost most of the bytes a reading wrote
 //!   (docs/benchmarks.md (h)). Each meter's part of a snapshot ([`meter_parts`]) has a key of
 //!   its own ([`MetaKey::EngineMeter`]) and is written only when it changed. After a crash
-//!   the engines continue from their last snapshot, at most [`PARTS_EVERY_MS`] old (the loss
-//!   engine at most one interval, since it saves at each): the
+//!   the engines continue from their last snapshot, at most [`PARTS_EVERY_MS`] old. The loss
+//!   engine writes its own key (next interval, verdicts, suspect window) with each interval
+//!   it closes, so none is emitted twice, and its meters' parts (about 1 KB each) with the
+//!   first interval closed [`PARTS_EVERY_MS`] after they last went: its reads are at most an
+//!   hour and one interval old after a crash. A newer rest with older parts is sound: the
+//!   intervals after the rest's are computed from the reads either side of the silence (a
+//!   cumulative, never-decreasing axis; `complete: false` when the silence is longer than
+//!   `max_read_gap_s`), none before it is closed again. The
 //!   readings taken since are in the history but not in the engines, which bridge them as a
 //!   silence of the meters — a curve point is interpolated between the reads either side of
 //!   it, a loss interval and a freeze take the next read (the registers are cumulative, so
@@ -72,8 +78,9 @@ pub const SNAPSHOT_EVERY_MS: i64 = 10_000;
 /// most state a crash can cost an engine. Writing each meter's changed part at every reading
 /// (every 10 s, as before) cost most of the bytes a reading wrote; an engine that emits (a
 /// loss interval, a curve block, a freeze, a day, an alarm) writes its snapshot in that batch
-/// anyway, so with the defaults this bounds the voltage, freeze and alarm engines, and the
-/// curve's (blocks of 60 min). One hour rather than 15 minutes: 1.7 KB rather than 2.3 KB
+/// anyway, so with the defaults this bounds the voltage, freeze and alarm engines, the
+/// curve's (blocks of 60 min) and the loss engine's per-meter parts (its intervals carry only
+/// its rest; the parts go with the first interval this long after they last did). One hour rather than 15 minutes: 1.7 KB rather than 2.3 KB
 /// written per reading at 1000 meters (docs/benchmarks.md (h)).
 pub const PARTS_EVERY_MS: i64 = 3_600_000;
 

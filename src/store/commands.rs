@@ -199,24 +199,11 @@ impl Store {
         to: u64,
         limit: usize,
     ) -> Result<Vec<Published>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT seq, topic, payload FROM published WHERE seq BETWEEN ?1 AND ?2 \
-                 ORDER BY seq LIMIT ?3",
-            )
-            .map_err(|e| self.err(e))?;
         let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        let copies = stmt
-            .query_map(params![clamp(from), clamp(to), clamp(limit as u64)], |r| {
-                Ok(Published {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    topic: r.get(1)?,
-                    payload: r.get(2)?,
-                })
-            })
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self.err(e))?;
+        let copies = self.copies(
+            "seq BETWEEN ?1 AND ?2 ORDER BY seq LIMIT ?3",
+            params![clamp(from), clamp(to), clamp(limit as u64)],
+        )?;
         let readings = self.reading_messages(
             "h.seq BETWEEN ?1 AND ?2 ORDER BY h.seq LIMIT ?3",
             params![clamp(from), clamp(to), clamp(limit as u64)],
@@ -230,6 +217,30 @@ impl Store {
             kept,
             limit,
         ))
+    }
+
+    /// The recall copies in `published` (every sequenced message that is neither a reading
+    /// nor a kept message stored as its record) that the condition `filter` selects.
+    fn copies(
+        &self,
+        filter: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<Published>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT seq, topic, payload FROM published WHERE {filter}"
+            ))
+            .map_err(|e| self.err(e))?;
+        stmt.query_map(args, |r| {
+            Ok(Published {
+                seq: r.get::<_, i64>(0)? as u64,
+                topic: r.get(1)?,
+                payload: r.get(2)?,
+            })
+        })
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| self.err(e))
     }
 
     /// The kept messages (schema 7: stored as their record rows) that the condition `filter`
@@ -315,24 +326,11 @@ impl Store {
         topic: &str,
         limit: usize,
     ) -> Result<Vec<Published>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT seq, topic, payload FROM published WHERE kind = ?1 AND ts_ms >= ?2 \
-                 AND ts_ms < ?3 AND topic GLOB ?4 ORDER BY seq LIMIT ?5",
-            )
-            .map_err(|e| self.err(e))?;
         let max = i64::try_from(limit).unwrap_or(i64::MAX);
-        let copies = stmt
-            .query_map(params![kind, from_ms, to_ms, topic, max], |r| {
-                Ok(Published {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    topic: r.get(1)?,
-                    payload: r.get(2)?,
-                })
-            })
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| self.err(e))?;
+        let copies = self.copies(
+            "kind = ?1 AND ts_ms >= ?2 AND ts_ms < ?3 AND topic GLOB ?4 ORDER BY seq LIMIT ?5",
+            params![kind, from_ms, to_ms, topic, max],
+        )?;
         if kind != super::READING_KIND {
             // Kept messages stored as their records: their kind and time are in the body
             // (the time as `Store::commit` gave it to the copies). A record's own time is its

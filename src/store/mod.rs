@@ -9,6 +9,10 @@
 //! It also keeps the records `status` shows (loss intervals, alarm events, voltage days, by
 //! [`RecordKind`]), each meter's last state ([`MeterState`]) and the `meta` table of engine
 //! snapshots and figures (by [`MetaKey`]): the names are defined here, once.
+//!
+//! Every message is stored once: a reading as its history row (`reading_message`, values
+//! encoded by `reading_values`), a kept message as its record row (`record_message`), any
+//! other sequenced message as its recall copy in `published`; the outbox row names it by seq.
 
 mod commands;
 mod keys;

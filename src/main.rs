@@ -609,14 +609,20 @@ const MMAP_THRESHOLD: i32 = 128 * 1024;
 /// snapshot parts) share the allocator's arenas, and glibc gives freed memory back only from
 /// the top of an arena: with 1000 meters the resident size kept growing with the holes
 /// between them (about 23 MB in use, 60–70 MB held after ten minutes: docs/benchmarks.md
-/// (j)). So: a fixed `M_MMAP_THRESHOLD` (glibc otherwise raises it after every large free,
-/// and large buffers then land in the arenas), and `malloc_trim(0)` every
-/// [`HEAP_TRIM_EVERY`] on a thread of its own.
+/// (j)). So: one arena for all threads (`M_ARENA_MAX` 1: glibc otherwise gives each thread
+/// that allocates its own, and a buffer made on one worker thread and freed on another leaves
+/// holes in both; the gateway's few threads do not contend for it), a fixed
+/// `M_MMAP_THRESHOLD` (glibc otherwise raises it after every large free, and large buffers
+/// then land in the arena), and `malloc_trim(0)` every [`HEAP_TRIM_EVERY`] on a thread of its
+/// own.
 fn return_freed_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        // SAFETY: mallopt sets an allocator parameter; called before the threads start.
-        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
+        // SAFETY: mallopt sets allocator parameters; called before the threads start.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        }
         let spawned = std::thread::Builder::new()
             .name("heap-trim".into())
             .spawn(|| {

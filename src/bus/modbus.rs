@@ -94,7 +94,8 @@ struct MeterPlan {
     /// The model as configured.
     model: Arc<MeterModel>,
     /// The model without the registers this meter turned out not to have; planned and decoded.
-    active: MeterModel,
+    /// The configured model itself (shared by every meter of it) until a register is skipped.
+    active: Arc<MeterModel>,
     max_block: u16,
     blocks: Vec<ReadBlock>,
     /// Polls in a row in which a register was refused even when read alone.
@@ -163,7 +164,7 @@ impl ModbusDriver {
                     unit: m.unit,
                     ratios: m.ratios,
                     blocks: plan_meter(model, max_block),
-                    active: (**model).clone(),
+                    active: model.clone(),
                     model: model.clone(),
                     max_block,
                     refused: BTreeMap::new(),
@@ -644,7 +645,7 @@ impl MeterPlan {
             active
                 .registers
                 .retain(|d| !self.skipped.contains(&(d.function, d.address)));
-            self.active = active;
+            self.active = Arc::new(active);
             self.blocks = plan_around(&self.active, self.max_block, &self.holes());
         }
     }

@@ -5,6 +5,7 @@
 use super::{BusConfig, BusProtocol, Config, MeterConfig, Parity, SerialSettings};
 use crate::bus::{self, BusSettings, MeterSettings, ModelOf};
 use crate::protocol::{self, SerialLine, modbus};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,17 +15,28 @@ impl Config {
     /// bus, a data-identifier map on a DL/T 645 bus). A meter whose model is not in the library
     /// is left out (the loader reports it).
     pub fn bus_settings(&self) -> Vec<(BusSettings, Vec<MeterSettings>)> {
+        // One copy of each model, shared by all its meters (a thousand meters of one model
+        // hold one register map).
+        let mut modbus_models = HashMap::new();
+        let mut dlt645_models = HashMap::new();
         self.buses
             .iter()
             .map(|b| {
                 let meters = self
                     .meters_on(&b.name)
                     .filter_map(|m| {
+                        let name = m.model.as_str();
                         let model = match b.protocol {
-                            BusProtocol::Dlt645 => {
-                                ModelOf::Dlt645(Arc::new(self.models.get_dlt645(&m.model)?.clone()))
-                            }
-                            _ => ModelOf::Modbus(Arc::new(self.models.get(&m.model)?.clone())),
+                            BusProtocol::Dlt645 => ModelOf::Dlt645(shared(
+                                &mut dlt645_models,
+                                name,
+                                self.models.get_dlt645(name)?,
+                            )),
+                            _ => ModelOf::Modbus(shared(
+                                &mut modbus_models,
+                                name,
+                                self.models.get(name)?,
+                            )),
                         };
                         Some(m.settings(model))
                     })
@@ -134,6 +146,14 @@ impl From<SerialSettings> for SerialLine {
             stop_bits: s.stop_bits,
         }
     }
+}
+
+/// The one shared copy of the model `name` in `copies`, made from `model` the first time.
+fn shared<'a, M: Clone>(copies: &mut HashMap<&'a str, Arc<M>>, name: &'a str, model: &M) -> Arc<M> {
+    copies
+        .entry(name)
+        .or_insert_with(|| Arc::new(model.clone()))
+        .clone()
 }
 
 #[cfg(test)]

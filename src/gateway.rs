@@ -750,6 +750,47 @@ impl StoreWatch {
     }
 }
 
+/// What a pruning of the store deleted, or why it stopped.
+type PruneOutcome = Result<crate::store::PruneReport, crate::store::StoreError>;
+
+/// Prunes the store ([`Store::prune_step`]) one short transaction at a time, each taking the
+/// store's lock for itself, so the writer's commits and the publisher's reads and deletes go on
+/// between the steps: a store far over its bound at start (a lowered bound, a long outage) is
+/// brought under it while the backlog already drains. Logs the steps when it took long.
+async fn prune_in_steps(store: SharedStore) -> PruneOutcome {
+    let started = tokio::time::Instant::now();
+    let mut pruning = crate::store::Pruning::new(now_ms());
+    let mut over = false;
+    while !pruning.is_done() {
+        let st = store.clone();
+        let (step, back) = tokio::task::spawn_blocking(move || {
+            let step = st
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .prune_step(&mut pruning);
+            (step, pruning)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        pruning = back;
+        step?;
+        if pruning.found_over_bound() && !over {
+            over = true;
+            info!("store over its bound ([store] max_size_mb): pruning in steps while publishing");
+        }
+        tokio::task::yield_now().await;
+    }
+    if over || started.elapsed() >= Duration::from_secs(1) {
+        info!(
+            steps = pruning.steps(),
+            "store pruned in {} steps over {:.1} s",
+            pruning.steps(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(pruning.into_report())
+}
+
 /// Folds bus events, and a tick every second, into store transactions: history, outbox
 /// messages, learned limits and the analytics' output. What the store refuses waits in memory
 /// (bounded, [`Held`]) and is stored oldest first when it has room again. Runs until every bus
@@ -778,6 +819,7 @@ async fn write_events(
     };
     let mut readings_stored = 0u64;
     let mut last_prune = tokio::time::Instant::now() - PRUNE_EVERY;
+    let mut pruning: Option<tokio::task::JoinHandle<PruneOutcome>> = None;
     let check_every = quick_check_every();
     let mut last_check = tokio::time::Instant::now();
     let mut buf = Vec::with_capacity(MAX_BATCH);
@@ -849,11 +891,14 @@ async fn write_events(
             });
         }
         readings_stored += store_held(&store, &mut watch, &mut writer, &wake).await?;
-        if last_prune.elapsed() >= PRUNE_EVERY {
+        // Pruning runs beside the writer, one short step at a time (`prune_in_steps`): the
+        // writer's commits and the publisher go on between the steps.
+        if pruning.is_none() && last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = tokio::time::Instant::now();
-            let st = store.clone();
-            let report =
-                tokio::task::spawn_blocking(move || st.lock().unwrap().prune(now_ms())).await;
+            pruning = Some(tokio::spawn(prune_in_steps(store.clone())));
+        }
+        if pruning.as_ref().is_some_and(|t| t.is_finished()) {
+            let report = pruning.take().expect("a pruning task").await;
             match report {
                 Ok(Ok(r)) => {
                     if r.dropped_messages > 0 {
@@ -901,6 +946,11 @@ async fn write_events(
         }
         heartbeat.beat();
         hang_point("writer-hang").await;
+    }
+    if let Some(task) = pruning.take() {
+        // The step under way ends with its transaction; the rest waits for the next start.
+        task.abort();
+        let _ = task.await;
     }
     watch.held.push(Fold {
         batch: writer.finish(now_ms()),

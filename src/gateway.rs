@@ -1318,4 +1318,79 @@ customers = []
         assert_eq!(s.history("s", 0, i64::MAX).unwrap().len(), 3000);
         assert_eq!(s.block_limits().unwrap().get("s"), Some(&40));
     }
+
+    /// A store far over its bound at start is pruned in steps beside the publisher and the
+    /// writer: the oldest rows are read (to publish) and new batches committed before the
+    /// pruning ends, and it ends under the bound with the oldest unsent messages dropped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_over_its_bound_is_pruned_while_the_backlog_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = crate::store::StoreSettings {
+            history_days: 35,
+            max_size_mb: 1,
+            commit_window_ms: 0,
+        };
+        let path = dir.path().join("db");
+        let message = |n: u64| crate::store::Message {
+            topic: format!("amr/gw/reading/m{}", n % 50),
+            payload: serde_json::json!({"n": n, "pad": "7".repeat(200)}),
+            qos: 1,
+            retain: false,
+            sequenced: true,
+        };
+        {
+            let mut s = Store::open(&path, &settings).unwrap();
+            for k in 0..8 {
+                let messages = (k * 5000..(k + 1) * 5000).map(message).collect();
+                s.commit(&Batch {
+                    messages,
+                    ..Default::default()
+                })
+                .unwrap();
+            }
+            assert!(s.used_bytes().unwrap() > 8 * 1024 * 1024);
+        }
+        let store = crate::store::open_shared(&path, &settings).unwrap();
+        let pruning = tokio::spawn(prune_in_steps(store.clone()));
+        let (mut reads_during, mut commits_during, mut n) = (0, 0, 40_000);
+        while !pruning.is_finished() {
+            let rows = crate::store::with_store(&store, |s| s.pending(0, 64).unwrap()).await;
+            assert!(!rows.is_empty());
+            let batch = Batch {
+                messages: vec![message(n)],
+                ..Default::default()
+            };
+            n += 1;
+            crate::store::with_store(&store, move |s| s.commit(&batch).unwrap()).await;
+            if !pruning.is_finished() {
+                reads_during += 1;
+                commits_during += 1;
+            }
+        }
+        let report = pruning.await.unwrap().unwrap();
+        assert!(
+            reads_during > 0 && commits_during > 0,
+            "the publisher and the writer used the store while it was pruned"
+        );
+        assert!(report.used_bytes <= 1024 * 1024, "{report:?}");
+        assert!(report.dropped_messages > 30_000, "{report:?}");
+        let s = store.lock().unwrap();
+        let seqs: Vec<u64> = s
+            .pending(0, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|r| {
+                serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        // The oldest went; the newest — those committed during the pruning too — stayed.
+        assert_eq!(*seqs.last().unwrap(), n);
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "a contiguous tail"
+        );
+        assert_eq!(seqs.len() + report.dropped_messages, n as usize);
+    }
 }

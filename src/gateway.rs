@@ -754,6 +754,47 @@ impl StoreWatch {
     }
 }
 
+/// What a pruning of the store deleted, or why it stopped.
+type PruneOutcome = Result<crate::store::PruneReport, crate::store::StoreError>;
+
+/// Prunes the store ([`Store::prune_step`]) one short transaction at a time, each taking the
+/// store's lock for itself, so the writer's commits and the publisher's reads and deletes go on
+/// between the steps: a store far over its bound at start (a lowered bound, a long outage) is
+/// brought under it while the backlog already drains. Logs the steps when it took long.
+async fn prune_in_steps(store: SharedStore) -> PruneOutcome {
+    let started = tokio::time::Instant::now();
+    let mut pruning = crate::store::Pruning::new(now_ms());
+    let mut over = false;
+    while !pruning.is_done() {
+        let st = store.clone();
+        let (step, back) = tokio::task::spawn_blocking(move || {
+            let step = st
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .prune_step(&mut pruning);
+            (step, pruning)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        pruning = back;
+        step?;
+        if pruning.found_over_bound() && !over {
+            over = true;
+            info!("store over its bound ([store] max_size_mb): pruning in steps while publishing");
+        }
+        tokio::task::yield_now().await;
+    }
+    if over || started.elapsed() >= Duration::from_secs(1) {
+        info!(
+            steps = pruning.steps(),
+            "store pruned in {} steps over {:.1} s",
+            pruning.steps(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(pruning.into_report())
+}
+
 /// Folds bus events, and a tick every second, into store transactions: history, outbox
 /// messages, learned limits and the analytics' output. What the store refuses waits in memory
 /// (bounded, [`Held`]) and is stored oldest first when it has room again. Runs until every bus
@@ -782,6 +823,7 @@ async fn write_events(
     };
     let mut readings_stored = 0u64;
     let mut last_prune = tokio::time::Instant::now() - PRUNE_EVERY;
+    let mut pruning: Option<tokio::task::JoinHandle<PruneOutcome>> = None;
     let check_every = quick_check_every();
     let mut last_check = tokio::time::Instant::now();
     let mut buf = Vec::with_capacity(MAX_BATCH);
@@ -853,11 +895,14 @@ async fn write_events(
             });
         }
         readings_stored += store_held(&store, &mut watch, &mut writer, &wake).await?;
-        if last_prune.elapsed() >= PRUNE_EVERY {
+        // Pruning runs beside the writer, one short step at a time (`prune_in_steps`): the
+        // writer's commits and the publisher go on between the steps.
+        if pruning.is_none() && last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = tokio::time::Instant::now();
-            let st = store.clone();
-            let report =
-                tokio::task::spawn_blocking(move || st.lock().unwrap().prune(now_ms())).await;
+            pruning = Some(tokio::spawn(prune_in_steps(store.clone())));
+        }
+        if pruning.as_ref().is_some_and(|t| t.is_finished()) {
+            let report = pruning.take().expect("a pruning task").await;
             match report {
                 Ok(Ok(r)) => {
                     if r.dropped_messages > 0 {
@@ -905,6 +950,11 @@ async fn write_events(
         }
         heartbeat.beat();
         hang_point("writer-hang").await;
+    }
+    if let Some(task) = pruning.take() {
+        // The step under way ends with its transaction; the rest waits for the next start.
+        task.abort();
+        let _ = task.await;
     }
     watch.held.push(Fold {
         batch: writer.finish(now_ms()),
@@ -1271,5 +1321,80 @@ customers = []
         let s = store.lock().unwrap();
         assert_eq!(s.history("s", 0, i64::MAX).unwrap().len(), 3000);
         assert_eq!(s.block_limits().unwrap().get("s"), Some(&40));
+    }
+
+    /// A store far over its bound at start is pruned in steps beside the publisher and the
+    /// writer: the oldest rows are read (to publish) and new batches committed before the
+    /// pruning ends, and it ends under the bound with the oldest unsent messages dropped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_over_its_bound_is_pruned_while_the_backlog_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = crate::store::StoreSettings {
+            history_days: 35,
+            max_size_mb: 1,
+            commit_window_ms: 0,
+        };
+        let path = dir.path().join("db");
+        let message = |n: u64| crate::store::Message {
+            topic: format!("amr/gw/reading/m{}", n % 50),
+            payload: serde_json::json!({"n": n, "pad": "7".repeat(200)}),
+            qos: 1,
+            retain: false,
+            sequenced: true,
+        };
+        {
+            let mut s = Store::open(&path, &settings).unwrap();
+            for k in 0..8 {
+                let messages = (k * 5000..(k + 1) * 5000).map(message).collect();
+                s.commit(&Batch {
+                    messages,
+                    ..Default::default()
+                })
+                .unwrap();
+            }
+            assert!(s.used_bytes().unwrap() > 8 * 1024 * 1024);
+        }
+        let store = crate::store::open_shared(&path, &settings).unwrap();
+        let pruning = tokio::spawn(prune_in_steps(store.clone()));
+        let (mut reads_during, mut commits_during, mut n) = (0, 0, 40_000);
+        while !pruning.is_finished() {
+            let rows = crate::store::with_store(&store, |s| s.pending(0, 64).unwrap()).await;
+            assert!(!rows.is_empty());
+            let batch = Batch {
+                messages: vec![message(n)],
+                ..Default::default()
+            };
+            n += 1;
+            crate::store::with_store(&store, move |s| s.commit(&batch).unwrap()).await;
+            if !pruning.is_finished() {
+                reads_during += 1;
+                commits_during += 1;
+            }
+        }
+        let report = pruning.await.unwrap().unwrap();
+        assert!(
+            reads_during > 0 && commits_during > 0,
+            "the publisher and the writer used the store while it was pruned"
+        );
+        assert!(report.used_bytes <= 1024 * 1024, "{report:?}");
+        assert!(report.dropped_messages > 30_000, "{report:?}");
+        let s = store.lock().unwrap();
+        let seqs: Vec<u64> = s
+            .pending(0, usize::MAX)
+            .unwrap()
+            .iter()
+            .map(|r| {
+                serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap()["seq"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        // The oldest went; the newest — those committed during the pruning too — stayed.
+        assert_eq!(*seqs.last().unwrap(), n);
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "a contiguous tail"
+        );
+        assert_eq!(seqs.len() + report.dropped_messages, n as usize);
     }
 }

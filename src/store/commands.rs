@@ -380,7 +380,8 @@ impl Store {
     }
 
     /// Deletes the recall copies and the seen command ids from before `cutoff_ms` (the
-    /// history's cutoff: called by [`Store::prune`]); returns how many copies went. The
+    /// history's cutoff: called by [`Store::prune_step`]), at most `limit` copies of those
+    /// numbered below `below_seq` (the oldest unsent message's); returns how many went. The
     /// copies of billing messages (freezes, collection, daily loss, voltage months) are kept
     /// as long as their records ([`RecordKind::keep_days`]), so `recall` finds what `status`
     /// still shows.
@@ -388,6 +389,8 @@ impl Store {
         &mut self,
         cutoff_ms: i64,
         now_ms: i64,
+        below_seq: i64,
+        limit: i64,
     ) -> Result<usize, StoreError> {
         let keep = |kind: RecordKind| {
             cutoff_ms.min(now_ms - i64::from(kind.keep_days().unwrap_or(0)) * 86_400_000)
@@ -397,14 +400,14 @@ impl Store {
         let n = self
             .conn
             .execute(
-                "DELETE FROM published WHERE created_ms < ?1 \
-                 AND seq NOT IN (SELECT seq FROM outbox WHERE seq IS NOT NULL) AND CASE \
+                "DELETE FROM published WHERE seq IN (SELECT seq FROM published \
+                 WHERE created_ms < ?1 AND seq < ?4 AND CASE \
                  WHEN kind = 'freeze' AND json_extract(payload, '$.kind') = 'month' \
                      THEN created_ms < ?3 \
                  WHEN kind IN ('voltage_month', 'voltage_area_month') THEN created_ms < ?3 \
                  WHEN kind IN ('freeze', 'collection', 'loss_day') THEN created_ms < ?2 \
-                 ELSE 1 END",
-                params![cutoff_ms, days, months],
+                 ELSE 1 END LIMIT ?5)",
+                params![cutoff_ms, days, months, below_seq, limit],
             )
             .map_err(|e| self.err(e))?;
         self.conn

@@ -18,6 +18,7 @@ mod commands;
 mod keys;
 mod lock;
 mod meter_state;
+mod prune;
 mod reading_message;
 mod reading_values;
 mod record_message;
@@ -32,6 +33,7 @@ pub use commands::{CommandAudit, Published};
 pub use keys::{MetaKey, RecordKind, is_billing_topic};
 pub use lock::{LOCK_FILE, StoreLock, StoreLockError};
 pub use meter_state::{ItemsState, MeterState};
+pub use prune::{Pruning, STEP_ROWS, VACUUM_PAGES};
 pub use reading_message::{READING_KIND, reading_payload};
 pub use recovery::{Recovery, SeqSource, check_data_dir};
 pub use reserve::{RESERVE_FILE, Reserve, filesystem_space};
@@ -905,40 +907,6 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Deletes up to `limit` of the oldest unsent outbox rows that carry billing data
-    /// ([`is_billing_topic`]) when `billing`, otherwise of those that do not. Returns how many.
-    fn drop_unsent(&mut self, limit: i64, billing: bool) -> Result<usize, StoreError> {
-        let mut ids = Vec::new();
-        {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT id, topic FROM outbox ORDER BY id")
-                .map_err(|e| self.err(e))?;
-            let mut rows = stmt.query([]).map_err(|e| self.err(e))?;
-            while let Some(row) = rows.next().map_err(|e| self.err(e))? {
-                let topic: String = row.get(1).map_err(|e| self.err(e))?;
-                if is_billing_topic(&topic) == billing {
-                    ids.push(row.get::<_, i64>(0).map_err(|e| self.err(e))?);
-                    if ids.len() as i64 >= limit {
-                        break;
-                    }
-                }
-            }
-        }
-        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
-        let mut dropped = 0;
-        {
-            let mut del = tx
-                .prepare_cached("DELETE FROM outbox WHERE id = ?1")
-                .map_err(|e| self.err(e))?;
-            for id in ids {
-                dropped += del.execute([id]).map_err(|e| self.err(e))?;
-            }
-        }
-        tx.commit().map_err(|e| self.err(e))?;
-        Ok(dropped)
-    }
-
     /// Bytes the database's live pages take: `(page_count - freelist_count) * page_size`.
     pub fn used_bytes(&self) -> Result<u64, StoreError> {
         let pragma = |name: &str| -> Result<i64, StoreError> {
@@ -961,157 +929,6 @@ impl Store {
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|e| self.err(e))?;
         Ok(lines.join("\n"))
-    }
-
-    /// Deletes history (and recall copies, seen command ids) older than `history_days`; then,
-    /// while the used size exceeds `max_size_mb`, the oldest history, then the oldest recall
-    /// copies, and only when neither is left, the oldest unsent outbox rows. Returns what it deleted so the caller can warn
-    /// ("store full: dropped N oldest unsent messages"). Frees pages with
-    /// `incremental_vacuum` and truncates the WAL.
-    pub fn prune(&mut self, now_ms: i64) -> Result<PruneReport, StoreError> {
-        let mut report = PruneReport::default();
-        let cutoff = now_ms - i64::from(self.cfg.history_days) * 86_400_000;
-        report.expired_readings = self
-            .conn
-            .execute(
-                &format!("DELETE FROM history WHERE ts_ms < ?1 AND {HISTORY_UNREFERENCED}"),
-                [cutoff],
-            )
-            .map_err(|e| self.err(e))?;
-        for kind in RecordKind::ALL {
-            // Billing records (freezes, collection, daily loss) outlive a short history bound.
-            let keep_from = match kind.keep_days() {
-                Some(days) => cutoff.min(now_ms - i64::from(days) * 86_400_000),
-                None => cutoff,
-            };
-            self.conn
-                .execute(
-                    &format!(
-                        "DELETE FROM record WHERE kind = ?1 AND ts_ms < ?2 \
-                         AND {RECORD_UNREFERENCED}"
-                    ),
-                    params![kind.as_str(), keep_from],
-                )
-                .map_err(|e| self.err(e))?;
-        }
-        // Recall copies and seen command ids live as long as the history; the copies of
-        // billing messages as long as their records.
-        self.prune_recall(cutoff, now_ms)?;
-        let max_bytes = self.cfg.max_size_mb.saturating_mul(1024 * 1024);
-        loop {
-            let used = self.used_bytes()?;
-            if used <= max_bytes {
-                break;
-            }
-            let count = |table: &str| -> Result<i64, StoreError> {
-                self.conn
-                    .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
-                    .map_err(|e| self.err(e))
-            };
-            // Delete a share proportional to the excess (at least a few pages' worth), so a
-            // large store converges in a few rounds without overshooting much.
-            let chunk = |rows: i64| -> i64 {
-                let excess = (used - max_bytes) as f64 / used as f64;
-                ((rows as f64 * excess).ceil() as i64 + 1).max(64).min(rows)
-            };
-            // (The rows of unsent readings are their messages' only payload: they stay
-            // until their messages are sent or dropped.)
-            let history_rows = count(&format!("history WHERE {HISTORY_UNREFERENCED}"))?;
-            if history_rows > 0 {
-                report.evicted_readings += self
-                    .conn
-                    .execute(
-                        &format!(
-                            "DELETE FROM history WHERE id IN (SELECT id FROM history \
-                             WHERE {HISTORY_UNREFERENCED} ORDER BY ts_ms, id LIMIT ?1)"
-                        ),
-                        [chunk(history_rows)],
-                    )
-                    .map_err(|e| self.err(e))?;
-                continue;
-            }
-            // Then the recall copies of sequenced messages (already delivered, or still in
-            // the outbox), oldest first.
-            // (The copies of unsent messages are their only payload: they go with them.)
-            let copies: i64 = self
-                .conn
-                .query_row(
-                    "SELECT COUNT(*) FROM published WHERE seq NOT IN \
-                     (SELECT seq FROM outbox WHERE seq IS NOT NULL)",
-                    [],
-                    |r| r.get(0),
-                )
-                .map_err(|e| self.err(e))?;
-            if copies > 0 {
-                self.conn
-                    .execute(
-                        "DELETE FROM published WHERE seq IN (SELECT seq FROM published \
-                         WHERE seq NOT IN (SELECT seq FROM outbox WHERE seq IS NOT NULL) \
-                         ORDER BY seq LIMIT ?1)",
-                        [chunk(copies)],
-                    )
-                    .map_err(|e| self.err(e))?;
-                continue;
-            }
-            // Then unsent real-time messages (readings, alarms, states), oldest first.
-            let outbox_rows = count("outbox")?;
-            let dropped = self.drop_unsent(chunk(outbox_rows), false)?;
-            if dropped > 0 {
-                report.dropped_messages += dropped;
-                continue;
-            }
-            // Then the records kept for recall and `status`: real-time kinds first, billing
-            // kinds last (curves before the small freezes and loss figures), oldest first.
-            let mut deleted = 0;
-            // (The records of unsent kept messages are their messages' only payload: they
-            // stay until their messages are sent or dropped.)
-            for kind in RecordKind::BY_PRUNE_ORDER {
-                let rows: i64 = self
-                    .conn
-                    .query_row(
-                        &format!(
-                            "SELECT COUNT(*) FROM record WHERE kind = ?1 \
-                             AND {RECORD_UNREFERENCED}"
-                        ),
-                        [kind.as_str()],
-                        |r| r.get(0),
-                    )
-                    .map_err(|e| self.err(e))?;
-                if rows > 0 {
-                    deleted = self
-                        .conn
-                        .execute(
-                            &format!(
-                                "DELETE FROM record WHERE id IN (SELECT id FROM record \
-                                 WHERE kind = ?1 AND {RECORD_UNREFERENCED} \
-                                 ORDER BY ts_ms, id LIMIT ?2)"
-                            ),
-                            params![kind.as_str(), chunk(rows)],
-                        )
-                        .map_err(|e| self.err(e))?;
-                    break;
-                }
-            }
-            if deleted > 0 {
-                report.dropped_records += deleted;
-                continue;
-            }
-            // Last, unsent billing messages.
-            let dropped = self.drop_unsent(chunk(outbox_rows), true)?;
-            if dropped == 0 {
-                break; // Nothing left to drop: the schema and meta alone are over the bound.
-            }
-            report.dropped_messages += dropped;
-        }
-        self.conn
-            .execute_batch("PRAGMA incremental_vacuum")
-            .map_err(|e| self.err(e))?;
-        // Best effort: a concurrent reader may keep the WAL from being truncated this time.
-        let _ = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-        report.used_bytes = self.used_bytes()?;
-        Ok(report)
     }
 
     /// Copies the WAL into the database file and truncates it (best effort: a reader may keep

@@ -767,3 +767,120 @@ fn a_curve_message_is_stored_once_and_sent_and_recalled_as_it_was() {
     store.prune(i64::MAX / 2).unwrap();
     assert!(store.published(1, 10, 10).unwrap().is_empty());
 }
+
+/// A store far over its bound is pruned in bounded steps, and between the steps it is used as
+/// the gateway uses it: the publisher reads and acknowledges, the writer commits new readings.
+/// It ends under its bound with the oldest unsent readings dropped first, their history rows
+/// with them, and everything newer — the readings committed meanwhile too — still unsent.
+#[test]
+fn a_store_over_its_bound_is_pruned_in_steps_while_it_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreSettings {
+        history_days: 35,
+        max_size_mb: 1,
+        commit_window_ms: 0,
+    };
+    let mut store = Store::open(&dir.path().join("amr.db"), &cfg).unwrap();
+    let now = 1_800_000_000_000;
+    let values: BTreeMap<String, f64> = crate::model::QUANTITIES
+        .iter()
+        .enumerate()
+        .map(|(i, q)| (q.to_string(), 1000.0 + i as f64 * 1.001))
+        .collect();
+    let batch_of = |from: i64, n: i64| {
+        let readings: Vec<Reading> = (from..from + n)
+            .map(|i| Reading {
+                meter: format!("m{}", i % 50),
+                ts_ms: now - 3_600_000 + i,
+                values: values.clone(),
+            })
+            .collect();
+        Batch {
+            messages: readings
+                .iter()
+                .map(|r| reading_message_of(r, false))
+                .collect(),
+            readings,
+            ..Default::default()
+        }
+    };
+    // Delivered history first (the oldest), then 30,000 unsent readings: several MiB.
+    store.commit_at(&batch_of(0, 2000), now).unwrap();
+    let delivered: Vec<i64> = store
+        .pending(0, 2000)
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    store.ack(&delivered).unwrap();
+    for k in 0..15 {
+        store
+            .commit_at(&batch_of(2000 + k * 2000, 2000), now)
+            .unwrap();
+    }
+    let before = store.used_bytes().unwrap();
+    assert!(before > 5 * 1024 * 1024, "{before}");
+    let backlog = store.backlog().unwrap().0;
+    assert_eq!(backlog, 30_000);
+
+    let mut pruning = Pruning::new(now);
+    let mut live = 32_000;
+    let mut published = Vec::new();
+    while !pruning.is_done() {
+        let was = pruning.report().clone();
+        store.prune_step(&mut pruning).unwrap();
+        let report = pruning.report();
+        let messages = report.dropped_messages - was.dropped_messages;
+        let rows = report.evicted_readings - was.evicted_readings + report.dropped_records
+            - was.dropped_records;
+        assert!(
+            messages as i64 <= STEP_ROWS && rows as i64 <= STEP_ROWS,
+            "a step deletes at most {STEP_ROWS} rows: {report:?} after {was:?}"
+        );
+        // Between the steps: the publisher reads the oldest rows (the broker takes a few now
+        // and then: each delivered reading's row is history that goes before unsent ones),
+        // the writer commits new readings.
+        let rows = store.pending(0, 10).unwrap();
+        assert_eq!(rows.len(), 10);
+        if pruning.steps() % 20 == 0 {
+            published.extend(rows.iter().map(|r| r.id));
+            store
+                .ack(&rows.iter().map(|r| r.id).collect::<Vec<_>>())
+                .unwrap();
+        }
+        store.commit_at(&batch_of(live, 10), now).unwrap();
+        live += 10;
+    }
+    let report = pruning.report().clone();
+    assert!(pruning.steps() > 5, "{} steps", pruning.steps());
+    assert!(report.used_bytes <= 1024 * 1024, "{report:?}");
+    assert!(report.dropped_messages > 10_000, "{report:?}");
+    assert_eq!(report.dropped_records, 0, "{report:?}");
+    // The delivered history went first, then the oldest unsent readings with their rows.
+    assert!(
+        report.evicted_readings >= 2000 + report.dropped_messages,
+        "{report:?}"
+    );
+    let left = seqs(&store);
+    let newest = 30_000 + 2000 + (live - 32_000) as u64;
+    assert_eq!(*left.last().unwrap(), newest);
+    assert!(
+        left.windows(2).all(|w| w[1] == w[0] + 1),
+        "a contiguous tail"
+    );
+    // Every unsent reading left is rendered from its history row; none of the dropped has one.
+    assert_eq!(store.pending(0, usize::MAX).unwrap().len(), left.len());
+    assert!(
+        store
+            .pending(0, usize::MAX)
+            .unwrap()
+            .iter()
+            .all(|r| !r.payload.is_empty())
+    );
+    let rows: i64 = store
+        .conn
+        .query_row("SELECT COUNT(*) FROM history", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows as usize, left.len());
+    assert_eq!(store.integrity_check().unwrap(), "ok");
+}

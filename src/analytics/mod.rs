@@ -2,7 +2,7 @@
 //! freezes with the daily loss they give (`freeze`), load curves (`curve`), collection success
 //! (`collection`), and the domain
 //! rules they share (`band`: the supply voltage band; `register`: a register that went down or
-//! stood still while load flowed).
+//! stood still while load flowed; `values`: a meter's values by quantity name, held compactly).
 //!
 //! Every engine here is a pure, deterministic state machine fed with readings, meter states and
 //! timestamps: no clock, no I/O. They take their own settings types and return typed records
@@ -17,4 +17,5 @@ pub mod curve;
 pub mod freeze;
 pub mod loss;
 pub mod register;
+pub mod values;
 pub mod voltage;

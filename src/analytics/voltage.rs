@@ -230,11 +230,20 @@ pub fn area_month(area: &str, meters: &[String], months: &[MonthRecord]) -> Opti
     })
 }
 
+/// One phase of one meter as the engine holds it: a [`PhaseSeries`] without the names (the
+/// meter is the key of [`VoltageQuality`]'s map, the phase the index into [`PHASES`]).
+#[derive(Debug, Clone, Default)]
+struct Held {
+    last: Option<(i64, f64)>,
+    days: Vec<DayTally>,
+}
+
 /// Voltage quality statistics of every meter and phase.
 #[derive(Debug, Clone)]
 pub struct VoltageQuality {
     settings: VoltageQualitySettings,
-    series: BTreeMap<(String, String), PhaseSeries>,
+    /// By meter, its phases in the order of [`PHASES`] (the order of the phase names).
+    series: BTreeMap<String, [Option<Held>; 3]>,
     closed_before_ms: i64,
     months: Vec<MonthTally>,
     ready_months: Vec<MonthRecord>,
@@ -258,27 +267,27 @@ impl VoltageQuality {
     /// Books the phase voltages of one reading. Reads not newer than the phase's last read
     /// are ignored; time falling in an already closed day is dropped.
     pub fn on_reading(&mut self, r: &Reading) {
-        let s = self.settings.clone();
+        let volts = PHASES.map(|(_, name)| r.values.get(name).copied().filter(|v| v.is_finite()));
+        if volts.iter().all(Option::is_none) {
+            return;
+        }
+        let s = &self.settings;
         let closed_before = self.closed_before_ms;
-        for (phase, name) in PHASES {
-            let Some(v) = r.values.get(name).copied().filter(|v| v.is_finite()) else {
+        if !self.series.contains_key(&r.meter) {
+            self.series.insert(r.meter.clone(), Default::default());
+        }
+        let phases = self.series.get_mut(&r.meter).expect("inserted");
+        for (held, v) in phases.iter_mut().zip(volts) {
+            let Some(v) = v else {
                 continue;
             };
-            let series = self
-                .series
-                .entry((r.meter.clone(), phase.to_string()))
-                .or_insert_with(|| PhaseSeries {
-                    meter: r.meter.clone(),
-                    phase: phase.to_string(),
-                    last: None,
-                    days: Vec::new(),
-                });
+            let series = held.get_or_insert_default();
             if let Some((t0, v0)) = series.last {
                 if r.ts_ms <= t0 {
                     continue;
                 }
                 if r.ts_ms - t0 <= s.max_gap_s as i64 * 1000 {
-                    book_interval(series, &s, t0, r.ts_ms, v0, closed_before);
+                    book_interval(series, s, t0, r.ts_ms, v0, closed_before);
                 }
             }
             series.last = Some((r.ts_ms, v));
@@ -304,23 +313,32 @@ impl VoltageQuality {
             return Vec::new();
         }
         let mut out = Vec::new();
-        for series in self.series.values_mut() {
-            let (closed, open): (Vec<DayTally>, Vec<DayTally>) = series
-                .days
-                .drain(..)
-                .partition(|d| d.day_start_ms < closable_before);
-            series.days = open;
-            out.extend(
-                closed
-                    .iter()
-                    .map(|d| record(&series.meter, &series.phase, d, &self.settings, true)),
-            );
+        for (meter, phases) in self.series.iter_mut() {
+            for ((phase, _), held) in PHASES.iter().zip(phases.iter_mut()) {
+                let Some(series) = held else {
+                    continue;
+                };
+                // The days are in order: the closed ones first.
+                let n = series
+                    .days
+                    .partition_point(|d| d.day_start_ms < closable_before);
+                out.extend(
+                    series
+                        .days
+                        .drain(..n)
+                        .map(|d| record(meter, phase, &d, &self.settings, true)),
+                );
+                series.days.shrink_to_fit();
+                // Forget phases that have neither open days nor a recent read.
+                if series.days.is_empty() && series.last.is_none_or(|(t, _)| now_ms - t > grace) {
+                    *held = None;
+                }
+            }
         }
+        self.series
+            .retain(|_, phases| phases.iter().any(Option::is_some));
         self.closed_before_ms = closable_before;
         self.add_to_months(&out, closable_before);
-        // Forget phases that have neither open days nor a recent read.
-        self.series
-            .retain(|_, s| !s.days.is_empty() || s.last.is_some_and(|(t, _)| now_ms - t <= grace));
         out
     }
 
@@ -403,20 +421,41 @@ impl VoltageQuality {
 
     /// The figures so far of the meter's open days (for `status`), by phase then day.
     pub fn current(&self, meter: &str) -> Vec<DayRecord> {
-        self.series
-            .values()
-            .filter(|s| s.meter == meter)
-            .flat_map(|s| {
+        let Some(phases) = self.series.get(meter) else {
+            return Vec::new();
+        };
+        PHASES
+            .iter()
+            .zip(phases)
+            .filter_map(|((phase, _), held)| Some((phase, held.as_ref()?)))
+            .flat_map(|(phase, s)| {
                 s.days
                     .iter()
-                    .map(|d| record(&s.meter, &s.phase, d, &self.settings, false))
+                    .map(|d| record(meter, phase, d, &self.settings, false))
             })
             .collect()
     }
 
     pub fn snapshot(&self) -> VoltageSnapshot {
         VoltageSnapshot {
-            series: self.series.values().cloned().collect(),
+            series: self
+                .series
+                .iter()
+                .flat_map(|(meter, phases)| {
+                    PHASES
+                        .iter()
+                        .zip(phases)
+                        .filter_map(move |((phase, _), held)| {
+                            let h = held.as_ref()?;
+                            Some(PhaseSeries {
+                                meter: meter.clone(),
+                                phase: phase.to_string(),
+                                last: h.last,
+                                days: h.days.clone(),
+                            })
+                        })
+                })
+                .collect(),
             closed_before_ms: self.closed_before_ms,
             months: self.months.clone(),
         }
@@ -425,17 +464,24 @@ impl VoltageQuality {
     pub fn restore(&mut self, snapshot: VoltageSnapshot) {
         self.closed_before_ms = snapshot.closed_before_ms;
         self.months = snapshot.months;
-        self.series = snapshot
-            .series
-            .into_iter()
-            .map(|s| ((s.meter.clone(), s.phase.clone()), s))
-            .collect();
+        self.series.clear();
+        for s in snapshot.series {
+            // Only the phases of [`PHASES`] were ever written.
+            let Some(i) = PHASES.iter().position(|(p, _)| *p == s.phase) else {
+                continue;
+            };
+            let phases = self.series.entry(s.meter).or_default();
+            phases[i] = Some(Held {
+                last: s.last,
+                days: s.days,
+            });
+        }
     }
 }
 
 /// Attributes `[t0, t1)` at voltage `v0`, split at local midnights.
 fn book_interval(
-    series: &mut PhaseSeries,
+    series: &mut Held,
     s: &VoltageQualitySettings,
     t0: i64,
     t1: i64,
@@ -464,10 +510,12 @@ fn book_interval(
     }
 }
 
-fn tally_for(series: &mut PhaseSeries, day: i64) -> &mut DayTally {
+fn tally_for(series: &mut Held, day: i64) -> &mut DayTally {
     let i = match series.days.binary_search_by_key(&day, |d| d.day_start_ms) {
         Ok(i) => i,
         Err(i) => {
+            // One day open most of the time: no room for four.
+            series.days.reserve_exact(1);
             series.days.insert(
                 i,
                 DayTally {
@@ -524,6 +572,33 @@ mod tests {
             zone: LocalTime::named(name).unwrap(),
             ..VoltageQualitySettings::default()
         }
+    }
+
+    #[test]
+    fn a_snapshot_of_named_series_loads_and_writes_the_same() {
+        // As the build holding a series per (meter, phase) wrote it: m1 with l1 and l3, m2
+        // with l2 only.
+        let day = |v: f64| {
+            format!(
+                r#"[{{"day_start_ms":1795363200000,"monitored_ms":600000,"above_ms":0,"below_ms":60000,"outage_ms":0,"min_v":{v},"max_v":231.5,"reads":11}}]"#
+            )
+        };
+        let old = format!(
+            r#"{{"series":[{{"meter":"m1","phase":"l1","last":[1795363800000,230.5],"days":{}}},{{"meter":"m1","phase":"l3","last":[1795363800000,229.0],"days":{}}},{{"meter":"m2","phase":"l2","last":null,"days":{}}}],"closed_before_ms":1795276800000,"months":[]}}"#,
+            day(195.5),
+            day(199.25),
+            day(210.5)
+        );
+        let snap: VoltageSnapshot = serde_json::from_str(&old).unwrap();
+        let mut q = VoltageQuality::new(in_zone("Asia/Shanghai"));
+        q.restore(snap);
+        assert_eq!(serde_json::to_string(&q.snapshot()).unwrap(), old);
+        let now = q.current("m1");
+        let phases: Vec<&str> = now.iter().map(|d| d.phase.as_str()).collect();
+        assert_eq!(phases, ["l1", "l3"]);
+        assert_eq!(now[1].min_v, Some(199.25));
+        assert_eq!(q.current("m2")[0].phase, "l2");
+        assert!(q.current("m3").is_empty());
     }
 
     #[test]

@@ -705,8 +705,8 @@ fn heap(minutes: i64) {
         "heap (in-process, counting allocator), {METERS} meters, after {minutes} min of readings:"
     );
     println!(
-        "  configuration {:.1} MB; buses and meter plans {:.1} MB; Writer at start {:.1} MB; engines now: loss {:.1} MB, alarms \
-         {:.1} MB, voltage {:.1} MB, freeze {:.1} MB, curve {:.1} MB",
+        "  configuration {:.1} MB; buses and meter plans {:.1} MB; Writer at start {:.1} MB; engines now: loss {:.2} MB, alarms \
+         {:.2} MB, voltage {:.2} MB, freeze {:.2} MB, curve {:.2} MB",
         mb(h_config),
         mb(h_plans),
         mb(h_start),
@@ -722,7 +722,7 @@ fn heap(minutes: i64) {
     drop(writer);
     println!(
         "  heap held by this process now: {:.1} MB, of which the Writer (its engines with their \
-         spare capacity, and the rest) {:.1} MB",
+         spare capacity, and the rest) {:.2} MB",
         mb(held),
         mb(held.saturating_sub(live()))
     );

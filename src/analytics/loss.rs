@@ -482,6 +482,8 @@ pub struct LossEngine {
     settings: LossSettings,
     areas: Vec<AreaState>,
     meters: BTreeMap<String, MeterTrack>,
+    /// How many meters `meters` held when last rebuilt (see [`super::pack`]).
+    packed: usize,
     /// Newest timestamp seen (reading or tick).
     latest_ms: i64,
 }
@@ -492,6 +494,7 @@ impl LossEngine {
             settings,
             areas: areas.into_iter().map(AreaState::new).collect(),
             meters: BTreeMap::new(),
+            packed: 0,
             latest_ms: i64::MIN,
         }
     }
@@ -619,6 +622,7 @@ impl LossEngine {
             self.close_ready(i, now_ms, &mut events);
         }
         self.prune();
+        super::pack(&mut self.meters, &mut self.packed);
         events
     }
 

@@ -235,7 +235,57 @@ pub fn area_month(area: &str, meters: &[String], months: &[MonthRecord]) -> Opti
 #[derive(Debug, Clone, Default)]
 struct Held {
     last: Option<(i64, f64)>,
-    days: Vec<DayTally>,
+    days: Vec<HeldDay>,
+}
+
+/// A [`DayTally`] as the engine holds it: the times as u32 ms (a local day is at most 25
+/// hours, 9.0e7 ms, and a phase's reads never overlap) and a missing extreme as NaN (a
+/// voltage read is finite): 48 bytes rather than 72, three a meter.
+#[derive(Debug, Clone, Copy)]
+struct HeldDay {
+    day_start_ms: i64,
+    min_v: f64,
+    max_v: f64,
+    monitored_ms: u32,
+    above_ms: u32,
+    below_ms: u32,
+    outage_ms: u32,
+    reads: u32,
+}
+
+/// Milliseconds of one day as held (never more than a day; clamped all the same).
+fn day_ms(ms: i64) -> u32 {
+    ms.clamp(0, i64::from(u32::MAX)) as u32
+}
+
+impl From<&DayTally> for HeldDay {
+    fn from(d: &DayTally) -> HeldDay {
+        HeldDay {
+            day_start_ms: d.day_start_ms,
+            min_v: d.min_v.unwrap_or(f64::NAN),
+            max_v: d.max_v.unwrap_or(f64::NAN),
+            monitored_ms: day_ms(d.monitored_ms),
+            above_ms: day_ms(d.above_ms),
+            below_ms: day_ms(d.below_ms),
+            outage_ms: day_ms(d.outage_ms),
+            reads: d.reads,
+        }
+    }
+}
+
+impl From<&HeldDay> for DayTally {
+    fn from(d: &HeldDay) -> DayTally {
+        DayTally {
+            day_start_ms: d.day_start_ms,
+            monitored_ms: i64::from(d.monitored_ms),
+            above_ms: i64::from(d.above_ms),
+            below_ms: i64::from(d.below_ms),
+            outage_ms: i64::from(d.outage_ms),
+            min_v: (!d.min_v.is_nan()).then_some(d.min_v),
+            max_v: (!d.max_v.is_nan()).then_some(d.max_v),
+            reads: d.reads,
+        }
+    }
 }
 
 /// Voltage quality statistics of every meter and phase.
@@ -244,6 +294,8 @@ pub struct VoltageQuality {
     settings: VoltageQualitySettings,
     /// By meter, its phases in the order of [`PHASES`] (the order of the phase names).
     series: BTreeMap<String, [Option<Held>; 3]>,
+    /// How many meters `series` held when last rebuilt (see [`super::pack`]).
+    packed: usize,
     closed_before_ms: i64,
     months: Vec<MonthTally>,
     ready_months: Vec<MonthRecord>,
@@ -254,6 +306,7 @@ impl VoltageQuality {
         VoltageQuality {
             settings,
             series: BTreeMap::new(),
+            packed: 0,
             closed_before_ms: i64::MIN,
             months: Vec::new(),
             ready_months: Vec::new(),
@@ -296,8 +349,9 @@ impl VoltageQuality {
                 let tally = tally_for(series, day);
                 tally.reads += 1;
                 if v >= s.outage_v() {
-                    tally.min_v = Some(tally.min_v.map_or(v, |m| m.min(v)));
-                    tally.max_v = Some(tally.max_v.map_or(v, |m| m.max(v)));
+                    // NaN (none yet) gives way to `v`.
+                    tally.min_v = tally.min_v.min(v);
+                    tally.max_v = tally.max_v.max(v);
                 }
             }
         }
@@ -306,6 +360,7 @@ impl VoltageQuality {
     /// Closes every day that ended at least `max_gap_s` before `now_ms` and returns its
     /// records (ordered by meter, phase, day). Each day is returned once.
     pub fn on_tick(&mut self, now_ms: i64) -> Vec<DayRecord> {
+        super::pack(&mut self.series, &mut self.packed);
         let grace = self.settings.max_gap_s as i64 * 1000;
         // Day d closes when d + DAY + grace <= now, i.e. when d < day_start(now - grace).
         let closable_before = self.settings.zone.day_start_ms(now_ms - grace);
@@ -326,7 +381,7 @@ impl VoltageQuality {
                     series
                         .days
                         .drain(..n)
-                        .map(|d| record(meter, phase, &d, &self.settings, true)),
+                        .map(|d| record(meter, phase, &(&d).into(), &self.settings, true)),
                 );
                 series.days.shrink_to_fit();
                 // Forget phases that have neither open days nor a recent read.
@@ -431,7 +486,7 @@ impl VoltageQuality {
             .flat_map(|(phase, s)| {
                 s.days
                     .iter()
-                    .map(|d| record(meter, phase, d, &self.settings, false))
+                    .map(|d| record(meter, phase, &d.into(), &self.settings, false))
             })
             .collect()
     }
@@ -451,7 +506,7 @@ impl VoltageQuality {
                                 meter: meter.clone(),
                                 phase: phase.to_string(),
                                 last: h.last,
-                                days: h.days.clone(),
+                                days: h.days.iter().map(DayTally::from).collect(),
                             })
                         })
                 })
@@ -473,7 +528,7 @@ impl VoltageQuality {
             let phases = self.series.entry(s.meter).or_default();
             phases[i] = Some(Held {
                 last: s.last,
-                days: s.days,
+                days: s.days.iter().map(HeldDay::from).collect(),
             });
         }
     }
@@ -495,13 +550,14 @@ fn book_interval(
         if day >= closed_before {
             let span = end - start;
             let tally = tally_for(series, day);
+            let span = day_ms(span);
             if v0 < s.outage_v() {
-                tally.outage_ms += span;
+                tally.outage_ms = tally.outage_ms.saturating_add(span);
             } else {
-                tally.monitored_ms += span;
+                tally.monitored_ms = tally.monitored_ms.saturating_add(span);
                 match s.band.position(v0) {
-                    BandPosition::Above => tally.above_ms += span,
-                    BandPosition::Below => tally.below_ms += span,
+                    BandPosition::Above => tally.above_ms = tally.above_ms.saturating_add(span),
+                    BandPosition::Below => tally.below_ms = tally.below_ms.saturating_add(span),
                     BandPosition::Within => {}
                 }
             }
@@ -510,7 +566,7 @@ fn book_interval(
     }
 }
 
-fn tally_for(series: &mut Held, day: i64) -> &mut DayTally {
+fn tally_for(series: &mut Held, day: i64) -> &mut HeldDay {
     let i = match series.days.binary_search_by_key(&day, |d| d.day_start_ms) {
         Ok(i) => i,
         Err(i) => {
@@ -518,9 +574,15 @@ fn tally_for(series: &mut Held, day: i64) -> &mut DayTally {
             series.days.reserve_exact(1);
             series.days.insert(
                 i,
-                DayTally {
+                HeldDay {
                     day_start_ms: day,
-                    ..Default::default()
+                    min_v: f64::NAN,
+                    max_v: f64::NAN,
+                    monitored_ms: 0,
+                    above_ms: 0,
+                    below_ms: 0,
+                    outage_ms: 0,
+                    reads: 0,
                 },
             );
             i

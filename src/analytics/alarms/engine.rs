@@ -157,6 +157,8 @@ pub struct AlarmEngine {
     meter_areas: BTreeMap<String, Vec<String>>,
     lifecycle: Lifecycle,
     registers: BTreeMap<String, RegisterMemory>,
+    /// How many meters `registers` held when last rebuilt (see [`crate::analytics::pack`]).
+    packed: usize,
     presence: BTreeMap<String, Presence>,
     supply: BTreeMap<String, SupplyState>,
 }
@@ -173,6 +175,14 @@ impl AlarmEngine {
                 meter_areas.entry(m.clone()).or_default().push(a.id.clone());
             }
         }
+        // Built one meter at a time: rebuilt with full nodes and lists without spare room
+        // (held for the gateway's life; see [`crate::analytics::pack`]).
+        let exact = |(k, mut v): (String, Vec<String>)| {
+            v.shrink_to_fit();
+            (k, v)
+        };
+        let buses: BTreeMap<_, _> = buses.into_iter().map(exact).collect();
+        let meter_areas: BTreeMap<_, _> = meter_areas.into_iter().map(exact).collect();
         AlarmEngine {
             lifecycle: Lifecycle::new(settings.history),
             settings,
@@ -186,6 +196,7 @@ impl AlarmEngine {
             buses,
             meter_areas,
             registers: BTreeMap::new(),
+            packed: 0,
             presence: BTreeMap::new(),
             supply: BTreeMap::new(),
         }
@@ -405,6 +416,7 @@ impl AlarmEngine {
     /// Advances the hold timers of conditions that persist without new readings (meters
     /// offline, silent buses) to `now_ms`.
     pub fn on_tick(&mut self, now_ms: i64) -> Vec<AlarmChange> {
+        crate::analytics::pack(&mut self.registers, &mut self.packed);
         self.judge_presence(now_ms)
     }
 

@@ -32,7 +32,7 @@
 use super::values::Values;
 use crate::clock::LocalTime;
 use crate::model::{Reading, is_energy};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 
 const MINUTE_MS: i64 = 60_000;
@@ -116,21 +116,21 @@ pub struct CurveBlock {
     pub points: Vec<CurvePoint>,
 }
 
-/// A read kept for the next point.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A read kept for the next point: its energy registers and its instantaneous values in one
+/// [`Values`] (the names tell which are which, [`is_energy`]). Written as before, as two maps
+/// `energy` and `instant`.
+#[derive(Debug, Clone, PartialEq)]
 struct Snap {
     ts_ms: i64,
-    energy: Values,
-    instant: Values,
+    values: Values,
 }
 
-/// A point of the block being filled: a [`CurvePoint`] with its values held compactly (the
-/// same shape in a snapshot).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A point of the block being filled: a [`CurvePoint`] with its values held as a [`Snap`]'s
+/// (the same shape in a snapshot).
+#[derive(Debug, Clone, PartialEq)]
 struct HeldPoint {
     ts_ms: i64,
-    energy: Values,
-    instant: Values,
+    values: Values,
     instant_ts_ms: i64,
 }
 
@@ -138,10 +138,107 @@ impl HeldPoint {
     fn to_point(&self) -> CurvePoint {
         CurvePoint {
             ts_ms: self.ts_ms,
-            energy: self.energy.to_map(),
-            instant: self.instant.to_map(),
+            energy: part(&self.values, true).collect(),
+            instant: part(&self.values, false).collect(),
             instant_ts_ms: self.instant_ts_ms,
         }
+    }
+}
+
+/// The energy registers (`energy`) or the instantaneous values (not) of `values`.
+fn part(values: &Values, energy: bool) -> impl Iterator<Item = (String, f64)> + '_ {
+    values
+        .iter()
+        .filter(move |(k, _)| is_energy(k) == energy)
+        .map(|(k, v)| (k.to_string(), v))
+}
+
+/// Writes one part of a [`Values`] as a map.
+struct Part<'a>(&'a Values, bool);
+
+impl Serialize for Part<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let energy = self.1;
+        s.collect_map(self.0.iter().filter(|(k, _)| is_energy(k) == energy))
+    }
+}
+
+/// The two maps of a snapshot written before, as one [`Values`].
+fn joined(energy: &BTreeMap<String, f64>, instant: &BTreeMap<String, f64>) -> Values {
+    energy
+        .iter()
+        .chain(instant)
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect()
+}
+
+impl Serialize for Snap {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Form<'a> {
+            ts_ms: i64,
+            energy: Part<'a>,
+            instant: Part<'a>,
+        }
+        Form {
+            ts_ms: self.ts_ms,
+            energy: Part(&self.values, true),
+            instant: Part(&self.values, false),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Snap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Snap, D::Error> {
+        #[derive(Deserialize)]
+        struct Form {
+            ts_ms: i64,
+            energy: BTreeMap<String, f64>,
+            instant: BTreeMap<String, f64>,
+        }
+        let f = Form::deserialize(d)?;
+        Ok(Snap {
+            ts_ms: f.ts_ms,
+            values: joined(&f.energy, &f.instant),
+        })
+    }
+}
+
+impl Serialize for HeldPoint {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Form<'a> {
+            ts_ms: i64,
+            energy: Part<'a>,
+            instant: Part<'a>,
+            instant_ts_ms: i64,
+        }
+        Form {
+            ts_ms: self.ts_ms,
+            energy: Part(&self.values, true),
+            instant: Part(&self.values, false),
+            instant_ts_ms: self.instant_ts_ms,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for HeldPoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<HeldPoint, D::Error> {
+        #[derive(Deserialize)]
+        struct Form {
+            ts_ms: i64,
+            energy: BTreeMap<String, f64>,
+            instant: BTreeMap<String, f64>,
+            instant_ts_ms: i64,
+        }
+        let f = Form::deserialize(d)?;
+        Ok(HeldPoint {
+            ts_ms: f.ts_ms,
+            values: joined(&f.energy, &f.instant),
+            instant_ts_ms: f.instant_ts_ms,
+        })
     }
 }
 
@@ -223,24 +320,19 @@ impl CurveEngine {
 
     /// Takes one reading (only good ones: the pipeline leaves out reads the loss engine
     /// rejected). Blocks it completes are returned by the next [`CurveEngine::on_tick`].
-    pub fn on_reading<'a>(&mut self, r: &'a Reading) {
+    pub fn on_reading(&mut self, r: &Reading) {
         if !self.active() || !self.state.meters.contains_key(&r.meter) {
             return;
         }
-        let finite = |(k, v): (&'a String, &f64)| v.is_finite().then_some((k.as_str(), *v));
+        // Energy registers that can be (not negative), instantaneous values.
+        let kept = |k: &str, v: f64| v.is_finite() && ((is_energy(k) && v >= 0.0) || is_instant(k));
         let snap = Snap {
             ts_ms: r.ts_ms,
-            energy: r
+            values: r
                 .values
                 .iter()
-                .filter(|(k, v)| is_energy(k) && **v >= 0.0)
-                .filter_map(finite)
-                .collect(),
-            instant: r
-                .values
-                .iter()
-                .filter(|(k, _)| is_instant(k))
-                .filter_map(finite)
+                .filter(|(k, v)| kept(k, **v))
+                .map(|(k, v)| (k.as_str(), *v))
                 .collect(),
         };
         let bridge_ms = self.settings.max_bridge_s as i64 * 1000;
@@ -260,7 +352,7 @@ impl CurveEngine {
             self.state.meters.get_mut(&r.meter).expect("checked").last = Some(last);
             return;
         }
-        if r.ts_ms - last.ts_ms <= bridge_ms && !last.energy.is_empty() {
+        if r.ts_ms - last.ts_ms <= bridge_ms && last.values.iter().any(|(k, _)| is_energy(k)) {
             let mut p = self.next_point_after(last.ts_ms);
             while p <= r.ts_ms {
                 let point = take_point(&last, &snap, p);
@@ -364,18 +456,18 @@ fn take_point(a: &Snap, b: &Snap, p: i64) -> HeldPoint {
         1.0
     };
     let energy = a
-        .energy
+        .values
         .iter()
+        .filter(|(k, _)| is_energy(k))
         .filter_map(|(k, va)| {
-            let vb = b.energy.get(k)?;
+            let vb = b.values.get(k)?;
             Some((k, va + (vb - va) * s))
-        })
-        .collect();
+        });
     let nearer = if p - a.ts_ms <= b.ts_ms - p { a } else { b };
+    let instant = nearer.values.iter().filter(|(k, _)| !is_energy(k));
     HeldPoint {
         ts_ms: p,
-        energy,
-        instant: nearer.instant.clone(),
+        values: energy.chain(instant).collect(),
         instant_ts_ms: nearer.ts_ms,
     }
 }

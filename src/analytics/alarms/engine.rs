@@ -153,8 +153,6 @@ pub struct AlarmEngine {
     areas: Vec<AreaRef>,
     /// bus name → its meters
     buses: BTreeMap<String, Vec<String>>,
-    /// meter → the areas it belongs to (as supply or customer)
-    meter_areas: BTreeMap<String, Vec<String>>,
     lifecycle: Lifecycle,
     registers: BTreeMap<String, RegisterMemory>,
     /// How many meters `registers` held when last rebuilt (see [`crate::analytics::pack`]).
@@ -169,20 +167,15 @@ impl AlarmEngine {
         for m in &topology.meters {
             buses.entry(m.bus.clone()).or_default().push(m.id.clone());
         }
-        let mut meter_areas: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for a in &topology.areas {
-            for m in a.supply.iter().chain(a.customers.iter()) {
-                meter_areas.entry(m.clone()).or_default().push(a.id.clone());
-            }
-        }
         // Built one meter at a time: rebuilt with full nodes and lists without spare room
         // (held for the gateway's life; see [`crate::analytics::pack`]).
-        let exact = |(k, mut v): (String, Vec<String>)| {
-            v.shrink_to_fit();
-            (k, v)
-        };
-        let buses: BTreeMap<_, _> = buses.into_iter().map(exact).collect();
-        let meter_areas: BTreeMap<_, _> = meter_areas.into_iter().map(exact).collect();
+        let buses: BTreeMap<_, _> = buses
+            .into_iter()
+            .map(|(k, mut v)| {
+                v.shrink_to_fit();
+                (k, v)
+            })
+            .collect();
         AlarmEngine {
             lifecycle: Lifecycle::new(settings.history),
             settings,
@@ -194,7 +187,6 @@ impl AlarmEngine {
                 .collect(),
             areas: topology.areas,
             buses,
-            meter_areas,
             registers: BTreeMap::new(),
             packed: 0,
             presence: BTreeMap::new(),
@@ -1362,10 +1354,10 @@ impl AlarmEngine {
     fn offline_suppressed(&self, meter: &str, bus: &str) -> bool {
         let bus = self.meters.get(meter).map_or(bus, |m| m.bus.as_str());
         self.lifecycle.is_active(AlarmKind::AreaOutage, bus)
-            || self.meter_areas.get(meter).is_some_and(|areas| {
-                areas
-                    .iter()
-                    .any(|a| self.lifecycle.is_active(AlarmKind::AreaOutage, a))
+            || self.areas.iter().any(|a| {
+                // An area the meter belongs to (as supply or customer).
+                self.lifecycle.is_active(AlarmKind::AreaOutage, &a.id)
+                    && a.supply.iter().chain(&a.customers).any(|m| m == meter)
             })
     }
 }

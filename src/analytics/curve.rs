@@ -29,9 +29,10 @@
 //! Pure and deterministic: readings and time in, [`CurveBlock`]s out; the state survives a
 //! restart through [`CurveEngine::snapshot`] / [`CurveEngine::restore`].
 
+use super::values::Values;
 use crate::clock::LocalTime;
 use crate::model::{Reading, is_energy};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 
 const MINUTE_MS: i64 = 60_000;
@@ -115,12 +116,130 @@ pub struct CurveBlock {
     pub points: Vec<CurvePoint>,
 }
 
-/// A read kept for the next point.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A read kept for the next point: its energy registers and its instantaneous values in one
+/// [`Values`] (the names tell which are which, [`is_energy`]). Written as before, as two maps
+/// `energy` and `instant`.
+#[derive(Debug, Clone, PartialEq)]
 struct Snap {
     ts_ms: i64,
-    energy: BTreeMap<String, f64>,
-    instant: BTreeMap<String, f64>,
+    values: Values,
+}
+
+/// A point of the block being filled: a [`CurvePoint`] with its values held as a [`Snap`]'s
+/// (the same shape in a snapshot).
+#[derive(Debug, Clone, PartialEq)]
+struct HeldPoint {
+    ts_ms: i64,
+    values: Values,
+    instant_ts_ms: i64,
+}
+
+impl HeldPoint {
+    fn to_point(&self) -> CurvePoint {
+        CurvePoint {
+            ts_ms: self.ts_ms,
+            energy: part(&self.values, true).collect(),
+            instant: part(&self.values, false).collect(),
+            instant_ts_ms: self.instant_ts_ms,
+        }
+    }
+}
+
+/// The energy registers (`energy`) or the instantaneous values (not) of `values`.
+fn part(values: &Values, energy: bool) -> impl Iterator<Item = (String, f64)> + '_ {
+    values
+        .iter()
+        .filter(move |(k, _)| is_energy(k) == energy)
+        .map(|(k, v)| (k.to_string(), v))
+}
+
+/// Writes one part of a [`Values`] as a map.
+struct Part<'a>(&'a Values, bool);
+
+impl Serialize for Part<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let energy = self.1;
+        s.collect_map(self.0.iter().filter(|(k, _)| is_energy(k) == energy))
+    }
+}
+
+/// The two maps of a snapshot written before, as one [`Values`].
+fn joined(energy: &BTreeMap<String, f64>, instant: &BTreeMap<String, f64>) -> Values {
+    energy
+        .iter()
+        .chain(instant)
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect()
+}
+
+impl Serialize for Snap {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Form<'a> {
+            ts_ms: i64,
+            energy: Part<'a>,
+            instant: Part<'a>,
+        }
+        Form {
+            ts_ms: self.ts_ms,
+            energy: Part(&self.values, true),
+            instant: Part(&self.values, false),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Snap {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Snap, D::Error> {
+        #[derive(Deserialize)]
+        struct Form {
+            ts_ms: i64,
+            energy: BTreeMap<String, f64>,
+            instant: BTreeMap<String, f64>,
+        }
+        let f = Form::deserialize(d)?;
+        Ok(Snap {
+            ts_ms: f.ts_ms,
+            values: joined(&f.energy, &f.instant),
+        })
+    }
+}
+
+impl Serialize for HeldPoint {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Form<'a> {
+            ts_ms: i64,
+            energy: Part<'a>,
+            instant: Part<'a>,
+            instant_ts_ms: i64,
+        }
+        Form {
+            ts_ms: self.ts_ms,
+            energy: Part(&self.values, true),
+            instant: Part(&self.values, false),
+            instant_ts_ms: self.instant_ts_ms,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for HeldPoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<HeldPoint, D::Error> {
+        #[derive(Deserialize)]
+        struct Form {
+            ts_ms: i64,
+            energy: BTreeMap<String, f64>,
+            instant: BTreeMap<String, f64>,
+            instant_ts_ms: i64,
+        }
+        let f = Form::deserialize(d)?;
+        Ok(HeldPoint {
+            ts_ms: f.ts_ms,
+            values: joined(&f.energy, &f.instant),
+            instant_ts_ms: f.instant_ts_ms,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -128,7 +247,7 @@ struct MeterCurve {
     last: Option<Snap>,
     /// The block being filled: its start, and its points so far.
     block_start_ms: Option<i64>,
-    points: Vec<CurvePoint>,
+    points: Vec<HeldPoint>,
 }
 
 /// What survives a restart.
@@ -205,33 +324,35 @@ impl CurveEngine {
         if !self.active() || !self.state.meters.contains_key(&r.meter) {
             return;
         }
-        let finite = |(k, v): (&String, &f64)| v.is_finite().then(|| (k.clone(), *v));
+        // Energy registers that can be (not negative), instantaneous values.
+        let kept = |k: &str, v: f64| v.is_finite() && ((is_energy(k) && v >= 0.0) || is_instant(k));
         let snap = Snap {
             ts_ms: r.ts_ms,
-            energy: r
+            values: r
                 .values
                 .iter()
-                .filter(|(k, v)| is_energy(k) && **v >= 0.0)
-                .filter_map(finite)
-                .collect(),
-            instant: r
-                .values
-                .iter()
-                .filter(|(k, _)| is_instant(k))
-                .filter_map(finite)
+                .filter(|(k, v)| kept(k, **v))
+                .map(|(k, v)| (k.as_str(), *v))
                 .collect(),
         };
         let bridge_ms = self.settings.max_bridge_s as i64 * 1000;
         let interval_ms = i64::from(self.settings.interval_min) * MINUTE_MS;
-        let last = self.state.meters[&r.meter].last.clone();
+        let last = self
+            .state
+            .meters
+            .get_mut(&r.meter)
+            .expect("checked")
+            .last
+            .take();
         let Some(last) = last else {
             self.state.meters.get_mut(&r.meter).expect("checked").last = Some(snap);
             return;
         };
         if r.ts_ms <= last.ts_ms {
+            self.state.meters.get_mut(&r.meter).expect("checked").last = Some(last);
             return;
         }
-        if r.ts_ms - last.ts_ms <= bridge_ms && !last.energy.is_empty() {
+        if r.ts_ms - last.ts_ms <= bridge_ms && last.values.iter().any(|(k, _)| is_energy(k)) {
             let mut p = self.next_point_after(last.ts_ms);
             while p <= r.ts_ms {
                 let point = take_point(&last, &snap, p);
@@ -254,7 +375,7 @@ impl CurveEngine {
         self.state.meters.get_mut(&r.meter).expect("checked").last = Some(snap);
     }
 
-    fn add_point(&mut self, meter: &str, block_start: i64, point: CurvePoint) {
+    fn add_point(&mut self, meter: &str, block_start: i64, point: HeldPoint) {
         if self.state.meters[meter]
             .block_start_ms
             .is_some_and(|s| s != block_start)
@@ -272,10 +393,11 @@ impl CurveEngine {
         let Some(start) = m.block_start_ms.take() else {
             return;
         };
-        let points = std::mem::take(&mut m.points);
-        if points.is_empty() {
+        let held = std::mem::take(&mut m.points);
+        if held.is_empty() {
             return;
         }
+        let points = held.iter().map(HeldPoint::to_point).collect();
         let (_, end) = self.block_of(start);
         self.ready.push(CurveBlock {
             meter: meter.to_string(),
@@ -326,7 +448,7 @@ impl CurveEngine {
 }
 
 /// The point at `p` between reads `a` (at or before it) and `b` (after it, or at it).
-fn take_point(a: &Snap, b: &Snap, p: i64) -> CurvePoint {
+fn take_point(a: &Snap, b: &Snap, p: i64) -> HeldPoint {
     let span = (b.ts_ms - a.ts_ms) as f64;
     let s = if span > 0.0 {
         (p - a.ts_ms) as f64 / span
@@ -334,18 +456,18 @@ fn take_point(a: &Snap, b: &Snap, p: i64) -> CurvePoint {
         1.0
     };
     let energy = a
-        .energy
+        .values
         .iter()
+        .filter(|(k, _)| is_energy(k))
         .filter_map(|(k, va)| {
-            let vb = b.energy.get(k)?;
-            Some((k.clone(), va + (vb - va) * s))
-        })
-        .collect();
+            let vb = b.values.get(k)?;
+            Some((k, va + (vb - va) * s))
+        });
     let nearer = if p - a.ts_ms <= b.ts_ms - p { a } else { b };
-    CurvePoint {
+    let instant = nearer.values.iter().filter(|(k, _)| !is_energy(k));
+    HeldPoint {
         ts_ms: p,
-        energy,
-        instant: nearer.instant.clone(),
+        values: energy.chain(instant).collect(),
         instant_ts_ms: nearer.ts_ms,
     }
 }
@@ -496,6 +618,37 @@ mod tests {
         let blocks = again.on_tick(MIDNIGHT + 61 * M);
         assert_eq!(blocks.len(), 1);
         assert_eq!(blocks[0].points.len(), 4);
+    }
+
+    #[test]
+    fn a_snapshot_written_with_maps_of_names_still_loads_and_writes_the_same() {
+        // As the build holding `BTreeMap<String, f64>` values wrote it (and a register name
+        // outside the contract, which only a snapshot can bring).
+        let old = r#"{"meters":{"m1":{"last":{"ts_ms":1795364400000,"energy":{"energy_export_kwh":0.5,"energy_import_kwh":12.0,"odd_register_kwh":3.0},"instant":{"power_kw":1.0,"voltage_l1_v":230.0}},"block_start_ms":1795363200000,"points":[{"ts_ms":1795363200000,"energy":{"energy_export_kwh":0.5,"energy_import_kwh":10.0,"odd_register_kwh":3.0},"instant":{"power_kw":1.0,"voltage_l1_v":230.0},"instant_ts_ms":1795363140000}]}}}"#;
+        let snap: CurveSnapshot = serde_json::from_str(old).unwrap();
+        assert_eq!(serde_json::to_string(&snap).unwrap(), old);
+        let mut e = CurveEngine::new(settings(), ["m1".to_string()]);
+        e.restore(snap);
+        assert_eq!(serde_json::to_string(&e.snapshot()).unwrap(), old);
+        e.on_reading(&read("m1", MIDNIGHT + 61 * M, 16.0, 2.0));
+        let blocks = e.on_tick(MIDNIGHT + 61 * M);
+        assert_eq!(blocks.len(), 1);
+        let p = &blocks[0].points;
+        let ts: Vec<i64> = p.iter().map(|p| p.ts_ms).collect();
+        assert_eq!(ts, vec![MIDNIGHT, MIDNIGHT + 30 * M, MIDNIGHT + 45 * M]);
+        let names = |m: &BTreeMap<String, f64>| m.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(
+            names(&p[0].energy),
+            ["energy_export_kwh", "energy_import_kwh", "odd_register_kwh"]
+        );
+        assert_eq!(p[0].energy["energy_import_kwh"], 10.0);
+        assert_eq!(p[0].instant_ts_ms, MIDNIGHT - M);
+        // 00:30 between 12.0 at 00:20 and 16.0 at 01:01; only registers of both reads.
+        assert_eq!(names(&p[1].energy), ["energy_import_kwh"]);
+        let want = 12.0 + 4.0 * 10.0 / 41.0;
+        assert!((p[1].energy["energy_import_kwh"] - want).abs() < 1e-12);
+        assert_eq!(p[1].instant["power_kw"], 1.0, "00:20 is nearer");
+        assert_eq!(p[2].instant["power_kw"], 2.0, "01:01 is nearer");
     }
 
     #[test]

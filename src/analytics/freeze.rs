@@ -34,6 +34,7 @@
 //! Pure and deterministic: readings and time in, [`FreezeEvent`]s out; the state survives a
 //! restart through [`FreezeEngine::snapshot`] / [`FreezeEngine::restore`].
 
+use super::values::Values;
 use crate::analytics::loss::AreaSpec;
 use crate::clock::LocalTime;
 use crate::model::Reading;
@@ -184,7 +185,7 @@ pub struct DailyLoss {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Snap {
     ts_ms: i64,
-    values: BTreeMap<String, f64>,
+    values: Values,
 }
 
 /// A midnight a meter has no freeze for yet.
@@ -207,7 +208,7 @@ struct MeterTrack {
     /// By midnight.
     pending: BTreeMap<i64, Pending>,
     /// The freezes taken, by midnight: source and values (the last few, for the daily loss).
-    frozen: BTreeMap<i64, (FreezeSource, BTreeMap<String, f64>)>,
+    frozen: BTreeMap<i64, (FreezeSource, Values)>,
     /// The meter keeps its own daily freezes (one came, [`FreezeEngine::on_meter_freeze`]):
     /// its interpolation waits for them until the day's decision.
     #[serde(default)]
@@ -297,11 +298,11 @@ impl FreezeEngine {
         if !self.state.meters.contains_key(&r.meter) {
             return;
         }
-        let values: BTreeMap<String, f64> = r
+        let values: Values = r
             .values
             .iter()
             .filter(|(k, v)| is_energy(k) && v.is_finite() && **v >= 0.0)
-            .map(|(k, v)| (k.clone(), *v))
+            .map(|(k, v)| (k.as_str(), *v))
             .collect();
         if values.is_empty() {
             return;
@@ -357,7 +358,7 @@ impl FreezeEngine {
                 &zone,
                 &r.meter,
                 b,
-                values.clone(),
+                &values,
                 FreezeSource::Interpolated,
                 before_ms,
                 Some(r.ts_ms),
@@ -382,12 +383,13 @@ impl FreezeEngine {
             return;
         }
         track.pending.remove(&ts_ms);
+        let values = Values::from(&values);
         push_freezes(
             &mut self.ready,
             &zone,
             meter,
             ts_ms,
-            values.clone(),
+            &values,
             FreezeSource::Meter,
             None,
             None,
@@ -428,7 +430,7 @@ impl FreezeEngine {
                         &zone,
                         meter,
                         b,
-                        values.clone(),
+                        &values,
                         FreezeSource::Interpolated,
                         before_ms,
                         after_ms,
@@ -448,7 +450,7 @@ impl FreezeEngine {
                             &zone,
                             meter,
                             b,
-                            values.clone(),
+                            &values,
                             FreezeSource::Extrapolated,
                             before_ms,
                             after_ms,
@@ -580,7 +582,7 @@ impl FreezeEngine {
 }
 
 /// The registers of both reads, each linearly at `b`.
-fn interpolate(a: &Snap, b_snap: &Snap, b: i64) -> BTreeMap<String, f64> {
+fn interpolate(a: &Snap, b_snap: &Snap, b: i64) -> Values {
     let span = (b_snap.ts_ms - a.ts_ms) as f64;
     let s = if span > 0.0 {
         (b - a.ts_ms) as f64 / span
@@ -591,13 +593,13 @@ fn interpolate(a: &Snap, b_snap: &Snap, b: i64) -> BTreeMap<String, f64> {
         .iter()
         .filter_map(|(k, va)| {
             let vb = b_snap.values.get(k)?;
-            Some((k.clone(), va + (vb - va) * s))
+            Some((k, va + (vb - va) * s))
         })
         .collect()
 }
 
 /// Registers at a midnight, and the reads before and after it they came from.
-type Taken = (BTreeMap<String, f64>, Option<i64>, Option<i64>);
+type Taken = (Values, Option<i64>, Option<i64>);
 
 /// Values at `b` from one side only, when the nearest read there is within `reach` ms:
 /// (values, before_ms, after_ms).
@@ -614,7 +616,7 @@ fn extrapolate(p: &Pending, b: i64, reach: i64) -> Option<Taken> {
                     .as_ref()
                     .and_then(|pr| rate_kw(pr, last, k))
                     .unwrap_or(0.0);
-                (k.clone(), v + rate * (b - last.ts_ms) as f64 / HOUR_MS)
+                (k, v + rate * (b - last.ts_ms) as f64 / HOUR_MS)
             })
             .collect();
         return Some((values, Some(last.ts_ms), None));
@@ -629,10 +631,7 @@ fn extrapolate(p: &Pending, b: i64, reach: i64) -> Option<Taken> {
         .iter()
         .map(|(k, v)| {
             let rate = second.and_then(|s| rate_kw(first, s, k)).unwrap_or(0.0);
-            (
-                k.clone(),
-                (v - rate * (first.ts_ms - b) as f64 / HOUR_MS).max(0.0),
-            )
+            (k, (v - rate * (first.ts_ms - b) as f64 / HOUR_MS).max(0.0))
         })
         .collect();
     Some((values, None, Some(first.ts_ms)))
@@ -652,7 +651,7 @@ fn push_freezes(
     zone: &LocalTime,
     meter: &str,
     b: i64,
-    values: BTreeMap<String, f64>,
+    values: &Values,
     source: FreezeSource,
     before_ms: Option<i64>,
     after_ms: Option<i64>,
@@ -664,7 +663,7 @@ fn push_freezes(
         ts_ms: b,
         day: zone.day(b),
         month: zone.month(b),
-        values: values.clone(),
+        values: values.to_map(),
         source,
         before_ms,
         after_ms,

@@ -72,7 +72,8 @@ use crate::model::Reading;
 use register::{Plausibility, RegisterTrack};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
-use suspects::WindowEntry;
+use std::sync::Arc;
+use suspects::{Consumption, WindowEntry};
 
 const IMPORT: &str = "energy_import_kwh";
 const EXPORT: &str = "energy_export_kwh";
@@ -449,6 +450,21 @@ struct AreaSnapshot {
 struct AreaState {
     spec: AreaSpec,
     state: AreaSnapshot,
+    /// The customers' ids, sorted, shared by the entries of the suspect window.
+    customers: Arc<[String]>,
+}
+
+impl AreaState {
+    fn new(spec: AreaSpec) -> AreaState {
+        let mut customers = spec.customers.clone();
+        customers.sort();
+        customers.dedup();
+        AreaState {
+            spec,
+            state: AreaSnapshot::default(),
+            customers: customers.into(),
+        }
+    }
 }
 
 /// Everything a restart needs to continue: per meter the reads kept, segments and candidates;
@@ -466,6 +482,8 @@ pub struct LossEngine {
     settings: LossSettings,
     areas: Vec<AreaState>,
     meters: BTreeMap<String, MeterTrack>,
+    /// How many meters `meters` held when last rebuilt (see [`super::pack`]).
+    packed: usize,
     /// Newest timestamp seen (reading or tick).
     latest_ms: i64,
 }
@@ -474,14 +492,9 @@ impl LossEngine {
     pub fn new(areas: Vec<AreaSpec>, settings: LossSettings) -> Self {
         LossEngine {
             settings,
-            areas: areas
-                .into_iter()
-                .map(|spec| AreaState {
-                    spec,
-                    state: AreaSnapshot::default(),
-                })
-                .collect(),
+            areas: areas.into_iter().map(AreaState::new).collect(),
             meters: BTreeMap::new(),
+            packed: 0,
             latest_ms: i64::MIN,
         }
     }
@@ -609,6 +622,7 @@ impl LossEngine {
             self.close_ready(i, now_ms, &mut events);
         }
         self.prune();
+        super::pack(&mut self.meters, &mut self.packed);
         events
     }
 
@@ -693,11 +707,9 @@ impl LossEngine {
                     start_ms: start,
                     supply_kwh: f.supply_kwh,
                     loss_kwh: f.loss_kwh,
-                    customers: spec
-                        .customers
-                        .iter()
-                        .map(|c| (c.clone(), f.per_meter.get(c).copied().unwrap_or(0.0)))
-                        .collect(),
+                    customers: Consumption::of(&area.customers, |c| {
+                        f.per_meter.get(c).copied().unwrap_or(0.0)
+                    }),
                 });
                 while st.window.len() > settings.suspect_window.max(1) {
                     st.window.pop_front();
@@ -809,6 +821,9 @@ impl LossEngine {
                     && s.rem_euclid(len) != 0
                 {
                     st.next_start_ms = Some(s.div_euclid(len) * len + len);
+                }
+                for w in st.window.iter_mut() {
+                    w.customers.share(&area.customers);
                 }
                 area.state = st;
             }

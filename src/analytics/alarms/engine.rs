@@ -102,6 +102,53 @@ pub struct RegisterMemory {
     pub power_down_count: Option<u64>,
 }
 
+/// A [`RegisterMemory`] as the engine holds it, one a meter: a missing register value or
+/// mark as NaN (a register read is finite), a missing time as `i64::MIN` (no reading is
+/// that old): 88 bytes rather than 128. Taken out as a [`RegisterMemory`] to judge a reading.
+#[derive(Debug, Clone, Copy)]
+struct HeldMemory {
+    import: (i64, f64),
+    export: (i64, f64),
+    import_changed_ms: i64,
+    export_mark_kwh: f64,
+    export_advanced_ms: i64,
+    cover_open_count: Option<u64>,
+    power_down_count: Option<u64>,
+}
+
+const NO_TIME: i64 = i64::MIN;
+
+impl From<&RegisterMemory> for HeldMemory {
+    fn from(m: &RegisterMemory) -> HeldMemory {
+        let reg = |r: Option<(i64, f64)>| r.unwrap_or((NO_TIME, f64::NAN));
+        HeldMemory {
+            import: reg(m.import),
+            export: reg(m.export),
+            import_changed_ms: m.import_changed_ms.unwrap_or(NO_TIME),
+            export_mark_kwh: m.export_mark_kwh.unwrap_or(f64::NAN),
+            export_advanced_ms: m.export_advanced_ms.unwrap_or(NO_TIME),
+            cover_open_count: m.cover_open_count,
+            power_down_count: m.power_down_count,
+        }
+    }
+}
+
+impl From<&HeldMemory> for RegisterMemory {
+    fn from(m: &HeldMemory) -> RegisterMemory {
+        let reg = |(t, v): (i64, f64)| (!v.is_nan()).then_some((t, v));
+        let time = |t: i64| (t != NO_TIME).then_some(t);
+        RegisterMemory {
+            import: reg(m.import),
+            export: reg(m.export),
+            import_changed_ms: time(m.import_changed_ms),
+            export_mark_kwh: (!m.export_mark_kwh.is_nan()).then_some(m.export_mark_kwh),
+            export_advanced_ms: time(m.export_advanced_ms),
+            cover_open_count: m.cover_open_count,
+            power_down_count: m.power_down_count,
+        }
+    }
+}
+
 /// Everything the engine must keep across a restart: the standing alarms (so they are not
 /// raised twice), the recent history, and the registers to compare the next readings with.
 /// Serializable; the gateway saves it in the same transaction as the alarm messages.
@@ -153,10 +200,10 @@ pub struct AlarmEngine {
     areas: Vec<AreaRef>,
     /// bus name → its meters
     buses: BTreeMap<String, Vec<String>>,
-    /// meter → the areas it belongs to (as supply or customer)
-    meter_areas: BTreeMap<String, Vec<String>>,
     lifecycle: Lifecycle,
-    registers: BTreeMap<String, RegisterMemory>,
+    registers: BTreeMap<String, HeldMemory>,
+    /// How many meters `registers` held when last rebuilt (see [`crate::analytics::pack`]).
+    packed: usize,
     presence: BTreeMap<String, Presence>,
     supply: BTreeMap<String, SupplyState>,
 }
@@ -167,12 +214,15 @@ impl AlarmEngine {
         for m in &topology.meters {
             buses.entry(m.bus.clone()).or_default().push(m.id.clone());
         }
-        let mut meter_areas: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for a in &topology.areas {
-            for m in a.supply.iter().chain(a.customers.iter()) {
-                meter_areas.entry(m.clone()).or_default().push(a.id.clone());
-            }
-        }
+        // Built one meter at a time: rebuilt with full nodes and lists without spare room
+        // (held for the gateway's life; see [`crate::analytics::pack`]).
+        let buses: BTreeMap<_, _> = buses
+            .into_iter()
+            .map(|(k, mut v)| {
+                v.shrink_to_fit();
+                (k, v)
+            })
+            .collect();
         AlarmEngine {
             lifecycle: Lifecycle::new(settings.history),
             settings,
@@ -184,8 +234,8 @@ impl AlarmEngine {
                 .collect(),
             areas: topology.areas,
             buses,
-            meter_areas,
             registers: BTreeMap::new(),
+            packed: 0,
             presence: BTreeMap::new(),
             supply: BTreeMap::new(),
         }
@@ -322,7 +372,7 @@ impl AlarmEngine {
             .details(details);
             self.observe(out, obs);
         }
-        let mut mem = self.registers.remove(meter).unwrap_or_default();
+        let mut mem = self.take_memory(meter);
         for (kind, now, before) in [
             (
                 AlarmKind::MeterCoverOpen,
@@ -349,7 +399,7 @@ impl AlarmEngine {
                 out.extend(self.event(kind, meter, now as f64, prev as f64, details, ts));
             }
         }
-        self.registers.insert(meter.to_string(), mem);
+        self.registers.insert(meter.to_string(), (&mem).into());
     }
 
     /// An event about `meter`: raised and cleared at once, so the headend sees one complete
@@ -405,6 +455,7 @@ impl AlarmEngine {
     /// Advances the hold timers of conditions that persist without new readings (meters
     /// offline, silent buses) to `now_ms`.
     pub fn on_tick(&mut self, now_ms: i64) -> Vec<AlarmChange> {
+        crate::analytics::pack(&mut self.registers, &mut self.packed);
         self.judge_presence(now_ms)
     }
 
@@ -577,7 +628,11 @@ impl AlarmEngine {
         AlarmSnapshot {
             active: self.lifecycle.active().cloned().collect(),
             history: self.history(),
-            registers: self.registers.clone(),
+            registers: self
+                .registers
+                .iter()
+                .map(|(k, m)| (k.clone(), m.into()))
+                .collect(),
         }
     }
 
@@ -590,7 +645,11 @@ impl AlarmEngine {
             .into_iter()
             .partition(|a| self.timing(a.alarm.kind).is_some());
         self.lifecycle.restore(keep, snapshot.history);
-        self.registers = snapshot.registers;
+        self.registers = snapshot
+            .registers
+            .iter()
+            .map(|(k, m)| (k.clone(), m.into()))
+            .collect();
         let mut out = Vec::new();
         for a in drop {
             let mut alarm = a.alarm;
@@ -891,7 +950,7 @@ impl AlarmEngine {
         if import.is_none() && export.is_none() {
             return;
         }
-        let mut mem = self.registers.remove(&meter.id).unwrap_or_default();
+        let mut mem = self.take_memory(&meter.id);
         let last_ts = mem
             .import
             .iter()
@@ -900,7 +959,7 @@ impl AlarmEngine {
             .max();
         if last_ts.is_some_and(|t| t >= r.ts_ms) {
             // An older or repeated reading: nothing to compare.
-            self.registers.insert(meter.id.clone(), mem);
+            self.registers.insert(meter.id.clone(), (&mem).into());
             return;
         }
         let ts = r.ts_ms;
@@ -1084,7 +1143,15 @@ impl AlarmEngine {
         if let Some(e) = export {
             mem.export = Some((ts, e));
         }
-        self.registers.insert(meter.id.clone(), mem);
+        self.registers.insert(meter.id.clone(), (&mem).into());
+    }
+
+    /// The meter's register memory, out of the map while a reading is judged.
+    fn take_memory(&mut self, meter: &str) -> RegisterMemory {
+        self.registers
+            .remove(meter)
+            .map(|m| RegisterMemory::from(&m))
+            .unwrap_or_default()
     }
 
     fn judge_supply(&mut self, meter: &MeterRef, r: &Reading, out: &mut Vec<AlarmChange>) {
@@ -1350,10 +1417,10 @@ impl AlarmEngine {
     fn offline_suppressed(&self, meter: &str, bus: &str) -> bool {
         let bus = self.meters.get(meter).map_or(bus, |m| m.bus.as_str());
         self.lifecycle.is_active(AlarmKind::AreaOutage, bus)
-            || self.meter_areas.get(meter).is_some_and(|areas| {
-                areas
-                    .iter()
-                    .any(|a| self.lifecycle.is_active(AlarmKind::AreaOutage, a))
+            || self.areas.iter().any(|a| {
+                // An area the meter belongs to (as supply or customer).
+                self.lifecycle.is_active(AlarmKind::AreaOutage, &a.id)
+                    && a.supply.iter().chain(&a.customers).any(|m| m == meter)
             })
     }
 }

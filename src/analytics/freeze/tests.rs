@@ -439,3 +439,27 @@ fn a_meter_with_its_own_freezes_waits_for_them_then_falls_back_to_interpolation(
     assert!((f[0].values["energy_import_kwh"] - c.at(m2)).abs() < 0.01);
     assert_eq!(decisions(&events)[0].frozen, ["m1"]);
 }
+
+#[test]
+fn a_snapshot_written_with_maps_of_names_still_loads_and_writes_the_same() {
+    // As the build holding `BTreeMap<String, f64>` values wrote it: m1 read at 23:58 and
+    // 23:59 (Asia/Shanghai), midnight open, the day before frozen.
+    let old = r#"{"meters":{"m1":{"prev":{"ts_ms":1795363080000,"values":{"energy_import_kwh":99.8,"energy_import_t1_kwh":39.92}},"last":{"ts_ms":1795363140000,"values":{"energy_import_kwh":99.9,"energy_import_t1_kwh":39.96}},"pending":{"1795363200000":{"before":[{"ts_ms":1795363140000,"values":{"energy_import_kwh":99.9,"energy_import_t1_kwh":39.96}},{"ts_ms":1795363080000,"values":{"energy_import_kwh":99.8,"energy_import_t1_kwh":39.92}}],"after":[],"held":null}},"frozen":{"1795276800000":["interpolated",{"energy_import_kwh":80.0,"energy_import_t1_kwh":32.0}]},"own":false}},"days":{"1795363200000":{"decided":false}},"next_midnight_ms":1795449600000}"#;
+    let snap: FreezeSnapshot = serde_json::from_str(old).unwrap();
+    assert_eq!(serde_json::to_string(&snap).unwrap(), old);
+    let mut e = FreezeEngine::new(settings("Asia/Shanghai"), ["m1".to_string()]);
+    e.restore(snap);
+    assert_eq!(serde_json::to_string(&e.snapshot()).unwrap(), old);
+    let midnight = 1_795_363_200_000;
+    e.on_reading(&reading("m1", midnight + MIN, 100.1));
+    let events = e.on_tick(midnight + MIN);
+    let f = freezes(&events);
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].ts_ms, midnight);
+    assert_eq!(f[0].source, FreezeSource::Interpolated);
+    assert_eq!(f[0].before_ms, Some(midnight - MIN));
+    let names: Vec<&String> = f[0].values.keys().collect();
+    assert_eq!(names, ["energy_import_kwh", "energy_import_t1_kwh"]);
+    assert!((f[0].values["energy_import_kwh"] - 100.0).abs() < 1e-9);
+    assert!((f[0].values["energy_import_t1_kwh"] - 40.0).abs() < 1e-9);
+}

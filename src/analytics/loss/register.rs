@@ -68,6 +68,43 @@ impl From<PointForm> for Point {
     }
 }
 
+/// A [`Point`] as a track holds it: no power is NaN (never a power read: those are finite),
+/// so a point is 24 bytes rather than 32 — a track keeps up to 30 of them, two per meter.
+/// Written and read as a [`Point`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(into = "Point", from = "Point")]
+struct HeldPoint {
+    ts_ms: i64,
+    kwh: f64,
+    kw: f64,
+}
+
+impl From<Point> for HeldPoint {
+    fn from(p: Point) -> HeldPoint {
+        HeldPoint {
+            ts_ms: p.ts_ms,
+            kwh: p.kwh,
+            kw: p.kw.unwrap_or(f64::NAN),
+        }
+    }
+}
+
+impl From<HeldPoint> for Point {
+    fn from(h: HeldPoint) -> Point {
+        Point {
+            ts_ms: h.ts_ms,
+            kwh: h.kwh,
+            kw: (!h.kw.is_nan()).then_some(h.kw),
+        }
+    }
+}
+
+impl PartialEq for HeldPoint {
+    fn eq(&self, other: &HeldPoint) -> bool {
+        Point::from(*self) == Point::from(*other)
+    }
+}
+
 /// The limits a new read is judged against (already scaled by the meter's multiplier).
 #[derive(Debug, Clone, Copy)]
 pub struct Plausibility<'a> {
@@ -129,9 +166,10 @@ struct Candidate {
 /// The continuous track of one register. See the module documentation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RegisterTrack {
-    points: VecDeque<Point>,
+    points: VecDeque<HeldPoint>,
     offset: f64,
-    candidate: Option<Candidate>,
+    /// Boxed: rarely there, 8 bytes rather than 24 in every track.
+    candidate: Option<Box<Candidate>>,
     segment_start_ms: i64,
     segments: u32,
 }
@@ -145,13 +183,18 @@ const RECENT_RATE_SPAN_MS: i64 = 900_000;
 
 impl RegisterTrack {
     /// The accepted reads kept, oldest first.
-    pub fn points(&self) -> &VecDeque<Point> {
-        &self.points
+    pub fn points(&self) -> impl ExactSizeIterator<Item = Point> + '_ {
+        self.points.iter().map(|&p| Point::from(p))
+    }
+
+    /// The accepted read `i` (0 the oldest kept).
+    fn point(&self, i: usize) -> Option<Point> {
+        self.points.get(i).map(|&p| Point::from(p))
     }
 
     /// The last accepted read.
     pub fn last(&self) -> Option<Point> {
-        self.points.back().copied()
+        self.points.back().map(|&p| Point::from(p))
     }
 
     /// Number of segments started after the first (resets seen).
@@ -171,11 +214,11 @@ impl RegisterTrack {
         let Some(last) = self.last() else {
             self.offset = 0.0;
             self.segment_start_ms = ts_ms;
-            self.points.push_back(Point {
+            self.points.push_back(HeldPoint::from(Point {
                 ts_ms,
                 kwh: raw,
                 kw,
-            });
+            }));
             return Judgement::new(Quality::Good, "first read");
         };
         if ts_ms <= last.ts_ms {
@@ -187,11 +230,11 @@ impl RegisterTrack {
         // 1. Continues the trend.
         if plausible(last, ts_ms, axis, bound, p.slack_kwh) {
             self.candidate = None;
-            self.points.push_back(Point {
+            self.points.push_back(HeldPoint::from(Point {
                 ts_ms,
                 kwh: axis,
                 kw,
-            });
+            }));
             return Judgement::new(Quality::Good, "");
         }
         let last_raw = last.kwh - self.offset;
@@ -206,11 +249,11 @@ impl RegisterTrack {
             {
                 self.offset += m;
                 self.candidate = None;
-                self.points.push_back(Point {
+                self.points.push_back(HeldPoint::from(Point {
                     ts_ms,
                     kwh: raw + self.offset,
                     kw,
-                });
+                }));
                 return Judgement::new(
                     Quality::Wrap,
                     format!("counter wrapped at {m} kWh ({last_raw} -> {raw})"),
@@ -219,7 +262,7 @@ impl RegisterTrack {
         }
 
         // 3. The previous rejected read was the start of a new segment (replacement / reset).
-        if let Some(c) = self.candidate
+        if let Some(c) = self.candidate.as_deref().copied()
             && ts_ms > c.ts_ms
             && plausible(
                 Point {
@@ -255,16 +298,16 @@ impl RegisterTrack {
             self.segment_start_ms = c.ts_ms;
             self.segments += 1;
             self.candidate = None;
-            self.points.push_back(Point {
+            self.points.push_back(HeldPoint::from(Point {
                 ts_ms: c.ts_ms,
                 kwh: start,
                 kw: None,
-            });
-            self.points.push_back(Point {
+            }));
+            self.points.push_back(HeldPoint::from(Point {
                 ts_ms,
                 kwh: raw + self.offset,
                 kw,
-            });
+            }));
             return Judgement {
                 quality: Quality::Good,
                 note: "continues the new segment".into(),
@@ -282,14 +325,14 @@ impl RegisterTrack {
 
         // 4. The last accepted read was the odd one out: this one continues the trend before it.
         if axis < last.kwh && self.points.len() >= 2 && last.ts_ms > self.segment_start_ms {
-            let prev = self.points[self.points.len() - 2];
+            let prev = self.point(self.points.len() - 2).expect("two points");
             if plausible(prev, ts_ms, axis, bound, p.slack_kwh) {
                 self.points.pop_back();
-                self.points.push_back(Point {
+                self.points.push_back(HeldPoint::from(Point {
                     ts_ms,
                     kwh: axis,
                     kw,
-                });
+                }));
                 self.candidate = None;
                 return Judgement {
                     quality: Quality::Good,
@@ -307,7 +350,7 @@ impl RegisterTrack {
         }
 
         // 5. Rejected; remembered in case it starts a new segment.
-        self.candidate = Some(Candidate { ts_ms, raw });
+        self.candidate = Some(Box::new(Candidate { ts_ms, raw }));
         let dev = axis - last.kwh;
         let mut note = if raw == 0.0 {
             "zero".to_string()
@@ -342,11 +385,7 @@ impl RegisterTrack {
     fn recent_max_kw(&self) -> f64 {
         let mut max: f64 = 0.0;
         let mut anchor: Option<Point> = None;
-        for &pt in self
-            .points
-            .iter()
-            .filter(|pt| pt.ts_ms >= self.segment_start_ms)
-        {
+        for pt in self.points().filter(|pt| pt.ts_ms >= self.segment_start_ms) {
             match anchor {
                 None => anchor = Some(pt),
                 Some(a) if pt.ts_ms - a.ts_ms >= RATE_SPAN_MS => {
@@ -362,7 +401,7 @@ impl RegisterTrack {
     /// The rate over the last quarter hour of the current segment (or what there is of it), kW.
     pub fn recent_rate_kw(&self) -> Option<f64> {
         let last = self.last()?;
-        let from = self.points.iter().find(|pt| {
+        let from = self.points().find(|pt| {
             pt.ts_ms >= self.segment_start_ms && pt.ts_ms >= last.ts_ms - RECENT_RATE_SPAN_MS
         })?;
         if last.ts_ms <= from.ts_ms {
@@ -386,7 +425,7 @@ impl RegisterTrack {
                 settled: false,
             });
         }
-        let after = self.points[idx];
+        let after = self.point(idx).expect("idx < n");
         let settled = idx + 1 < n;
         if after.ts_ms == t_ms {
             return Some(AxisValue {
@@ -396,7 +435,7 @@ impl RegisterTrack {
             });
         }
         if idx == 0 {
-            let rate = match self.points.get(1) {
+            let rate = match self.point(1) {
                 Some(next) if next.ts_ms > after.ts_ms => ((next.kwh - after.kwh)
                     / ((next.ts_ms - after.ts_ms) as f64 / HOUR_MS))
                     .max(0.0),
@@ -408,7 +447,7 @@ impl RegisterTrack {
                 settled,
             });
         }
-        let before = self.points[idx - 1];
+        let before = self.point(idx - 1).expect("idx > 0");
         Some(AxisValue {
             kwh: between(before, after, t_ms),
             measured: after.ts_ms - before.ts_ms <= max_gap_ms,

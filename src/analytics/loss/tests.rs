@@ -944,7 +944,7 @@ fn a_plausible_spike_the_trend_contradicts_is_requalified() {
             assert!(j.revises.is_none());
         }
     }
-    let kwh: Vec<f64> = track.points().iter().map(|p| p.kwh).collect();
+    let kwh: Vec<f64> = track.points().map(|p| p.kwh).collect();
     assert_eq!(kwh, vec![100.0, 100.05, 100.10, 100.2, 100.25]);
 }
 
@@ -1233,7 +1233,7 @@ proptest! {
             track.judge(t, raw, kw, &p);
         }
         let pts = track.points();
-        for w in pts.iter().collect::<Vec<_>>().windows(2) {
+        for w in pts.collect::<Vec<_>>().windows(2) {
             prop_assert!(w[1].ts_ms > w[0].ts_ms);
             prop_assert!(w[1].kwh >= w[0].kwh - 1e-9);
         }

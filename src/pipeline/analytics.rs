@@ -59,7 +59,7 @@ use crate::analytics::loss::{
 use crate::analytics::voltage::{VoltageQuality, VoltageSnapshot, area_month};
 use crate::model::MeterStatus;
 use crate::model::Reading;
-use crate::store::{Batch, Message, MetaKey, QualityRevision, Record, RecordKind};
+use crate::store::{Batch, MetaKey, QualityRevision, RecordKind};
 use crate::uplink::contract::{
     Topics, active_alarms_list, active_alarms_message, alarm_message, area_voltage_month_message,
     collection_message, curve_message, daily_loss_message, freeze_message, loss_message,
@@ -329,14 +329,14 @@ impl Analytics {
         self.changes.extend(changes);
         for d in self.voltage.on_tick(now_ms) {
             let m = voltage_day_message(&self.topics, &d);
-            push_kept(batch, RecordKind::VoltageDay, &d.meter, d.day_start_ms, m);
+            batch.push_kept(RecordKind::VoltageDay, &d.meter, d.day_start_ms, m);
             self.voltage_changed = true;
         }
         self.push_voltage_months(batch);
         self.tick_freeze(now_ms, batch);
         for b in self.curve.on_tick(now_ms) {
             let m = curve_message(&self.topics, &b);
-            push_kept(batch, RecordKind::Curve, &b.meter, b.start_ms, m);
+            batch.push_kept(RecordKind::Curve, &b.meter, b.start_ms, m);
             self.curve_sent.insert(b.meter.clone());
         }
         self.write_rolling(batch);
@@ -444,7 +444,7 @@ impl Analytics {
         self.voltage_changed = true;
         for m in &months {
             let msg = voltage_month_message(&self.topics, m);
-            push_kept(batch, RecordKind::VoltageMonth, &m.meter, m.start_ms, msg);
+            batch.push_kept(RecordKind::VoltageMonth, &m.meter, m.start_ms, msg);
         }
         let mut starts: Vec<i64> = months.iter().map(|m| m.start_ms).collect();
         starts.sort_unstable();
@@ -459,7 +459,7 @@ impl Analytics {
                 let ids: Vec<String> = area.meters().cloned().collect();
                 if let Some(a) = area_month(&area.id, &ids, &of_month) {
                     let msg = area_voltage_month_message(&self.topics, &a);
-                    push_kept(batch, RecordKind::VoltageMonth, &a.area, a.start_ms, msg);
+                    batch.push_kept(RecordKind::VoltageMonth, &a.area, a.start_ms, msg);
                 }
             }
         }
@@ -477,13 +477,13 @@ impl Analytics {
                         FreezeKind::Month => RecordKind::FreezeMonth,
                     };
                     let m = freeze_message(&self.topics, &f);
-                    push_kept(batch, kind, &f.meter, f.ts_ms, m);
+                    batch.push_kept(kind, &f.meter, f.ts_ms, m);
                 }
                 FreezeEvent::Decided(day) => {
                     let report = collection::report(&day, &self.groups);
                     let m = collection_message(&self.topics, &report);
                     let gateway = self.topics.gateway.clone();
-                    push_kept(batch, RecordKind::Collection, &gateway, day.ts_ms, m);
+                    batch.push_kept(RecordKind::Collection, &gateway, day.ts_ms, m);
                     for area in &self.areas {
                         let l = self.freeze.daily_loss(area, day.ts_ms);
                         // Nothing to say before the first two midnights of any meter.
@@ -491,7 +491,7 @@ impl Analytics {
                             continue;
                         }
                         let m = daily_loss_message(&self.topics, &l);
-                        push_kept(batch, RecordKind::LossDay, &l.area, l.end_ms, m);
+                        batch.push_kept(RecordKind::LossDay, &l.area, l.end_ms, m);
                     }
                 }
             }
@@ -504,7 +504,7 @@ impl Analytics {
             match ev {
                 LossEvent::Record(rec) => {
                     let m = loss_message(&self.topics, &rec);
-                    push_kept(batch, RecordKind::Loss, &rec.area, rec.end_ms, m);
+                    batch.push_kept(RecordKind::Loss, &rec.area, rec.end_ms, m);
                     self.loss_changed = true;
                 }
                 LossEvent::Verdict(v) => {
@@ -690,19 +690,7 @@ impl Analytics {
 /// An alarm event: its message and its `alarm` record (body = the event payload).
 fn push_alarm_event(topics: &Topics, c: &AlarmChange, batch: &mut Batch) {
     let m = alarm_message(topics, c);
-    push_kept(batch, RecordKind::Alarm, &c.alarm.subject, c.ts_ms, m);
-}
-
-/// A message for the headend that the store also keeps as a record of `kind` (body = the
-/// message's payload), so `status` can show it later.
-fn push_kept(batch: &mut Batch, kind: RecordKind, subject: &str, ts_ms: i64, m: Message) {
-    batch.records.push(Record {
-        kind,
-        subject: subject.into(),
-        ts_ms,
-        body: m.payload.clone(),
-    });
-    batch.messages.push(m);
+    batch.push_kept(RecordKind::Alarm, &c.alarm.subject, c.ts_ms, m);
 }
 
 /// Where, in the snapshot JSON of an engine's `key`, its per-meter parts are (an object by

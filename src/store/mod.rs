@@ -103,6 +103,19 @@ pub struct QualityRevision {
 }
 
 impl Batch {
+    /// Adds a message for the headend that the store also keeps as a record of `kind` about
+    /// `subject` at `ts_ms` (body = the message's payload), so `status` and recall find it
+    /// later.
+    pub fn push_kept(&mut self, kind: RecordKind, subject: &str, ts_ms: i64, m: Message) {
+        self.records.push(Record {
+            kind,
+            subject: subject.into(),
+            ts_ms,
+            body: m.payload.clone(),
+        });
+        self.messages.push(m);
+    }
+
     /// Appends `later` to this batch (used to retry a batch the store refused together with
     /// the next one). Quality flags stay aligned with their readings.
     pub fn append(&mut self, mut later: Batch) {

@@ -46,11 +46,14 @@ use support::{Mosquitto, free_port, wait_for_listener};
 struct Counting;
 
 static LIVE: AtomicU64 = AtomicU64::new(0);
+/// The most heap held since it was last reset (see [`reset_peak`]).
+static PEAK: AtomicU64 = AtomicU64::new(0);
 
 // SAFETY: forwards to the system allocator; only counts.
 unsafe impl std::alloc::GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as u64, Ordering::Relaxed);
+        let now = LIVE.fetch_add(layout.size() as u64, Ordering::Relaxed) + layout.size() as u64;
+        PEAK.fetch_max(now, Ordering::Relaxed);
         unsafe { std::alloc::System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
@@ -58,7 +61,8 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
         unsafe { std::alloc::System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
-        LIVE.fetch_add(new as u64, Ordering::Relaxed);
+        let now = LIVE.fetch_add(new as u64, Ordering::Relaxed) + new as u64;
+        PEAK.fetch_max(now, Ordering::Relaxed);
         LIVE.fetch_sub(layout.size() as u64, Ordering::Relaxed);
         unsafe { std::alloc::System.realloc(ptr, layout, new) }
     }
@@ -70,6 +74,23 @@ static ALLOC: Counting = Counting;
 /// Bytes of heap held now.
 fn live() -> u64 {
     LIVE.load(Ordering::Relaxed)
+}
+
+/// Starts a new peak at the heap held now; returns that.
+fn reset_peak() -> u64 {
+    let now = live();
+    PEAK.store(now, Ordering::Relaxed);
+    now
+}
+
+/// This process's `RssAnon`, kB.
+fn rss_anon_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The heap a value holds: what a deep copy of it allocates.
@@ -687,13 +708,36 @@ fn heap(minutes: i64) {
     let mut next_fold = t0 + 1000;
     // Time in the writer's fold (the engines and the batch they fill; not the commit).
     let mut folding = Duration::ZERO;
+    // The heap each fold took at its highest above what was held before it, with the fold's
+    // time and the engine state it wrote.
+    let mut transients: Vec<(u64, i64, usize, usize)> = Vec::new();
+    // The gateway's allocator settings (src/main.rs), and the anonymous resident memory after
+    // its trim, each simulated minute.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+    let mut anon = Vec::new();
     for k in 0..minutes * METERS as i64 {
         let t = t0 + k * slot;
         if t >= next_fold {
             let started = Instant::now();
+            let base = reset_peak();
             let fold = writer.fold(events.drain(..), next_fold);
             folding += started.elapsed();
+            let transient = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+            let meta: usize = fold.batch.meta.iter().map(|(_, v)| v.len()).sum();
+            transients.push((transient, next_fold - t0, fold.batch.meta.len(), meta));
             store.commit_at(&fold.batch, next_fold).unwrap();
+            drop(fold);
+            if (next_fold - t0) % 60_000 == 0 {
+                #[cfg(all(target_os = "linux", target_env = "gnu"))]
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+                anon.push((rss_anon_kb(), live() / 1000));
+            }
             next_fold += 1000;
         }
         let i = (k % METERS as i64) as usize;
@@ -706,6 +750,22 @@ fn heap(minutes: i64) {
     }
     let a = writer.analytics();
     let mb = |b: u64| b as f64 / 1e6;
+    println!(
+        "  this process's anonymous resident memory after a trim, each minute, MB: {}",
+        anon.iter()
+            .map(|(kb, heap)| format!("{:.1}/{:.1}", *kb as f64 / 1000.0, *heap as f64 / 1000.0))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    transients.sort_unstable_by(|a, b| b.cmp(a));
+    for (bytes, at, n, meta) in transients.iter().take(8) {
+        println!(
+            "  a fold's transient heap: {:.2} MB at {:.1} min ({n} engine-state values, {:.2} MB)",
+            mb(*bytes),
+            *at as f64 / 60_000.0,
+            mb(*meta as u64)
+        );
+    }
     println!(
         "  the writer's fold (engines and batches, no commit): {:.1} us per reading (wall time \
          of this thread)",

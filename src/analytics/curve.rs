@@ -256,6 +256,19 @@ pub struct CurveSnapshot {
     meters: BTreeMap<String, MeterCurve>,
 }
 
+impl super::MeterParts for CurveEngine {
+    type Snapshot = CurveSnapshot;
+    fn snapshot_rest(&self) -> CurveSnapshot {
+        CurveSnapshot::default()
+    }
+    fn part_meters(&self) -> Vec<&str> {
+        self.state.meters.keys().map(String::as_str).collect()
+    }
+    fn part_json(&self, meter: &str) -> Option<String> {
+        self.state.meters.get(meter).map(super::part_json)
+    }
+}
+
 /// The load curves of the configured meters. See the module documentation.
 #[derive(Debug, Clone)]
 pub struct CurveEngine {

@@ -229,6 +229,23 @@ pub struct FreezeSnapshot {
     next_midnight_ms: Option<i64>,
 }
 
+impl super::MeterParts for FreezeEngine {
+    type Snapshot = FreezeSnapshot;
+    fn snapshot_rest(&self) -> FreezeSnapshot {
+        FreezeSnapshot {
+            meters: BTreeMap::new(),
+            days: self.state.days.clone(),
+            next_midnight_ms: self.state.next_midnight_ms,
+        }
+    }
+    fn part_meters(&self) -> Vec<&str> {
+        self.state.meters.keys().map(String::as_str).collect()
+    }
+    fn part_json(&self, meter: &str) -> Option<String> {
+        self.state.meters.get(meter).map(super::part_json)
+    }
+}
+
 /// The daily and monthly freezes of the configured meters. See the module documentation.
 #[derive(Debug, Clone)]
 pub struct FreezeEngine {

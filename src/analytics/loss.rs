@@ -66,6 +66,7 @@ pub mod suspects;
 #[cfg(test)]
 mod tests;
 
+use super::MeterParts;
 use super::register::{self as rule, StoppedRegister};
 use crate::clock::rfc3339_ms;
 use crate::model::Reading;
@@ -476,6 +477,27 @@ pub struct LossSnapshot {
     areas: BTreeMap<String, AreaSnapshot>,
 }
 
+impl super::MeterParts for LossEngine {
+    type Snapshot = LossSnapshot;
+    fn snapshot_rest(&self) -> LossSnapshot {
+        LossSnapshot {
+            latest_ms: self.latest_ms,
+            meters: BTreeMap::new(),
+            areas: self
+                .areas
+                .iter()
+                .map(|a| (a.spec.id.clone(), a.state.clone()))
+                .collect(),
+        }
+    }
+    fn part_meters(&self) -> Vec<&str> {
+        self.meters.keys().map(String::as_str).collect()
+    }
+    fn part_json(&self, meter: &str) -> Option<String> {
+        self.meters.get(meter).map(super::part_json)
+    }
+}
+
 /// The line-loss engine of all areas. See the module documentation.
 #[derive(Debug, Clone)]
 pub struct LossEngine {
@@ -800,13 +822,8 @@ impl LossEngine {
     /// The state a restart needs; see [`LossSnapshot`].
     pub fn snapshot(&self) -> LossSnapshot {
         LossSnapshot {
-            latest_ms: self.latest_ms,
             meters: self.meters.clone(),
-            areas: self
-                .areas
-                .iter()
-                .map(|a| (a.spec.id.clone(), a.state.clone()))
-                .collect(),
+            ..self.snapshot_rest()
         }
     }
 

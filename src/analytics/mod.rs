@@ -22,6 +22,27 @@ pub mod voltage;
 
 use std::collections::BTreeMap;
 
+/// An engine whose snapshot holds a part per meter (an object by meter id, or a list whose
+/// items name their meter), saved under keys of their own and written only when changed.
+/// Each part is serialized on its own, straight from the engine's state: never the whole
+/// snapshot at once, which with a thousand meters is megabytes for a moment (and a heap that
+/// stays that large, docs/benchmarks.md (j)).
+pub trait MeterParts {
+    type Snapshot: serde::Serialize;
+    /// The snapshot without any meter's part: an empty container where they go.
+    fn snapshot_rest(&self) -> Self::Snapshot;
+    /// The meters the snapshot holds a part for, in order of id.
+    fn part_meters(&self) -> Vec<&str>;
+    /// One meter's part as JSON: the value under its id in the snapshot's object, or the list
+    /// of its items in the snapshot's list. `None` for a meter it holds nothing for.
+    fn part_json(&self, meter: &str) -> Option<String>;
+}
+
+/// A part of an engine's snapshot as JSON.
+fn part_json<T: serde::Serialize>(part: &T) -> String {
+    serde_json::to_string(part).expect("snapshots serialize")
+}
+
 /// Rebuilds a map of the engines' per-meter state with full nodes when it holds more entries
 /// than when last rebuilt (`packed`; kept by the caller, lowered when entries go). A map that
 /// grew one meter at a time in id order — as the meters' first readings come — keeps its

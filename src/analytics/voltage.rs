@@ -288,6 +288,48 @@ impl From<&HeldDay> for DayTally {
     }
 }
 
+/// The snapshot's series of one meter: each phase it holds.
+fn phase_series<'a>(
+    meter: &'a str,
+    phases: &'a [Option<Held>; 3],
+) -> impl Iterator<Item = PhaseSeries> + 'a {
+    PHASES
+        .iter()
+        .zip(phases)
+        .filter_map(move |((phase, _), held)| {
+            let h = held.as_ref()?;
+            Some(PhaseSeries {
+                meter: meter.to_string(),
+                phase: phase.to_string(),
+                last: h.last,
+                days: h.days.iter().map(DayTally::from).collect(),
+            })
+        })
+}
+
+impl super::MeterParts for VoltageQuality {
+    type Snapshot = VoltageSnapshot;
+    fn snapshot_rest(&self) -> VoltageSnapshot {
+        VoltageSnapshot {
+            series: Vec::new(),
+            closed_before_ms: self.closed_before_ms,
+            months: self.months.clone(),
+        }
+    }
+    fn part_meters(&self) -> Vec<&str> {
+        self.series
+            .iter()
+            .filter(|(_, phases)| phases.iter().any(Option::is_some))
+            .map(|(meter, _)| meter.as_str())
+            .collect()
+    }
+    fn part_json(&self, meter: &str) -> Option<String> {
+        let (meter, phases) = self.series.get_key_value(meter)?;
+        let series: Vec<PhaseSeries> = phase_series(meter, phases).collect();
+        (!series.is_empty()).then(|| super::part_json(&series))
+    }
+}
+
 /// Voltage quality statistics of every meter and phase.
 #[derive(Debug, Clone)]
 pub struct VoltageQuality {
@@ -496,23 +538,9 @@ impl VoltageQuality {
             series: self
                 .series
                 .iter()
-                .flat_map(|(meter, phases)| {
-                    PHASES
-                        .iter()
-                        .zip(phases)
-                        .filter_map(move |((phase, _), held)| {
-                            let h = held.as_ref()?;
-                            Some(PhaseSeries {
-                                meter: meter.clone(),
-                                phase: phase.to_string(),
-                                last: h.last,
-                                days: h.days.iter().map(DayTally::from).collect(),
-                            })
-                        })
-                })
+                .flat_map(|(meter, phases)| phase_series(meter, phases))
                 .collect(),
-            closed_before_ms: self.closed_before_ms,
-            months: self.months.clone(),
+            ..super::MeterParts::snapshot_rest(self)
         }
     }
 

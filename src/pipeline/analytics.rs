@@ -48,6 +48,8 @@
 //! engines, it never reads the clock: every call takes the time.
 
 use super::PipelineSettings;
+use super::parts;
+use crate::analytics::MeterParts;
 use crate::analytics::alarms::{AlarmChange, AlarmEngine, AlarmKind, AlarmSnapshot};
 use crate::analytics::collection::{self, CollectionGroup};
 use crate::analytics::curve::{CurveEngine, CurveSnapshot};
@@ -105,6 +107,14 @@ struct LossState {
     verdicts: Vec<StandingVerdict>,
 }
 
+/// A meter's snapshot part as last written: a hash of its text, and when (`None`: found in the
+/// store at start, not yet written by this run).
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    hash: u64,
+    at_ms: Option<i64>,
+}
+
 /// The line-loss, alarm and voltage-quality engines of one gateway, wired to the store.
 #[derive(Debug)]
 pub struct Analytics {
@@ -131,11 +141,11 @@ pub struct Analytics {
     /// The meters whose curve block was sent since the curve snapshot was written: the parts
     /// that must go with the block (the other meters' parts may wait, see [`Analytics::push_parts`]).
     curve_sent: BTreeSet<String>,
-    /// A hash of each per-meter snapshot part ([`MetaKey::EngineMeter`]) as last written, so
-    /// a snapshot writes only the meters whose part changed.
-    written: BTreeMap<MetaKey, u64>,
-    /// When each per-meter part was last written.
-    written_ms: BTreeMap<MetaKey, i64>,
+    /// Per engine, each meter's snapshot part ([`MetaKey::EngineMeter`]) as last written, so
+    /// a snapshot writes only the meters whose part changed. (Per engine and by a boxed id,
+    /// not a full key per part in two maps: with a thousand meters these are five thousand
+    /// entries, kept for the gateway's life.)
+    written: BTreeMap<MetaKey, BTreeMap<Box<str>, Written>>,
     /// When each engine last wrote all its changed per-meter parts (see [`PARTS_EVERY_MS`]).
     parts_ms: BTreeMap<MetaKey, i64>,
 }
@@ -162,7 +172,6 @@ impl Analytics {
             freeze_changed: false,
             curve_sent: BTreeSet::new(),
             written: BTreeMap::new(),
-            written_ms: BTreeMap::new(),
             parts_ms: BTreeMap::new(),
         }
     }
@@ -604,76 +613,109 @@ impl Analytics {
         if only.is_none() {
             self.parts_ms.insert(key.clone(), now_ms);
         }
-        let json = match key {
-            MetaKey::LossEngine => self.loss_state_json(),
-            MetaKey::AlarmEngine => json_of(&self.alarms.snapshot()),
-            MetaKey::FreezeEngine => json_of(&self.freeze.snapshot()),
-            MetaKey::CurveEngine => json_of(&self.curve.snapshot()),
-            MetaKey::VoltageEngine => json_of(&self.voltage.snapshot()),
+        let (rest, meters) = match key {
+            MetaKey::LossEngine => (
+                json_of(&LossState {
+                    engine: self.loss.snapshot_rest(),
+                    verdicts: self.verdicts.clone(),
+                }),
+                self.loss.part_meters(),
+            ),
+            MetaKey::AlarmEngine => (
+                json_of(&self.alarms.snapshot_rest()),
+                self.alarms.part_meters(),
+            ),
+            MetaKey::FreezeEngine => (
+                json_of(&self.freeze.snapshot_rest()),
+                self.freeze.part_meters(),
+            ),
+            MetaKey::CurveEngine => (
+                json_of(&self.curve.snapshot_rest()),
+                self.curve.part_meters(),
+            ),
+            MetaKey::VoltageEngine => (
+                json_of(&self.voltage.snapshot_rest()),
+                self.voltage.part_meters(),
+            ),
             _ => unreachable!("not an engine split by meter: {key}"),
         };
-        let mut value: Value = serde_json::from_str(&json).expect("snapshots are JSON");
-        if let Some(parts) = take_parts(&key, &mut value) {
-            // A part written before whose meter the engine no longer holds: a tombstone, so
-            // that a restart does not bring it back.
-            let gone: Vec<MetaKey> = self
-                .written
-                .keys()
-                .filter(|k| {
-                    matches!(k, MetaKey::EngineMeter(e, m) if **e == key && !parts.contains_key(m))
-                })
-                .cloned()
-                .collect();
-            for k in gone {
-                self.written.remove(&k);
-                batch.meta.push((k, "null".into()));
+        let mut written = self.written.remove(&key).unwrap_or_default();
+        // A part written before whose meter the engine no longer holds: a tombstone, so
+        // that a restart does not bring it back.
+        written.retain(|meter, _| {
+            let held = meters.binary_search(&&**meter).is_ok();
+            if !held {
+                let part_key = MetaKey::EngineMeter(Box::new(key.clone()), meter.to_string());
+                batch.meta.push((part_key, "null".into()));
             }
-            for (meter, part) in parts {
-                let part_key = MetaKey::EngineMeter(Box::new(key.clone()), meter.clone());
-                let wanted = only.is_none_or(|only| {
-                    only.contains(&meter)
-                        || self
-                            .written_ms
-                            .get(&part_key)
-                            .is_none_or(|t| now_ms - t >= 2 * PARTS_EVERY_MS)
-                });
-                if !wanted {
-                    continue;
+            held
+        });
+        for &meter in &meters {
+            let last = written.get(meter).copied();
+            let wanted = only.is_none_or(|only| {
+                only.contains(meter)
+                    || last
+                        .and_then(|w| w.at_ms)
+                        .is_none_or(|t| now_ms - t >= 2 * PARTS_EVERY_MS)
+            });
+            if !wanted {
+                continue;
+            }
+            let Some(text) = self.part_json(&key, meter) else {
+                continue;
+            };
+            let mut h = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(text.as_str(), &mut h);
+            let hash = std::hash::Hasher::finish(&h);
+            if last.is_none_or(|w| w.hash != hash) {
+                let at_ms = Some(now_ms);
+                match written.get_mut(meter) {
+                    Some(w) => *w = Written { hash, at_ms },
+                    None => {
+                        written.insert(meter.into(), Written { hash, at_ms });
+                    }
                 }
-                let text = part.to_string();
-                let mut h = std::hash::DefaultHasher::new();
-                std::hash::Hash::hash(&text, &mut h);
-                let h = std::hash::Hasher::finish(&h);
-                if self.written.get(&part_key) != Some(&h) {
-                    self.written.insert(part_key.clone(), h);
-                    self.written_ms.insert(part_key.clone(), now_ms);
-                    batch.meta.push((part_key, text));
-                }
+                let part_key = MetaKey::EngineMeter(Box::new(key.clone()), meter.to_string());
+                batch.meta.push((part_key, text));
             }
         }
-        batch.meta.push((key, value.to_string()));
+        self.written.insert(key.clone(), written);
+        batch.meta.push((key, rest));
+    }
+
+    /// One meter's part of the snapshot of the engine of `key`, as JSON.
+    fn part_json(&self, key: &MetaKey, meter: &str) -> Option<String> {
+        match key {
+            MetaKey::LossEngine => self.loss.part_json(meter),
+            MetaKey::AlarmEngine => self.alarms.part_json(meter),
+            MetaKey::FreezeEngine => self.freeze.part_json(meter),
+            MetaKey::CurveEngine => self.curve.part_json(meter),
+            MetaKey::VoltageEngine => self.voltage.part_json(meter),
+            _ => None,
+        }
     }
 
     /// Forgets which per-meter snapshot parts were written: the next snapshot writes them all
     /// (the store was replaced).
     pub fn forget_written(&mut self) {
         self.written.clear();
-        self.written_ms.clear();
     }
 
     /// The per-meter snapshot parts the store holds (read at start): the next snapshot
     /// rewrites them, or marks gone those of meters the engine no longer holds.
     pub fn saved_parts(&mut self, keys: impl IntoIterator<Item = MetaKey>) {
         for k in keys {
-            self.written.entry(k).or_insert(0);
+            if let MetaKey::EngineMeter(engine, meter) = k {
+                self.written
+                    .entry(*engine)
+                    .or_default()
+                    .entry(meter.into_boxed_str())
+                    .or_insert(Written {
+                        hash: 0,
+                        at_ms: None,
+                    });
+            }
         }
-    }
-
-    fn loss_state_json(&self) -> String {
-        json_of(&LossState {
-            engine: self.loss.snapshot(),
-            verdicts: self.verdicts.clone(),
-        })
     }
 
     /// The retained set of active alarms, and the same list in [`MetaKey::ActiveAlarms`].
@@ -709,28 +751,6 @@ pub fn meter_parts(key: &MetaKey) -> Option<&'static str> {
     }
 }
 
-/// Takes the per-meter parts out of the snapshot `value` of the engine of `key`, by meter id.
-fn take_parts(key: &MetaKey, value: &mut Value) -> Option<serde_json::Map<String, Value>> {
-    match value.pointer_mut(meter_parts(key)?)? {
-        Value::Object(parts) => Some(std::mem::take(parts)),
-        Value::Array(items) => {
-            let mut parts = serde_json::Map::new();
-            for item in std::mem::take(items) {
-                let meter = item["meter"].as_str().unwrap_or_default().to_string();
-                match parts
-                    .entry(meter)
-                    .or_insert_with(|| Value::Array(Vec::new()))
-                {
-                    Value::Array(list) => list.push(item),
-                    _ => unreachable!("parts of a list are lists"),
-                }
-            }
-            Some(parts)
-        }
-        _ => None,
-    }
-}
-
 /// The whole snapshot of the engine of `key` from its own value `base` and its per-meter
 /// `parts` (a snapshot written whole, before the parts existed, is read as it is; a part that
 /// cannot be read is left out and logged: that meter starts afresh).
@@ -738,33 +758,10 @@ pub fn join_meter_parts(key: &MetaKey, base: &str, parts: Vec<(String, String)>)
     let Some(pointer) = meter_parts(key) else {
         return base.to_string();
     };
-    if parts.is_empty() {
-        return base.to_string();
-    }
-    let Ok(mut value) = serde_json::from_str::<Value>(base) else {
-        return base.to_string();
-    };
-    let Some(whole) = value.pointer_mut(pointer) else {
-        return base.to_string();
-    };
-    for (meter, text) in parts {
-        match (serde_json::from_str(&text), &mut *whole) {
-            (Ok(Value::Null), _) => {} // a meter the engine no longer held
-            (Ok(Value::Array(items)), Value::Array(list)) => list.extend(items),
-            (Ok(part), Value::Object(map)) => {
-                map.insert(meter, part);
-            }
-            (Ok(_), _) => {
-                warn!(key = %key, meter = %meter,
-                    "a meter's saved analytics state does not fit its engine's; that meter starts afresh");
-            }
-            (Err(e), _) => {
-                warn!(key = %key, meter = %meter, error = %e,
-                    "cannot read a meter's saved analytics state; that meter starts afresh");
-            }
-        }
-    }
-    value.to_string()
+    parts::join(base, pointer, &parts, &mut |meter, reason| {
+        warn!(key = %key, meter = %meter, error = %reason,
+            "cannot read a meter's saved analytics state; that meter starts afresh");
+    })
 }
 
 fn json_of<T: Serialize>(v: &T) -> String {

@@ -16,6 +16,7 @@
 
 mod analytics;
 mod held;
+mod parts;
 mod writer;
 
 pub use analytics::{Analytics, PARTS_EVERY_MS, SNAPSHOT_EVERY_MS};

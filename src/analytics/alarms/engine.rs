@@ -190,6 +190,24 @@ const PHASES: [(&str, &str, &str); 3] = [
     ("l3", "voltage_l3_v", "current_l3_a"),
 ];
 
+impl crate::analytics::MeterParts for AlarmEngine {
+    type Snapshot = AlarmSnapshot;
+    fn snapshot_rest(&self) -> AlarmSnapshot {
+        AlarmSnapshot {
+            active: self.lifecycle.active().cloned().collect(),
+            history: self.history(),
+            registers: BTreeMap::new(),
+        }
+    }
+    fn part_meters(&self) -> Vec<&str> {
+        self.registers.keys().map(String::as_str).collect()
+    }
+    fn part_json(&self, meter: &str) -> Option<String> {
+        let held = self.registers.get(meter)?;
+        Some(crate::analytics::part_json(&RegisterMemory::from(held)))
+    }
+}
+
 /// The alarm engine: feed it readings, meter health, ticks and external verdicts; it returns
 /// the alarm events to publish. Pure and deterministic (timestamps come with the inputs).
 #[derive(Debug, Clone)]
@@ -626,13 +644,12 @@ impl AlarmEngine {
 
     pub fn snapshot(&self) -> AlarmSnapshot {
         AlarmSnapshot {
-            active: self.lifecycle.active().cloned().collect(),
-            history: self.history(),
             registers: self
                 .registers
                 .iter()
                 .map(|(k, m)| (k.clone(), m.into()))
                 .collect(),
+            ..crate::analytics::MeterParts::snapshot_rest(self)
         }
     }
 

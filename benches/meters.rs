@@ -18,7 +18,12 @@
 //! 4. **Heap** (diagnosis, in this process): the heap the configuration and each analytics
 //!    engine hold with 1000 meters after `HEAP_MIN` (20) minutes of readings through the real
 //!    pipeline `Writer`, weighed with a counting allocator (a deep copy of each engine, and
-//!    what dropping the `Writer` frees), and the time in the writer's fold per reading.
+//!    what dropping the `Writer` frees), and the time in the writer's fold per reading; with
+//!    the daemon's allocator settings (one glibc arena, a fixed mmap threshold), the largest
+//!    heap a fold took above what was held before it, and this process's anonymous resident
+//!    memory after a `malloc_trim` each simulated minute (with the heap in use beside it): a
+//!    step that stays after a large transient shows here in seconds, not after half an hour
+//!    of the load.
 //!
 //! Run with `CARGO_PROFILE_RELEASE_LTO=off cargo bench --bench meters` (environment:
 //! `WARMUP_MIN` 3, `MEASURE_MIN` 10, `HISTORY_H` 24, `STARTUP_RUNS` 5, `CHECK_RUNS` 7, `GATEWAY_ENV` extra

@@ -8,7 +8,9 @@
 //! - [`Writer`] folds a burst of bus events and a tick into one batch ([`Fold`]);
 //! - [`Held`] keeps, bounded, what the store refused until it takes it;
 //! - [`Analytics`] feeds the line-loss, alarm, voltage-quality and freeze engines and turns what
-//!   they decide into the batch (with the day's collection report and daily loss).
+//!   they decide into the batch (with the day's collection report and daily loss), each
+//!   engine's state saved one meter's part at a time;
+//! - `parts` joins an engine's saved parts into its whole snapshot at start.
 //!
 //! It is pure like the engines: every step takes the time, so tests drive it with a real store
 //! and synthetic events. Its settings ([`PipelineSettings`]) are built by the configuration

@@ -23,7 +23,7 @@ enum Container {
 }
 
 /// The whole snapshot from its engine's own part `base` and the meters' `parts` (each a JSON
-/// text, as split): an object part goes under its meter id, a list part's items are added to
+/// text, as [`crate::analytics::MeterParts::part_json`] wrote it): an object part goes under its meter id, a list part's items are added to
 /// the list; a `null` part (a meter the engine no longer held) is left out. A part that cannot
 /// be read or does not fit the container is left out and given to `refused` with the reason
 /// (that meter starts afresh). `base` is returned as it is when it has no container at

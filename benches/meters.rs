@@ -88,14 +88,20 @@ fn reset_peak() -> u64 {
     now
 }
 
-/// This process's `RssAnon`, kB.
-fn rss_anon_kb() -> u64 {
+/// A field of this process's `/proc/self/status` (`RssAnon`, `VmRSS`, `VmHWM`), kB.
+fn status_kb(key: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// Starts a new resident high-water mark (`VmHWM`) at the resident size now; returns that, kB.
+fn reset_hwm() -> u64 {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    status_kb("VmRSS")
 }
 
 /// The heap a value holds: what a deep copy of it allocates.
@@ -696,7 +702,10 @@ fn heap(minutes: i64) {
     let h_plans = weigh(&plans);
     drop(plans);
     let mut store = Store::open(&config.db_path(), &config.store).unwrap();
-    let t0 = amr_gateway::clock::parse_rfc3339("2026-11-22T16:00:00Z").unwrap();
+    // `HEAP_T0_S`: seconds after a quarter hour the readings start (a first loss interval
+    // the gateway sees only in part, as after a start at any time).
+    let t0 = amr_gateway::clock::parse_rfc3339("2026-11-22T16:00:00Z").unwrap()
+        + env("HEAP_T0_S", 0) as i64 * 1000;
     let h1 = live();
     let (mut writer, batch) = amr_gateway::pipeline::Writer::start(
         &config.pipeline_settings(),
@@ -708,14 +717,22 @@ fn heap(minutes: i64) {
     let h_start = live() - h1;
     store.commit_at(&batch, t0).unwrap();
     let ids: Vec<String> = (0..METERS).map(meter_id).collect();
+    // `HEAP_BURST=1`: every meter's reading of a minute arrives within its 37th second, as the
+    // gateway's polls deliver them (folds of up to 256); otherwise spread over the minute.
+    // As the daemon does, the events' batch is committed before a quiet second's tick is made
+    // (the tick goes with the events only when the last was 5 s ago or more);
+    // `HEAP_JOINED=1`: every fold with a tick, one batch (as before 2026-11-30).
+    let burst = env("HEAP_BURST", 0) == 1;
+    let split = env("HEAP_JOINED", 0) != 1;
+    let mut last_tick = t0;
     let slot = 60_000 / METERS as i64;
     let mut events = Vec::new();
-    let mut next_fold = t0 + 1000;
     // Time in the writer's fold (the engines and the batch they fill; not the commit).
     let mut folding = Duration::ZERO;
-    // The heap each fold took at its highest above what was held before it, with the fold's
-    // time and the engine state it wrote.
-    let mut transients: Vec<(u64, i64, usize, usize)> = Vec::new();
+    // Each fold's highest heap above what was held before it and highest resident size
+    // (fold and commit) above the resident size before it, with the fold's time and the
+    // engine state it wrote.
+    let mut transients: Vec<(u64, u64, i64, usize, usize)> = Vec::new();
     // The gateway's allocator settings (src/main.rs), and the anonymous resident memory after
     // its trim, each simulated minute.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -724,34 +741,77 @@ fn heap(minutes: i64) {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
     let mut anon = Vec::new();
-    for k in 0..minutes * METERS as i64 {
-        let t = t0 + k * slot;
-        if t >= next_fold {
-            let started = Instant::now();
-            let base = reset_peak();
-            let fold = writer.fold(events.drain(..), next_fold);
+    let mut step = |events: &mut Vec<amr_gateway::bus::BusEvent>, now: i64, tick: bool| {
+        let base = reset_peak();
+        let rss = reset_hwm();
+        let mut meta = (0, 0);
+        let mut weigh_meta = |b: &Batch| {
+            meta.0 += b.meta.len();
+            meta.1 += b.meta.iter().map(|(_, v)| v.len()).sum::<usize>();
+        };
+        let started = Instant::now();
+        if split {
+            let fold = if now - last_tick >= 5_000 {
+                last_tick = now;
+                writer.fold(events.drain(..), now)
+            } else {
+                writer.fold_events(events.drain(..))
+            };
             folding += started.elapsed();
-            let transient = PEAK.load(Ordering::Relaxed).saturating_sub(base);
-            let meta: usize = fold.batch.meta.iter().map(|(_, v)| v.len()).sum();
-            transients.push((transient, next_fold - t0, fold.batch.meta.len(), meta));
-            store.commit_at(&fold.batch, next_fold).unwrap();
-            drop(fold);
-            if (next_fold - t0) % 60_000 == 0 {
-                #[cfg(all(target_os = "linux", target_env = "gnu"))]
-                unsafe {
-                    libc::malloc_trim(0);
-                }
-                anon.push((rss_anon_kb(), live() / 1000));
+            weigh_meta(&fold.batch);
+            if !fold.batch.is_empty() {
+                store.commit_at(&fold.batch, now).unwrap();
             }
-            next_fold += 1000;
+            drop(fold);
+            if tick {
+                let started = Instant::now();
+                last_tick = now;
+                let batch = writer.tick(now);
+                folding += started.elapsed();
+                weigh_meta(&batch);
+                store.commit_at(&batch, now).unwrap();
+            }
+        } else {
+            let fold = writer.fold(events.drain(..), now);
+            folding += started.elapsed();
+            weigh_meta(&fold.batch);
+            store.commit_at(&fold.batch, now).unwrap();
         }
-        let i = (k % METERS as i64) as usize;
-        events.push(amr_gateway::bus::BusEvent::Reading(reading(
-            &ids[i],
-            i,
-            t,
-            k / METERS as i64,
-        )));
+        let transient = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+        let resident = status_kb("VmHWM").saturating_sub(rss) * 1024;
+        transients.push((transient, resident, now - t0, meta.0, meta.1));
+    };
+    for minute in 0..minutes {
+        let start = t0 + minute * 60_000;
+        let at = |i: usize| {
+            if burst {
+                start + 36_000 + i as i64
+            } else {
+                start + i as i64 * slot
+            }
+        };
+        let mut i = 0;
+        for second in 1..=60 {
+            let now = start + second * 1000;
+            while i < METERS && at(i) < now {
+                events.push(amr_gateway::bus::BusEvent::Reading(reading(
+                    &ids[i],
+                    i,
+                    at(i),
+                    minute,
+                )));
+                i += 1;
+                if events.len() == 256 {
+                    step(&mut events, at(i - 1) + 1, false);
+                }
+            }
+            step(&mut events, now, true);
+        }
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        anon.push((status_kb("RssAnon"), live() / 1000));
     }
     let a = writer.analytics();
     let mb = |b: u64| b as f64 / 1e6;
@@ -763,9 +823,19 @@ fn heap(minutes: i64) {
             .join(" ")
     );
     transients.sort_unstable_by(|a, b| b.cmp(a));
-    for (bytes, at, n, meta) in transients.iter().take(8) {
+    for (bytes, _, at, n, meta) in transients.iter().take(6) {
         println!(
             "  a fold's transient heap: {:.2} MB at {:.1} min ({n} engine-state values, {:.2} MB)",
+            mb(*bytes),
+            *at as f64 / 60_000.0,
+            mb(*meta as u64)
+        );
+    }
+    transients.sort_unstable_by_key(|t| std::cmp::Reverse(t.1));
+    for (_, bytes, at, n, meta) in transients.iter().take(6) {
+        println!(
+            "  a fold's and its commit's resident rise (VmHWM): {:.2} MB at {:.2} min ({n} \
+             engine-state values, {:.2} MB)",
             mb(*bytes),
             *at as f64 / 60_000.0,
             mb(*meta as u64)

@@ -6,9 +6,10 @@
 //! `METERS` three-phase meters (every contract quantity, 26 values) on 10 buses, each read once
 //! a simulated minute, the readings spread evenly over the minute as the buses deliver them.
 //! The commits follow the gateway's store writer loop: readings arriving within one
-//! `[store] commit_window_ms` go in one transaction with that window's analytics tick (a window
-//! of 0 is the loop before the window existed: one transaction per bus event, one per tick a
-//! second); every outbox row is acknowledged as a broker on loopback would, in the publisher's
+//! `[store] commit_window_ms` go in one transaction, with the analytics tick when the last was
+//! 5 s ago or more (readings spread over the minute keep the bus busy, so the tick always goes
+//! with a window's readings here; a quiet second's tick goes alone; a window of 0 is the loop
+//! before the window existed: one transaction per bus event); every outbox row is acknowledged as a broker on loopback would, in the publisher's
 //! delete transactions (one every `ACK_MS`), and the store is pruned every 600 s as the loop does.
 //!
 //! The figure is the growth of this process's `write_bytes` (/proc/self/io: every byte sent
@@ -36,6 +37,8 @@ use std::fmt::Write;
 const MIN: i64 = 60_000;
 const PRUNE_EVERY_MS: i64 = 600_000;
 const TICK_MS: i64 = 1_000;
+/// The gateway's `TICK_DELAY_MAX` (src/gateway.rs): the longest a tick waits under events.
+const TICK_DELAY_MAX_MS: i64 = 5_000;
 
 fn env(name: &str, default: i64) -> i64 {
     std::env::var(name)
@@ -169,15 +172,10 @@ fn main() {
     // store, per key, from the start of the measurement.
     let meta_bytes: std::cell::RefCell<BTreeMap<String, u64>> = Default::default();
     let measuring = std::cell::Cell::new(false);
-    let commit = |store: &mut Store, writer: &mut Writer, events: &mut Vec<BusEvent>, now: i64| {
-        let fold = writer.fold(events.drain(..), now);
-        let n = fold.batch.readings.len() as u64;
-        if fold.batch.is_empty() {
-            return (0, Vec::new());
-        }
+    let count_meta = |batch: &amr_gateway::store::Batch| {
         if measuring.get() {
             let mut m = meta_bytes.borrow_mut();
-            for (key, value) in &fold.batch.meta {
+            for (key, value) in &batch.meta {
                 let key = key.to_string();
                 // One meter's part of an engine's snapshot counts for its engine.
                 let name = match key.split_once("/meter/") {
@@ -187,6 +185,26 @@ fn main() {
                 *m.entry(name).or_default() += value.len() as u64;
             }
         }
+    };
+    // A transaction of the events with the analytics tick (`tick`) or without, as the
+    // gateway's store writer loop does (an empty `events` with `tick`: the tick alone).
+    let last_tick = std::cell::Cell::new(t0);
+    let commit = |store: &mut Store,
+                  writer: &mut Writer,
+                  events: &mut Vec<BusEvent>,
+                  now: i64,
+                  tick: bool| {
+        let fold = if tick {
+            last_tick.set(now);
+            writer.fold(events.drain(..), now)
+        } else {
+            writer.fold_events(events.drain(..))
+        };
+        let n = fold.batch.readings.len() as u64;
+        if fold.batch.is_empty() {
+            return (0, Vec::new());
+        }
+        count_meta(&fold.batch);
         let report = store.commit_at(&fold.batch, now).unwrap();
         (n, report.outbox_ids)
     };
@@ -210,14 +228,18 @@ fn main() {
                 break;
             }
             if Some(when) == window_end {
-                let (n, ids) = commit(&mut store, &mut writer, &mut events, when);
+                // The tick goes with the window's events when the last was
+                // `TICK_DELAY_MAX_MS` ago.
+                let tick = when - last_tick.get() >= TICK_DELAY_MAX_MS;
+                let (n, ids) = commit(&mut store, &mut writer, &mut events, when, tick);
                 stored += n;
                 unacked.extend(ids);
                 window_start = None;
             } else if when == next_tick {
-                // With a window the tick's output waits for the window's commit.
+                // The timer, a quiet second's tick: while a window is open the loop waits
+                // for it.
                 if window == 0 || window_start.is_none() {
-                    let (n, ids) = commit(&mut store, &mut writer, &mut events, when);
+                    let (n, ids) = commit(&mut store, &mut writer, &mut events, when, true);
                     stored += n;
                     unacked.extend(ids);
                 }
@@ -239,7 +261,8 @@ fn main() {
         }
         events.push(BusEvent::Reading(reading(model, &ids[i], i, t, t0)));
         if window == 0 {
-            let (n, ids) = commit(&mut store, &mut writer, &mut events, t);
+            let tick = t - last_tick.get() >= TICK_DELAY_MAX_MS;
+            let (n, ids) = commit(&mut store, &mut writer, &mut events, t, tick);
             stored += n;
             unacked.extend(ids);
         } else if window_start.is_none() {

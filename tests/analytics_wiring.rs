@@ -635,30 +635,11 @@ fn a_curve_block_goes_out_with_its_meters_part_only() {
             T0 + 2_000 + k * 60_000,
         );
     }
-    let curve_of = |batch: &amr_gateway::store::Batch| -> (Vec<String>, Vec<String>) {
-        let sent = batch
-            .records
-            .iter()
-            .filter(|r| r.kind == RecordKind::Curve)
-            .map(|r| r.subject.clone())
-            .collect();
-        let parts = batch
-            .meta
-            .iter()
-            .filter_map(|(k, _)| match k {
-                MetaKey::EngineMeter(engine, meter) if **engine == MetaKey::CurveEngine => {
-                    Some(meter.clone())
-                }
-                _ => None,
-            })
-            .collect();
-        (sent, parts)
-    };
     // c1 reads past the point: its block goes out, with its part — not the others' parts,
     // which changed too (their points so far) but whose blocks did not go out.
     let now = T0 + 46 * 60_000 + 2_000;
     let fold = writer.fold([reading("c1", now - 1_000, 504.6)], now);
-    let (sent, parts) = curve_of(&fold.batch);
+    let (sent, parts) = curve_in(&fold.batch);
     assert_eq!(sent, ["c1"]);
     assert_eq!(parts, ["c1"]);
     store.commit_at(&fold.batch, now).unwrap();
@@ -674,7 +655,7 @@ fn a_curve_block_goes_out_with_its_meters_part_only() {
         ],
         later,
     );
-    let (sent, _) = curve_of(&fold.batch);
+    let (sent, _) = curve_in(&fold.batch);
     assert!(!sent.contains(&"c1".to_string()), "{sent:?}");
 }
 
@@ -780,4 +761,138 @@ fn a_crash_with_stale_loss_parts_emits_no_interval_twice_and_bridges_the_silence
         .filter(|r| r.topic == "amr/gw/loss/T1")
         .count();
     assert_eq!(losses, records.len());
+}
+
+/// An area of `customers` single-phase customers behind supply `s`, curves on.
+fn wide_config(customers: usize) -> Config {
+    let mut text = String::from(
+        "[gateway]\nid = \"gw\"\ndata_dir = \"data\"\n[mqtt]\nhost = \"127.0.0.1\"\n\
+         [[bus]]\nname = \"b\"\nprotocol = \"modbus-rtu\"\ndevice = \"/dev/null\"\n\
+         [[meter]]\nid = \"s\"\nbus = \"b\"\nunit = 1\nmodel = \"chint-dtsu666\"\n",
+    );
+    let ids: Vec<String> = (1..=customers).map(|i| format!("c{i:03}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        text.push_str(&format!(
+            "[[meter]]\nid = \"{id}\"\nbus = \"b\"\nunit = {}\nmodel = \"eastron-sdm120\"\n",
+            i + 2
+        ));
+    }
+    let quoted: Vec<String> = ids.iter().map(|id| format!("\"{id}\"")).collect();
+    text.push_str(&format!(
+        "[[area]]\nid = \"T1\"\nsupply = [\"s\"]\ncustomers = [{}]\n",
+        quoted.join(", ")
+    ));
+    load_str(&text, Path::new("/site/amr.toml")).expect("wide configuration")
+}
+
+/// The curve blocks and the curve parts a batch carries, by meter.
+fn curve_in(batch: &amr_gateway::store::Batch) -> (Vec<String>, Vec<String>) {
+    let sent = batch
+        .records
+        .iter()
+        .filter(|r| r.kind == RecordKind::Curve)
+        .map(|r| r.subject.clone())
+        .collect();
+    let parts = batch
+        .meta
+        .iter()
+        .filter_map(|(k, v)| match k {
+            MetaKey::EngineMeter(engine, meter) if **engine == MetaKey::CurveEngine => {
+                (v != "null").then(|| meter.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    (sent, parts)
+}
+
+/// When every meter's hour block completes in the same second (Modbus TCP buses read a whole
+/// area within a second), at most `CURVE_BLOCKS_PER_TICK` go out a tick and the rest at the
+/// next ticks, each with its meter's part; a waiting meter's part is not written before its
+/// block (a crash would lose the block); a stop sends every waiting block, and after the
+/// restart none goes out again.
+#[test]
+fn an_areas_curve_blocks_go_out_a_tickful_at_a_time_and_none_is_lost_at_a_stop() {
+    use amr_gateway::pipeline::CURVE_BLOCKS_PER_TICK;
+    let customers = 2 * CURVE_BLOCKS_PER_TICK + 10;
+    let config = wide_config(customers);
+    let meters: Vec<String> = config.pipeline_settings().models.keys().cloned().collect();
+    let read_all = |k: i64| -> Vec<BusEvent> {
+        let ts = T0 + 1_000 + k * 60_000;
+        meters
+            .iter()
+            .enumerate()
+            .map(|(i, m)| reading(m, ts, 100.0 + i as f64 + 0.1 * k as f64))
+            .collect()
+    };
+    // Readings every minute to 08:45:01, the second every block completes; `stop_after`:
+    // the writer stops after that many ticks, and a new one starts on the same store.
+    let run = |stop_after: Option<usize>| -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("amr-gateway.db"), &config.store).unwrap();
+        let settings = config.pipeline_settings();
+        let (mut writer, batch) = Writer::start(&settings, topics(), &store, T0).unwrap();
+        store.commit_at(&batch, T0).unwrap();
+        for k in 0..45 {
+            step(
+                &mut writer,
+                &mut store,
+                read_all(k),
+                T0 + 2_000 + k * 60_000,
+            );
+        }
+        let mut sent_all = Vec::new();
+        let mut now = T0 + 45 * 60_000 + 2_000;
+        let fold = writer.fold_events(read_all(45));
+        store.commit_at(&fold.batch, now).unwrap();
+        for tick in 0.. {
+            if stop_after == Some(tick) {
+                let batch = writer.finish(now);
+                let (sent, parts) = curve_in(&batch);
+                for m in &sent {
+                    assert!(
+                        parts.contains(m),
+                        "{m}'s part goes with its block at the stop"
+                    );
+                }
+                sent_all.extend(sent);
+                store.commit_at(&batch, now).unwrap();
+                drop(writer);
+                let (restarted, batch) =
+                    Writer::start(&settings, topics(), &store, now + 1_000).unwrap();
+                store.commit_at(&batch, now + 1_000).unwrap();
+                writer = restarted;
+                now += 1_000;
+                let fold = writer.fold(read_all(46), now + 59_000);
+                let (again, _) = curve_in(&fold.batch);
+                assert!(again.is_empty(), "sent again after the restart: {again:?}");
+                break;
+            }
+            let batch = writer.tick(now);
+            let (sent, parts) = curve_in(&batch);
+            store.commit_at(&batch, now).unwrap();
+            if sent.is_empty() {
+                break;
+            }
+            assert!(
+                sent.len() <= CURVE_BLOCKS_PER_TICK,
+                "{} blocks in a tick",
+                sent.len()
+            );
+            for m in &parts {
+                assert!(sent.contains(m), "{m}'s part written while its block waits");
+            }
+            for m in &sent {
+                assert!(parts.contains(m), "{m}'s part goes with its block");
+            }
+            sent_all.extend(sent);
+            now += 1_000;
+        }
+        sent_all
+    };
+    for stop_after in [None, Some(1)] {
+        let mut sent = run(stop_after);
+        sent.sort();
+        assert_eq!(sent, meters, "every block once ({stop_after:?})");
+    }
 }

@@ -425,6 +425,14 @@ impl CurveEngine {
     /// Sends the blocks of meters silent for longer than `max_bridge_s` (no later read could
     /// add a point to them) and returns every block completed since the last tick, in order.
     pub fn on_tick(&mut self, now_ms: i64) -> Vec<CurveBlock> {
+        self.on_tick_at_most(now_ms, usize::MAX)
+    }
+
+    /// [`CurveEngine::on_tick`], returning at most `max` blocks, the oldest first: the others
+    /// wait for the next tick ([`CurveEngine::waiting`]). A thousand meters complete their
+    /// hour's block within the same second, and each block's message is a JSON tree of some
+    /// ten kilobytes until it is stored.
+    pub fn on_tick_at_most(&mut self, now_ms: i64, max: usize) -> Vec<CurveBlock> {
         let bridge_ms = self.settings.max_bridge_s as i64 * 1000;
         let silent: Vec<String> = self
             .state
@@ -441,6 +449,20 @@ impl CurveEngine {
         for meter in silent {
             self.flush(&meter);
         }
+        if max >= self.ready.len() {
+            return std::mem::take(&mut self.ready);
+        }
+        self.ready.drain(..max).collect()
+    }
+
+    /// The meters with a completed block not yet returned by a tick. Their points have left
+    /// their state: a part of the snapshot written now would lose the block after a crash.
+    pub fn waiting(&self) -> std::collections::BTreeSet<&str> {
+        self.ready.iter().map(|b| b.meter.as_str()).collect()
+    }
+
+    /// Every completed block not yet returned by a tick (at a stop, before the snapshot).
+    pub fn take_waiting(&mut self) -> Vec<CurveBlock> {
         std::mem::take(&mut self.ready)
     }
 

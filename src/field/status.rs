@@ -114,7 +114,7 @@ pub fn collect(config: &Config) -> Result<Value, String> {
         .map(|r| r.body)
         .collect::<Vec<_>>();
     // Whether a daemon runs on this store: it holds the store's lock while it runs, and its
-    // writer stamps a heartbeat into every batch (at least every 10 s).
+    // writer stamps a heartbeat with its analytics ticks (at least every 10 s).
     let holder = StoreLock::holder(&config.gateway.data_dir);
     let meta_ms = |key: MetaKey| -> Result<Option<i64>, String> {
         Ok(store

@@ -41,8 +41,10 @@
 //!   silence of the meters — a curve point is interpolated between the reads either side of
 //!   it, a loss interval and a freeze take the next read (the registers are cumulative, so
 //!   no energy is lost), a voltage day counts up to 60 fewer monitored minutes per phase;
-//! - the heartbeat [`MetaKey::LastAlive`] in every batch and at least every
-//!   [`SNAPSHOT_EVERY_MS`], from which the next start tells a power off.
+//! - the heartbeat [`MetaKey::LastAlive`] in every tick's batch that carries anything and at
+//!   least every [`SNAPSHOT_EVERY_MS`], from which the next start tells a power off (a batch
+//!   of bus events alone, [`crate::pipeline::Writer::fold_events`], carries none: the tick
+//!   follows within a second or so).
 //!
 //! Every message is rendered by the uplink's contract ([`crate::uplink::contract`]). Like the
 //! engines, it never reads the clock: every call takes the time.
@@ -52,7 +54,7 @@ use super::parts;
 use crate::analytics::MeterParts;
 use crate::analytics::alarms::{AlarmChange, AlarmEngine, AlarmKind, AlarmSnapshot};
 use crate::analytics::collection::{self, CollectionGroup};
-use crate::analytics::curve::{CurveEngine, CurveSnapshot};
+use crate::analytics::curve::{CurveBlock, CurveEngine, CurveSnapshot};
 use crate::analytics::freeze::{FreezeEngine, FreezeEvent, FreezeKind, FreezeSnapshot};
 use crate::analytics::loss::AreaSpec;
 use crate::analytics::loss::{
@@ -85,6 +87,12 @@ pub const SNAPSHOT_EVERY_MS: i64 = 10_000;
 /// its rest; the parts go with the first interval this long after they last did). One hour rather than 15 minutes: 1.7 KB rather than 2.3 KB
 /// written per reading at 1000 meters (docs/benchmarks.md (h)).
 pub const PARTS_EVERY_MS: i64 = 3_600_000;
+
+/// Most curve blocks one tick sends; the rest go at the next ticks (a tick a second while the
+/// buses are quiet). Each block's message and record are JSON trees of about 12 kB each until
+/// committed: the thousand blocks of a thousand meters' hour in one batch held 24 MB at once
+/// (docs/benchmarks.md (j)).
+pub const CURVE_BLOCKS_PER_TICK: usize = 64;
 
 /// A loss verdict as last decided by the loss engine, re-observed on every tick so the
 /// `[alarms.line_loss]` hold times apply (the engine reports a verdict only when it changes).
@@ -343,11 +351,8 @@ impl Analytics {
         }
         self.push_voltage_months(batch);
         self.tick_freeze(now_ms, batch);
-        for b in self.curve.on_tick(now_ms) {
-            let m = curve_message(&self.topics, &b);
-            batch.push_kept(RecordKind::Curve, &b.meter, b.start_ms, m);
-            self.curve_sent.insert(b.meter.clone());
-        }
+        let blocks = self.curve.on_tick_at_most(now_ms, CURVE_BLOCKS_PER_TICK);
+        self.push_curve(blocks, batch);
         self.write_rolling(batch);
 
         let changes = std::mem::take(&mut self.changes);
@@ -403,8 +408,21 @@ impl Analytics {
         self.curve_sent.clear();
     }
 
-    /// Adds every snapshot and the heartbeat to `batch` (also at shutdown).
+    /// The curve blocks' messages and records, their meters noted for the snapshot.
+    fn push_curve(&mut self, blocks: Vec<CurveBlock>, batch: &mut Batch) {
+        for b in blocks {
+            let m = curve_message(&self.topics, &b);
+            batch.push_kept(RecordKind::Curve, &b.meter, b.start_ms, m);
+            self.curve_sent.insert(b.meter.clone());
+        }
+    }
+
+    /// Adds every snapshot and the heartbeat to `batch` (also at shutdown), with the curve
+    /// blocks still waiting to go out (their meters' parts are written with them).
     pub fn snapshot_all(&mut self, now_ms: i64, batch: &mut Batch) {
+        let blocks = self.curve.take_waiting();
+        self.push_curve(blocks, batch);
+        self.curve_sent.clear();
         self.push_snapshot(MetaKey::LossEngine, now_ms, batch);
         self.push_snapshot(MetaKey::AlarmEngine, now_ms, batch);
         self.push_snapshot(MetaKey::VoltageEngine, now_ms, batch);
@@ -650,7 +668,16 @@ impl Analytics {
             }
             held
         });
+        // A meter whose curve block waits for a later tick keeps its part as last written
+        // (with the block's points), until the block goes out.
+        let waiting: BTreeSet<String> = match key {
+            MetaKey::CurveEngine => self.curve.waiting().into_iter().map(String::from).collect(),
+            _ => BTreeSet::new(),
+        };
         for &meter in &meters {
+            if waiting.contains(meter) {
+                continue;
+            }
             let last = written.get(meter).copied();
             let wanted = only.is_none_or(|only| {
                 only.contains(meter)
@@ -661,9 +688,12 @@ impl Analytics {
             if !wanted {
                 continue;
             }
-            let Some(text) = self.part_json(&key, meter) else {
+            let Some(mut text) = self.part_json(&key, meter) else {
                 continue;
             };
+            // Serializing leaves up to twice the text's length allocated; a first write of
+            // every meter's part holds a thousand of them until the commit.
+            text.shrink_to_fit();
             let mut h = std::hash::DefaultHasher::new();
             std::hash::Hash::hash(text.as_str(), &mut h);
             let hash = std::hash::Hasher::finish(&h);

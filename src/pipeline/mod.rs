@@ -5,7 +5,7 @@
 //! holding the history rows, the outbox messages (rendered by the uplink's contract), the
 //! records and the engines' snapshots of one step, to be committed in one transaction:
 //!
-//! - [`Writer`] folds a burst of bus events and a tick into one batch ([`Fold`]);
+//! - [`Writer`] folds a burst of bus events, a tick, or both into one batch ([`Fold`]);
 //! - [`Held`] keeps, bounded, what the store refused until it takes it;
 //! - [`Analytics`] feeds the line-loss, alarm, voltage-quality and freeze engines and turns what
 //!   they decide into the batch (with the day's collection report and daily loss), each
@@ -21,7 +21,7 @@ mod held;
 mod parts;
 mod writer;
 
-pub use analytics::{Analytics, PARTS_EVERY_MS, SNAPSHOT_EVERY_MS};
+pub use analytics::{Analytics, CURVE_BLOCKS_PER_TICK, PARTS_EVERY_MS, SNAPSHOT_EVERY_MS};
 pub use held::{Held, MAX_HELD_VALUES, Shed};
 pub use writer::{Fold, Writer};
 

@@ -87,6 +87,13 @@ impl Writer {
 
     /// Folds `events` and a tick at `now_ms` into one batch.
     pub fn fold(&mut self, events: impl IntoIterator<Item = BusEvent>, now_ms: i64) -> Fold {
+        let mut fold = self.fold_events(events);
+        self.analytics.on_tick(now_ms, &mut fold.batch);
+        fold
+    }
+
+    /// Folds `events` into one batch, without a tick: what the readings alone write.
+    pub fn fold_events(&mut self, events: impl IntoIterator<Item = BusEvent>) -> Fold {
         let mut fold = Fold::default();
         let batch = &mut fold.batch;
         for ev in events {
@@ -122,8 +129,15 @@ impl Writer {
                 } => self.analytics.on_meter_freeze(&meter, ts_ms, values),
             }
         }
-        self.analytics.on_tick(now_ms, batch);
         fold
+    }
+
+    /// A tick at `now_ms` in a batch of its own: what the engines emit for the readings folded
+    /// before (intervals, blocks, alarms), the snapshots and the heartbeat.
+    pub fn tick(&mut self, now_ms: i64) -> Batch {
+        let mut batch = Batch::default();
+        self.analytics.on_tick(now_ms, &mut batch);
+        batch
     }
 
     /// The store was damaged and replaced: the `store_recovered` event, naming where the old

@@ -170,7 +170,8 @@ pub enum MetaKey {
     FreezeEngine,
     /// `analytics/curve`: the load-curve engine's snapshot.
     CurveEngine,
-    /// `gateway/last_alive_ms`: ms since the epoch of the last committed batch.
+    /// `gateway/last_alive_ms`: ms since the epoch of the writer's last heartbeat (with every
+    /// analytics tick that wrote anything, and at least every 10 s).
     LastAlive,
     /// `alarms/active`: the active alarms (JSON array, as in the retained `alarm/active`
     /// message).

@@ -283,7 +283,8 @@ fn small_kept(topic: String, kind: &str, subject: &str, ts: i64, bytes: usize) -
             "ts": rfc3339_ms(ts),
             "kind_seq": kind,
             "figures": "7".repeat(bytes.saturating_sub(120)),
-        }),
+        })
+        .into(),
         qos: 1,
         retain: false,
         sequenced: true,

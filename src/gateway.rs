@@ -1438,7 +1438,7 @@ customers = []
         let path = dir.path().join("db");
         let message = |n: u64| crate::store::Message {
             topic: format!("amr/gw/reading/m{}", n % 50),
-            payload: serde_json::json!({"n": n, "pad": "7".repeat(200)}),
+            payload: serde_json::json!({"n": n, "pad": "7".repeat(200)}).into(),
             qos: 1,
             retain: false,
             sequenced: true,

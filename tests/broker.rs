@@ -289,7 +289,7 @@ async fn the_gateway_uplink_publishes_through_it() {
         messages: (0..200)
             .map(|n| Message {
                 topic: topics.reading("m1"),
-                payload: serde_json::json!({"meter": "m1", "n": n}),
+                payload: serde_json::json!({"meter": "m1", "n": n}).into(),
                 qos: 1,
                 retain: false,
                 sequenced: true,

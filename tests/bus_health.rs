@@ -133,7 +133,9 @@ async fn faults_are_counted_against_the_right_meter_in_the_state_message() {
     let state = |m: &str| -> Value {
         let model = config.meter(m).map(|c| c.model.as_str());
         let ratios = config.meter(m).map(|c| c.ratios);
-        meter_state_message(&topics, &MeterState::of(&last[m], model), ratios).payload
+        meter_state_message(&topics, &MeterState::of(&last[m], model), ratios)
+            .payload
+            .into_value()
     };
     let n = |v: &Value, k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {v}"));
 

@@ -92,7 +92,7 @@ fn add_backlog(db: &Path, n: u64) -> u64 {
     let messages = (0..n)
         .map(|i| Message {
             topic: format!("amr/gw1/reading/old{}", i % 7),
-            payload: serde_json::json!({"meter": format!("old{}", i % 7), "n": i}),
+            payload: serde_json::json!({"meter": format!("old{}", i % 7), "n": i}).into(),
             qos: 1,
             retain: false,
             sequenced: true,

@@ -72,7 +72,7 @@ fn prepare_store(db: &Path) {
     let messages = (0..3)
         .map(|i| Message {
             topic: format!("amr/gw1/reading/old{i}"),
-            payload: serde_json::json!({"meter": format!("old{i}"), "values": {}}),
+            payload: serde_json::json!({"meter": format!("old{i}"), "values": {}}).into(),
             qos: 1,
             retain: false,
             sequenced: true,

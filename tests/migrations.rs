@@ -202,7 +202,7 @@ fn a_v6_store_with_unsent_readings_still_sends_them_and_goes_on() {
             readings: vec![reading],
             messages: vec![Message {
                 topic: "amr/gw1/reading/m1".into(),
-                payload: serde_json::Value::Object(payload),
+                payload: serde_json::Value::Object(payload).into(),
                 qos: 1,
                 retain: false,
                 sequenced: true,

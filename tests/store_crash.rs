@@ -30,7 +30,7 @@ fn batch(n: u64) -> Batch {
     let messages = (0..10)
         .map(|m| Message {
             topic: format!("amr/gw/reading/m{m}"),
-            payload: serde_json::json!({"meter": format!("m{m}"), "batch": n}),
+            payload: serde_json::json!({"meter": format!("m{m}"), "batch": n}).into(),
             qos: 1,
             retain: false,
             sequenced: true,

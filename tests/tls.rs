@@ -329,7 +329,7 @@ async fn run_uplink(cfg: MqttConfig, done: impl Fn(&UplinkState, &str) -> bool) 
         messages: (0..3)
             .map(|n| Message {
                 topic: topics.reading("m1"),
-                payload: serde_json::json!({"meter": "m1", "n": n}),
+                payload: serde_json::json!({"meter": "m1", "n": n}).into(),
                 qos: 1,
                 retain: false,
                 sequenced: true,

@@ -40,7 +40,7 @@ fn reading_batch(topics: &Topics, first: u64, count: u64) -> Batch {
         messages: (first..first + count)
             .map(|n| Message {
                 topic: topics.reading(&format!("m{}", n % 7)),
-                payload: serde_json::json!({"meter": format!("m{}", n % 7), "n": n}),
+                payload: serde_json::json!({"meter": format!("m{}", n % 7), "n": n}).into(),
                 qos: 1,
                 retain: false,
                 sequenced: true,

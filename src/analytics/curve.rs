@@ -274,7 +274,16 @@ impl super::MeterParts for CurveEngine {
 pub struct CurveEngine {
     settings: CurveSettings,
     state: CurveSnapshot,
-    ready: Vec<CurveBlock>,
+    ready: Vec<Waiting>,
+}
+
+/// A completed block waiting for a tick, its points still in their compact form (a
+/// [`CurvePoint`]'s two maps of names are several times larger).
+#[derive(Debug, Clone)]
+struct Waiting {
+    meter: String,
+    start_ms: i64,
+    points: Vec<HeldPoint>,
 }
 
 /// Instantaneous quantities a curve point carries.
@@ -410,16 +419,24 @@ impl CurveEngine {
         if held.is_empty() {
             return;
         }
-        let points = held.iter().map(HeldPoint::to_point).collect();
-        let (_, end) = self.block_of(start);
-        self.ready.push(CurveBlock {
+        self.ready.push(Waiting {
             meter: meter.to_string(),
             start_ms: start,
-            end_ms: end,
-            day: self.settings.zone.day(start),
-            interval_min: self.settings.interval_min,
-            points,
+            points: held,
         });
+    }
+
+    /// The block of a waiting one.
+    fn block(&self, w: Waiting) -> CurveBlock {
+        let (_, end) = self.block_of(w.start_ms);
+        CurveBlock {
+            day: self.settings.zone.day(w.start_ms),
+            meter: w.meter,
+            start_ms: w.start_ms,
+            end_ms: end,
+            interval_min: self.settings.interval_min,
+            points: w.points.iter().map(HeldPoint::to_point).collect(),
+        }
     }
 
     /// Sends the blocks of meters silent for longer than `max_bridge_s` (no later read could
@@ -449,10 +466,12 @@ impl CurveEngine {
         for meter in silent {
             self.flush(&meter);
         }
-        if max >= self.ready.len() {
-            return std::mem::take(&mut self.ready);
-        }
-        self.ready.drain(..max).collect()
+        let taken: Vec<Waiting> = if max >= self.ready.len() {
+            std::mem::take(&mut self.ready)
+        } else {
+            self.ready.drain(..max).collect()
+        };
+        taken.into_iter().map(|w| self.block(w)).collect()
     }
 
     /// The meters with a completed block not yet returned by a tick. Their points have left
@@ -463,7 +482,8 @@ impl CurveEngine {
 
     /// Every completed block not yet returned by a tick (at a stop, before the snapshot).
     pub fn take_waiting(&mut self) -> Vec<CurveBlock> {
-        std::mem::take(&mut self.ready)
+        let taken = std::mem::take(&mut self.ready);
+        taken.into_iter().map(|w| self.block(w)).collect()
     }
 
     pub fn snapshot(&self) -> CurveSnapshot {

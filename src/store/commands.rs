@@ -442,7 +442,7 @@ mod tests {
     fn of_kind(kind: &str, n: u64, ts: &str) -> Message {
         Message {
             topic: format!("amr/gw/{kind}/m{n}"),
-            payload: serde_json::json!({"n": n, "ts": ts, "kind_seq": kind}),
+            payload: serde_json::json!({"n": n, "ts": ts, "kind_seq": kind}).into(),
             qos: 1,
             retain: false,
             sequenced: true,
@@ -527,7 +527,7 @@ mod tests {
             s.update_command(row, "done", None, 2).unwrap();
             let message = |n: u64, sequenced| Message {
                 topic: format!("amr/gw/reading/m{n}"),
-                payload: serde_json::json!({"n": n}),
+                payload: serde_json::json!({"n": n}).into(),
                 qos: 1,
                 retain: false,
                 sequenced,

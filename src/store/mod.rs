@@ -18,6 +18,7 @@ mod commands;
 mod keys;
 mod lock;
 mod meter_state;
+mod payload;
 mod prune;
 mod reading_message;
 mod reading_values;
@@ -33,6 +34,7 @@ pub use commands::{CommandAudit, Published};
 pub use keys::{MetaKey, RecordKind, is_billing_topic};
 pub use lock::{LOCK_FILE, StoreLock, StoreLockError};
 pub use meter_state::{ItemsState, MeterState};
+pub use payload::Payload;
 pub use prune::{Pruning, STEP_ROWS, VACUUM_PAGES};
 pub use reading_message::{READING_KIND, reading_payload};
 pub use recovery::{Recovery, SeqSource, check_data_dir};
@@ -68,7 +70,7 @@ pub const COMMIT_WINDOW_MS: u64 = 10_000;
 pub struct Message {
     pub topic: String,
     /// JSON object; when `sequenced`, the store inserts `"seq"` into it.
-    pub payload: serde_json::Value,
+    pub payload: Payload,
     pub qos: u8,
     pub retain: bool,
     pub sequenced: bool,
@@ -106,7 +108,9 @@ impl Batch {
     /// Adds a message for the headend that the store also keeps as a record of `kind` about
     /// `subject` at `ts_ms` (body = the message's payload), so `status` and recall find it
     /// later.
-    pub fn push_kept(&mut self, kind: RecordKind, subject: &str, ts_ms: i64, m: Message) {
+    /// Both are held as compact text until the commit ([`Payload::compact`]).
+    pub fn push_kept(&mut self, kind: RecordKind, subject: &str, ts_ms: i64, mut m: Message) {
+        m.payload.compact();
         self.records.push(Record {
             kind,
             subject: subject.into(),
@@ -151,7 +155,7 @@ pub struct Record {
     /// Area, meter, bus or gateway id.
     pub subject: String,
     pub ts_ms: i64,
-    pub body: serde_json::Value,
+    pub body: Payload,
 }
 
 /// A row of the outbox, ready to publish.
@@ -481,7 +485,9 @@ impl Store {
             for m in &batch.messages {
                 let mut stored_seq: Option<i64> = None;
                 let payload = if m.sequenced {
-                    let serde_json::Value::Object(map) = &m.payload else {
+                    // A payload held as text is read into a tree for this message alone.
+                    let tree = m.payload.tree();
+                    let serde_json::Value::Object(given) = tree.as_ref() else {
                         return Err(StoreError::Other {
                             path: path.clone(),
                             message: format!(
@@ -491,7 +497,7 @@ impl Store {
                         });
                     };
                     seq += 1;
-                    let mut map = map.clone();
+                    let mut map = given.clone();
                     map.insert("seq".into(), seq.into());
                     // The copy learns its kind and its time, so that `recall` can find it by
                     // kind and time range (a message without a kind: by seq, at its creation).
@@ -511,7 +517,9 @@ impl Store {
                     // A reading's message is stored once, as its history row; any other
                     // message as its `published` copy.
                     let of_reading = match kind.as_deref() {
-                        Some(READING_KIND) => message_of_reading(&batch.readings, &mut unsent, m),
+                        Some(READING_KIND) => {
+                            message_of_reading(&batch.readings, &mut unsent, m, given)
+                        }
                         _ => None,
                     };
                     if let Some((i, base, clock)) = of_reading {
@@ -802,7 +810,9 @@ impl Store {
                         kind,
                         subject: r.get(1)?,
                         ts_ms: r.get(2)?,
-                        body: serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+                        body: serde_json::from_str::<serde_json::Value>(&body)
+                            .unwrap_or(serde_json::Value::Null)
+                            .into(),
                     })
                 },
             )
@@ -1006,15 +1016,14 @@ pub const KIND_SEQ_FIELD: &str = "kind_seq";
 
 /// Which of `readings` (whose indices by meter are `unsent`) sequenced message `m` is the
 /// message of, exactly (see [`reading_message`]): its index (taken out of `unsent`), the
-/// topic base and whether the message is marked `"clock": "unsynchronized"`.
+/// topic base and whether the message is marked `"clock": "unsynchronized"` (`payload`: its
+/// payload as a tree).
 fn message_of_reading(
     readings: &[Reading],
     unsent: &mut std::collections::HashMap<&str, Vec<usize>>,
     m: &Message,
+    payload: &serde_json::Map<String, serde_json::Value>,
 ) -> Option<(usize, String, bool)> {
-    let serde_json::Value::Object(payload) = &m.payload else {
-        return None;
-    };
     let meter = payload.get("meter")?.as_str()?;
     let candidates = unsent.get_mut(meter)?;
     let (at, found) = candidates.iter().enumerate().find_map(|(at, i)| {

@@ -754,7 +754,7 @@ mod tests {
         let mut store = Store::open(&path, &test_cfg()).unwrap();
         let message = |i: i64| Message {
             topic: format!("amr/gw/reading/m{i}"),
-            payload: serde_json::json!({"meter": format!("m{i}")}),
+            payload: serde_json::json!({"meter": format!("m{i}")}).into(),
             qos: 1,
             retain: false,
             sequenced: true,

@@ -22,7 +22,7 @@ fn reading(meter: &str, ts_ms: i64, kwh: f64) -> Reading {
 fn message(n: i64) -> Message {
     Message {
         topic: format!("amr/gw/reading/m{n}"),
-        payload: json!({"meter": format!("m{n}"), "n": n}),
+        payload: json!({"meter": format!("m{n}"), "n": n}).into(),
         qos: 1,
         retain: false,
         sequenced: true,
@@ -60,7 +60,7 @@ fn seq_continues_across_reopen() {
         // A retained, unsequenced message takes no seq.
         let retained = Message {
             topic: "amr/gw/meter/m1/state".into(),
-            payload: json!({"state": "online"}),
+            payload: json!({"state": "online"}).into(),
             qos: 1,
             retain: true,
             sequenced: false,
@@ -103,7 +103,7 @@ fn a_failing_batch_stores_nothing() {
         })
         .unwrap();
     let mut bad = message(3);
-    bad.payload = json!([1, 2, 3]); // a sequenced payload must be an object
+    bad.payload = json!([1, 2, 3]).into(); // a sequenced payload must be an object
     let err = store
         .commit(&Batch {
             readings: vec![reading("m1", 2, 2.0), reading("m2", 2, 2.0)],
@@ -445,7 +445,7 @@ fn over_its_bound_the_store_keeps_billing_data_longest() {
         kind,
         subject: format!("m{n}"),
         ts_ms: now - 1_000_000 + n,
-        body: json!({"n": n, "filler": filler}),
+        body: json!({"n": n, "filler": filler}).into(),
     };
     let mut records: Vec<Record> = (0..2000).map(|n| record(RecordKind::Alarm, n)).collect();
     records.extend((0..300).map(|n| record(RecordKind::FreezeDay, n)));
@@ -500,7 +500,7 @@ fn reading_message_of(r: &Reading, clock_unsynchronized: bool) -> Message {
     }
     Message {
         topic: format!("amr/gw/reading/{}", r.meter),
-        payload: serde_json::Value::Object(payload),
+        payload: serde_json::Value::Object(payload).into(),
         qos: 1,
         retain: false,
         sequenced: true,
@@ -518,7 +518,7 @@ fn a_reading_is_stored_once_and_sent_and_recalled_as_it_was() {
     // Another sequenced message first, so that seq and kind_seq differ.
     let other = Message {
         topic: "amr/gw/loss/T1".into(),
-        payload: json!({"area": "T1", "kind_seq": "loss", "end": "2025-11-24T16:00:00Z"}),
+        payload: json!({"area": "T1", "kind_seq": "loss", "end": "2025-11-24T16:00:00Z"}).into(),
         qos: 1,
         retain: false,
         sequenced: true,
@@ -611,11 +611,11 @@ fn kept(
         kind,
         subject: subject.into(),
         ts_ms,
-        body: payload.clone(),
+        body: payload.clone().into(),
     };
     let message = Message {
         topic: topic.into(),
-        payload,
+        payload: payload.into(),
         qos: 1,
         retain: false,
         sequenced: true,

@@ -108,7 +108,8 @@ impl Topics {
         of_kind(
             Message {
                 topic: self.reading(&r.meter),
-                payload: json!({"meter": r.meter, "ts": rfc3339_ms(r.ts_ms), "values": values}),
+                payload: json!({"meter": r.meter, "ts": rfc3339_ms(r.ts_ms), "values": values})
+                    .into(),
                 qos: 1,
                 retain: false,
                 sequenced: true,
@@ -212,7 +213,7 @@ pub fn loss_message(topics: &Topics, rec: &LossRecord) -> Message {
     of_kind(
         Message {
             topic: topics.loss(&rec.area),
-            payload: Value::Object(payload),
+            payload: Value::Object(payload).into(),
             qos: 1,
             retain: false,
             sequenced: true,
@@ -289,7 +290,7 @@ pub fn alarm_message(topics: &Topics, change: &AlarmChange) -> Message {
     of_kind(
         Message {
             topic: topics.alarm(a.kind.as_str(), &a.subject),
-            payload: Value::Object(payload),
+            payload: Value::Object(payload).into(),
             qos: 1,
             retain: false,
             sequenced: true,
@@ -309,7 +310,7 @@ pub fn active_alarms_message(topics: &Topics, active: &[Alarm], now_ms: i64) -> 
     let count = alarms.len();
     Message {
         topic: topics.alarm_active(),
-        payload: json!({"ts": rfc3339_ms(now_ms), "count": count, "alarms": alarms}),
+        payload: json!({"ts": rfc3339_ms(now_ms), "count": count, "alarms": alarms}).into(),
         qos: 1,
         retain: true,
         sequenced: false,
@@ -392,7 +393,8 @@ pub fn voltage_day_message(topics: &Topics, d: &DayRecord) -> Message {
                 "upper_v": json_number(d.upper_v),
                 "lower_v": json_number(d.lower_v),
                 "reads": d.reads,
-            }),
+            })
+            .into(),
             qos: 1,
             retain: false,
             sequenced: true,
@@ -446,7 +448,7 @@ pub fn meter_state_message(topics: &Topics, s: &MeterState, ratios: Option<Ratio
     }
     Message {
         topic: topics.meter_state(&s.meter),
-        payload,
+        payload: payload.into(),
         qos: 1,
         retain: true,
         sequenced: false,
@@ -482,7 +484,8 @@ pub fn voltage_month_message(topics: &Topics, m: &MonthRecord) -> Message {
                 "upper_v": json_number(m.upper_v),
                 "lower_v": json_number(m.lower_v),
                 "days": m.days,
-            }),
+            })
+            .into(),
             qos: 1,
             retain: false,
             sequenced: true,
@@ -510,7 +513,8 @@ pub fn area_voltage_month_message(topics: &Topics, a: &AreaMonth) -> Message {
                 "below_s": json_number(a.below_s),
                 "qualified_pct": a.qualified_pct.map(json_number).unwrap_or(Value::Null),
                 "meters": a.meters,
-            }),
+            })
+            .into(),
             qos: 1,
             retain: false,
             sequenced: true,
@@ -549,7 +553,8 @@ pub fn freeze_message(topics: &Topics, f: &FreezeRecord) -> Message {
                 "before": ts(f.before_ms),
                 "after": ts(f.after_ms),
                 "late": f.late,
-            }),
+            })
+            .into(),
             qos: 1,
             retain: false,
             sequenced: true,
@@ -595,7 +600,8 @@ pub fn curve_message(topics: &Topics, b: &CurveBlock) -> Message {
                 "day": b.day,
                 "interval_min": b.interval_min,
                 "points": points,
-            }),
+            })
+            .into(),
             qos: 1,
             retain: false,
             sequenced: true,
@@ -639,7 +645,8 @@ pub fn collection_message(topics: &Topics, r: &CollectionReport) -> Message {
                 "failed": r.failed,
                 "buses": of(GroupKind::Bus),
                 "areas": of(GroupKind::Area),
-            }),
+            })
+            .into(),
             qos: 1,
             retain: false,
             sequenced: true,
@@ -672,7 +679,7 @@ pub fn daily_loss_message(topics: &Topics, l: &DailyLoss) -> Message {
     of_kind(
         Message {
             topic: topics.loss_day(&l.area),
-            payload: Value::Object(payload),
+            payload: Value::Object(payload).into(),
             qos: 1,
             retain: false,
             sequenced: true,
@@ -715,7 +722,7 @@ pub fn command_result_message(topics: &Topics, r: &CommandResult) -> Message {
     of_kind(
         Message {
             topic: topics.command_result(),
-            payload: Value::Object(payload),
+            payload: Value::Object(payload).into(),
             qos: 1,
             retain: false,
             sequenced: true,
@@ -782,7 +789,7 @@ pub fn config_data(file: &str, toml: &str) -> Value {
 /// replaces with the kind's own counter (see `store::KIND_SEQ_FIELD`), so that a consumer
 /// of one kind can find its own gaps. The kinds: [`KINDS`].
 fn of_kind(mut message: Message, kind: &str) -> Message {
-    if let Value::Object(map) = &mut message.payload {
+    if let Value::Object(map) = &mut *message.payload {
         map.insert(crate::store::KIND_SEQ_FIELD.into(), json!(kind));
     }
     message
@@ -811,7 +818,7 @@ pub fn recalled_message(topic: &str, payload: &str) -> Option<Message> {
     match serde_json::from_str::<Value>(payload) {
         Ok(v @ Value::Object(_)) => Some(Message {
             topic: topic.to_string(),
-            payload: v,
+            payload: v.into(),
             qos: 1,
             retain: false,
             sequenced: false,
@@ -824,7 +831,7 @@ pub fn recalled_message(topic: &str, payload: &str) -> Option<Message> {
 /// date, or not synchronised when that is required): `"clock": "unsynchronized"` in its
 /// payload. Additive: a reading stamped by a sane clock has no `clock` field.
 pub fn mark_clock_unsynchronized(message: &mut Message) {
-    if let Value::Object(payload) = &mut message.payload {
+    if let Value::Object(payload) = &mut *message.payload {
         payload.insert("clock".into(), json!("unsynchronized"));
     }
 }

@@ -501,6 +501,11 @@ impl FreezeEngine {
         let oldest = now_ms - KEEP_PENDING_DAYS * DAY_MS;
         for track in self.state.meters.values_mut() {
             track.pending.retain(|b, _| *b >= oldest);
+            // An emptied map keeps its node (about 2 kB with a `Pending`'s size) until dropped:
+            // a thousand meters held 2 MB of empty nodes from their first midnight on.
+            if track.pending.is_empty() {
+                track.pending = BTreeMap::new();
+            }
             while track.frozen.len() > 3 {
                 track.frozen.pop_first();
             }

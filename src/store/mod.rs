@@ -13,6 +13,8 @@
 //! Every message is stored once: a reading as its history row (`reading_message`, values
 //! encoded by `reading_values`), a kept message as its record row (`record_message`), any
 //! other sequenced message as its recall copy in `published`; the outbox row names it by seq.
+//! Until the commit a batch holds the payloads of readings and kept messages as compact text
+//! ([`Payload`]), not as JSON trees.
 
 mod commands;
 mod keys;

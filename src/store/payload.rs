@@ -5,14 +5,15 @@
 //! record was 24 kB, its text 3 kB; the thousand blocks of an hour, or the thousand freezes
 //! of a midnight, in one batch held tens of megabytes (docs/benchmarks.md (j)). The text is
 //! read back into a tree only where someone looks (tests, the rare mark on a held reading);
-//! the store serializes it without one.
+//! the store serializes it without one. A clone of the text shares it (a kept message's record
+//! is a clone of its payload).
 
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// A JSON value as a tree or as compact text (see the module documentation).
 #[derive(Clone)]
@@ -21,15 +22,16 @@ pub struct Payload(Repr);
 #[derive(Clone)]
 enum Repr {
     Tree(Value),
-    /// The compact text, and its tree once someone read it.
-    Text(Box<str>, OnceLock<Value>),
+    /// The compact text (a kept message and its record share it), and its tree once someone
+    /// read it.
+    Text(Arc<str>, OnceLock<Value>),
 }
 
 impl Payload {
     /// Turns the tree into its compact text (no-op when already text).
     pub fn compact(&mut self) {
         if let Repr::Tree(v) = &self.0 {
-            let text = v.to_string().into_boxed_str();
+            let text: Arc<str> = v.to_string().into();
             self.0 = Repr::Text(text, OnceLock::new());
         }
     }

@@ -1256,6 +1256,34 @@ customers = []
         assert!(payload(&fold).get("clock").is_none());
     }
 
+    /// The store writer task over `store` (no uplink, no watchdog), and the sender of its
+    /// bus events.
+    fn spawn_writer(
+        writer: Writer,
+        store: &SharedStore,
+        config: &crate::config::Config,
+        live: Option<watch::Sender<GatewayState>>,
+    ) -> (
+        mpsc::Sender<BusEvent>,
+        tokio::task::JoinHandle<Result<(), String>>,
+    ) {
+        let (tx, rx) = mpsc::channel(16);
+        let (_up_tx, up_rx) = watch::channel(UplinkState::default());
+        let task = tokio::spawn(write_events(
+            writer,
+            store.clone(),
+            rx,
+            Arc::new(Notify::new()),
+            up_rx,
+            live,
+            Heartbeat::unwatched(),
+            health::Tally::default(),
+            health::ClockWatch::new(false),
+            CertificateWatch::new(&config.mqtt),
+        ));
+        (tx, task)
+    }
+
     /// The writer task stores what the buses send, keeps ticking while they are quiet, and
     /// saves the analytics' state when they stop.
     #[tokio::test]
@@ -1270,21 +1298,8 @@ customers = []
         store.commit(&batch).unwrap();
         assert!(store.meta(&MetaKey::LossEngine).unwrap().is_some());
         let store: SharedStore = Arc::new(std::sync::Mutex::new(store));
-        let (tx, rx) = mpsc::channel(16);
-        let (_up_tx, up_rx) = watch::channel(UplinkState::default());
         let (live_tx, mut live_rx) = watch::channel(GatewayState::default());
-        let task = tokio::spawn(write_events(
-            writer,
-            store.clone(),
-            rx,
-            Arc::new(Notify::new()),
-            up_rx,
-            Some(live_tx),
-            Heartbeat::unwatched(),
-            health::Tally::default(),
-            health::ClockWatch::new(false),
-            CertificateWatch::new(&config.mqtt),
-        ));
+        let (tx, task) = spawn_writer(writer, &store, &config, Some(live_tx));
         let values = [("energy_import_kwh".to_string(), 10.0)].into();
         tx.send(BusEvent::Reading(Reading {
             meter: "s".into(),
@@ -1329,20 +1344,7 @@ customers = []
         .unwrap();
         store.commit(&batch).unwrap();
         let store: SharedStore = Arc::new(std::sync::Mutex::new(store));
-        let (tx, rx) = mpsc::channel(16);
-        let (_up_tx, up_rx) = watch::channel(UplinkState::default());
-        let task = tokio::spawn(write_events(
-            writer,
-            store.clone(),
-            rx,
-            Arc::new(Notify::new()),
-            up_rx,
-            None,
-            Heartbeat::unwatched(),
-            health::Tally::default(),
-            health::ClockWatch::new(false),
-            CertificateWatch::new(&config.mqtt),
-        ));
+        let (tx, task) = spawn_writer(writer, &store, &config, None);
         let alive = || -> i64 {
             let s = store.lock().unwrap();
             s.meta(&MetaKey::LastAlive)

@@ -670,8 +670,8 @@ impl Analytics {
         });
         // A meter whose curve block waits for a later tick keeps its part as last written
         // (with the block's points), until the block goes out.
-        let waiting: BTreeSet<String> = match key {
-            MetaKey::CurveEngine => self.curve.waiting().into_iter().map(String::from).collect(),
+        let waiting = match key {
+            MetaKey::CurveEngine => self.curve.waiting(),
             _ => BTreeSet::new(),
         };
         for &meter in &meters {

@@ -896,3 +896,150 @@ fn an_areas_curve_blocks_go_out_a_tickful_at_a_time_and_none_is_lost_at_a_stop()
         assert_eq!(sent, meters, "every block once ({stop_after:?})");
     }
 }
+
+/// The voltage days and months a batch carries (their subjects), and the voltage parts it
+/// writes, by meter.
+fn voltage_in(batch: &amr_gateway::store::Batch) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let of = |kind: RecordKind| -> Vec<String> {
+        batch
+            .records
+            .iter()
+            .filter(|r| r.kind == kind)
+            .map(|r| r.subject.clone())
+            .collect()
+    };
+    let parts = batch
+        .meta
+        .iter()
+        .filter_map(|(k, _)| match k {
+            // A tombstone too: a meter read last before the crash has no open day after
+            // its closed ones went.
+            MetaKey::EngineMeter(engine, meter) if **engine == MetaKey::VoltageEngine => {
+                Some(meter.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    (
+        of(RecordKind::VoltageDay),
+        of(RecordKind::VoltageMonth),
+        parts,
+    )
+}
+
+/// When a day (here also a month) ends, the closed voltage days of at most
+/// `VOLTAGE_METERS_PER_TICK` meters go out a tick, each with its meter's part and its meter's
+/// month; a waiting meter's part is not written before its days; the area's month goes with
+/// the last meter's. Across a clean stop or a crash in the middle, every meter's day and
+/// month goes out once.
+#[test]
+fn an_areas_voltage_days_go_out_a_tickful_at_a_time_and_none_twice_across_a_restart() {
+    use amr_gateway::pipeline::VOLTAGE_METERS_PER_TICK;
+    // 2027-02-01T00:00:00Z: the configuration's days are UTC days.
+    const MIDNIGHT: i64 = 1_801_440_000_000;
+    // One bus's worth: two ticks' days.
+    let customers = VOLTAGE_METERS_PER_TICK + 10;
+    let config = wide_config(customers);
+    let meters: Vec<String> = config.pipeline_settings().models.keys().cloned().collect();
+    let read_all = |ts: i64| -> Vec<BusEvent> {
+        meters
+            .iter()
+            .enumerate()
+            .map(|(i, m)| reading(m, ts, 100.0 + i as f64 + ts as f64 / 3.6e9))
+            .collect()
+    };
+    // An hour and more before: every meter's part was written within the hour (a part
+    // never written by this run goes with the first snapshot; see `push_parts`).
+    let start = MIDNIGHT - 75 * 60_000;
+    // `stop_after`: after that many ticks of the closing the writer stops (cleanly or not)
+    // and a new one starts on the same store.
+    let run = |stop_after: Option<(usize, bool)>| -> (Vec<String>, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("amr-gateway.db"), &config.store).unwrap();
+        let settings = config.pipeline_settings();
+        let (mut writer, batch) = Writer::start(&settings, topics(), &store, start).unwrap();
+        store.commit_at(&batch, start).unwrap();
+        let (mut days_all, mut months_all) = (Vec::new(), Vec::new());
+        // Readings every minute to 00:04:01; the days close at 00:05 (`max_gap_s` 300).
+        for k in 0..=79 {
+            let fold = writer.fold(
+                read_all(start + 1_000 + k * 60_000),
+                start + 2_000 + k * 60_000,
+            );
+            let (days, months, _) = voltage_in(&fold.batch);
+            assert!(
+                days.is_empty() && months.is_empty(),
+                "no day closes before 00:05"
+            );
+            store
+                .commit_at(&fold.batch, start + 2_000 + k * 60_000)
+                .unwrap();
+        }
+        let mut now = MIDNIGHT + 5 * 60_000 + 3_000;
+        let mut area_month_seen = false;
+        for tick in 0.. {
+            if let Some((at, clean)) = stop_after
+                && at == tick
+            {
+                if clean {
+                    let batch = writer.finish(now);
+                    let (days, months, _) = voltage_in(&batch);
+                    assert!(days.is_empty() && months.is_empty(), "a stop sends no day");
+                    store.commit_at(&batch, now).unwrap();
+                }
+                drop(writer);
+                now += 1_000;
+                let (restarted, batch) = Writer::start(&settings, topics(), &store, now).unwrap();
+                store.commit_at(&batch, now).unwrap();
+                writer = restarted;
+                now += 1_000;
+            }
+            let batch = writer.tick(now);
+            let (days, months, parts) = voltage_in(&batch);
+            store.commit_at(&batch, now).unwrap();
+            if days.is_empty() && months.is_empty() {
+                break;
+            }
+            assert!(
+                days.len() <= VOLTAGE_METERS_PER_TICK,
+                "{} days in a tick",
+                days.len()
+            );
+            for m in &parts {
+                assert!(
+                    days.contains(m),
+                    "{m}'s part written while its days wait (tick {tick}, {stop_after:?})"
+                );
+            }
+            for m in &days {
+                assert!(
+                    parts.contains(m),
+                    "{m}'s part goes with its days (tick {tick}, {stop_after:?})"
+                );
+            }
+            assert!(!area_month_seen, "days after the area's month");
+            for m in &months {
+                if m == "T1" {
+                    area_month_seen = true;
+                } else {
+                    assert!(days.contains(m), "{m}'s month goes with its last day");
+                }
+            }
+            days_all.extend(days);
+            months_all.extend(months);
+            now += 1_000;
+        }
+        assert!(area_month_seen, "the area's month went out");
+        (days_all, months_all)
+    };
+    let mut want_months = meters.clone();
+    want_months.push("T1".into());
+    want_months.sort();
+    for stop_after in [None, Some((1, true)), Some((1, false))] {
+        let (mut days, mut months) = run(stop_after);
+        days.sort();
+        months.sort();
+        assert_eq!(days, meters, "every meter's day once ({stop_after:?})");
+        assert_eq!(months, want_months, "every month once ({stop_after:?})");
+    }
+}

@@ -21,13 +21,19 @@
 //!
 //! **Months** (月电压合格率): the closed days of a meter's phase add up to its local month;
 //! once every day of the month is closed, [`VoltageQuality::take_months`] returns the month's
-//! [`MonthRecord`], and [`area_month`] sums the months of an area's meters (all their phases).
-//! min_v and max_v are over the reads of the day, outage reads left out.
+//! [`MonthRecord`] (with the meter's last day), and once every meter's last day is closed,
+//! [`VoltageQuality::take_completed_months`] returns the month of every meter, which
+//! [`area_month`] sums by area (all their phases). min_v and max_v are over the reads of the
+//! day, outage reads left out.
 //!
 //! A day closes `max_gap_s` after its end (no later read can still add to it); [`VoltageQuality::on_tick`]
-//! then returns its records, once. Pure and deterministic like every analytic; the state
-//! survives restarts through [`VoltageQuality::snapshot`] and [`VoltageQuality::restore`],
-//! which the gateway saves in the transaction that holds the day messages.
+//! then returns its records, once. [`VoltageQuality::on_tick_at_most`] returns those of a
+//! given number of meters a call, the others' at the next calls (their days are closed all the
+//! same: nothing is added to them), so that a thousand meters' days do not all go into one
+//! transaction. Pure and deterministic like every analytic; the state survives restarts
+//! through [`VoltageQuality::snapshot`] and [`VoltageQuality::restore`], which the gateway
+//! saves in the transaction that holds the day messages (a restart returns the closed days not
+//! yet returned).
 
 use super::band::{BandPosition, VoltageBand};
 use crate::clock::LocalTime;
@@ -147,6 +153,10 @@ pub struct VoltageSnapshot {
     pub months: Vec<MonthTally>,
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// The closed days of one local month of one phase, summed (milliseconds).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MonthTally {
@@ -161,6 +171,10 @@ pub struct MonthTally {
     pub max_v: Option<f64>,
     /// Days with at least one read.
     pub days: u32,
+    /// Its record went out (every day of the month is closed); the tally stays until every
+    /// meter's last day is closed, for the areas' sums.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sent: bool,
 }
 
 /// The figures of one meter, phase and local month.
@@ -339,8 +353,12 @@ pub struct VoltageQuality {
     /// How many meters `series` held when last rebuilt (see [`super::pack`]).
     packed: usize,
     closed_before_ms: i64,
+    /// Some meters may still hold days before `closed_before_ms` (see
+    /// [`VoltageQuality::on_tick_at_most`]); true after a restore until a tick finds none.
+    closing: bool,
     months: Vec<MonthTally>,
     ready_months: Vec<MonthRecord>,
+    completed_months: Vec<MonthRecord>,
 }
 
 impl VoltageQuality {
@@ -350,8 +368,10 @@ impl VoltageQuality {
             series: BTreeMap::new(),
             packed: 0,
             closed_before_ms: i64::MIN,
+            closing: false,
             months: Vec::new(),
             ready_months: Vec::new(),
+            completed_months: Vec::new(),
         }
     }
 
@@ -402,15 +422,42 @@ impl VoltageQuality {
     /// Closes every day that ended at least `max_gap_s` before `now_ms` and returns its
     /// records (ordered by meter, phase, day). Each day is returned once.
     pub fn on_tick(&mut self, now_ms: i64) -> Vec<DayRecord> {
+        self.on_tick_at_most(now_ms, usize::MAX)
+    }
+
+    /// [`VoltageQuality::on_tick`], returning the closed days of at most `meters` meters (by
+    /// meter id); the other meters' closed days are returned by the next calls, before any
+    /// later day. A meter's months are complete with its last day; every meter's, for
+    /// [`VoltageQuality::take_completed_months`], once the call returned the last meter's.
+    pub fn on_tick_at_most(&mut self, now_ms: i64, meters: usize) -> Vec<DayRecord> {
         super::pack(&mut self.series, &mut self.packed);
         let grace = self.settings.max_gap_s as i64 * 1000;
         // Day d closes when d + DAY + grace <= now, i.e. when d < day_start(now - grace).
         let closable_before = self.settings.zone.day_start_ms(now_ms - grace);
-        if closable_before <= self.closed_before_ms {
+        if closable_before > self.closed_before_ms {
+            self.closed_before_ms = closable_before;
+            self.closing = true;
+        }
+        if !self.closing {
             return Vec::new();
         }
+        let closed_before = self.closed_before_ms;
         let mut out = Vec::new();
+        let mut drained: Vec<&str> = Vec::new();
+        let mut more = false;
         for (meter, phases) in self.series.iter_mut() {
+            let holds_closed = phases.iter().flatten().any(|s| {
+                s.days
+                    .first()
+                    .is_some_and(|d| d.day_start_ms < closed_before)
+            });
+            if holds_closed {
+                if drained.len() == meters {
+                    more = true;
+                    continue;
+                }
+                drained.push(meter);
+            }
             for ((phase, _), held) in PHASES.iter().zip(phases.iter_mut()) {
                 let Some(series) = held else {
                     continue;
@@ -418,14 +465,16 @@ impl VoltageQuality {
                 // The days are in order: the closed ones first.
                 let n = series
                     .days
-                    .partition_point(|d| d.day_start_ms < closable_before);
-                out.extend(
-                    series
-                        .days
-                        .drain(..n)
-                        .map(|d| record(meter, phase, &(&d).into(), &self.settings, true)),
-                );
-                series.days.shrink_to_fit();
+                    .partition_point(|d| d.day_start_ms < closed_before);
+                if n > 0 {
+                    out.extend(
+                        series
+                            .days
+                            .drain(..n)
+                            .map(|d| record(meter, phase, &(&d).into(), &self.settings, true)),
+                    );
+                    series.days.shrink_to_fit();
+                }
                 // Forget phases that have neither open days nor a recent read.
                 if series.days.is_empty() && series.last.is_none_or(|(t, _)| now_ms - t > grace) {
                     *held = None;
@@ -434,13 +483,37 @@ impl VoltageQuality {
         }
         self.series
             .retain(|_, phases| phases.iter().any(Option::is_some));
-        self.closed_before_ms = closable_before;
-        self.add_to_months(&out, closable_before);
+        self.add_to_months(&out);
+        let zone = &self.settings.zone;
+        let complete = |m: &MonthTally| zone.next_month_start_ms(m.month_start_ms) <= closed_before;
+        // The months of the meters whose days all closed are complete.
+        let mut ready = Vec::new();
+        for m in self.months.iter_mut() {
+            // `out` is in meter order.
+            let drained = || {
+                out.binary_search_by(|d| d.meter.as_str().cmp(&m.meter))
+                    .is_ok()
+            };
+            if !m.sent && complete(m) && (!more || drained()) {
+                m.sent = true;
+                ready.push(month_record(m, &self.settings));
+            }
+        }
+        self.ready_months.extend(ready);
+        if !more {
+            self.closing = false;
+            let (done, open): (Vec<MonthTally>, Vec<MonthTally>) = std::mem::take(&mut self.months)
+                .into_iter()
+                .partition(|m| complete(m));
+            self.months = open;
+            self.completed_months
+                .extend(done.iter().map(|m| month_record(m, &self.settings)));
+        }
         out
     }
 
-    /// Adds closed days to their months; months whose every day is closed become ready.
-    fn add_to_months(&mut self, days: &[DayRecord], closable_before: i64) {
+    /// Adds closed days to their months.
+    fn add_to_months(&mut self, days: &[DayRecord]) {
         let zone = self.settings.zone.clone();
         for d in days {
             let month_start_ms = zone.month_start_ms(d.day_start_ms);
@@ -460,6 +533,7 @@ impl VoltageQuality {
                         min_v: None,
                         max_v: None,
                         days: 0,
+                        sent: false,
                     });
                     self.months.len() - 1
                 }
@@ -482,36 +556,20 @@ impl VoltageQuality {
                 m.days += 1;
             }
         }
-        let (done, open): (Vec<MonthTally>, Vec<MonthTally>) = std::mem::take(&mut self.months)
-            .into_iter()
-            .partition(|m| zone.next_month_start_ms(m.month_start_ms) <= closable_before);
-        self.months = open;
-        let s = &self.settings;
-        self.ready_months
-            .extend(done.into_iter().map(|m| MonthRecord {
-                month: zone.month(m.month_start_ms),
-                start_ms: m.month_start_ms,
-                end_ms: zone.next_month_start_ms(m.month_start_ms),
-                monitored_s: m.monitored_ms as f64 / 1000.0,
-                above_s: m.above_ms as f64 / 1000.0,
-                below_s: m.below_ms as f64 / 1000.0,
-                outage_s: m.outage_ms as f64 / 1000.0,
-                qualified_pct: (m.monitored_ms > 0).then(|| {
-                    (1.0 - (m.above_ms + m.below_ms) as f64 / m.monitored_ms as f64) * 100.0
-                }),
-                min_v: m.min_v,
-                max_v: m.max_v,
-                days: m.days,
-                upper_v: s.band.upper_v(),
-                lower_v: s.band.lower_v(),
-                meter: m.meter,
-                phase: m.phase,
-            }));
     }
 
     /// The months completed since the last call (every day of them closed), by meter, phase.
     pub fn take_months(&mut self) -> Vec<MonthRecord> {
         let mut out = std::mem::take(&mut self.ready_months);
+        out.sort_by(|a, b| (&a.meter, &a.phase).cmp(&(&b.meter, &b.phase)));
+        out
+    }
+
+    /// Every meter's months completed since the last call, once the last meter's last day of
+    /// them closed (their records went out by [`VoltageQuality::take_months`] before or with
+    /// it): what [`area_month`] sums. By meter, phase.
+    pub fn take_completed_months(&mut self) -> Vec<MonthRecord> {
+        let mut out = std::mem::take(&mut self.completed_months);
         out.sort_by(|a, b| (&a.meter, &a.phase).cmp(&(&b.meter, &b.phase)));
         out
     }
@@ -546,6 +604,8 @@ impl VoltageQuality {
 
     pub fn restore(&mut self, snapshot: VoltageSnapshot) {
         self.closed_before_ms = snapshot.closed_before_ms;
+        // Closed days not yet returned before the stop are returned by the next tick.
+        self.closing = true;
         self.months = snapshot.months;
         self.series.clear();
         for s in snapshot.series {
@@ -617,6 +677,29 @@ fn tally_for(series: &mut Held, day: i64) -> &mut HeldDay {
         }
     };
     &mut series.days[i]
+}
+
+/// The record of a month's tally.
+fn month_record(m: &MonthTally, s: &VoltageQualitySettings) -> MonthRecord {
+    let zone = &s.zone;
+    MonthRecord {
+        meter: m.meter.clone(),
+        phase: m.phase.clone(),
+        month: zone.month(m.month_start_ms),
+        start_ms: m.month_start_ms,
+        end_ms: zone.next_month_start_ms(m.month_start_ms),
+        monitored_s: m.monitored_ms as f64 / 1000.0,
+        above_s: m.above_ms as f64 / 1000.0,
+        below_s: m.below_ms as f64 / 1000.0,
+        outage_s: m.outage_ms as f64 / 1000.0,
+        qualified_pct: (m.monitored_ms > 0)
+            .then(|| (1.0 - (m.above_ms + m.below_ms) as f64 / m.monitored_ms as f64) * 100.0),
+        min_v: m.min_v,
+        max_v: m.max_v,
+        days: m.days,
+        upper_v: s.band.upper_v(),
+        lower_v: s.band.lower_v(),
+    }
 }
 
 fn record(
@@ -783,6 +866,74 @@ mod tests {
         let p = voltage_day_message(&Topics::new("amr", "gw1"), d).payload;
         assert_eq!(p["start"], "2026-10-24T22:00:00.000Z");
         assert_eq!(p["end"], "2026-10-25T23:00:00.000Z");
+    }
+
+    /// A few meters' days a call, the others' at the next calls (across a restart), each
+    /// meter's month with its last day, every meter's once the last meter's day closed: the
+    /// same days and months as all at once.
+    #[test]
+    fn days_close_a_few_meters_a_call_and_the_months_with_them() {
+        // 2026-03-01T00:00Z ends February.
+        let m = parse_rfc3339("2026-03-01T00:00:00Z").unwrap();
+        let ids = ["a", "b", "c", "d", "e"];
+        let feed = |q: &mut VoltageQuality| {
+            for t in -10..=3 {
+                for (i, id) in ids.iter().enumerate() {
+                    q.on_reading(&Reading {
+                        meter: id.to_string(),
+                        ts_ms: m + t * MIN,
+                        values: [("voltage_l1_v".to_string(), 225.0 + i as f64)]
+                            .into_iter()
+                            .collect(),
+                    });
+                }
+            }
+        };
+        let meters =
+            |days: &[DayRecord]| -> Vec<String> { days.iter().map(|d| d.meter.clone()).collect() };
+        let month_meters = |months: &[MonthRecord]| -> Vec<String> {
+            months.iter().map(|m| m.meter.clone()).collect()
+        };
+        let mut whole = VoltageQuality::new(VoltageQualitySettings::default());
+        feed(&mut whole);
+        let want_days = whole.on_tick(m + 6 * MIN);
+        let want_months = whole.take_months();
+        assert_eq!(meters(&want_days), ids);
+        assert_eq!(whole.take_completed_months(), want_months);
+
+        let mut q = VoltageQuality::new(VoltageQualitySettings::default());
+        feed(&mut q);
+        assert!(
+            q.on_tick_at_most(m + 4 * MIN, 2).is_empty(),
+            "not before 00:05"
+        );
+        let mut days = q.on_tick_at_most(m + 6 * MIN, 2);
+        assert_eq!(meters(&days), ["a", "b"]);
+        let mut months = q.take_months();
+        assert_eq!(month_meters(&months), ["a", "b"]);
+        assert!(q.take_completed_months().is_empty());
+        // A restart: the meters whose days wait keep them in the snapshot.
+        let mut r = VoltageQuality::new(VoltageQualitySettings::default());
+        r.restore(q.snapshot());
+        let more = r.on_tick_at_most(m + 6 * MIN + 1_000, 2);
+        assert_eq!(meters(&more), ["c", "d"]);
+        days.extend(more);
+        let more = r.take_months();
+        assert_eq!(month_meters(&more), ["c", "d"]);
+        months.extend(more);
+        assert!(r.take_completed_months().is_empty());
+        days.extend(r.on_tick_at_most(m + 6 * MIN + 2_000, 2));
+        months.extend(r.take_months());
+        assert_eq!(days, want_days);
+        assert_eq!(months, want_months);
+        assert_eq!(
+            r.take_completed_months(),
+            want_months,
+            "every meter's, once"
+        );
+        assert!(r.on_tick_at_most(m + 6 * MIN + 3_000, 2).is_empty());
+        assert!(r.take_months().is_empty() && r.take_completed_months().is_empty());
+        assert_eq!(r.current("e").len(), 1, "March is open");
     }
 
     fn read(q: &mut VoltageQuality, ts_ms: i64, v: f64) {

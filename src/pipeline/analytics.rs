@@ -13,9 +13,10 @@
 //! - alarm events: the event messages, the retained set of active alarms, a
 //!   [`RecordKind::Alarm`] record per event, [`MetaKey::ActiveAlarms`] and — in the same batch, always — the alarm snapshot, so
 //!   an alarm active before a restart is never raised twice;
-//! - closed voltage-quality days: a [`RecordKind::VoltageDay`] record and the day message;
-//!   completed months, per meter's phase and per area: a [`RecordKind::VoltageMonth`] record
-//!   and the month message;
+//! - closed voltage-quality days: a [`RecordKind::VoltageDay`] record and the day message,
+//!   the days of at most [`VOLTAGE_METERS_PER_TICK`] meters a tick; completed months, per
+//!   meter's phase (with its last day) and per area (with the last meter's): a
+//!   [`RecordKind::VoltageMonth`] record and the month message;
 //! - daily and monthly freezes (from the readings the loss engine judged good): a
 //!   [`RecordKind::FreezeDay`] / [`RecordKind::FreezeMonth`] record and the freeze message;
 //! - at each day's decision (`[collection] report_at` after local midnight): the collection
@@ -94,6 +95,12 @@ pub const PARTS_EVERY_MS: i64 = 3_600_000;
 /// (docs/benchmarks.md (j)).
 pub const CURVE_BLOCKS_PER_TICK: usize = 64;
 
+/// Most meters whose closed voltage days (three a meter, one a phase) one tick sends, with
+/// those meters' snapshot parts; the other meters' go at the next ticks. A thousand meters'
+/// days in the tick of the day's decision, beside its collection report and freeze parts,
+/// took the gateway over 30 MB for a moment (docs/benchmarks.md (j)).
+pub const VOLTAGE_METERS_PER_TICK: usize = 128;
+
 /// A loss verdict as last decided by the loss engine, re-observed on every tick so the
 /// `[alarms.line_loss]` hold times apply (the engine reports a verdict only when it changes).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,6 +156,9 @@ pub struct Analytics {
     /// The meters whose curve block was sent since the curve snapshot was written: the parts
     /// that must go with the block (the other meters' parts may wait, see [`Analytics::push_parts`]).
     curve_sent: BTreeSet<String>,
+    /// The meters whose closed voltage days were sent since the voltage snapshot was written:
+    /// the parts that must go with them.
+    voltage_sent: BTreeSet<String>,
     /// Per engine, each meter's snapshot part ([`MetaKey::EngineMeter`]) as last written, so
     /// a snapshot writes only the meters whose part changed. (Per engine and by a boxed id,
     /// not a full key per part in two maps: with a thousand meters these are five thousand
@@ -179,6 +189,7 @@ impl Analytics {
             voltage_changed: false,
             freeze_changed: false,
             curve_sent: BTreeSet::new(),
+            voltage_sent: BTreeSet::new(),
             written: BTreeMap::new(),
             parts_ms: BTreeMap::new(),
         }
@@ -344,10 +355,16 @@ impl Analytics {
         self.tick_loss(now_ms, batch);
         let changes = self.alarms.on_tick(now_ms);
         self.changes.extend(changes);
-        for d in self.voltage.on_tick(now_ms) {
+        for d in self
+            .voltage
+            .on_tick_at_most(now_ms, VOLTAGE_METERS_PER_TICK)
+        {
             let m = voltage_day_message(&self.topics, &d);
             batch.push_kept(RecordKind::VoltageDay, &d.meter, d.day_start_ms, m);
             self.voltage_changed = true;
+            if !self.voltage_sent.contains(&d.meter) {
+                self.voltage_sent.insert(d.meter);
+            }
         }
         self.push_voltage_months(batch);
         self.tick_freeze(now_ms, batch);
@@ -383,6 +400,12 @@ impl Analytics {
                 // Only the parts of the meters whose block went out must go with it.
                 let sent = std::mem::take(&mut self.curve_sent);
                 self.push_parts(key, now_ms, Some(&sent), batch);
+            } else if changed && key == MetaKey::VoltageEngine && !parts_due {
+                // The parts of the meters whose days went out must go with them (so a
+                // restart does not send them again); a meter whose days wait keeps its part
+                // as last written, its closed days in it.
+                let sent = std::mem::take(&mut self.voltage_sent);
+                self.push_parts(key, now_ms, Some(&sent), batch);
             } else if changed && key == MetaKey::LossEngine && !parts_due {
                 // A closed interval needs only the engine's rest (which interval is next,
                 // the verdicts, the suspect window) in its batch, so that it is never emitted
@@ -406,6 +429,7 @@ impl Analytics {
         self.voltage_changed = false;
         self.freeze_changed = false;
         self.curve_sent.clear();
+        self.voltage_sent.clear();
     }
 
     /// The curve blocks' messages and records, their meters noted for the snapshot.
@@ -462,17 +486,19 @@ impl Analytics {
         &self.curve
     }
 
-    /// The voltage-quality months completed at this tick, per meter's phase and per area.
+    /// The voltage-quality months completed at this tick: per meter's phase (with the
+    /// meter's last day) and per area (once every meter's last day closed).
     fn push_voltage_months(&mut self, batch: &mut Batch) {
-        let months = self.voltage.take_months();
+        for m in self.voltage.take_months() {
+            let msg = voltage_month_message(&self.topics, &m);
+            batch.push_kept(RecordKind::VoltageMonth, &m.meter, m.start_ms, msg);
+            self.voltage_changed = true;
+        }
+        let months = self.voltage.take_completed_months();
         if months.is_empty() {
             return;
         }
         self.voltage_changed = true;
-        for m in &months {
-            let msg = voltage_month_message(&self.topics, m);
-            batch.push_kept(RecordKind::VoltageMonth, &m.meter, m.start_ms, msg);
-        }
         let mut starts: Vec<i64> = months.iter().map(|m| m.start_ms).collect();
         starts.sort_unstable();
         starts.dedup();

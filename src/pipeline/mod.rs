@@ -21,7 +21,9 @@ mod held;
 mod parts;
 mod writer;
 
-pub use analytics::{Analytics, CURVE_BLOCKS_PER_TICK, PARTS_EVERY_MS, SNAPSHOT_EVERY_MS};
+pub use analytics::{
+    Analytics, CURVE_BLOCKS_PER_TICK, PARTS_EVERY_MS, SNAPSHOT_EVERY_MS, VOLTAGE_METERS_PER_TICK,
+};
 pub use held::{Held, MAX_HELD_VALUES, Shed};
 pub use writer::{Fold, Writer};
 

@@ -23,8 +23,9 @@
 //! once every day of the month is closed, [`VoltageQuality::take_months`] returns the month's
 //! [`MonthRecord`] (with the meter's last day), and once every meter's last day is closed,
 //! [`VoltageQuality::take_completed_months`] returns the month of every meter, which
-//! [`area_month`] sums by area (all their phases). min_v and max_v are over the reads of the
-//! day, outage reads left out.
+//! [`area_month`] sums by area (all their phases). A phase's months are summed in its series,
+//! so they are saved in its meter's part of the snapshot (with the days that made them).
+//! min_v and max_v are over the reads of the day, outage reads left out.
 //!
 //! A day closes `max_gap_s` after its end (no later read can still add to it); [`VoltageQuality::on_tick`]
 //! then returns its records, once. [`VoltageQuality::on_tick_at_most`] returns those of a
@@ -140,6 +141,28 @@ pub struct PhaseSeries {
     pub last: Option<(i64, f64)>,
     /// Open days, oldest first.
     pub days: Vec<DayTally>,
+    /// Months being summed from the closed days, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub months: Vec<PhaseMonth>,
+}
+
+/// The closed days of one local month of one phase, summed (milliseconds); kept in its
+/// meter's part of the snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseMonth {
+    pub month_start_ms: i64,
+    pub monitored_ms: i64,
+    pub above_ms: i64,
+    pub below_ms: i64,
+    pub outage_ms: i64,
+    pub min_v: Option<f64>,
+    pub max_v: Option<f64>,
+    /// Days with at least one read.
+    pub days: u32,
+    /// Its record went out (every day of the month is closed); it stays until every meter's
+    /// last day of the month is closed, for the areas' sums.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sent: bool,
 }
 
 /// What survives a restart.
@@ -148,7 +171,8 @@ pub struct VoltageSnapshot {
     pub series: Vec<PhaseSeries>,
     /// Days starting before this are closed and published; nothing is added to them again.
     pub closed_before_ms: i64,
-    /// Months being summed from closed days.
+    /// Months being summed from closed days, as builds before 2026-11-30 kept them (this one
+    /// keeps them in the series, [`PhaseSeries::months`], and writes this empty).
     #[serde(default)]
     pub months: Vec<MonthTally>,
 }
@@ -157,7 +181,8 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
-/// The closed days of one local month of one phase, summed (milliseconds).
+/// The closed days of one local month of one phase, summed (milliseconds), as the snapshot's
+/// rest held them before 2026-11-30.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MonthTally {
     pub meter: String,
@@ -171,10 +196,6 @@ pub struct MonthTally {
     pub max_v: Option<f64>,
     /// Days with at least one read.
     pub days: u32,
-    /// Its record went out (every day of the month is closed); the tally stays until every
-    /// meter's last day is closed, for the areas' sums.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub sent: bool,
 }
 
 /// The figures of one meter, phase and local month.
@@ -250,6 +271,86 @@ pub fn area_month(area: &str, meters: &[String], months: &[MonthRecord]) -> Opti
 struct Held {
     last: Option<(i64, f64)>,
     days: Vec<HeldDay>,
+    /// Months being summed, oldest first (one most of the time).
+    months: Vec<HeldMonth>,
+}
+
+/// A [`PhaseMonth`] as the engine holds it (a missing extreme as NaN).
+#[derive(Debug, Clone, Copy)]
+struct HeldMonth {
+    month_start_ms: i64,
+    monitored_ms: i64,
+    above_ms: i64,
+    below_ms: i64,
+    outage_ms: i64,
+    min_v: f64,
+    max_v: f64,
+    days: u32,
+    sent: bool,
+}
+
+impl From<&PhaseMonth> for HeldMonth {
+    fn from(m: &PhaseMonth) -> HeldMonth {
+        HeldMonth {
+            month_start_ms: m.month_start_ms,
+            monitored_ms: m.monitored_ms,
+            above_ms: m.above_ms,
+            below_ms: m.below_ms,
+            outage_ms: m.outage_ms,
+            min_v: m.min_v.unwrap_or(f64::NAN),
+            max_v: m.max_v.unwrap_or(f64::NAN),
+            days: m.days,
+            sent: m.sent,
+        }
+    }
+}
+
+impl From<&HeldMonth> for PhaseMonth {
+    fn from(m: &HeldMonth) -> PhaseMonth {
+        PhaseMonth {
+            month_start_ms: m.month_start_ms,
+            monitored_ms: m.monitored_ms,
+            above_ms: m.above_ms,
+            below_ms: m.below_ms,
+            outage_ms: m.outage_ms,
+            min_v: (!m.min_v.is_nan()).then_some(m.min_v),
+            max_v: (!m.max_v.is_nan()).then_some(m.max_v),
+            days: m.days,
+            sent: m.sent,
+        }
+    }
+}
+
+impl From<&MonthTally> for HeldMonth {
+    fn from(m: &MonthTally) -> HeldMonth {
+        HeldMonth {
+            month_start_ms: m.month_start_ms,
+            monitored_ms: m.monitored_ms,
+            above_ms: m.above_ms,
+            below_ms: m.below_ms,
+            outage_ms: m.outage_ms,
+            min_v: m.min_v.unwrap_or(f64::NAN),
+            max_v: m.max_v.unwrap_or(f64::NAN),
+            days: m.days,
+            sent: false,
+        }
+    }
+}
+
+impl HeldMonth {
+    /// Adds a closed day.
+    fn add(&mut self, d: &HeldDay) {
+        self.monitored_ms += i64::from(d.monitored_ms);
+        self.above_ms += i64::from(d.above_ms);
+        self.below_ms += i64::from(d.below_ms);
+        self.outage_ms += i64::from(d.outage_ms);
+        // NaN (none yet) gives way.
+        self.min_v = self.min_v.min(d.min_v);
+        self.max_v = self.max_v.max(d.max_v);
+        if d.reads > 0 {
+            self.days += 1;
+        }
+    }
 }
 
 /// A [`DayTally`] as the engine holds it: the times as u32 ms (a local day is at most 25
@@ -317,6 +418,7 @@ fn phase_series<'a>(
                 phase: phase.to_string(),
                 last: h.last,
                 days: h.days.iter().map(DayTally::from).collect(),
+                months: h.months.iter().map(PhaseMonth::from).collect(),
             })
         })
 }
@@ -327,7 +429,7 @@ impl super::MeterParts for VoltageQuality {
         VoltageSnapshot {
             series: Vec::new(),
             closed_before_ms: self.closed_before_ms,
-            months: self.months.clone(),
+            months: Vec::new(),
         }
     }
     fn part_meters(&self) -> Vec<&str> {
@@ -356,7 +458,6 @@ pub struct VoltageQuality {
     /// Some meters may still hold days before `closed_before_ms` (see
     /// [`VoltageQuality::on_tick_at_most`]); true after a restore until a tick finds none.
     closing: bool,
-    months: Vec<MonthTally>,
     ready_months: Vec<MonthRecord>,
     completed_months: Vec<MonthRecord>,
 }
@@ -369,7 +470,6 @@ impl VoltageQuality {
             packed: 0,
             closed_before_ms: i64::MIN,
             closing: false,
-            months: Vec::new(),
             ready_months: Vec::new(),
             completed_months: Vec::new(),
         }
@@ -442,8 +542,10 @@ impl VoltageQuality {
             return Vec::new();
         }
         let closed_before = self.closed_before_ms;
+        let zone = &self.settings.zone;
+        let complete = |m: &HeldMonth| zone.next_month_start_ms(m.month_start_ms) <= closed_before;
         let mut out = Vec::new();
-        let mut drained: Vec<&str> = Vec::new();
+        let mut drained = 0;
         let mut more = false;
         for (meter, phases) in self.series.iter_mut() {
             let holds_closed = phases.iter().flatten().any(|s| {
@@ -452,11 +554,11 @@ impl VoltageQuality {
                     .is_some_and(|d| d.day_start_ms < closed_before)
             });
             if holds_closed {
-                if drained.len() == meters {
+                if drained == meters {
                     more = true;
                     continue;
                 }
-                drained.push(meter);
+                drained += 1;
             }
             for ((phase, _), held) in PHASES.iter().zip(phases.iter_mut()) {
                 let Some(series) = held else {
@@ -467,95 +569,57 @@ impl VoltageQuality {
                     .days
                     .partition_point(|d| d.day_start_ms < closed_before);
                 if n > 0 {
-                    out.extend(
-                        series
-                            .days
-                            .drain(..n)
-                            .map(|d| record(meter, phase, &(&d).into(), &self.settings, true)),
-                    );
+                    for d in series.days.drain(..n) {
+                        out.push(record(meter, phase, &(&d).into(), &self.settings, true));
+                        add_to_month(&mut series.months, zone, &d);
+                    }
                     series.days.shrink_to_fit();
+                    // The phase's months are complete with its last day.
+                    for m in series.months.iter_mut().filter(|m| !m.sent && complete(m)) {
+                        m.sent = true;
+                        self.ready_months
+                            .push(month_record(meter, phase, m, &self.settings));
+                    }
                 }
-                // Forget phases that have neither open days nor a recent read.
-                if series.days.is_empty() && series.last.is_none_or(|(t, _)| now_ms - t > grace) {
+                // Forget phases that have neither open days and months nor a recent read.
+                if series.days.is_empty()
+                    && series.months.is_empty()
+                    && series.last.is_none_or(|(t, _)| now_ms - t > grace)
+                {
                     *held = None;
+                }
+            }
+        }
+        if !more {
+            // Every meter's last day of the complete months is closed: those of phases that
+            // had no day to close (a silent meter) go out now, and every one is summed by
+            // area.
+            self.closing = false;
+            for (meter, phases) in self.series.iter_mut() {
+                for ((phase, _), held) in PHASES.iter().zip(phases.iter_mut()) {
+                    let Some(series) = held else {
+                        continue;
+                    };
+                    for m in series.months.iter().filter(|m| complete(m)) {
+                        let r = month_record(meter, phase, m, &self.settings);
+                        if !m.sent {
+                            self.ready_months.push(r.clone());
+                        }
+                        self.completed_months.push(r);
+                    }
+                    series.months.retain(|m| !complete(m));
+                    if series.days.is_empty()
+                        && series.months.is_empty()
+                        && series.last.is_none_or(|(t, _)| now_ms - t > grace)
+                    {
+                        *held = None;
+                    }
                 }
             }
         }
         self.series
             .retain(|_, phases| phases.iter().any(Option::is_some));
-        self.add_to_months(&out);
-        let zone = &self.settings.zone;
-        let complete = |m: &MonthTally| zone.next_month_start_ms(m.month_start_ms) <= closed_before;
-        // The months of the meters whose days all closed are complete.
-        let mut ready = Vec::new();
-        for m in self.months.iter_mut() {
-            // `out` is in meter order.
-            let drained = || {
-                out.binary_search_by(|d| d.meter.as_str().cmp(&m.meter))
-                    .is_ok()
-            };
-            if !m.sent && complete(m) && (!more || drained()) {
-                m.sent = true;
-                ready.push(month_record(m, &self.settings));
-            }
-        }
-        self.ready_months.extend(ready);
-        if !more {
-            self.closing = false;
-            let (done, open): (Vec<MonthTally>, Vec<MonthTally>) = std::mem::take(&mut self.months)
-                .into_iter()
-                .partition(|m| complete(m));
-            self.months = open;
-            self.completed_months
-                .extend(done.iter().map(|m| month_record(m, &self.settings)));
-        }
         out
-    }
-
-    /// Adds closed days to their months.
-    fn add_to_months(&mut self, days: &[DayRecord]) {
-        let zone = self.settings.zone.clone();
-        for d in days {
-            let month_start_ms = zone.month_start_ms(d.day_start_ms);
-            let i = match self.months.iter().position(|m| {
-                m.meter == d.meter && m.phase == d.phase && m.month_start_ms == month_start_ms
-            }) {
-                Some(i) => i,
-                None => {
-                    self.months.push(MonthTally {
-                        meter: d.meter.clone(),
-                        phase: d.phase.clone(),
-                        month_start_ms,
-                        monitored_ms: 0,
-                        above_ms: 0,
-                        below_ms: 0,
-                        outage_ms: 0,
-                        min_v: None,
-                        max_v: None,
-                        days: 0,
-                        sent: false,
-                    });
-                    self.months.len() - 1
-                }
-            };
-            let m = &mut self.months[i];
-            let ms = |s: f64| (s * 1000.0).round() as i64;
-            m.monitored_ms += ms(d.monitored_s);
-            m.above_ms += ms(d.above_s);
-            m.below_ms += ms(d.below_s);
-            m.outage_ms += ms(d.outage_s);
-            m.min_v = match (m.min_v, d.min_v) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            m.max_v = match (m.max_v, d.max_v) {
-                (Some(a), Some(b)) => Some(a.max(b)),
-                (a, b) => a.or(b),
-            };
-            if d.reads > 0 {
-                m.days += 1;
-            }
-        }
     }
 
     /// The months completed since the last call (every day of them closed), by meter, phase.
@@ -606,7 +670,6 @@ impl VoltageQuality {
         self.closed_before_ms = snapshot.closed_before_ms;
         // Closed days not yet returned before the stop are returned by the next tick.
         self.closing = true;
-        self.months = snapshot.months;
         self.series.clear();
         for s in snapshot.series {
             // Only the phases of [`PHASES`] were ever written.
@@ -617,7 +680,18 @@ impl VoltageQuality {
             phases[i] = Some(Held {
                 last: s.last,
                 days: s.days.iter().map(HeldDay::from).collect(),
+                months: s.months.iter().map(HeldMonth::from).collect(),
             });
+        }
+        // Months a build before 2026-11-30 kept apart.
+        for m in snapshot.months {
+            let Some(i) = PHASES.iter().position(|(p, _)| *p == m.phase) else {
+                continue;
+            };
+            let phases = self.series.entry(m.meter.clone()).or_default();
+            let held = phases[i].get_or_insert_default();
+            held.months.push(HeldMonth::from(&m));
+            held.months.sort_by_key(|m| m.month_start_ms);
         }
     }
 }
@@ -679,12 +753,44 @@ fn tally_for(series: &mut Held, day: i64) -> &mut HeldDay {
     &mut series.days[i]
 }
 
-/// The record of a month's tally.
-fn month_record(m: &MonthTally, s: &VoltageQualitySettings) -> MonthRecord {
+/// Adds a closed day to its month among `months` (oldest first).
+fn add_to_month(months: &mut Vec<HeldMonth>, zone: &LocalTime, d: &HeldDay) {
+    let month_start_ms = zone.month_start_ms(d.day_start_ms);
+    let i = match months.binary_search_by_key(&month_start_ms, |m| m.month_start_ms) {
+        Ok(i) => i,
+        Err(i) => {
+            months.reserve_exact(1);
+            months.insert(
+                i,
+                HeldMonth {
+                    month_start_ms,
+                    monitored_ms: 0,
+                    above_ms: 0,
+                    below_ms: 0,
+                    outage_ms: 0,
+                    min_v: f64::NAN,
+                    max_v: f64::NAN,
+                    days: 0,
+                    sent: false,
+                },
+            );
+            i
+        }
+    };
+    months[i].add(d);
+}
+
+/// The record of a phase's month.
+fn month_record(
+    meter: &str,
+    phase: &str,
+    m: &HeldMonth,
+    s: &VoltageQualitySettings,
+) -> MonthRecord {
     let zone = &s.zone;
     MonthRecord {
-        meter: m.meter.clone(),
-        phase: m.phase.clone(),
+        meter: meter.to_string(),
+        phase: phase.to_string(),
         month: zone.month(m.month_start_ms),
         start_ms: m.month_start_ms,
         end_ms: zone.next_month_start_ms(m.month_start_ms),
@@ -694,8 +800,8 @@ fn month_record(m: &MonthTally, s: &VoltageQualitySettings) -> MonthRecord {
         outage_s: m.outage_ms as f64 / 1000.0,
         qualified_pct: (m.monitored_ms > 0)
             .then(|| (1.0 - (m.above_ms + m.below_ms) as f64 / m.monitored_ms as f64) * 100.0),
-        min_v: m.min_v,
-        max_v: m.max_v,
+        min_v: (!m.min_v.is_nan()).then_some(m.min_v),
+        max_v: (!m.max_v.is_nan()).then_some(m.max_v),
         days: m.days,
         upper_v: s.band.upper_v(),
         lower_v: s.band.lower_v(),
@@ -934,6 +1040,39 @@ mod tests {
         assert!(r.on_tick_at_most(m + 6 * MIN + 3_000, 2).is_empty());
         assert!(r.take_months().is_empty() && r.take_completed_months().is_empty());
         assert_eq!(r.current("e").len(), 1, "March is open");
+    }
+
+    /// A month a build before 2026-11-30 kept in the snapshot's rest is read into its phase's
+    /// series, and goes out at the month's end even for a meter that no longer reads.
+    #[test]
+    fn months_kept_apart_by_an_older_build_are_read_into_their_phases() {
+        let feb = parse_rfc3339("2026-02-01T00:00:00Z").unwrap();
+        let mar = parse_rfc3339("2026-03-01T00:00:00Z").unwrap();
+        let old = format!(
+            r#"{{"series":[],"closed_before_ms":{},"months":[{{"meter":"m9","phase":"l2","month_start_ms":{feb},"monitored_ms":86400000,"above_ms":3600000,"below_ms":0,"outage_ms":0,"min_v":200.0,"max_v":240.0,"days":27}}]}}"#,
+            mar - DAY_MS
+        );
+        let mut q = VoltageQuality::new(VoltageQualitySettings::default());
+        q.restore(serde_json::from_str(&old).unwrap());
+        let snap = q.snapshot();
+        assert!(snap.months.is_empty(), "written in the series now");
+        assert_eq!((snap.series.len(), snap.series[0].months.len()), (1, 1));
+        assert_eq!(
+            (snap.series[0].meter.as_str(), snap.series[0].phase.as_str()),
+            ("m9", "l2")
+        );
+        assert!(q.on_tick(mar + 6 * MIN).is_empty(), "no day to close");
+        let months = q.take_months();
+        assert_eq!(months.len(), 1);
+        let m = &months[0];
+        assert_eq!(
+            (m.meter.as_str(), m.phase.as_str(), m.month.as_str()),
+            ("m9", "l2", "2026-02")
+        );
+        assert_eq!((m.monitored_s, m.above_s, m.days), (86_400.0, 3_600.0, 27));
+        assert_eq!((m.min_v, m.max_v), (Some(200.0), Some(240.0)));
+        assert_eq!(q.take_completed_months(), months);
+        assert!(q.snapshot().series.is_empty(), "nothing is left of m9");
     }
 
     fn read(q: &mut VoltageQuality, ts_ms: i64, v: f64) {

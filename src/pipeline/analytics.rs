@@ -654,6 +654,11 @@ impl Analytics {
         batch: &mut Batch,
     ) {
         self.snapshot_ms.insert(key.clone(), now_ms);
+        // A part not written by this run (its meter came after the engine's last write of all
+        // its parts, or its part is one the store held at start) counts as written then: the
+        // next write of all takes it. (Counted as never written, the first voltage days after
+        // a start wrote every meter's part: 1000 parts at once.)
+        let all_ms = self.parts_ms.get(&key).copied().unwrap_or(now_ms);
         if only.is_none() {
             self.parts_ms.insert(key.clone(), now_ms);
         }
@@ -707,9 +712,7 @@ impl Analytics {
             let last = written.get(meter).copied();
             let wanted = only.is_none_or(|only| {
                 only.contains(meter)
-                    || last
-                        .and_then(|w| w.at_ms)
-                        .is_none_or(|t| now_ms - t >= 2 * PARTS_EVERY_MS)
+                    || now_ms - last.and_then(|w| w.at_ms).unwrap_or(all_ms) >= 2 * PARTS_EVERY_MS
             });
             if !wanted {
                 continue;

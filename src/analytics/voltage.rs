@@ -187,15 +187,9 @@ fn is_false(b: &bool) -> bool {
 pub struct MonthTally {
     pub meter: String,
     pub phase: String,
-    pub month_start_ms: i64,
-    pub monitored_ms: i64,
-    pub above_ms: i64,
-    pub below_ms: i64,
-    pub outage_ms: i64,
-    pub min_v: Option<f64>,
-    pub max_v: Option<f64>,
-    /// Days with at least one read.
-    pub days: u32,
+    /// The same fields as a phase's month now (`sent` absent: not sent).
+    #[serde(flatten)]
+    pub month: PhaseMonth,
 }
 
 /// The figures of one meter, phase and local month.
@@ -317,22 +311,6 @@ impl From<&HeldMonth> for PhaseMonth {
             max_v: (!m.max_v.is_nan()).then_some(m.max_v),
             days: m.days,
             sent: m.sent,
-        }
-    }
-}
-
-impl From<&MonthTally> for HeldMonth {
-    fn from(m: &MonthTally) -> HeldMonth {
-        HeldMonth {
-            month_start_ms: m.month_start_ms,
-            monitored_ms: m.monitored_ms,
-            above_ms: m.above_ms,
-            below_ms: m.below_ms,
-            outage_ms: m.outage_ms,
-            min_v: m.min_v.unwrap_or(f64::NAN),
-            max_v: m.max_v.unwrap_or(f64::NAN),
-            days: m.days,
-            sent: false,
         }
     }
 }
@@ -690,7 +668,7 @@ impl VoltageQuality {
             };
             let phases = self.series.entry(m.meter.clone()).or_default();
             let held = phases[i].get_or_insert_default();
-            held.months.push(HeldMonth::from(&m));
+            held.months.push(HeldMonth::from(&m.month));
             held.months.sort_by_key(|m| m.month_start_ms);
         }
     }
